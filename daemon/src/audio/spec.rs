@@ -1,0 +1,174 @@
+//! The small language that names an audio endpoint (DESIGN.md, "Audio endpoints"):
+//! a sound card, a WAV file, a tone, silence, or the echo of the far end.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Highest tone we accept: well inside the 24 kHz Nyquist limit of 48 kHz audio.
+const MAX_TONE_HZ: u32 = 20_000;
+
+/// Where a call's outgoing audio comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputSpec {
+    /// The system's default capture device.
+    Default,
+    /// A capture device by name (as `voicectl devices` lists it).
+    Device(String),
+    /// A WAV file, played in real time.
+    File(PathBuf),
+    /// A sine tone of this frequency in hertz.
+    Tone(u32),
+    /// Digital silence.
+    Silence,
+    /// What the peer sends us, sent straight back (an echo-test peer).
+    Echo,
+}
+
+/// Where a call's incoming audio goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputSpec {
+    /// The system's default playback device.
+    Default,
+    /// A playback device by name.
+    Device(String),
+    /// A WAV file that records what is heard.
+    File(PathBuf),
+    /// Discarded.
+    Null,
+}
+
+/// Why a string is not an endpoint spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid audio {side} {given:?}: {problem}")]
+pub struct SpecError {
+    side: &'static str,
+    given: String,
+    problem: String,
+}
+
+const INPUT_FORMS: &str = "use default, device:NAME, file:PATH.wav, tone:HZ, silence or echo";
+const OUTPUT_FORMS: &str = "use default, device:NAME, file:PATH.wav or null";
+
+/// Splits `kind:value`, refusing an empty value.
+fn split<'a>(given: &'a str, side: &'static str) -> Result<(&'a str, Option<&'a str>), SpecError> {
+    match given.split_once(':') {
+        None => Ok((given, None)),
+        Some((kind, "")) => Err(SpecError { side, given: given.into(), problem: format!("{kind}: needs a value after the colon") }),
+        Some((kind, value)) => Ok((kind, Some(value))),
+    }
+}
+
+impl FromStr for InputSpec {
+    type Err = SpecError;
+
+    fn from_str(given: &str) -> Result<Self, Self::Err> {
+        let error = |problem: String| SpecError { side: "input", given: given.into(), problem };
+        match split(given.trim(), "input")? {
+            ("default", None) => Ok(InputSpec::Default),
+            ("silence", None) => Ok(InputSpec::Silence),
+            ("echo", None) => Ok(InputSpec::Echo),
+            ("device", Some(name)) => Ok(InputSpec::Device(name.into())),
+            ("file", Some(path)) => Ok(InputSpec::File(path.into())),
+            ("tone", Some(hz)) => match hz.parse::<u32>() {
+                Ok(hz @ 1..=MAX_TONE_HZ) => Ok(InputSpec::Tone(hz)),
+                _ => Err(error(format!("the tone must be a whole number of hertz from 1 to {MAX_TONE_HZ}"))),
+            },
+            _ => Err(error(INPUT_FORMS.into())),
+        }
+    }
+}
+
+impl FromStr for OutputSpec {
+    type Err = SpecError;
+
+    fn from_str(given: &str) -> Result<Self, Self::Err> {
+        match split(given.trim(), "output")? {
+            ("default", None) => Ok(OutputSpec::Default),
+            ("null", None) => Ok(OutputSpec::Null),
+            ("device", Some(name)) => Ok(OutputSpec::Device(name.into())),
+            ("file", Some(path)) => Ok(OutputSpec::File(path.into())),
+            _ => Err(SpecError { side: "output", given: given.into(), problem: OUTPUT_FORMS.into() }),
+        }
+    }
+}
+
+impl fmt::Display for InputSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputSpec::Default => f.write_str("default"),
+            InputSpec::Device(name) => write!(f, "device:{name}"),
+            InputSpec::File(path) => write!(f, "file:{}", path.display()),
+            InputSpec::Tone(hz) => write!(f, "tone:{hz}"),
+            InputSpec::Silence => f.write_str("silence"),
+            InputSpec::Echo => f.write_str("echo"),
+        }
+    }
+}
+
+impl fmt::Display for OutputSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutputSpec::Default => f.write_str("default"),
+            OutputSpec::Device(name) => write!(f, "device:{name}"),
+            OutputSpec::File(path) => write!(f, "file:{}", path.display()),
+            OutputSpec::Null => f.write_str("null"),
+        }
+    }
+}
+
+macro_rules! serde_via_string {
+    ($ty:ty) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+serde_via_string!(InputSpec);
+serde_via_string!(OutputSpec);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_input_form_parses_and_prints_back() {
+        for text in ["default", "device:USB Audio", "file:/tmp/a.wav", "tone:440", "silence", "echo"] {
+            let spec: InputSpec = text.parse().unwrap();
+            assert_eq!(spec.to_string(), text);
+        }
+        assert_eq!("tone:880".parse::<InputSpec>(), Ok(InputSpec::Tone(880)));
+    }
+
+    #[test]
+    fn every_output_form_parses_and_prints_back() {
+        for text in ["default", "device:hw:1", "file:/tmp/out.wav", "null"] {
+            let spec: OutputSpec = text.parse().unwrap();
+            assert_eq!(spec.to_string(), text);
+        }
+        // A device name may itself contain colons.
+        assert_eq!("device:hw:1".parse::<OutputSpec>(), Ok(OutputSpec::Device("hw:1".into())));
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_accepted() {
+        let error = "mic".parse::<InputSpec>().unwrap_err().to_string();
+        assert!(error.contains("\"mic\"") && error.contains("tone:HZ"), "{error}");
+        let error = "tone:0".parse::<InputSpec>().unwrap_err().to_string();
+        assert!(error.contains("1 to 20000"), "{error}");
+        let error = "tone:abc".parse::<InputSpec>().unwrap_err().to_string();
+        assert!(error.contains("whole number"), "{error}");
+        let error = "file:".parse::<OutputSpec>().unwrap_err().to_string();
+        assert!(error.contains("needs a value"), "{error}");
+        // echo is an input (what we send), not an output.
+        assert!("echo".parse::<OutputSpec>().is_err());
+    }
+}

@@ -1,0 +1,420 @@
+//! The daemon's configuration: a TOML file in the XDG config directory, with
+//! command-line flags on top. Every value is checked while it is read, so an error
+//! names the key and the line it is on.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::audio::{InputSpec, OutputSpec};
+
+/// The whole configuration. Missing keys take their defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The name peers see. Defaults to the host name.
+    pub name: DisplayName,
+    /// Where the identity and other state live. Defaults to the XDG data directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// A tracing filter: a level (`info`) or directives (`voicelink_daemon=debug`).
+    pub log_level: LogLevel,
+    /// The control API.
+    pub api: ApiConfig,
+    /// Daemon-to-daemon signaling.
+    pub signaling: SignalingConfig,
+    /// LAN discovery.
+    pub discovery: DiscoveryConfig,
+    /// Audio endpoints used for calls unless a call chooses its own.
+    pub audio: AudioConfig,
+}
+
+/// The control API's listeners.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The Unix socket. Defaults to `$XDG_RUNTIME_DIR/voicelink/voiced.sock`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// An extra TCP listener, off unless set. Every request on it must carry the
+    /// token from `<data_dir>/api-token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_listen: Option<SocketAddr>,
+}
+
+/// Signaling between daemons.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalingConfig {
+    /// TCP port for signaling; 0 picks a free one (peers learn it by mDNS). Fix it
+    /// to make this device reachable as `host:port`.
+    pub port: u16,
+}
+
+/// LAN discovery by mDNS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Advertise this device and browse for peers.
+    pub enabled: bool,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig { enabled: true }
+    }
+}
+
+/// Default audio endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// What we send.
+    pub input: InputSpec,
+    /// Where what we hear goes.
+    pub output: OutputSpec,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        AudioConfig { input: InputSpec::Default, output: OutputSpec::Default }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: DisplayName::from_host_name(),
+            data_dir: None,
+            log_level: LogLevel("info".into()),
+            api: ApiConfig::default(),
+            signaling: SignalingConfig::default(),
+            discovery: DiscoveryConfig::default(),
+            audio: AudioConfig::default(),
+        }
+    }
+}
+
+/// Values given on the command line; each replaces the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--name`
+    pub name: Option<DisplayName>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--socket`
+    pub socket: Option<PathBuf>,
+    /// `--log-level`
+    pub log_level: Option<LogLevel>,
+    /// `--audio-input`
+    pub audio_input: Option<InputSpec>,
+    /// `--audio-output`
+    pub audio_output: Option<OutputSpec>,
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist or cannot be read.
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a value is wrong.
+    #[error("invalid config file {path}, {location}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// `key name at line N` (as much as is known).
+        location: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// Where the config file is looked for when `--config` is not given.
+pub fn default_config_path() -> Option<PathBuf> {
+    project_dirs().map(|dirs| dirs.config_dir().join("voiced.toml"))
+}
+
+fn project_dirs() -> Option<directories::ProjectDirs> {
+    directories::ProjectDirs::from("", "", "voicelink")
+}
+
+impl Config {
+    /// Reads the config: the file given, or the default file if it exists, or the
+    /// defaults. Returns the config and the file it came from.
+    pub fn load(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        let path = match explicit {
+            Some(path) => path.to_owned(),
+            None => match default_config_path() {
+                Some(path) if path.exists() => path,
+                _ => return Ok((Config::default(), None)),
+            },
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let config = Config::parse(&text).map_err(|(location, message)| ConfigError::Invalid {
+            path: path.clone(),
+            location,
+            message,
+        })?;
+        Ok((config, Some(path)))
+    }
+
+    /// Parses TOML text. The error is (where, what).
+    pub fn parse(text: &str) -> Result<Config, (String, String)> {
+        let deserializer = toml::de::Deserializer::parse(text).map_err(|e| (locate(text, &e, None), e.message().to_owned()))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = (key != ".").then_some(key);
+            (locate(text, e.inner(), key), e.inner().message().to_owned())
+        })
+    }
+
+    /// Applies command-line flags.
+    pub fn apply(&mut self, overrides: Overrides) {
+        let Overrides { name, data_dir, socket, log_level, audio_input, audio_output } = overrides;
+        self.name = name.unwrap_or(self.name.clone());
+        self.data_dir = data_dir.or(self.data_dir.take());
+        self.api.socket = socket.or(self.api.socket.take());
+        self.log_level = log_level.unwrap_or(self.log_level.clone());
+        self.audio.input = audio_input.unwrap_or(self.audio.input.clone());
+        self.audio.output = audio_output.unwrap_or(self.audio.output.clone());
+    }
+
+    /// The data directory in effect.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| match project_dirs() {
+            Some(dirs) => dirs.data_dir().to_owned(),
+            None => PathBuf::from(".voicelink"),
+        })
+    }
+
+    /// The control socket in effect.
+    pub fn socket(&self) -> PathBuf {
+        self.api.socket.clone().unwrap_or_else(voicelink_proto::default_socket_path)
+    }
+
+    /// The config with every default written out, as `--print-config` shows it.
+    pub fn to_effective_toml(&self) -> String {
+        let mut effective = self.clone();
+        effective.data_dir = Some(self.data_dir());
+        effective.api.socket = Some(self.socket());
+        // Serializing plain data with string keys cannot fail.
+        toml::to_string(&effective).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+}
+
+/// "key `a.b` at line N" from a TOML error's span.
+fn locate(text: &str, error: &toml::de::Error, key: Option<String>) -> String {
+    let line = error.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    match (key, line) {
+        (Some(key), Some(line)) => format!("key `{key}` at line {line}"),
+        (Some(key), None) => format!("key `{key}`"),
+        (None, Some(line)) => format!("line {line}"),
+        (None, None) => "at an unknown place".into(),
+    }
+}
+
+/// Bytes a display name may have: it travels in one mDNS TXT string.
+const MAX_NAME_BYTES: usize = 63;
+
+/// The name peers see: 1 to 63 bytes of UTF-8, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    fn from_host_name() -> Self {
+        let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+        // A host name is short ASCII in practice; fall back rather than fail.
+        host.parse().unwrap_or_else(|_| DisplayName("voicelink".into()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DisplayName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let name = s.trim();
+        if name.is_empty() {
+            Err("the name must not be empty".into())
+        } else if name.len() > MAX_NAME_BYTES {
+            Err(format!("the name is {} bytes long; at most {MAX_NAME_BYTES} fit in an mDNS record", name.len()))
+        } else if name.chars().any(char::is_control) {
+            Err("the name must not contain control characters".into())
+        } else {
+            Ok(DisplayName(name.to_owned()))
+        }
+    }
+}
+
+impl TryFrom<String> for DisplayName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<DisplayName> for String {
+    fn from(name: DisplayName) -> String {
+        name.0
+    }
+}
+
+impl fmt::Display for DisplayName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A tracing filter, checked when read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogLevel(String);
+
+impl LogLevel {
+    /// The filter text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        tracing_subscriber::EnvFilter::builder()
+            .parse(s)
+            .map(|_| LogLevel(s.to_owned()))
+            .map_err(|e| format!("{e}; use error, warn, info, debug, trace, or directives like voicelink_daemon=debug"))
+    }
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<LogLevel> for String {
+    fn from(level: LogLevel) -> String {
+        level.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert!(config.discovery.enabled);
+        assert_eq!(config.signaling.port, 0);
+        assert_eq!(config.api.tcp_listen, None);
+    }
+
+    #[test]
+    fn every_section_is_read() {
+        let config = Config::parse(
+            r#"
+            name = "kitchen"
+            data_dir = "/var/lib/vl"
+            log_level = "debug"
+            [api]
+            socket = "/tmp/v.sock"
+            tcp_listen = "127.0.0.1:7000"
+            [signaling]
+            port = 47000
+            [discovery]
+            enabled = false
+            [audio]
+            input = "tone:440"
+            output = "file:/tmp/heard.wav"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.name.as_str(), "kitchen");
+        assert_eq!(config.data_dir(), PathBuf::from("/var/lib/vl"));
+        assert_eq!(config.socket(), PathBuf::from("/tmp/v.sock"));
+        assert_eq!(config.api.tcp_listen, Some("127.0.0.1:7000".parse().unwrap()));
+        assert_eq!(config.signaling.port, 47000);
+        assert!(!config.discovery.enabled);
+        assert_eq!(config.audio.input, InputSpec::Tone(440));
+        assert_eq!(config.audio.output, OutputSpec::File("/tmp/heard.wav".into()));
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let (location, message) = Config::parse("name = \"a\"\n[api]\nsockett = \"/x\"\n").unwrap_err();
+        assert_eq!(location, "key `api.sockett` at line 3");
+        assert!(message.contains("unknown field `sockett`"), "{message}");
+        assert!(message.contains("socket"), "the allowed keys are listed: {message}");
+    }
+
+    #[test]
+    fn a_bad_value_is_named_with_its_key_line_and_reason() {
+        let (location, message) = Config::parse("\n\n[audio]\ninput = \"microphone\"\n").unwrap_err();
+        assert_eq!(location, "key `audio.input` at line 4");
+        assert!(message.contains("tone:HZ"), "{message}");
+
+        let (location, message) = Config::parse("[signaling]\nport = 70000\n").unwrap_err();
+        assert_eq!(location, "key `signaling.port` at line 2");
+        assert!(message.contains("70000"), "{message}");
+
+        let (location, message) = Config::parse(&format!("name = \"{}\"", "x".repeat(64))).unwrap_err();
+        assert_eq!(location, "key `name` at line 1");
+        assert!(message.contains("at most 63"), "{message}");
+
+        let (location, message) = Config::parse("log_level = \"voicelink=loudest\"").unwrap_err();
+        assert_eq!(location, "key `log_level` at line 1");
+        assert!(message.contains("use error, warn, info"), "{message}");
+    }
+
+    #[test]
+    fn broken_toml_is_reported_with_its_line() {
+        let (location, _) = Config::parse("name = \"a\"\nport = \n").unwrap_err();
+        assert_eq!(location, "line 2");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_effective_config_round_trips() {
+        let mut config = Config::parse("name = \"file-name\"\n[audio]\ninput = \"silence\"").unwrap();
+        config.apply(Overrides {
+            name: Some("flag-name".parse().unwrap()),
+            socket: Some("/run/x.sock".into()),
+            ..Overrides::default()
+        });
+        assert_eq!(config.name.as_str(), "flag-name");
+        assert_eq!(config.socket(), PathBuf::from("/run/x.sock"));
+        assert_eq!(config.audio.input, InputSpec::Silence, "not overridden, so the file's value stays");
+
+        let printed = config.to_effective_toml();
+        assert!(printed.contains("data_dir = "), "{printed}");
+        let reparsed = Config::parse(&printed).unwrap();
+        assert_eq!(reparsed.name, config.name);
+        assert_eq!(reparsed.socket(), config.socket());
+        assert_eq!(reparsed.audio, config.audio);
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error_naming_it() {
+        let error = Config::load(Some(Path::new("/nonexistent/voiced.toml"))).unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/voiced.toml"), "{error}");
+    }
+}

@@ -1,0 +1,195 @@
+//! LAN discovery: the task that advertises this daemon by mDNS (mdns-sd), browses
+//! for the others, owns the peer table and publishes its changes.
+//!
+//! Liveness: mDNS only notices a peer that vanished without a goodbye when its
+//! records expire (about two minutes). The task therefore asks mdns-sd to verify
+//! every online peer every few seconds; a peer that does not answer is removed from
+//! the cache, which we see as a removal while a verification is outstanding. A daemon
+//! that shuts down cleanly first re-announces itself with `bye=1` and then sends the
+//! mDNS goodbye, so its peers can tell "left" from "lost" without guessing.
+
+mod peer_table;
+mod txt;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use peer_table::{GoneReason, PeerChange, PeerRecord, PeerTable, Removal};
+pub use txt::{Advert, PROTOCOL_VERSION, SERVICE_TYPE, TxtError};
+
+use crate::events::{Change, EventHub};
+use crate::identity::DeviceId;
+
+/// How often every online peer is asked to confirm it is still there.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a peer has to answer a verification.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(1);
+/// A removal this long after a verification was sent is still that verification's.
+const VERIFY_WINDOW: Duration = Duration::from_millis(2500);
+/// How long an offline peer stays listed.
+const OFFLINE_RETENTION: Duration = Duration::from_secs(600);
+/// How long shutdown waits for mdns-sd to send the goodbye.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why discovery could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start mDNS discovery: {0}")]
+pub struct DiscoveryError(#[from] mdns_sd::Error);
+
+/// What this daemon advertises.
+#[derive(Debug, Clone)]
+pub struct OwnAdvert {
+    /// This device.
+    pub device_id: DeviceId,
+    /// Its display name.
+    pub display_name: String,
+    /// Its signaling port.
+    pub signaling_port: u16,
+}
+
+/// A running discovery: the mDNS responder and browser, before its task is spawned.
+pub struct Discovery {
+    mdns: ServiceDaemon,
+    events: mdns_sd::Receiver<ServiceEvent>,
+    own: OwnAdvert,
+    fullname: String,
+}
+
+impl Discovery {
+    /// Starts the mDNS daemon, registers this device and starts browsing.
+    pub fn start(own: OwnAdvert) -> Result<Discovery, DiscoveryError> {
+        let mdns = ServiceDaemon::new()?;
+        let info = service_info(&own, false)?;
+        let fullname = info.get_fullname().to_owned();
+        mdns.register(info)?;
+        let events = mdns.browse(SERVICE_TYPE)?;
+        info!(instance = %fullname, port = own.signaling_port, "advertising on the LAN by mDNS");
+        Ok(Discovery { mdns, events, own, fullname })
+    }
+
+    /// Runs until `shutdown`, then says goodbye.
+    pub async fn run(self, hub: EventHub, shutdown: CancellationToken) {
+        let Discovery { mdns, events, own, fullname } = self;
+        let mut table = PeerTable::new(own.device_id, OFFLINE_RETENTION);
+        // Instance full name → when its last verification was sent.
+        let mut verifying: HashMap<String, Instant> = HashMap::new();
+        let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            let expiry = table.next_expiry();
+            let changes = tokio::select! {
+                () = shutdown.cancelled() => break,
+                event = events.recv_async() => match event {
+                    Ok(event) => handle_event(&mut table, &verifying, event),
+                    Err(_) => {
+                        warn!("the mDNS daemon stopped; peers will no longer be discovered");
+                        break;
+                    }
+                },
+                _ = liveness.tick() => {
+                    let now = Instant::now();
+                    verifying.retain(|_, sent| now.duration_since(*sent) < VERIFY_WINDOW);
+                    for instance in table.online_instances() {
+                        if let Err(error) = mdns.verify(instance.to_owned(), VERIFY_TIMEOUT) {
+                            debug!(%instance, %error, "cannot verify a peer");
+                        }
+                        verifying.insert(instance.to_owned(), now);
+                    }
+                    Vec::new()
+                }
+                () = sleep_until(expiry), if expiry.is_some() => table.expire(Instant::now()),
+            };
+            for change in changes {
+                log_change(&change);
+                hub.publish(Change::Peer(change));
+            }
+        }
+        say_goodbye(&mdns, &own, &fullname).await;
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+fn service_info(own: &OwnAdvert, leaving: bool) -> Result<ServiceInfo, mdns_sd::Error> {
+    let advert = Advert {
+        protocol_version: PROTOCOL_VERSION,
+        device_id: own.device_id,
+        display_name: own.display_name.clone(),
+        signaling_port: own.signaling_port,
+        leaving,
+    };
+    // The instance name is the short device ID: unique on a LAN and stable across
+    // renames. The host name is ours alone so it never clashes with the machine's.
+    let short = own.device_id.short();
+    let host = format!("voicelink-{}.local.", short.to_lowercase());
+    let txt = advert.to_txt();
+    Ok(ServiceInfo::new(SERVICE_TYPE, &short, &host, (), own.signaling_port, &txt[..])?.enable_addr_auto())
+}
+
+fn handle_event(table: &mut PeerTable, verifying: &HashMap<String, Instant>, event: ServiceEvent) -> Vec<PeerChange> {
+    let now = Instant::now();
+    match event {
+        ServiceEvent::ServiceResolved(service) => {
+            let properties = service.txt_properties.iter().map(|p| (p.key(), p.val()));
+            match Advert::from_txt(properties) {
+                Ok(advert) => {
+                    let addresses = service.addresses.iter().map(|a| a.to_ip_addr());
+                    table.resolved(&service.fullname, &advert, addresses, now, SystemTime::now())
+                }
+                Err(error) => {
+                    debug!(instance = %service.fullname, %error, "skipping an mDNS record that is not a usable voicelink advertisement");
+                    Vec::new()
+                }
+            }
+        }
+        ServiceEvent::ServiceRemoved(_, instance) => {
+            let removal = match verifying.get(&instance) {
+                Some(sent) if now.duration_since(*sent) < VERIFY_WINDOW => Removal::Lost,
+                _ => Removal::Goodbye,
+            };
+            table.instance_removed(&instance, removal, now).into_iter().collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn log_change(change: &PeerChange) {
+    match change {
+        PeerChange::Appeared(peer) => info!(peer = %peer.device_id.short(), name = %peer.display_name, "peer appeared"),
+        PeerChange::Changed(peer) => {
+            info!(peer = %peer.device_id.short(), name = %peer.display_name, online = peer.online, "peer changed")
+        }
+        PeerChange::Gone { device_id, display_name, reason } => {
+            info!(peer = %device_id.short(), name = %display_name, ?reason, "peer gone")
+        }
+    }
+}
+
+/// Announces `bye=1`, then unregisters (the mDNS goodbye) and stops mdns-sd.
+async fn say_goodbye(mdns: &ServiceDaemon, own: &OwnAdvert, fullname: &str) {
+    match service_info(own, true).and_then(|info| mdns.register(info)) {
+        Ok(()) => {}
+        Err(error) => debug!(%error, "cannot announce that we are leaving"),
+    }
+    match mdns.unregister(fullname) {
+        Ok(status) => {
+            if tokio::time::timeout(GOODBYE_TIMEOUT, status.recv_async()).await.is_err() {
+                warn!("the mDNS goodbye was not confirmed in time; peers will notice we left a little later");
+            }
+        }
+        Err(error) => warn!(%error, "cannot send the mDNS goodbye"),
+    }
+    if let Ok(status) = mdns.shutdown() {
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, status.recv_async()).await;
+    }
+    info!("stopped advertising");
+}

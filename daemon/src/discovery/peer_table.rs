@@ -1,0 +1,387 @@
+//! The table of peers seen on the LAN. Pure: mDNS observations and the time go in,
+//! changes to announce come out, so merging and expiry are tested without a network.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::txt::Advert;
+use crate::identity::DeviceId;
+
+/// What the API shows about one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// Its device ID.
+    pub device_id: DeviceId,
+    /// The name it advertises.
+    pub display_name: String,
+    /// Every address it was seen at, over all its mDNS instances and interfaces.
+    pub addresses: BTreeSet<IpAddr>,
+    /// Its signaling port.
+    pub signaling_port: u16,
+    /// Its signaling protocol version.
+    pub protocol_version: u32,
+    /// When it was last seen (wall clock, for display).
+    pub last_seen: SystemTime,
+    /// Answering mDNS now.
+    pub online: bool,
+    /// This device has talked to it before.
+    pub known: bool,
+}
+
+/// Why a peer left the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneReason {
+    /// It said goodbye.
+    Goodbye,
+    /// It stayed offline longer than the retention time.
+    Expired,
+}
+
+/// A change to announce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerChange {
+    /// A peer not in the table before.
+    Appeared(PeerRecord),
+    /// Something other than `last_seen` changed (name, addresses, port, online).
+    Changed(PeerRecord),
+    /// The peer left the table.
+    Gone {
+        /// Who.
+        device_id: DeviceId,
+        /// Its last name, for messages.
+        display_name: String,
+        /// Why.
+        reason: GoneReason,
+    },
+}
+
+/// Why mDNS stopped listing an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// The instance sent a goodbye.
+    Goodbye,
+    /// The instance stopped answering (failed verification or TTL expiry).
+    Lost,
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: PeerRecord,
+    /// mDNS instance full name → the addresses it resolved to.
+    instances: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Set while offline.
+    offline_since: Option<Instant>,
+}
+
+impl Entry {
+    fn refresh_addresses(&mut self) {
+        self.record.addresses = self.instances.values().flatten().copied().collect();
+    }
+}
+
+/// Peers by device ID, with the mDNS instances that advertise them.
+#[derive(Debug)]
+pub struct PeerTable {
+    own_id: DeviceId,
+    offline_retention: Duration,
+    peers: BTreeMap<DeviceId, Entry>,
+    /// mDNS instance full name → device, to handle removals (which carry no TXT).
+    instances: BTreeMap<String, DeviceId>,
+}
+
+impl PeerTable {
+    /// An empty table that ignores `own_id` and forgets peers offline longer than
+    /// `offline_retention`.
+    pub fn new(own_id: DeviceId, offline_retention: Duration) -> Self {
+        PeerTable { own_id, offline_retention, peers: BTreeMap::new(), instances: BTreeMap::new() }
+    }
+
+    /// An instance resolved (or re-resolved) to `advert` at `addresses`.
+    pub fn resolved(
+        &mut self,
+        instance: &str,
+        advert: &Advert,
+        addresses: impl IntoIterator<Item = IpAddr>,
+        now: Instant,
+        wall_now: SystemTime,
+    ) -> Vec<PeerChange> {
+        if advert.device_id == self.own_id {
+            return Vec::new();
+        }
+        if advert.leaving {
+            return self.instance_removed(instance, Removal::Goodbye, now).into_iter().collect();
+        }
+        let mut changes = Vec::new();
+        // The instance may have moved to another device ID (a reinstall): detach it.
+        if let Some(previous) = self.instances.insert(instance.to_owned(), advert.device_id)
+            && previous != advert.device_id
+        {
+            changes.extend(self.detach(instance, previous, Removal::Lost, now));
+        }
+        let addresses: BTreeSet<IpAddr> = addresses.into_iter().collect();
+        let change = match self.peers.get_mut(&advert.device_id) {
+            None => {
+                let record = PeerRecord {
+                    device_id: advert.device_id,
+                    display_name: advert.display_name.clone(),
+                    addresses: addresses.clone(),
+                    signaling_port: advert.signaling_port,
+                    protocol_version: advert.protocol_version,
+                    last_seen: wall_now,
+                    online: true,
+                    known: false,
+                };
+                let entry = Entry {
+                    record: record.clone(),
+                    instances: BTreeMap::from([(instance.to_owned(), addresses)]),
+                    offline_since: None,
+                };
+                self.peers.insert(advert.device_id, entry);
+                Some(PeerChange::Appeared(record))
+            }
+            Some(entry) => {
+                let before = entry.record.clone();
+                entry.instances.insert(instance.to_owned(), addresses);
+                entry.refresh_addresses();
+                let record = &mut entry.record;
+                record.display_name.clone_from(&advert.display_name);
+                record.signaling_port = advert.signaling_port;
+                record.protocol_version = advert.protocol_version;
+                record.online = true;
+                record.last_seen = wall_now;
+                entry.offline_since = None;
+                let changed = PeerRecord { last_seen: before.last_seen, ..record.clone() } != before;
+                changed.then(|| PeerChange::Changed(record.clone()))
+            }
+        };
+        changes.extend(change);
+        changes
+    }
+
+    /// mDNS stopped listing an instance.
+    pub fn instance_removed(&mut self, instance: &str, removal: Removal, now: Instant) -> Option<PeerChange> {
+        let device_id = self.instances.remove(instance)?;
+        self.detach(instance, device_id, removal, now)
+    }
+
+    fn detach(&mut self, instance: &str, device_id: DeviceId, removal: Removal, now: Instant) -> Option<PeerChange> {
+        let entry = self.peers.get_mut(&device_id)?;
+        entry.instances.remove(instance);
+        if !entry.instances.is_empty() {
+            // Still reachable through another instance.
+            let before = entry.record.addresses.clone();
+            entry.refresh_addresses();
+            return (entry.record.addresses != before).then(|| PeerChange::Changed(entry.record.clone()));
+        }
+        match removal {
+            Removal::Goodbye => {
+                let entry = self.peers.remove(&device_id)?;
+                Some(PeerChange::Gone {
+                    device_id,
+                    display_name: entry.record.display_name,
+                    reason: GoneReason::Goodbye,
+                })
+            }
+            Removal::Lost if entry.record.online => {
+                entry.record.online = false;
+                entry.offline_since = Some(now);
+                Some(PeerChange::Changed(entry.record.clone()))
+            }
+            Removal::Lost => None,
+        }
+    }
+
+    /// Forgets peers that have been offline longer than the retention time.
+    pub fn expire(&mut self, now: Instant) -> Vec<PeerChange> {
+        let retention = self.offline_retention;
+        let expired: Vec<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, e)| e.offline_since.is_some_and(|since| now.saturating_duration_since(since) >= retention))
+            .map(|(id, _)| *id)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|id| self.peers.remove(&id))
+            .map(|entry| PeerChange::Gone {
+                device_id: entry.record.device_id,
+                display_name: entry.record.display_name,
+                reason: GoneReason::Expired,
+            })
+            .collect()
+    }
+
+    /// When `expire` next has work to do.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.peers.values().filter_map(|e| e.offline_since).min().map(|since| since + self.offline_retention)
+    }
+
+    /// The mDNS instances of online peers: the ones whose liveness to check.
+    pub fn online_instances(&self) -> impl Iterator<Item = &str> {
+        self.peers.values().filter(|e| e.record.online).flat_map(|e| e.instances.keys().map(String::as_str))
+    }
+
+    /// Every peer.
+    pub fn peers(&self) -> impl Iterator<Item = &PeerRecord> {
+        self.peers.values().map(|e| &e.record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::txt::PROTOCOL_VERSION;
+
+    const RETENTION: Duration = Duration::from_secs(600);
+
+    fn id(seed: &str) -> DeviceId {
+        DeviceId::from_certificate_der(seed.as_bytes())
+    }
+
+    fn advert(seed: &str, name: &str) -> Advert {
+        Advert {
+            protocol_version: PROTOCOL_VERSION,
+            device_id: id(seed),
+            display_name: name.into(),
+            signaling_port: 4000,
+            leaving: false,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    struct Clock(Instant);
+    impl Clock {
+        fn now(&self) -> Instant {
+            self.0
+        }
+        fn advance(&mut self, by: Duration) {
+            self.0 += by;
+        }
+    }
+
+    fn table() -> (PeerTable, Clock) {
+        (PeerTable::new(id("me"), RETENTION), Clock(Instant::now()))
+    }
+
+    #[test]
+    fn a_new_peer_appears_and_a_repeat_sighting_changes_nothing() {
+        let (mut t, clock) = table();
+        let wall = SystemTime::UNIX_EPOCH;
+        let change = t.resolved("a._voicelink", &advert("a", "alice"), [ip("10.0.0.1")], clock.now(), wall);
+        let [PeerChange::Appeared(record)] = &change[..] else { panic!("{change:?}") };
+        assert_eq!(record.display_name, "alice");
+        assert!(record.online && !record.known);
+
+        let later = wall + Duration::from_secs(5);
+        assert_eq!(t.resolved("a._voicelink", &advert("a", "alice"), [ip("10.0.0.1")], clock.now(), later), vec![]);
+        assert_eq!(t.peers().next().unwrap().last_seen, later, "last_seen still moves");
+    }
+
+    #[test]
+    fn the_daemon_never_lists_itself() {
+        let (mut t, clock) = table();
+        assert_eq!(t.resolved("me._voicelink", &advert("me", "me"), [], clock.now(), SystemTime::now()), vec![]);
+        assert_eq!(t.peers().count(), 0);
+    }
+
+    #[test]
+    fn a_rename_or_new_port_is_a_change() {
+        let (mut t, clock) = table();
+        t.resolved("a", &advert("a", "alice"), [], clock.now(), SystemTime::now());
+        let renamed = t.resolved("a", &advert("a", "alice-laptop"), [], clock.now(), SystemTime::now());
+        assert!(matches!(&renamed[..], [PeerChange::Changed(r)] if r.display_name == "alice-laptop"));
+        let moved = Advert { signaling_port: 5000, ..advert("a", "alice-laptop") };
+        let changed = t.resolved("a", &moved, [], clock.now(), SystemTime::now());
+        assert!(matches!(&changed[..], [PeerChange::Changed(r)] if r.signaling_port == 5000));
+    }
+
+    #[test]
+    fn one_device_on_two_interfaces_or_instances_is_one_peer() {
+        let (mut t, clock) = table();
+        t.resolved("a", &advert("a", "alice"), [ip("10.0.0.1"), ip("fd00::1")], clock.now(), SystemTime::now());
+        let second = t.resolved("a-2", &advert("a", "alice"), [ip("192.168.1.5")], clock.now(), SystemTime::now());
+        let [PeerChange::Changed(record)] = &second[..] else { panic!("{second:?}") };
+        assert_eq!(record.addresses, BTreeSet::from([ip("10.0.0.1"), ip("fd00::1"), ip("192.168.1.5")]));
+        assert_eq!(t.peers().count(), 1);
+
+        // Losing one instance only drops its addresses; the peer stays online.
+        let change = t.instance_removed("a-2", Removal::Lost, clock.now());
+        let Some(PeerChange::Changed(record)) = change else { panic!("{change:?}") };
+        assert!(record.online);
+        assert_eq!(record.addresses, BTreeSet::from([ip("10.0.0.1"), ip("fd00::1")]));
+    }
+
+    #[test]
+    fn goodbye_removes_at_once() {
+        let (mut t, clock) = table();
+        t.resolved("a", &advert("a", "alice"), [], clock.now(), SystemTime::now());
+        let change = t.instance_removed("a", Removal::Goodbye, clock.now());
+        assert_eq!(
+            change,
+            Some(PeerChange::Gone { device_id: id("a"), display_name: "alice".into(), reason: GoneReason::Goodbye })
+        );
+        assert_eq!(t.peers().count(), 0);
+        assert_eq!(t.instance_removed("a", Removal::Goodbye, clock.now()), None, "a second goodbye is ignored");
+    }
+
+    #[test]
+    fn a_leaving_announcement_is_a_goodbye() {
+        let (mut t, clock) = table();
+        t.resolved("a", &advert("a", "alice"), [], clock.now(), SystemTime::now());
+        let leaving = Advert { leaving: true, ..advert("a", "alice") };
+        let change = t.resolved("a", &leaving, [], clock.now(), SystemTime::now());
+        assert!(matches!(&change[..], [PeerChange::Gone { reason: GoneReason::Goodbye, .. }]), "{change:?}");
+        assert_eq!(t.instance_removed("a", Removal::Goodbye, clock.now()), None, "the goodbye that follows is a no-op");
+    }
+
+    #[test]
+    fn a_lost_peer_goes_offline_then_expires_unless_it_returns() {
+        let (mut t, mut clock) = table();
+        t.resolved("a", &advert("a", "alice"), [], clock.now(), SystemTime::now());
+        t.resolved("b", &advert("b", "bob"), [], clock.now(), SystemTime::now());
+        assert_eq!(t.next_expiry(), None);
+
+        let change = t.instance_removed("a", Removal::Lost, clock.now());
+        assert!(matches!(change, Some(PeerChange::Changed(ref r)) if !r.online), "{change:?}");
+        assert_eq!(t.online_instances().collect::<Vec<_>>(), ["b"], "offline peers are not verified");
+        assert_eq!(t.next_expiry(), Some(clock.now() + RETENTION));
+
+        let change = t.instance_removed("b", Removal::Lost, clock.now());
+        assert!(matches!(change, Some(PeerChange::Changed(_))));
+        clock.advance(Duration::from_secs(1));
+        // b comes back before expiry.
+        let back = t.resolved("b", &advert("b", "bob"), [], clock.now(), SystemTime::now());
+        assert!(matches!(&back[..], [PeerChange::Changed(r)] if r.online), "{back:?}");
+
+        clock.advance(RETENTION - Duration::from_secs(2));
+        assert_eq!(t.expire(clock.now()), vec![], "not yet");
+        clock.advance(Duration::from_secs(1));
+        let expired = t.expire(clock.now());
+        assert_eq!(
+            expired,
+            vec![PeerChange::Gone { device_id: id("a"), display_name: "alice".into(), reason: GoneReason::Expired }]
+        );
+        assert_eq!(t.peers().map(|p| p.display_name.as_str()).collect::<Vec<_>>(), ["bob"]);
+        assert_eq!(t.next_expiry(), None);
+    }
+
+    #[test]
+    fn an_instance_that_changes_device_moves_its_addresses() {
+        let (mut t, clock) = table();
+        t.resolved("host", &advert("old", "box"), [ip("10.0.0.9")], clock.now(), SystemTime::now());
+        let change = t.resolved("host", &advert("new", "box"), [ip("10.0.0.9")], clock.now(), SystemTime::now());
+        let [PeerChange::Changed(old), PeerChange::Appeared(new)] = &change[..] else { panic!("{change:?}") };
+        assert!(old.device_id == id("old") && !old.online);
+        assert!(new.device_id == id("new") && new.online);
+    }
+
+    #[test]
+    fn removal_of_an_unknown_instance_is_ignored() {
+        let (mut t, clock) = table();
+        assert_eq!(t.instance_removed("nobody", Removal::Lost, clock.now()), None);
+    }
+}

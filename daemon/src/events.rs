@@ -1,0 +1,231 @@
+//! The daemon's published state and its feed of changes.
+//!
+//! The task that owns a resource (the discovery task owns the peer table) publishes
+//! each change here. The hub keeps the latest state, so an API client can read it
+//! without asking the owner, and numbers every change, so a subscriber that joins
+//! late gets the state and then exactly the changes after it: no gap, no repeat.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::{broadcast, watch};
+
+use crate::discovery::{PeerChange, PeerRecord};
+use crate::identity::DeviceId;
+
+/// How many changes a subscriber may fall behind before it is resynchronised
+/// with a fresh snapshot.
+const FEED_CAPACITY: usize = 256;
+
+/// Everything a subscriber needs to start from.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// Sequence number of the last change included.
+    pub sequence: u64,
+    /// Peers by device ID.
+    pub peers: BTreeMap<DeviceId, PeerRecord>,
+}
+
+/// A change as published: numbered and timed.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// One more than the previous change's.
+    pub sequence: u64,
+    /// When it was published.
+    pub time: SystemTime,
+    /// What changed.
+    pub change: Change,
+}
+
+/// Anything that can change.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// The peer table changed.
+    Peer(PeerChange),
+}
+
+impl State {
+    fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Peer(PeerChange::Appeared(record) | PeerChange::Changed(record)) => {
+                self.peers.insert(record.device_id, record.clone());
+            }
+            Change::Peer(PeerChange::Gone { device_id, .. }) => {
+                self.peers.remove(device_id);
+            }
+        }
+    }
+}
+
+/// A cloneable handle to the published state and change feed.
+#[derive(Clone)]
+pub struct EventHub {
+    state: Arc<watch::Sender<State>>,
+    feed: broadcast::Sender<Arc<Published>>,
+}
+
+impl Default for EventHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventHub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        EventHub { state: Arc::new(watch::Sender::new(State::default())), feed }
+    }
+
+    /// Applies a change to the state and sends it to subscribers.
+    pub fn publish(&self, change: Change) {
+        // Numbering, applying and sending under the state's write lock keeps the
+        // sequence of the state and of the feed in step.
+        self.state.send_modify(|state| {
+            state.sequence += 1;
+            state.apply(&change);
+            let published = Arc::new(Published { sequence: state.sequence, time: SystemTime::now(), change });
+            // No subscribers is fine: the change is in the state.
+            let _ = self.feed.send(published);
+        });
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state.borrow().clone()
+    }
+
+    /// Starts following: the current state, then every later change.
+    pub fn subscribe(&self) -> Subscription {
+        let changes = self.feed.subscribe();
+        let state = self.state();
+        Subscription { hub: self.clone(), changes, after: state.sequence, pending_state: Some((state, Resync::Subscribed)) }
+    }
+}
+
+/// Why a subscriber receives a whole state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resync {
+    /// It just subscribed.
+    Subscribed,
+    /// It fell behind and missed changes.
+    Lagged,
+}
+
+/// What a subscriber receives next.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// Replace what you knew with this.
+    State(State, Resync),
+    /// One change after the last state or change received.
+    Change(Arc<Published>),
+}
+
+/// One subscriber's position in the feed.
+pub struct Subscription {
+    hub: EventHub,
+    changes: broadcast::Receiver<Arc<Published>>,
+    after: u64,
+    pending_state: Option<(State, Resync)>,
+}
+
+impl Subscription {
+    /// The next update; `None` once the hub is gone.
+    pub async fn next(&mut self) -> Option<Update> {
+        if let Some((state, why)) = self.pending_state.take() {
+            return Some(Update::State(state, why));
+        }
+        loop {
+            match self.changes.recv().await {
+                // Already part of the state this subscriber started from.
+                Ok(published) if published.sequence <= self.after => continue,
+                Ok(published) => {
+                    self.after = published.sequence;
+                    return Some(Update::Change(published));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.changes = self.changes.resubscribe();
+                    let state = self.hub.state();
+                    self.after = state.sequence;
+                    return Some(Update::State(state, Resync::Lagged));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::GoneReason;
+    use std::collections::BTreeSet;
+
+    fn peer(seed: &str) -> PeerRecord {
+        PeerRecord {
+            device_id: DeviceId::from_certificate_der(seed.as_bytes()),
+            display_name: seed.into(),
+            addresses: BTreeSet::new(),
+            signaling_port: 1,
+            protocol_version: 1,
+            last_seen: SystemTime::UNIX_EPOCH,
+            online: true,
+            known: false,
+        }
+    }
+
+    fn appeared(seed: &str) -> Change {
+        Change::Peer(PeerChange::Appeared(peer(seed)))
+    }
+
+    #[tokio::test]
+    async fn a_late_subscriber_gets_the_state_then_only_newer_changes() {
+        let hub = EventHub::new();
+        hub.publish(appeared("a"));
+        hub.publish(appeared("b"));
+        let mut sub = hub.subscribe();
+        hub.publish(Change::Peer(PeerChange::Gone {
+            device_id: peer("a").device_id,
+            display_name: "a".into(),
+            reason: GoneReason::Goodbye,
+        }));
+
+        let Some(Update::State(state, Resync::Subscribed)) = sub.next().await else { panic!("state first") };
+        assert_eq!(state.sequence, 2);
+        assert_eq!(state.peers.len(), 2);
+        let Some(Update::Change(change)) = sub.next().await else { panic!("then the change") };
+        assert_eq!(change.sequence, 3);
+        assert!(matches!(change.change, Change::Peer(PeerChange::Gone { .. })));
+        assert_eq!(hub.state().peers.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_change_published_between_subscribe_and_state_is_not_repeated() {
+        let hub = EventHub::new();
+        // Subscribe to the feed by hand, publish, then read the state, as a race would.
+        let mut sub = hub.subscribe();
+        sub.pending_state = None;
+        hub.publish(appeared("a"));
+        let state = hub.state();
+        sub.after = state.sequence;
+        hub.publish(appeared("b"));
+        let Some(Update::Change(change)) = sub.next().await else { panic!() };
+        assert_eq!(change.sequence, 2, "the change already in the state was skipped");
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_resynchronised() {
+        let hub = EventHub::new();
+        let mut sub = hub.subscribe();
+        assert!(matches!(sub.next().await, Some(Update::State(_, Resync::Subscribed))));
+        for i in 0..FEED_CAPACITY + 10 {
+            hub.publish(appeared(&format!("p{i}")));
+        }
+        let Some(Update::State(state, Resync::Lagged)) = sub.next().await else { panic!("resync expected") };
+        assert_eq!(state.peers.len(), FEED_CAPACITY + 10);
+        hub.publish(appeared("last"));
+        let Some(Update::Change(change)) = sub.next().await else { panic!() };
+        assert_eq!(change.sequence, (FEED_CAPACITY + 11) as u64);
+    }
+}
