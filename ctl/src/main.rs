@@ -1,1 +1,228 @@
-fn main(){}
+//! `voicectl`: one subcommand per control-API verb. Parse, make one call (or
+//! follow one stream), print for people or, with `--json`, for scripts.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use voicelink_proto::{Client, ConnectError, DaemonAddress, v1};
+
+use output::Printer;
+
+/// Control the voicelink daemon (voiced): list peers, place and answer calls,
+/// follow events and call statistics.
+#[derive(Debug, Parser)]
+#[command(name = "voicectl", version)]
+struct Cli {
+    /// The daemon's control socket [default: $XDG_RUNTIME_DIR/voicelink/voiced.sock]
+    #[arg(long, global = true, env = voicelink_proto::SOCKET_ENV, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Use the daemon's TCP listener (api.tcp_listen) instead of the socket
+    #[arg(long, global = true, env = "VOICELINK_TCP", value_name = "HOST:PORT")]
+    tcp: Option<String>,
+    /// The API token for --tcp (the daemon's data_dir/api-token)
+    #[arg(long, global = true, env = "VOICELINK_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON: one object per line for streams
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The daemon's version, device ID, name, listeners and audio
+    Status,
+    /// Peers seen on the LAN
+    Peers {
+        /// Include peers that are offline
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// Call a peer by name, device ID, host:port or DEVICEID@host:port
+    Dial {
+        /// Who to call
+        target: String,
+        /// Audio input for this call (default, device:NAME, file:PATH.wav, tone:HZ, silence, echo)
+        #[arg(long, value_name = "SPEC")]
+        input: Option<String>,
+        /// Audio output for this call (default, device:NAME, file:PATH.wav, null)
+        #[arg(long, value_name = "SPEC")]
+        output: Option<String>,
+    },
+    /// Answer an incoming call (the only one, if no ID is given)
+    Answer {
+        /// The call
+        call: Option<String>,
+        /// Audio input for this call
+        #[arg(long, value_name = "SPEC")]
+        input: Option<String>,
+        /// Audio output for this call
+        #[arg(long, value_name = "SPEC")]
+        output: Option<String>,
+    },
+    /// Decline an incoming call
+    Decline {
+        /// The call
+        call: Option<String>,
+        /// Told to the caller
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// End a call (or cancel one that is still ringing)
+    Hangup {
+        /// The call
+        call: Option<String>,
+    },
+    /// Stop sending audio on a call
+    Mute {
+        /// The call
+        call: Option<String>,
+    },
+    /// Send audio again
+    Unmute {
+        /// The call
+        call: Option<String>,
+    },
+    /// Put a call on hold (no audio either way)
+    Hold {
+        /// The call
+        call: Option<String>,
+    },
+    /// Resume a held call
+    Resume {
+        /// The call
+        call: Option<String>,
+    },
+    /// Calls in progress
+    Calls,
+    /// Follow the event feed: the current state first, then every change
+    Events,
+    /// Follow live call statistics
+    Stats {
+        /// One call (default: all)
+        call: Option<String>,
+        /// Milliseconds between samples (100 to 10000)
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=10_000))]
+        interval: u64,
+    },
+    /// Audio devices the daemon can use
+    Devices,
+}
+
+/// Exit codes, so scripts can tell failures apart.
+mod exit {
+    /// The daemon refused or failed the request.
+    pub const REQUEST_FAILED: u8 = 1;
+    /// The daemon cannot be reached.
+    pub const UNREACHABLE: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("voicectl: cannot start: {error}");
+            return ExitCode::from(exit::REQUEST_FAILED);
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let address = match (cli.tcp, cli.token) {
+        (Some(address), Some(token)) => DaemonAddress::Tcp { address, token },
+        (Some(_), None) => {
+            eprintln!("voicectl: --tcp needs the API token: pass --token or set VOICELINK_TOKEN (it is in the daemon's data_dir/api-token)");
+            return ExitCode::from(exit::UNREACHABLE);
+        }
+        (None, _) => DaemonAddress::Unix(cli.socket.unwrap_or_else(voicelink_proto::default_socket_path)),
+    };
+    let client = match voicelink_proto::connect(address).await {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("voicectl: {error}");
+            match error {
+                ConnectError::NotRunning { .. } => {
+                    eprintln!("Start it with `voiced` (or `systemctl --user start voiced`), or point --socket at a running one.")
+                }
+                ConnectError::PermissionDenied { .. } => eprintln!("Use the daemon of your own user, or choose its socket with --socket."),
+                _ => {}
+            }
+            return ExitCode::from(exit::UNREACHABLE);
+        }
+    };
+    let printer = Printer { json: cli.json };
+    match execute(client, cli.command, &printer).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(status) => {
+            report(&status);
+            ExitCode::from(if status.code() == Code::Unavailable { exit::UNREACHABLE } else { exit::REQUEST_FAILED })
+        }
+    }
+}
+
+fn report(status: &tonic::Status) {
+    match status.code() {
+        // The daemon's message already says what cannot be done and why.
+        Code::Unimplemented | Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => {
+            eprintln!("voicectl: {}", status.message())
+        }
+        Code::Unavailable => eprintln!("voicectl: lost the connection to voiced: {}", status.message()),
+        code => eprintln!("voicectl: {}: {}", code.description(), status.message()),
+    }
+}
+
+async fn execute(mut client: Client, command: Command, printer: &Printer) -> Result<(), tonic::Status> {
+    let spec = Option::unwrap_or_default;
+    let id = Option::unwrap_or_default;
+    match command {
+        Command::Status => printer.status(&client.get_status(v1::GetStatusRequest {}).await?.into_inner()),
+        Command::Peers { all } => {
+            printer.peers(&client.list_peers(v1::ListPeersRequest { include_offline: all }).await?.into_inner().peers)
+        }
+        Command::Dial { target, input, output } => {
+            let request = v1::DialRequest { target, audio_input: spec(input), audio_output: spec(output) };
+            printer.call(client.dial(request).await?.into_inner().call.as_ref());
+        }
+        Command::Answer { call, input, output } => {
+            let request = v1::AnswerRequest { call_id: id(call), audio_input: spec(input), audio_output: spec(output) };
+            printer.call(client.answer(request).await?.into_inner().call.as_ref());
+        }
+        Command::Decline { call, reason } => {
+            client.decline(v1::DeclineRequest { call_id: id(call), reason: reason.unwrap_or_default() }).await?;
+            printer.done("declined");
+        }
+        Command::Hangup { call } => {
+            client.hangup(v1::HangupRequest { call_id: id(call) }).await?;
+            printer.done("hung up");
+        }
+        Command::Mute { call } => printer.call(client.set_mute(v1::SetMuteRequest { call_id: id(call), muted: true }).await?.into_inner().call.as_ref()),
+        Command::Unmute { call } => printer.call(client.set_mute(v1::SetMuteRequest { call_id: id(call), muted: false }).await?.into_inner().call.as_ref()),
+        Command::Hold { call } => printer.call(client.set_hold(v1::SetHoldRequest { call_id: id(call), on_hold: true }).await?.into_inner().call.as_ref()),
+        Command::Resume { call } => printer.call(client.set_hold(v1::SetHoldRequest { call_id: id(call), on_hold: false }).await?.into_inner().call.as_ref()),
+        Command::Calls => printer.calls(&client.list_calls(v1::ListCallsRequest {}).await?.into_inner().calls),
+        Command::Events => {
+            let mut stream = client.watch_events(v1::WatchEventsRequest {}).await?.into_inner();
+            while let Some(event) = stream.next().await {
+                printer.event(&event?);
+            }
+        }
+        Command::Stats { call, interval } => {
+            let interval = prost_types::Duration::try_from(Duration::from_millis(interval)).ok();
+            let mut stream = client.watch_stats(v1::WatchStatsRequest { call_id: id(call), interval }).await?.into_inner();
+            while let Some(sample) = stream.next().await {
+                printer.stats(&sample?);
+            }
+        }
+        Command::Devices => printer.devices(&client.list_audio_devices(v1::ListAudioDevicesRequest {}).await?.into_inner()),
+    }
+    Ok(())
+}

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -239,7 +239,7 @@ impl Identity {
     }
 
     fn create(data_dir: &Path, cert_path: &Path, key_path: &Path) -> Result<Identity, IdentityError> {
-        fs::create_dir_all(data_dir).map_err(|source| IdentityError::Io {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir).map_err(|source| IdentityError::Io {
             action: "create the data directory",
             path: data_dir.to_owned(),
             source,

@@ -114,7 +114,14 @@ pub type Client = v1::voicelink_client::VoicelinkClient<InterceptedService<Chann
 /// Connects to the daemon, telling "not running" and "not yours" apart from other
 /// failures so callers can say what to do.
 pub async fn connect(address: DaemonAddress) -> Result<Client, ConnectError> {
-    let (channel, token) = match &address {
+    let (channel, token) = channel(&address).await?;
+    Ok(v1::voicelink_client::VoicelinkClient::with_interceptor(channel, TokenInterceptor(token)))
+}
+
+/// A raw channel to the daemon, for other services on the same server (health,
+/// reflection), and the token header its requests must carry (TCP only).
+pub async fn channel(address: &DaemonAddress) -> Result<(Channel, Option<AsciiMetadataValue>), ConnectError> {
+    Ok(match address {
         DaemonAddress::Unix(path) => {
             // Probe once so the error names the cause rather than a transport error.
             if let Err(error) = tokio::net::UnixStream::connect(path).await {
@@ -146,8 +153,7 @@ pub async fn connect(address: DaemonAddress) -> Result<Client, ConnectError> {
             })?;
             (channel, Some(value))
         }
-    };
-    Ok(v1::voicelink_client::VoicelinkClient::with_interceptor(channel, TokenInterceptor(token)))
+    })
 }
 
 fn classify(address: DaemonAddress, error: io::Error) -> ConnectError {

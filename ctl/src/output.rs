@@ -1,0 +1,310 @@
+//! How answers are printed: aligned text for people, JSON for scripts (one object
+//! per line, so a stream pipes into `jq`). Enum values print as lower-case words.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use voicelink_proto::v1;
+
+/// Prints in the chosen format.
+pub struct Printer {
+    /// JSON instead of text.
+    pub json: bool,
+}
+
+fn time(ts: Option<&prost_types::Timestamp>) -> Option<SystemTime> {
+    ts.and_then(|ts| SystemTime::try_from(*ts).ok())
+}
+
+fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Value {
+    time(ts).map_or(Value::Null, |t| humantime::format_rfc3339_millis(t).to_string().into())
+}
+
+fn ago(ts: Option<&prost_types::Timestamp>) -> String {
+    match time(ts).and_then(|t| SystemTime::now().duration_since(t).ok()) {
+        Some(elapsed) => format!("{} ago", humantime::format_duration(Duration::from_secs(elapsed.as_secs()))),
+        None => "just now".into(),
+    }
+}
+
+fn clock(ts: Option<&prost_types::Timestamp>) -> String {
+    // HH:MM:SS in UTC, from the RFC 3339 form.
+    time(ts).map(|t| humantime::format_rfc3339_seconds(t).to_string()[11..19].to_owned()).unwrap_or_default()
+}
+
+fn seconds(duration: Option<&prost_types::Duration>) -> f64 {
+    duration.map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+}
+
+/// The last word of a protobuf enum name, lower case: `CALL_STATE_ACTIVE` → `active`.
+fn word(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix).unwrap_or(name).to_lowercase()
+}
+
+fn state_word(state: i32) -> String {
+    v1::CallState::try_from(state).map_or_else(|_| format!("state-{state}"), |s| word(s.as_str_name(), "CALL_STATE_"))
+}
+
+fn short(device_id: &str) -> &str {
+    device_id.get(..7).unwrap_or(device_id)
+}
+
+fn peer_json(peer: &v1::Peer) -> Value {
+    json!({
+        "device_id": peer.device_id,
+        "display_name": peer.display_name,
+        "addresses": peer.addresses,
+        "signaling_port": peer.signaling_port,
+        "protocol_version": peer.protocol_version,
+        "last_seen": rfc3339(peer.last_seen.as_ref()),
+        "online": peer.online,
+        "known": peer.known,
+    })
+}
+
+fn call_json(call: &v1::Call) -> Value {
+    json!({
+        "call_id": call.call_id,
+        "peer_device_id": call.peer_device_id,
+        "peer_display_name": call.peer_display_name,
+        "direction": v1::CallDirection::try_from(call.direction).map_or_else(|_| "unknown".into(), |d| word(d.as_str_name(), "CALL_DIRECTION_")),
+        "state": state_word(call.state),
+        "started_at": rfc3339(call.started_at.as_ref()),
+        "answered_at": rfc3339(call.answered_at.as_ref()),
+        "muted": call.muted,
+        "on_hold": call.on_hold,
+        "end_reason": v1::EndReason::try_from(call.end_reason).map_or_else(|_| "unknown".into(), |r| word(r.as_str_name(), "END_REASON_")),
+        "end_detail": call.end_detail,
+        "audio_input": call.audio_input,
+        "audio_output": call.audio_output,
+    })
+}
+
+fn peer_line(peer: &v1::Peer) -> String {
+    format!("{} ({}) at {} port {}", peer.display_name, short(&peer.device_id), peer.addresses.join(", "), peer.signaling_port)
+}
+
+fn call_line(call: &v1::Call) -> String {
+    let mut flags = Vec::new();
+    if call.muted {
+        flags.push("muted");
+    }
+    if call.on_hold {
+        flags.push("on hold");
+    }
+    format!(
+        "{}  {} {}  {}{}",
+        call.call_id,
+        state_word(call.state),
+        call.peer_display_name,
+        short(&call.peer_device_id),
+        if flags.is_empty() { String::new() } else { format!("  [{}]", flags.join(", ")) }
+    )
+}
+
+impl Printer {
+    fn print_json(&self, value: Value) {
+        println!("{value}");
+    }
+
+    /// `voicectl status`
+    pub fn status(&self, status: &v1::Status) {
+        if self.json {
+            return self.print_json(json!({
+                "version": status.version,
+                "device_id": status.device_id,
+                "display_name": status.display_name,
+                "uptime_seconds": seconds(status.uptime.as_ref()),
+                "signaling_addresses": status.signaling_addresses,
+                "signaling_port": status.signaling_port,
+                "protocol_version": status.protocol_version,
+                "audio_input": status.audio_input,
+                "audio_output": status.audio_output,
+                "discovery_enabled": status.discovery_enabled,
+            }));
+        }
+        let uptime = Duration::from_secs(seconds(status.uptime.as_ref()) as u64);
+        println!("voiced {}  (protocol {})", status.version, status.protocol_version);
+        println!("name       {}", status.display_name);
+        println!("device ID  {}", status.device_id);
+        println!("uptime     {}", humantime::format_duration(uptime));
+        println!("signaling  {} (port {})", status.signaling_addresses.join(", "), status.signaling_port);
+        println!("discovery  {}", if status.discovery_enabled { "mDNS on" } else { "off" });
+        println!("audio      in: {}  out: {}", status.audio_input, status.audio_output);
+    }
+
+    /// `voicectl peers`
+    pub fn peers(&self, peers: &[v1::Peer]) {
+        if self.json {
+            return self.print_json(Value::Array(peers.iter().map(peer_json).collect()));
+        }
+        if peers.is_empty() {
+            println!("No peers seen yet. Peers on the same LAN appear within seconds; see README, Troubleshooting.");
+            return;
+        }
+        let name_width = peers.iter().map(|p| p.display_name.chars().count()).max().unwrap_or(4).max(4);
+        println!("{:name_width$}  DEVICE   STATUS   PORT   LAST SEEN          ADDRESSES", "NAME");
+        for peer in peers {
+            println!(
+                "{:name_width$}  {}  {:7}  {:5}  {:17}  {}",
+                peer.display_name,
+                short(&peer.device_id),
+                if peer.online { "online" } else { "offline" },
+                peer.signaling_port,
+                ago(peer.last_seen.as_ref()),
+                peer.addresses.join(", ")
+            );
+        }
+    }
+
+    /// A call after a verb acted on it.
+    pub fn call(&self, call: Option<&v1::Call>) {
+        match call {
+            Some(call) if self.json => self.print_json(call_json(call)),
+            Some(call) => println!("{}", call_line(call)),
+            None => self.done("ok"),
+        }
+    }
+
+    /// A verb that returns nothing.
+    pub fn done(&self, what: &str) {
+        if self.json {
+            self.print_json(json!({ "result": what }));
+        } else {
+            println!("{what}");
+        }
+    }
+
+    /// `voicectl calls`
+    pub fn calls(&self, calls: &[v1::Call]) {
+        if self.json {
+            return self.print_json(Value::Array(calls.iter().map(call_json).collect()));
+        }
+        if calls.is_empty() {
+            println!("No calls.");
+        }
+        for call in calls {
+            println!("{}", call_line(call));
+        }
+    }
+
+    /// One event of `voicectl events`.
+    pub fn event(&self, event: &v1::Event) {
+        use v1::event::Kind;
+        let Some(kind) = &event.kind else { return };
+        if self.json {
+            let (name, body) = match kind {
+                Kind::Snapshot(s) => ("snapshot", json!({
+                    "peers": s.peers.iter().map(peer_json).collect::<Vec<_>>(),
+                    "calls": s.calls.iter().map(call_json).collect::<Vec<_>>(),
+                    "reason": s.reason,
+                })),
+                Kind::PeerAppeared(e) => ("peer_appeared", json!({ "peer": e.peer.as_ref().map(peer_json) })),
+                Kind::PeerChanged(e) => ("peer_changed", json!({ "peer": e.peer.as_ref().map(peer_json) })),
+                Kind::PeerGone(e) => ("peer_gone", json!({
+                    "device_id": e.device_id,
+                    "display_name": e.display_name,
+                    "reason": v1::PeerGoneReason::try_from(e.reason).map_or_else(|_| "unknown".into(), |r| word(r.as_str_name(), "PEER_GONE_REASON_")),
+                })),
+                Kind::IncomingCall(e) => ("incoming_call", json!({ "call": e.call.as_ref().map(call_json) })),
+                Kind::CallStateChanged(e) => ("call_state_changed", json!({
+                    "call": e.call.as_ref().map(call_json),
+                    "previous_state": state_word(e.previous_state),
+                })),
+                Kind::MuteChanged(e) => ("mute_changed", json!({ "call_id": e.call_id, "muted": e.muted })),
+                Kind::HoldChanged(e) => ("hold_changed", json!({ "call_id": e.call_id, "on_hold": e.on_hold })),
+                Kind::AudioDeviceChanged(e) => ("audio_device_changed", json!({ "audio_input": e.audio_input, "audio_output": e.audio_output })),
+                Kind::Error(e) => ("error", json!({ "call_id": e.call_id, "message": e.message })),
+            };
+            return self.print_json(json!({
+                "type": name,
+                "time": rfc3339(event.time.as_ref()),
+                "sequence": event.sequence,
+                name: body,
+            }));
+        }
+        let at = clock(event.time.as_ref());
+        match kind {
+            Kind::Snapshot(s) => {
+                let online = s.peers.iter().filter(|p| p.online).count();
+                println!("{at} {} peers ({online} online), {} calls", s.peers.len(), s.calls.len());
+                for peer in &s.peers {
+                    println!("{at}   peer {}: {}", if peer.online { "online" } else { "offline" }, peer_line(peer));
+                }
+                for call in &s.calls {
+                    println!("{at}   call {}", call_line(call));
+                }
+            }
+            Kind::PeerAppeared(e) => println!("{at} peer appeared: {}", e.peer.as_ref().map(peer_line).unwrap_or_default()),
+            Kind::PeerChanged(e) => match &e.peer {
+                Some(peer) => println!("{at} peer {}: {}", if peer.online { "changed" } else { "offline" }, peer_line(peer)),
+                None => {}
+            },
+            Kind::PeerGone(e) => println!("{at} peer gone: {} ({})", e.display_name, short(&e.device_id)),
+            Kind::IncomingCall(e) => {
+                if let Some(call) = &e.call {
+                    println!("{at} incoming call from {}: {}", call.peer_display_name, call.call_id)
+                }
+            }
+            Kind::CallStateChanged(e) => {
+                if let Some(call) = &e.call {
+                    println!("{at} call {}", call_line(call))
+                }
+            }
+            Kind::MuteChanged(e) => println!("{at} call {} {}", e.call_id, if e.muted { "muted" } else { "unmuted" }),
+            Kind::HoldChanged(e) => println!("{at} call {} {}", e.call_id, if e.on_hold { "on hold" } else { "resumed" }),
+            Kind::AudioDeviceChanged(e) => println!("{at} audio in: {}  out: {}", e.audio_input, e.audio_output),
+            Kind::Error(e) => println!("{at} error: {}", e.message),
+        }
+    }
+
+    /// One sample of `voicectl stats`.
+    pub fn stats(&self, stats: &v1::CallStats) {
+        if self.json {
+            return self.print_json(json!({
+                "call_id": stats.call_id,
+                "peer_device_id": stats.peer_device_id,
+                "peer_display_name": stats.peer_display_name,
+                "state": state_word(stats.state),
+                "duration_seconds": seconds(stats.duration.as_ref()),
+                "packets_sent": stats.packets_sent,
+                "packets_received": stats.packets_received,
+                "packets_lost": stats.packets_lost,
+                "fraction_lost": stats.fraction_lost,
+                "jitter_ms": stats.jitter_ms,
+                "round_trip_time_ms": stats.round_trip_time_ms,
+                "mos": stats.mos,
+                "quality": stats.quality,
+            }));
+        }
+        println!(
+            "{} {}  rtt {:.0} ms  jitter {:.1} ms  loss {:.1}%  mos {:.2} ({})",
+            stats.call_id,
+            stats.peer_display_name,
+            stats.round_trip_time_ms,
+            stats.jitter_ms,
+            stats.fraction_lost * 100.0,
+            stats.mos,
+            stats.quality
+        );
+    }
+
+    /// `voicectl devices`
+    pub fn devices(&self, devices: &v1::ListAudioDevicesResponse) {
+        let device_json = |d: &v1::AudioDevice| json!({ "id": d.id, "description": d.description, "is_default": d.is_default });
+        if self.json {
+            return self.print_json(json!({
+                "inputs": devices.inputs.iter().map(device_json).collect::<Vec<_>>(),
+                "outputs": devices.outputs.iter().map(device_json).collect::<Vec<_>>(),
+                "virtual_endpoints": devices.virtual_endpoints,
+            }));
+        }
+        for (title, list) in [("Inputs", &devices.inputs), ("Outputs", &devices.outputs)] {
+            println!("{title}:");
+            for device in list {
+                println!("  {}{}  {}", if device.is_default { "* " } else { "  " }, device.id, device.description);
+            }
+        }
+        println!("Also: {}", devices.virtual_endpoints.join(", "));
+    }
+}

@@ -1,0 +1,112 @@
+//! End to end, with real mDNS multicast: daemons in their own network namespaces,
+//! joined by bridges, find each other and notice when one leaves or dies.
+//! Needs root (CI runs as root with VOICELINK_REQUIRE_NETNS=1).
+
+mod support;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::{Daemon, Lan, about};
+
+fn peer_ids(list: &Value) -> Vec<&str> {
+    list.as_array().unwrap().iter().map(|p| p["device_id"].as_str().unwrap()).collect()
+}
+
+/// Starts two daemons on a LAN and waits until each has seen the other.
+async fn two_daemons(lan: &Lan, dir: &std::path::Path) -> (Daemon, Daemon) {
+    let a = Daemon::start(Some(&lan.host(0)), &dir.join("a"), "alice", "").await;
+    let mut a_events = a.follow_events();
+    let b = Daemon::start(Some(&lan.host(1)), &dir.join("b"), "bob", "").await;
+    let mut b_events = b.follow_events();
+    a_events.wait_for("alice sees bob appear", |e| e["type"] == "peer_appeared" && about(e, &b.device_id)).await;
+    b_events
+        .wait_for("bob sees alice", |e| {
+            about(e, &a.device_id)
+                || e["snapshot"]["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["device_id"] == a.device_id))
+        })
+        .await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn daemons_on_two_links_find_each_other_once_with_all_their_addresses() {
+    require_netns!();
+    let lan = Lan::new(2, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(Some(&lan.host(0)), &dir.path().join("a"), "alice", "").await;
+    let mut events = a.follow_events();
+    let first = events.next().await;
+    assert_eq!(first["type"], "snapshot", "a subscriber first gets the state");
+    let b = Daemon::start(Some(&lan.host(1)), &dir.path().join("b"), "bob", "").await;
+
+    // Bob is on both links, over IPv4 and IPv6: one peer with every address.
+    let wanted = ["10.77.0.2", "10.77.1.2", "fd77:0::2", "fd77:1::2"].map(|a| a.parse::<std::net::IpAddr>().unwrap());
+    let has_all = |e: &Value| {
+        let kind = e["type"].as_str().unwrap_or_default();
+        let addresses: Vec<std::net::IpAddr> = e[kind]["peer"]["addresses"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        about(e, &b.device_id) && wanted.iter().all(|w| addresses.contains(w))
+    };
+    events.wait_for("bob on both links over IPv4 and IPv6", has_all).await;
+
+    let peers = a.ctl_json(&["peers"]).await;
+    assert_eq!(peer_ids(&peers), [b.device_id.as_str()], "one peer, and never alice herself: {peers:#}");
+    assert_eq!(peers[0]["display_name"], "bob");
+    assert_eq!(peers[0]["online"], true);
+    assert_eq!(peers[0]["protocol_version"], 1);
+    let status_b = b.ctl_json(&["status"]).await;
+    assert_eq!(peers[0]["signaling_port"], status_b["signaling_port"], "the advertised port is bob's listener");
+
+    let peers = b.ctl_json(&["peers"]).await;
+    assert_eq!(peer_ids(&peers), [a.device_id.as_str()]);
+    assert_eq!(peers[0]["display_name"], "alice");
+
+    // A late subscriber starts from the current state.
+    let mut late = a.follow_events();
+    let snapshot = late.next().await;
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(peer_ids(&snapshot["snapshot"]["peers"]), [b.device_id.as_str()]);
+}
+
+#[tokio::test]
+async fn a_daemon_that_stops_is_removed_at_once() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, mut b) = two_daemons(&lan, dir.path()).await;
+    let mut events = a.follow_events();
+
+    let status = b.stop_with(Signal::SIGTERM).await;
+    assert!(status.success(), "SIGTERM is a clean exit: {status:?}\n{}", b.log_text());
+    assert!(!b.socket.exists(), "the socket is removed on shutdown");
+    let gone = events.wait_for("bob gone", |e| e["type"] == "peer_gone" && about(e, &b.device_id)).await;
+    assert_eq!(gone["peer_gone"]["reason"], "goodbye");
+    assert!(!events.seen.iter().any(|e| e["type"] == "peer_changed" && about(e, &b.device_id)), "not merely offline: {:#?}", events.seen);
+    assert_eq!(peer_ids(&a.ctl_json(&["peers", "--all"]).await), Vec::<&str>::new());
+
+    // Back with the same identity: the same device ID appears again.
+    b.restart().await;
+    events.wait_for("bob back", |e| e["type"] == "peer_appeared" && about(e, &b.device_id)).await;
+}
+
+#[tokio::test]
+async fn a_daemon_that_is_killed_goes_offline_within_seconds() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, mut b) = two_daemons(&lan, dir.path()).await;
+    let mut events = a.follow_events();
+
+    b.stop_with(Signal::SIGKILL).await;
+    let offline = events
+        .wait_for("bob offline", |e| e["type"] == "peer_changed" && about(e, &b.device_id) && e["peer_changed"]["peer"]["online"] == false)
+        .await;
+    assert_eq!(offline["peer_changed"]["peer"]["display_name"], "bob");
+
+    assert_eq!(peer_ids(&a.ctl_json(&["peers"]).await), Vec::<&str>::new(), "not listed as online");
+    let all = a.ctl_json(&["peers", "--all"]).await;
+    assert_eq!(peer_ids(&all), [b.device_id.as_str()], "still listed, as offline");
+    assert_eq!(all[0]["online"], false);
+}

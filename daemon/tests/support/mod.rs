@@ -1,0 +1,288 @@
+//! Test support: real daemons (the built `voiced` binary) in network namespaces
+//! joined by bridges, driven with the built `voicectl`. Readiness is awaited from the
+//! daemon's own sd_notify READY=1, events from `voicectl events --json`; nothing
+//! sleeps to synchronise. The deadlines below only stop a broken test from hanging.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::net::UnixDatagram;
+use tokio::process::{Child, ChildStdout, Command};
+
+/// A guard against hangs, not a performance expectation.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn voiced_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_voiced"))
+}
+
+/// `voicectl` is built into the same folder when the workspace is built.
+pub fn voicectl_bin() -> PathBuf {
+    let path = voiced_bin().with_file_name("voicectl");
+    assert!(path.exists(), "{} is missing: build the whole workspace (cargo build --workspace) first", path.display());
+    path
+}
+
+/// Why a namespace test cannot run here, if it cannot.
+pub fn netns_unavailable() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root to create network namespaces (ip netns add)".into());
+    }
+    match std::process::Command::new("ip").arg("netns").arg("list").output() {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!("`ip netns list` failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
+        Err(e) => Some(format!("cannot run `ip` (install iproute2): {e}")),
+    }
+}
+
+/// Skips (returns from) the test with a reason when namespaces are unavailable,
+/// unless VOICELINK_REQUIRE_NETNS=1 (as in CI), which makes that a failure.
+#[macro_export]
+macro_rules! require_netns {
+    () => {
+        if let Some(reason) = support::netns_unavailable() {
+            if std::env::var_os("VOICELINK_REQUIRE_NETNS").is_some_and(|v| v == "1") {
+                panic!("namespace test cannot run and VOICELINK_REQUIRE_NETNS=1: {reason}");
+            }
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+static NEXT_LAN: AtomicUsize = AtomicUsize::new(0);
+
+/// Hosts (namespaces) joined by one or more bridged links. Host `h` has, on link
+/// `l`, interface `eth{l}` with 10.77.{l}.{h+1}/24 and fd77:{l}::{h+1}/64.
+pub struct Lan {
+    prefix: String,
+    hosts: usize,
+}
+
+impl Lan {
+    pub fn new(hosts: usize, links: usize) -> Lan {
+        let prefix = format!("vl{}x{}", std::process::id(), NEXT_LAN.fetch_add(1, Ordering::Relaxed));
+        let lan = Lan { prefix, hosts };
+        let bridge_ns = lan.bridge_ns();
+        ip(&["netns", "add", &bridge_ns]);
+        for h in 0..hosts {
+            ip(&["netns", "add", &lan.host(h)]);
+            ip(&["-n", &lan.host(h), "link", "set", "lo", "up"]);
+        }
+        for l in 0..links {
+            let br = format!("br{l}");
+            ip(&["-n", &bridge_ns, "link", "add", &br, "type", "bridge", "mcast_snooping", "0"]);
+            ip(&["-n", &bridge_ns, "link", "set", &br, "up"]);
+            for h in 0..hosts {
+                let host = lan.host(h);
+                let (inner, outer) = (format!("eth{l}"), format!("v{h}l{l}"));
+                ip(&["link", "add", &inner, "netns", &host, "type", "veth", "peer", "name", &outer, "netns", &bridge_ns]);
+                ip(&["-n", &bridge_ns, "link", "set", &outer, "master", &br, "up"]);
+                ip(&["-n", &host, "addr", "add", &format!("10.77.{l}.{}/24", h + 1), "dev", &inner]);
+                ip(&["-n", &host, "addr", "add", &format!("fd77:{l}::{}/64", h + 1), "dev", &inner, "nodad"]);
+                ip(&["-n", &host, "link", "set", &inner, "multicast", "on", "up"]);
+            }
+        }
+        for h in 0..hosts {
+            ip(&["-n", &lan.host(h), "route", "add", "224.0.0.0/4", "dev", "eth0"]);
+        }
+        lan
+    }
+
+    pub fn host(&self, h: usize) -> String {
+        format!("{}h{h}", self.prefix)
+    }
+
+    fn bridge_ns(&self) -> String {
+        format!("{}br", self.prefix)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in (0..self.hosts).map(|h| self.host(h)).chain([self.bridge_ns()]) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).output();
+        }
+    }
+}
+
+/// A running `voiced`.
+pub struct Daemon {
+    pub name: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub device_id: String,
+    netns: Option<String>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts `voiced` named `name` with its files in `dir` (inside namespace
+    /// `netns`, if given) and waits for READY=1.
+    pub async fn start(netns: Option<&str>, dir: &Path, name: &str, extra_config: &str) -> Daemon {
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("voiced.sock");
+        let config = dir.join("voiced.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "name = \"{name}\"\ndata_dir = \"{}\"\nlog_level = \"info,voicelink_daemon=debug\"\n{extra_config}\n[api]\nsocket = \"{}\"\n",
+                dir.join("data").display(),
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let mut daemon = Daemon {
+            name: name.into(),
+            dir: dir.into(),
+            socket,
+            log: dir.join(format!("voiced-{name}.log")),
+            device_id: String::new(),
+            netns: netns.map(Into::into),
+            child: None,
+        };
+        daemon.launch(&config).await;
+        daemon.device_id = daemon.ctl_json(&["status"]).await["device_id"].as_str().unwrap().to_owned();
+        daemon
+    }
+
+    async fn launch(&mut self, config: &Path) {
+        let notify_path = self.dir.join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(voiced_bin());
+                c
+            }
+            None => Command::new(voiced_bin()),
+        };
+        command
+            .arg("--config")
+            .arg(config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn voiced");
+        let mut buf = [0u8; 256];
+        let ready = async {
+            loop {
+                let n = notify.recv(&mut buf).await.unwrap();
+                if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            () = ready => {}
+            status = child.wait() => panic!("voiced {} exited before it was ready ({status:?}):\n{}", self.name, self.log_text()),
+            () = tokio::time::sleep(DEADLINE) => panic!("voiced {} never said READY=1:\n{}", self.name, self.log_text()),
+        }
+        self.child = Some(child);
+    }
+
+    /// Starts it again with the same files (so the same identity).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        let config = self.dir.join("voiced.toml");
+        self.launch(&config).await;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().and_then(Child::id).expect("running") as i32
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub async fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // With `ip netns exec`, ip execs voiced, so the pid is voiced's.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap() as i32), signal).unwrap();
+        tokio::time::timeout(DEADLINE, child.wait()).await.expect("voiced did not exit").unwrap()
+    }
+
+    /// `voicectl --socket … ARGS`.
+    pub async fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(voicectl_bin()).arg("--socket").arg(&self.socket).args(args).output().await.unwrap()
+    }
+
+    /// `voicectl --json ARGS`, parsed; panics with stderr if it fails.
+    pub async fn ctl_json(&self, args: &[&str]) -> Value {
+        let out = self.ctl(&[&["--json"], args].concat()).await;
+        assert!(out.status.success(), "voicectl {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log_text());
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Follows `voicectl events --json`.
+    pub fn follow_events(&self) -> EventFollower {
+        let mut child = std::process::Command::new(voicectl_bin());
+        child.arg("--socket").arg(&self.socket).args(["--json", "events"]);
+        let mut child = Command::from(child).stdout(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        EventFollower { _child: child, lines, seen: Vec::new() }
+    }
+}
+
+/// A `voicectl events --json` process.
+pub struct EventFollower {
+    _child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    pub seen: Vec<Value>,
+}
+
+impl EventFollower {
+    /// The next event.
+    pub async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(DEADLINE, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no event arrived; seen so far: {:#?}", self.seen))
+            .unwrap()
+            .expect("voicectl events ended");
+        let event: Value = serde_json::from_str(&line).unwrap();
+        self.seen.push(event.clone());
+        event
+    }
+
+    /// Reads events until one matches; returns it.
+    pub async fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let wait = async {
+            loop {
+                let event = self.next().await;
+                if matches(&event) {
+                    return event;
+                }
+            }
+        };
+        match tokio::time::timeout(DEADLINE, wait).await {
+            Ok(event) => event,
+            Err(_) => panic!("never saw {what}; saw: {:#?}", self.seen),
+        }
+    }
+}
+
+/// The event is about the peer with this device ID.
+pub fn about(event: &Value, device_id: &str) -> bool {
+    let kind = event["type"].as_str().unwrap_or_default();
+    let body = &event[kind];
+    body["peer"]["device_id"] == device_id || body["device_id"] == device_id
+}
