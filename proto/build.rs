@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("voicelink_v1_descriptor.bin"))
-        .compile_protos(&[proto], &["proto", protoc_bin_vendored::include_path()?.to_str().ok_or("non-UTF-8 include path")?])?;
+        .compile_protos(
+            &[proto],
+            &["proto", protoc_bin_vendored::include_path()?.to_str().ok_or("non-UTF-8 include path")?],
+        )?;
     Ok(())
 }

@@ -140,7 +140,9 @@ async fn run(cli: Cli) -> ExitCode {
     let address = match (cli.tcp, cli.token) {
         (Some(address), Some(token)) => DaemonAddress::Tcp { address, token },
         (Some(_), None) => {
-            eprintln!("voicectl: --tcp needs the API token: pass --token or set VOICELINK_TOKEN (it is in the daemon's data_dir/api-token)");
+            eprintln!(
+                "voicectl: --tcp needs the API token: pass --token or set VOICELINK_TOKEN (it is in the daemon's data_dir/api-token)"
+            );
             return ExitCode::from(exit::UNREACHABLE);
         }
         (None, _) => DaemonAddress::Unix(cli.socket.unwrap_or_else(voicelink_proto::default_socket_path)),
@@ -151,9 +153,13 @@ async fn run(cli: Cli) -> ExitCode {
             eprintln!("voicectl: {error}");
             match error {
                 ConnectError::NotRunning { .. } => {
-                    eprintln!("Start it with `voiced` (or `systemctl --user start voiced`), or point --socket at a running one.")
+                    eprintln!(
+                        "Start it with `voiced` (or `systemctl --user start voiced`), or point --socket at a running one."
+                    )
                 }
-                ConnectError::PermissionDenied { .. } => eprintln!("Use the daemon of your own user, or choose its socket with --socket."),
+                ConnectError::PermissionDenied { .. } => {
+                    eprintln!("Use the daemon of your own user, or choose its socket with --socket.")
+                }
                 _ => {}
             }
             return ExitCode::from(exit::UNREACHABLE);
@@ -204,10 +210,18 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
             client.hangup(v1::HangupRequest { call_id: id(call) }).await?;
             printer.done("hung up");
         }
-        Command::Mute { call } => printer.call(client.set_mute(v1::SetMuteRequest { call_id: id(call), muted: true }).await?.into_inner().call.as_ref()),
-        Command::Unmute { call } => printer.call(client.set_mute(v1::SetMuteRequest { call_id: id(call), muted: false }).await?.into_inner().call.as_ref()),
-        Command::Hold { call } => printer.call(client.set_hold(v1::SetHoldRequest { call_id: id(call), on_hold: true }).await?.into_inner().call.as_ref()),
-        Command::Resume { call } => printer.call(client.set_hold(v1::SetHoldRequest { call_id: id(call), on_hold: false }).await?.into_inner().call.as_ref()),
+        Command::Mute { call } => printer.call(
+            client.set_mute(v1::SetMuteRequest { call_id: id(call), muted: true }).await?.into_inner().call.as_ref(),
+        ),
+        Command::Unmute { call } => printer.call(
+            client.set_mute(v1::SetMuteRequest { call_id: id(call), muted: false }).await?.into_inner().call.as_ref(),
+        ),
+        Command::Hold { call } => printer.call(
+            client.set_hold(v1::SetHoldRequest { call_id: id(call), on_hold: true }).await?.into_inner().call.as_ref(),
+        ),
+        Command::Resume { call } => printer.call(
+            client.set_hold(v1::SetHoldRequest { call_id: id(call), on_hold: false }).await?.into_inner().call.as_ref(),
+        ),
         Command::Calls => printer.calls(&client.list_calls(v1::ListCallsRequest {}).await?.into_inner().calls),
         Command::Events => {
             let mut stream = client.watch_events(v1::WatchEventsRequest {}).await?.into_inner();
@@ -217,12 +231,15 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
         }
         Command::Stats { call, interval } => {
             let interval = prost_types::Duration::try_from(Duration::from_millis(interval)).ok();
-            let mut stream = client.watch_stats(v1::WatchStatsRequest { call_id: id(call), interval }).await?.into_inner();
+            let mut stream =
+                client.watch_stats(v1::WatchStatsRequest { call_id: id(call), interval }).await?.into_inner();
             while let Some(sample) = stream.next().await {
                 printer.stats(&sample?);
             }
         }
-        Command::Devices => printer.devices(&client.list_audio_devices(v1::ListAudioDevicesRequest {}).await?.into_inner()),
+        Command::Devices => {
+            printer.devices(&client.list_audio_devices(v1::ListAudioDevicesRequest {}).await?.into_inner())
+        }
     }
     Ok(())
 }

@@ -81,7 +81,13 @@ fn call_json(call: &v1::Call) -> Value {
 }
 
 fn peer_line(peer: &v1::Peer) -> String {
-    format!("{} ({}) at {} port {}", peer.display_name, short(&peer.device_id), peer.addresses.join(", "), peer.signaling_port)
+    format!(
+        "{} ({}) at {} port {}",
+        peer.display_name,
+        short(&peer.device_id),
+        peer.addresses.join(", "),
+        peer.signaling_port
+    )
 }
 
 fn call_line(call: &v1::Call) -> String {
@@ -194,26 +200,37 @@ impl Printer {
         let Some(kind) = &event.kind else { return };
         if self.json {
             let (name, body) = match kind {
-                Kind::Snapshot(s) => ("snapshot", json!({
-                    "peers": s.peers.iter().map(peer_json).collect::<Vec<_>>(),
-                    "calls": s.calls.iter().map(call_json).collect::<Vec<_>>(),
-                    "reason": s.reason,
-                })),
+                Kind::Snapshot(s) => (
+                    "snapshot",
+                    json!({
+                        "peers": s.peers.iter().map(peer_json).collect::<Vec<_>>(),
+                        "calls": s.calls.iter().map(call_json).collect::<Vec<_>>(),
+                        "reason": s.reason,
+                    }),
+                ),
                 Kind::PeerAppeared(e) => ("peer_appeared", json!({ "peer": e.peer.as_ref().map(peer_json) })),
                 Kind::PeerChanged(e) => ("peer_changed", json!({ "peer": e.peer.as_ref().map(peer_json) })),
-                Kind::PeerGone(e) => ("peer_gone", json!({
-                    "device_id": e.device_id,
-                    "display_name": e.display_name,
-                    "reason": v1::PeerGoneReason::try_from(e.reason).map_or_else(|_| "unknown".into(), |r| word(r.as_str_name(), "PEER_GONE_REASON_")),
-                })),
+                Kind::PeerGone(e) => (
+                    "peer_gone",
+                    json!({
+                        "device_id": e.device_id,
+                        "display_name": e.display_name,
+                        "reason": v1::PeerGoneReason::try_from(e.reason).map_or_else(|_| "unknown".into(), |r| word(r.as_str_name(), "PEER_GONE_REASON_")),
+                    }),
+                ),
                 Kind::IncomingCall(e) => ("incoming_call", json!({ "call": e.call.as_ref().map(call_json) })),
-                Kind::CallStateChanged(e) => ("call_state_changed", json!({
-                    "call": e.call.as_ref().map(call_json),
-                    "previous_state": state_word(e.previous_state),
-                })),
+                Kind::CallStateChanged(e) => (
+                    "call_state_changed",
+                    json!({
+                        "call": e.call.as_ref().map(call_json),
+                        "previous_state": state_word(e.previous_state),
+                    }),
+                ),
                 Kind::MuteChanged(e) => ("mute_changed", json!({ "call_id": e.call_id, "muted": e.muted })),
                 Kind::HoldChanged(e) => ("hold_changed", json!({ "call_id": e.call_id, "on_hold": e.on_hold })),
-                Kind::AudioDeviceChanged(e) => ("audio_device_changed", json!({ "audio_input": e.audio_input, "audio_output": e.audio_output })),
+                Kind::AudioDeviceChanged(e) => {
+                    ("audio_device_changed", json!({ "audio_input": e.audio_input, "audio_output": e.audio_output }))
+                }
                 Kind::Error(e) => ("error", json!({ "call_id": e.call_id, "message": e.message })),
             };
             return self.print_json(json!({
@@ -235,11 +252,14 @@ impl Printer {
                     println!("{at}   call {}", call_line(call));
                 }
             }
-            Kind::PeerAppeared(e) => println!("{at} peer appeared: {}", e.peer.as_ref().map(peer_line).unwrap_or_default()),
-            Kind::PeerChanged(e) => match &e.peer {
-                Some(peer) => println!("{at} peer {}: {}", if peer.online { "changed" } else { "offline" }, peer_line(peer)),
-                None => {}
-            },
+            Kind::PeerAppeared(e) => {
+                println!("{at} peer appeared: {}", e.peer.as_ref().map(peer_line).unwrap_or_default())
+            }
+            Kind::PeerChanged(e) => {
+                if let Some(peer) = &e.peer {
+                    println!("{at} peer {}: {}", if peer.online { "changed" } else { "offline" }, peer_line(peer))
+                }
+            }
             Kind::PeerGone(e) => println!("{at} peer gone: {} ({})", e.display_name, short(&e.device_id)),
             Kind::IncomingCall(e) => {
                 if let Some(call) = &e.call {
@@ -252,7 +272,9 @@ impl Printer {
                 }
             }
             Kind::MuteChanged(e) => println!("{at} call {} {}", e.call_id, if e.muted { "muted" } else { "unmuted" }),
-            Kind::HoldChanged(e) => println!("{at} call {} {}", e.call_id, if e.on_hold { "on hold" } else { "resumed" }),
+            Kind::HoldChanged(e) => {
+                println!("{at} call {} {}", e.call_id, if e.on_hold { "on hold" } else { "resumed" })
+            }
             Kind::AudioDeviceChanged(e) => println!("{at} audio in: {}  out: {}", e.audio_input, e.audio_output),
             Kind::Error(e) => println!("{at} error: {}", e.message),
         }
@@ -291,7 +313,8 @@ impl Printer {
 
     /// `voicectl devices`
     pub fn devices(&self, devices: &v1::ListAudioDevicesResponse) {
-        let device_json = |d: &v1::AudioDevice| json!({ "id": d.id, "description": d.description, "is_default": d.is_default });
+        let device_json =
+            |d: &v1::AudioDevice| json!({ "id": d.id, "description": d.description, "is_default": d.is_default });
         if self.json {
             return self.print_json(json!({
                 "inputs": devices.inputs.iter().map(device_json).collect::<Vec<_>>(),

@@ -39,10 +39,10 @@ pub struct ApiConfig {
     /// The Unix socket. Defaults to `$XDG_RUNTIME_DIR/voicelink/voiced.sock`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<PathBuf>,
-    /// An extra TCP listener, off unless set. Every request on it must carry the
-    /// token from `<data_dir>/api-token`.
+    /// An extra TCP listener, off unless set: `PORT` (on loopback) or `HOST:PORT`.
+    /// Every request on it must carry the token from `<data_dir>/api-token`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcp_listen: Option<SocketAddr>,
+    pub tcp_listen: Option<TcpListen>,
 }
 
 /// Signaling between daemons.
@@ -170,7 +170,8 @@ impl Config {
 
     /// Parses TOML text. The error is (where, what).
     pub fn parse(text: &str) -> Result<Config, (String, String)> {
-        let deserializer = toml::de::Deserializer::parse(text).map_err(|e| (locate(text, &e, None), e.message().to_owned()))?;
+        let deserializer =
+            toml::de::Deserializer::parse(text).map_err(|e| (locate(text, &e, None), e.message().to_owned()))?;
         serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
             let key = (key != ".").then_some(key);
@@ -220,6 +221,36 @@ fn locate(text: &str, error: &toml::de::Error, key: Option<String>) -> String {
         (Some(key), None) => format!("key `{key}`"),
         (None, Some(line)) => format!("line {line}"),
         (None, None) => "at an unknown place".into(),
+    }
+}
+
+/// Where the TCP control API listens. A bare port means loopback, so opening
+/// the API beyond this machine always takes an explicit address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TcpListen(pub SocketAddr);
+
+impl FromStr for TcpListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(port) = s.parse::<u16>() {
+            return Ok(TcpListen(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))));
+        }
+        s.parse().map(TcpListen).map_err(|_| format!("{s:?} is not PORT or HOST:PORT (e.g. 7700 or 127.0.0.1:7700)"))
+    }
+}
+
+impl TryFrom<String> for TcpListen {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<TcpListen> for String {
+    fn from(listen: TcpListen) -> String {
+        listen.0.to_string()
     }
 }
 
@@ -352,7 +383,7 @@ mod tests {
         assert_eq!(config.name.as_str(), "kitchen");
         assert_eq!(config.data_dir(), PathBuf::from("/var/lib/vl"));
         assert_eq!(config.socket(), PathBuf::from("/tmp/v.sock"));
-        assert_eq!(config.api.tcp_listen, Some("127.0.0.1:7000".parse().unwrap()));
+        assert_eq!(config.api.tcp_listen, Some(TcpListen("127.0.0.1:7000".parse().unwrap())));
         assert_eq!(config.signaling.port, 47000);
         assert!(!config.discovery.enabled);
         assert_eq!(config.audio.input, InputSpec::Tone(440));
@@ -384,6 +415,17 @@ mod tests {
         let (location, message) = Config::parse("log_level = \"voicelink=loudest\"").unwrap_err();
         assert_eq!(location, "key `log_level` at line 1");
         assert!(message.contains("use error, warn, info"), "{message}");
+    }
+
+    #[test]
+    fn a_bare_tcp_port_listens_on_loopback_only() {
+        let config = Config::parse("[api]\ntcp_listen = \"7700\"").unwrap();
+        assert_eq!(config.api.tcp_listen, Some(TcpListen("127.0.0.1:7700".parse().unwrap())));
+        let config = Config::parse("[api]\ntcp_listen = \"[::]:7700\"").unwrap();
+        assert_eq!(config.api.tcp_listen, Some(TcpListen("[::]:7700".parse().unwrap())));
+        let (location, message) = Config::parse("[api]\ntcp_listen = \"everywhere\"").unwrap_err();
+        assert_eq!(location, "key `api.tcp_listen` at line 2");
+        assert!(message.contains("PORT or HOST:PORT"), "{message}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::{self, ControlService, ControlSocket, DaemonInfo, TcpApi};
-use crate::config::Config;
+use crate::config::{Config, TcpListen};
 use crate::discovery::{Discovery, OwnAdvert};
 use crate::events::EventHub;
 use crate::identity::{Identity, IdentityError};
@@ -78,9 +78,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let port = config.signaling.port;
-    let signaling = SignalingListener::bind(port)
-        .await
-        .map_err(|source| DaemonError::Listen { what: "signaling", address: format!("port {port}"), source })?;
+    let signaling = SignalingListener::bind(port).await.map_err(|source| DaemonError::Listen {
+        what: "signaling",
+        address: format!("port {port}"),
+        source,
+    })?;
     let signaling_address = signaling.local_addr().map_err(|source| DaemonError::Listen {
         what: "signaling",
         address: format!("port {port}"),
@@ -89,7 +91,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let tcp = match config.api.tcp_listen {
         None => None,
-        Some(address) => {
+        Some(TcpListen(address)) => {
             if !address.ip().is_loopback() {
                 warn!(%address, "the TCP control API listens beyond this machine; anyone with the token can use it");
             }
@@ -163,7 +165,12 @@ fn load_or_create_token(path: &Path) -> Result<String, DaemonError> {
     let error = |action| move |source| DaemonError::Token { action, path: path.to_owned(), source };
     match fs::read_to_string(path) {
         Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
-        Ok(_) => return Err(error("use")(io::Error::new(io::ErrorKind::InvalidData, "the file is empty; delete it to get a new token"))),
+        Ok(_) => {
+            return Err(error("use")(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the file is empty; delete it to get a new token",
+            )));
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(error("read")(e)),
     }
@@ -171,7 +178,8 @@ fn load_or_create_token(path: &Path) -> Result<String, DaemonError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(error("create the folder of"))?;
     }
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(error("create"))?;
+    let mut file =
+        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(error("create"))?;
     file.write_all(format!("{token}\n").as_bytes()).map_err(error("write"))?;
     info!(path = %path.display(), "created a token for the TCP control API");
     Ok(token)

@@ -100,7 +100,12 @@ impl EventHub {
     pub fn subscribe(&self) -> Subscription {
         let changes = self.feed.subscribe();
         let state = self.state();
-        Subscription { hub: self.clone(), changes, after: state.sequence, pending_state: Some((state, Resync::Subscribed)) }
+        Subscription {
+            hub: self.clone(),
+            changes,
+            after: state.sequence,
+            pending_state: Some((state, Resync::Subscribed)),
+        }
     }
 }
 

@@ -55,10 +55,7 @@ fn luhn32(chars: &[u8]) -> Result<u8, DeviceIdError> {
     let mut factor = 1;
     let mut sum = 0;
     for &c in chars {
-        let codepoint = ALPHABET
-            .iter()
-            .position(|&a| a == c)
-            .ok_or(DeviceIdError::BadCharacter(char::from(c)))?;
+        let codepoint = ALPHABET.iter().position(|&a| a == c).ok_or(DeviceIdError::BadCharacter(char::from(c)))?;
         let addend = factor * codepoint;
         factor = if factor == 2 { 1 } else { 2 };
         sum += addend / 32 + addend % 32;
@@ -108,11 +105,8 @@ impl FromStr for DeviceId {
     type Err = DeviceIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let canonical: Vec<u8> = s
-            .bytes()
-            .filter(|b| !matches!(b, b'-' | b' '))
-            .map(|b| b.to_ascii_uppercase())
-            .collect();
+        let canonical: Vec<u8> =
+            s.bytes().filter(|b| !matches!(b, b'-' | b' ')).map(|b| b.to_ascii_uppercase()).collect();
         if canonical.len() != ID_CHARS {
             return Err(DeviceIdError::WrongLength(canonical.len()));
         }
@@ -124,9 +118,8 @@ impl FromStr for DeviceId {
             }
             data.extend_from_slice(body);
         }
-        let bytes = BASE32_NOPAD
-            .decode(&data)
-            .map_err(|e| DeviceIdError::BadCharacter(char::from(data[e.position])))?;
+        let bytes =
+            BASE32_NOPAD.decode(&data).map_err(|e| DeviceIdError::BadCharacter(char::from(data[e.position])))?;
         let hash: [u8; 32] = bytes.try_into().map_err(|_| DeviceIdError::WrongLength(canonical.len()))?;
         Ok(DeviceId(hash))
     }
@@ -207,7 +200,11 @@ impl Identity {
 
     fn load(cert_path: &Path, key_path: &Path) -> Result<Identity, IdentityError> {
         let read = |path: &Path| {
-            fs::read_to_string(path).map_err(|source| IdentityError::Io { action: "read", path: path.to_owned(), source })
+            fs::read_to_string(path).map_err(|source| IdentityError::Io {
+                action: "read",
+                path: path.to_owned(),
+                source,
+            })
         };
         let cert_pem = read(cert_path)?;
         let key_pem = read(key_path)?;

@@ -74,7 +74,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(config = %source.display(), "read the config file");
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async {
         // Installed before the daemon reports ready, so an early SIGTERM is graceful too.
         let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;

@@ -83,7 +83,11 @@ async fn a_daemon_that_stops_is_removed_at_once() {
     assert!(!b.socket.exists(), "the socket is removed on shutdown");
     let gone = events.wait_for("bob gone", |e| e["type"] == "peer_gone" && about(e, &b.device_id)).await;
     assert_eq!(gone["peer_gone"]["reason"], "goodbye");
-    assert!(!events.seen.iter().any(|e| e["type"] == "peer_changed" && about(e, &b.device_id)), "not merely offline: {:#?}", events.seen);
+    assert!(
+        !events.seen.iter().any(|e| e["type"] == "peer_changed" && about(e, &b.device_id)),
+        "not merely offline: {:#?}",
+        events.seen
+    );
     assert_eq!(peer_ids(&a.ctl_json(&["peers", "--all"]).await), Vec::<&str>::new());
 
     // Back with the same identity: the same device ID appears again.
@@ -101,7 +105,9 @@ async fn a_daemon_that_is_killed_goes_offline_within_seconds() {
 
     b.stop_with(Signal::SIGKILL).await;
     let offline = events
-        .wait_for("bob offline", |e| e["type"] == "peer_changed" && about(e, &b.device_id) && e["peer_changed"]["peer"]["online"] == false)
+        .wait_for("bob offline", |e| {
+            e["type"] == "peer_changed" && about(e, &b.device_id) && e["peer_changed"]["peer"]["online"] == false
+        })
         .await;
     assert_eq!(offline["peer_changed"]["peer"]["display_name"], "bob");
 

@@ -36,9 +36,7 @@ pub fn default_socket_path() -> PathBuf {
     let runtime_dir = directories::BaseDirs::new().and_then(|dirs| dirs.runtime_dir().map(Path::to_path_buf));
     match runtime_dir {
         Some(dir) => dir.join("voicelink").join("voiced.sock"),
-        None => std::env::temp_dir()
-            .join(format!("voicelink-{}", nix::unistd::getuid()))
-            .join("voiced.sock"),
+        None => std::env::temp_dir().join(format!("voicelink-{}", nix::unistd::getuid())).join("voiced.sock"),
     }
 }
 

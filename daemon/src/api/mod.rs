@@ -48,19 +48,17 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let own_uid = nix::unistd::geteuid().as_raw();
-    let unix = router(Authorizer::new(own_uid, None), service.clone()).await?.serve_with_incoming_shutdown(
-        UnixListenerStream::new(unix),
-        shutdown.clone().cancelled_owned(),
-    );
+    let unix = router(Authorizer::new(own_uid, None), service.clone())
+        .await?
+        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown.clone().cancelled_owned());
     match tcp {
         None => unix.await?,
         Some(TcpApi { listener, token }) => {
             let address: Option<SocketAddr> = listener.local_addr().ok();
             info!(address = ?address, "control API also listening on TCP (token required)");
-            let tcp = router(Authorizer::new(own_uid, Some(&token)), service).await?.serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                shutdown.cancelled_owned(),
-            );
+            let tcp = router(Authorizer::new(own_uid, Some(&token)), service)
+                .await?
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned());
             let (unix, tcp) = tokio::join!(unix, tcp);
             unix?;
             tcp?;
@@ -69,7 +67,15 @@ pub async fn serve(
     Ok(())
 }
 
-async fn router(authorizer: Authorizer, service: ControlService) -> Result<tonic::transport::server::Router<tower::layer::util::Stack<InterceptorLayer<Authorizer>, tower::layer::util::Identity>>, ServeError> {
+async fn router(
+    authorizer: Authorizer,
+    service: ControlService,
+) -> Result<
+    tonic::transport::server::Router<
+        tower::layer::util::Stack<InterceptorLayer<Authorizer>, tower::layer::util::Identity>,
+    >,
+    ServeError,
+> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<VoicelinkServer<ControlService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()

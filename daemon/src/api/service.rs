@@ -88,8 +88,7 @@ impl Voicelink for ControlService {
     async fn list_peers(&self, request: Request<v1::ListPeersRequest>) -> Rpc<v1::ListPeersResponse> {
         let include_offline = request.into_inner().include_offline;
         let state = self.hub.state();
-        let peers =
-            state.peers.values().filter(|p| p.online || include_offline).map(convert::peer).collect();
+        let peers = state.peers.values().filter(|p| p.online || include_offline).map(convert::peer).collect();
         Ok(Response::new(v1::ListPeersResponse { peers }))
     }
 

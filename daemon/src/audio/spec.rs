@@ -54,7 +54,9 @@ const OUTPUT_FORMS: &str = "use default, device:NAME, file:PATH.wav or null";
 fn split<'a>(given: &'a str, side: &'static str) -> Result<(&'a str, Option<&'a str>), SpecError> {
     match given.split_once(':') {
         None => Ok((given, None)),
-        Some((kind, "")) => Err(SpecError { side, given: given.into(), problem: format!("{kind}: needs a value after the colon") }),
+        Some((kind, "")) => {
+            Err(SpecError { side, given: given.into(), problem: format!("{kind}: needs a value after the colon") })
+        }
         Some((kind, value)) => Ok((kind, Some(value))),
     }
 }

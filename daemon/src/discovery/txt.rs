@@ -120,7 +120,13 @@ impl Advert {
             Ok(p) if p != 0 => p,
             _ => return Err(invalid(KEY_PORT, format!("{port:?} is not a port number"))),
         };
-        Ok(Advert { protocol_version, device_id, display_name: display_name.trim().to_owned(), signaling_port, leaving })
+        Ok(Advert {
+            protocol_version,
+            device_id,
+            display_name: display_name.trim().to_owned(),
+            signaling_port,
+            leaving,
+        })
     }
 }
 
@@ -157,9 +163,14 @@ mod tests {
     #[test]
     fn unknown_keys_and_newer_versions_are_accepted() {
         let id = advert().device_id.to_string();
-        let parsed =
-            decode(&[("v", Some("7")), ("id", Some(&id)), ("name", Some("bob")), ("port", Some("9")), ("future", None)])
-                .unwrap();
+        let parsed = decode(&[
+            ("v", Some("7")),
+            ("id", Some(&id)),
+            ("name", Some("bob")),
+            ("port", Some("9")),
+            ("future", None),
+        ])
+        .unwrap();
         assert_eq!(parsed.protocol_version, 7);
         assert_eq!(parsed.display_name, "bob");
     }
@@ -173,7 +184,8 @@ mod tests {
     #[test]
     fn malformed_records_are_refused_with_the_key_at_fault() {
         let id = advert().device_id.to_string();
-        let cases: &[(&[(&str, Option<&str>)], &str)] = &[
+        type Pairs<'a> = &'a [(&'a str, Option<&'a str>)];
+        let cases: &[(Pairs, &str)] = &[
             (&[("v", Some("one")), ("id", Some(&id)), ("name", Some("a")), ("port", Some("1"))], "v"),
             (&[("v", Some("0")), ("id", Some(&id)), ("name", Some("a")), ("port", Some("1"))], "v"),
             (&[("v", Some("1")), ("id", Some("NOTANID")), ("name", Some("a")), ("port", Some("1"))], "id"),

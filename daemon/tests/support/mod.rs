@@ -87,7 +87,9 @@ impl Lan {
             for h in 0..hosts {
                 let host = lan.host(h);
                 let (inner, outer) = (format!("eth{l}"), format!("v{h}l{l}"));
-                ip(&["link", "add", &inner, "netns", &host, "type", "veth", "peer", "name", &outer, "netns", &bridge_ns]);
+                ip(&[
+                    "link", "add", &inner, "netns", &host, "type", "veth", "peer", "name", &outer, "netns", &bridge_ns,
+                ]);
                 ip(&["-n", &bridge_ns, "link", "set", &outer, "master", &br, "up"]);
                 ip(&["-n", &host, "addr", "add", &format!("10.77.{l}.{}/24", h + 1), "dev", &inner]);
                 ip(&["-n", &host, "addr", "add", &format!("fd77:{l}::{}/64", h + 1), "dev", &inner, "nodad"]);
@@ -126,19 +128,34 @@ pub struct Daemon {
     pub device_id: String,
     netns: Option<String>,
     child: Option<Child>,
+    /// Extra environment for the daemon.
+    env: Vec<(String, String)>,
+    /// Where the daemon's sd_notify messages arrive.
+    notify: Option<UnixDatagram>,
 }
 
 impl Daemon {
     /// Starts `voiced` named `name` with its files in `dir` (inside namespace
     /// `netns`, if given) and waits for READY=1.
     pub async fn start(netns: Option<&str>, dir: &Path, name: &str, extra_config: &str) -> Daemon {
+        Self::start_with_env(netns, dir, name, extra_config, &[]).await
+    }
+
+    /// As `start`, with extra environment variables.
+    pub async fn start_with_env(
+        netns: Option<&str>,
+        dir: &Path,
+        name: &str,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("voiced.sock");
         let config = dir.join("voiced.toml");
         std::fs::write(
             &config,
             format!(
-                "name = \"{name}\"\ndata_dir = \"{}\"\nlog_level = \"info,voicelink_daemon=debug\"\n{extra_config}\n[api]\nsocket = \"{}\"\n",
+                "name = \"{name}\"\ndata_dir = \"{}\"\nlog_level = \"info,voicelink_daemon=debug\"\napi.socket = \"{}\"\n{extra_config}\n",
                 dir.join("data").display(),
                 socket.display()
             ),
@@ -152,6 +169,8 @@ impl Daemon {
             device_id: String::new(),
             netns: netns.map(Into::into),
             child: None,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            notify: None,
         };
         daemon.launch(&config).await;
         daemon.device_id = daemon.ctl_json(&["status"]).await["device_id"].as_str().unwrap().to_owned();
@@ -176,26 +195,27 @@ impl Daemon {
             .arg(config)
             .env("NOTIFY_SOCKET", &notify_path)
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true);
         let mut child = command.spawn().expect("spawn voiced");
-        let mut buf = [0u8; 256];
-        let ready = async {
-            loop {
-                let n = notify.recv(&mut buf).await.unwrap();
-                if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
-                    break;
-                }
-            }
-        };
         tokio::select! {
-            () = ready => {}
+            () = wait_notified(&notify, "READY=1") => {}
             status = child.wait() => panic!("voiced {} exited before it was ready ({status:?}):\n{}", self.name, self.log_text()),
             () = tokio::time::sleep(DEADLINE) => panic!("voiced {} never said READY=1:\n{}", self.name, self.log_text()),
         }
         self.child = Some(child);
+        self.notify = Some(notify);
+    }
+
+    /// Waits for the daemon to send this sd_notify message.
+    pub async fn notified(&self, message: &str) {
+        let notify = self.notify.as_ref().expect("started");
+        tokio::time::timeout(DEADLINE, wait_notified(notify, message))
+            .await
+            .unwrap_or_else(|_| panic!("voiced never sent {message}"));
     }
 
     /// Starts it again with the same files (so the same identity).
@@ -229,7 +249,12 @@ impl Daemon {
     /// `voicectl --json ARGS`, parsed; panics with stderr if it fails.
     pub async fn ctl_json(&self, args: &[&str]) -> Value {
         let out = self.ctl(&[&["--json"], args].concat()).await;
-        assert!(out.status.success(), "voicectl {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log_text());
+        assert!(
+            out.status.success(),
+            "voicectl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -240,6 +265,16 @@ impl Daemon {
         let mut child = Command::from(child).stdout(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         EventFollower { _child: child, lines, seen: Vec::new() }
+    }
+}
+
+async fn wait_notified(socket: &UnixDatagram, message: &str) {
+    let mut buf = [0u8; 512];
+    loop {
+        let n = socket.recv(&mut buf).await.unwrap();
+        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == message) {
+            return;
+        }
     }
 }
 
@@ -261,6 +296,11 @@ impl EventFollower {
         let event: Value = serde_json::from_str(&line).unwrap();
         self.seen.push(event.clone());
         event
+    }
+
+    /// Whether the stream ends (rather than delivering another event).
+    pub async fn ended(&mut self) -> bool {
+        matches!(tokio::time::timeout(DEADLINE, self.lines.next_line()).await, Ok(Ok(None)))
     }
 
     /// Reads events until one matches; returns it.

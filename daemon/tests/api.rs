@@ -1,0 +1,262 @@
+//! The control API and the command line against a real daemon (discovery off, so
+//! nothing leaves this machine): many clients, who may connect, the TCP token,
+//! health and reflection, and the errors a user sees.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use support::{Daemon, voicectl_bin, voiced_bin};
+use tokio_stream::StreamExt;
+use voicelink_proto::{DaemonAddress, v1};
+
+const NO_DISCOVERY: &str = "[discovery]\nenabled = false\n";
+
+async fn daemon(dir: &std::path::Path, extra: &str) -> Daemon {
+    Daemon::start(None, dir, "solo", &format!("{extra}{NO_DISCOVERY}")).await
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn many_clients_are_served_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "").await;
+    let clients = (0..12).map(|_| {
+        let socket = d.socket.clone();
+        tokio::spawn(async move {
+            let mut client = voicelink_proto::connect(DaemonAddress::Unix(socket)).await.unwrap();
+            // Hold an event stream open while making unary calls on the same connection.
+            let mut events = client.watch_events(v1::WatchEventsRequest {}).await.unwrap().into_inner();
+            let status = client.get_status(v1::GetStatusRequest {}).await.unwrap().into_inner();
+            let first = events.next().await.unwrap().unwrap();
+            (status.display_name, first.kind)
+        })
+    });
+    for client in clients {
+        let (name, first) = client.await.unwrap();
+        assert_eq!(name, "solo");
+        assert!(matches!(first, Some(v1::event::Kind::Snapshot(_))), "{first:?}");
+    }
+    // And the command line alongside.
+    assert_eq!(d.ctl_json(&["status"]).await["display_name"], "solo");
+}
+
+#[tokio::test]
+async fn another_user_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root to run a client as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "").await;
+    let nobody = 65534;
+    let as_nobody = || {
+        let mut command = Command::new(voicectl_bin());
+        command.arg("--socket").arg(&d.socket).arg("status").uid(nobody).gid(nobody);
+        command.output().unwrap()
+    };
+
+    // The socket's folder is private (0700), so the file system refuses first.
+    let out = as_nobody();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("permission denied"), "{}", stderr(&out));
+
+    // With the file system opened up, the daemon's own peer-credential check refuses.
+    for dir in [dir.path(), d.socket.parent().unwrap()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("may not use it"), "{}", stderr(&out));
+    assert!(d.log_text().contains("refused a control connection from another user"));
+
+    // The owner is still served.
+    assert_eq!(d.ctl_json(&["status"]).await["display_name"], "solo");
+}
+
+fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn the_tcp_listener_requires_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_loopback_port();
+    let d = daemon(dir.path(), &format!("api.tcp_listen = \"127.0.0.1:{port}\"\n")).await;
+    let token = std::fs::read_to_string(d.dir.join("data/api-token")).unwrap();
+    let mode = std::fs::metadata(d.dir.join("data/api-token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let address = format!("127.0.0.1:{port}");
+    let tcp_ctl = |token: Option<&str>| {
+        let mut command = Command::new(voicectl_bin());
+        command.args(["--tcp", &address, "--json", "status"]).env_remove("VOICELINK_SOCKET");
+        if let Some(token) = token {
+            command.args(["--token", token]);
+        }
+        command.output().unwrap()
+    };
+    let out = tcp_ctl(None);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("needs the API token"), "{}", stderr(&out));
+
+    let out = tcp_ctl(Some("wrong"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("valid API token is required"), "{}", stderr(&out));
+
+    let out = tcp_ctl(Some(token.trim()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["device_id"], d.device_id.as_str());
+}
+
+#[tokio::test]
+async fn health_and_reflection_serve_generic_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "").await;
+    let (channel, _) = voicelink_proto::channel(&DaemonAddress::Unix(d.socket.clone())).await.unwrap();
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "voicelink.v1.Voicelink".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = replies.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"voicelink.v1.Voicelink".to_owned()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+}
+
+#[tokio::test]
+async fn verbs_without_an_engine_say_so_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "").await;
+    for args in [&["dial", "bob"][..], &["answer"], &["hangup"], &["mute"], &["stats"], &["devices"]] {
+        let out = d.ctl(args).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let text = stderr(&out);
+        assert!(text.contains("cannot") && text.contains("not part of this build"), "{args:?}: {text}");
+        assert_eq!(text.lines().count(), 1, "one line, no trace: {text}");
+    }
+    // Listing calls is not a stub: there are none.
+    assert_eq!(d.ctl_json(&["calls"]).await, serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn voicectl_without_a_daemon_names_the_socket_and_how_to_start_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nothing-here.sock");
+    let out = Command::new(voicectl_bin()).arg("--socket").arg(&socket).arg("peers").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let text = stderr(&out);
+    assert!(text.contains("not running") && text.contains(&*socket.to_string_lossy()), "{text}");
+    assert!(text.contains("voiced"), "says how to start it: {text}");
+    assert!(!text.contains("panicked") && !text.contains("backtrace"), "{text}");
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_a_live_socket_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "").await;
+    let out = Command::new(voiced_bin())
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("--data-dir")
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("another voiced is already running"), "{}", stderr(&out));
+    assert_eq!(d.ctl_json(&["status"]).await["display_name"], "solo", "the first is unharmed");
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced_and_the_identity_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(dir.path(), "").await;
+    let first_id = d.device_id.clone();
+    d.stop_with(nix::sys::signal::Signal::SIGKILL).await;
+    assert!(d.socket.exists(), "a killed daemon leaves its socket behind");
+    d.restart().await;
+    assert_eq!(d.ctl_json(&["status"]).await["device_id"], first_id.as_str());
+    assert!(d.log_text().contains("replaced a stale socket"));
+}
+
+#[test]
+fn a_bad_config_names_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("voiced.toml");
+    std::fs::write(&config, "name = \"x\"\n\n[signaling]\nport = \"high\"\n").unwrap();
+    let out = Command::new(voiced_bin()).arg("--config").arg(&config).arg("--print-config").output().unwrap();
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(text.contains("key `signaling.port` at line 4"), "{text}");
+    assert!(text.contains(&*config.to_string_lossy()), "{text}");
+}
+
+#[test]
+fn print_config_shows_flags_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("voiced.toml");
+    std::fs::write(&config, "name = \"from-file\"\n[audio]\ninput = \"tone:440\"\n").unwrap();
+    let out = Command::new(voiced_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["--name", "from-flag", "--data-dir", "/srv/vl", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("name = \"from-flag\""), "{text}");
+    assert!(text.contains("data_dir = \"/srv/vl\""), "{text}");
+    assert!(text.contains("input = \"tone:440\""), "{text}");
+    assert!(text.contains("socket = "), "the default socket is written out: {text}");
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_tells_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(dir.path(), "").await;
+    let mut events = d.follow_events();
+    assert_eq!(events.next().await["type"], "snapshot");
+    let status = d.stop_with(nix::sys::signal::Signal::SIGTERM).await;
+    assert!(status.success(), "{status:?}");
+    d.notified("STOPPING=1").await;
+    assert!(!d.socket.exists(), "the socket is removed");
+    // The open event stream ended instead of holding the shutdown up.
+    assert!(events.ended().await, "the event stream should end with the daemon");
+}
+
+#[tokio::test]
+async fn under_systemd_log_lines_carry_no_timestamp_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with_env(None, dir.path(), "journal", NO_DISCOVERY, &[("JOURNAL_STREAM", "8:1234")]).await;
+    let log = d.log_text();
+    let ready = log.lines().find(|l| l.contains("voiced is ready")).expect("a ready line");
+    assert!(ready.trim_start().starts_with("INFO"), "the journal adds the time: {ready}");
+    assert!(!ready.contains("\u{1b}["), "no colour codes in the journal: {ready}");
+}
