@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what building and testing voicelink needs on Debian or Ubuntu: the
+# system packages (apt), a Rust toolchain if there is none, and cargo-nextest when
+# asked for the test tools. Safe to run again: it only installs what is missing.
+#
+#   scripts/setup.sh          build and run
+#   scripts/setup.sh --test   also what the tests need
+set -euo pipefail
+
+want_test_tools=0
+[ "${1:-}" = "--test" ] && want_test_tools=1
+
+# Build: a C toolchain for crates with C parts, pkg-config to find libraries.
+packages=(build-essential pkg-config ca-certificates curl)
+# Tests: iproute2 makes the network namespaces the end-to-end tests run in.
+[ $want_test_tools = 1 ] && packages+=(iproute2)
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+        sudo=sudo
+    fi
+    echo "setup: installing ${missing[*]}"
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+    [ -x "$HOME/.cargo/bin/cargo" ] || {
+        echo "setup: installing the Rust toolchain with rustup"
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component clippy,rustfmt
+    }
+    echo "setup: add ~/.cargo/bin to your PATH (source \"\$HOME/.cargo/env\")"
+fi
+
+if [ $want_test_tools = 1 ] && ! cargo nextest --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
