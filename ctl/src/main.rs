@@ -187,40 +187,68 @@ fn report(status: &tonic::Status) {
 }
 
 async fn execute(mut client: Client, command: Command, printer: &Printer) -> Result<(), tonic::Status> {
-    let spec = Option::unwrap_or_default;
-    let id = Option::unwrap_or_default;
     match command {
         Command::Status => printer.status(&client.get_status(v1::GetStatusRequest {}).await?.into_inner()),
         Command::Peers { all } => {
             printer.peers(&client.list_peers(v1::ListPeersRequest { include_offline: all }).await?.into_inner().peers)
         }
         Command::Dial { target, input, output } => {
-            let request = v1::DialRequest { target, audio_input: spec(input), audio_output: spec(output) };
+            let request = v1::DialRequest {
+                target,
+                audio_input: input.unwrap_or_default(),
+                audio_output: output.unwrap_or_default(),
+            };
             printer.call(client.dial(request).await?.into_inner().call.as_ref());
         }
         Command::Answer { call, input, output } => {
-            let request = v1::AnswerRequest { call_id: id(call), audio_input: spec(input), audio_output: spec(output) };
+            let request = v1::AnswerRequest {
+                call_id: call.unwrap_or_default(),
+                audio_input: input.unwrap_or_default(),
+                audio_output: output.unwrap_or_default(),
+            };
             printer.call(client.answer(request).await?.into_inner().call.as_ref());
         }
         Command::Decline { call, reason } => {
-            client.decline(v1::DeclineRequest { call_id: id(call), reason: reason.unwrap_or_default() }).await?;
+            client
+                .decline(v1::DeclineRequest { call_id: call.unwrap_or_default(), reason: reason.unwrap_or_default() })
+                .await?;
             printer.done("declined");
         }
         Command::Hangup { call } => {
-            client.hangup(v1::HangupRequest { call_id: id(call) }).await?;
+            client.hangup(v1::HangupRequest { call_id: call.unwrap_or_default() }).await?;
             printer.done("hung up");
         }
         Command::Mute { call } => printer.call(
-            client.set_mute(v1::SetMuteRequest { call_id: id(call), muted: true }).await?.into_inner().call.as_ref(),
+            client
+                .set_mute(v1::SetMuteRequest { call_id: call.unwrap_or_default(), muted: true })
+                .await?
+                .into_inner()
+                .call
+                .as_ref(),
         ),
         Command::Unmute { call } => printer.call(
-            client.set_mute(v1::SetMuteRequest { call_id: id(call), muted: false }).await?.into_inner().call.as_ref(),
+            client
+                .set_mute(v1::SetMuteRequest { call_id: call.unwrap_or_default(), muted: false })
+                .await?
+                .into_inner()
+                .call
+                .as_ref(),
         ),
         Command::Hold { call } => printer.call(
-            client.set_hold(v1::SetHoldRequest { call_id: id(call), on_hold: true }).await?.into_inner().call.as_ref(),
+            client
+                .set_hold(v1::SetHoldRequest { call_id: call.unwrap_or_default(), on_hold: true })
+                .await?
+                .into_inner()
+                .call
+                .as_ref(),
         ),
         Command::Resume { call } => printer.call(
-            client.set_hold(v1::SetHoldRequest { call_id: id(call), on_hold: false }).await?.into_inner().call.as_ref(),
+            client
+                .set_hold(v1::SetHoldRequest { call_id: call.unwrap_or_default(), on_hold: false })
+                .await?
+                .into_inner()
+                .call
+                .as_ref(),
         ),
         Command::Calls => printer.calls(&client.list_calls(v1::ListCallsRequest {}).await?.into_inner().calls),
         Command::Events => {
@@ -231,8 +259,10 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
         }
         Command::Stats { call, interval } => {
             let interval = prost_types::Duration::try_from(Duration::from_millis(interval)).ok();
-            let mut stream =
-                client.watch_stats(v1::WatchStatsRequest { call_id: id(call), interval }).await?.into_inner();
+            let mut stream = client
+                .watch_stats(v1::WatchStatsRequest { call_id: call.unwrap_or_default(), interval })
+                .await?
+                .into_inner();
             while let Some(sample) = stream.next().await {
                 printer.stats(&sample?);
             }

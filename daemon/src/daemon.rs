@@ -31,9 +31,6 @@ pub enum DaemonError {
     /// The device identity.
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    /// mDNS.
-    #[error(transparent)]
-    Discovery(#[from] crate::discovery::DiscoveryError),
     /// A listener could not be bound.
     #[error("cannot listen for {what} on {address}: {source}")]
     Listen {
@@ -108,15 +105,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    if config.discovery.enabled {
-        let discovery = Discovery::start(OwnAdvert {
+    let discovery = if config.discovery.enabled {
+        let own = OwnAdvert {
             device_id: identity.device_id,
             display_name: config.name.to_string(),
             signaling_port: signaling_address.port(),
-        })?;
-        tasks.spawn(discovery.run(hub.clone(), stop.clone()));
+        };
+        // Without mDNS the daemon is still useful (dial by address), so keep running.
+        Discovery::start(own)
+            .inspect_err(|error| warn!(%error, "LAN discovery is unavailable; peers must be dialed by address"))
+            .ok()
     } else {
         info!("LAN discovery is off (discovery.enabled = false): peers must be dialed by address");
+        None
+    };
+    let discovery_enabled = discovery.is_some();
+    if let Some(discovery) = discovery {
+        tasks.spawn(discovery.run(hub.clone(), stop.clone()));
     }
     tasks.spawn(signaling.run(stop.clone()));
 
@@ -127,7 +132,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         signaling_address,
         audio_input: config.audio.input.clone(),
         audio_output: config.audio.output.clone(),
-        discovery_enabled: config.discovery.enabled,
+        discovery_enabled,
     };
     let service = ControlService::new(info, hub, stop.clone());
     let server = api::serve(unix_listener, tcp, service, stop.clone());

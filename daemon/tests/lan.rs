@@ -116,3 +116,64 @@ async fn a_daemon_that_is_killed_goes_offline_within_seconds() {
     assert_eq!(peer_ids(&all), [b.device_id.as_str()], "still listed, as offline");
     assert_eq!(all[0]["online"], false);
 }
+
+/// Registers mDNS services from inside a namespace, as another program would.
+fn advertise_in(netns: &str, services: Vec<mdns_sd::ServiceInfo>) -> mdns_sd::ServiceDaemon {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        // The network namespace is per thread, and mdns-sd's own thread, spawned
+        // from this one, inherits it.
+        let ns = std::fs::File::open(path).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mdns = mdns_sd::ServiceDaemon::new().unwrap();
+        for service in services {
+            mdns.register(service).unwrap();
+        }
+        mdns
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn foreign_and_malformed_advertisements_are_skipped() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(Some(&lan.host(0)), &dir.path().join("a"), "alice", "").await;
+    let mut events = a.follow_events();
+
+    let service = |instance: &str, txt: &[(&str, &str)]| {
+        mdns_sd::ServiceInfo::new("_voicelink._udp.local.", instance, "rogue.local.", "10.77.0.2", 9, txt).unwrap()
+    };
+    let _rogue = advertise_in(
+        &lan.host(1),
+        vec![
+            service("printer", &[("path", "/queue")]),
+            service("garbled", &[("v", "1"), ("id", "NOT-A-DEVICE-ID"), ("name", "evil"), ("port", "9")]),
+            service("zero-port", &[("v", "1"), ("id", &a.device_id), ("name", "impostor"), ("port", "0")]),
+        ],
+    );
+    // A real peer after them, as a marker that the LAN has been heard.
+    let b = Daemon::start(Some(&lan.host(1)), &dir.path().join("b"), "bob", "").await;
+    events.wait_for("bob appears", |e| e["type"] == "peer_appeared" && about(e, &b.device_id)).await;
+
+    // The skipped records leave a debug line each; there is no event to await for a
+    // record that was rightly ignored, so the log is re-read until they are there.
+    let wanted = ["not a voicelink advertisement", "`id` is invalid", "`port` is invalid"];
+    let log = tokio::time::timeout(support::DEADLINE, async {
+        loop {
+            let log = a.log_text();
+            if wanted.iter().all(|w| log.contains(w)) {
+                return log;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("skipped records not logged:\n{}", a.log_text()));
+    assert!(log.contains("skipping an mDNS record"), "{log}");
+
+    assert_eq!(peer_ids(&a.ctl_json(&["peers", "--all"]).await), [b.device_id.as_str()], "only the real peer");
+    assert!(events.seen.iter().all(|e| e["type"] == "snapshot" || about(e, &b.device_id)), "{:#?}", events.seen);
+}
