@@ -115,6 +115,25 @@ pub struct Overrides {
     pub audio_output: Option<OutputSpec>,
 }
 
+/// Where the configuration comes from: the file (as named on the command line,
+/// or the default) and the flags on top. Kept so SIGHUP can read it again.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// `--config`, if given.
+    pub explicit_path: Option<PathBuf>,
+    /// The flags.
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    /// Reads the file and applies the flags. Returns the config and the file read.
+    pub fn load(&self) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        let (mut config, path) = Config::load(self.explicit_path.as_deref())?;
+        config.apply(self.overrides.clone());
+        Ok((config, path))
+    }
+}
+
 /// Why the configuration could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

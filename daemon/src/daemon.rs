@@ -8,15 +8,18 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use tokio::sync::watch;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api::{self, ControlService, ControlSocket, DaemonInfo, TcpApi};
-use crate::config::{Config, TcpListen};
+use crate::config::{Config, ConfigSource, LogLevel, TcpListen};
 use crate::discovery::{Discovery, OwnAdvert};
-use crate::events::EventHub;
+use crate::events::{Change, EventHub};
 use crate::identity::{Identity, IdentityError};
+use crate::reload::{LiveSettings, ReloadPlan};
 use crate::signaling::SignalingListener;
 
 /// Name of the TCP API token file in the data directory.
@@ -58,9 +61,27 @@ pub enum DaemonError {
     Serve(#[from] api::ServeError),
 }
 
+/// How the daemon re-reads its config (on SIGHUP, from `main`).
+pub struct Reload<R> {
+    /// Where the config came from.
+    pub source: ConfigSource,
+    /// Yields once per reload request.
+    pub requests: R,
+    /// Applies a new log filter (a no-op when the filter was fixed by a flag or
+    /// RUST_LOG, which outrank the file).
+    pub set_log_level: Box<dyn Fn(&LogLevel) + Send>,
+}
+
 /// Runs the daemon until `shutdown` completes, then stops cleanly: the mDNS
 /// goodbye is sent, open API streams end, and the socket is removed.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+pub async fn run<R>(
+    config: Config,
+    mut reload: Reload<R>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError>
+where
+    R: Stream<Item = ()> + Unpin,
+{
     let started = Instant::now();
     // The socket first: a second daemon must refuse before it advertises anything.
     let socket_path = config.socket();
@@ -102,6 +123,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
 
     let hub = EventHub::new();
+    let (settings, settings_rx) = watch::channel(LiveSettings::of(&config));
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 
@@ -121,33 +143,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let discovery_enabled = discovery.is_some();
     if let Some(discovery) = discovery {
-        tasks.spawn(discovery.run(hub.clone(), stop.clone()));
+        tasks.spawn(discovery.run(hub.clone(), settings_rx.clone(), stop.clone()));
     }
     tasks.spawn(signaling.run(stop.clone()));
 
-    let info = DaemonInfo {
-        device_id: identity.device_id,
-        display_name: config.name.to_string(),
-        started,
-        signaling_address,
-        audio_input: config.audio.input.clone(),
-        audio_output: config.audio.output.clone(),
-        discovery_enabled,
-    };
-    let service = ControlService::new(info, hub, stop.clone());
+    let info = DaemonInfo { device_id: identity.device_id, started, signaling_address, discovery_enabled };
+    let service = ControlService::new(info, settings_rx, hub.clone(), stop.clone());
     let server = api::serve(unix_listener, tcp, service, stop.clone());
     tokio::pin!(server);
 
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     info!(name = %config.name, signaling = %signaling_address, socket = %socket_path.display(), "voiced is ready");
 
-    let result = tokio::select! {
-        result = &mut server => result,
-        () = shutdown => {
-            info!("shutting down");
-            notify_systemd(&[sd_notify::NotifyState::Stopping]);
-            stop.cancel();
-            server.await
+    tokio::pin!(shutdown);
+    let mut config = config;
+    let result = loop {
+        tokio::select! {
+            result = &mut server => break result,
+            () = &mut shutdown => {
+                info!("shutting down");
+                notify_systemd(&[sd_notify::NotifyState::Stopping]);
+                stop.cancel();
+                break server.await;
+            }
+            Some(()) = reload.requests.next() => {
+                config = reload_config(config, &reload, &settings, &hub);
+            }
         }
     };
     // Decide, tell, wait: every task sees the cancellation and finishes its goodbye.
@@ -157,6 +178,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     drop(socket);
     info!("stopped");
     result.map_err(DaemonError::from)
+}
+
+/// Re-reads the config and applies what can change live. A config that does not
+/// read is refused and the current one stays. Calls in progress are not touched:
+/// new audio defaults apply to calls that start afterwards.
+fn reload_config<R>(
+    current: Config,
+    reload: &Reload<R>,
+    settings: &watch::Sender<LiveSettings>,
+    hub: &EventHub,
+) -> Config {
+    let monotonic = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| i128::from(t.tv_sec()) * 1_000_000 + i128::from(t.tv_nsec()) / 1_000)
+        .unwrap_or_default();
+    notify_systemd(&[sd_notify::NotifyState::Reloading, sd_notify::NotifyState::MonotonicUsec(monotonic)]);
+    let applied = match reload.source.load() {
+        Err(error) => {
+            error!(%error, "config reload refused; the current config stays in force");
+            current
+        }
+        Ok((new, _)) => {
+            let plan = ReloadPlan::between(&current, &new);
+            for key in &plan.needs_restart {
+                warn!(key, "this setting changed in the config file; restart voiced to apply it");
+            }
+            if let Some(level) = &plan.log_level {
+                (reload.set_log_level)(level);
+            }
+            settings.send_if_modified(|live| {
+                let new = LiveSettings::of(&plan.applied);
+                let changed = *live != new;
+                *live = new;
+                changed
+            });
+            if let Some((input, output)) = plan.audio.clone() {
+                hub.publish(Change::AudioDefaults { input, output });
+            }
+            info!(changed = !plan.is_empty(), "config reloaded");
+            plan.applied
+        }
+    };
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    applied
 }
 
 fn notify_systemd(state: &[sd_notify::NotifyState]) {

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use tokio::sync::{broadcast, watch};
 
+use crate::audio::{InputSpec, OutputSpec};
 use crate::discovery::{PeerChange, PeerRecord};
 use crate::identity::DeviceId;
 
@@ -43,6 +44,13 @@ pub struct Published {
 pub enum Change {
     /// The peer table changed.
     Peer(PeerChange),
+    /// The default audio endpoints for new calls changed.
+    AudioDefaults {
+        /// Input spec.
+        input: InputSpec,
+        /// Output spec.
+        output: OutputSpec,
+    },
 }
 
 impl State {
@@ -54,6 +62,8 @@ impl State {
             Change::Peer(PeerChange::Gone { device_id, .. }) => {
                 self.peers.remove(device_id);
             }
+            // Published on the settings channel; the feed only announces it.
+            Change::AudioDefaults { .. } => {}
         }
     }
 }

@@ -14,6 +14,7 @@ mod daemon;
 pub mod discovery;
 pub mod events;
 pub mod identity;
+pub mod reload;
 pub mod signaling;
 
-pub use daemon::{DaemonError, run};
+pub use daemon::{DaemonError, Reload, run};

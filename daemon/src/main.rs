@@ -6,9 +6,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
+use tokio_stream::wrappers::SignalStream;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt, reload};
+use voicelink_daemon::Reload;
 use voicelink_daemon::audio::{InputSpec, OutputSpec};
-use voicelink_daemon::config::{Config, DisplayName, LogLevel, Overrides};
+use voicelink_daemon::config::{ConfigSource, DisplayName, LogLevel, Overrides};
 
 /// The voicelink daemon: finds peers on the LAN and carries voice calls between
 /// them. Driven by `voicectl` and other clients over a local gRPC socket.
@@ -52,16 +56,19 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let (mut config, source) = Config::load(args.config.as_deref())?;
     let log_flag = args.log_level.clone();
-    config.apply(Overrides {
-        name: args.name,
-        data_dir: args.data_dir,
-        socket: args.socket,
-        log_level: args.log_level,
-        audio_input: args.audio_input,
-        audio_output: args.audio_output,
-    });
+    let config_source = ConfigSource {
+        explicit_path: args.config,
+        overrides: Overrides {
+            name: args.name,
+            data_dir: args.data_dir,
+            socket: args.socket,
+            log_level: args.log_level,
+            audio_input: args.audio_input,
+            audio_output: args.audio_output,
+        },
+    };
+    let (config, source) = config_source.load()?;
     if args.print_config {
         if let Some(source) = &source {
             println!("# read from {}", source.display());
@@ -69,7 +76,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         print!("{}", config.to_effective_toml());
         return Ok(());
     }
-    init_logging(log_flag.as_ref().unwrap_or(&config.log_level), log_flag.is_some());
+    let set_log_level = init_logging(log_flag.as_ref().unwrap_or(&config.log_level), log_flag.is_some());
     if let Some(source) = &source {
         tracing::info!(config = %source.display(), "read the config file");
     }
@@ -80,27 +87,40 @@ fn run(args: Args) -> anyhow::Result<()> {
         // Installed before the daemon reports ready, so an early SIGTERM is graceful too.
         let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        let reload = Reload { source: config_source, requests: SignalStream::new(hangup), set_log_level };
         let shutdown = async move {
             tokio::select! {
                 _ = terminate.recv() => {}
                 _ = interrupt.recv() => {}
             }
         };
-        voicelink_daemon::run(config, shutdown).await.map_err(anyhow::Error::from)
+        voicelink_daemon::run(config, reload, shutdown).await.map_err(anyhow::Error::from)
     })
 }
 
 /// `--log-level` wins, then `RUST_LOG`, then the config file. Under systemd the
-/// journal adds its own timestamps, so ours are left out.
-fn init_logging(level: &LogLevel, from_flag: bool) {
+/// journal adds its own timestamps, so ours are left out. Returns how to change the
+/// filter on reload; a filter fixed by the flag or RUST_LOG stays.
+fn init_logging(level: &LogLevel, from_flag: bool) -> Box<dyn Fn(&LogLevel) + Send> {
     let from_env = std::env::var("RUST_LOG").ok().filter(|_| !from_flag);
+    let fixed = from_flag || from_env.is_some();
     let filter = from_env
         .and_then(|directives| EnvFilter::try_new(directives).ok())
         .unwrap_or_else(|| EnvFilter::new(level.as_str()));
+    let (filter, handle) = reload::Layer::new(filter);
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(!journal && std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if journal { subscriber.without_time().init() } else { subscriber.init() }
+    let ansi = !journal && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let output = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let output = if journal { output.without_time().boxed() } else { output.boxed() };
+    tracing_subscriber::registry().with(filter).with(output).init();
+    Box::new(move |level: &LogLevel| {
+        if fixed {
+            tracing::info!(
+                "the log filter is set by --log-level or RUST_LOG; the config file's log_level is not applied"
+            );
+        } else if let Err(error) = handle.reload(EnvFilter::new(level.as_str())) {
+            tracing::warn!(%error, "cannot change the log filter");
+        }
+    })
 }

@@ -177,3 +177,51 @@ async fn foreign_and_malformed_advertisements_are_skipped() {
     assert_eq!(peer_ids(&a.ctl_json(&["peers", "--all"]).await), [b.device_id.as_str()], "only the real peer");
     assert!(events.seen.iter().all(|e| e["type"] == "snapshot" || about(e, &b.device_id)), "{:#?}", events.seen);
 }
+
+#[tokio::test]
+async fn sighup_applies_a_new_name_and_refuses_a_broken_config() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_daemons(&lan, dir.path()).await;
+    let mut a_events = a.follow_events();
+    let mut b_events = b.follow_events();
+    assert_eq!(b_events.next().await["type"], "snapshot");
+    let config_path = b.dir.join("voiced.toml");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    let reload = async |text: String| {
+        std::fs::write(&config_path, text).unwrap();
+        b.signal(Signal::SIGHUP);
+        b.notified("RELOADING=1").await;
+        b.notified("READY=1").await;
+    };
+
+    // A new name and audio default apply live, and peers see the new name.
+    reload(original.replace("name = \"bob\"", "name = \"robert\"") + "[audio]\ninput = \"tone:440\"\n").await;
+    a_events
+        .wait_for("bob renamed", |e| {
+            e["type"] == "peer_changed"
+                && about(e, &b.device_id)
+                && e["peer_changed"]["peer"]["display_name"] == "robert"
+        })
+        .await;
+    let changed = b_events.wait_for("audio default changed", |e| e["type"] == "audio_device_changed").await;
+    assert_eq!(changed["audio_device_changed"]["audio_input"], "tone:440");
+    let status = b.ctl_json(&["status"]).await;
+    assert_eq!(status["display_name"], "robert");
+    assert_eq!(status["audio_input"], "tone:440");
+
+    // A broken config is refused with its reason; the daemon keeps the old one.
+    reload("name = \"x\"\n[signaling]\nport = \"nope\"\n".into()).await;
+    let log = b.log_text();
+    assert!(log.contains("config reload refused"), "{log}");
+    assert!(log.contains("key `signaling.port` at line 3"), "{log}");
+    assert_eq!(b.ctl_json(&["status"]).await["display_name"], "robert");
+
+    // A key that needs a restart is named and left as it is.
+    let port = status["signaling_port"].clone();
+    reload(original.replace("name = \"bob\"", "name = \"robert\"") + "[signaling]\nport = 1\n").await;
+    assert!(b.log_text().contains("restart voiced to apply it key=\"signaling.port\""), "{}", b.log_text());
+    assert_eq!(b.ctl_json(&["status"]).await["signaling_port"], port);
+    assert_eq!(a.ctl_json(&["peers"]).await[0]["display_name"], "robert", "still listed, under its new name");
+}

@@ -58,6 +58,10 @@ pub(super) fn event(published: &Published) -> v1::Event {
             }
             .into(),
         }),
+        Change::AudioDefaults { input, output } => Kind::AudioDeviceChanged(v1::AudioDeviceChanged {
+            audio_input: input.to_string(),
+            audio_output: output.to_string(),
+        }),
     };
     v1::Event { time: Some(timestamp(published.time)), sequence: published.sequence, kind: Some(kind) }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -14,10 +14,10 @@ use voicelink_proto::v1;
 use voicelink_proto::v1::voicelink_server::Voicelink;
 
 use super::convert;
-use crate::audio::{InputSpec, OutputSpec};
 use crate::discovery::PROTOCOL_VERSION;
 use crate::events::{EventHub, Update};
 use crate::identity::DeviceId;
+use crate::reload::LiveSettings;
 
 /// Buffered events per subscriber before it counts as slow (and is resynchronised
 /// by the hub rather than holding anything up).
@@ -28,16 +28,10 @@ const SUBSCRIBER_BUFFER: usize = 64;
 pub struct DaemonInfo {
     /// This device.
     pub device_id: DeviceId,
-    /// Its display name.
-    pub display_name: String,
     /// When the daemon started.
     pub started: Instant,
     /// Where the signaling listener is bound.
     pub signaling_address: SocketAddr,
-    /// Default audio input.
-    pub audio_input: InputSpec,
-    /// Default audio output.
-    pub audio_output: OutputSpec,
     /// Whether mDNS runs.
     pub discovery_enabled: bool,
 }
@@ -46,14 +40,21 @@ pub struct DaemonInfo {
 #[derive(Clone)]
 pub struct ControlService {
     info: Arc<DaemonInfo>,
+    settings: watch::Receiver<LiveSettings>,
     hub: EventHub,
     shutdown: CancellationToken,
 }
 
 impl ControlService {
-    /// A service answering from `hub`; its streams end when `shutdown` fires.
-    pub fn new(info: DaemonInfo, hub: EventHub, shutdown: CancellationToken) -> Self {
-        ControlService { info: Arc::new(info), hub, shutdown }
+    /// A service answering from `hub` and `settings`; its streams end when
+    /// `shutdown` fires.
+    pub fn new(
+        info: DaemonInfo,
+        settings: watch::Receiver<LiveSettings>,
+        hub: EventHub,
+        shutdown: CancellationToken,
+    ) -> Self {
+        ControlService { info: Arc::new(info), settings, hub, shutdown }
     }
 }
 
@@ -71,16 +72,17 @@ type Rpc<T> = Result<Response<T>, Status>;
 impl Voicelink for ControlService {
     async fn get_status(&self, _: Request<v1::GetStatusRequest>) -> Rpc<v1::Status> {
         let info = &self.info;
+        let settings = self.settings.borrow().clone();
         Ok(Response::new(v1::Status {
             version: env!("CARGO_PKG_VERSION").into(),
             device_id: info.device_id.to_string(),
-            display_name: info.display_name.clone(),
+            display_name: settings.display_name.to_string(),
             uptime: Some(convert::duration(info.started.elapsed())),
             signaling_addresses: vec![info.signaling_address.to_string()],
             signaling_port: u32::from(info.signaling_address.port()),
             protocol_version: PROTOCOL_VERSION,
-            audio_input: info.audio_input.to_string(),
-            audio_output: info.audio_output.to_string(),
+            audio_input: settings.audio_input.to_string(),
+            audio_output: settings.audio_output.to_string(),
             discovery_enabled: info.discovery_enabled,
         }))
     }

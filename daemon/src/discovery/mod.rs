@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -23,6 +24,7 @@ pub use txt::{Advert, PROTOCOL_VERSION, SERVICE_TYPE, TxtError};
 
 use crate::events::{Change, EventHub};
 use crate::identity::DeviceId;
+use crate::reload::LiveSettings;
 
 /// How often every online peer is asked to confirm it is still there.
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(3);
@@ -71,9 +73,10 @@ impl Discovery {
         Ok(Discovery { mdns, events, own, fullname })
     }
 
-    /// Runs until `shutdown`, then says goodbye.
-    pub async fn run(self, hub: EventHub, shutdown: CancellationToken) {
-        let Discovery { mdns, events, own, fullname } = self;
+    /// Runs until `shutdown`, then says goodbye. A new display name on `settings`
+    /// is advertised at once.
+    pub async fn run(self, hub: EventHub, mut settings: watch::Receiver<LiveSettings>, shutdown: CancellationToken) {
+        let Discovery { mdns, events, mut own, fullname } = self;
         let mut table = PeerTable::new(own.device_id, OFFLINE_RETENTION);
         // Instance full name → when its last verification was sent.
         let mut verifying: HashMap<String, Instant> = HashMap::new();
@@ -103,6 +106,17 @@ impl Discovery {
                     Vec::new()
                 }
                 () = sleep_until(expiry), if expiry.is_some() => table.expire(Instant::now()),
+                Ok(()) = settings.changed() => {
+                    let name = settings.borrow_and_update().display_name.to_string();
+                    if name != own.display_name {
+                        own.display_name = name;
+                        match service_info(&own, false).and_then(|info| mdns.register(info)) {
+                            Ok(()) => info!(name = %own.display_name, "now advertising a new name"),
+                            Err(error) => warn!(%error, "cannot advertise the new name"),
+                        }
+                    }
+                    Vec::new()
+                }
             };
             for change in changes {
                 log_change(&change);

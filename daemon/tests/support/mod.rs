@@ -233,6 +233,11 @@ impl Daemon {
         self.child.as_ref().and_then(Child::id).expect("running") as i32
     }
 
+    /// Sends `signal` (the daemon keeps running).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
     /// Sends `signal` and waits for the process to exit.
     pub async fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
