@@ -2,12 +2,14 @@
 # they need first (scripts/setup.sh).
 
 export PATH := $(HOME)/.cargo/bin:$(PATH)
-# In CI (CI=true) the network-namespace tests must run, not skip.
-export VOICELINK_REQUIRE_NETNS ?= $(if $(filter true 1,$(CI)),1,0)
+# In CI (CI=true) the network-namespace tests must run, not skip, and the
+# packages are built, installed and removed again.
+IN_CI := $(if $(filter true 1,$(CI)),1,)
+export VOICELINK_REQUIRE_NETNS ?= $(if $(IN_CI),1,0)
 
 VOICED_ARGS ?=
 
-.PHONY: run test setup lint build
+.PHONY: run test lint build package package-test
 
 ## Install what is needed, build, and run voiced in the foreground (Ctrl-C stops it).
 run:
@@ -20,6 +22,11 @@ test:
 	scripts/setup.sh --test
 	$(MAKE) lint
 	cargo build --workspace --all-targets
+ifeq ($(IN_CI),1)
+	$(MAKE) package-test
+else
+	@echo "(package install test skipped: it installs and removes a .deb; run 'make package-test' as root, CI does)"
+endif
 	cargo nextest run --workspace --no-fail-fast
 
 lint:
@@ -28,3 +35,12 @@ lint:
 
 build:
 	cargo build --release --workspace
+
+## Build the .deb, .rpm, source archive, Homebrew formula and PKGBUILD into dist/.
+package: build
+	scripts/setup.sh --package
+	packaging/build.sh
+
+## Install the .deb on this machine, check it, remove it (needs root).
+package-test: package
+	packaging/test-install.sh

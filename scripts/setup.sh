@@ -3,17 +3,25 @@
 # system packages (apt), a Rust toolchain if there is none, and cargo-nextest when
 # asked for the test tools. Safe to run again: it only installs what is missing.
 #
-#   scripts/setup.sh          build and run
-#   scripts/setup.sh --test   also what the tests need
+#   scripts/setup.sh             build and run
+#   scripts/setup.sh --test      also what the tests need
+#   scripts/setup.sh --package   also what building and checking packages needs
 set -euo pipefail
 
 want_test_tools=0
-[ "${1:-}" = "--test" ] && want_test_tools=1
+want_package_tools=0
+case "${1:-}" in
+    --test) want_test_tools=1 ;;
+    --package) want_package_tools=1 ;;
+esac
 
 # Build: a C toolchain for crates with C parts, pkg-config to find libraries.
-packages=(build-essential pkg-config ca-certificates curl)
+packages=(build-essential pkg-config ca-certificates curl git)
 # Tests: iproute2 makes the network namespaces the end-to-end tests run in.
 [ $want_test_tools = 1 ] && packages+=(iproute2)
+# Packages: lintian checks the .deb, rpm reads the .rpm, ruby checks the formula,
+# man-db and systemd (systemd-analyze) check the installed files.
+[ $want_package_tools = 1 ] && packages+=(lintian rpm ruby man-db systemd)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -38,7 +46,16 @@ if ! command -v cargo >/dev/null; then
     echo "setup: add ~/.cargo/bin to your PATH (source \"\$HOME/.cargo/env\")"
 fi
 
-if [ $want_test_tools = 1 ] && ! cargo nextest --version >/dev/null 2>&1; then
-    echo "setup: installing cargo-nextest"
-    cargo install cargo-nextest --locked
+install_cargo_tool() { # crate, command to check
+    if ! "${@:2}" >/dev/null 2>&1; then
+        echo "setup: installing $1"
+        cargo install "$1" --locked
+    fi
+}
+if [ $want_test_tools = 1 ]; then
+    install_cargo_tool cargo-nextest cargo nextest --version
+fi
+if [ $want_package_tools = 1 ]; then
+    install_cargo_tool cargo-deb cargo deb --version
+    install_cargo_tool cargo-generate-rpm cargo generate-rpm --version
 fi

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use voicelink_proto::{Client, ConnectError, DaemonAddress, v1};
@@ -114,6 +114,14 @@ enum Command {
     },
     /// Audio devices the daemon can use
     Devices,
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff)
+    #[command(hide = true)]
+    Man,
 }
 
 /// Exit codes, so scripts can tell failures apart.
@@ -137,6 +145,23 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    // These describe voicectl itself: no daemon needed.
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "voicectl", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("voicectl: cannot write the manual page: {error}");
+                    ExitCode::from(exit::REQUEST_FAILED)
+                }
+            };
+        }
+        _ => {}
+    }
     let address = match (cli.tcp, cli.token) {
         (Some(address), Some(token)) => DaemonAddress::Tcp { address, token },
         (Some(_), None) => {
@@ -267,6 +292,7 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
                 printer.stats(&sample?);
             }
         }
+        Command::Completions { .. } | Command::Man => unreachable!("handled before connecting"),
         Command::Devices => {
             printer.devices(&client.list_audio_devices(v1::ListAudioDevicesRequest {}).await?.into_inner())
         }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::SignalStream;
 use tracing_subscriber::layer::SubscriberExt;
@@ -43,6 +43,9 @@ struct Args {
     /// Print the effective configuration (file, flags and defaults) and exit
     #[arg(long)]
     print_config: bool,
+    /// Print the manual page (roff) and exit
+    #[arg(long, hide = true)]
+    print_man: bool,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if args.print_man {
+        return clap_mangen::Man::new(Args::command())
+            .render(&mut std::io::stdout())
+            .context("cannot print the manual");
+    }
     let log_flag = args.log_level.clone();
     let config_source = ConfigSource {
         explicit_path: args.config,

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs the .deb built by packaging/build.sh on this machine, checks that every
+# part is where its user looks for it, and removes it again. Also checks the
+# other packages as far as this machine can (RPM contents, formula and PKGBUILD
+# syntax, the launchd plist). Needs root; run by `make test` (as root) in CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+check() {
+    local what=$1
+    shift
+    if "$@" >/tmp/voicelink-check.out 2>&1; then
+        passed=$((passed + 1))
+        echo "ok: $what"
+    else
+        failed=$((failed + 1))
+        echo "FAILED: $what"
+        sed 's/^/    /' /tmp/voicelink-check.out
+    fi
+}
+
+deb=$(ls dist/voicelink_*.deb)
+rpm=$(ls dist/voicelink-*.rpm)
+
+check "lintian finds no errors in the .deb" lintian --fail-on error --suppress-tags unstripped-binary-or-object "$deb"
+check "the .deb installs" dpkg -i "$deb"
+check "voiced --version" sh -c 'voiced --version | grep -q "^voiced "'
+check "voicectl --help" sh -c 'voicectl --help | grep -q "Usage: voicectl"'
+check "the user unit is where systemctl --user finds it" test -f /usr/lib/systemd/user/voiced.service
+check "systemd-analyze verify passes on the installed unit" \
+    sh -c 'out=$(systemd-analyze verify /usr/lib/systemd/user/voiced.service 2>&1); echo "$out"; [ -z "$out" ]'
+check "bash loads the completion" \
+    bash -c 'source /usr/share/bash-completion/completions/voicectl && complete -p voicectl'
+check "the zsh completion is in zsh's vendor folder" grep -q '#compdef voicectl' /usr/share/zsh/vendor-completions/_voicectl
+check "the fish completion is in fish's vendor folder" grep -q 'complete -c voicectl' /usr/share/fish/vendor_completions.d/voicectl.fish
+check "man finds voicectl(1)" sh -c 'man -w voicectl | grep -q voicectl.1'
+check "man finds voiced(1)" sh -c 'man -w voiced | grep -q voiced.1'
+check "the .deb declares the libraries it links" sh -c "dpkg-deb -f '$deb' Depends | grep -q libc6"
+check "the .deb is removed cleanly" dpkg -r voicelink
+check "nothing is left behind" sh -c '! test -e /usr/bin/voiced && ! test -e /usr/lib/systemd/user/voiced.service && ! dpkg -s voicelink 2>/dev/null | grep -q "Status: install ok"'
+
+check "the .rpm holds the same files" sh -c "rpm -qlp '$rpm' | sort | tr '\n' ' ' | grep -q '/usr/bin/voicectl /usr/bin/voiced /usr/lib/systemd/user/voiced.service.*/usr/share/man/man1/voicectl.1 /usr/share/man/man1/voiced.1'"
+check "the .rpm declares the libraries it links" sh -c "rpm -qpR '$rpm' | grep -q 'libc.so'"
+check "the Homebrew formula is valid Ruby with the archive's checksum" \
+    sh -c "ruby -c dist/voicelink.rb && grep -q \"sha256 \\\"\$(sha256sum dist/voicelink-*.tar.gz | cut -d' ' -f1)\\\"\" dist/voicelink.rb"
+check "the PKGBUILD is valid bash" bash -n dist/PKGBUILD
+check "the launchd plist is well-formed" python3 -c 'import plistlib,sys; p=plistlib.load(open(sys.argv[1],"rb")); assert p["RunAtLoad"] and "KeepAlive" in p' packaging/macos/org.voicelink.voiced.plist
+
+echo "packaging: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
