@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 release=target/release
-assets=target/assets
+assets=packaging/generated
 mkdir -p "$assets" dist
 
 # Completions and manual pages come from the binaries' own clap definitions.
