@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
 
 use crate::audio::{InputSpec, OutputSpec};
 
@@ -245,8 +246,7 @@ fn locate(text: &str, error: &toml::de::Error, key: Option<String>) -> String {
 
 /// Where the TCP control API listens. A bare port means loopback, so opening
 /// the API beyond this machine always takes an explicit address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, SerializeDisplay, DeserializeFromStr)]
 pub struct TcpListen(pub SocketAddr);
 
 impl FromStr for TcpListen {
@@ -260,16 +260,9 @@ impl FromStr for TcpListen {
     }
 }
 
-impl TryFrom<String> for TcpListen {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<TcpListen> for String {
-    fn from(listen: TcpListen) -> String {
-        listen.0.to_string()
+impl fmt::Display for TcpListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -277,8 +270,7 @@ impl From<TcpListen> for String {
 const MAX_NAME_BYTES: usize = 63;
 
 /// The name peers see: 1 to 63 bytes of UTF-8, no control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, SerializeDisplay, DeserializeFromStr)]
 pub struct DisplayName(String);
 
 impl DisplayName {
@@ -311,19 +303,6 @@ impl FromStr for DisplayName {
     }
 }
 
-impl TryFrom<String> for DisplayName {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<DisplayName> for String {
-    fn from(name: DisplayName) -> String {
-        name.0
-    }
-}
-
 impl fmt::Display for DisplayName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -331,8 +310,7 @@ impl fmt::Display for DisplayName {
 }
 
 /// A tracing filter, checked when read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, SerializeDisplay, DeserializeFromStr)]
 pub struct LogLevel(String);
 
 impl LogLevel {
@@ -353,16 +331,9 @@ impl FromStr for LogLevel {
     }
 }
 
-impl TryFrom<String> for LogLevel {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<LogLevel> for String {
-    fn from(level: LogLevel) -> String {
-        level.0
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

@@ -5,11 +5,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use serde_with::{DeserializeFromStr, SerializeDisplay};
+
 /// Highest tone we accept: well inside the 24 kHz Nyquist limit of 48 kHz audio.
 const MAX_TONE_HZ: u32 = 20_000;
 
 /// Where a call's outgoing audio comes from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, SerializeDisplay, DeserializeFromStr)]
 pub enum InputSpec {
     /// The system's default capture device.
     Default,
@@ -26,7 +28,7 @@ pub enum InputSpec {
 }
 
 /// Where a call's incoming audio goes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, SerializeDisplay, DeserializeFromStr)]
 pub enum OutputSpec {
     /// The system's default playback device.
     Default,
@@ -118,24 +120,6 @@ impl fmt::Display for OutputSpec {
         }
     }
 }
-
-macro_rules! serde_via_string {
-    ($ty:ty) => {
-        impl serde::Serialize for $ty {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
-        impl<'de> serde::Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(d)?;
-                text.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-serde_via_string!(InputSpec);
-serde_via_string!(OutputSpec);
 
 #[cfg(test)]
 mod tests {
