@@ -9,11 +9,13 @@
 
 pub mod api;
 pub mod audio;
+pub mod call;
 pub mod config;
 mod daemon;
 pub mod discovery;
 pub mod events;
 pub mod identity;
+pub mod media;
 pub mod reload;
 pub mod signaling;
 

@@ -2,6 +2,8 @@
 //! advertises, so the advertised port is really ours; speaking the signaling
 //! protocol on it is the call engine's job.
 
+pub mod wire;
+
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 

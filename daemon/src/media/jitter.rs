@@ -1,0 +1,429 @@
+//! The receive-side jitter buffer. Pure: packets go in with their arrival time,
+//! one decision per frame comes out (play this packet, recover it from the next
+//! one's FEC, conceal it, or play silence), driven by the playout clock's `now`.
+//!
+//! Adaptive: the target delay follows the measured interarrival jitter (RFC 3550
+//! estimator), between a floor of one frame and a ceiling; when the buffer holds
+//! more than the target plus two frames, a frame is dropped to cut the latency.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// RTP clock rate of Opus.
+const CLOCK_RATE: u64 = 48_000;
+/// The most delay the buffer will add, whatever the jitter.
+const MAX_TARGET: Duration = Duration::from_millis(300);
+/// After this many concealed frames in a row the peer is taken to be silent
+/// (muted, DTX without a packet, or gone): play silence, stop counting loss.
+const MAX_CONCEALED_RUN: u32 = 5;
+/// Packets further ahead than this are garbage, not jitter.
+const MAX_AHEAD_FRAMES: u64 = 500;
+
+/// What to play for the next frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Playout {
+    /// Decode this packet.
+    Frame(Bytes),
+    /// The frame was lost; decode its in-band FEC copy from this (the next) packet.
+    Fec(Bytes),
+    /// The frame was lost and cannot be recovered: ask the decoder to conceal (PLC).
+    Conceal,
+    /// Nothing to play (not started, or the peer sends nothing).
+    Silence,
+}
+
+/// What happened to a pushed packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Buffered.
+    Accepted,
+    /// Its frame was already played (or given up on): too late.
+    Late,
+    /// Already buffered.
+    Duplicate,
+    /// Implausibly far from the stream: dropped.
+    Discarded,
+}
+
+/// Counters for the stats feed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JitterStats {
+    /// Packets that arrived after their frame was played.
+    pub late: u64,
+    /// Packets dropped: duplicates, garbage, and frames cut to reduce latency.
+    pub discarded: u64,
+    /// Frames concealed by PLC.
+    pub concealed_frames: u64,
+    /// Runs of concealed frames.
+    pub concealment_events: u64,
+    /// Frames recovered from FEC.
+    pub fec_recovered: u64,
+    /// Frames played from real packets.
+    pub played: u64,
+}
+
+#[derive(Debug)]
+struct Buffered {
+    ts: u64,
+    payload: Bytes,
+}
+
+/// Widens a wrapping RTP counter to a monotonic u64 (str0m's SeqNo idea).
+#[derive(Debug, Default)]
+struct Unwrapper {
+    last: Option<u64>,
+}
+
+impl Unwrapper {
+    fn unwrap(&mut self, value: u64, bits: u32) -> u64 {
+        let modulus = 1u64 << bits;
+        let Some(last) = self.last else {
+            // Start high enough that an early reordered packet does not underflow.
+            let extended = value + modulus;
+            self.last = Some(extended);
+            return extended;
+        };
+        let base = last & !(modulus - 1);
+        let candidates = [base.wrapping_sub(modulus), base, base + modulus].map(|b| b.wrapping_add(value));
+        let extended = candidates.into_iter().min_by_key(|c| c.abs_diff(last)).unwrap_or(value);
+        if extended > last {
+            self.last = Some(extended);
+        }
+        extended
+    }
+}
+
+/// The jitter buffer of one incoming stream.
+#[derive(Debug)]
+pub struct JitterBuffer {
+    frame: Duration,
+    frame_ts: u64,
+    min_target: Duration,
+    packets: BTreeMap<u64, Buffered>,
+    seq: Unwrapper,
+    ts: Unwrapper,
+    /// Extended timestamp of the next frame to play; set by the first packet.
+    next_ts: Option<u64>,
+    /// Sequence number of the last packet played (or assumed lost).
+    last_seq: u64,
+    /// Playout starts when this instant passes.
+    start_at: Option<Instant>,
+    started: bool,
+    /// RFC 3550 interarrival jitter, in seconds.
+    jitter: f64,
+    last_transit: Option<f64>,
+    epoch: Option<Instant>,
+    concealed_run: u32,
+    stats: JitterStats,
+}
+
+impl JitterBuffer {
+    /// A buffer for frames of `frame` (10 or 20 ms) at 48 kHz.
+    pub fn new(frame: Duration) -> Self {
+        JitterBuffer {
+            frame,
+            frame_ts: (frame.as_micros() as u64 * CLOCK_RATE) / 1_000_000,
+            min_target: frame,
+            packets: BTreeMap::new(),
+            seq: Unwrapper::default(),
+            ts: Unwrapper::default(),
+            next_ts: None,
+            last_seq: 0,
+            start_at: None,
+            started: false,
+            jitter: 0.0,
+            last_transit: None,
+            epoch: None,
+            concealed_run: 0,
+            stats: JitterStats::default(),
+        }
+    }
+
+    /// The delay the buffer aims for now.
+    pub fn target_delay(&self) -> Duration {
+        // Three times the jitter covers nearly all of it for the usual shapes.
+        let wanted = self.frame + Duration::from_secs_f64(3.0 * self.jitter);
+        wanted.clamp(self.min_target, MAX_TARGET)
+    }
+
+    /// The delay buffered now: from the next frame to play to the newest held.
+    pub fn current_delay(&self) -> Duration {
+        match (self.next_ts, self.packets.values().map(|p| p.ts).max()) {
+            (Some(next), Some(newest)) if newest >= next => self.ts_duration(newest - next) + self.frame,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Interarrival jitter (RFC 3550), as measured.
+    pub fn jitter(&self) -> Duration {
+        Duration::from_secs_f64(self.jitter)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> JitterStats {
+        self.stats
+    }
+
+    fn ts_duration(&self, ts: u64) -> Duration {
+        Duration::from_micros(ts * 1_000_000 / CLOCK_RATE)
+    }
+
+    /// A packet arrived.
+    pub fn push(&mut self, seq: u16, ts: u32, payload: Bytes, arrival: Instant) -> Pushed {
+        let seq = self.seq.unwrap(u64::from(seq), 16);
+        let ts = self.ts.unwrap(u64::from(ts), 32);
+        let next_ts = *self.next_ts.get_or_insert_with(|| {
+            self.last_seq = seq - 1;
+            self.start_at = Some(arrival + self.min_target);
+            ts
+        });
+        self.update_jitter(ts, arrival);
+        if ts < next_ts || seq <= self.last_seq {
+            self.stats.late += 1;
+            return Pushed::Late;
+        }
+        if ts > next_ts + MAX_AHEAD_FRAMES * self.frame_ts {
+            self.stats.discarded += 1;
+            return Pushed::Discarded;
+        }
+        if self.packets.contains_key(&seq) {
+            self.stats.discarded += 1;
+            return Pushed::Duplicate;
+        }
+        self.packets.insert(seq, Buffered { ts, payload });
+        Pushed::Accepted
+    }
+
+    fn update_jitter(&mut self, ts: u64, arrival: Instant) {
+        let epoch = *self.epoch.get_or_insert(arrival);
+        let transit = arrival.saturating_duration_since(epoch).as_secs_f64() - ts as f64 / CLOCK_RATE as f64;
+        if let Some(last) = self.last_transit.replace(transit) {
+            self.jitter += ((transit - last).abs() - self.jitter) / 16.0;
+        }
+    }
+
+    /// What to play for the frame due now. Call once per frame.
+    pub fn pop(&mut self, now: Instant) -> Playout {
+        let Some(next_ts) = self.next_ts else { return Playout::Silence };
+        if !self.started {
+            // Wait until the target delay has built up after the first packet.
+            match self.start_at {
+                Some(at) if now >= at.max(at + self.target_delay().saturating_sub(self.min_target)) => {
+                    self.started = true
+                }
+                _ => return Playout::Silence,
+            }
+        }
+        // Too much buffered: drop the oldest frame to bring the latency down.
+        if self.current_delay() > self.target_delay() + 2 * self.frame {
+            self.advance(next_ts);
+            if let Some((&seq, _)) = self.packets.first_key_value() {
+                if self.packets[&seq].ts == next_ts {
+                    self.packets.remove(&seq);
+                    self.last_seq = seq;
+                }
+            }
+            self.stats.discarded += 1;
+            return self.pop(now);
+        }
+
+        let Some((&seq, packet)) = self.packets.first_key_value() else {
+            return self.missing(next_ts, None);
+        };
+        let (packet_ts, payload) = (packet.ts, packet.payload.clone());
+        if packet_ts == next_ts {
+            self.packets.remove(&seq);
+            self.last_seq = seq;
+            self.advance(next_ts);
+            self.concealed_run = 0;
+            self.stats.played += 1;
+            return Playout::Frame(payload);
+        }
+        if seq == self.last_seq + 1 {
+            // The next packet in sequence is for a later time: the sender was silent
+            // (DTX), nothing was lost.
+            self.advance(next_ts);
+            return Playout::Silence;
+        }
+        self.missing(next_ts, (packet_ts == next_ts + self.frame_ts).then_some(payload))
+    }
+
+    fn missing(&mut self, next_ts: u64, following: Option<Bytes>) -> Playout {
+        self.advance(next_ts);
+        self.last_seq += 1;
+        if let Some(payload) = following {
+            self.stats.fec_recovered += 1;
+            self.concealed_run = 0;
+            return Playout::Fec(payload);
+        }
+        if self.concealed_run >= MAX_CONCEALED_RUN {
+            return Playout::Silence;
+        }
+        if self.concealed_run == 0 {
+            self.stats.concealment_events += 1;
+        }
+        self.concealed_run += 1;
+        self.stats.concealed_frames += 1;
+        Playout::Conceal
+    }
+
+    fn advance(&mut self, next_ts: u64) {
+        self.next_ts = Some(next_ts + self.frame_ts);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME: Duration = Duration::from_millis(20);
+    const TS: u32 = 960;
+
+    fn payload(n: u16) -> Bytes {
+        Bytes::from(n.to_be_bytes().to_vec())
+    }
+
+    /// Feeds packets (index, arrival offset in ms) and pops one frame every 20 ms
+    /// from `start_ms` on; returns what was played per frame.
+    fn run(arrivals: &[(u16, u64)], frames: usize) -> (Vec<Playout>, JitterBuffer) {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(FRAME);
+        let mut pending: Vec<(u16, u64)> = arrivals.to_vec();
+        pending.sort_by_key(|(_, at)| *at);
+        let mut played = Vec::new();
+        let mut clock_ms = 0;
+        let mut it = pending.into_iter().peekable();
+        while played.len() < frames {
+            while let Some(&(i, at)) = it.peek() {
+                if at > clock_ms {
+                    break;
+                }
+                jb.push(
+                    1000u16.wrapping_add(i),
+                    5000u32.wrapping_add(u32::from(i) * TS),
+                    payload(i),
+                    t0 + Duration::from_millis(at),
+                );
+                it.next();
+            }
+            if clock_ms % 20 == 0 && clock_ms > 0 {
+                played.push(jb.pop(t0 + Duration::from_millis(clock_ms)));
+            }
+            clock_ms += 1;
+        }
+        (played, jb)
+    }
+
+    fn frames_of(played: &[Playout]) -> Vec<String> {
+        played
+            .iter()
+            .map(|p| match p {
+                Playout::Frame(b) => format!("F{}", u16::from_be_bytes([b[0], b[1]])),
+                Playout::Fec(b) => format!("R{}", u16::from_be_bytes([b[0], b[1]]) - 1),
+                Playout::Conceal => "C".into(),
+                Playout::Silence => "-".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_steady_stream_plays_in_order_with_one_frame_of_delay() {
+        let arrivals: Vec<(u16, u64)> = (0..10).map(|i| (i, u64::from(i) * 20 + 1)).collect();
+        let (played, jb) = run(&arrivals, 10);
+        assert_eq!(frames_of(&played), ["-", "F0", "F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8"]);
+        assert_eq!(jb.stats().concealed_frames, 0);
+        assert_eq!(jb.target_delay(), FRAME, "no jitter, no extra delay");
+    }
+
+    #[test]
+    fn reordered_packets_are_put_back_in_order() {
+        let arrivals = [(0, 1), (2, 41), (1, 45), (3, 61), (4, 81)];
+        let (played, _) = run(&arrivals, 5);
+        assert_eq!(frames_of(&played), ["-", "F0", "F1", "F2", "F3"]);
+    }
+
+    #[test]
+    fn a_lost_packet_is_recovered_from_the_next_ones_fec() {
+        let arrivals = [(0, 1), (1, 21), (3, 61), (4, 81), (5, 101)];
+        let (played, jb) = run(&arrivals, 6);
+        assert_eq!(frames_of(&played), ["-", "F0", "F1", "R2", "F3", "F4"]);
+        assert_eq!(jb.stats().fec_recovered, 1);
+        assert_eq!(jb.stats().concealed_frames, 0);
+    }
+
+    #[test]
+    fn a_burst_loss_is_concealed_then_fec_for_the_last_one() {
+        let arrivals = [(0, 1), (1, 21), (5, 101), (6, 121), (7, 141)];
+        let (played, jb) = run(&arrivals, 8);
+        assert_eq!(frames_of(&played), ["-", "F0", "F1", "C", "C", "R4", "F5", "F6"]);
+        assert_eq!(jb.stats().concealed_frames, 2);
+        assert_eq!(jb.stats().concealment_events, 1);
+    }
+
+    #[test]
+    fn a_packet_after_its_frame_was_played_is_late() {
+        let arrivals = [(0, 1), (1, 21), (3, 61), (4, 81), (2, 95), (5, 101)];
+        let (played, jb) = run(&arrivals, 6);
+        assert_eq!(frames_of(&played), ["-", "F0", "F1", "R2", "F3", "F4"]);
+        assert_eq!(jb.stats().late, 1);
+    }
+
+    #[test]
+    fn a_peer_that_stops_sending_fades_to_silence_without_counting_loss_forever() {
+        let arrivals = [(0, 1), (1, 21)];
+        let (played, jb) = run(&arrivals, 12);
+        assert_eq!(frames_of(&played), ["-", "F0", "F1", "C", "C", "C", "C", "C", "-", "-", "-", "-"]);
+        assert_eq!(jb.stats().concealed_frames, u64::from(MAX_CONCEALED_RUN));
+    }
+
+    #[test]
+    fn jitter_raises_the_target_delay_and_calm_lowers_it() {
+        // Packets arrive 0 or 40 ms late, alternately.
+        let jittery: Vec<(u16, u64)> =
+            (0..60).map(|i| (i, u64::from(i) * 20 + if i % 2 == 1 { 40 } else { 0 } + 1)).collect();
+        let (_, jb) = run(&jittery, 60);
+        assert!(jb.jitter() > Duration::from_millis(20), "{:?}", jb.jitter());
+        assert!(jb.target_delay() >= Duration::from_millis(80), "{:?}", jb.target_delay());
+        assert!(jb.target_delay() <= MAX_TARGET);
+        let calm: Vec<(u16, u64)> = (0..200).map(|i| (i, u64::from(i) * 20 + 1)).collect();
+        let (_, jb) = run(&calm, 200);
+        assert_eq!(jb.target_delay(), FRAME);
+    }
+
+    #[test]
+    fn a_backlog_is_trimmed_to_bring_latency_down() {
+        // 10 packets at once (a burst after a stall), then a steady stream.
+        let mut arrivals: Vec<(u16, u64)> = (0..10).map(|i| (i, 1)).collect();
+        arrivals.extend((10..30).map(|i| (i, u64::from(i) * 20 + 1)));
+        let (_, jb) = run(&arrivals, 25);
+        assert!(jb.stats().discarded > 0);
+        assert!(jb.current_delay() <= jb.target_delay() + 2 * FRAME, "{:?}", jb.current_delay());
+    }
+
+    #[test]
+    fn sequence_numbers_and_timestamps_wrap() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(FRAME);
+        let mut played = Vec::new();
+        for i in 0..6u16 {
+            let seq = 65533u16.wrapping_add(i);
+            let ts = (u32::MAX - 2 * TS).wrapping_add(u32::from(i) * TS);
+            assert_eq!(jb.push(seq, ts, payload(i), t0 + FRAME * u32::from(i)), Pushed::Accepted);
+            played.push(jb.pop(t0 + FRAME * (u32::from(i) + 1)));
+        }
+        assert_eq!(frames_of(&played), ["F0", "F1", "F2", "F3", "F4", "F5"]);
+    }
+
+    #[test]
+    fn duplicates_and_garbage_are_dropped() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(FRAME);
+        assert_eq!(jb.push(1, 960, payload(0), t0), Pushed::Accepted);
+        assert_eq!(jb.push(2, 1920, payload(1), t0), Pushed::Accepted);
+        assert_eq!(jb.push(2, 1920, payload(1), t0), Pushed::Duplicate);
+        assert_eq!(jb.push(3, 960 + 10_000_000, payload(2), t0), Pushed::Discarded);
+        assert_eq!(jb.stats().discarded, 2);
+    }
+}

@@ -1,0 +1,5 @@
+//! Media: what happens to audio between the network and the audio endpoints.
+
+pub mod jitter;
+
+pub use jitter::{JitterBuffer, JitterStats, Playout, Pushed};

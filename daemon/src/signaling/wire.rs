@@ -1,0 +1,375 @@
+//! The signaling wire format: one JSON object per WebSocket text message, with the
+//! protocol version, the call it belongs to, and a type. Pure: encode and decode
+//! only, with a size cap, so everything the network can send is tested here and
+//! fuzzed (`fuzz/`). docs/PROTOCOL.md is the specification.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::discovery::PROTOCOL_VERSION;
+
+/// Largest message accepted or sent (a full SDP offer is about 2-4 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Longest free-text field (names, reasons) in bytes.
+pub const MAX_TEXT_BYTES: usize = 256;
+
+/// A call's identifier: 1 to 64 characters of `A-Z a-z 0-9 - _`, chosen by the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CallId(String);
+
+impl CallId {
+    /// A fresh random ID (128 bits, hex).
+    pub fn random() -> Self {
+        CallId(data_encoding::HEXLOWER.encode(&rand::random::<[u8; 16]>()))
+    }
+
+    /// The ID as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for CallId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let valid =
+            (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if valid { Ok(CallId(s)) } else { Err("a call ID is 1-64 characters of A-Z, a-z, 0-9, - and _".into()) }
+    }
+}
+
+impl From<CallId> for String {
+    fn from(id: CallId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a call ended, as one side tells the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndCode {
+    /// A person hung up.
+    HangUp,
+    /// The caller gave up before an answer.
+    Cancelled,
+    /// Nobody answered in time.
+    NoAnswer,
+    /// Media could not be set up or was lost.
+    Failed,
+    /// Both sides dialed each other; this call yields to the other one.
+    Glare,
+    /// A code from a newer peer.
+    #[serde(other)]
+    Other,
+}
+
+/// What a message says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Unknown fields are ignored: a newer peer may add some.
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Body {
+    /// Caller → callee: please ring. The caller's identity comes from its TLS
+    /// certificate; the name is only for display.
+    CallRequest {
+        /// The caller's display name.
+        caller_name: String,
+    },
+    /// Callee → caller: it is ringing here.
+    Ringing,
+    /// Callee → caller: answered.
+    Accept,
+    /// Callee → caller: declined, with a reason to show.
+    Decline {
+        /// Why (may be empty).
+        #[serde(default)]
+        reason: String,
+    },
+    /// Callee → caller: already in a call.
+    Busy,
+    /// Caller → callee: the WebRTC offer.
+    Offer {
+        /// SDP.
+        sdp: String,
+    },
+    /// Callee → caller: the WebRTC answer.
+    Answer {
+        /// SDP.
+        sdp: String,
+    },
+    /// Either way: a trickled ICE candidate.
+    IceCandidate {
+        /// The `candidate:` attribute value.
+        candidate: String,
+        /// The media section it belongs to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mid: Option<String>,
+        /// The media section's index.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mline_index: Option<u16>,
+    },
+    /// Either way: the call is over.
+    End {
+        /// Why.
+        reason: EndCode,
+    },
+    /// Either way: this side put the call on hold (no audio either way) or resumed it.
+    Hold {
+        /// On hold now.
+        on_hold: bool,
+    },
+    /// Either way: still here (sent when idle, so a dead link is noticed).
+    Keepalive,
+    /// Either way: the last message was not understood; the connection closes.
+    Error {
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl Body {
+    /// The `type` field's value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::CallRequest { .. } => "call_request",
+            Body::Ringing => "ringing",
+            Body::Accept => "accept",
+            Body::Decline { .. } => "decline",
+            Body::Busy => "busy",
+            Body::Offer { .. } => "offer",
+            Body::Answer { .. } => "answer",
+            Body::IceCandidate { .. } => "ice_candidate",
+            Body::End { .. } => "end",
+            Body::Hold { .. } => "hold",
+            Body::Keepalive => "keepalive",
+            Body::Error { .. } => "error",
+        }
+    }
+}
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    /// Protocol version.
+    pub v: u32,
+    /// The call.
+    pub call_id: CallId,
+    /// What it says.
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+impl Message {
+    /// A message of this build's protocol version.
+    pub fn new(call_id: CallId, body: Body) -> Self {
+        Message { v: PROTOCOL_VERSION, call_id, body }
+    }
+
+    /// The JSON text.
+    pub fn encode(&self) -> String {
+        // Serializing a struct of strings and integers to JSON cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What came off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// A message we understand.
+    Message(Message),
+    /// A well-formed message of a type we do not know (from a newer peer): ignore it.
+    UnknownType {
+        /// Its `type`.
+        kind: String,
+    },
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Bigger than `MAX_MESSAGE_BYTES`.
+    #[error("message of {0} bytes is over the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// Not a JSON object.
+    #[error("not a JSON object: {0}")]
+    NotJson(String),
+    /// `v`, `call_id` or `type` missing or of the wrong kind.
+    #[error("missing or invalid `{0}`")]
+    Envelope(&'static str),
+    /// A major version we do not speak.
+    #[error("protocol version {0} is not supported (this side speaks {PROTOCOL_VERSION})")]
+    Version(u64),
+    /// A known type with bad fields.
+    #[error("invalid `{kind}` message: {reason}")]
+    Body {
+        /// The type.
+        kind: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A text field over `MAX_TEXT_BYTES`.
+    #[error("`{0}` is longer than {MAX_TEXT_BYTES} bytes")]
+    TextTooLong(&'static str),
+}
+
+const KNOWN_TYPES: [&str; 12] = [
+    "call_request",
+    "ringing",
+    "accept",
+    "decline",
+    "busy",
+    "offer",
+    "answer",
+    "ice_candidate",
+    "end",
+    "hold",
+    "keepalive",
+    "error",
+];
+
+/// Decodes one message. Never panics, whatever the input.
+pub fn decode(bytes: &[u8]) -> Result<Decoded, WireError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| WireError::NotJson(e.to_string()))?;
+    let serde_json::Value::Object(mut object) = value else {
+        return Err(WireError::NotJson("not an object".into()));
+    };
+    let version = object.remove("v").and_then(|v| v.as_u64()).ok_or(WireError::Envelope("v"))?;
+    if version != u64::from(PROTOCOL_VERSION) {
+        return Err(WireError::Version(version));
+    }
+    let call_id = object
+        .remove("call_id")
+        .and_then(|id| id.as_str().map(str::to_owned))
+        .and_then(|id| CallId::try_from(id).ok())
+        .ok_or(WireError::Envelope("call_id"))?;
+    let kind = object.get("type").and_then(|t| t.as_str()).ok_or(WireError::Envelope("type"))?.to_owned();
+    if !KNOWN_TYPES.contains(&kind.as_str()) {
+        return Ok(Decoded::UnknownType { kind });
+    }
+    let body: Body = serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|e| WireError::Body { kind: kind.clone(), reason: e.to_string() })?;
+    check_text(&body)?;
+    Ok(Decoded::Message(Message { v: PROTOCOL_VERSION, call_id, body }))
+}
+
+fn check_text(body: &Body) -> Result<(), WireError> {
+    let (field, text) = match body {
+        Body::CallRequest { caller_name } => ("caller_name", caller_name),
+        Body::Decline { reason } => ("reason", reason),
+        Body::Error { message } => ("message", message),
+        _ => return Ok(()),
+    };
+    if text.len() > MAX_TEXT_BYTES { Err(WireError::TextTooLong(field)) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> CallId {
+        CallId::try_from("c1".to_owned()).unwrap()
+    }
+
+    fn every_body() -> Vec<Body> {
+        vec![
+            Body::CallRequest { caller_name: "alice".into() },
+            Body::Ringing,
+            Body::Accept,
+            Body::Decline { reason: "in a meeting".into() },
+            Body::Busy,
+            Body::Offer { sdp: "v=0\r\n".into() },
+            Body::Answer { sdp: "v=0\r\n".into() },
+            Body::IceCandidate {
+                candidate: "candidate:1 1 udp 1 10.0.0.1 5000 typ host".into(),
+                sdp_mid: Some("0".into()),
+                sdp_mline_index: Some(0),
+            },
+            Body::IceCandidate { candidate: String::new(), sdp_mid: None, sdp_mline_index: None },
+            Body::End { reason: EndCode::HangUp },
+            Body::End { reason: EndCode::Glare },
+            Body::Hold { on_hold: true },
+            Body::Keepalive,
+            Body::Error { message: "bad".into() },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for body in every_body() {
+            let message = Message::new(id(), body);
+            let text = message.encode();
+            assert_eq!(decode(text.as_bytes()), Ok(Decoded::Message(message)), "{text}");
+            assert!(KNOWN_TYPES.contains(&Body::kind(&decode_body(&text))));
+        }
+    }
+
+    fn decode_body(text: &str) -> Body {
+        match decode(text.as_bytes()) {
+            Ok(Decoded::Message(m)) => m.body,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_format_is_the_documented_one() {
+        let text = Message::new(id(), Body::Decline { reason: "no".into() }).encode();
+        assert_eq!(text, r#"{"v":1,"call_id":"c1","type":"decline","reason":"no"}"#);
+        let text = Message::new(id(), Body::End { reason: EndCode::NoAnswer }).encode();
+        assert_eq!(text, r#"{"v":1,"call_id":"c1","type":"end","reason":"no_answer"}"#);
+    }
+
+    #[test]
+    fn unknown_types_and_end_codes_from_newer_peers_are_tolerated() {
+        let unknown = decode(br#"{"v":1,"call_id":"c1","type":"video_offer","x":1}"#);
+        assert_eq!(unknown, Ok(Decoded::UnknownType { kind: "video_offer".into() }));
+        let body = decode_body(r#"{"v":1,"call_id":"c1","type":"end","reason":"teleported"}"#);
+        assert_eq!(body, Body::End { reason: EndCode::Other });
+        let body = decode_body(r#"{"v":1,"call_id":"c1","type":"busy","until":"5pm"}"#);
+        assert_eq!(body, Body::Busy, "unknown fields are ignored");
+    }
+
+    #[test]
+    fn malformed_input_is_refused_with_the_reason() {
+        let cases: [(&[u8], &str); 10] = [
+            (b"", "not a JSON object"),
+            (b"[1,2]", "not a JSON object"),
+            (b"{\"v\":1", "not a JSON object"),
+            (br#"{"call_id":"c","type":"busy"}"#, "`v`"),
+            (br#"{"v":2,"call_id":"c","type":"busy"}"#, "version 2"),
+            (br#"{"v":1,"type":"busy"}"#, "`call_id`"),
+            (br#"{"v":1,"call_id":"a b","type":"busy"}"#, "`call_id`"),
+            (br#"{"v":1,"call_id":"c"}"#, "`type`"),
+            (br#"{"v":1,"call_id":"c","type":"offer"}"#, "invalid `offer`"),
+            (br#"{"v":1,"call_id":"c","type":"decline","reason":5}"#, "invalid `decline`"),
+        ];
+        for (input, expected) in cases {
+            let error = decode(input).unwrap_err().to_string();
+            assert!(error.contains(expected), "{:?}: {error}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn size_limits_hold() {
+        let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(decode(&huge), Err(WireError::TooLarge(MAX_MESSAGE_BYTES + 1)));
+        let long_name = format!(r#"{{"v":1,"call_id":"c","type":"call_request","caller_name":"{}"}}"#, "x".repeat(300));
+        assert_eq!(decode(long_name.as_bytes()), Err(WireError::TextTooLong("caller_name")));
+    }
+
+    #[test]
+    fn random_call_ids_are_valid_and_distinct() {
+        let (a, b) = (CallId::random(), CallId::random());
+        assert_ne!(a, b);
+        assert_eq!(CallId::try_from(a.to_string()), Ok(a));
+    }
+}
