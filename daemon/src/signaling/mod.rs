@@ -2,6 +2,8 @@
 //! advertises, so the advertised port is really ours; speaking the signaling
 //! protocol on it is the call engine's job.
 
+pub mod tls;
+pub mod transport;
 pub mod wire;
 
 use std::io;

@@ -1,0 +1,236 @@
+//! Signaling connections: WebSocket over mutual TLS on TCP, one connection per
+//! call. Messages are checked by `wire::decode` (size cap, version), limited in
+//! rate, and kept alive with WebSocket pings so a dead peer is noticed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::tls;
+use super::wire::{self, Decoded, MAX_MESSAGE_BYTES, Message, WireError};
+use crate::identity::{DeviceId, Identity};
+
+/// How long connecting (TCP, TLS, WebSocket) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages per second a peer may send on average, and in a burst.
+const RATE_PER_SECOND: f64 = 50.0;
+const RATE_BURST: f64 = 200.0;
+
+type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+/// Why a connection could not be made or was lost.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalingError {
+    /// TCP connect failed or timed out.
+    #[error("cannot reach {address}: {reason}")]
+    Unreachable {
+        /// Where.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// The peer is not the device we meant to call.
+    #[error("{address} presented device {presented}, not {expected}: refusing it")]
+    IdentityMismatch {
+        /// Where.
+        address: String,
+        /// The ID we wanted.
+        expected: DeviceId,
+        /// The ID it has.
+        presented: DeviceId,
+    },
+    /// TLS or WebSocket negotiation failed.
+    #[error("secure handshake with {address} failed: {reason}")]
+    Handshake {
+        /// Where.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// The peer broke the protocol.
+    #[error("the peer sent an invalid message: {0}")]
+    Invalid(#[from] WireError),
+    /// The peer sent more than the rate limit allows.
+    #[error("the peer sent messages faster than allowed")]
+    RateLimited,
+    /// The connection failed.
+    #[error("the signaling connection failed: {0}")]
+    Io(String),
+}
+
+/// TLS settings for both directions, made once from the identity.
+#[derive(Clone)]
+pub struct Endpoint {
+    identity: Arc<Identity>,
+    acceptor: TlsAcceptor,
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES)).max_frame_size(Some(MAX_MESSAGE_BYTES))
+}
+
+impl Endpoint {
+    /// Prepares TLS with this device's certificate.
+    pub fn new(identity: Arc<Identity>) -> Result<Self, tls::TlsSetupError> {
+        let acceptor = TlsAcceptor::from(tls::server_config(&identity)?);
+        Ok(Endpoint { identity, acceptor })
+    }
+
+    /// Completes an incoming connection: TLS (the caller's certificate names it),
+    /// then the WebSocket upgrade.
+    pub async fn accept(&self, tcp: TcpStream, from: SocketAddr) -> Result<Connection, SignalingError> {
+        let address = from.to_string();
+        let handshake = async {
+            let tls = self.acceptor.accept(tcp).await.map_err(|e| handshake_error(&address, e))?;
+            let peer = tls::peer_device(tls.get_ref().1.peer_certificates())
+                .ok_or_else(|| SignalingError::Handshake { address: address.clone(), reason: "no client certificate".into() })?;
+            let ws = tokio_tungstenite::accept_async_with_config(TlsStream::Server(tls), Some(ws_config()))
+                .await
+                .map_err(|e| handshake_error(&address, e))?;
+            Ok(Connection::new(ws, peer))
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, handshake).await.unwrap_or_else(|_| {
+            Err(SignalingError::Handshake { address: address.clone(), reason: "timed out".into() })
+        })
+    }
+
+    /// Connects to a peer at any of `addresses` (tried in order) and checks that
+    /// it is `expected`.
+    pub async fn connect(
+        &self,
+        addresses: &[SocketAddr],
+        expected: Option<DeviceId>,
+    ) -> Result<Connection, SignalingError> {
+        let mut last_error = SignalingError::Unreachable { address: "the peer".into(), reason: "no address".into() };
+        for address in addresses {
+            match self.connect_one(*address, expected).await {
+                Ok(connection) => return Ok(connection),
+                // A wrong identity is an answer, not a reason to try other addresses.
+                Err(error @ SignalingError::IdentityMismatch { .. }) => return Err(error),
+                Err(error) => last_error = error,
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn connect_one(&self, address: SocketAddr, expected: Option<DeviceId>) -> Result<Connection, SignalingError> {
+        let text = address.to_string();
+        let attempt = async {
+            let tcp = TcpStream::connect(address)
+                .await
+                .map_err(|e| SignalingError::Unreachable { address: text.clone(), reason: e.to_string() })?;
+            let _ = tcp.set_nodelay(true);
+            let (config, seen) = tls::client_config(&self.identity, expected)
+                .map_err(|e| SignalingError::Handshake { address: text.clone(), reason: e.to_string() })?;
+            let tls = match TlsConnector::from(config).connect(tls::server_name(), tcp).await {
+                Ok(tls) => tls,
+                Err(error) => {
+                    let presented = seen.lock().ok().and_then(|s| *s);
+                    return Err(match (expected, presented) {
+                        (Some(expected), Some(presented)) if expected != presented => {
+                            SignalingError::IdentityMismatch { address: text.clone(), expected, presented }
+                        }
+                        _ => handshake_error(&text, error),
+                    });
+                }
+            };
+            let peer = tls::peer_device(tls.get_ref().1.peer_certificates())
+                .ok_or_else(|| SignalingError::Handshake { address: text.clone(), reason: "no certificate".into() })?;
+            let url = format!("ws://{text}/voicelink");
+            let (ws, _) = tokio_tungstenite::client_async_with_config(url, TlsStream::Client(tls), Some(ws_config()))
+                .await
+                .map_err(|e| handshake_error(&text, e))?;
+            Ok(Connection::new(ws, peer))
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| Err(SignalingError::Unreachable { address: text.clone(), reason: "timed out".into() }))
+    }
+}
+
+fn handshake_error(address: &str, error: impl std::fmt::Display) -> SignalingError {
+    SignalingError::Handshake { address: address.to_owned(), reason: error.to_string() }
+}
+
+/// A token bucket: the peer's message budget.
+#[derive(Debug)]
+struct RateLimit {
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn allow(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * RATE_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(RATE_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// An established, authenticated signaling connection.
+pub struct Connection {
+    ws: Ws,
+    /// The peer's device ID, from its certificate.
+    pub peer: DeviceId,
+    rate: RateLimit,
+}
+
+impl Connection {
+    fn new(ws: Ws, peer: DeviceId) -> Self {
+        Connection { ws, peer, rate: RateLimit { tokens: RATE_BURST, at: Instant::now() } }
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, message: &Message) -> Result<(), SignalingError> {
+        self.ws.send(WsMessage::text(message.encode())).await.map_err(|e| SignalingError::Io(e.to_string()))
+    }
+
+    /// Sends a WebSocket ping (keepalive; the peer's pong counts as traffic).
+    pub async fn ping(&mut self) -> Result<(), SignalingError> {
+        self.ws.send(WsMessage::Ping(Default::default())).await.map_err(|e| SignalingError::Io(e.to_string()))
+    }
+
+    /// The next message; `Ok(None)` when the peer closed the connection. Control
+    /// frames are answered and skipped; an unknown message type is returned as
+    /// such for the caller to log and ignore. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Option<Decoded>, SignalingError> {
+        loop {
+            let Some(frame) = self.ws.next().await else { return Ok(None) };
+            let frame = frame.map_err(|e| SignalingError::Io(e.to_string()))?;
+            let bytes = match frame {
+                WsMessage::Text(text) => text.as_bytes().to_vec(),
+                WsMessage::Binary(bytes) => bytes.to_vec(),
+                WsMessage::Close(_) => return Ok(None),
+                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
+            };
+            if !self.rate.allow(Instant::now()) {
+                return Err(SignalingError::RateLimited);
+            }
+            return Ok(Some(wire::decode(&bytes)?));
+        }
+    }
+
+    /// Tells the peer what was wrong, then closes.
+    pub async fn refuse(mut self, call_id: wire::CallId, reason: &str) {
+        let _ = self.send(&Message::new(call_id, wire::Body::Error { message: reason.to_owned() })).await;
+        let _ = self.ws.close(None).await;
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
