@@ -55,6 +55,9 @@ enum Command {
         /// Audio output for this call (default, device:NAME, file:PATH.wav, null)
         #[arg(long, value_name = "SPEC")]
         output: Option<String>,
+        /// Return as soon as the call exists instead of waiting for the answer
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Answer an incoming call (the only one, if no ID is given)
     Answer {
@@ -211,19 +214,54 @@ fn report(status: &tonic::Status) {
     }
 }
 
+/// Dials, then follows the event feed until the call is answered (success) or
+/// ends (declined, busy, no answer, failed: an error naming the reason).
+async fn dial_and_wait(mut client: Client, request: v1::DialRequest, printer: &Printer) -> Result<(), tonic::Status> {
+    // Subscribe first so the answer cannot slip past between the two calls.
+    let mut events = client.watch_events(v1::WatchEventsRequest {}).await?.into_inner();
+    let call = client.dial(request).await?.into_inner().call.unwrap_or_default();
+    if !printer.json {
+        println!("calling {} …", call.peer_display_name);
+    }
+    while let Some(event) = events.next().await {
+        let Some(v1::event::Kind::CallStateChanged(change)) = event?.kind else { continue };
+        let Some(now) = change.call.filter(|c| c.call_id == call.call_id) else { continue };
+        match v1::CallState::try_from(now.state) {
+            Ok(v1::CallState::Active) => {
+                printer.call(Some(&now));
+                return Ok(());
+            }
+            Ok(v1::CallState::Ended) => {
+                printer.call(Some(&now));
+                let reason = v1::EndReason::try_from(now.end_reason)
+                    .map(|r| r.as_str_name().trim_start_matches("END_REASON_").to_lowercase().replace('_', " "))
+                    .unwrap_or_default();
+                let detail = if now.end_detail.is_empty() { String::new() } else { format!(": {}", now.end_detail) };
+                return Err(tonic::Status::failed_precondition(format!("the call was not answered: {reason}{detail}")));
+            }
+            _ => {}
+        }
+    }
+    Err(tonic::Status::unavailable("the event feed ended before the call was answered"))
+}
+
 async fn execute(mut client: Client, command: Command, printer: &Printer) -> Result<(), tonic::Status> {
     match command {
         Command::Status => printer.status(&client.get_status(v1::GetStatusRequest {}).await?.into_inner()),
         Command::Peers { all } => {
             printer.peers(&client.list_peers(v1::ListPeersRequest { include_offline: all }).await?.into_inner().peers)
         }
-        Command::Dial { target, input, output } => {
+        Command::Dial { target, input, output, no_wait } => {
             let request = v1::DialRequest {
                 target,
                 audio_input: input.unwrap_or_default(),
                 audio_output: output.unwrap_or_default(),
             };
-            printer.call(client.dial(request).await?.into_inner().call.as_ref());
+            if no_wait {
+                printer.call(client.dial(request).await?.into_inner().call.as_ref());
+            } else {
+                return dial_and_wait(client, request, printer).await;
+            }
         }
         Command::Answer { call, input, output } => {
             let request = v1::AnswerRequest {

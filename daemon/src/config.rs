@@ -31,6 +31,79 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// Audio endpoints used for calls unless a call chooses its own.
     pub audio: AudioConfig,
+    /// Call policies and codec settings.
+    pub calls: CallsConfig,
+}
+
+/// Call policies and codec settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    /// Answer every incoming call at once (bots, tests, an echo peer).
+    pub auto_answer: bool,
+    /// Seconds a call rings before it ends as "no answer" (5 to 600).
+    pub ring_timeout_secs: Bounded<5, 600>,
+    /// Opus frame length in milliseconds: 10 or 20.
+    pub frame_ms: FrameMs,
+    /// Opus target bitrate in kb/s (12 to 128).
+    pub bitrate_kbps: Bounded<12, 128>,
+    /// Discontinuous transmission: send almost nothing while silent.
+    pub dtx: bool,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            auto_answer: false,
+            ring_timeout_secs: Bounded(30),
+            frame_ms: FrameMs(20),
+            bitrate_kbps: Bounded(32),
+            dtx: false,
+        }
+    }
+}
+
+/// A whole number between `MIN` and `MAX`, checked when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Bounded<const MIN: u32, const MAX: u32>(pub u32);
+
+impl<const MIN: u32, const MAX: u32> TryFrom<u32> for Bounded<MIN, MAX> {
+    type Error = String;
+    fn try_from(value: u32) -> Result<Self, String> {
+        if (MIN..=MAX).contains(&value) {
+            Ok(Bounded(value))
+        } else {
+            Err(format!("{value} is not between {MIN} and {MAX}"))
+        }
+    }
+}
+
+impl<const MIN: u32, const MAX: u32> From<Bounded<MIN, MAX>> for u32 {
+    fn from(value: Bounded<MIN, MAX>) -> u32 {
+        value.0
+    }
+}
+
+/// An Opus frame length: 10 or 20 ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct FrameMs(pub u32);
+
+impl TryFrom<u32> for FrameMs {
+    type Error = String;
+    fn try_from(value: u32) -> Result<Self, String> {
+        match value {
+            10 | 20 => Ok(FrameMs(value)),
+            _ => Err(format!("{value} ms is not a supported frame length: use 10 or 20")),
+        }
+    }
+}
+
+impl From<FrameMs> for u32 {
+    fn from(value: FrameMs) -> u32 {
+        value.0
+    }
 }
 
 /// The control API's listeners.
@@ -95,6 +168,7 @@ impl Default for Config {
             signaling: SignalingConfig::default(),
             discovery: DiscoveryConfig::default(),
             audio: AudioConfig::default(),
+            calls: CallsConfig::default(),
         }
     }
 }
@@ -114,6 +188,8 @@ pub struct Overrides {
     pub audio_input: Option<InputSpec>,
     /// `--audio-output`
     pub audio_output: Option<OutputSpec>,
+    /// `--auto-answer`
+    pub auto_answer: bool,
 }
 
 /// Where the configuration comes from: the file (as named on the command line,
@@ -201,7 +277,8 @@ impl Config {
 
     /// Applies command-line flags.
     pub fn apply(&mut self, overrides: Overrides) {
-        let Overrides { name, data_dir, socket, log_level, audio_input, audio_output } = overrides;
+        let Overrides { name, data_dir, socket, log_level, audio_input, audio_output, auto_answer } = overrides;
+        self.calls.auto_answer |= auto_answer;
         self.name = name.unwrap_or(self.name.clone());
         self.data_dir = data_dir.or(self.data_dir.take());
         self.api.socket = socket.or(self.api.socket.take());
@@ -416,6 +493,18 @@ mod tests {
         let (location, message) = Config::parse("[api]\ntcp_listen = \"everywhere\"").unwrap_err();
         assert_eq!(location, "key `api.tcp_listen` at line 2");
         assert!(message.contains("PORT or HOST:PORT"), "{message}");
+    }
+
+    #[test]
+    fn call_settings_are_checked() {
+        let config = Config::parse("[calls]\nauto_answer = true\nframe_ms = 10\nbitrate_kbps = 64\n").unwrap();
+        assert!(config.calls.auto_answer);
+        assert_eq!(config.calls.frame_ms, FrameMs(10));
+        let (location, message) = Config::parse("[calls]\nbitrate_kbps = 500\n").unwrap_err();
+        assert_eq!(location, "key `calls.bitrate_kbps` at line 2");
+        assert!(message.contains("between 12 and 128"), "{message}");
+        let (_, message) = Config::parse("[calls]\nframe_ms = 30\n").unwrap_err();
+        assert!(message.contains("use 10 or 20"), "{message}");
     }
 
     #[test]

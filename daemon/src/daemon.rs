@@ -8,19 +8,27 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use tokio::sync::watch;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::api::{self, ControlService, ControlSocket, DaemonInfo, TcpApi};
+use crate::call::Timeouts;
+use crate::call::registry::Registry;
+use crate::call::task::CallContext;
 use crate::config::{Config, ConfigSource, LogLevel, TcpListen};
 use crate::discovery::{Discovery, OwnAdvert};
 use crate::events::{Change, EventHub};
 use crate::identity::{Identity, IdentityError};
+use crate::media::session::CodecSettings;
 use crate::reload::{LiveSettings, ReloadPlan};
 use crate::signaling::SignalingListener;
+use crate::signaling::transport::Endpoint;
 
 /// Name of the TCP API token file in the data directory.
 const TOKEN_FILE: &str = "api-token";
@@ -59,6 +67,9 @@ pub enum DaemonError {
     /// The API server.
     #[error(transparent)]
     Serve(#[from] api::ServeError),
+    /// TLS for signaling.
+    #[error(transparent)]
+    Tls(crate::signaling::tls::TlsSetupError),
 }
 
 /// How the daemon re-reads its config (on SIGHUP, from `main`).
@@ -89,6 +100,8 @@ where
 
     let data_dir = config.data_dir();
     let (identity, created) = Identity::load_or_create(&data_dir)?;
+    let identity = Arc::new(identity);
+    let endpoint = Endpoint::new(identity.clone()).map_err(DaemonError::Tls)?;
     if created {
         info!(device_id = %identity.device_id, data_dir = %data_dir.display(), "created a new device identity");
     } else {
@@ -145,10 +158,32 @@ where
     if let Some(discovery) = discovery {
         tasks.spawn(discovery.run(hub.clone(), settings_rx.clone(), stop.clone()));
     }
-    tasks.spawn(signaling.run(stop.clone()));
+    let (registry_tx, registry_rx) = mpsc::channel(64);
+    let (incoming_tx, incoming_rx) = mpsc::channel(16);
+    let (finished_tx, finished_rx) = mpsc::channel(16);
+    let context = CallContext {
+        identity: identity.clone(),
+        endpoint: endpoint.clone(),
+        hub: hub.clone(),
+        own_name: config.name.to_string(),
+        timeouts: Timeouts {
+            ring: Duration::from_secs(u64::from(config.calls.ring_timeout_secs.0)),
+            ..Timeouts::default()
+        },
+        codec: CodecSettings {
+            frame: Duration::from_millis(u64::from(config.calls.frame_ms.0)),
+            bitrate: config.calls.bitrate_kbps.0 as i32 * 1000,
+            dtx: config.calls.dtx,
+        },
+        finished: finished_tx,
+        shutdown: stop.clone(),
+    };
+    let registry = Registry::new(context, settings_rx.clone());
+    tasks.spawn(registry.run(registry_rx, incoming_rx, finished_rx));
+    tasks.spawn(signaling.run(endpoint, incoming_tx, stop.clone()));
 
     let info = DaemonInfo { device_id: identity.device_id, started, signaling_address, discovery_enabled };
-    let service = ControlService::new(info, settings_rx, hub.clone(), stop.clone());
+    let service = ControlService::new(info, registry_tx, settings_rx, hub.clone(), stop.clone());
     let server = api::serve(unix_listener, tcp, service, stop.clone());
     tokio::pin!(server);
 

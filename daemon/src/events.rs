@@ -12,8 +12,10 @@ use std::time::SystemTime;
 use tokio::sync::{broadcast, watch};
 
 use crate::audio::{InputSpec, OutputSpec};
+use crate::call::{CallRecord, State as CallState};
 use crate::discovery::{PeerChange, PeerRecord};
 use crate::identity::DeviceId;
+use crate::signaling::wire::CallId;
 
 /// How many changes a subscriber may fall behind before it is resynchronised
 /// with a fresh snapshot.
@@ -26,6 +28,8 @@ pub struct State {
     pub sequence: u64,
     /// Peers by device ID.
     pub peers: BTreeMap<DeviceId, PeerRecord>,
+    /// Calls in progress (ended calls leave once their end is published).
+    pub calls: BTreeMap<CallId, CallRecord>,
 }
 
 /// A change as published: numbered and timed.
@@ -44,6 +48,19 @@ pub struct Published {
 pub enum Change {
     /// The peer table changed.
     Peer(PeerChange),
+    /// A call was created (an incoming call starts ringing here).
+    CallStarted(CallRecord),
+    /// A call changed state.
+    CallState {
+        /// The call now.
+        call: CallRecord,
+        /// Its state before.
+        previous: CallState,
+    },
+    /// A call was muted or unmuted here.
+    CallMuted(CallRecord),
+    /// A call was put on hold or resumed (by either side).
+    CallHeld(CallRecord),
     /// The default audio endpoints for new calls changed.
     AudioDefaults {
         /// Input spec.
@@ -61,6 +78,16 @@ impl State {
             }
             Change::Peer(PeerChange::Gone { device_id, .. }) => {
                 self.peers.remove(device_id);
+            }
+            Change::CallStarted(call)
+            | Change::CallState { call, .. }
+            | Change::CallMuted(call)
+            | Change::CallHeld(call) => {
+                if call.state == CallState::Ended {
+                    self.calls.remove(&call.id);
+                } else {
+                    self.calls.insert(call.id.clone(), call.clone());
+                }
             }
             // Published on the settings channel; the feed only announces it.
             Change::AudioDefaults { .. } => {}

@@ -40,6 +40,9 @@ struct Args {
     /// Default audio output: default, device:NAME, file:PATH.wav, null
     #[arg(long, value_name = "SPEC")]
     audio_output: Option<OutputSpec>,
+    /// Answer every incoming call at once (bots, tests, an echo peer)
+    #[arg(long)]
+    auto_answer: bool,
     /// Print the effective configuration (file, flags and defaults) and exit
     #[arg(long)]
     print_config: bool,
@@ -74,6 +77,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             log_level: args.log_level,
             audio_input: args.audio_input,
             audio_output: args.audio_output,
+            auto_answer: args.auto_answer,
         },
     };
     let (config, source) = config_source.load()?;

@@ -16,6 +16,8 @@ pub struct LiveSettings {
     pub audio_input: InputSpec,
     /// Default audio output for new calls.
     pub audio_output: OutputSpec,
+    /// Answer incoming calls at once.
+    pub auto_answer: bool,
 }
 
 impl LiveSettings {
@@ -25,6 +27,7 @@ impl LiveSettings {
             display_name: config.name.clone(),
             audio_input: config.audio.input.clone(),
             audio_output: config.audio.output.clone(),
+            auto_answer: config.calls.auto_answer,
         }
     }
 }

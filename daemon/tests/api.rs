@@ -152,17 +152,27 @@ async fn health_and_reflection_serve_generic_clients() {
 }
 
 #[tokio::test]
-async fn verbs_without_an_engine_say_so_plainly() {
+async fn call_verbs_say_plainly_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path(), "").await;
-    for args in [&["dial", "bob"][..], &["answer"], &["hangup"], &["mute"], &["stats"], &["devices"]] {
+    let cases: [(&[&str], &str); 6] = [
+        (&["dial", "bob"], "no online peer is called \"bob\""),
+        (&["dial", "NOT-AN-ID@127.0.0.1:1"], "cannot dial"),
+        (&["answer"], "there is no call"),
+        (&["hangup", "no-such-call"], "there is no call no-such-call"),
+        (&["stats"], "not in this build"),
+        (&["devices"], "not in this build"),
+    ];
+    for (args, expected) in cases {
         let out = d.ctl(args).await;
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let text = stderr(&out);
-        assert!(text.contains("cannot") && text.contains("not part of this build"), "{args:?}: {text}");
+        assert!(text.contains(expected), "{args:?}: {text}");
         assert_eq!(text.lines().count(), 1, "one line, no trace: {text}");
     }
-    // Listing calls is not a stub: there are none.
+    let out = d.ctl(&["dial", "bob", "--input", "microphone"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("use default, device:NAME"), "{}", stderr(&out));
     assert_eq!(d.ctl_json(&["calls"]).await, serde_json::json!([]));
 }
 

@@ -12,20 +12,8 @@ fn peer_ids(list: &Value) -> Vec<&str> {
     list.as_array().unwrap().iter().map(|p| p["device_id"].as_str().unwrap()).collect()
 }
 
-/// Starts two daemons on a LAN and waits until each has seen the other.
 async fn two_daemons(lan: &Lan, dir: &std::path::Path) -> (Daemon, Daemon) {
-    let a = Daemon::start(Some(&lan.host(0)), &dir.join("a"), "alice", "").await;
-    let mut a_events = a.follow_events();
-    let b = Daemon::start(Some(&lan.host(1)), &dir.join("b"), "bob", "").await;
-    let mut b_events = b.follow_events();
-    a_events.wait_for("alice sees bob appear", |e| e["type"] == "peer_appeared" && about(e, &b.device_id)).await;
-    b_events
-        .wait_for("bob sees alice", |e| {
-            about(e, &a.device_id)
-                || e["snapshot"]["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["device_id"] == a.device_id))
-        })
-        .await;
-    (a, b)
+    support::two_daemons_with(lan, dir, "", "").await
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -14,10 +14,14 @@ use voicelink_proto::v1;
 use voicelink_proto::v1::voicelink_server::Voicelink;
 
 use super::convert;
+use crate::audio::{InputSpec, OutputSpec};
+use crate::call::Input;
+use crate::call::registry::{CallError, RegistryCommand};
 use crate::discovery::PROTOCOL_VERSION;
 use crate::events::{EventHub, Update};
 use crate::identity::DeviceId;
 use crate::reload::LiveSettings;
+use crate::signaling::wire::CallId;
 
 /// Buffered events per subscriber before it counts as slow (and is resynchronised
 /// by the hub rather than holding anything up).
@@ -40,6 +44,7 @@ pub struct DaemonInfo {
 #[derive(Clone)]
 pub struct ControlService {
     info: Arc<DaemonInfo>,
+    registry: mpsc::Sender<RegistryCommand>,
     settings: watch::Receiver<LiveSettings>,
     hub: EventHub,
     shutdown: CancellationToken,
@@ -50,18 +55,61 @@ impl ControlService {
     /// `shutdown` fires.
     pub fn new(
         info: DaemonInfo,
+        registry: mpsc::Sender<RegistryCommand>,
         settings: watch::Receiver<LiveSettings>,
         hub: EventHub,
         shutdown: CancellationToken,
     ) -> Self {
-        ControlService { info: Arc::new(info), settings, hub, shutdown }
+        ControlService { info: Arc::new(info), registry, settings, hub, shutdown }
     }
+
+    /// Sends a command to the call registry and waits for its answer.
+    async fn ask(&self, make: impl FnOnce(Reply) -> RegistryCommand) -> Result<v1::Call, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.registry.send(make(reply)).await.map_err(|_| Status::unavailable("the daemon is stopping"))?;
+        let record = answer.await.map_err(|_| Status::unavailable("the daemon is stopping"))?.map_err(status)?;
+        Ok(convert::call(&record))
+    }
+
+    async fn call_command(&self, call_id: String, input: Input, audio: (String, String)) -> Result<v1::Call, Status> {
+        let call = optional_call_id(call_id)?;
+        let audio = (spec::<InputSpec>(&audio.0)?, spec::<OutputSpec>(&audio.1)?);
+        self.ask(|reply| RegistryCommand::Call { call, input, audio, reply }).await
+    }
+}
+
+type Reply = oneshot::Sender<Result<crate::call::CallRecord, CallError>>;
+
+fn status(error: CallError) -> Status {
+    let message = error.to_string();
+    match error {
+        CallError::NoSuchCall(_) | CallError::NoCall | CallError::UnknownPeer(_) => Status::not_found(message),
+        CallError::WhichCall(_) | CallError::Ambiguous { .. } | CallError::BadTarget(..) => {
+            Status::invalid_argument(message)
+        }
+        CallError::Busy | CallError::Invalid(_) => Status::failed_precondition(message),
+        CallError::Stopped => Status::unavailable(message),
+    }
+}
+
+fn optional_call_id(call_id: String) -> Result<Option<CallId>, Status> {
+    if call_id.is_empty() {
+        return Ok(None);
+    }
+    CallId::try_from(call_id).map(Some).map_err(Status::invalid_argument)
+}
+
+/// An optional endpoint spec from a request: empty means "the default".
+fn spec<T: std::str::FromStr<Err = crate::audio::SpecError>>(text: &str) -> Result<Option<T>, Status> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|e: crate::audio::SpecError| Status::invalid_argument(e.to_string()))
 }
 
 fn not_in_this_build(what: &str) -> Status {
     Status::unimplemented(format!(
-        "voiced {} cannot {what} yet: the call engine is not part of this build \
-         (status, peers and the event feed work)",
+        "voiced {} cannot {what} yet: that part of the engine is not in this build",
         env!("CARGO_PKG_VERSION")
     ))
 }
@@ -94,33 +142,51 @@ impl Voicelink for ControlService {
         Ok(Response::new(v1::ListPeersResponse { peers }))
     }
 
-    async fn dial(&self, _: Request<v1::DialRequest>) -> Rpc<v1::DialResponse> {
-        Err(not_in_this_build("place calls"))
+    async fn dial(&self, request: Request<v1::DialRequest>) -> Rpc<v1::DialResponse> {
+        let request = request.into_inner();
+        if request.target.trim().is_empty() {
+            return Err(Status::invalid_argument("say whom to call: a name, a device ID or host:port"));
+        }
+        let (input, output) = (spec::<InputSpec>(&request.audio_input)?, spec::<OutputSpec>(&request.audio_output)?);
+        let call = self.ask(|reply| RegistryCommand::Dial { target: request.target, input, output, reply }).await?;
+        Ok(Response::new(v1::DialResponse { call: Some(call) }))
     }
 
-    async fn answer(&self, _: Request<v1::AnswerRequest>) -> Rpc<v1::AnswerResponse> {
-        Err(not_in_this_build("answer calls"))
+    async fn answer(&self, request: Request<v1::AnswerRequest>) -> Rpc<v1::AnswerResponse> {
+        let r = request.into_inner();
+        let call = self.call_command(r.call_id, Input::Answer, (r.audio_input, r.audio_output)).await?;
+        Ok(Response::new(v1::AnswerResponse { call: Some(call) }))
     }
 
-    async fn decline(&self, _: Request<v1::DeclineRequest>) -> Rpc<v1::DeclineResponse> {
-        Err(not_in_this_build("decline calls"))
+    async fn decline(&self, request: Request<v1::DeclineRequest>) -> Rpc<v1::DeclineResponse> {
+        let r = request.into_inner();
+        if r.reason.len() > crate::signaling::wire::MAX_TEXT_BYTES {
+            return Err(Status::invalid_argument("the reason is longer than 256 bytes"));
+        }
+        self.call_command(r.call_id, Input::Decline(r.reason), Default::default()).await?;
+        Ok(Response::new(v1::DeclineResponse {}))
     }
 
-    async fn hangup(&self, _: Request<v1::HangupRequest>) -> Rpc<v1::HangupResponse> {
-        Err(not_in_this_build("hang up calls"))
+    async fn hangup(&self, request: Request<v1::HangupRequest>) -> Rpc<v1::HangupResponse> {
+        self.call_command(request.into_inner().call_id, Input::Hangup, Default::default()).await?;
+        Ok(Response::new(v1::HangupResponse {}))
     }
 
-    async fn set_mute(&self, _: Request<v1::SetMuteRequest>) -> Rpc<v1::SetMuteResponse> {
-        Err(not_in_this_build("mute calls"))
+    async fn set_mute(&self, request: Request<v1::SetMuteRequest>) -> Rpc<v1::SetMuteResponse> {
+        let r = request.into_inner();
+        let call = self.call_command(r.call_id, Input::SetMute(r.muted), Default::default()).await?;
+        Ok(Response::new(v1::SetMuteResponse { call: Some(call) }))
     }
 
-    async fn set_hold(&self, _: Request<v1::SetHoldRequest>) -> Rpc<v1::SetHoldResponse> {
-        Err(not_in_this_build("hold calls"))
+    async fn set_hold(&self, request: Request<v1::SetHoldRequest>) -> Rpc<v1::SetHoldResponse> {
+        let r = request.into_inner();
+        let call = self.call_command(r.call_id, Input::SetHold(r.on_hold), Default::default()).await?;
+        Ok(Response::new(v1::SetHoldResponse { call: Some(call) }))
     }
 
     async fn list_calls(&self, _: Request<v1::ListCallsRequest>) -> Rpc<v1::ListCallsResponse> {
-        // True, not a placeholder: no call can exist in this build.
-        Ok(Response::new(v1::ListCallsResponse { calls: Vec::new() }))
+        let calls = self.hub.state().calls.values().map(convert::call).collect();
+        Ok(Response::new(v1::ListCallsResponse { calls }))
     }
 
     type WatchEventsStream = ReceiverStream<Result<v1::Event, Status>>;

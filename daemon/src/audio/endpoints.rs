@@ -232,7 +232,9 @@ impl Sink for WavSink {
         if self.since_flush >= SAMPLE_RATE as usize {
             self.since_flush = 0;
             if let Some(writer) = self.writer.as_mut() {
-                writer.flush().map_err(|e| EndpointError::WriteWav { path: self.path.clone(), reason: e.to_string() })?;
+                writer
+                    .flush()
+                    .map_err(|e| EndpointError::WriteWav { path: self.path.clone(), reason: e.to_string() })?;
             }
         }
         Ok(())
@@ -312,7 +314,12 @@ mod tests {
     fn other_rates_and_channels_are_converted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.wav");
-        let spec = hound::WavSpec { channels: 2, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
         let mut writer = hound::WavWriter::create(&path, spec).unwrap();
         for i in 0..16_000 {
             let s = ((i as f64 * TAU * 440.0 / 16_000.0).sin() * 10_000.0) as i16;

@@ -159,7 +159,14 @@ pub enum Input {
 #[error("cannot {action} a call that is {state}")]
 pub struct InvalidCommand {
     action: &'static str,
-    state: &'static str,
+    state: String,
+}
+
+impl InvalidCommand {
+    /// A command that failed for another reason than the state.
+    pub fn because(action: &'static str, reason: String) -> Self {
+        InvalidCommand { action, state: format!("not ready: {reason}") }
+    }
 }
 
 fn describe(state: State) -> &'static str {
@@ -286,7 +293,7 @@ impl CallMachine {
 
     /// A user command: refused (and nothing changes) if it does not fit the state.
     pub fn handle(&mut self, input: Input, now: Instant) -> Result<(), InvalidCommand> {
-        let refuse = |action, state| Err(InvalidCommand { action, state: describe(state) });
+        let refuse = |action, state| Err(InvalidCommand { action, state: describe(state).to_owned() });
         match (input, self.state) {
             (_, State::Ended) => {}
             (Input::Answer, State::Incoming) => {

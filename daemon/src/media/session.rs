@@ -131,8 +131,10 @@ impl PeerConnectionEventHandler for Handler {
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
                 match event {
+                    // A full queue drops the packet (the player is behind anyway).
                     TrackRemoteEvent::OnRtpPacket(packet) => {
-                        if packets.try_send((packet, Instant::now())).is_err() && packets.is_closed() {
+                        let sent = packets.try_send((packet, Instant::now()));
+                        if matches!(sent, Err(mpsc::error::TrySendError::Closed(_))) {
                             break;
                         }
                     }
@@ -153,6 +155,15 @@ pub struct MediaSession {
     peer: DeviceId,
     gates: watch::Sender<Gates>,
     connected: watch::Sender<bool>,
+    /// What the audio tasks need, until `attach_audio` starts them.
+    audio: Option<PendingAudio>,
+}
+
+struct PendingAudio {
+    track: Arc<TrackLocalStaticSample>,
+    ssrc: u32,
+    packets: mpsc::Receiver<(rtc::rtp::Packet, Instant)>,
+    settings: CodecSettings,
 }
 
 /// Whether audio may flow.
@@ -194,31 +205,34 @@ pub fn sdp_fingerprint(sdp: &str) -> Option<Vec<u8>> {
 }
 
 impl MediaSession {
-    /// Sets up the peer connection and the audio tasks (idle until connected and
-    /// gated open). `peer` is whose certificate the remote DTLS must use.
-    pub async fn new(
-        identity: &Identity,
-        peer: DeviceId,
-        input: Input,
-        output: Box<dyn Sink>,
-        settings: CodecSettings,
-    ) -> Result<Self, MediaError> {
+    /// Sets up the peer connection. `peer` is whose certificate the remote DTLS
+    /// must use. Audio flows once `attach_audio` gave it endpoints, media is
+    /// connected and the gates are open.
+    pub async fn new(identity: &Identity, peer: DeviceId, settings: CodecSettings) -> Result<Self, MediaError> {
         let mut media_engine = MediaEngine::default();
         media_engine
-            .register_codec(RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: OPUS_PT }, RtpCodecKind::Audio)
+            .register_codec(
+                RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: OPUS_PT },
+                RtpCodecKind::Audio,
+            )
             .map_err(webrtc_error)?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_error)?;
         // A 20 ms ICE check interval: on a LAN the checks answer in well under a
         // millisecond, and the default 200 ms tick is most of the setup time.
         let setting_engine = SettingEngineBuilder::new()
             .with_ice_connection_attempts(Some(Duration::from_millis(20)), Some(70))
-            .with_ice_timeouts(Some(Duration::from_secs(3)), Some(Duration::from_secs(10)), Some(Duration::from_millis(500)))
+            .with_ice_timeouts(
+                Some(Duration::from_secs(3)),
+                Some(Duration::from_secs(10)),
+                Some(Duration::from_millis(500)),
+            )
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .build();
         let config = RTCConfigurationBuilder::new().with_certificates(vec![certificate(identity)?]).build();
         let (events_tx, events) = mpsc::channel(256);
         let (packets_tx, packets_rx) = mpsc::channel(512);
-        let handler = Arc::new(Handler { events: events_tx, packets: packets_tx, ice_connected: AtomicBool::new(false) });
+        let handler =
+            Arc::new(Handler { events: events_tx, packets: packets_tx, ice_connected: AtomicBool::new(false) });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
             .with_media_engine(media_engine)
@@ -251,8 +265,15 @@ impl MediaSession {
         );
         pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await.map_err(webrtc_error)?;
 
-        let (gates, gates_rx) = watch::channel(Gates::default());
-        let (connected, connected_rx) = watch::channel(false);
+        let (gates, _) = watch::channel(Gates::default());
+        let (connected, _) = watch::channel(false);
+        let audio = Some(PendingAudio { track, ssrc, packets: packets_rx, settings });
+        Ok(MediaSession { pc, events, early_candidates: Vec::new(), have_remote: false, peer, gates, connected, audio })
+    }
+
+    /// Starts the audio tasks with these endpoints (once; later calls are ignored).
+    pub fn attach_audio(&mut self, input: Input, output: Box<dyn Sink>) -> Result<(), MediaError> {
+        let Some(PendingAudio { track, ssrc, packets, settings }) = self.audio.take() else { return Ok(()) };
         let echo = Arc::new(Mutex::new(EchoSource::default()));
         let echoing = matches!(input, Input::Echo);
         let source: Box<dyn Source> = match input {
@@ -261,10 +282,10 @@ impl MediaSession {
         };
         let encoder = encoder(settings)?;
         let decoder = opus::Decoder::new(48_000, opus::Channels::Mono).map_err(|e| MediaError::Codec(e.to_string()))?;
-        tokio::spawn(send_audio(track, ssrc, source, encoder, settings.frame, gates_rx.clone(), connected_rx.clone()));
-        let echo = echoing.then_some(echo);
-        tokio::spawn(play_audio(packets_rx, output, decoder, settings.frame, gates_rx, connected_rx, echo));
-        Ok(MediaSession { pc, events, early_candidates: Vec::new(), have_remote: false, peer, gates, connected })
+        let (gates, connected) = (self.gates.subscribe(), self.connected.subscribe());
+        tokio::spawn(send_audio(track, ssrc, source, encoder, settings.frame, gates.clone(), connected.clone()));
+        tokio::spawn(play_audio(packets, output, decoder, settings.frame, gates, connected, echoing.then_some(echo)));
+        Ok(())
     }
 
     /// Caller: the offer to send.

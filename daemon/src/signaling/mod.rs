@@ -1,6 +1,5 @@
-//! Daemon-to-daemon signaling. This build binds the listener that mDNS
-//! advertises, so the advertised port is really ours; speaking the signaling
-//! protocol on it is the call engine's job.
+//! Daemon-to-daemon signaling: the listener mDNS advertises, the transport
+//! (WebSocket over mutual TLS) and the wire format. docs/PROTOCOL.md specifies it.
 
 pub mod tls;
 pub mod transport;
@@ -8,10 +7,16 @@ pub mod wire;
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
+
+use crate::call::registry::IncomingRequest;
+use transport::Endpoint;
+use wire::{Body, CallId, Decoded, Message};
 
 /// The bound signaling listener.
 pub struct SignalingListener {
@@ -38,17 +43,56 @@ impl SignalingListener {
         self.listener.local_addr()
     }
 
-    /// Accepts until `shutdown`. Without a call engine there is nothing to say, so
-    /// each connection is closed at once.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Accepts until `shutdown`: each connection is authenticated (mutual TLS)
+    /// and its first message must be a call request, which goes to the registry.
+    pub async fn run(self, endpoint: Endpoint, requests: mpsc::Sender<IncomingRequest>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((_, peer)) => debug!(%peer, "closing a signaling connection: this build has no call engine"),
+                    Ok((tcp, from)) => {
+                        let (endpoint, requests) = (endpoint.clone(), requests.clone());
+                        tokio::spawn(async move { first_message(endpoint, tcp, from, requests).await });
+                    }
                     Err(error) => debug!(%error, "signaling accept failed"),
                 },
             }
         }
+    }
+}
+
+/// How long a new connection may take to say what it wants.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn first_message(
+    endpoint: Endpoint,
+    tcp: tokio::net::TcpStream,
+    from: SocketAddr,
+    requests: mpsc::Sender<IncomingRequest>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut connection = match endpoint.accept(tcp, from).await {
+        Ok(connection) => connection,
+        Err(error) => {
+            debug!(%from, %error, "refused a signaling connection");
+            return;
+        }
+    };
+    let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, connection.recv()).await;
+    match first {
+        Ok(Ok(Some(Decoded::Message(Message { call_id, body: Body::CallRequest { caller_name }, .. })))) => {
+            let request = IncomingRequest { connection, call_id, caller_name };
+            let _ = requests.send(request).await;
+        }
+        Ok(Ok(Some(Decoded::Message(message)))) => {
+            connection.refuse(message.call_id, "the first message must be a call_request").await;
+        }
+        Ok(Err(error)) => {
+            debug!(%from, peer = %connection.peer.short(), %error, "refused a malformed first message");
+            if let Ok(call_id) = CallId::try_from("unknown".to_owned()) {
+                connection.refuse(call_id, &error.to_string()).await;
+            }
+        }
+        _ => connection.close().await,
     }
 }

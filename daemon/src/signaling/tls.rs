@@ -49,17 +49,23 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, TlsSetupE
     Ok(Arc::new(config))
 }
 
+/// Where the client records the device ID the server presented.
+pub type PresentedId = Arc<Mutex<Option<DeviceId>>>;
+
 /// The client side for one connection: accepts the server only if its device ID
 /// is `expected` (any device when `None`, for a bare `host:port`). The returned
 /// cell holds the ID the server presented, for error messages and for learning it.
 pub fn client_config(
     identity: &Identity,
     expected: Option<DeviceId>,
-) -> Result<(Arc<ClientConfig>, Arc<Mutex<Option<DeviceId>>>), TlsSetupError> {
+) -> Result<(Arc<ClientConfig>, PresentedId), TlsSetupError> {
     let provider = provider();
     let seen = Arc::new(Mutex::new(None));
-    let verifier =
-        Arc::new(ExpectedDevice { expected, seen: seen.clone(), algorithms: provider.signature_verification_algorithms });
+    let verifier = Arc::new(ExpectedDevice {
+        expected,
+        seen: seen.clone(),
+        algorithms: provider.signature_verification_algorithms,
+    });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()

@@ -19,6 +19,8 @@ use crate::identity::{DeviceId, Identity};
 
 /// How long connecting (TCP, TLS, WebSocket) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a polite close waits for the peer's close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages per second a peer may send on average, and in a burst.
 const RATE_PER_SECOND: f64 = 50.0;
 const RATE_BURST: f64 = 200.0;
@@ -89,16 +91,17 @@ impl Endpoint {
         let address = from.to_string();
         let handshake = async {
             let tls = self.acceptor.accept(tcp).await.map_err(|e| handshake_error(&address, e))?;
-            let peer = tls::peer_device(tls.get_ref().1.peer_certificates())
-                .ok_or_else(|| SignalingError::Handshake { address: address.clone(), reason: "no client certificate".into() })?;
+            let peer = tls::peer_device(tls.get_ref().1.peer_certificates()).ok_or_else(|| {
+                SignalingError::Handshake { address: address.clone(), reason: "no client certificate".into() }
+            })?;
             let ws = tokio_tungstenite::accept_async_with_config(TlsStream::Server(tls), Some(ws_config()))
                 .await
                 .map_err(|e| handshake_error(&address, e))?;
             Ok(Connection::new(ws, peer))
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, handshake).await.unwrap_or_else(|_| {
-            Err(SignalingError::Handshake { address: address.clone(), reason: "timed out".into() })
-        })
+        tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .unwrap_or_else(|_| Err(SignalingError::Handshake { address: address.clone(), reason: "timed out".into() }))
     }
 
     /// Connects to a peer at any of `addresses` (tried in order) and checks that
@@ -226,11 +229,16 @@ impl Connection {
     /// Tells the peer what was wrong, then closes.
     pub async fn refuse(mut self, call_id: wire::CallId, reason: &str) {
         let _ = self.send(&Message::new(call_id, wire::Body::Error { message: reason.to_owned() })).await;
-        let _ = self.ws.close(None).await;
+        self.close().await;
     }
 
-    /// Closes the connection politely.
+    /// Closes the connection politely: sends the WebSocket close and reads until
+    /// the peer closes too. Closing the socket at once could make the peer's
+    /// kernel answer its next write with a reset, which discards the last
+    /// messages we sent (a "busy" would be lost).
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+        let drain = async { while let Some(Ok(_)) = self.ws.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
     }
 }

@@ -331,3 +331,58 @@ pub fn about(event: &Value, device_id: &str) -> bool {
     let body = &event[kind];
     body["peer"]["device_id"] == device_id || body["device_id"] == device_id
 }
+
+/// What a stretch of a recording holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Heard {
+    /// Mostly this tone.
+    Tone(u32),
+    /// Nothing audible.
+    Silence,
+    /// Something else.
+    Other,
+}
+
+/// Classifies a 48 kHz mono WAV file in 200 ms windows.
+pub fn listen(path: &Path, tones: &[u32]) -> Vec<Heard> {
+    let mut reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    samples
+        .chunks(9600)
+        .filter(|w| w.len() == 9600)
+        .map(|window| {
+            let rms = (window.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / window.len() as f64).sqrt();
+            if rms < 100.0 {
+                return Heard::Silence;
+            }
+            tones
+                .iter()
+                .find(|&&hz| voicelink_daemon::audio::endpoints::tone_share(window, f64::from(hz)) > 0.5)
+                .map_or(Heard::Other, |&hz| Heard::Tone(hz))
+        })
+        .collect()
+}
+
+/// Starts two daemons on a LAN (with extra config each) and waits until each has
+/// seen the other.
+pub async fn two_daemons_with(lan: &Lan, dir: &Path, a_config: &str, b_config: &str) -> (Daemon, Daemon) {
+    let a = Daemon::start(Some(&lan.host(0)), &dir.join("a"), "alice", a_config).await;
+    let mut a_events = a.follow_events();
+    let b = Daemon::start(Some(&lan.host(1)), &dir.join("b"), "bob", b_config).await;
+    let mut b_events = b.follow_events();
+    a_events.wait_for("alice sees bob appear", |e| e["type"] == "peer_appeared" && about(e, &b.device_id)).await;
+    b_events
+        .wait_for("bob sees alice", |e| {
+            about(e, &a.device_id)
+                || e["snapshot"]["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["device_id"] == a.device_id))
+        })
+        .await;
+    (a, b)
+}
+
+/// The event is a state change of this call to `state`.
+pub fn call_is(event: &Value, call_id: &str, state: &str) -> bool {
+    let kind = event["type"].as_str().unwrap_or_default();
+    let call = &event[kind]["call"];
+    call["call_id"] == call_id && call["state"] == state
+}

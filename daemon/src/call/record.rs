@@ -1,0 +1,38 @@
+//! What the API shows about a call: a snapshot the owning task publishes after
+//! every change.
+
+use std::time::SystemTime;
+
+use super::machine::{Direction, EndReason, State};
+use crate::audio::{InputSpec, OutputSpec};
+use crate::identity::DeviceId;
+use crate::signaling::wire::CallId;
+
+/// A call as published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallRecord {
+    /// Its ID.
+    pub id: CallId,
+    /// The other side.
+    pub peer: DeviceId,
+    /// The other side's name.
+    pub peer_name: String,
+    /// Who dialed.
+    pub direction: Direction,
+    /// Where it is.
+    pub state: State,
+    /// When it was created.
+    pub started_at: SystemTime,
+    /// When it was answered.
+    pub answered_at: Option<SystemTime>,
+    /// Muted here.
+    pub muted: bool,
+    /// Held by either side.
+    pub on_hold: bool,
+    /// Why it ended, once it has.
+    pub end_reason: Option<EndReason>,
+    /// Audio input in use.
+    pub input: InputSpec,
+    /// Audio output in use.
+    pub output: OutputSpec,
+}

@@ -1,0 +1,442 @@
+//! The task that owns one call: its state machine, its signaling connection and
+//! its media session. Everything else talks to it through `CallHandle`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::machine::{CallMachine, Direction, FailCause, Input, InvalidCommand, Output, State, Timeouts};
+use super::record::CallRecord;
+use crate::audio::{InputSpec, OutputSpec, open_input, open_output};
+use crate::events::{Change, EventHub};
+use crate::identity::{DeviceId, Identity};
+use crate::media::session::{CodecSettings, Gates, MediaEvent, MediaSession};
+use crate::signaling::transport::{Connection, Endpoint, SignalingError};
+use crate::signaling::wire::{Body, CallId, Decoded, Message};
+
+/// How often an idle signaling connection is pinged.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// A command for a call's task.
+pub struct CallCommand {
+    /// What the user asks.
+    pub input: Input,
+    /// For `Answer`: audio endpoints that replace the defaults.
+    pub audio: Option<(InputSpec, OutputSpec)>,
+    /// The outcome, and the call afterwards.
+    pub reply: oneshot::Sender<Result<CallRecord, InvalidCommand>>,
+}
+
+/// How the registry reaches a call.
+#[derive(Clone)]
+pub struct CallHandle {
+    /// The call.
+    pub id: CallId,
+    /// Its peer.
+    pub peer: DeviceId,
+    /// Who dialed.
+    pub direction: Direction,
+    /// Commands to its task.
+    pub commands: mpsc::Sender<CallCommand>,
+}
+
+/// What every call needs from the daemon.
+#[derive(Clone)]
+pub struct CallContext {
+    /// This device.
+    pub identity: Arc<Identity>,
+    /// TLS for signaling.
+    pub endpoint: Endpoint,
+    /// Where calls are published.
+    pub hub: EventHub,
+    /// This device's display name (for call requests).
+    pub own_name: String,
+    /// Ring and connect timeouts.
+    pub timeouts: Timeouts,
+    /// Opus settings.
+    pub codec: CodecSettings,
+    /// Told when a call's task ends.
+    pub finished: mpsc::Sender<CallId>,
+    /// The daemon is stopping: hang up.
+    pub shutdown: CancellationToken,
+}
+
+/// Where to reach the callee.
+pub struct Destination {
+    /// Its addresses, in order of preference.
+    pub addresses: Vec<SocketAddr>,
+    /// Its device ID, when known (from mDNS or `ID@host:port`).
+    pub expected: Option<DeviceId>,
+    /// Its name, for display until it says otherwise.
+    pub name: String,
+}
+
+struct Call {
+    id: CallId,
+    context: CallContext,
+    machine: CallMachine,
+    record: CallRecord,
+    connection: Option<Connection>,
+    media: Option<MediaSession>,
+}
+
+/// Starts an outgoing call; returns its handle and first record at once, while
+/// the task connects.
+pub fn dial(
+    context: CallContext,
+    destination: Destination,
+    input: InputSpec,
+    output: OutputSpec,
+) -> (CallHandle, CallRecord) {
+    let id = CallId::random();
+    let peer = destination.expected.unwrap_or(DeviceId::from_certificate_der(b"unknown until connected"));
+    let machine = CallMachine::outgoing(Instant::now(), context.timeouts);
+    let record = new_record(&id, peer, destination.name.clone(), Direction::Outgoing, input, output);
+    let (handle, commands) = handle(&id, peer, Direction::Outgoing);
+    let call = Call { id, context, machine, record: record.clone(), connection: None, media: None };
+    tokio::spawn(call.run_outgoing(destination, commands));
+    (handle, record)
+}
+
+/// Starts an incoming call on a connection whose first message was a call request.
+pub fn incoming(
+    context: CallContext,
+    connection: Connection,
+    id: CallId,
+    caller_name: String,
+    input: InputSpec,
+    output: OutputSpec,
+) -> CallHandle {
+    let peer = connection.peer;
+    let machine = CallMachine::incoming(Instant::now(), context.timeouts);
+    let record = new_record(&id, peer, caller_name, Direction::Incoming, input, output);
+    let (handle, commands) = handle(&id, peer, Direction::Incoming);
+    let call = Call { id, context, machine, record, connection: Some(connection), media: None };
+    tokio::spawn(call.run_incoming(commands));
+    handle
+}
+
+fn handle(id: &CallId, peer: DeviceId, direction: Direction) -> (CallHandle, mpsc::Receiver<CallCommand>) {
+    let (commands, receiver) = mpsc::channel(16);
+    (CallHandle { id: id.clone(), peer, direction, commands }, receiver)
+}
+
+fn new_record(
+    id: &CallId,
+    peer: DeviceId,
+    name: String,
+    direction: Direction,
+    input: InputSpec,
+    output: OutputSpec,
+) -> CallRecord {
+    CallRecord {
+        id: id.clone(),
+        peer,
+        peer_name: name,
+        direction,
+        state: match direction {
+            Direction::Outgoing => State::Outgoing,
+            Direction::Incoming => State::Incoming,
+        },
+        started_at: SystemTime::now(),
+        answered_at: None,
+        muted: false,
+        on_hold: false,
+        end_reason: None,
+        input,
+        output,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Call {
+    async fn run_outgoing(mut self, destination: Destination, mut commands: mpsc::Receiver<CallCommand>) {
+        self.context.hub.publish(Change::CallStarted(self.record.clone()));
+        // The endpoint is cloned so the connect future does not borrow the call.
+        let endpoint = self.context.endpoint.clone();
+        let connect = endpoint.connect(&destination.addresses, destination.expected);
+        tokio::pin!(connect);
+        // The user may hang up while we are still connecting.
+        let connected = loop {
+            tokio::select! {
+                result = &mut connect => break Some(result),
+                Some(command) = commands.recv() => {
+                    self.command(command).await;
+                    if self.machine.state() == State::Ended { break None; }
+                }
+                () = sleep_until(self.machine.poll_timeout()) => self.machine.handle_timeout(Instant::now()),
+                () = self.context.shutdown.cancelled() => { let _ = self.machine.handle(Input::Hangup, Instant::now()); break None; }
+            }
+        };
+        match connected {
+            Some(Ok(connection)) => {
+                self.record.peer = connection.peer;
+                self.connection = Some(connection);
+                let request = Body::CallRequest { caller_name: self.context.own_name.clone() };
+                self.send(request).await;
+                match self.start_media().await {
+                    Ok(()) => {
+                        if let Some(offer) = self.offer().await {
+                            self.send(Body::Offer { sdp: offer }).await;
+                        }
+                    }
+                    Err(cause) => self.fail(cause),
+                }
+            }
+            Some(Err(error)) => {
+                let cause = match &error {
+                    SignalingError::IdentityMismatch { .. } => FailCause::IdentityMismatch(error.to_string()),
+                    _ => FailCause::Unreachable(error.to_string()),
+                };
+                warn!(call_id = %self.id, %error, "cannot reach the peer");
+                self.fail(cause);
+            }
+            None => {}
+        }
+        self.run(commands).await;
+    }
+
+    async fn run_incoming(mut self, commands: mpsc::Receiver<CallCommand>) {
+        info!(call_id = %self.id, peer = %self.record.peer.short(), name = %self.record.peer_name, "incoming call");
+        self.context.hub.publish(Change::CallStarted(self.record.clone()));
+        if let Err(cause) = self.start_media().await {
+            self.fail(cause);
+        }
+        self.run(commands).await;
+    }
+
+    async fn start_media(&mut self) -> Result<(), FailCause> {
+        let mut media = MediaSession::new(&self.context.identity, self.record.peer, self.context.codec)
+            .await
+            .map_err(|e| FailCause::Protocol(e.to_string()))?;
+        if self.machine.direction() == Direction::Outgoing {
+            attach(&mut media, &self.record.input, &self.record.output)?;
+        }
+        self.media = Some(media);
+        Ok(())
+    }
+
+    async fn offer(&mut self) -> Option<String> {
+        let media = self.media.as_mut()?;
+        match media.create_offer().await {
+            Ok(sdp) => Some(sdp),
+            Err(error) => {
+                self.fail(FailCause::Protocol(error.to_string()));
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, cause: FailCause) {
+        let _ = self.machine.handle(Input::MediaFailed(cause), Instant::now());
+    }
+
+    /// The call's life after set-up: until the machine says it is over.
+    async fn run(mut self, mut commands: mpsc::Receiver<CallCommand>) {
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.flush().await;
+            if self.machine.state() == State::Ended {
+                break;
+            }
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.command(command).await,
+                    None => { let _ = self.machine.handle(Input::Hangup, Instant::now()); }
+                },
+                message = recv(&mut self.connection) => self.signal(message).await,
+                event = next_event(&mut self.media) => self.media_event(event).await,
+                () = sleep_until(self.machine.poll_timeout()) => self.machine.handle_timeout(Instant::now()),
+                _ = keepalive.tick() => {
+                    if let Some(connection) = self.connection.as_mut() && connection.ping().await.is_err() {
+                        let _ = self.machine.handle(Input::PeerLost, Instant::now());
+                    }
+                }
+                () = self.context.shutdown.cancelled() => { let _ = self.machine.handle(Input::Hangup, Instant::now()); }
+            }
+        }
+        self.flush().await;
+        if let Some(media) = self.media.take() {
+            media.close().await;
+        }
+        if let Some(connection) = self.connection.take() {
+            connection.close().await;
+        }
+        let _ = self.context.finished.send(self.id.clone()).await;
+    }
+
+    async fn command(&mut self, command: CallCommand) {
+        let CallCommand { input, audio, reply } = command;
+        let answering = input == Input::Answer;
+        if answering && let Some((input, output)) = audio {
+            self.record.input = input;
+            self.record.output = output;
+        }
+        if answering && self.machine.state() == State::Incoming {
+            // Open the audio endpoints before accepting, so a bad one fails the
+            // call instead of answering into silence.
+            let (input_spec, output_spec) = (self.record.input.clone(), self.record.output.clone());
+            if let Some(media) = self.media.as_mut()
+                && let Err(cause) = attach(media, &input_spec, &output_spec)
+            {
+                let _ = reply.send(Err(InvalidCommand::because("answer", cause.to_string())));
+                self.fail(cause);
+                return;
+            }
+        }
+        let outcome = self.machine.handle(input, Instant::now());
+        self.flush().await;
+        let _ = reply.send(outcome.map(|()| self.record.clone()));
+    }
+
+    async fn signal(&mut self, message: Result<Option<Decoded>, SignalingError>) {
+        let now = Instant::now();
+        let message = match message {
+            Ok(Some(Decoded::Message(message))) => message,
+            Ok(Some(Decoded::UnknownType { kind })) => {
+                debug!(call_id = %self.id, kind, "ignoring a signaling message of an unknown type");
+                return;
+            }
+            Ok(None) => {
+                self.connection = None;
+                let _ = self.machine.handle(Input::PeerLost, now);
+                return;
+            }
+            Err(error) => {
+                warn!(call_id = %self.id, %error, "signaling failed");
+                if let Some(connection) = self.connection.take() {
+                    connection.refuse(self.id.clone(), &error.to_string()).await;
+                }
+                let _ = self.machine.handle(Input::MediaFailed(FailCause::Protocol(error.to_string())), now);
+                return;
+            }
+        };
+        if message.call_id != self.id {
+            debug!(call_id = %self.id, other = %message.call_id, "ignoring a message for another call");
+            return;
+        }
+        match message.body {
+            Body::Offer { sdp } if self.machine.direction() == Direction::Incoming => {
+                let Some(media) = self.media.as_mut() else { return };
+                match media.accept_offer(sdp).await {
+                    Ok(answer) => self.send(Body::Answer { sdp: answer }).await,
+                    Err(error) => self.fail(media_failure(error)),
+                }
+            }
+            Body::Answer { sdp } if self.machine.direction() == Direction::Outgoing => {
+                let Some(media) = self.media.as_mut() else { return };
+                if let Err(error) = media.accept_answer(sdp).await {
+                    self.fail(media_failure(error));
+                }
+            }
+            Body::IceCandidate { candidate, .. } => {
+                if let Some(media) = self.media.as_mut() {
+                    media.add_remote_candidate(candidate).await;
+                }
+            }
+            Body::CallRequest { .. } | Body::Offer { .. } | Body::Answer { .. } | Body::Keepalive => {}
+            body => {
+                let _ = self.machine.handle(Input::Remote(body), now);
+            }
+        }
+    }
+
+    async fn media_event(&mut self, event: Option<MediaEvent>) {
+        let now = Instant::now();
+        match event {
+            Some(MediaEvent::LocalCandidate(candidate)) => {
+                let body = Body::IceCandidate {
+                    candidate: candidate.candidate,
+                    sdp_mid: candidate.sdp_mid.filter(|m| !m.is_empty()),
+                    sdp_mline_index: candidate.sdp_mline_index,
+                };
+                self.send(body).await;
+            }
+            Some(MediaEvent::Connected) => {
+                debug!(call_id = %self.id, "media connected");
+                let _ = self.machine.handle(Input::MediaConnected, now);
+            }
+            Some(MediaEvent::Failed(cause)) => self.fail(cause),
+            None => self.fail(FailCause::Protocol("the media session stopped".into())),
+        }
+    }
+
+    async fn send(&mut self, body: Body) {
+        let Some(connection) = self.connection.as_mut() else { return };
+        // A failed send is not the end by itself: the peer may have closed after
+        // saying why (busy, decline), and reading the connection will tell.
+        if let Err(error) = connection.send(&Message::new(self.id.clone(), body)).await {
+            debug!(call_id = %self.id, %error, "cannot send to the peer");
+        }
+    }
+
+    /// Carries out what the machine asked for, publishing every change.
+    async fn flush(&mut self) {
+        while let Some(output) = self.machine.poll_output() {
+            match output {
+                Output::Send(body) => self.send(body).await,
+                Output::StateChanged { from, to } => {
+                    self.record.state = to;
+                    self.record.end_reason = self.machine.end_reason().cloned();
+                    if to == State::Active && self.record.answered_at.is_none() {
+                        self.record.answered_at = Some(SystemTime::now());
+                    }
+                    info!(call_id = %self.id, peer = %self.record.peer.short(), ?from, ?to, reason = ?self.record.end_reason, "call state");
+                    self.context.hub.publish(Change::CallState { call: self.record.clone(), previous: from });
+                }
+                Output::RemoteRinging => debug!(call_id = %self.id, "the peer is ringing"),
+                Output::MuteChanged(muted) => {
+                    self.record.muted = muted;
+                    self.context.hub.publish(Change::CallMuted(self.record.clone()));
+                }
+                Output::HoldChanged(on_hold) => {
+                    self.record.on_hold = on_hold;
+                    self.context.hub.publish(Change::CallHeld(self.record.clone()));
+                }
+                Output::Audio { send, play } => {
+                    if let Some(media) = self.media.as_ref() {
+                        media.set_gates(Gates { send, play });
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn attach(media: &mut MediaSession, input: &InputSpec, output: &OutputSpec) -> Result<(), FailCause> {
+    let source = open_input(input).map_err(|e| FailCause::Audio(e.to_string()))?;
+    let sink = open_output(output).map_err(|e| FailCause::Audio(e.to_string()))?;
+    media.attach_audio(source, sink).map_err(|e| FailCause::Audio(e.to_string()))
+}
+
+fn media_failure(error: crate::media::session::MediaError) -> FailCause {
+    match error {
+        crate::media::session::MediaError::Fingerprint(_) => FailCause::IdentityMismatch(error.to_string()),
+        other => FailCause::Protocol(other.to_string()),
+    }
+}
+
+async fn recv(connection: &mut Option<Connection>) -> Result<Option<Decoded>, SignalingError> {
+    match connection {
+        Some(connection) => connection.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_event(media: &mut Option<MediaSession>) -> Option<MediaEvent> {
+    match media {
+        Some(media) => media.next_event().await,
+        None => std::future::pending().await,
+    }
+}
