@@ -159,8 +159,7 @@ where
         tasks.spawn(discovery.run(hub.clone(), settings_rx.clone(), stop.clone()));
     }
     let (registry_tx, registry_rx) = mpsc::channel(64);
-    let (incoming_tx, incoming_rx) = mpsc::channel(16);
-    let (finished_tx, finished_rx) = mpsc::channel(16);
+    let (inbox_tx, inbox_rx) = mpsc::channel(64);
     let context = CallContext {
         identity: identity.clone(),
         endpoint: endpoint.clone(),
@@ -175,12 +174,12 @@ where
             bitrate: config.calls.bitrate_kbps.0 as i32 * 1000,
             dtx: config.calls.dtx,
         },
-        finished: finished_tx,
+        inbox: inbox_tx.clone(),
         shutdown: stop.clone(),
     };
     let registry = Registry::new(context, settings_rx.clone());
-    tasks.spawn(registry.run(registry_rx, incoming_rx, finished_rx));
-    tasks.spawn(signaling.run(endpoint, incoming_tx, stop.clone()));
+    tasks.spawn(registry.run(registry_rx, inbox_rx));
+    tasks.spawn(signaling.run(endpoint, inbox_tx, stop.clone()));
 
     let info = DaemonInfo { device_id: identity.device_id, started, signaling_address, discovery_enabled };
     let service = ControlService::new(info, registry_tx, settings_rx, hub.clone(), stop.clone());

@@ -128,3 +128,71 @@ async fn declined_busy_cancelled_and_unanswered_calls_end_with_their_reasons() {
     let ended = a_events.wait_for("missed at alice", |e| call_is(e, &id, "ended")).await;
     assert_eq!(ended["call_state_changed"]["call"]["end_reason"], "no_answer");
 }
+
+/// Whether a call event shows this state (any call).
+fn any_call_is(event: &serde_json::Value, states: &[&str]) -> bool {
+    let kind = event["type"].as_str().unwrap_or_default();
+    let state = &event[kind]["call"]["state"];
+    states.iter().any(|s| state == s)
+}
+
+#[tokio::test]
+async fn glare_ends_in_exactly_one_call_on_both_sides() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let quiet = "[audio]\ninput = \"silence\"\noutput = \"null\"\n";
+    let (a, b) = two_daemons_with(&lan, dir.path(), quiet, quiet).await;
+    let mut a_events = a.follow_events();
+    let mut b_events = b.follow_events();
+    a_events.next().await;
+    b_events.next().await;
+
+    // Both dial at the same moment.
+    let (from_a, from_b) = tokio::join!(a.ctl(&["dial", "bob", "--no-wait"]), b.ctl(&["dial", "alice", "--no-wait"]));
+    assert!(from_a.status.success() || from_b.status.success(), "at least one dial went through");
+
+    // Whichever request arrived first, both people asked for this conversation:
+    // the surviving call is answered on its own, and it is the same on both sides.
+    let a_active = a_events.wait_for("alice active", |e| any_call_is(e, &["active"])).await;
+    let b_active = b_events.wait_for("bob active", |e| any_call_is(e, &["active"])).await;
+    let id = a_active["call_state_changed"]["call"]["call_id"].clone();
+    assert_eq!(b_active["call_state_changed"]["call"]["call_id"], id);
+    for daemon in [&a, &b] {
+        let calls = daemon.ctl_json(&["calls"]).await;
+        let live: Vec<_> = calls.as_array().unwrap().iter().filter(|c| c["state"] != "ended").collect();
+        assert_eq!(live.len(), 1, "{}: {calls:#}", daemon.name);
+        assert_eq!(live[0]["call_id"], id);
+        assert_eq!(live[0]["state"], "active");
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_mdns_cannot_see_is_dialed_by_address_and_its_identity_checked() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let hidden = "[discovery]\nenabled = false\n[signaling]\nport = 47123\n[audio]\ninput = \"silence\"\noutput = \"null\"\n[calls]\nauto_answer = true\n";
+    let quiet = "[discovery]\nenabled = false\n[audio]\ninput = \"silence\"\noutput = \"null\"\n";
+    let a = Daemon::start(Some(&lan.host(0)), &dir.path().join("a"), "alice", quiet).await;
+    let b = Daemon::start(Some(&lan.host(1)), &dir.path().join("b"), "bob", hidden).await;
+    assert_eq!(a.ctl_json(&["peers", "--all"]).await, serde_json::json!([]), "no discovery here");
+
+    // A device ID that is not bob's: refused before any call reaches him.
+    let impostor = a.device_id.clone();
+    let out = a.ctl(&["--json", "dial", &format!("{impostor}@10.77.0.2:47123")]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("failed") && text.contains("identity mismatch"), "{text}");
+    assert!(text.contains(&b.device_id), "names the device it found: {text}");
+    assert_eq!(b.ctl_json(&["calls"]).await, serde_json::json!([]));
+
+    // host:port, and ID@host:port with the right ID: bob answers (auto-answer).
+    for target in ["10.77.0.2:47123".to_owned(), format!("{}@10.77.0.2:47123", b.device_id)] {
+        let call = a.ctl_json(&["dial", &target]).await;
+        assert_eq!(call["state"], "active", "{target}: {call:#}");
+        assert_eq!(call["peer_device_id"], b.device_id.as_str(), "the identity comes from bob's certificate");
+        assert_eq!(call["peer_display_name"], "bob");
+        a.ctl_json(&["hangup"]).await;
+    }
+}

@@ -212,7 +212,7 @@ impl CallMachine {
     /// A call the peer placed; it rings here and the peer is told so.
     pub fn incoming(now: Instant, timeouts: Timeouts) -> Self {
         let mut machine = Self::new(Direction::Incoming, State::Incoming, now, timeouts);
-        machine.outputs.push_back(Output::Send(Body::Ringing));
+        machine.outputs.push_back(Output::Send(Body::Ringing { callee_name: String::new() }));
         machine
     }
 
@@ -345,7 +345,7 @@ impl CallMachine {
     /// a step behind (an `end` crossing our `accept`), never a reason to fail.
     fn remote(&mut self, body: Body, now: Instant) {
         match (body, self.state, self.direction) {
-            (Body::Ringing, State::Outgoing, _) => self.outputs.push_back(Output::RemoteRinging),
+            (Body::Ringing { .. }, State::Outgoing, _) => self.outputs.push_back(Output::RemoteRinging),
             (Body::Accept, State::Outgoing, _) => self.answered(now),
             (Body::Decline { reason }, State::Outgoing, _) => self.end(EndReason::Declined(reason), None),
             (Body::Busy, State::Outgoing, _) => self.end(EndReason::Busy, None),
@@ -468,7 +468,7 @@ mod tests {
         let now = Instant::now();
         let mut m = CallMachine::incoming(now, T);
         assert_eq!(m.state(), State::Incoming);
-        assert_eq!(drain(&mut m), [Output::Send(Body::Ringing)]);
+        assert_eq!(drain(&mut m), [Output::Send(Body::Ringing { callee_name: String::new() })]);
         assert_eq!(m.poll_timeout(), Some(now + T.ring));
     }
 
@@ -491,7 +491,7 @@ mod tests {
     fn answering_before_media_is_up_waits_in_connecting() {
         let now = Instant::now();
         let mut m = CallMachine::outgoing(now, T);
-        m.handle(Input::Remote(Body::Ringing), now).unwrap();
+        m.handle(Input::Remote(Body::Ringing { callee_name: String::new() }), now).unwrap();
         m.handle(Input::Remote(Body::Accept), now).unwrap();
         assert_eq!(drain(&mut m), [Output::RemoteRinging, state_change(State::Outgoing, State::Connecting)]);
         assert_eq!(m.poll_timeout(), Some(now + T.connect));
@@ -636,8 +636,13 @@ mod tests {
     fn out_of_place_peer_messages_are_ignored() {
         let now = Instant::now();
         let mut m = active_outgoing(now);
-        for body in [Body::Ringing, Body::Accept, Body::Busy, Body::Decline { reason: String::new() }, Body::Keepalive]
-        {
+        for body in [
+            Body::Ringing { callee_name: String::new() },
+            Body::Accept,
+            Body::Busy,
+            Body::Decline { reason: String::new() },
+            Body::Keepalive,
+        ] {
             m.handle(Input::Remote(body), now).unwrap();
         }
         assert_eq!(m.state(), State::Active);

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
@@ -83,6 +84,23 @@ pub enum RegistryCommand {
     },
 }
 
+/// What reaches the registry from the network side and from call tasks, on one
+/// channel so their order is kept (glare depends on it).
+pub enum Inbox {
+    /// A call request on a new connection.
+    Incoming(Box<IncomingRequest>),
+    /// A call of ours yielded to the peer's simultaneous call (glare).
+    Yielded {
+        /// The peer.
+        peer: DeviceId,
+    },
+    /// A call's task ended.
+    Finished(CallId),
+}
+
+/// How long after our call yielded to glare the peer's call is still its twin.
+const GLARE_WINDOW: Duration = Duration::from_secs(10);
+
 /// A call request that arrived on a new signaling connection.
 pub struct IncomingRequest {
     /// The authenticated connection.
@@ -98,27 +116,28 @@ pub struct Registry {
     context: CallContext,
     settings: watch::Receiver<LiveSettings>,
     calls: HashMap<CallId, CallHandle>,
+    /// Peers whose calls ours yielded to, and when.
+    yielded: HashMap<DeviceId, Instant>,
 }
 
 impl Registry {
     /// A registry that starts calls with `context`.
     pub fn new(context: CallContext, settings: watch::Receiver<LiveSettings>) -> Self {
-        Registry { context, settings, calls: HashMap::new() }
+        Registry { context, settings, calls: HashMap::new(), yielded: HashMap::new() }
     }
 
     /// Serves until the command channel closes and every call has ended.
-    pub async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<RegistryCommand>,
-        mut incoming: mpsc::Receiver<IncomingRequest>,
-        mut finished: mpsc::Receiver<CallId>,
-    ) {
+    pub async fn run(mut self, mut commands: mpsc::Receiver<RegistryCommand>, mut inbox: mpsc::Receiver<Inbox>) {
         let shutdown = self.context.shutdown.clone();
         loop {
             tokio::select! {
                 Some(command) = commands.recv(), if !shutdown.is_cancelled() => self.command(command).await,
-                Some(request) = incoming.recv(), if !shutdown.is_cancelled() => self.incoming(request).await,
-                Some(id) = finished.recv() => { self.calls.remove(&id); }
+                Some(message) = inbox.recv() => match message {
+                    Inbox::Incoming(request) if !shutdown.is_cancelled() => self.incoming(*request).await,
+                    Inbox::Incoming(request) => { tokio::spawn(request.connection.close()); }
+                    Inbox::Yielded { peer } => { self.yielded.insert(peer, Instant::now()); }
+                    Inbox::Finished(id) => { self.calls.remove(&id); }
+                },
                 () = shutdown.cancelled(), if self.calls.is_empty() => break,
                 else => break,
             }
@@ -243,22 +262,27 @@ impl Registry {
 
         let ours_to_them =
             self.calls.values().find(|c| c.peer == peer && c.direction == super::Direction::Outgoing).cloned();
-        if let Some(ours) = ours_to_them.filter(|c| self.still_ringing(&c.id)) {
-            match resolve_glare(own.as_bytes(), peer.as_bytes()) {
-                Glare::KeepOurs => {
-                    info!(call_id = %call_id, "glare: both sides dialed; keeping our call");
-                    let _ = connection.send(&Message::new(call_id, Body::End { reason: EndCode::Glare })).await;
-                    tokio::spawn(connection.close());
-                    return;
-                }
-                Glare::TakeTheirs => {
-                    info!(call_id = %call_id, "glare: both sides dialed; taking theirs");
-                    let (tx, _) = oneshot::channel();
-                    let _ = ours.commands.send(CallCommand { input: Input::Hangup, audio: None, reply: tx }).await;
-                    self.calls.remove(&ours.id);
-                    answer_at_once = true;
-                }
+        let glare = resolve_glare(own.as_bytes(), peer.as_bytes());
+        let recently_yielded = self.yielded.remove(&peer).is_some_and(|at| at.elapsed() < GLARE_WINDOW);
+        match (glare, ours_to_them) {
+            // Both dialed and ours wins: theirs yields on their side too.
+            (Glare::KeepOurs, Some(ours)) if self.still_ringing(&ours.id) => {
+                info!(call_id = %call_id, "glare: both sides dialed; keeping our call");
+                let _ = connection.send(&Message::new(call_id, Body::End { reason: EndCode::Glare })).await;
+                tokio::spawn(connection.close());
+                return;
             }
+            // Both dialed and theirs wins: end ours (its end may already be on its
+            // way) and answer theirs, which is the conversation both asked for.
+            (Glare::TakeTheirs, Some(ours)) => {
+                info!(call_id = %call_id, "glare: both sides dialed; taking theirs");
+                let (tx, _) = oneshot::channel();
+                let _ = ours.commands.send(CallCommand { input: Input::Hangup, audio: None, reply: tx }).await;
+                self.calls.remove(&ours.id);
+                answer_at_once = true;
+            }
+            (Glare::TakeTheirs, None) if recently_yielded => answer_at_once = true,
+            _ => {}
         }
 
         if self.live_calls() > 0 {

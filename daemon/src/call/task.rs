@@ -11,12 +11,13 @@ use tracing::{debug, info, warn};
 
 use super::machine::{CallMachine, Direction, FailCause, Input, InvalidCommand, Output, State, Timeouts};
 use super::record::CallRecord;
+use super::registry::Inbox;
 use crate::audio::{InputSpec, OutputSpec, open_input, open_output};
 use crate::events::{Change, EventHub};
 use crate::identity::{DeviceId, Identity};
 use crate::media::session::{CodecSettings, Gates, MediaEvent, MediaSession};
 use crate::signaling::transport::{Connection, Endpoint, SignalingError};
-use crate::signaling::wire::{Body, CallId, Decoded, Message};
+use crate::signaling::wire::{Body, CallId, Decoded, EndCode, Message};
 
 /// How often an idle signaling connection is pinged.
 const KEEPALIVE: Duration = Duration::from_secs(5);
@@ -59,8 +60,8 @@ pub struct CallContext {
     pub timeouts: Timeouts,
     /// Opus settings.
     pub codec: CodecSettings,
-    /// Told when a call's task ends.
-    pub finished: mpsc::Sender<CallId>,
+    /// The registry's inbox: told of glare yields and when a call's task ends.
+    pub inbox: mpsc::Sender<Inbox>,
     /// The daemon is stopping: hang up.
     pub shutdown: CancellationToken,
 }
@@ -273,7 +274,7 @@ impl Call {
         if let Some(connection) = self.connection.take() {
             connection.close().await;
         }
-        let _ = self.context.finished.send(self.id.clone()).await;
+        let _ = self.context.inbox.send(Inbox::Finished(self.id.clone())).await;
     }
 
     async fn command(&mut self, command: CallCommand) {
@@ -345,8 +346,20 @@ impl Call {
                     media.add_remote_candidate(candidate).await;
                 }
             }
+            Body::Ringing { callee_name } => {
+                // Learn the callee's name (we may have dialed an address).
+                if !callee_name.trim().is_empty() && callee_name.len() <= 63 {
+                    self.record.peer_name = callee_name.trim().to_owned();
+                }
+                let _ = self.machine.handle(Input::Remote(Body::Ringing { callee_name: String::new() }), now);
+            }
             Body::CallRequest { .. } | Body::Offer { .. } | Body::Answer { .. } | Body::Keepalive => {}
             body => {
+                if body == (Body::End { reason: EndCode::Glare }) {
+                    // Told before the end is published, so the registry knows
+                    // by the time it could see the peer's call (see registry.rs).
+                    let _ = self.context.inbox.send(Inbox::Yielded { peer: self.record.peer }).await;
+                }
                 let _ = self.machine.handle(Input::Remote(body), now);
             }
         }
@@ -385,6 +398,10 @@ impl Call {
     async fn flush(&mut self) {
         while let Some(output) = self.machine.poll_output() {
             match output {
+                Output::Send(Body::Ringing { .. }) => {
+                    let callee_name = self.context.own_name.clone();
+                    self.send(Body::Ringing { callee_name }).await;
+                }
                 Output::Send(body) => self.send(body).await,
                 Output::StateChanged { from, to } => {
                     self.record.state = to;

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::call::registry::IncomingRequest;
+use crate::call::registry::{Inbox, IncomingRequest};
 use transport::Endpoint;
 use wire::{Body, CallId, Decoded, Message};
 
@@ -45,7 +45,7 @@ impl SignalingListener {
 
     /// Accepts until `shutdown`: each connection is authenticated (mutual TLS)
     /// and its first message must be a call request, which goes to the registry.
-    pub async fn run(self, endpoint: Endpoint, requests: mpsc::Sender<IncomingRequest>, shutdown: CancellationToken) {
+    pub async fn run(self, endpoint: Endpoint, requests: mpsc::Sender<Inbox>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -68,7 +68,7 @@ async fn first_message(
     endpoint: Endpoint,
     tcp: tokio::net::TcpStream,
     from: SocketAddr,
-    requests: mpsc::Sender<IncomingRequest>,
+    requests: mpsc::Sender<Inbox>,
 ) {
     let _ = tcp.set_nodelay(true);
     let mut connection = match endpoint.accept(tcp, from).await {
@@ -82,7 +82,7 @@ async fn first_message(
     match first {
         Ok(Ok(Some(Decoded::Message(Message { call_id, body: Body::CallRequest { caller_name }, .. })))) => {
             let request = IncomingRequest { connection, call_id, caller_name };
-            let _ = requests.send(request).await;
+            let _ = requests.send(Inbox::Incoming(Box::new(request))).await;
         }
         Ok(Ok(Some(Decoded::Message(message)))) => {
             connection.refuse(message.call_id, "the first message must be a call_request").await;

@@ -83,7 +83,11 @@ pub enum Body {
         caller_name: String,
     },
     /// Callee → caller: it is ringing here.
-    Ringing,
+    Ringing {
+        /// The callee's display name (the caller may have dialed an address).
+        #[serde(default)]
+        callee_name: String,
+    },
     /// Callee → caller: answered.
     Accept,
     /// Callee → caller: declined, with a reason to show.
@@ -139,7 +143,7 @@ impl Body {
     pub fn kind(&self) -> &'static str {
         match self {
             Body::CallRequest { .. } => "call_request",
-            Body::Ringing => "ringing",
+            Body::Ringing { .. } => "ringing",
             Body::Accept => "accept",
             Body::Decline { .. } => "decline",
             Body::Busy => "busy",
@@ -265,6 +269,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, WireError> {
 fn check_text(body: &Body) -> Result<(), WireError> {
     let (field, text) = match body {
         Body::CallRequest { caller_name } => ("caller_name", caller_name),
+        Body::Ringing { callee_name } => ("callee_name", callee_name),
         Body::Decline { reason } => ("reason", reason),
         Body::Error { message } => ("message", message),
         _ => return Ok(()),
@@ -283,7 +288,7 @@ mod tests {
     fn every_body() -> Vec<Body> {
         vec![
             Body::CallRequest { caller_name: "alice".into() },
-            Body::Ringing,
+            Body::Ringing { callee_name: "bob".into() },
             Body::Accept,
             Body::Decline { reason: "in a meeting".into() },
             Body::Busy,

@@ -308,6 +308,14 @@ impl EventFollower {
         matches!(tokio::time::timeout(DEADLINE, self.lines.next_line()).await, Ok(Ok(None)))
     }
 
+    /// An event already seen that matches, or the next one that does.
+    pub async fn seen_or_wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        match self.seen.iter().find(|e| matches(e)) {
+            Some(event) => event.clone(),
+            None => self.wait_for(what, matches).await,
+        }
+    }
+
     /// Reads events until one matches; returns it.
     pub async fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
         let wait = async {
