@@ -15,8 +15,9 @@ case "${1:-}" in
     --package) want_package_tools=1 ;;
 esac
 
-# Build: a C toolchain for crates with C parts, pkg-config to find libraries.
-packages=(build-essential pkg-config ca-certificates curl git)
+# Build: a C toolchain for crates with C parts, pkg-config to find libraries,
+# cmake to build libopus (the opus crate compiles it).
+packages=(build-essential pkg-config cmake ca-certificates curl git)
 # Tests: iproute2 makes the network namespaces the end-to-end tests run in.
 [ $want_test_tools = 1 ] && packages+=(iproute2)
 # Packages: lintian checks the .deb, rpm reads the .rpm, ruby checks the formula,

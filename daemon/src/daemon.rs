@@ -181,6 +181,7 @@ where
     tasks.spawn(registry.run(registry_rx, inbox_rx));
     tasks.spawn(signaling.run(endpoint, inbox_tx, stop.clone()));
 
+    log_audio_fallbacks(&config);
     let info = DaemonInfo { device_id: identity.device_id, started, signaling_address, discovery_enabled };
     let service = ControlService::new(info, registry_tx, settings_rx, hub.clone(), stop.clone());
     let server = api::serve(unix_listener, tcp, service, stop.clone());
@@ -255,6 +256,21 @@ fn reload_config<R>(
     };
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     applied
+}
+
+/// Says at start what calls will use where a sound card was asked for.
+fn log_audio_fallbacks(config: &Config) {
+    use crate::audio::{InputSpec, OutputSpec};
+    if config.audio.input == InputSpec::Default {
+        warn!(
+            "no sound-card support in this build: calls will send silence (set --audio-input tone:HZ, file:PATH.wav or echo)"
+        );
+    }
+    if config.audio.output == OutputSpec::Default {
+        warn!(
+            "no sound-card support in this build: calls will discard what they hear (set --audio-output file:PATH.wav)"
+        );
+    }
 }
 
 fn notify_systemd(state: &[sd_notify::NotifyState]) {

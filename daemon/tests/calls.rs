@@ -196,3 +196,35 @@ async fn a_peer_that_mdns_cannot_see_is_dialed_by_address_and_its_identity_check
         a.ctl_json(&["hangup"]).await;
     }
 }
+
+#[tokio::test]
+async fn a_recording_is_a_valid_wav_when_the_daemon_is_stopped_mid_call() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("bob-heard.wav");
+    let (a, mut b) = two_daemons_with(
+        &lan,
+        dir.path(),
+        "[audio]\ninput = \"tone:440\"\noutput = \"null\"\n",
+        &format!("{}[calls]\nauto_answer = true\n", audio("silence", &wav)),
+    )
+    .await;
+    let call = a.ctl_json(&["dial", "bob"]).await;
+    assert_eq!(call["state"], "active");
+    talk_for(Duration::from_millis(2500)).await;
+    let mut a_events = a.follow_events();
+    let status = b.stop_with(nix::sys::signal::Signal::SIGTERM).await;
+    assert!(status.success(), "{status:?}");
+    // Bob's daemon hung up on its way out.
+    let id = call["call_id"].as_str().unwrap().to_owned();
+    let ended = a_events.seen_or_wait_for("ended", |e| call_is(e, &id, "ended")).await;
+    assert_eq!(ended["call_state_changed"]["call"]["end_reason"], "hung_up_remote");
+
+    let reader = hound::WavReader::open(&wav).expect("a valid WAV file");
+    let seconds = reader.duration() as f64 / 48_000.0;
+    // More than the last periodic header update (every second) would give: the
+    // file was completed on the way out.
+    assert!(seconds >= 2.2, "the header counts all that was recorded: {seconds} s");
+    assert!(listen(&wav, &[440]).contains(&Heard::Tone(440)));
+}

@@ -100,6 +100,10 @@ pub enum Inbox {
 
 /// How long after our call yielded to glare the peer's call is still its twin.
 const GLARE_WINDOW: Duration = Duration::from_secs(10);
+/// Call requests one peer may make per window; more are refused, so a broken or
+/// hostile peer cannot ring this device without pause.
+const REQUESTS_PER_PEER: usize = 10;
+const REQUEST_WINDOW: Duration = Duration::from_secs(60);
 
 /// A call request that arrived on a new signaling connection.
 pub struct IncomingRequest {
@@ -118,12 +122,14 @@ pub struct Registry {
     calls: HashMap<CallId, CallHandle>,
     /// Peers whose calls ours yielded to, and when.
     yielded: HashMap<DeviceId, Instant>,
+    /// Recent call requests by peer.
+    requests: HashMap<DeviceId, Vec<Instant>>,
 }
 
 impl Registry {
     /// A registry that starts calls with `context`.
     pub fn new(context: CallContext, settings: watch::Receiver<LiveSettings>) -> Self {
-        Registry { context, settings, calls: HashMap::new(), yielded: HashMap::new() }
+        Registry { context, settings, calls: HashMap::new(), yielded: HashMap::new(), requests: HashMap::new() }
     }
 
     /// Serves until the command channel closes and every call has ended.
@@ -258,6 +264,14 @@ impl Registry {
         let IncomingRequest { mut connection, call_id, caller_name } = request;
         let peer = connection.peer;
         let own = self.context.identity.device_id;
+        let recent = self.requests.entry(peer).or_default();
+        recent.retain(|at| at.elapsed() < REQUEST_WINDOW);
+        if recent.len() >= REQUESTS_PER_PEER {
+            warn!(peer = %peer.short(), "refusing a call request: too many from this peer");
+            tokio::spawn(connection.refuse(call_id, "too many call requests; try again in a minute"));
+            return;
+        }
+        recent.push(Instant::now());
         let mut answer_at_once = self.settings.borrow().auto_answer;
 
         let ours_to_them =
