@@ -16,10 +16,11 @@ case "${1:-}" in
 esac
 
 # Build: a C toolchain for crates with C parts, pkg-config to find libraries,
-# cmake to build libopus (the opus crate compiles it).
-packages=(build-essential pkg-config cmake ca-certificates curl git)
-# Tests: iproute2 makes the network namespaces the end-to-end tests run in.
-[ $want_test_tools = 1 ] && packages+=(iproute2)
+# cmake to build libopus (the opus crate compiles it), ALSA headers for cpal.
+packages=(build-essential pkg-config cmake libasound2-dev ca-certificates curl git)
+# Tests: iproute2 makes the network namespaces the end-to-end tests run in; a
+# user-mode PulseAudio with a null sink gives the sound-card path real devices.
+[ $want_test_tools = 1 ] && packages+=(iproute2 pulseaudio pulseaudio-utils libasound2-plugins)
 # Packages: lintian checks the .deb, rpm reads the .rpm, ruby checks the formula,
 # man-db and systemd (systemd-analyze) check the installed files.
 [ $want_package_tools = 1 ] && packages+=(lintian rpm ruby man-db systemd)

@@ -136,7 +136,8 @@ where
     };
 
     let hub = EventHub::new();
-    let (settings, settings_rx) = watch::channel(LiveSettings::of(&config));
+    let settings = Arc::new(watch::Sender::new(LiveSettings::of(&config)));
+    let settings_rx = settings.subscribe();
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 
@@ -181,9 +182,9 @@ where
     tasks.spawn(registry.run(registry_rx, inbox_rx));
     tasks.spawn(signaling.run(endpoint, inbox_tx, stop.clone()));
 
-    log_audio_fallbacks(&config);
+    log_audio_fallbacks(&config).await;
     let info = DaemonInfo { device_id: identity.device_id, started, signaling_address, discovery_enabled };
-    let service = ControlService::new(info, registry_tx, settings_rx, hub.clone(), stop.clone());
+    let service = ControlService::new(info, registry_tx, settings.clone(), hub.clone(), stop.clone());
     let server = api::serve(unix_listener, tcp, service, stop.clone());
     tokio::pin!(server);
 
@@ -258,18 +259,22 @@ fn reload_config<R>(
     applied
 }
 
-/// Says at start what calls will use where a sound card was asked for.
-fn log_audio_fallbacks(config: &Config) {
+/// Says at start what calls will use where a sound card was asked for and there
+/// is none.
+async fn log_audio_fallbacks(config: &Config) {
     use crate::audio::{InputSpec, OutputSpec};
-    if config.audio.input == InputSpec::Default {
-        warn!(
-            "no sound-card support in this build: calls will send silence (set --audio-input tone:HZ, file:PATH.wav or echo)"
-        );
+    let wants_input = config.audio.input == InputSpec::Default;
+    let wants_output = config.audio.output == OutputSpec::Default;
+    if !wants_input && !wants_output {
+        return;
     }
-    if config.audio.output == OutputSpec::Default {
-        warn!(
-            "no sound-card support in this build: calls will discard what they hear (set --audio-output file:PATH.wav)"
-        );
+    let devices = tokio::task::spawn_blocking(crate::audio::device::list).await.unwrap_or_default();
+    let has = |list: &[crate::audio::device::DeviceInfo]| list.iter().any(|d| d.is_default) || !list.is_empty();
+    if wants_input && !has(&devices.inputs) {
+        warn!("no capture device found: calls will send silence (set --audio-input tone:HZ, file:PATH.wav or echo)");
+    }
+    if wants_output && !has(&devices.outputs) {
+        warn!("no playback device found: calls will discard what they hear (set --audio-output file:PATH.wav)");
     }
 }
 

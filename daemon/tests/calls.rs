@@ -30,8 +30,8 @@ async fn a_call_carries_audio_both_ways_and_mute_silences_one_direction() {
     let dir = tempfile::tempdir().unwrap();
     let (a_wav, b_wav) = (dir.path().join("alice-heard.wav"), dir.path().join("bob-heard.wav"));
     let (a, b) = two_daemons_with(&lan, dir.path(), &audio("tone:440", &a_wav), &audio("tone:880", &b_wav)).await;
-    let mut a_events = a.follow_events();
-    let mut b_events = b.follow_events();
+    let mut a_events = a.follow_events().await;
+    let mut b_events = b.follow_events().await;
 
     let dialed = a.ctl_json(&["dial", "bob", "--no-wait"]).await;
     let call_id = dialed["call_id"].as_str().unwrap().to_owned();
@@ -84,9 +84,9 @@ async fn declined_busy_cancelled_and_unanswered_calls_end_with_their_reasons() {
     let quiet = "[audio]\ninput = \"silence\"\noutput = \"null\"\n";
     let (a, b) = two_daemons_with(&lan, dir.path(), quiet, &format!("{quiet}[calls]\nring_timeout_secs = 5\n")).await;
     let c = Daemon::start(Some(&lan.host(2)), &dir.path().join("c"), "carol", quiet).await;
-    let mut a_events = a.follow_events();
-    let mut b_events = b.follow_events();
-    let mut c_events = c.follow_events();
+    let mut a_events = a.follow_events().await;
+    let mut b_events = b.follow_events().await;
+    let mut c_events = c.follow_events().await;
     c_events.wait_for("carol sees bob", |e| support::about(e, &b.device_id)).await;
 
     // Declined, with a reason.
@@ -122,7 +122,7 @@ async fn declined_busy_cancelled_and_unanswered_calls_end_with_their_reasons() {
     // Nobody answers: bob's ring timeout is 5 s.
     let id = b.ctl_json(&["dial", "alice", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
     drop(b_events);
-    let mut b_events = b.follow_events();
+    let mut b_events = b.follow_events().await;
     let ended = b_events.wait_for("no answer", |e| call_is(e, &id, "ended")).await;
     assert_eq!(ended["call_state_changed"]["call"]["end_reason"], "no_answer");
     let ended = a_events.wait_for("missed at alice", |e| call_is(e, &id, "ended")).await;
@@ -143,10 +143,8 @@ async fn glare_ends_in_exactly_one_call_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let quiet = "[audio]\ninput = \"silence\"\noutput = \"null\"\n";
     let (a, b) = two_daemons_with(&lan, dir.path(), quiet, quiet).await;
-    let mut a_events = a.follow_events();
-    let mut b_events = b.follow_events();
-    a_events.next().await;
-    b_events.next().await;
+    let mut a_events = a.follow_events().await;
+    let mut b_events = b.follow_events().await;
 
     // Both dial at the same moment.
     let (from_a, from_b) = tokio::join!(a.ctl(&["dial", "bob", "--no-wait"]), b.ctl(&["dial", "alice", "--no-wait"]));
@@ -213,7 +211,7 @@ async fn a_recording_is_a_valid_wav_when_the_daemon_is_stopped_mid_call() {
     let call = a.ctl_json(&["dial", "bob"]).await;
     assert_eq!(call["state"], "active");
     talk_for(Duration::from_millis(2500)).await;
-    let mut a_events = a.follow_events();
+    let mut a_events = a.follow_events().await;
     let status = b.stop_with(nix::sys::signal::Signal::SIGTERM).await;
     assert!(status.success(), "{status:?}");
     // Bob's daemon hung up on its way out.
@@ -227,4 +225,110 @@ async fn a_recording_is_a_valid_wav_when_the_daemon_is_stopped_mid_call() {
     // file was completed on the way out.
     assert!(seconds >= 2.2, "the header counts all that was recorded: {seconds} s");
     assert!(listen(&wav, &[440]).contains(&Heard::Tone(440)));
+}
+
+/// A user-mode PulseAudio with a null sink whose monitor is the default source:
+/// what a daemon plays there, it captures again. Stopped on drop.
+struct Pulse {
+    _dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Drop for Pulse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts PulseAudio, or says why it cannot (skipped unless required).
+fn start_pulse() -> Result<Pulse, String> {
+    if std::process::Command::new("pulseaudio").arg("--version").output().is_err() {
+        return Err("pulseaudio is not installed (scripts/setup.sh --test installs it)".into());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (home, run) = (dir.path().join("home"), dir.path().join("run"));
+    for d in [&home, &run] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
+    let socket = dir.path().join("native");
+    let child = std::process::Command::new("pulseaudio")
+        .args([
+            "--daemonize=no",
+            "--exit-idle-time=-1",
+            "-n",
+            "-F",
+            "/dev/null",
+            "--disallow-exit",
+            "--log-target=stderr",
+        ])
+        .arg("--load=module-null-sink sink_name=vsink")
+        .arg(format!("--load=module-native-protocol-unix auth-anonymous=1 socket={}", socket.display()))
+        .env("HOME", &home)
+        .env("XDG_RUNTIME_DIR", &run)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start pulseaudio: {e}"))?;
+    let pulse = Pulse { _dir: dir, socket, child };
+    // pactl is the only readiness signal PulseAudio gives: ask until it answers.
+    let server = format!("unix:{}", pulse.socket.display());
+    for _ in 0..100 {
+        let ok = std::process::Command::new("pactl")
+            .args(["-s", &server, "set-default-source", "vsink.monitor"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Ok(pulse);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("pulseaudio did not come up".into())
+}
+
+#[tokio::test]
+async fn the_sound_card_path_carries_audio_both_ways_through_a_sound_server() {
+    require_netns!();
+    let pulse = match start_pulse() {
+        Ok(pulse) => pulse,
+        Err(reason) if std::env::var_os("VOICELINK_REQUIRE_NETNS").is_some_and(|v| v == "1") => panic!("{reason}"),
+        Err(reason) => {
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+    let server = format!("unix:{}", pulse.socket.display());
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let b_wav = dir.path().join("bob-heard.wav");
+    // Alice uses the default devices (ALSA → PulseAudio null sink) and answers at once.
+    let a = Daemon::start_with_env(
+        Some(&lan.host(0)),
+        &dir.path().join("a"),
+        "alice",
+        "[calls]\nauto_answer = true\n",
+        &[("PULSE_SERVER", &server)],
+    )
+    .await;
+    let devices = a.ctl_json(&["devices"]).await;
+    let names: Vec<&str> = devices["inputs"].as_array().unwrap().iter().filter_map(|d| d["id"].as_str()).collect();
+    assert!(!names.is_empty(), "cpal sees the sound server's devices: {devices:#}");
+    assert!(!names.contains(&"device:null"), "ALSA's clockless null device is never offered: {names:?}");
+
+    let b = Daemon::start(Some(&lan.host(1)), &dir.path().join("b"), "bob", &audio("tone:880", &b_wav)).await;
+    let mut b_events = b.follow_events().await;
+    b_events.wait_for("bob sees alice", |e| support::about(e, &a.device_id)).await;
+    let call = b.ctl_json(&["dial", "alice"]).await;
+    assert_eq!(call["state"], "active");
+    talk_for(Duration::from_secs(4)).await;
+    b.ctl_json(&["hangup"]).await;
+    let id = call["call_id"].as_str().unwrap().to_owned();
+    b_events.seen_or_wait_for("ended", |e| call_is(e, &id, "ended")).await;
+
+    // Bob's 880 Hz went to alice, out of her "speaker" (the null sink), into her
+    // "microphone" (its monitor), and back to bob: both directions through cpal.
+    let heard = listen(&b_wav, &[880]);
+    assert!(heard.iter().filter(|h| **h == Heard::Tone(880)).count() >= 5, "bob heard: {heard:?}\n{}", a.log_text());
 }

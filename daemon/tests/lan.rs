@@ -22,9 +22,7 @@ async fn daemons_on_two_links_find_each_other_once_with_all_their_addresses() {
     let lan = Lan::new(2, 2);
     let dir = tempfile::tempdir().unwrap();
     let a = Daemon::start(Some(&lan.host(0)), &dir.path().join("a"), "alice", "").await;
-    let mut events = a.follow_events();
-    let first = events.next().await;
-    assert_eq!(first["type"], "snapshot", "a subscriber first gets the state");
+    let mut events = a.follow_events().await;
     let b = Daemon::start(Some(&lan.host(1)), &dir.path().join("b"), "bob", "").await;
 
     // Bob is on both links, over IPv4 and IPv6: one peer with every address.
@@ -52,9 +50,8 @@ async fn daemons_on_two_links_find_each_other_once_with_all_their_addresses() {
     assert_eq!(peers[0]["display_name"], "alice");
 
     // A late subscriber starts from the current state.
-    let mut late = a.follow_events();
-    let snapshot = late.next().await;
-    assert_eq!(snapshot["type"], "snapshot");
+    let late = a.follow_events().await;
+    let snapshot = late.snapshot;
     assert_eq!(peer_ids(&snapshot["snapshot"]["peers"]), [b.device_id.as_str()]);
 }
 
@@ -64,7 +61,7 @@ async fn a_daemon_that_stops_is_removed_at_once() {
     let lan = Lan::new(2, 1);
     let dir = tempfile::tempdir().unwrap();
     let (a, mut b) = two_daemons(&lan, dir.path()).await;
-    let mut events = a.follow_events();
+    let mut events = a.follow_events().await;
 
     let status = b.stop_with(Signal::SIGTERM).await;
     assert!(status.success(), "SIGTERM is a clean exit: {status:?}\n{}", b.log_text());
@@ -89,7 +86,7 @@ async fn a_daemon_that_is_killed_goes_offline_within_seconds() {
     let lan = Lan::new(2, 1);
     let dir = tempfile::tempdir().unwrap();
     let (a, mut b) = two_daemons(&lan, dir.path()).await;
-    let mut events = a.follow_events();
+    let mut events = a.follow_events().await;
 
     b.stop_with(Signal::SIGKILL).await;
     let offline = events
@@ -129,7 +126,7 @@ async fn foreign_and_malformed_advertisements_are_skipped() {
     let lan = Lan::new(2, 1);
     let dir = tempfile::tempdir().unwrap();
     let a = Daemon::start(Some(&lan.host(0)), &dir.path().join("a"), "alice", "").await;
-    let mut events = a.follow_events();
+    let mut events = a.follow_events().await;
 
     let service = |instance: &str, txt: &[(&str, &str)]| {
         mdns_sd::ServiceInfo::new("_voicelink._udp.local.", instance, "rogue.local.", "10.77.0.2", 9, txt).unwrap()
@@ -172,9 +169,8 @@ async fn sighup_applies_a_new_name_and_refuses_a_broken_config() {
     let lan = Lan::new(2, 1);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = two_daemons(&lan, dir.path()).await;
-    let mut a_events = a.follow_events();
-    let mut b_events = b.follow_events();
-    assert_eq!(b_events.next().await["type"], "snapshot");
+    let mut a_events = a.follow_events().await;
+    let mut b_events = b.follow_events().await;
     let config_path = b.dir.join("voiced.toml");
     let original = std::fs::read_to_string(&config_path).unwrap();
     let reload = async |text: String| {

@@ -46,6 +46,7 @@ pub struct ControlService {
     info: Arc<DaemonInfo>,
     registry: mpsc::Sender<RegistryCommand>,
     settings: watch::Receiver<LiveSettings>,
+    settings_tx: Arc<watch::Sender<LiveSettings>>,
     hub: EventHub,
     shutdown: CancellationToken,
 }
@@ -56,11 +57,11 @@ impl ControlService {
     pub fn new(
         info: DaemonInfo,
         registry: mpsc::Sender<RegistryCommand>,
-        settings: watch::Receiver<LiveSettings>,
+        settings_tx: Arc<watch::Sender<LiveSettings>>,
         hub: EventHub,
         shutdown: CancellationToken,
     ) -> Self {
-        ControlService { info: Arc::new(info), registry, settings, hub, shutdown }
+        ControlService { info: Arc::new(info), registry, settings: settings_tx.subscribe(), settings_tx, hub, shutdown }
     }
 
     /// Sends a command to the call registry and waits for its answer.
@@ -227,10 +228,48 @@ impl Voicelink for ControlService {
     }
 
     async fn list_audio_devices(&self, _: Request<v1::ListAudioDevicesRequest>) -> Rpc<v1::ListAudioDevicesResponse> {
-        Err(not_in_this_build("list audio devices"))
+        // Probing devices blocks (ALSA opens each one).
+        let devices = tokio::task::spawn_blocking(crate::audio::device::list)
+            .await
+            .map_err(|e| Status::internal(format!("listing devices failed: {e}")))?;
+        let convert = |d: crate::audio::device::DeviceInfo| v1::AudioDevice {
+            id: format!("device:{}", d.name),
+            description: d.id,
+            is_default: d.is_default,
+            sample_rates: d.sample_rates,
+        };
+        Ok(Response::new(v1::ListAudioDevicesResponse {
+            inputs: devices.inputs.into_iter().map(convert).collect(),
+            outputs: devices.outputs.into_iter().map(convert).collect(),
+            virtual_endpoints: ["default", "tone:HZ", "file:PATH.wav", "silence", "echo", "null"]
+                .map(String::from)
+                .to_vec(),
+        }))
     }
 
-    async fn set_audio_devices(&self, _: Request<v1::SetAudioDevicesRequest>) -> Rpc<v1::SetAudioDevicesResponse> {
-        Err(not_in_this_build("change audio devices"))
+    async fn set_audio_devices(
+        &self,
+        request: Request<v1::SetAudioDevicesRequest>,
+    ) -> Rpc<v1::SetAudioDevicesResponse> {
+        let r = request.into_inner();
+        let (input, output) = (spec::<InputSpec>(&r.audio_input)?, spec::<OutputSpec>(&r.audio_output)?);
+        // Take effect for calls that start from now on, until the next reload of
+        // the config file.
+        let mut changed = None;
+        self.settings_tx.send_modify(|live| {
+            if let Some(input) = input {
+                live.audio_input = input;
+            }
+            if let Some(output) = output {
+                live.audio_output = output;
+            }
+            changed = Some((live.audio_input.clone(), live.audio_output.clone()));
+        });
+        let (input, output) = changed.unwrap_or((InputSpec::Default, OutputSpec::Default));
+        self.hub.publish(crate::events::Change::AudioDefaults { input: input.clone(), output: output.clone() });
+        Ok(Response::new(v1::SetAudioDevicesResponse {
+            audio_input: input.to_string(),
+            audio_output: output.to_string(),
+        }))
     }
 }

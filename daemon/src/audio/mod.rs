@@ -1,6 +1,8 @@
 //! Audio endpoints: where a call's sound comes from and goes to.
 
+pub mod device;
 pub mod endpoints;
+pub mod resample;
 mod spec;
 
 pub use spec::{InputSpec, OutputSpec, SpecError};
@@ -9,21 +11,19 @@ use endpoints::{EndpointError, NullSink, Silence, Sink, Tone, WavSink, WavSource
 
 use crate::media::session::Input;
 
-/// Opens a call's audio input. Sound cards (`default`, `device:`) are not in this
-/// build: `default` falls back to silence, a named device is an error.
+/// Opens a call's audio input. `default` uses the default capture device and,
+/// on a machine without one, sends silence (and says so); a named device that
+/// cannot be opened fails the call with the reason.
 pub fn open_input(spec: &InputSpec) -> Result<Input, EndpointError> {
     Ok(match spec {
-        InputSpec::Default => {
-            tracing::warn!(
-                "no sound-card support in this build: sending silence (use --audio-input tone:HZ or file:PATH.wav)"
-            );
-            Input::Source(Box::new(Silence))
-        }
-        InputSpec::Device(name) => {
-            return Err(EndpointError::Unavailable(format!(
-                "capture device {name:?}: sound-card support is not in this build; use tone:HZ, file:PATH.wav, silence or echo"
-            )));
-        }
+        InputSpec::Default => match device::Capture::open(None) {
+            Ok(capture) => Input::Source(Box::new(capture)),
+            Err(error) => {
+                tracing::warn!(%error, "no capture device: sending silence (choose --audio-input tone:HZ, file:PATH.wav or echo)");
+                Input::Source(Box::new(Silence))
+            }
+        },
+        InputSpec::Device(name) => Input::Source(Box::new(device::Capture::open(Some(name))?)),
         InputSpec::File(path) => Input::Source(Box::new(WavSource::open(path, true)?)),
         InputSpec::Tone(hz) => Input::Source(Box::new(Tone::new(*hz))),
         InputSpec::Silence => Input::Source(Box::new(Silence)),
@@ -31,20 +31,17 @@ pub fn open_input(spec: &InputSpec) -> Result<Input, EndpointError> {
     })
 }
 
-/// Opens a call's audio output (see `open_input` about sound cards).
+/// Opens a call's audio output (see `open_input` about `default`).
 pub fn open_output(spec: &OutputSpec) -> Result<Box<dyn Sink>, EndpointError> {
     Ok(match spec {
-        OutputSpec::Default => {
-            tracing::warn!(
-                "no sound-card support in this build: discarding received audio (use --audio-output file:PATH.wav)"
-            );
-            Box::new(NullSink)
-        }
-        OutputSpec::Device(name) => {
-            return Err(EndpointError::Unavailable(format!(
-                "playback device {name:?}: sound-card support is not in this build; use file:PATH.wav or null"
-            )));
-        }
+        OutputSpec::Default => match device::Playback::open(None) {
+            Ok(playback) => Box::new(playback),
+            Err(error) => {
+                tracing::warn!(%error, "no playback device: discarding what is heard (choose --audio-output file:PATH.wav)");
+                Box::new(NullSink)
+            }
+        },
+        OutputSpec::Device(name) => Box::new(device::Playback::open(Some(name))?),
         OutputSpec::File(path) => Box::new(WavSink::create(path)?),
         OutputSpec::Null => Box::new(NullSink),
     })

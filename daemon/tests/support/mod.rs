@@ -263,13 +263,18 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// Follows `voicectl events --json`.
-    pub fn follow_events(&self) -> EventFollower {
+    /// Follows `voicectl events --json`; returns once subscribed (the snapshot
+    /// that every subscription starts with has arrived), so nothing that happens
+    /// afterwards can be missed.
+    pub async fn follow_events(&self) -> EventFollower {
         let mut child = std::process::Command::new(voicectl_bin());
         child.arg("--socket").arg(&self.socket).args(["--json", "events"]);
         let mut child = Command::from(child).stdout(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        EventFollower { _child: child, lines, seen: Vec::new() }
+        let mut follower = EventFollower { _child: child, lines, seen: Vec::new(), snapshot: Value::Null };
+        follower.snapshot = follower.next().await;
+        assert_eq!(follower.snapshot["type"], "snapshot", "a subscription starts with the state");
+        follower
     }
 }
 
@@ -288,6 +293,8 @@ pub struct EventFollower {
     _child: Child,
     lines: Lines<BufReader<ChildStdout>>,
     pub seen: Vec<Value>,
+    /// The state when the subscription started.
+    pub snapshot: Value,
 }
 
 impl EventFollower {
@@ -375,12 +382,12 @@ pub fn listen(path: &Path, tones: &[u32]) -> Vec<Heard> {
 /// seen the other.
 pub async fn two_daemons_with(lan: &Lan, dir: &Path, a_config: &str, b_config: &str) -> (Daemon, Daemon) {
     let a = Daemon::start(Some(&lan.host(0)), &dir.join("a"), "alice", a_config).await;
-    let mut a_events = a.follow_events();
+    let mut a_events = a.follow_events().await;
     let b = Daemon::start(Some(&lan.host(1)), &dir.join("b"), "bob", b_config).await;
-    let mut b_events = b.follow_events();
+    let mut b_events = b.follow_events().await;
     a_events.wait_for("alice sees bob appear", |e| e["type"] == "peer_appeared" && about(e, &b.device_id)).await;
     b_events
-        .wait_for("bob sees alice", |e| {
+        .seen_or_wait_for("bob sees alice", |e| {
             about(e, &a.device_id)
                 || e["snapshot"]["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["device_id"] == a.device_id))
         })

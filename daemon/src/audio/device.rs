@@ -1,0 +1,360 @@
+//! Sound cards, through cpal. Each open device runs its stream on a thread of
+//! its own (cpal streams are not `Send` everywhere); the stream's callback only
+//! touches a lock-free ring buffer, and the media tasks convert between the
+//! device's rate and channels and 48 kHz mono on their side of the ring.
+
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use cpal::{SampleFormat, SizedSample, StreamConfig};
+
+use super::endpoints::{EndpointError, SAMPLE_RATE, Sink, Source};
+use super::resample::Resampler;
+
+/// Ring capacity, in seconds of audio.
+const RING_SECONDS: u32 = 1;
+/// Captured audio buffered beyond this is dropped (a clock drifting ahead).
+const MAX_CAPTURE_BACKLOG_MS: u32 = 200;
+
+/// A device as listed by the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// What `device:NAME` takes.
+    pub name: String,
+    /// cpal's ID for it (host:id).
+    pub id: String,
+    /// The system's default for its direction.
+    pub is_default: bool,
+    /// Sample rates it accepts (the ends of its ranges).
+    pub sample_rates: Vec<u32>,
+}
+
+/// Capture and playback devices.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceList {
+    /// Capture devices.
+    pub inputs: Vec<DeviceInfo>,
+    /// Playback devices.
+    pub outputs: Vec<DeviceInfo>,
+}
+
+/// ALSA's `null` device opens but has no clock: its callbacks spin at full CPU.
+/// It is not a device anyone means.
+fn is_real(name: &str) -> bool {
+    !name.eq_ignore_ascii_case("null")
+}
+
+fn name_of(device: &cpal::Device) -> Option<String> {
+    device.description().ok().map(|d| d.name().to_owned())
+}
+
+/// Lists the devices of the default host. Blocking (ALSA probes each device).
+pub fn list() -> DeviceList {
+    let host = cpal::default_host();
+    let default_in = host.default_input_device().and_then(|d| name_of(&d));
+    let default_out = host.default_output_device().and_then(|d| name_of(&d));
+    let describe = |device: cpal::Device, input: bool| -> Option<DeviceInfo> {
+        let name = name_of(&device).filter(|n| is_real(n))?;
+        let rates: Vec<u32> = if input {
+            device.supported_input_configs().ok()?.flat_map(|r| [r.min_sample_rate(), r.max_sample_rate()]).collect()
+        } else {
+            device.supported_output_configs().ok()?.flat_map(|r| [r.min_sample_rate(), r.max_sample_rate()]).collect()
+        };
+        let mut sample_rates = rates;
+        sample_rates.sort_unstable();
+        sample_rates.dedup();
+        let default = if input { &default_in } else { &default_out };
+        Some(DeviceInfo {
+            is_default: default.as_deref() == Some(name.as_str()),
+            id: device.id().map(|id| id.to_string()).unwrap_or_default(),
+            name,
+            sample_rates,
+        })
+    };
+    DeviceList {
+        inputs: host.input_devices().map(|d| d.filter_map(|d| describe(d, true)).collect()).unwrap_or_default(),
+        outputs: host.output_devices().map(|d| d.filter_map(|d| describe(d, false)).collect()).unwrap_or_default(),
+    }
+}
+
+fn find(name: Option<&str>, input: bool) -> Result<cpal::Device, EndpointError> {
+    let host = cpal::default_host();
+    let direction = if input { "capture" } else { "playback" };
+    match name {
+        None => {
+            let device = if input { host.default_input_device() } else { host.default_output_device() };
+            device.filter(|d| name_of(d).is_some_and(|n| is_real(&n))).ok_or_else(|| {
+                EndpointError::Unavailable(format!("there is no default {direction} device (no sound card?)"))
+            })
+        }
+        Some(wanted) => {
+            let devices = if input {
+                host.input_devices().map(|d| d.collect::<Vec<_>>())
+            } else {
+                host.output_devices().map(|d| d.collect())
+            };
+            let devices =
+                devices.map_err(|e| EndpointError::Unavailable(format!("cannot list {direction} devices: {e}")))?;
+            let mut names = Vec::new();
+            for device in devices {
+                let Some(name) = name_of(&device).filter(|n| is_real(n)) else { continue };
+                let id = device.id().map(|id| id.to_string()).unwrap_or_default();
+                if name == wanted || id == wanted {
+                    return Ok(device);
+                }
+                names.push(name);
+            }
+            Err(EndpointError::Unavailable(format!(
+                "no {direction} device is called {wanted:?}; there are: {}",
+                if names.is_empty() { "none".into() } else { names.join(", ") }
+            )))
+        }
+    }
+}
+
+/// The device's configuration closest to 48 kHz in a format we handle.
+fn choose(device: &cpal::Device, input: bool) -> Result<(StreamConfig, SampleFormat), EndpointError> {
+    let error = |e: String| EndpointError::Unavailable(format!("the device cannot be configured: {e}"));
+    let ranges: Vec<cpal::SupportedStreamConfigRange> = if input {
+        device.supported_input_configs().map_err(|e| error(e.to_string()))?.collect()
+    } else {
+        device.supported_output_configs().map_err(|e| error(e.to_string()))?.collect()
+    };
+    let usable = |format: SampleFormat| matches!(format, SampleFormat::F32 | SampleFormat::I16);
+    let best = ranges
+        .iter()
+        .filter(|r| usable(r.sample_format()))
+        .min_by_key(|r| (!r.contains_rate(SAMPLE_RATE), r.channels(), r.sample_format() != SampleFormat::F32))
+        .ok_or_else(|| error("no 16-bit or float format".into()))?;
+    let rate = if best.contains_rate(SAMPLE_RATE) {
+        SAMPLE_RATE
+    } else {
+        SAMPLE_RATE.clamp(best.min_sample_rate(), best.max_sample_rate())
+    };
+    let config = best.with_sample_rate(rate);
+    Ok((config.config(), config.sample_format()))
+}
+
+/// Runs a stream on its own thread until the handle is dropped.
+struct StreamThread {
+    stop: Option<std_mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StreamThread {
+    fn spawn(build: impl FnOnce() -> Result<cpal::Stream, String> + Send + 'static) -> Result<Self, EndpointError> {
+        let (ready_tx, ready_rx) = std_mpsc::channel();
+        let (stop, stopped) = std_mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("voicelink-audio".into())
+            .spawn(move || {
+                let stream = match build().and_then(|s| s.play().map(|()| s).map_err(|e| e.to_string())) {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                // Park until the endpoint is dropped; the stream runs meanwhile.
+                let _ = stopped.recv();
+                drop(stream);
+            })
+            .map_err(|e| EndpointError::Unavailable(format!("cannot start the audio thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(StreamThread { stop: Some(stop), thread: Some(thread) }),
+            Ok(Err(error)) => Err(EndpointError::Unavailable(format!("cannot open the stream: {error}"))),
+            Err(_) => Err(EndpointError::Unavailable("the audio thread stopped".into())),
+        }
+    }
+}
+
+impl Drop for StreamThread {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn to_f32<T: SizedSample + cpal::Sample>(sample: T) -> f32
+where
+    f32: cpal::FromSample<T>,
+{
+    cpal::Sample::from_sample(sample)
+}
+
+/// Captures from a device.
+pub struct Capture {
+    ring: rtrb::Consumer<f32>,
+    resampler: Resampler,
+    converted: std::collections::VecDeque<f32>,
+    scratch: Vec<f32>,
+    max_backlog: usize,
+    _stream: StreamThread,
+}
+
+impl Capture {
+    /// Opens `name` (the default device when `None`).
+    pub fn open(name: Option<&str>) -> Result<Self, EndpointError> {
+        let device = find(name, true)?;
+        let (config, format) = choose(&device, true)?;
+        let rate = config.sample_rate;
+        let channels = usize::from(config.channels.max(1));
+        let (mut producer, consumer) = rtrb::RingBuffer::new((rate * RING_SECONDS) as usize);
+        let stream = StreamThread::spawn(move || {
+            let error = |e: cpal::Error| tracing::warn!(%e, "capture stream error");
+            let result = match format {
+                SampleFormat::F32 => device.build_input_stream::<f32, _, _>(
+                    config,
+                    move |data, _| push_mono(&mut producer, data, channels),
+                    error,
+                    None,
+                ),
+                _ => device.build_input_stream::<i16, _, _>(
+                    config,
+                    move |data, _| push_mono(&mut producer, data, channels),
+                    error,
+                    None,
+                ),
+            };
+            result.map_err(|e| e.to_string())
+        })?;
+        Ok(Capture {
+            ring: consumer,
+            resampler: Resampler::new(rate, SAMPLE_RATE),
+            converted: Default::default(),
+            scratch: Vec::new(),
+            max_backlog: (rate * MAX_CAPTURE_BACKLOG_MS / 1000) as usize,
+            _stream: stream,
+        })
+    }
+}
+
+/// The audio callback: mix to mono and push; drop what does not fit.
+fn push_mono<T>(producer: &mut rtrb::Producer<f32>, data: &[T], channels: usize)
+where
+    T: SizedSample + cpal::Sample,
+    f32: cpal::FromSample<T>,
+{
+    for frame in data.chunks(channels) {
+        let mono = frame.iter().map(|&s| to_f32(s)).sum::<f32>() / channels as f32;
+        if producer.push(mono).is_err() {
+            break;
+        }
+    }
+}
+
+impl Source for Capture {
+    fn fill(&mut self, frame: &mut [i16]) {
+        let available = self.ring.slots();
+        // Behind the device clock: skip the oldest to keep latency bounded.
+        let skip = available.saturating_sub(self.max_backlog);
+        if skip > 0
+            && let Ok(chunk) = self.ring.read_chunk(skip)
+        {
+            chunk.commit_all();
+        }
+        self.scratch.clear();
+        if let Ok(chunk) = self.ring.read_chunk(self.ring.slots()) {
+            self.scratch.extend(chunk);
+        }
+        self.resampler.push(&self.scratch, &mut self.converted);
+        for sample in frame {
+            *sample = self.converted.pop_front().map_or(0, |s| (s.clamp(-1.0, 1.0) * 32767.0) as i16);
+        }
+    }
+}
+
+/// Plays to a device.
+pub struct Playback {
+    ring: rtrb::Producer<f32>,
+    resampler: Resampler,
+    converted: Vec<f32>,
+    _stream: StreamThread,
+}
+
+impl Playback {
+    /// Opens `name` (the default device when `None`).
+    pub fn open(name: Option<&str>) -> Result<Self, EndpointError> {
+        let device = find(name, false)?;
+        let (config, format) = choose(&device, false)?;
+        let rate = config.sample_rate;
+        let channels = usize::from(config.channels.max(1));
+        let (producer, mut consumer) = rtrb::RingBuffer::<f32>::new((rate * RING_SECONDS) as usize);
+        let stream = StreamThread::spawn(move || {
+            let error = |e: cpal::Error| tracing::warn!(%e, "playback stream error");
+            let result = match format {
+                SampleFormat::F32 => device.build_output_stream::<f32, _, _>(
+                    config,
+                    move |data, _| pop_mono(&mut consumer, data, channels),
+                    error,
+                    None,
+                ),
+                _ => device.build_output_stream::<i16, _, _>(
+                    config,
+                    move |data, _| pop_mono(&mut consumer, data, channels),
+                    error,
+                    None,
+                ),
+            };
+            result.map_err(|e| e.to_string())
+        })?;
+        Ok(Playback {
+            ring: producer,
+            resampler: Resampler::new(SAMPLE_RATE, rate),
+            converted: Vec::new(),
+            _stream: stream,
+        })
+    }
+}
+
+/// The audio callback: one mono sample to every channel; silence on underrun.
+fn pop_mono<T>(consumer: &mut rtrb::Consumer<f32>, data: &mut [T], channels: usize)
+where
+    T: SizedSample + cpal::Sample + cpal::FromSample<f32>,
+{
+    for frame in data.chunks_mut(channels) {
+        let sample = consumer.pop().unwrap_or(0.0);
+        frame.fill(T::from_sample(sample));
+    }
+}
+
+impl Sink for Playback {
+    fn write(&mut self, frame: &[i16]) -> Result<(), EndpointError> {
+        let input: Vec<f32> = frame.iter().map(|&s| f32::from(s) / 32768.0).collect();
+        self.converted.clear();
+        self.resampler.push(&input, &mut self.converted);
+        // A full ring means the device is behind: drop rather than block.
+        if let Ok(chunk) = self.ring.write_chunk_uninit(self.converted.len().min(self.ring.slots())) {
+            chunk.fill_from_iter(self.converted.iter().copied());
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), EndpointError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_alsa_null_device_is_never_a_device() {
+        assert!(!is_real("null"));
+        assert!(is_real("default"));
+        // Listing works (and lists no null device) with or without a sound card.
+        let devices = list();
+        assert!(devices.inputs.iter().chain(&devices.outputs).all(|d| is_real(&d.name)));
+    }
+
+    #[test]
+    fn a_missing_device_is_a_clear_error() {
+        let error = Capture::open(Some("no such microphone")).err().unwrap().to_string();
+        assert!(error.contains("no capture device is called \"no such microphone\""), "{error}");
+    }
+}
