@@ -9,7 +9,7 @@ export VOICELINK_REQUIRE_NETNS ?= $(if $(IN_CI),1,0)
 
 VOICED_ARGS ?=
 
-.PHONY: run test lint build package package-test
+.PHONY: run test lint build package package-test fuzz
 
 ## Install what is needed, build, and run voiced in the foreground (Ctrl-C stops it).
 run:
@@ -44,3 +44,11 @@ package: build
 ## Install the .deb on this machine, check it, remove it (needs root).
 package-test: package
 	packaging/test-install.sh
+
+## Fuzz the signaling decoder and the jitter buffer for a while each
+## (cargo-fuzz on the stable toolchain, which it needs RUSTC_BOOTSTRAP for).
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/setup.sh --fuzz
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run wire_decode -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run jitter_buffer -- -max_total_time=$(FUZZ_SECONDS)

@@ -6,13 +6,16 @@
 #   scripts/setup.sh             build and run
 #   scripts/setup.sh --test      also what the tests need
 #   scripts/setup.sh --package   also what building and checking packages needs
+#   scripts/setup.sh --fuzz      also cargo-fuzz
 set -euo pipefail
 
 want_test_tools=0
 want_package_tools=0
+want_fuzz_tools=0
 case "${1:-}" in
     --test) want_test_tools=1 ;;
     --package) want_package_tools=1 ;;
+    --fuzz) want_fuzz_tools=1 ;;
 esac
 
 # Build: a C toolchain for crates with C parts, pkg-config to find libraries,
@@ -56,6 +59,9 @@ install_cargo_tool() { # crate, command to check
 }
 if [ $want_test_tools = 1 ]; then
     install_cargo_tool cargo-nextest cargo nextest --version
+fi
+if [ $want_fuzz_tools = 1 ]; then
+    install_cargo_tool cargo-fuzz cargo fuzz --version
 fi
 if [ $want_package_tools = 1 ]; then
     install_cargo_tool cargo-deb cargo deb --version

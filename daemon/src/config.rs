@@ -49,6 +49,11 @@ pub struct CallsConfig {
     pub bitrate_kbps: Bounded<12, 128>,
     /// Discontinuous transmission: send almost nothing while silent.
     pub dtx: bool,
+    /// STUN servers (`stun:host:port`) for server-reflexive candidates; none by
+    /// default: on a LAN, host candidates are all it takes, and it works offline.
+    pub stun_servers: Vec<String>,
+    /// Offer loopback candidates too (two daemons on one host without a LAN).
+    pub allow_loopback: bool,
 }
 
 impl Default for CallsConfig {
@@ -59,6 +64,8 @@ impl Default for CallsConfig {
             frame_ms: FrameMs(20),
             bitrate_kbps: Bounded(32),
             dtx: false,
+            stun_servers: Vec::new(),
+            allow_loopback: false,
         }
     }
 }
@@ -150,11 +157,13 @@ pub struct AudioConfig {
     pub input: InputSpec,
     /// Where what we hear goes.
     pub output: OutputSpec,
+    /// A `file:` input starts again at its end (otherwise silence follows).
+    pub loop_files: bool,
 }
 
 impl Default for AudioConfig {
     fn default() -> Self {
-        AudioConfig { input: InputSpec::Default, output: OutputSpec::Default }
+        AudioConfig { input: InputSpec::Default, output: OutputSpec::Default, loop_files: true }
     }
 }
 
@@ -497,8 +506,15 @@ mod tests {
 
     #[test]
     fn call_settings_are_checked() {
-        let config = Config::parse("[calls]\nauto_answer = true\nframe_ms = 10\nbitrate_kbps = 64\n").unwrap();
+        let config = Config::parse(
+            "[calls]\nauto_answer = true\nframe_ms = 10\nbitrate_kbps = 64\nstun_servers = [\"stun:10.0.0.1:3478\"]\nallow_loopback = true\n[audio]\nloop_files = false\n",
+        )
+        .unwrap();
         assert!(config.calls.auto_answer);
+        assert_eq!(config.calls.stun_servers, ["stun:10.0.0.1:3478"]);
+        assert!(config.calls.allow_loopback);
+        assert!(!config.audio.loop_files);
+        assert!(Config::default().audio.loop_files, "files loop by default");
         assert_eq!(config.calls.frame_ms, FrameMs(10));
         let (location, message) = Config::parse("[calls]\nbitrate_kbps = 500\n").unwrap_err();
         assert_eq!(location, "key `calls.bitrate_kbps` at line 2");

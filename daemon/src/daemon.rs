@@ -174,7 +174,10 @@ where
             frame: Duration::from_millis(u64::from(config.calls.frame_ms.0)),
             bitrate: config.calls.bitrate_kbps.0 as i32 * 1000,
             dtx: config.calls.dtx,
+            stun_servers: config.calls.stun_servers.clone(),
+            allow_loopback: config.calls.allow_loopback,
         },
+        loop_files: config.audio.loop_files,
         inbox: inbox_tx.clone(),
         shutdown: stop.clone(),
     };

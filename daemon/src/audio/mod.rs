@@ -14,7 +14,7 @@ use crate::media::session::Input;
 /// Opens a call's audio input. `default` uses the default capture device and,
 /// on a machine without one, sends silence (and says so); a named device that
 /// cannot be opened fails the call with the reason.
-pub fn open_input(spec: &InputSpec) -> Result<Input, EndpointError> {
+pub fn open_input(spec: &InputSpec, loop_files: bool) -> Result<Input, EndpointError> {
     Ok(match spec {
         InputSpec::Default => match device::Capture::open(None) {
             Ok(capture) => Input::Source(Box::new(capture)),
@@ -24,7 +24,7 @@ pub fn open_input(spec: &InputSpec) -> Result<Input, EndpointError> {
             }
         },
         InputSpec::Device(name) => Input::Source(Box::new(device::Capture::open(Some(name))?)),
-        InputSpec::File(path) => Input::Source(Box::new(WavSource::open(path, true)?)),
+        InputSpec::File(path) => Input::Source(Box::new(WavSource::open(path, loop_files)?)),
         InputSpec::Tone(hz) => Input::Source(Box::new(Tone::new(*hz))),
         InputSpec::Silence => Input::Source(Box::new(Silence)),
         InputSpec::Echo => Input::Echo,

@@ -58,8 +58,10 @@ pub struct CallContext {
     pub own_name: String,
     /// Ring and connect timeouts.
     pub timeouts: Timeouts,
-    /// Opus settings.
+    /// Opus and ICE settings.
     pub codec: CodecSettings,
+    /// Loop `file:` inputs.
+    pub loop_files: bool,
     /// The registry's inbox: told of glare yields and when a call's task ends.
     pub inbox: mpsc::Sender<Inbox>,
     /// The daemon is stopping: hang up.
@@ -217,11 +219,11 @@ impl Call {
     }
 
     async fn start_media(&mut self) -> Result<(), FailCause> {
-        let mut media = MediaSession::new(&self.context.identity, self.record.peer, self.context.codec)
+        let mut media = MediaSession::new(&self.context.identity, self.record.peer, self.context.codec.clone())
             .await
             .map_err(|e| FailCause::Protocol(e.to_string()))?;
         if self.machine.direction() == Direction::Outgoing {
-            attach(&mut media, &self.record.input, &self.record.output)?;
+            attach(&mut media, &self.record.input, &self.record.output, self.context.loop_files)?;
         }
         self.media = Some(media);
         Ok(())
@@ -289,7 +291,7 @@ impl Call {
             // call instead of answering into silence.
             let (input_spec, output_spec) = (self.record.input.clone(), self.record.output.clone());
             if let Some(media) = self.media.as_mut()
-                && let Err(cause) = attach(media, &input_spec, &output_spec)
+                && let Err(cause) = attach(media, &input_spec, &output_spec, self.context.loop_files)
             {
                 let _ = reply.send(Err(InvalidCommand::because("answer", cause.to_string())));
                 self.fail(cause);
@@ -431,8 +433,8 @@ impl Call {
     }
 }
 
-fn attach(media: &mut MediaSession, input: &InputSpec, output: &OutputSpec) -> Result<(), FailCause> {
-    let source = open_input(input).map_err(|e| FailCause::Audio(e.to_string()))?;
+fn attach(media: &mut MediaSession, input: &InputSpec, output: &OutputSpec, loop_files: bool) -> Result<(), FailCause> {
+    let source = open_input(input, loop_files).map_err(|e| FailCause::Audio(e.to_string()))?;
     let sink = open_output(output).map_err(|e| FailCause::Audio(e.to_string()))?;
     media.attach_audio(source, sink).map_err(|e| FailCause::Audio(e.to_string()))
 }

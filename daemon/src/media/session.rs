@@ -25,7 +25,7 @@ use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCPeerConnectionIceEvent,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer, RTCPeerConnectionIceEvent,
     RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, crypto,
     register_default_interceptors,
 };
@@ -38,8 +38,8 @@ use crate::identity::{DeviceId, Identity};
 /// Opus payload type we offer.
 const OPUS_PT: u8 = 111;
 
-/// Codec settings for a call.
-#[derive(Debug, Clone, Copy)]
+/// Codec and network settings for a call.
+#[derive(Debug, Clone)]
 pub struct CodecSettings {
     /// 10 or 20 ms.
     pub frame: Duration,
@@ -47,11 +47,21 @@ pub struct CodecSettings {
     pub bitrate: i32,
     /// Discontinuous transmission (send almost nothing during silence).
     pub dtx: bool,
+    /// STUN server URLs, if any.
+    pub stun_servers: Vec<String>,
+    /// Offer loopback candidates too.
+    pub allow_loopback: bool,
 }
 
 impl Default for CodecSettings {
     fn default() -> Self {
-        CodecSettings { frame: Duration::from_millis(20), bitrate: 32_000, dtx: false }
+        CodecSettings {
+            frame: Duration::from_millis(20),
+            bitrate: 32_000,
+            dtx: false,
+            stun_servers: Vec::new(),
+            allow_loopback: false,
+        }
     }
 }
 
@@ -228,7 +238,20 @@ impl MediaSession {
             )
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .build();
-        let config = RTCConfigurationBuilder::new().with_certificates(vec![certificate(identity)?]).build();
+        let mut config = RTCConfigurationBuilder::new().with_certificates(vec![certificate(identity)?]);
+        if !settings.stun_servers.is_empty() {
+            config = config.with_ice_servers(vec![RTCIceServer {
+                urls: settings.stun_servers.clone(),
+                username: String::new(),
+                credential: String::new(),
+            }]);
+        }
+        let config = config.build();
+        // Wildcards expand to every interface except loopback and link-local.
+        let mut udp_addrs = vec!["0.0.0.0:0".to_owned(), "[::]:0".to_owned()];
+        if settings.allow_loopback {
+            udp_addrs.extend(["127.0.0.1:0".to_owned(), "[::1]:0".to_owned()]);
+        }
         let (events_tx, events) = mpsc::channel(256);
         let (packets_tx, packets_rx) = mpsc::channel(512);
         let handler =
@@ -239,7 +262,7 @@ impl MediaSession {
             .with_interceptor_registry(registry)
             .with_setting_engine(setting_engine)
             .with_handler(handler)
-            .with_udp_addrs(vec!["0.0.0.0:0".to_owned(), "[::]:0".to_owned()])
+            .with_udp_addrs(udp_addrs)
             .build()
             .await
             .map_err(webrtc_error)?;
@@ -267,7 +290,7 @@ impl MediaSession {
 
         let (gates, _) = watch::channel(Gates::default());
         let (connected, _) = watch::channel(false);
-        let audio = Some(PendingAudio { track, ssrc, packets: packets_rx, settings });
+        let audio = Some(PendingAudio { track, ssrc, packets: packets_rx, settings: settings.clone() });
         Ok(MediaSession { pc, events, early_candidates: Vec::new(), have_remote: false, peer, gates, connected, audio })
     }
 
@@ -280,7 +303,7 @@ impl MediaSession {
             Input::Source(source) => source,
             Input::Echo => Box::new(SharedEcho(echo.clone())),
         };
-        let encoder = encoder(settings)?;
+        let encoder = encoder(&settings)?;
         let decoder = opus::Decoder::new(48_000, opus::Channels::Mono).map_err(|e| MediaError::Codec(e.to_string()))?;
         let (gates, connected) = (self.gates.subscribe(), self.connected.subscribe());
         tokio::spawn(send_audio(track, ssrc, source, encoder, settings.frame, gates.clone(), connected.clone()));
@@ -376,7 +399,7 @@ impl Source for SharedEcho {
     }
 }
 
-fn encoder(settings: CodecSettings) -> Result<opus::Encoder, MediaError> {
+fn encoder(settings: &CodecSettings) -> Result<opus::Encoder, MediaError> {
     let codec_error = |e: opus::Error| MediaError::Codec(e.to_string());
     let mut encoder = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).map_err(codec_error)?;
     encoder.set_bitrate(opus::Bitrate::Bits(settings.bitrate)).map_err(codec_error)?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::call::registry::{Inbox, IncomingRequest};
 use transport::Endpoint;
@@ -74,7 +74,9 @@ async fn first_message(
     let mut connection = match endpoint.accept(tcp, from).await {
         Ok(connection) => connection,
         Err(error) => {
-            debug!(%from, %error, "refused a signaling connection");
+            // Also what a caller that found us to be the wrong device causes: it
+            // aborts the handshake. Worth a line, not an alarm.
+            info!(%from, %error, "a signaling connection did not complete");
             return;
         }
     };
