@@ -332,3 +332,29 @@ async fn the_sound_card_path_carries_audio_both_ways_through_a_sound_server() {
     let heard = listen(&b_wav, &[880]);
     assert!(heard.iter().filter(|h| **h == Heard::Tone(880)).count() >= 5, "bob heard: {heard:?}\n{}", a.log_text());
 }
+
+#[tokio::test]
+async fn an_echo_peer_sends_back_what_it_hears() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let a_wav = dir.path().join("alice-heard.wav");
+    let (a, _b) = two_daemons_with(
+        &lan,
+        dir.path(),
+        &audio("tone:440", &a_wav),
+        "[audio]\ninput = \"echo\"\noutput = \"null\"\n[calls]\nauto_answer = true\n",
+    )
+    .await;
+    let call = a.ctl_json(&["dial", "bob"]).await;
+    assert_eq!(call["state"], "active");
+    talk_for(Duration::from_secs(3)).await;
+    a.ctl_json(&["hangup"]).await;
+    let mut events = a.follow_events().await;
+    if !events.snapshot["snapshot"]["calls"].as_array().unwrap().is_empty() {
+        let id = call["call_id"].as_str().unwrap().to_owned();
+        events.wait_for("ended", |e| call_is(e, &id, "ended")).await;
+    }
+    let heard = listen(&a_wav, &[440]);
+    assert!(heard.iter().filter(|h| **h == Heard::Tone(440)).count() >= 8, "alice heard her own tone back: {heard:?}");
+}

@@ -45,6 +45,7 @@ async fn daemons_on_two_links_find_each_other_once_with_all_their_addresses() {
     let status_b = b.ctl_json(&["status"]).await;
     assert_eq!(peers[0]["signaling_port"], status_b["signaling_port"], "the advertised port is bob's listener");
 
+    b.wait_until_it_sees(&a.device_id).await;
     let peers = b.ctl_json(&["peers"]).await;
     assert_eq!(peer_ids(&peers), [a.device_id.as_str()]);
     assert_eq!(peers[0]["display_name"], "alice");

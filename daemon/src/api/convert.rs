@@ -113,7 +113,7 @@ pub(super) fn call(record: &CallRecord) -> v1::Call {
     let (reason, detail) = end_reason(record.end_reason.as_ref());
     v1::Call {
         call_id: record.id.to_string(),
-        peer_device_id: record.peer.to_string(),
+        peer_device_id: record.peer.map(|p| p.to_string()).unwrap_or_default(),
         peer_display_name: record.peer_name.clone(),
         direction: match record.direction {
             Direction::Outgoing => v1::CallDirection::Outgoing,

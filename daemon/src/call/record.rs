@@ -13,8 +13,8 @@ use crate::signaling::wire::CallId;
 pub struct CallRecord {
     /// Its ID.
     pub id: CallId,
-    /// The other side.
-    pub peer: DeviceId,
+    /// The other side; unknown until connected when dialed by bare `host:port`.
+    pub peer: Option<DeviceId>,
     /// The other side's name.
     pub peer_name: String,
     /// Who dialed.

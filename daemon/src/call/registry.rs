@@ -89,10 +89,13 @@ pub enum RegistryCommand {
 pub enum Inbox {
     /// A call request on a new connection.
     Incoming(Box<IncomingRequest>),
-    /// A call of ours yielded to the peer's simultaneous call (glare).
+    /// The peer told a call of ours to yield to its simultaneous call (glare).
+    /// The call waits for the registry to end it.
     Yielded {
         /// The peer.
         peer: DeviceId,
+        /// Our call.
+        call: CallId,
     },
     /// A call's task ended.
     Finished(CallId),
@@ -141,7 +144,15 @@ impl Registry {
                 Some(message) = inbox.recv() => match message {
                     Inbox::Incoming(request) if !shutdown.is_cancelled() => self.incoming(*request).await,
                     Inbox::Incoming(request) => { tokio::spawn(request.connection.close()); }
-                    Inbox::Yielded { peer } => { self.yielded.insert(peer, Instant::now()); }
+                    Inbox::Yielded { peer, call } => {
+                        // Recorded before the call ends, so a request from the peer
+                        // that comes later finds the record and one that came
+                        // earlier found our call still ringing.
+                        self.yielded.insert(peer, Instant::now());
+                        if let Some(ours) = self.calls.get(&call).cloned() {
+                            self.tell(&ours, Input::Remote(Body::End { reason: EndCode::Glare })).await;
+                        }
+                    }
                     Inbox::Finished(id) => { self.calls.remove(&id); }
                 },
                 () = shutdown.cancelled(), if self.calls.is_empty() => break,
@@ -194,13 +205,16 @@ impl Registry {
     }
 
     fn pick(&self, call: Option<&CallId>) -> Result<&CallHandle, CallError> {
-        match call {
-            Some(id) => self.calls.get(id).ok_or_else(|| CallError::NoSuchCall(id.to_string())),
-            None => match self.calls.len() {
-                0 => Err(CallError::NoCall),
-                1 => self.calls.values().next().ok_or(CallError::NoCall),
-                n => Err(CallError::WhichCall(n)),
-            },
+        if let Some(id) = call {
+            return self.calls.get(id).ok_or_else(|| CallError::NoSuchCall(id.to_string()));
+        }
+        // "The only call" means the only one not over yet.
+        let state = self.context.hub.state();
+        let live: Vec<&CallHandle> = self.calls.values().filter(|c| state.calls.contains_key(&c.id)).collect();
+        match live.as_slice() {
+            [] => Err(CallError::NoCall),
+            [only] => Ok(only),
+            many => Err(CallError::WhichCall(many.len())),
         }
     }
 
@@ -210,7 +224,7 @@ impl Registry {
         input: Option<InputSpec>,
         output: Option<OutputSpec>,
     ) -> Result<CallRecord, CallError> {
-        if !self.calls.is_empty() {
+        if self.live_calls() > 0 {
             return Err(CallError::Busy);
         }
         let destination = self.resolve(target).await?;
@@ -275,26 +289,26 @@ impl Registry {
         let mut answer_at_once = self.settings.borrow().auto_answer;
 
         let ours_to_them =
-            self.calls.values().find(|c| c.peer == peer && c.direction == super::Direction::Outgoing).cloned();
+            self.calls.values().find(|c| c.peer == Some(peer) && c.direction == super::Direction::Outgoing).cloned();
         let glare = resolve_glare(own.as_bytes(), peer.as_bytes());
         let recently_yielded = self.yielded.remove(&peer).is_some_and(|at| at.elapsed() < GLARE_WINDOW);
-        match (glare, ours_to_them) {
+        match (glare, ours_to_them.filter(|c| self.still_ringing(&c.id))) {
             // Both dialed and ours wins: theirs yields on their side too.
-            (Glare::KeepOurs, Some(ours)) if self.still_ringing(&ours.id) => {
+            (Glare::KeepOurs, Some(_)) => {
                 info!(call_id = %call_id, "glare: both sides dialed; keeping our call");
                 let _ = connection.send(&Message::new(call_id, Body::End { reason: EndCode::Glare })).await;
                 tokio::spawn(connection.close());
                 return;
             }
-            // Both dialed and theirs wins: end ours (its end may already be on its
-            // way) and answer theirs, which is the conversation both asked for.
+            // Both dialed and theirs wins: end ours and answer theirs, which is
+            // the conversation both asked for.
             (Glare::TakeTheirs, Some(ours)) => {
                 info!(call_id = %call_id, "glare: both sides dialed; taking theirs");
-                let (tx, _) = oneshot::channel();
-                let _ = ours.commands.send(CallCommand { input: Input::Hangup, audio: None, reply: tx }).await;
+                self.tell(&ours, Input::Hangup).await;
                 self.calls.remove(&ours.id);
                 answer_at_once = true;
             }
+            // Ours already yielded to this call (the peer told us first).
             (Glare::TakeTheirs, None) if recently_yielded => answer_at_once = true,
             _ => {}
         }
@@ -311,12 +325,15 @@ impl Registry {
         };
         let handle = task::incoming(self.context(), connection, call_id, caller_name, input, output);
         if answer_at_once {
-            let (tx, _) = oneshot::channel();
-            if handle.commands.send(CallCommand { input: Input::Answer, audio: None, reply: tx }).await.is_err() {
-                warn!(call_id = %handle.id, "the call ended before it could be answered");
-            }
+            self.tell(&handle, Input::Answer).await;
         }
         self.calls.insert(handle.id.clone(), handle);
+    }
+
+    /// Sends a call an input without waiting for its answer.
+    async fn tell(&self, call: &CallHandle, input: Input) {
+        let (reply, _) = oneshot::channel();
+        let _ = call.commands.send(CallCommand { input, audio: None, reply }).await;
     }
 
     /// Calls not yet over. A call whose end is published but whose task has not

@@ -37,8 +37,8 @@ pub struct CallCommand {
 pub struct CallHandle {
     /// The call.
     pub id: CallId,
-    /// Its peer.
-    pub peer: DeviceId,
+    /// Its peer, when known.
+    pub peer: Option<DeviceId>,
     /// Who dialed.
     pub direction: Direction,
     /// Commands to its task.
@@ -96,7 +96,7 @@ pub fn dial(
     output: OutputSpec,
 ) -> (CallHandle, CallRecord) {
     let id = CallId::random();
-    let peer = destination.expected.unwrap_or(DeviceId::from_certificate_der(b"unknown until connected"));
+    let peer = destination.expected;
     let machine = CallMachine::outgoing(Instant::now(), context.timeouts);
     let record = new_record(&id, peer, destination.name.clone(), Direction::Outgoing, input, output);
     let (handle, commands) = handle(&id, peer, Direction::Outgoing);
@@ -114,7 +114,7 @@ pub fn incoming(
     input: InputSpec,
     output: OutputSpec,
 ) -> CallHandle {
-    let peer = connection.peer;
+    let peer = Some(connection.peer);
     let machine = CallMachine::incoming(Instant::now(), context.timeouts);
     let record = new_record(&id, peer, caller_name, Direction::Incoming, input, output);
     let (handle, commands) = handle(&id, peer, Direction::Incoming);
@@ -123,14 +123,14 @@ pub fn incoming(
     handle
 }
 
-fn handle(id: &CallId, peer: DeviceId, direction: Direction) -> (CallHandle, mpsc::Receiver<CallCommand>) {
+fn handle(id: &CallId, peer: Option<DeviceId>, direction: Direction) -> (CallHandle, mpsc::Receiver<CallCommand>) {
     let (commands, receiver) = mpsc::channel(16);
     (CallHandle { id: id.clone(), peer, direction, commands }, receiver)
 }
 
 fn new_record(
     id: &CallId,
-    peer: DeviceId,
+    peer: Option<DeviceId>,
     name: String,
     direction: Direction,
     input: InputSpec,
@@ -183,7 +183,7 @@ impl Call {
         };
         match connected {
             Some(Ok(connection)) => {
-                self.record.peer = connection.peer;
+                self.record.peer = Some(connection.peer);
                 self.connection = Some(connection);
                 let request = Body::CallRequest { caller_name: self.context.own_name.clone() };
                 self.send(request).await;
@@ -210,7 +210,7 @@ impl Call {
     }
 
     async fn run_incoming(mut self, commands: mpsc::Receiver<CallCommand>) {
-        info!(call_id = %self.id, peer = %self.record.peer.short(), name = %self.record.peer_name, "incoming call");
+        info!(call_id = %self.id, peer = %self.peer_short(), name = %self.record.peer_name, "incoming call");
         self.context.hub.publish(Change::CallStarted(self.record.clone()));
         if let Err(cause) = self.start_media().await {
             self.fail(cause);
@@ -219,7 +219,9 @@ impl Call {
     }
 
     async fn start_media(&mut self) -> Result<(), FailCause> {
-        let mut media = MediaSession::new(&self.context.identity, self.record.peer, self.context.codec.clone())
+        // Media starts once signaling is up, which is when the peer is known.
+        let peer = self.record.peer.ok_or_else(|| FailCause::Protocol("the peer's identity is unknown".into()))?;
+        let mut media = MediaSession::new(&self.context.identity, peer, self.context.codec.clone())
             .await
             .map_err(|e| FailCause::Protocol(e.to_string()))?;
         if self.machine.direction() == Direction::Outgoing {
@@ -238,6 +240,10 @@ impl Call {
                 None
             }
         }
+    }
+
+    fn peer_short(&self) -> String {
+        self.record.peer.map_or_else(|| "unknown".to_owned(), |p| p.short())
     }
 
     fn fail(&mut self, cause: FailCause) {
@@ -356,12 +362,14 @@ impl Call {
                 let _ = self.machine.handle(Input::Remote(Body::Ringing { callee_name: String::new() }), now);
             }
             Body::CallRequest { .. } | Body::Offer { .. } | Body::Answer { .. } | Body::Keepalive => {}
-            body => {
-                if body == (Body::End { reason: EndCode::Glare }) {
-                    // Told before the end is published, so the registry knows
-                    // by the time it could see the peer's call (see registry.rs).
-                    let _ = self.context.inbox.send(Inbox::Yielded { peer: self.record.peer }).await;
+            // Yield through the registry, which ends this call once it has noted
+            // the glare (see registry.rs); until then the call still rings.
+            Body::End { reason: EndCode::Glare } if self.record.peer.is_some() => {
+                if let Some(peer) = self.record.peer {
+                    let _ = self.context.inbox.send(Inbox::Yielded { peer, call: self.id.clone() }).await;
                 }
+            }
+            body => {
                 let _ = self.machine.handle(Input::Remote(body), now);
             }
         }
@@ -411,7 +419,7 @@ impl Call {
                     if to == State::Active && self.record.answered_at.is_none() {
                         self.record.answered_at = Some(SystemTime::now());
                     }
-                    info!(call_id = %self.id, peer = %self.record.peer.short(), ?from, ?to, reason = ?self.record.end_reason, "call state");
+                    info!(call_id = %self.id, peer = %self.peer_short(), ?from, ?to, reason = ?self.record.end_reason, "call state");
                     self.context.hub.publish(Change::CallState { call: self.record.clone(), previous: from });
                 }
                 Output::RemoteRinging => debug!(call_id = %self.id, "the peer is ringing"),

@@ -167,6 +167,8 @@ pub struct MediaSession {
     connected: watch::Sender<bool>,
     /// What the audio tasks need, until `attach_audio` starts them.
     audio: Option<PendingAudio>,
+    /// The audio tasks, once started.
+    audio_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 struct PendingAudio {
@@ -291,7 +293,17 @@ impl MediaSession {
         let (gates, _) = watch::channel(Gates::default());
         let (connected, _) = watch::channel(false);
         let audio = Some(PendingAudio { track, ssrc, packets: packets_rx, settings: settings.clone() });
-        Ok(MediaSession { pc, events, early_candidates: Vec::new(), have_remote: false, peer, gates, connected, audio })
+        Ok(MediaSession {
+            pc,
+            events,
+            early_candidates: Vec::new(),
+            have_remote: false,
+            peer,
+            gates,
+            connected,
+            audio,
+            audio_tasks: Vec::new(),
+        })
     }
 
     /// Starts the audio tasks with these endpoints (once; later calls are ignored).
@@ -306,8 +318,18 @@ impl MediaSession {
         let encoder = encoder(&settings)?;
         let decoder = opus::Decoder::new(48_000, opus::Channels::Mono).map_err(|e| MediaError::Codec(e.to_string()))?;
         let (gates, connected) = (self.gates.subscribe(), self.connected.subscribe());
-        tokio::spawn(send_audio(track, ssrc, source, encoder, settings.frame, gates.clone(), connected.clone()));
-        tokio::spawn(play_audio(packets, output, decoder, settings.frame, gates, connected, echoing.then_some(echo)));
+        self.audio_tasks = vec![
+            tokio::spawn(send_audio(track, ssrc, source, encoder, settings.frame, gates.clone(), connected.clone())),
+            tokio::spawn(play_audio(
+                packets,
+                output,
+                decoder,
+                settings.frame,
+                gates,
+                connected,
+                echoing.then_some(echo),
+            )),
+        ];
         Ok(())
     }
 
@@ -377,10 +399,16 @@ impl MediaSession {
         self.gates.send_replace(gates);
     }
 
-    /// Stops the audio tasks and closes the connection.
+    /// Stops the audio tasks (a recording is complete when this returns) and
+    /// closes the connection.
     pub async fn close(self) {
         self.connected.send_replace(false);
         drop(self.gates);
+        for task in self.audio_tasks {
+            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+                warn!("an audio task did not stop in time");
+            }
+        }
         if let Err(error) = self.pc.close().await {
             warn!(%error, "closing the media connection failed");
         }

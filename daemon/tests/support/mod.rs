@@ -263,6 +263,19 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Returns once this daemon lists `device_id` as an online peer.
+    pub async fn wait_until_it_sees(&self, device_id: &str) {
+        let mut events = self.follow_events().await;
+        events
+            .seen_or_wait_for("the peer", |e| {
+                let kind = e["type"].as_str().unwrap_or_default();
+                let online = |p: &Value| p["device_id"] == device_id && p["online"] == true;
+                e["snapshot"]["peers"].as_array().is_some_and(|peers| peers.iter().any(online))
+                    || online(&e[kind]["peer"])
+            })
+            .await;
+    }
+
     /// Follows `voicectl events --json`; returns once subscribed (the snapshot
     /// that every subscription starts with has arrived), so nothing that happens
     /// afterwards can be missed.
