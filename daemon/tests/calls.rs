@@ -358,3 +358,27 @@ async fn an_echo_peer_sends_back_what_it_hears() {
     let heard = listen(&a_wav, &[440]);
     assert!(heard.iter().filter(|h| **h == Heard::Tone(440)).count() >= 8, "alice heard her own tone back: {heard:?}");
 }
+
+#[tokio::test]
+async fn a_caller_with_10_ms_frames_and_a_callee_with_20_ms_frames_hear_each_other() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a_wav, b_wav) = (dir.path().join("alice-heard.wav"), dir.path().join("bob-heard.wav"));
+    let (a, b) = two_daemons_with(
+        &lan,
+        dir.path(),
+        &format!("{}[calls]\nframe_ms = 10\n", audio("tone:440", &a_wav)),
+        &format!("{}[calls]\nauto_answer = true\n", audio("tone:880", &b_wav)),
+    )
+    .await;
+    let call = a.ctl_json(&["dial", "bob"]).await;
+    assert_eq!(call["state"], "active");
+    talk_for(Duration::from_secs(3)).await;
+    a.ctl_json(&["hangup"]).await;
+    b.wait_until_no_calls().await;
+    a.wait_until_no_calls().await;
+    let (by_alice, by_bob) = (listen(&a_wav, &[440, 880]), listen(&b_wav, &[440, 880]));
+    assert!(longest_run(&by_bob, Heard::Tone(440)) >= 8, "bob heard: {by_bob:?}");
+    assert!(longest_run(&by_alice, Heard::Tone(880)) >= 8, "alice heard: {by_alice:?}");
+}

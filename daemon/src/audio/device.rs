@@ -193,6 +193,7 @@ pub struct Capture {
     converted: std::collections::VecDeque<f32>,
     scratch: Vec<f32>,
     max_backlog: usize,
+    max_backlog_48k: usize,
     _stream: StreamThread,
 }
 
@@ -228,6 +229,7 @@ impl Capture {
             converted: Default::default(),
             scratch: Vec::new(),
             max_backlog: (rate * MAX_CAPTURE_BACKLOG_MS / 1000) as usize,
+            max_backlog_48k: (SAMPLE_RATE * MAX_CAPTURE_BACKLOG_MS / 1000) as usize,
             _stream: stream,
         })
     }
@@ -262,6 +264,10 @@ impl Source for Capture {
             self.scratch.extend(chunk);
         }
         self.resampler.push(&self.scratch, &mut self.converted);
+        // Keep the latency bounded: what the device produced beyond the
+        // backlog limit (a start-up burst, or its clock running fast) is dropped.
+        let excess = self.converted.len().saturating_sub(self.max_backlog_48k + frame.len());
+        self.converted.drain(..excess);
         for sample in frame {
             *sample = self.converted.pop_front().map_or(0, |s| (s.clamp(-1.0, 1.0) * 32767.0) as i16);
         }

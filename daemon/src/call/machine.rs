@@ -332,7 +332,7 @@ impl CallMachine {
                 self.media_ready = true;
                 if self.state == State::Connecting {
                     self.timer = None;
-                    self.set_state(State::Active);
+                    self.set_state(self.talking_state());
                 }
             }
             (Input::MediaFailed(cause), _) => self.end(EndReason::Failed(cause), Some(EndCode::Failed)),
@@ -375,11 +375,16 @@ impl CallMachine {
         self.answered_at = Some(now);
         if self.media_ready {
             self.timer = None;
-            self.set_state(State::Active);
+            self.set_state(self.talking_state());
         } else {
             self.timer = Some((now + self.timeouts.connect, Timer::Connect));
             self.set_state(State::Connecting);
         }
+    }
+
+    /// Active, or on hold if either side held while the call was being set up.
+    fn talking_state(&self) -> State {
+        if self.on_hold() { State::OnHold } else { State::Active }
     }
 
     fn hold_changed(&mut self) {
@@ -697,6 +702,18 @@ mod tests {
             drain(&mut m),
             [Output::HoldChanged(false), state_change(State::OnHold, State::Active), audio(true, true)]
         );
+    }
+
+    #[test]
+    fn a_hold_that_arrives_while_connecting_is_kept_when_media_connects() {
+        let now = Instant::now();
+        let mut m = CallMachine::outgoing(now, T);
+        m.handle(Input::Remote(Body::Accept), now).unwrap();
+        m.handle(Input::Remote(Body::Hold { on_hold: true }), now).unwrap();
+        drain(&mut m);
+        m.handle(Input::MediaConnected, now).unwrap();
+        assert_eq!(m.state(), State::OnHold);
+        assert_eq!(drain(&mut m), [state_change(State::Connecting, State::OnHold)], "no audio while held");
     }
 
     #[test]

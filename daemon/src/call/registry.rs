@@ -116,6 +116,8 @@ pub struct IncomingRequest {
     pub call_id: CallId,
     /// The caller's display name.
     pub caller_name: String,
+    /// The caller's frame length, which the call adopts.
+    pub frame: Option<Duration>,
 }
 
 /// The registry's state; `run` owns it.
@@ -148,8 +150,13 @@ impl Registry {
                         // Recorded before the call ends, so a request from the peer
                         // that comes later finds the record and one that came
                         // earlier found our call still ringing.
-                        self.yielded.insert(peer, Instant::now());
-                        if let Some(ours) = self.calls.get(&call).cloned() {
+                        // Only our own ringing call to that peer can yield: anything
+                        // else would let a caller make us answer by ourselves.
+                        let ours = self.calls.get(&call).cloned().filter(|c| {
+                            c.direction == super::Direction::Outgoing && self.still_ringing(&c.id)
+                        });
+                        if let Some(ours) = ours {
+                            self.yielded.insert(peer, Instant::now());
                             self.tell(&ours, Input::Remote(Body::End { reason: EndCode::Glare })).await;
                         }
                     }
@@ -275,9 +282,13 @@ impl Registry {
     }
 
     async fn incoming(&mut self, request: IncomingRequest) {
-        let IncomingRequest { mut connection, call_id, caller_name } = request;
+        let IncomingRequest { mut connection, call_id, caller_name, frame } = request;
         let peer = connection.peer;
         let own = self.context.identity.device_id;
+        if self.calls.contains_key(&call_id) {
+            tokio::spawn(connection.refuse(call_id, "that call ID is in use"));
+            return;
+        }
         let recent = self.requests.entry(peer).or_default();
         recent.retain(|at| at.elapsed() < REQUEST_WINDOW);
         if recent.len() >= REQUESTS_PER_PEER {
@@ -323,7 +334,11 @@ impl Registry {
             let live = self.settings.borrow();
             (live.audio_input.clone(), live.audio_output.clone())
         };
-        let handle = task::incoming(self.context(), connection, call_id, caller_name, input, output);
+        let mut context = self.context();
+        if let Some(frame) = frame {
+            context.codec.frame = frame;
+        }
+        let handle = task::incoming(context, connection, call_id, caller_name, input, output);
         if answer_at_once {
             self.tell(&handle, Input::Answer).await;
         }

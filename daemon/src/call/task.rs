@@ -100,6 +100,8 @@ pub fn dial(
     let machine = CallMachine::outgoing(Instant::now(), context.timeouts);
     let record = new_record(&id, peer, destination.name.clone(), Direction::Outgoing, input, output);
     let (handle, commands) = handle(&id, peer, Direction::Outgoing);
+    // Published before the task runs, so the registry counts the call at once.
+    context.hub.publish(Change::CallStarted(record.clone()));
     let call = Call { id, context, machine, record: record.clone(), connection: None, media: None };
     tokio::spawn(call.run_outgoing(destination, commands));
     (handle, record)
@@ -118,6 +120,7 @@ pub fn incoming(
     let machine = CallMachine::incoming(Instant::now(), context.timeouts);
     let record = new_record(&id, peer, caller_name, Direction::Incoming, input, output);
     let (handle, commands) = handle(&id, peer, Direction::Incoming);
+    context.hub.publish(Change::CallStarted(record.clone()));
     let call = Call { id, context, machine, record, connection: Some(connection), media: None };
     tokio::spawn(call.run_incoming(commands));
     handle
@@ -164,7 +167,6 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 impl Call {
     async fn run_outgoing(mut self, destination: Destination, mut commands: mpsc::Receiver<CallCommand>) {
-        self.context.hub.publish(Change::CallStarted(self.record.clone()));
         // The endpoint is cloned so the connect future does not borrow the call.
         let endpoint = self.context.endpoint.clone();
         let connect = endpoint.connect(&destination.addresses, destination.expected);
@@ -177,7 +179,10 @@ impl Call {
                     self.command(command).await;
                     if self.machine.state() == State::Ended { break None; }
                 }
-                () = sleep_until(self.machine.poll_timeout()) => self.machine.handle_timeout(Instant::now()),
+                () = sleep_until(self.machine.poll_timeout()) => {
+                    self.machine.handle_timeout(Instant::now());
+                    if self.machine.state() == State::Ended { break None; }
+                }
                 () = self.context.shutdown.cancelled() => { let _ = self.machine.handle(Input::Hangup, Instant::now()); break None; }
             }
         };
@@ -185,7 +190,8 @@ impl Call {
             Some(Ok(connection)) => {
                 self.record.peer = Some(connection.peer);
                 self.connection = Some(connection);
-                let request = Body::CallRequest { caller_name: self.context.own_name.clone() };
+                let frame_ms = u32::try_from(self.context.codec.frame.as_millis()).ok();
+                let request = Body::CallRequest { caller_name: self.context.own_name.clone(), frame_ms };
                 self.send(request).await;
                 match self.start_media().await {
                     Ok(()) => {
@@ -211,7 +217,6 @@ impl Call {
 
     async fn run_incoming(mut self, commands: mpsc::Receiver<CallCommand>) {
         info!(call_id = %self.id, peer = %self.peer_short(), name = %self.record.peer_name, "incoming call");
-        self.context.hub.publish(Change::CallStarted(self.record.clone()));
         if let Err(cause) = self.start_media().await {
             self.fail(cause);
         }
@@ -364,7 +369,9 @@ impl Call {
             Body::CallRequest { .. } | Body::Offer { .. } | Body::Answer { .. } | Body::Keepalive => {}
             // Yield through the registry, which ends this call once it has noted
             // the glare (see registry.rs); until then the call still rings.
-            Body::End { reason: EndCode::Glare } if self.record.peer.is_some() => {
+            Body::End { reason: EndCode::Glare }
+                if self.machine.direction() == Direction::Outgoing && self.machine.state() == State::Outgoing =>
+            {
                 if let Some(peer) = self.record.peer {
                     let _ = self.context.inbox.send(Inbox::Yielded { peer, call: self.id.clone() }).await;
                 }

@@ -20,6 +20,9 @@ const MAX_TARGET: Duration = Duration::from_millis(300);
 const MAX_CONCEALED_RUN: u32 = 5;
 /// Packets further ahead than this are garbage, not jitter.
 const MAX_AHEAD_FRAMES: u64 = 500;
+/// A stream silent this long (the peer muted or held) starts afresh: its
+/// sequence numbers may have moved further than a 16-bit counter can tell.
+const RESYNC_GAP: Duration = Duration::from_secs(1);
 
 /// What to play for the next frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +118,7 @@ pub struct JitterBuffer {
     jitter: f64,
     last_transit: Option<f64>,
     epoch: Option<Instant>,
+    last_arrival: Option<Instant>,
     concealed_run: u32,
     stats: JitterStats,
 }
@@ -136,6 +140,7 @@ impl JitterBuffer {
             jitter: 0.0,
             last_transit: None,
             epoch: None,
+            last_arrival: None,
             concealed_run: 0,
             stats: JitterStats::default(),
         }
@@ -172,6 +177,9 @@ impl JitterBuffer {
 
     /// A packet arrived.
     pub fn push(&mut self, seq: u16, ts: u32, payload: Bytes, arrival: Instant) -> Pushed {
+        if self.last_arrival.replace(arrival).is_some_and(|last| arrival.saturating_duration_since(last) > RESYNC_GAP) {
+            self.restart();
+        }
         let seq = self.seq.unwrap(u64::from(seq), 16);
         let ts = self.ts.unwrap(u64::from(ts), 32);
         let next_ts = *self.next_ts.get_or_insert_with(|| {
@@ -194,6 +202,19 @@ impl JitterBuffer {
         }
         self.packets.insert(seq, Buffered { ts, payload });
         Pushed::Accepted
+    }
+
+    /// Forgets the stream's position (not its counters or jitter estimate).
+    fn restart(&mut self) {
+        self.packets.clear();
+        self.seq = Unwrapper::default();
+        self.ts = Unwrapper::default();
+        self.next_ts = None;
+        self.start_at = None;
+        self.started = false;
+        self.last_transit = None;
+        self.epoch = None;
+        self.concealed_run = 0;
     }
 
     fn update_jitter(&mut self, ts: u64, arrival: Instant) {
@@ -229,6 +250,16 @@ impl JitterBuffer {
             return self.pop(now);
         }
 
+        // A packet whose time is already past (one that does not fall on this
+        // buffer's frame grid) can never play: drop it rather than let it block.
+        while let Some((&seq, packet)) = self.packets.first_key_value() {
+            if packet.ts >= next_ts {
+                break;
+            }
+            self.packets.remove(&seq);
+            self.last_seq = self.last_seq.max(seq);
+            self.stats.late += 1;
+        }
         let Some((&seq, packet)) = self.packets.first_key_value() else {
             return self.missing(next_ts, None);
         };
@@ -414,6 +445,33 @@ mod tests {
             played.push(jb.pop(t0 + FRAME * (u32::from(i) + 1)));
         }
         assert_eq!(frames_of(&played), ["F0", "F1", "F2", "F3", "F4", "F5"]);
+    }
+
+    #[test]
+    fn a_stream_back_after_a_long_silence_starts_afresh() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(FRAME);
+        assert_eq!(jb.push(100, 960, payload(0), t0), Pushed::Accepted);
+        assert_eq!(jb.pop(t0 + FRAME), Playout::Frame(payload(0)));
+        // Minutes on hold: the sequence number moved by more than half its range.
+        let back = t0 + Duration::from_secs(600);
+        assert_eq!(jb.push(100u16.wrapping_sub(1000), 5_000_000, payload(1), back), Pushed::Accepted);
+        assert_eq!(jb.pop(back + FRAME), Playout::Frame(payload(1)));
+    }
+
+    #[test]
+    fn packets_off_the_frame_grid_do_not_block_the_buffer() {
+        // 10 ms packets into a 20 ms buffer: every other one is off the grid.
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(FRAME);
+        let mut played = Vec::new();
+        for i in 0..20u16 {
+            jb.push(i, u32::from(i) * 480, payload(i), t0 + Duration::from_millis(u64::from(i) * 10));
+            if i % 2 == 1 {
+                played.push(jb.pop(t0 + Duration::from_millis(u64::from(i) * 10 + 10)));
+            }
+        }
+        assert!(played.iter().filter(|p| matches!(p, Playout::Frame(_))).count() >= 5, "{played:?}");
     }
 
     #[test]

@@ -402,14 +402,17 @@ impl MediaSession {
     /// Stops the audio tasks (a recording is complete when this returns) and
     /// closes the connection.
     pub async fn close(self) {
-        self.connected.send_replace(false);
-        drop(self.gates);
-        for task in self.audio_tasks {
+        let MediaSession { pc, gates, connected, audio_tasks, .. } = self;
+        // Dropping the senders also wakes tasks still waiting for a connection.
+        connected.send_replace(false);
+        drop(connected);
+        drop(gates);
+        for task in audio_tasks {
             if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
                 warn!("an audio task did not stop in time");
             }
         }
-        if let Err(error) = self.pc.close().await {
+        if let Err(error) = pc.close().await {
             warn!(%error, "closing the media connection failed");
         }
     }
@@ -457,7 +460,7 @@ async fn send_audio(
     }
     let mut pcm = vec![0i16; samples_per_frame(frame)];
     let mut packet = vec![0u8; 1500];
-    let mut skipped: u16 = 0;
+    let mut skipped: u32 = 0;
     let mut tick = tokio::time::interval(frame);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     loop {
@@ -478,7 +481,7 @@ async fn send_audio(
         sample.duration = frame;
         // Skipped frames still advance the RTP clock, so the receiver sees a gap
         // in time rather than audio played early.
-        sample.prev_dropped_packets = std::mem::take(&mut skipped);
+        sample.prev_dropped_packets = u16::try_from(std::mem::take(&mut skipped)).unwrap_or(u16::MAX);
         if let Err(error) = track.sample_writer(ssrc, OPUS_PT).write_sample(&sample).await {
             debug!(%error, "cannot send an audio frame");
         }

@@ -9,8 +9,10 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -46,20 +48,42 @@ impl SignalingListener {
     /// Accepts until `shutdown`: each connection is authenticated (mutual TLS)
     /// and its first message must be a call request, which goes to the registry.
     pub async fn run(self, endpoint: Endpoint, requests: mpsc::Sender<Inbox>, shutdown: CancellationToken) {
+        // Connections still handshaking hold a permit: a flood of them cannot use
+        // up the daemon's file descriptors.
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = handshakes.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, from)) => {
                         let (endpoint, requests) = (endpoint.clone(), requests.clone());
-                        tokio::spawn(async move { first_message(endpoint, tcp, from, requests).await });
+                        tokio::spawn(async move {
+                            first_message(endpoint, tcp, from, requests).await;
+                            drop(permit);
+                        });
                     }
-                    Err(error) => debug!(%error, "signaling accept failed"),
+                    Err(error) => {
+                        // Out of file descriptors, typically: back off instead of spinning.
+                        debug!(%error, "signaling accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
                 },
             }
         }
     }
 }
+
+/// Connections allowed to be handshaking at once.
+const MAX_HANDSHAKES: usize = 32;
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How long a new connection may take to say what it wants.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,8 +106,11 @@ async fn first_message(
     };
     let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, connection.recv()).await;
     match first {
-        Ok(Ok(Some(Decoded::Message(Message { call_id, body: Body::CallRequest { caller_name }, .. })))) => {
-            let request = IncomingRequest { connection, call_id, caller_name };
+        Ok(Ok(Some(Decoded::Message(Message {
+            call_id, body: Body::CallRequest { caller_name, frame_ms }, ..
+        })))) => {
+            let frame = frame_ms.filter(|ms| matches!(ms, 10 | 20)).map(|ms| Duration::from_millis(u64::from(ms)));
+            let request = IncomingRequest { connection, call_id, caller_name, frame };
             let _ = requests.send(Inbox::Incoming(Box::new(request))).await;
         }
         Ok(Ok(Some(Decoded::Message(message)))) => {

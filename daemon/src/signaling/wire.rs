@@ -81,6 +81,10 @@ pub enum Body {
     CallRequest {
         /// The caller's display name.
         caller_name: String,
+        /// The caller's Opus frame length in ms (10 or 20); the callee uses the
+        /// same so both directions packetize alike.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        frame_ms: Option<u32>,
     },
     /// Callee → caller: it is ringing here.
     Ringing {
@@ -268,7 +272,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, WireError> {
 
 fn check_text(body: &Body) -> Result<(), WireError> {
     let (field, text) = match body {
-        Body::CallRequest { caller_name } => ("caller_name", caller_name),
+        Body::CallRequest { caller_name, .. } => ("caller_name", caller_name),
         Body::Ringing { callee_name } => ("callee_name", callee_name),
         Body::Decline { reason } => ("reason", reason),
         Body::Error { message } => ("message", message),
@@ -287,7 +291,8 @@ mod tests {
 
     fn every_body() -> Vec<Body> {
         vec![
-            Body::CallRequest { caller_name: "alice".into() },
+            Body::CallRequest { caller_name: "alice".into(), frame_ms: Some(20) },
+            Body::CallRequest { caller_name: "alice".into(), frame_ms: None },
             Body::Ringing { callee_name: "bob".into() },
             Body::Accept,
             Body::Decline { reason: "in a meeting".into() },

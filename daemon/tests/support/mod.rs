@@ -276,6 +276,19 @@ impl Daemon {
             .await;
     }
 
+    /// Returns once this daemon has no call left (its recordings are complete).
+    pub async fn wait_until_no_calls(&self) {
+        let mut events = self.follow_events().await;
+        if events.snapshot["snapshot"]["calls"].as_array().is_some_and(|c| !c.is_empty()) {
+            events
+                .wait_for("the call to end", |e| {
+                    let kind = e["type"].as_str().unwrap_or_default();
+                    e[kind]["call"]["state"] == "ended"
+                })
+                .await;
+        }
+    }
+
     /// Follows `voicectl events --json`; returns once subscribed (the snapshot
     /// that every subscription starts with has arrived), so nothing that happens
     /// afterwards can be missed.
