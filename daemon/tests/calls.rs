@@ -382,3 +382,19 @@ async fn a_caller_with_10_ms_frames_and_a_callee_with_20_ms_frames_hear_each_oth
     assert!(longest_run(&by_bob, Heard::Tone(440)) >= 8, "bob heard: {by_bob:?}");
     assert!(longest_run(&by_alice, Heard::Tone(880)) >= 8, "alice heard: {by_alice:?}");
 }
+
+#[tokio::test]
+async fn dialing_someone_who_is_ringing_us_answers_their_call() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let quiet = "[audio]\ninput = \"silence\"\noutput = \"null\"\n";
+    let (a, b) = two_daemons_with(&lan, dir.path(), quiet, quiet).await;
+    let mut b_events = b.follow_events().await;
+    let id = a.ctl_json(&["dial", "bob", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    b_events.wait_for("bob rings", |e| e["type"] == "incoming_call").await;
+    let call = b.ctl_json(&["dial", "alice"]).await;
+    assert_eq!(call["call_id"], id.as_str(), "the same call, answered");
+    assert_eq!(call["state"], "active");
+    assert_eq!(b.ctl_json(&["calls"]).await.as_array().unwrap().len(), 1);
+}

@@ -231,10 +231,32 @@ impl Registry {
         input: Option<InputSpec>,
         output: Option<OutputSpec>,
     ) -> Result<CallRecord, CallError> {
+        let destination = self.resolve(target).await?;
+        // Dialing someone who is ringing us right now means answering them (it is
+        // also how glare ends when their call arrived before our dial did).
+        let ringing_from_them = destination.expected.and_then(|peer| {
+            let state = self.context.hub.state();
+            self.calls
+                .values()
+                .find(|c| c.peer == Some(peer) && state.calls.get(&c.id).is_some_and(|r| r.state == State::Incoming))
+                .cloned()
+        });
+        if let Some(theirs) = ringing_from_them {
+            info!(call_id = %theirs.id, target, "dialing a peer that is calling us: answering its call");
+            let audio = (input.is_some() || output.is_some()).then(|| {
+                let live = self.settings.borrow();
+                (input.unwrap_or(live.audio_input.clone()), output.unwrap_or(live.audio_output.clone()))
+            });
+            let (reply, answer) = oneshot::channel();
+            let sent = theirs.commands.send(CallCommand { input: Input::Answer, audio, reply }).await;
+            return match (sent, answer.await) {
+                (Ok(()), Ok(outcome)) => outcome.map_err(CallError::from),
+                _ => Err(CallError::NoSuchCall(theirs.id.to_string())),
+            };
+        }
         if self.live_calls() > 0 {
             return Err(CallError::Busy);
         }
-        let destination = self.resolve(target).await?;
         let (input, output) = {
             let live = self.settings.borrow();
             (input.unwrap_or(live.audio_input.clone()), output.unwrap_or(live.audio_output.clone()))
