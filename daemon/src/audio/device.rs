@@ -278,6 +278,7 @@ impl Source for Capture {
 pub struct Playback {
     ring: rtrb::Producer<f32>,
     resampler: Resampler,
+    input: Vec<f32>,
     converted: Vec<f32>,
     _stream: StreamThread,
 }
@@ -311,6 +312,7 @@ impl Playback {
         Ok(Playback {
             ring: producer,
             resampler: Resampler::new(SAMPLE_RATE, rate),
+            input: Vec::new(),
             converted: Vec::new(),
             _stream: stream,
         })
@@ -330,9 +332,11 @@ where
 
 impl Sink for Playback {
     fn write(&mut self, frame: &[i16]) -> Result<(), EndpointError> {
-        let input: Vec<f32> = frame.iter().map(|&s| f32::from(s) / 32768.0).collect();
+        // Buffers are reused: this runs on every audio frame.
+        self.input.clear();
+        self.input.extend(frame.iter().map(|&s| f32::from(s) / 32768.0));
         self.converted.clear();
-        self.resampler.push(&input, &mut self.converted);
+        self.resampler.push(&self.input, &mut self.converted);
         // A full ring means the device is behind: drop rather than block.
         if let Ok(chunk) = self.ring.write_chunk_uninit(self.converted.len().min(self.ring.slots())) {
             chunk.fill_from_iter(self.converted.iter().copied());

@@ -24,20 +24,24 @@ impl Resampler {
         if input.is_empty() {
             return;
         }
-        // Index 0 is the previous chunk's last sample, 1.. are `input`.
-        let at = |i: usize| if i == 0 { self.previous } else { input[i - 1] };
-        let end = input.len() as f64;
-        let mut produced = Vec::with_capacity((end / self.step) as usize + 2);
-        while self.position <= end {
-            let index = self.position as usize;
-            let fraction = (self.position - index as f64) as f32;
+        // Index 0 is the previous chunk's last sample, 1.. are `input`. Runs on
+        // every audio frame, so it writes straight into `output`.
+        let previous = self.previous;
+        let at = move |i: usize| if i == 0 { previous } else { input[i - 1] };
+        let (end, step) = (input.len() as f64, self.step);
+        let mut position = self.position;
+        output.extend(std::iter::from_fn(|| {
+            if position > end {
+                return None;
+            }
+            let index = position as usize;
+            let fraction = (position - index as f64) as f32;
             let a = at(index);
             let b = if index < input.len() { at(index + 1) } else { a };
-            produced.push(a + (b - a) * fraction);
-            self.position += self.step;
-        }
-        output.extend(produced);
-        self.position -= end;
+            position += step;
+            Some(a + (b - a) * fraction)
+        }));
+        self.position = position - end;
         self.previous = input[input.len() - 1];
     }
 }
