@@ -152,8 +152,15 @@ async fn glare_ends_in_exactly_one_call_on_both_sides() {
 
     // Whichever request arrived first, both people asked for this conversation:
     // the surviving call is answered on its own, and it is the same on both sides.
-    let a_active = a_events.wait_for("alice active", |e| any_call_is(e, &["active"])).await;
-    let b_active = b_events.wait_for("bob active", |e| any_call_is(e, &["active"])).await;
+    let settled = async {
+        let a_active = a_events.seen_or_wait_for("alice active", |e| any_call_is(e, &["active"])).await;
+        let b_active = b_events.seen_or_wait_for("bob active", |e| any_call_is(e, &["active"])).await;
+        (a_active, b_active)
+    };
+    // On failure, the daemons' logs say which ordering happened.
+    let Ok((a_active, b_active)) = tokio::time::timeout(Duration::from_secs(30), settled).await else {
+        panic!("no active call on both sides\n--- alice\n{}\n--- bob\n{}", a.log_text(), b.log_text());
+    };
     let id = a_active["call_state_changed"]["call"]["call_id"].clone();
     assert_eq!(b_active["call_state_changed"]["call"]["call_id"], id);
     for daemon in [&a, &b] {

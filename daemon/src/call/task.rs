@@ -85,6 +85,9 @@ struct Call {
     record: CallRecord,
     connection: Option<Connection>,
     media: Option<MediaSession>,
+    /// Told to yield to the peer's call (glare) and waiting for the registry to
+    /// end this one: the peer closing the connection now is expected, not a loss.
+    yielding: bool,
 }
 
 /// Starts an outgoing call; returns its handle and first record at once, while
@@ -102,7 +105,7 @@ pub fn dial(
     let (handle, commands) = handle(&id, peer, Direction::Outgoing);
     // Published before the task runs, so the registry counts the call at once.
     context.hub.publish(Change::CallStarted(record.clone()));
-    let call = Call { id, context, machine, record: record.clone(), connection: None, media: None };
+    let call = Call { id, context, machine, record: record.clone(), connection: None, media: None, yielding: false };
     tokio::spawn(call.run_outgoing(destination, commands));
     (handle, record)
 }
@@ -121,7 +124,7 @@ pub fn incoming(
     let record = new_record(&id, peer, caller_name, Direction::Incoming, input, output);
     let (handle, commands) = handle(&id, peer, Direction::Incoming);
     context.hub.publish(Change::CallStarted(record.clone()));
-    let call = Call { id, context, machine, record, connection: Some(connection), media: None };
+    let call = Call { id, context, machine, record, connection: Some(connection), media: None, yielding: false };
     tokio::spawn(call.run_incoming(commands));
     handle
 }
@@ -324,7 +327,9 @@ impl Call {
             }
             Ok(None) => {
                 self.connection = None;
-                let _ = self.machine.handle(Input::PeerLost, now);
+                if !self.yielding {
+                    let _ = self.machine.handle(Input::PeerLost, now);
+                }
                 return;
             }
             Err(error) => {
@@ -373,6 +378,7 @@ impl Call {
                 if self.machine.direction() == Direction::Outgoing && self.machine.state() == State::Outgoing =>
             {
                 if let Some(peer) = self.record.peer {
+                    self.yielding = true;
                     let _ = self.context.inbox.send(Inbox::Yielded { peer, call: self.id.clone() }).await;
                 }
             }
