@@ -1,0 +1,614 @@
+//! The tray as a pure function of what it knows: [`view`] turns a
+//! [`TrayState`] and the current time into the icon, the tooltip and the menu.
+//!
+//! Nothing here touches GTK or the daemon, so every state the tray can be in is
+//! tested below by building the state and looking at the result. The GTK glue
+//! (`ui.rs` in the binary) only renders a [`View`].
+
+use std::time::{Duration, SystemTime};
+
+use voicelink_proto::v1::{self, CallState};
+
+use crate::command::Command;
+use crate::model::{Link, TrayState, caller_name};
+
+/// Which icon the tray shows (drawn by [`crate::icons`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IconKind {
+    /// Connected, no call.
+    Idle,
+    /// A call is ringing here.
+    Ringing,
+    /// In a call (also while dialing and connecting).
+    InCall,
+    /// In a call with the microphone muted.
+    Muted,
+    /// The call is on hold.
+    OnHold,
+    /// The daemon cannot be reached (or the tray is still connecting).
+    DaemonDown,
+}
+
+impl IconKind {
+    /// Every icon, for tests and for drawing them all up front.
+    pub const ALL: [IconKind; 6] =
+        [IconKind::Idle, IconKind::Ringing, IconKind::InCall, IconKind::Muted, IconKind::OnHold, IconKind::DaemonDown];
+}
+
+/// One entry of the tray menu.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MenuEntry {
+    /// A line of text that does nothing when chosen (status, call details).
+    Info {
+        /// A stable ID, so the glue can update the text in place.
+        id: String,
+        /// The text.
+        label: String,
+    },
+    /// An item that runs a command.
+    Action {
+        /// The text.
+        label: String,
+        /// What choosing it does (its ID is [`Command::to_menu_id`]).
+        command: Command,
+        /// Whether it can be chosen now.
+        enabled: bool,
+    },
+    /// A check item (a device choice).
+    Check {
+        /// The text.
+        label: String,
+        /// What choosing it does.
+        command: Command,
+        /// Whether it is the current choice.
+        checked: bool,
+    },
+    /// A submenu.
+    Submenu {
+        /// A stable ID.
+        id: String,
+        /// The text.
+        label: String,
+        /// Whether it can be opened.
+        enabled: bool,
+        /// Its entries.
+        entries: Vec<MenuEntry>,
+    },
+    /// A separator line.
+    Separator,
+}
+
+/// Everything the tray shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// The icon.
+    pub icon: IconKind,
+    /// The state in words (also the menu's first status line, because the
+    /// AppIndicator protocol has no tooltip).
+    pub tooltip: String,
+    /// The menu, top to bottom.
+    pub menu: Vec<MenuEntry>,
+    /// Whether the view shows a running clock (a call's duration), so it must
+    /// be recomputed every second while this is true.
+    pub ticking: bool,
+}
+
+/// The menu item ID of the status line.
+pub const STATUS_ID: &str = "info:status";
+
+fn is_on_hold(call: &v1::Call) -> bool {
+    call.on_hold || call.state() == CallState::OnHold
+}
+
+/// How long a call has been answered, if it has.
+fn answered_for(call: &v1::Call, now: SystemTime) -> Option<Duration> {
+    let answered = call.answered_at.as_ref()?;
+    let answered = SystemTime::try_from(*answered).ok()?;
+    // A clock step backwards shows 00:00 rather than nothing.
+    Some(now.duration_since(answered).unwrap_or_default())
+}
+
+/// `mm:ss`, or `h:mm:ss` from an hour on.
+pub fn format_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 { format!("{h}:{m:02}:{s:02}") } else { format!("{m:02}:{s:02}") }
+}
+
+/// A call in words: "In call with alice · 03:12 · good".
+fn describe_call(call: &v1::Call, quality: Option<&str>, now: SystemTime) -> String {
+    let name = caller_name(call);
+    let mut parts = vec![match call.state() {
+        CallState::Outgoing => format!("Calling {name}…"),
+        CallState::Connecting => format!("Connecting to {name}…"),
+        _ if is_on_hold(call) => format!("{name} on hold"),
+        _ => format!("In call with {name}"),
+    }];
+    if let Some(duration) = answered_for(call, now) {
+        parts.push(format_duration(duration));
+    }
+    if call.muted {
+        parts.push("muted".to_owned());
+    }
+    if let Some(quality) = quality {
+        parts.push(quality.to_owned());
+    }
+    parts.join(" · ")
+}
+
+fn device_menu(
+    id: &str,
+    label: &str,
+    devices: Option<&[v1::AudioDevice]>,
+    current: &str,
+    command: impl Fn(String) -> Command,
+) -> MenuEntry {
+    let Some(devices) = devices else {
+        return MenuEntry::Submenu { id: id.to_owned(), label: label.to_owned(), enabled: false, entries: Vec::new() };
+    };
+    let mut entries = vec![MenuEntry::Check {
+        label: "System default".to_owned(),
+        command: command("default".to_owned()),
+        checked: current.is_empty() || current == "default",
+    }];
+    entries.extend(devices.iter().map(|d| MenuEntry::Check {
+        label: if d.description.is_empty() { d.id.clone() } else { d.description.clone() },
+        command: command(d.id.clone()),
+        checked: current == d.id,
+    }));
+    MenuEntry::Submenu { id: id.to_owned(), label: label.to_owned(), enabled: true, entries }
+}
+
+/// The tray for this state at time `now`.
+pub fn view(state: &TrayState, now: SystemTime) -> View {
+    let ringing: Vec<&v1::Call> = state.calls.values().filter(|c| c.state() == CallState::Incoming).collect();
+    let others: Vec<&v1::Call> = state.calls.values().filter(|c| c.state() != CallState::Incoming).collect();
+    let quality = |call: &v1::Call| state.quality.get(&call.call_id).map(String::as_str);
+
+    let (icon, tooltip) = match &state.link {
+        Link::Connecting => (IconKind::DaemonDown, "voicelink: connecting to voiced…".to_owned()),
+        Link::Down { reason, retry_in } => {
+            (IconKind::DaemonDown, format!("voicelink: {reason} · retrying in {}", format_retry(*retry_in)))
+        }
+        Link::Up => match (ringing.first(), others.first()) {
+            (Some(call), _) => {
+                let more = if ringing.len() > 1 { format!(" (+{} more)", ringing.len() - 1) } else { String::new() };
+                (IconKind::Ringing, format!("{} is calling{more}", caller_name(call)))
+            }
+            (None, Some(_)) => {
+                // The call that is live, if any, decides the icon over one on hold.
+                let call = others.iter().find(|c| !is_on_hold(c)).unwrap_or(&others[0]);
+                let icon = if is_on_hold(call) {
+                    IconKind::OnHold
+                } else if call.muted {
+                    IconKind::Muted
+                } else {
+                    IconKind::InCall
+                };
+                (icon, describe_call(call, quality(call), now))
+            }
+            (None, None) => {
+                let online = state.peers.values().filter(|p| p.online).count();
+                let peers = match online {
+                    0 => "no peers online".to_owned(),
+                    1 => "1 peer online".to_owned(),
+                    n => format!("{n} peers online"),
+                };
+                (IconKind::Idle, format!("voicelink: idle · {peers}"))
+            }
+        },
+    };
+
+    let mut menu = Vec::new();
+    // Answer and Decline come first: that is what a ringing tray is for.
+    for call in &ringing {
+        let name = caller_name(call);
+        menu.push(MenuEntry::Action {
+            label: format!("Answer {name}"),
+            command: Command::Answer { call_id: call.call_id.clone() },
+            enabled: true,
+        });
+        menu.push(MenuEntry::Action {
+            label: format!("Decline {name}"),
+            command: Command::Decline { call_id: call.call_id.clone() },
+            enabled: true,
+        });
+    }
+    if !ringing.is_empty() {
+        menu.push(MenuEntry::Separator);
+    }
+    menu.push(MenuEntry::Info { id: STATUS_ID.to_owned(), label: tooltip.clone() });
+    menu.push(MenuEntry::Separator);
+
+    if state.link == Link::Up {
+        for call in &others {
+            let id = call.call_id.clone();
+            let live = matches!(call.state(), CallState::Active | CallState::OnHold);
+            menu.push(MenuEntry::Info {
+                id: format!("info:call:{id}"),
+                label: describe_call(call, quality(call), now),
+            });
+            menu.push(MenuEntry::Action {
+                label: "Hang up".to_owned(),
+                command: Command::Hangup { call_id: id.clone() },
+                enabled: true,
+            });
+            menu.push(MenuEntry::Action {
+                label: if call.muted { "Unmute" } else { "Mute" }.to_owned(),
+                command: Command::SetMute { call_id: id.clone(), muted: !call.muted },
+                enabled: live,
+            });
+            menu.push(MenuEntry::Action {
+                label: if is_on_hold(call) { "Resume" } else { "Hold" }.to_owned(),
+                command: Command::SetHold { call_id: id.clone(), on_hold: !is_on_hold(call) },
+                enabled: live,
+            });
+            menu.push(MenuEntry::Separator);
+        }
+        // Peers to call only when idle: the daemon takes one call at a time.
+        if state.calls.is_empty() {
+            let mut online: Vec<&v1::Peer> = state.peers.values().filter(|p| p.online).collect();
+            online.sort_by(|a, b| a.display_name.cmp(&b.display_name).then(a.device_id.cmp(&b.device_id)));
+            if online.is_empty() {
+                menu.push(MenuEntry::Info { id: "info:peers".to_owned(), label: "No peers online".to_owned() });
+            }
+            for peer in online {
+                let name = if peer.display_name.is_empty() { &peer.device_id } else { &peer.display_name };
+                menu.push(MenuEntry::Action {
+                    label: format!("Call {name}"),
+                    command: Command::Dial { device_id: peer.device_id.clone() },
+                    enabled: true,
+                });
+            }
+            menu.push(MenuEntry::Separator);
+        }
+    }
+
+    let devices = state.devices.as_ref();
+    menu.push(device_menu(
+        "menu:input",
+        "Input device",
+        devices.map(|d| d.inputs.as_slice()),
+        &state.audio_input,
+        |spec| Command::SetInput { spec },
+    ));
+    menu.push(device_menu(
+        "menu:output",
+        "Output device",
+        devices.map(|d| d.outputs.as_slice()),
+        &state.audio_output,
+        |spec| Command::SetOutput { spec },
+    ));
+    if let Some(error) = &state.last_error {
+        menu.push(MenuEntry::Info { id: "info:error".to_owned(), label: format!("Last error: {error}") });
+    }
+    menu.push(MenuEntry::Separator);
+    menu.push(MenuEntry::Action { label: "Quit tray".to_owned(), command: Command::Quit, enabled: true });
+
+    let ticking = state.link == Link::Up && others.iter().any(|c| c.answered_at.is_some());
+    View { icon, tooltip, menu, ticking }
+}
+
+fn format_retry(retry_in: Duration) -> String {
+    if retry_in < Duration::from_secs(1) {
+        format!("{} ms", retry_in.as_millis())
+    } else {
+        format!("{} s", retry_in.as_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Update;
+
+    const T0: u64 = 1_800_000_000;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + 192)
+    }
+
+    fn up() -> TrayState {
+        TrayState { link: Link::Up, ..Default::default() }
+    }
+
+    fn peer(id: &str, name: &str, online: bool) -> v1::Peer {
+        v1::Peer { device_id: id.into(), display_name: name.into(), online, ..Default::default() }
+    }
+
+    fn call(state: CallState) -> v1::Call {
+        let answered = matches!(state, CallState::Active | CallState::OnHold);
+        v1::Call {
+            call_id: "c1".into(),
+            peer_device_id: "DEV-ALICE".into(),
+            peer_display_name: "alice".into(),
+            state: state as i32,
+            on_hold: state == CallState::OnHold,
+            answered_at: answered.then_some(prost_types::Timestamp { seconds: T0 as i64, nanos: 0 }),
+            ..Default::default()
+        }
+    }
+
+    fn with_call(call: v1::Call) -> TrayState {
+        let mut state = up();
+        state.calls.insert(call.call_id.clone(), call);
+        state
+    }
+
+    /// The labels of the enabled actions, in order.
+    fn actions(view: &View) -> Vec<&str> {
+        view.menu
+            .iter()
+            .filter_map(|e| match e {
+                MenuEntry::Action { label, enabled: true, .. } => Some(label.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn disabled_actions(view: &View) -> Vec<&str> {
+        view.menu
+            .iter()
+            .filter_map(|e| match e {
+                MenuEntry::Action { label, enabled: false, .. } => Some(label.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn infos(view: &View) -> Vec<&str> {
+        view.menu
+            .iter()
+            .filter_map(|e| match e {
+                MenuEntry::Info { label, .. } => Some(label.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn command_of<'a>(view: &'a View, label: &str) -> &'a Command {
+        view.menu
+            .iter()
+            .find_map(|e| match e {
+                MenuEntry::Action { label: l, command, .. } if l == label => Some(command),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no {label:?} in {:#?}", view.menu))
+    }
+
+    #[test]
+    fn connecting_shows_the_daemon_down_icon_and_only_quit() {
+        let view = view(&TrayState::default(), now());
+        assert_eq!(view.icon, IconKind::DaemonDown);
+        assert_eq!(view.tooltip, "voicelink: connecting to voiced…");
+        assert_eq!(actions(&view), ["Quit tray"]);
+        assert!(!view.ticking);
+    }
+
+    #[test]
+    fn daemon_down_says_why_and_when_it_retries() {
+        let state = TrayState {
+            link: Link::Down { reason: "voiced is not running".into(), retry_in: Duration::from_secs(4) },
+            ..Default::default()
+        };
+        let view = view(&state, now());
+        assert_eq!(view.icon, IconKind::DaemonDown);
+        assert_eq!(view.tooltip, "voicelink: voiced is not running · retrying in 4 s");
+        assert_eq!(infos(&view), [view.tooltip.as_str()], "the status line repeats the tooltip");
+        assert_eq!(actions(&view), ["Quit tray"]);
+        // The device menus are there but cannot be opened.
+        let submenus: Vec<_> = view
+            .menu
+            .iter()
+            .filter_map(|e| match e {
+                MenuEntry::Submenu { label, enabled, .. } => Some((label.as_str(), *enabled)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(submenus, [("Input device", false), ("Output device", false)]);
+    }
+
+    #[test]
+    fn idle_lists_online_peers_to_call_sorted_by_name() {
+        let mut state = up();
+        for p in [peer("D2", "zed", true), peer("D1", "bob", true), peer("D3", "carol", false)] {
+            state.peers.insert(p.device_id.clone(), p);
+        }
+        let view = view(&state, now());
+        assert_eq!(view.icon, IconKind::Idle);
+        assert_eq!(view.tooltip, "voicelink: idle · 2 peers online");
+        assert_eq!(actions(&view), ["Call bob", "Call zed", "Quit tray"]);
+        assert_eq!(command_of(&view, "Call bob"), &Command::Dial { device_id: "D1".into() });
+    }
+
+    #[test]
+    fn idle_with_nobody_online_says_so() {
+        let view = view(&up(), now());
+        assert_eq!(view.icon, IconKind::Idle);
+        assert_eq!(view.tooltip, "voicelink: idle · no peers online");
+        assert!(infos(&view).contains(&"No peers online"));
+        assert_eq!(actions(&view), ["Quit tray"]);
+    }
+
+    #[test]
+    fn ringing_puts_answer_and_decline_at_the_top_with_the_callers_name() {
+        let mut state = with_call(call(CallState::Incoming));
+        state.peers.insert("D1".into(), peer("D1", "bob", true));
+        let view = view(&state, now());
+        assert_eq!(view.icon, IconKind::Ringing);
+        assert_eq!(view.tooltip, "alice is calling");
+        assert!(matches!(&view.menu[0], MenuEntry::Action { label, .. } if label == "Answer alice"));
+        assert!(matches!(&view.menu[1], MenuEntry::Action { label, .. } if label == "Decline alice"));
+        assert_eq!(command_of(&view, "Answer alice"), &Command::Answer { call_id: "c1".into() });
+        assert_eq!(command_of(&view, "Decline alice"), &Command::Decline { call_id: "c1".into() });
+        // Nobody to dial while a call rings.
+        assert_eq!(actions(&view), ["Answer alice", "Decline alice", "Quit tray"]);
+        assert!(!view.ticking);
+    }
+
+    #[test]
+    fn a_caller_without_a_name_is_shown_by_device_id() {
+        let mut c = call(CallState::Incoming);
+        c.peer_display_name.clear();
+        let view = view(&with_call(c), now());
+        assert_eq!(view.tooltip, "DEV-ALICE is calling");
+    }
+
+    #[test]
+    fn dialing_and_connecting_offer_hang_up_only() {
+        for (state, words) in [(CallState::Outgoing, "Calling alice…"), (CallState::Connecting, "Connecting to alice…")]
+        {
+            let view = view(&with_call(call(state)), now());
+            assert_eq!(view.icon, IconKind::InCall, "{state:?}");
+            assert_eq!(view.tooltip, words);
+            assert_eq!(actions(&view), ["Hang up", "Quit tray"], "{state:?}");
+            assert_eq!(disabled_actions(&view), ["Mute", "Hold"], "{state:?}");
+            assert!(!view.ticking, "no duration before the answer");
+        }
+    }
+
+    #[test]
+    fn in_a_call_shows_peer_duration_and_quality() {
+        let mut state = with_call(call(CallState::Active));
+        state.quality.insert("c1".into(), "good".into());
+        let view = view(&state, now());
+        assert_eq!(view.icon, IconKind::InCall);
+        assert_eq!(view.tooltip, "In call with alice · 03:12 · good");
+        assert!(infos(&view).contains(&"In call with alice · 03:12 · good"), "the call line");
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Hold", "Quit tray"]);
+        assert_eq!(command_of(&view, "Hang up"), &Command::Hangup { call_id: "c1".into() });
+        assert_eq!(command_of(&view, "Mute"), &Command::SetMute { call_id: "c1".into(), muted: true });
+        assert_eq!(command_of(&view, "Hold"), &Command::SetHold { call_id: "c1".into(), on_hold: true });
+        assert!(view.ticking, "the duration runs");
+    }
+
+    #[test]
+    fn without_stats_there_is_no_verdict() {
+        let view = view(&with_call(call(CallState::Active)), now());
+        assert_eq!(view.tooltip, "In call with alice · 03:12");
+    }
+
+    #[test]
+    fn muted_offers_unmute() {
+        let mut c = call(CallState::Active);
+        c.muted = true;
+        let view = view(&with_call(c), now());
+        assert_eq!(view.icon, IconKind::Muted);
+        assert_eq!(view.tooltip, "In call with alice · 03:12 · muted");
+        assert_eq!(actions(&view), ["Hang up", "Unmute", "Hold", "Quit tray"]);
+        assert_eq!(command_of(&view, "Unmute"), &Command::SetMute { call_id: "c1".into(), muted: false });
+    }
+
+    #[test]
+    fn on_hold_offers_resume() {
+        let view = view(&with_call(call(CallState::OnHold)), now());
+        assert_eq!(view.icon, IconKind::OnHold);
+        assert_eq!(view.tooltip, "alice on hold · 03:12");
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Quit tray"]);
+        assert_eq!(command_of(&view, "Resume"), &Command::SetHold { call_id: "c1".into(), on_hold: false });
+    }
+
+    #[test]
+    fn a_call_ringing_during_another_rings_and_keeps_the_call_controls() {
+        let mut state = with_call(call(CallState::Active));
+        let mut second = call(CallState::Incoming);
+        second.call_id = "c2".into();
+        second.peer_display_name = "bob".into();
+        state.calls.insert("c2".into(), second);
+        let view = view(&state, now());
+        assert_eq!(view.icon, IconKind::Ringing);
+        assert_eq!(view.tooltip, "bob is calling");
+        assert_eq!(actions(&view), ["Answer bob", "Decline bob", "Hang up", "Mute", "Hold", "Quit tray"]);
+        assert_eq!(command_of(&view, "Hang up"), &Command::Hangup { call_id: "c1".into() });
+    }
+
+    #[test]
+    fn long_calls_show_hours() {
+        assert_eq!(format_duration(Duration::from_secs(3 * 60 + 12)), "03:12");
+        assert_eq!(format_duration(Duration::from_secs(3600 + 5)), "1:00:05");
+    }
+
+    #[test]
+    fn device_menus_check_the_current_choice() {
+        let mut state = up();
+        state.apply(Update::Connected {
+            status: v1::Status { audio_input: "hw:1".into(), audio_output: "default".into(), ..Default::default() },
+            devices: Some(v1::ListAudioDevicesResponse {
+                inputs: vec![v1::AudioDevice {
+                    id: "hw:1".into(),
+                    description: "USB mic".into(),
+                    ..Default::default()
+                }],
+                outputs: vec![v1::AudioDevice { id: "hw:2".into(), description: String::new(), ..Default::default() }],
+                virtual_endpoints: vec![],
+            }),
+        });
+        let view = view(&state, now());
+        let submenu = |name: &str| {
+            view.menu
+                .iter()
+                .find_map(|e| match e {
+                    MenuEntry::Submenu { label, entries, enabled: true, .. } if label == name => Some(entries.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no enabled {name}"))
+        };
+        let checks = |entries: Vec<MenuEntry>| -> Vec<(String, bool, Command)> {
+            entries
+                .into_iter()
+                .filter_map(|e| match e {
+                    MenuEntry::Check { label, checked, command } => Some((label, checked, command)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            checks(submenu("Input device")),
+            [
+                ("System default".into(), false, Command::SetInput { spec: "default".into() }),
+                ("USB mic".into(), true, Command::SetInput { spec: "hw:1".into() }),
+            ]
+        );
+        assert_eq!(
+            checks(submenu("Output device")),
+            [
+                ("System default".into(), true, Command::SetOutput { spec: "default".into() }),
+                ("hw:2".into(), false, Command::SetOutput { spec: "hw:2".into() }),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_last_error_is_shown() {
+        let mut state = up();
+        state.last_error = Some("Dial: bob is busy".into());
+        assert!(infos(&view(&state, now())).contains(&"Last error: Dial: bob is busy"));
+    }
+
+    #[test]
+    fn every_action_id_maps_back_to_its_command_and_ids_are_unique() {
+        let mut state = with_call(call(CallState::Active));
+        let mut ringing = call(CallState::Incoming);
+        ringing.call_id = "c2".into();
+        state.calls.insert("c2".into(), ringing);
+        let view = view(&state, now());
+        let mut ids = Vec::new();
+        for entry in &view.menu {
+            match entry {
+                MenuEntry::Action { command, .. } => {
+                    assert_eq!(Command::from_menu_id(&command.to_menu_id()).as_ref(), Some(command));
+                    ids.push(command.to_menu_id());
+                }
+                MenuEntry::Info { id, .. } | MenuEntry::Submenu { id, .. } => {
+                    assert_eq!(Command::from_menu_id(id), None, "{id} must not look like a command");
+                    ids.push(id.clone());
+                }
+                _ => {}
+            }
+        }
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "duplicate menu IDs: {ids:?}");
+    }
+}
