@@ -1,0 +1,10 @@
+//! The voicelink bench: an impaired link between network namespaces, and the
+//! harness that measures calls across it.
+//!
+//! - [`impairment`]: the pure, seeded model of delay, jitter, loss and outages.
+//! - [`relay`]: a TAP device in each of two namespaces and threads that forward
+//!   Ethernet frames between them through the model; also the [`relay::Namespace`]
+//!   helper. The daemon's end-to-end tests use it as well as the bench binary.
+
+pub mod impairment;
+pub mod relay;

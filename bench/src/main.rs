@@ -1,0 +1,3 @@
+//! `voicelink-bench`: see the crate documentation.
+
+fn main() {}
