@@ -21,9 +21,17 @@ esac
 # Build: a C toolchain for crates with C parts, pkg-config to find libraries,
 # cmake to build libopus (the opus crate compiles it), ALSA headers for cpal.
 packages=(build-essential pkg-config cmake libasound2-dev ca-certificates curl git)
+# Build, the tray (voicelink-tray): GTK 3 and libayatana-appindicator, which
+# tray-icon's Linux backend links. Plain setup installs them because `make run`
+# and `make test` build the whole workspace.
+packages+=(libgtk-3-dev libayatana-appindicator3-dev)
 # Tests: iproute2 makes the network namespaces the end-to-end tests run in; a
 # user-mode PulseAudio with a null sink gives the sound-card path real devices.
 [ $want_test_tools = 1 ] && packages+=(iproute2 pulseaudio pulseaudio-utils libasound2-plugins)
+# Tests, the tray's desktop end-to-end test: a virtual X server (xvfb), an
+# XEmbed tray host (trayer), a notification daemon and its CLI (dunst, dunstctl),
+# a private session bus (dbus), and screenshots (imagemagick's import).
+[ $want_test_tools = 1 ] && packages+=(xvfb trayer dunst libnotify-bin dbus imagemagick)
 # Packages: lintian checks the .deb, rpm reads the .rpm, ruby checks the formula,
 # man-db and systemd (systemd-analyze) check the installed files.
 [ $want_package_tools = 1 ] && packages+=(lintian rpm ruby man-db systemd)

@@ -116,7 +116,7 @@ impl Notifier {
         }
     }
 
-    /// The person acted on or dismissed the notification: it is gone already.
+    /// The person dismissed the notification: it is gone already.
     pub fn forget(&mut self, call_id: &str) {
         self.ringing.remove(call_id);
     }

@@ -204,7 +204,13 @@ impl Ui {
                 None => {}
             },
             UiInput::Notification { call_id, choice } => {
-                self.notifier.forget(&call_id);
+                // Servers need not close a notification whose action was
+                // invoked (dunst does not), so close it; a dismissed one is gone.
+                if choice == Choice::Dismissed {
+                    self.notifier.forget(&call_id);
+                } else {
+                    self.notifier.stopped_ringing(&call_id);
+                }
                 match choice {
                     Choice::Answer => self.send(Command::Answer { call_id }),
                     Choice::Decline => self.send(Command::Decline { call_id }),

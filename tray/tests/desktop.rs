@@ -1,0 +1,151 @@
+//! The tray end to end on a virtual desktop: Xvfb, trayer (an XEmbed tray host)
+//! and dunst (a notification daemon) on a private D-Bus session bus, with two
+//! real `voiced` daemons in their own network namespaces. Needs root (for the
+//! namespaces) and the desktop programs (scripts/setup.sh --test).
+//!
+//! Screenshots are kept in `target/tmp/voicelink-tray-e2e/` to look at.
+
+mod support;
+
+use std::path::PathBuf;
+
+use support::{Daemon, Desktop, Lan, Watched};
+use voicelink_proto::v1::{self, CallState, event};
+
+/// The idle icon's fill and the ringing icon's fill (see `src/icons.rs`).
+const IDLE_BLUE: [u8; 3] = [41, 107, 217];
+const RINGING_ORANGE: [u8; 3] = [250, 115, 5];
+/// Enough pixels of a colour to be the icon, not a stray pixel.
+const ICON_PIXELS: usize = 60;
+
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("voicelink-tray-e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Reads `events` until one matches; returns it.
+async fn wait_event(
+    events: &mut tonic::Streaming<v1::Event>,
+    what: &str,
+    matches: impl Fn(&event::Kind) -> bool,
+) -> event::Kind {
+    let wait = async {
+        loop {
+            let event = events.message().await.expect("event stream").expect("event stream ended");
+            if let Some(kind) = event.kind
+                && matches(&kind)
+            {
+                return kind;
+            }
+        }
+    };
+    tokio::time::timeout(support::DEADLINE, wait).await.unwrap_or_else(|_| panic!("never saw {what}"))
+}
+
+fn peer_online(kind: &event::Kind, name: &str) -> bool {
+    let online = |p: &v1::Peer| p.display_name == name && p.online;
+    match kind {
+        event::Kind::Snapshot(s) => s.peers.iter().any(online),
+        event::Kind::PeerAppeared(v1::PeerAppeared { peer: Some(p) })
+        | event::Kind::PeerChanged(v1::PeerChanged { peer: Some(p) }) => online(p),
+        _ => false,
+    }
+}
+
+fn call_in_state(kind: &event::Kind, call_id: &str, state: CallState) -> bool {
+    matches!(kind, event::Kind::CallStateChanged(v1::CallStateChanged { call: Some(c), .. })
+        if c.call_id == call_id && c.state() == state)
+}
+
+async fn displayed_notifications(desktop: &Desktop) -> u32 {
+    let out = desktop.command("dunstctl").args(["count", "displayed"]).output().await.unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+/// Takes screenshots until the tray area shows `colour` (the icon is drawn some
+/// time after the tray decides on it); keeps the last one at `path`. Polled:
+/// nothing announces that the X server has painted the icon.
+async fn screenshot_showing(desktop: &Desktop, path: &std::path::Path, colour: [u8; 3]) -> (u32, u32, Vec<u8>) {
+    let start = std::time::Instant::now();
+    loop {
+        let shot = desktop.screenshot(path).await;
+        if Desktop::count_in_tray(&shot, colour, 12) >= ICON_PIXELS {
+            return shot;
+        }
+        assert!(start.elapsed() < support::DEADLINE, "the tray never showed {colour:?}; see {}", path.display());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answers_it() {
+    require_netns_and_desktop!();
+    let artifacts = artifacts();
+    let lan = Lan::new(2);
+    let dir = tempfile::tempdir().unwrap();
+    let quiet = "[audio]\ninput = \"silence\"\noutput = \"null\"\n";
+    let alice = Daemon::start(&lan.host(0), &dir.path().join("alice"), "alice", quiet).await;
+    let bob = Daemon::start(&lan.host(1), &dir.path().join("bob"), "bob", quiet).await;
+    let desktop = Desktop::start(&dir.path().join("desktop")).await;
+
+    // Bob's side of the API, subscribed before anything happens to him.
+    let mut bob_api = bob.client().await;
+    let mut bob_events = bob_api.watch_events(v1::WatchEventsRequest {}).await.unwrap().into_inner();
+    let mut alice_api = alice.client().await;
+    let mut alice_events = alice_api.watch_events(v1::WatchEventsRequest {}).await.unwrap().into_inner();
+
+    // The tray, for bob.
+    let mut command = desktop.command(env!("CARGO_BIN_EXE_voicelink-tray"));
+    command.arg("--socket").arg(&bob.socket).env("RUST_LOG", "info");
+    let mut tray = Watched::spawn(command, artifacts.join("tray.log"));
+    tray.wait_for_line("the tray connecting", &["connected to voiced"]).await;
+    wait_event(&mut bob_events, "bob sees alice", |k| peer_online(k, "alice")).await;
+    wait_event(&mut alice_events, "alice sees bob", |k| peer_online(k, "bob")).await;
+
+    // Idle: the blue icon in the tray, nothing orange, no notification.
+    tray.wait_for_line("the idle state", &["tray state", "icon=Idle"]).await;
+    let idle = screenshot_showing(&desktop, &artifacts.join("idle.png"), IDLE_BLUE).await;
+    assert_eq!(Desktop::count_in_tray(&idle, RINGING_ORANGE, 12), 0, "no ringing icon while idle");
+    assert_eq!(displayed_notifications(&desktop).await, 0);
+
+    // Alice calls bob: the tray rings and a notification is raised.
+    let dialed = alice_api.dial(v1::DialRequest { target: "bob".into(), ..Default::default() }).await.unwrap();
+    let call_id = dialed.into_inner().call.expect("the call").call_id;
+    wait_event(&mut bob_events, "bob rings", |k| matches!(k, event::Kind::IncomingCall(_))).await;
+    tray.wait_for_line("the ringing state", &["tray state", "icon=Ringing", "alice is calling"]).await;
+    tray.wait_for_line("the notification", &["incoming-call notification shown", &call_id]).await;
+    // The notification's actions are armed (the tray listens for them).
+    tray.wait_for_line("the notification's actions", &["waiting for notification action", &call_id]).await;
+    desktop.poll("dunst to display the notification", || async { displayed_notifications(&desktop).await == 1 }).await;
+    let ringing = screenshot_showing(&desktop, &artifacts.join("ringing.png"), RINGING_ORANGE).await;
+    assert_eq!(Desktop::count_in_tray(&ringing, IDLE_BLUE, 12), 0, "the idle icon is gone while ringing");
+    let calls = bob_api.list_calls(v1::ListCallsRequest {}).await.unwrap().into_inner().calls;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].state(), CallState::Incoming, "not answered before the person acts");
+
+    // Answer: the notification's default action (what clicking it does).
+    let out = desktop.command("dunstctl").args(["action", "0"]).output().await.unwrap();
+    assert!(out.status.success(), "dunstctl action: {}", String::from_utf8_lossy(&out.stderr));
+    tray.wait_for_line("the Answer action", &["notification action", "choice=Answer"]).await;
+
+    // Verified through the API: bob's call is answered and becomes active.
+    wait_event(&mut bob_events, "bob's call active", |k| call_in_state(k, &call_id, CallState::Active)).await;
+    wait_event(&mut alice_events, "alice's call active", |k| call_in_state(k, &call_id, CallState::Active)).await;
+    let calls = bob_api.list_calls(v1::ListCallsRequest {}).await.unwrap().into_inner().calls;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].call_id, call_id);
+    assert_eq!(calls[0].state(), CallState::Active);
+    assert_eq!(calls[0].direction(), v1::CallDirection::Incoming);
+    tray.wait_for_line("the in-call state", &["tray state", "icon=InCall"]).await;
+    desktop.poll("the notification to go", || async { displayed_notifications(&desktop).await == 0 }).await;
+
+    alice_api.hangup(v1::HangupRequest { call_id: call_id.clone() }).await.unwrap();
+    tray.wait_for_line("idle again", &["tray state", "icon=Idle"]).await;
+    eprintln!(
+        "screenshots: {} {}; tray log: {}",
+        artifacts.join("idle.png").display(),
+        artifacts.join("ringing.png").display(),
+        artifacts.join("tray.log").display(),
+    );
+}
