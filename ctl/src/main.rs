@@ -107,11 +107,15 @@ enum Command {
     Calls,
     /// Follow the event feed: the current state first, then every change
     Events,
-    /// Follow live call statistics
+    /// Call statistics: one sample of each call, or with --follow a line per call
+    /// every interval and a summary when a call ends (--json: one object per sample)
     Stats {
         /// One call (default: all)
         call: Option<String>,
-        /// Milliseconds between samples (100 to 10000)
+        /// Keep printing samples until the call ends (all calls: until Ctrl-C)
+        #[arg(long, short)]
+        follow: bool,
+        /// Milliseconds between samples with --follow (100 to 10000)
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=10_000))]
         interval: u64,
     },
@@ -320,14 +324,39 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
                 printer.event(&event?);
             }
         }
-        Command::Stats { call, interval } => {
+        Command::Stats { call, follow, interval } => {
             let interval = prost_types::Duration::try_from(Duration::from_millis(interval)).ok();
+            let one_call = call.is_some();
             let mut stream = client
                 .watch_stats(v1::WatchStatsRequest { call_id: call.unwrap_or_default(), interval })
                 .await?
                 .into_inner();
-            while let Some(sample) = stream.next().await {
-                printer.stats(&sample?);
+            if follow {
+                while let Some(sample) = stream.next().await {
+                    printer.stats(&sample?);
+                }
+            } else if one_call {
+                // The first sample is sent at once.
+                if let Some(sample) = stream.next().await {
+                    printer.stats(&sample?);
+                }
+            } else {
+                // One sample per call: the first round comes at once, so stop at
+                // the first call seen twice (or when there are no calls at all).
+                let calls = client.list_calls(v1::ListCallsRequest {}).await?.into_inner().calls;
+                let mut printed = std::collections::HashSet::new();
+                while printed.len() < calls.len()
+                    && let Some(sample) = stream.next().await
+                {
+                    let sample = sample?;
+                    if !printed.insert(sample.call_id.clone()) {
+                        break;
+                    }
+                    printer.stats(&sample);
+                }
+                if calls.is_empty() && !printer.json {
+                    println!("no calls");
+                }
             }
         }
         Command::Completions { .. } | Command::Man => unreachable!("handled before connecting"),

@@ -62,6 +62,66 @@ fn peer_json(peer: &v1::Peer) -> Value {
     })
 }
 
+/// Every field of a stats sample, named as in the proto.
+fn stats_json(stats: &v1::CallStats) -> Value {
+    let codec = stats.codec.clone().unwrap_or_default();
+    let pair = stats.candidate_pair.clone().unwrap_or_default();
+    json!({
+        "call_id": stats.call_id,
+        "peer_device_id": stats.peer_device_id,
+        "peer_display_name": stats.peer_display_name,
+        "state": state_word(stats.state),
+        "duration_seconds": seconds(stats.duration.as_ref()),
+        "codec": {
+            "name": codec.name,
+            "clock_rate": codec.clock_rate,
+            "channels": codec.channels,
+            "target_bitrate_bps": codec.target_bitrate_bps,
+            "frame_size_ms": seconds(codec.frame_size.as_ref()) * 1000.0,
+            "fec": codec.fec,
+            "dtx": codec.dtx,
+        },
+        "packets_sent": stats.packets_sent,
+        "bytes_sent": stats.bytes_sent,
+        "packets_received": stats.packets_received,
+        "bytes_received": stats.bytes_received,
+        "packets_lost": stats.packets_lost,
+        "fraction_lost": stats.fraction_lost,
+        "remote_packets_lost": stats.remote_packets_lost,
+        "remote_fraction_lost": stats.remote_fraction_lost,
+        "jitter_ms": stats.jitter_ms,
+        "round_trip_time_ms": stats.round_trip_time_ms,
+        "round_trip_time_source": stats.round_trip_time_source,
+        "jitter_buffer_delay_ms": stats.jitter_buffer_delay_ms,
+        "jitter_buffer_target_delay_ms": stats.jitter_buffer_target_delay_ms,
+        "concealed_samples": stats.concealed_samples,
+        "concealment_events": stats.concealment_events,
+        "packets_recovered_fec": stats.packets_recovered_fec,
+        "late_packets": stats.late_packets,
+        "discarded_packets": stats.discarded_packets,
+        "audio_level_in_dbfs": stats.audio_level_in_dbfs,
+        "audio_level_out_dbfs": stats.audio_level_out_dbfs,
+        "candidate_pair": stats.candidate_pair.as_ref().map(|_| json!({
+            "local_address": pair.local_address,
+            "local_type": pair.local_type,
+            "remote_address": pair.remote_address,
+            "remote_type": pair.remote_type,
+        })),
+        "mos": stats.mos,
+        "quality": stats.quality,
+        "summary": stats.summary.as_ref().map(|summary| json!({
+            "setup_time_ms": seconds(summary.setup_time.as_ref()) * 1000.0,
+            "duration_seconds": seconds(summary.duration.as_ref()),
+            "packets_sent": summary.packets_sent,
+            "packets_received": summary.packets_received,
+            "packets_lost": summary.packets_lost,
+            "worst_minute_mos": summary.worst_minute_mos,
+            "end_reason": v1::EndReason::try_from(summary.end_reason)
+                .map_or_else(|_| "unknown".into(), |r| word(r.as_str_name(), "END_REASON_")),
+        })),
+    })
+}
+
 fn call_json(call: &v1::Call) -> Value {
     json!({
         "call_id": call.call_id,
@@ -224,6 +284,7 @@ impl Printer {
                     json!({
                         "call": e.call.as_ref().map(call_json),
                         "previous_state": state_word(e.previous_state),
+                        "stats": e.stats.as_ref().map(stats_json),
                     }),
                 ),
                 Kind::MuteChanged(e) => ("mute_changed", json!({ "call_id": e.call_id, "muted": e.muted })),
@@ -280,34 +341,43 @@ impl Printer {
         }
     }
 
-    /// One sample of `voicectl stats`.
+    /// One sample of `voicectl stats`: a compact line, or every field as JSON.
     pub fn stats(&self, stats: &v1::CallStats) {
         if self.json {
-            return self.print_json(json!({
-                "call_id": stats.call_id,
-                "peer_device_id": stats.peer_device_id,
-                "peer_display_name": stats.peer_display_name,
-                "state": state_word(stats.state),
-                "duration_seconds": seconds(stats.duration.as_ref()),
-                "packets_sent": stats.packets_sent,
-                "packets_received": stats.packets_received,
-                "packets_lost": stats.packets_lost,
-                "fraction_lost": stats.fraction_lost,
-                "jitter_ms": stats.jitter_ms,
-                "round_trip_time_ms": stats.round_trip_time_ms,
-                "mos": stats.mos,
-                "quality": stats.quality,
-            }));
+            return self.print_json(stats_json(stats));
         }
+        let peer =
+            if stats.peer_display_name.is_empty() { short(&stats.peer_device_id) } else { &stats.peer_display_name };
+        let duration = seconds(stats.duration.as_ref()) as u64;
+        let clock = format!("{:02}:{:02}", duration / 60, duration % 60);
+        if let Some(summary) = &stats.summary {
+            let reason = v1::EndReason::try_from(summary.end_reason)
+                .map_or_else(|_| "unknown".into(), |r| word(r.as_str_name(), "END_REASON_"));
+            println!(
+                "{} {peer}  ended ({reason})  talked {clock}  setup {:.0} ms  sent {}  received {}  lost {}  worst minute mos {:.2}",
+                short(&stats.call_id),
+                seconds(summary.setup_time.as_ref()) * 1000.0,
+                summary.packets_sent,
+                summary.packets_received,
+                summary.packets_lost,
+                summary.worst_minute_mos,
+            );
+            return;
+        }
+        let quality = if stats.quality.is_empty() { "-" } else { &stats.quality };
         println!(
-            "{} {}  rtt {:.0} ms  jitter {:.1} ms  loss {:.1}%  mos {:.2} ({})",
-            stats.call_id,
-            stats.peer_display_name,
+            "{} {peer}  {} {clock}  rtt {:.0} ms ({})  jitter {:.1} ms  loss {:.1}% / {:.1}%  jb {:.0} ms  in {:.0} dBFS  out {:.0} dBFS  mos {:.2} {quality}",
+            short(&stats.call_id),
+            state_word(stats.state),
             stats.round_trip_time_ms,
+            if stats.round_trip_time_source.is_empty() { "-" } else { &stats.round_trip_time_source },
             stats.jitter_ms,
             stats.fraction_lost * 100.0,
+            stats.remote_fraction_lost * 100.0,
+            stats.jitter_buffer_delay_ms,
+            stats.audio_level_in_dbfs,
+            stats.audio_level_out_dbfs,
             stats.mos,
-            stats.quality
         );
     }
 

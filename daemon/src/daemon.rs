@@ -29,6 +29,7 @@ use crate::media::session::CodecSettings;
 use crate::reload::{LiveSettings, ReloadPlan};
 use crate::signaling::SignalingListener;
 use crate::signaling::transport::Endpoint;
+use crate::stats::StatsBoard;
 
 /// Name of the TCP API token file in the data directory.
 const TOKEN_FILE: &str = "api-token";
@@ -136,6 +137,7 @@ where
     };
 
     let hub = EventHub::new();
+    let stats = StatsBoard::default();
     let settings = Arc::new(watch::Sender::new(LiveSettings::of(&config)));
     let settings_rx = settings.subscribe();
     let stop = CancellationToken::new();
@@ -165,6 +167,7 @@ where
         identity: identity.clone(),
         endpoint: endpoint.clone(),
         hub: hub.clone(),
+        stats: stats.clone(),
         own_name: config.name.to_string(),
         timeouts: Timeouts {
             ring: Duration::from_secs(u64::from(config.calls.ring_timeout_secs.0)),
@@ -187,7 +190,7 @@ where
 
     log_audio_fallbacks(&config).await;
     let info = DaemonInfo { device_id: identity.device_id, started, signaling_address, discovery_enabled };
-    let service = ControlService::new(info, registry_tx, settings.clone(), hub.clone(), stop.clone());
+    let service = ControlService::new(info, registry_tx, settings.clone(), hub.clone(), stats, stop.clone());
     let server = api::serve(unix_listener, tcp, service, stop.clone());
     tokio::pin!(server);
 

@@ -16,6 +16,7 @@ use crate::call::{CallRecord, State as CallState};
 use crate::discovery::{PeerChange, PeerRecord};
 use crate::identity::DeviceId;
 use crate::signaling::wire::CallId;
+use crate::stats::CallStats;
 
 /// How many changes a subscriber may fall behind before it is resynchronised
 /// with a fresh snapshot.
@@ -56,6 +57,8 @@ pub enum Change {
         call: CallRecord,
         /// Its state before.
         previous: CallState,
+        /// When it ended: its last statistics, with the summary.
+        stats: Option<Arc<CallStats>>,
     },
     /// A call was muted or unmuted here.
     CallMuted(CallRecord),

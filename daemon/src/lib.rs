@@ -18,5 +18,6 @@ pub mod identity;
 pub mod media;
 pub mod reload;
 pub mod signaling;
+pub mod stats;
 
 pub use daemon::{DaemonError, Reload, run};

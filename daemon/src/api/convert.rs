@@ -7,6 +7,7 @@ use voicelink_proto::v1;
 use crate::call::{CallRecord, Direction, EndReason, State};
 use crate::discovery::{GoneReason, PeerChange, PeerRecord};
 use crate::events::{self, Change, Published, Resync};
+use crate::stats::CallStats;
 
 pub(super) fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     time.into()
@@ -65,10 +66,12 @@ pub(super) fn event(published: &Published) -> v1::Event {
         Change::CallStarted(record) => Kind::CallStateChanged(v1::CallStateChanged {
             call: Some(call(record)),
             previous_state: v1::CallState::Unspecified.into(),
+            stats: None,
         }),
-        Change::CallState { call: record, previous } => Kind::CallStateChanged(v1::CallStateChanged {
+        Change::CallState { call: record, previous, stats } => Kind::CallStateChanged(v1::CallStateChanged {
             call: Some(call(record)),
             previous_state: state(*previous).into(),
+            stats: stats.as_deref().map(call_stats),
         }),
         Change::CallMuted(record) => {
             Kind::MuteChanged(v1::MuteChanged { call_id: record.id.to_string(), muted: record.muted })
@@ -106,6 +109,64 @@ fn end_reason(reason: Option<&EndReason>) -> (v1::EndReason, String) {
         Some(EndReason::Cancelled) => (v1::EndReason::Cancelled, String::new()),
         Some(EndReason::Failed(cause)) => (v1::EndReason::Failed, cause.to_string()),
         Some(EndReason::PeerLost) => (v1::EndReason::PeerLost, String::new()),
+    }
+}
+
+pub(super) fn call_stats(stats: &CallStats) -> v1::CallStats {
+    let millis = |duration: Duration| duration.as_secs_f64() * 1000.0;
+    let codec = &stats.codec;
+    v1::CallStats {
+        call_id: stats.call_id.to_string(),
+        peer_device_id: stats.peer.map(|p| p.to_string()).unwrap_or_default(),
+        peer_display_name: stats.peer_name.clone(),
+        state: state(stats.state).into(),
+        duration: Some(duration(stats.duration)),
+        codec: Some(v1::CodecInfo {
+            name: codec.name.to_owned(),
+            clock_rate: codec.clock_rate,
+            channels: codec.channels,
+            target_bitrate_bps: codec.target_bitrate_bps,
+            frame_size: Some(duration(codec.frame)),
+            fec: codec.fec,
+            dtx: codec.dtx,
+        }),
+        packets_sent: stats.packets_sent,
+        bytes_sent: stats.bytes_sent,
+        packets_received: stats.packets_received,
+        bytes_received: stats.bytes_received,
+        packets_lost: stats.packets_lost,
+        fraction_lost: stats.fraction_lost,
+        remote_packets_lost: stats.remote_packets_lost,
+        remote_fraction_lost: stats.remote_fraction_lost,
+        jitter_ms: millis(stats.jitter),
+        round_trip_time_ms: stats.round_trip.map_or(0.0, |(rtt, _)| millis(rtt)),
+        round_trip_time_source: stats.round_trip.map(|(_, source)| source.as_str().to_owned()).unwrap_or_default(),
+        jitter_buffer_delay_ms: millis(stats.jitter_buffer_delay),
+        jitter_buffer_target_delay_ms: millis(stats.jitter_buffer_target_delay),
+        concealed_samples: stats.concealed_samples,
+        concealment_events: stats.concealment_events,
+        packets_recovered_fec: stats.packets_recovered_fec,
+        late_packets: stats.late_packets,
+        discarded_packets: stats.discarded_packets,
+        audio_level_in_dbfs: stats.audio_level_in_dbfs,
+        audio_level_out_dbfs: stats.audio_level_out_dbfs,
+        candidate_pair: stats.candidate_pair.as_ref().map(|pair| v1::CandidatePair {
+            local_address: pair.local_address.clone(),
+            local_type: pair.local_type.clone(),
+            remote_address: pair.remote_address.clone(),
+            remote_type: pair.remote_type.clone(),
+        }),
+        mos: stats.mos.unwrap_or(0.0),
+        quality: stats.quality.map(|q| q.as_str().to_owned()).unwrap_or_default(),
+        summary: stats.summary.as_ref().map(|summary| v1::CallSummary {
+            setup_time: Some(duration(summary.setup_time)),
+            duration: Some(duration(summary.duration)),
+            packets_sent: summary.packets_sent,
+            packets_received: summary.packets_received,
+            packets_lost: summary.packets_lost,
+            worst_minute_mos: summary.worst_minute_mos.unwrap_or(0.0),
+            end_reason: end_reason(summary.end_reason.as_ref()).0.into(),
+        }),
     }
 }
 

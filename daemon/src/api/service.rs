@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +22,7 @@ use crate::events::{EventHub, Update};
 use crate::identity::DeviceId;
 use crate::reload::LiveSettings;
 use crate::signaling::wire::CallId;
+use crate::stats::StatsBoard;
 
 /// Buffered events per subscriber before it counts as slow (and is resynchronised
 /// by the hub rather than holding anything up).
@@ -48,6 +49,7 @@ pub struct ControlService {
     settings: watch::Receiver<LiveSettings>,
     settings_tx: Arc<watch::Sender<LiveSettings>>,
     hub: EventHub,
+    stats: StatsBoard,
     shutdown: CancellationToken,
 }
 
@@ -59,9 +61,11 @@ impl ControlService {
         registry: mpsc::Sender<RegistryCommand>,
         settings_tx: Arc<watch::Sender<LiveSettings>>,
         hub: EventHub,
+        stats: StatsBoard,
         shutdown: CancellationToken,
     ) -> Self {
-        ControlService { info: Arc::new(info), registry, settings: settings_tx.subscribe(), settings_tx, hub, shutdown }
+        let settings = settings_tx.subscribe();
+        ControlService { info: Arc::new(info), registry, settings, settings_tx, hub, stats, shutdown }
     }
 
     /// Sends a command to the call registry and waits for its answer.
@@ -93,6 +97,19 @@ fn status(error: CallError) -> Status {
     }
 }
 
+/// Bounds of a stats subscription's interval.
+const STATS_INTERVALS: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(10);
+
+fn stats_interval(requested: Option<prost_types::Duration>) -> Result<Duration, Status> {
+    let Some(requested) = requested else { return Ok(Duration::from_secs(1)) };
+    Duration::try_from(requested).ok().filter(|interval| STATS_INTERVALS.contains(interval)).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "a stats interval must be between 100 ms and 10 s (asked for {}.{:09} s)",
+            requested.seconds, requested.nanos
+        ))
+    })
+}
+
 fn optional_call_id(call_id: String) -> Result<Option<CallId>, Status> {
     if call_id.is_empty() {
         return Ok(None);
@@ -106,13 +123,6 @@ fn spec<T: std::str::FromStr<Err = crate::audio::SpecError>>(text: &str) -> Resu
         return Ok(None);
     }
     text.parse().map(Some).map_err(|e: crate::audio::SpecError| Status::invalid_argument(e.to_string()))
-}
-
-fn not_in_this_build(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "voiced {} cannot {what} yet: that part of the engine is not in this build",
-        env!("CARGO_PKG_VERSION")
-    ))
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
@@ -223,8 +233,39 @@ impl Voicelink for ControlService {
 
     type WatchStatsStream = ReceiverStream<Result<v1::CallStats, Status>>;
 
-    async fn watch_stats(&self, _: Request<v1::WatchStatsRequest>) -> Rpc<Self::WatchStatsStream> {
-        Err(not_in_this_build("report call statistics"))
+    async fn watch_stats(&self, request: Request<v1::WatchStatsRequest>) -> Rpc<Self::WatchStatsStream> {
+        let request = request.into_inner();
+        let interval = stats_interval(request.interval)?;
+        let call = optional_call_id(request.call_id)?;
+        let mut subscription =
+            self.stats.subscribe(call, interval).map_err(|error| Status::not_found(error.to_string()))?;
+        let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let shutdown = self.shutdown.clone();
+        // One task per subscriber, reading the board at its own pace: a client
+        // that stops reading fills its own buffer and skips samples, nothing more.
+        tokio::spawn(async move {
+            loop {
+                let stats = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = sender.closed() => break,
+                    stats = subscription.next() => match stats {
+                        Some(stats) => stats,
+                        None => break,
+                    },
+                };
+                let sample = Ok(convert::call_stats(&stats));
+                if stats.summary.is_some() {
+                    // A call's last sample is worth waiting for.
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        sent = sender.send(sample) => if sent.is_err() { break },
+                    }
+                } else if let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(sample) {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn list_audio_devices(&self, _: Request<v1::ListAudioDevicesRequest>) -> Rpc<v1::ListAudioDevicesResponse> {

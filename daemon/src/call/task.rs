@@ -18,6 +18,7 @@ use crate::identity::{DeviceId, Identity};
 use crate::media::session::{CodecSettings, Gates, MediaEvent, MediaSession};
 use crate::signaling::transport::{Connection, Endpoint, SignalingError};
 use crate::signaling::wire::{Body, CallId, Decoded, EndCode, Message};
+use crate::stats::{CallMeter, CallStats, SAMPLE_PERIOD, StatsBoard};
 
 /// How often an idle signaling connection is pinged.
 const KEEPALIVE: Duration = Duration::from_secs(5);
@@ -54,6 +55,8 @@ pub struct CallContext {
     pub endpoint: Endpoint,
     /// Where calls are published.
     pub hub: EventHub,
+    /// Where calls' statistics are published.
+    pub stats: StatsBoard,
     /// This device's display name (for call requests).
     pub own_name: String,
     /// Ring and connect timeouts.
@@ -85,6 +88,7 @@ struct Call {
     record: CallRecord,
     connection: Option<Connection>,
     media: Option<MediaSession>,
+    meter: CallMeter,
     /// Told to yield to the peer's call (glare) and waiting for the registry to
     /// end this one: the peer closing the connection now is expected, not a loss.
     yielding: bool,
@@ -103,9 +107,12 @@ pub fn dial(
     let machine = CallMachine::outgoing(Instant::now(), context.timeouts);
     let record = new_record(&id, peer, destination.name.clone(), Direction::Outgoing, input, output);
     let (handle, commands) = handle(&id, peer, Direction::Outgoing);
-    // Published before the task runs, so the registry counts the call at once.
+    // Published before the task runs, so the registry counts the call at once
+    // and a stats subscriber finds it.
     context.hub.publish(Change::CallStarted(record.clone()));
-    let call = Call { id, context, machine, record: record.clone(), connection: None, media: None, yielding: false };
+    let meter = first_sample(&context, &record);
+    let call =
+        Call { id, context, machine, record: record.clone(), connection: None, media: None, meter, yielding: false };
     tokio::spawn(call.run_outgoing(destination, commands));
     (handle, record)
 }
@@ -124,9 +131,17 @@ pub fn incoming(
     let record = new_record(&id, peer, caller_name, Direction::Incoming, input, output);
     let (handle, commands) = handle(&id, peer, Direction::Incoming);
     context.hub.publish(Change::CallStarted(record.clone()));
-    let call = Call { id, context, machine, record, connection: Some(connection), media: None, yielding: false };
+    let meter = first_sample(&context, &record);
+    let call = Call { id, context, machine, record, connection: Some(connection), media: None, meter, yielding: false };
     tokio::spawn(call.run_incoming(commands));
     handle
+}
+
+/// A new call's meter, after putting its first sample on the board.
+fn first_sample(context: &CallContext, record: &CallRecord) -> CallMeter {
+    let mut meter = CallMeter::new(context.codec.info());
+    context.stats.update(meter.sample(record, None, SystemTime::now()));
+    meter
 }
 
 fn handle(id: &CallId, peer: Option<DeviceId>, direction: Direction) -> (CallHandle, mpsc::Receiver<CallCommand>) {
@@ -262,6 +277,8 @@ impl Call {
     async fn run(mut self, mut commands: mpsc::Receiver<CallCommand>) {
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sampling = tokio::time::interval(SAMPLE_PERIOD);
+        sampling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.flush().await;
             if self.machine.state() == State::Ended {
@@ -280,6 +297,10 @@ impl Call {
                         let _ = self.machine.handle(Input::PeerLost, Instant::now());
                     }
                 }
+                _ = sampling.tick() => {
+                    let stats = self.sample().await;
+                    self.context.stats.update(stats);
+                }
                 () = self.context.shutdown.cancelled() => { let _ = self.machine.handle(Input::Hangup, Instant::now()); }
             }
         }
@@ -291,6 +312,15 @@ impl Call {
             connection.close().await;
         }
         let _ = self.context.inbox.send(Inbox::Finished(self.id.clone())).await;
+    }
+
+    /// The call's statistics now.
+    async fn sample(&mut self) -> CallStats {
+        let media = match self.media.as_mut() {
+            Some(media) => Some(media.sample().await),
+            None => None,
+        };
+        self.meter.sample(&self.record, media.as_ref(), SystemTime::now())
     }
 
     async fn command(&mut self, command: CallCommand) {
@@ -433,7 +463,17 @@ impl Call {
                         self.record.answered_at = Some(SystemTime::now());
                     }
                     info!(call_id = %self.id, peer = %self.peer_short(), ?from, ?to, reason = ?self.record.end_reason, "call state");
-                    self.context.hub.publish(Change::CallState { call: self.record.clone(), previous: from });
+                    let stats = self.sample().await;
+                    let stats = if to == State::Ended {
+                        // The last sample, with the summary, goes on the event too.
+                        let last = self.meter.finish(&self.record, stats, SystemTime::now());
+                        self.context.stats.finish(last.clone());
+                        Some(Arc::new(last))
+                    } else {
+                        self.context.stats.update(stats);
+                        None
+                    };
+                    self.context.hub.publish(Change::CallState { call: self.record.clone(), previous: from, stats });
                 }
                 Output::RemoteRinging => debug!(call_id = %self.id, "the peer is ringing"),
                 Output::MuteChanged(muted) => {

@@ -31,9 +31,16 @@ use webrtc::peer_connection::{
 };
 
 use super::jitter::{JitterBuffer, Playout};
+use super::rtcp_monitor::{MONITOR_SLOT, RtcpMonitor, SharedView};
 use crate::audio::endpoints::{EchoSource, Sink, Source};
 use crate::call::FailCause;
 use crate::identity::{DeviceId, Identity};
+use crate::stats::meter::{MediaSample, PlayoutStats};
+use crate::stats::{CandidatePair, CodecInfo, SILENCE_DBFS, level_dbfs};
+
+/// How long the ICE part of a sample (candidate pair, STUN round trip) is reused:
+/// it changes slowly and reading it walks the whole stats report.
+const ICE_REFRESH: Duration = Duration::from_secs(1);
 
 /// Opus payload type we offer.
 const OPUS_PT: u8 = 111;
@@ -51,6 +58,21 @@ pub struct CodecSettings {
     pub stun_servers: Vec<String>,
     /// Offer loopback candidates too.
     pub allow_loopback: bool,
+}
+
+impl CodecSettings {
+    /// The codec as the stats feed describes it.
+    pub fn info(&self) -> CodecInfo {
+        CodecInfo {
+            name: "opus",
+            clock_rate: 48_000,
+            channels: 1,
+            target_bitrate_bps: u32::try_from(self.bitrate).unwrap_or(0),
+            frame: self.frame,
+            fec: true,
+            dtx: self.dtx,
+        }
+    }
 }
 
 impl Default for CodecSettings {
@@ -169,6 +191,20 @@ pub struct MediaSession {
     audio: Option<PendingAudio>,
     /// The audio tasks, once started.
     audio_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Packet counts and RTCP, kept by the interceptor.
+    rtcp: SharedView,
+    /// What the player publishes every frame.
+    playout: watch::Sender<PlayoutStats>,
+    /// The level of what the sender sends, every frame.
+    level_out: watch::Sender<f64>,
+    /// The last ICE reading, and when it was taken.
+    ice: Option<(Instant, IceReading)>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct IceReading {
+    round_trip: Option<Duration>,
+    pair: Option<CandidatePair>,
 }
 
 struct PendingAudio {
@@ -228,7 +264,10 @@ impl MediaSession {
                 RtpCodecKind::Audio,
             )
             .map_err(webrtc_error)?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_error)?;
+        let rtcp = SharedView::default();
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)
+            .map_err(webrtc_error)?
+            .with(rtc::interceptor::Slot::from(MONITOR_SLOT), RtcpMonitor::new(rtcp.clone(), 48_000));
         // A 20 ms ICE check interval: on a LAN the checks answer in well under a
         // millisecond, and the default 200 ms tick is most of the setup time.
         let setting_engine = SettingEngineBuilder::new()
@@ -303,7 +342,68 @@ impl MediaSession {
             connected,
             audio,
             audio_tasks: Vec::new(),
+            rtcp,
+            playout: watch::Sender::new(PlayoutStats::default()),
+            level_out: watch::Sender::new(SILENCE_DBFS),
+            ice: None,
         })
+    }
+
+    /// What the media layer measures now, for the stats feed.
+    pub async fn sample(&mut self) -> MediaSample {
+        let now = Instant::now();
+        let ice = match &self.ice {
+            Some((taken, reading)) if now.duration_since(*taken) < ICE_REFRESH => reading.clone(),
+            _ => {
+                let reading = self.read_ice(now).await;
+                // Until ICE has chosen, look again next time.
+                self.ice = reading.pair.is_some().then(|| (now, reading.clone()));
+                reading
+            }
+        };
+        MediaSample {
+            rtcp: *self.rtcp.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            playout: *self.playout.borrow(),
+            level_out_dbfs: *self.level_out.borrow(),
+            ice_round_trip: ice.round_trip,
+            candidate_pair: ice.pair,
+        }
+    }
+
+    /// The selected candidate pair and its STUN round trip, from the stack's report.
+    async fn read_ice(&self, now: Instant) -> IceReading {
+        use webrtc::peer_connection::{RTCStatsReportEntry as Entry, StatsSelector};
+        let report = self.pc.get_stats(now, StatsSelector::None).await;
+        let selected = report.iter().find_map(|entry| match entry {
+            Entry::Transport(transport) => Some(transport.selected_candidate_pair_id.as_str()),
+            _ => None,
+        });
+        let Some(Entry::IceCandidatePair(pair)) = selected.and_then(|id| report.get(id)) else {
+            return IceReading::default();
+        };
+        // A pair names its candidates by their SDP id; their own entries prefix it.
+        let candidate = |id: &str, local: bool| {
+            report.iter().find_map(|entry| match entry {
+                Entry::LocalCandidate(c) | Entry::RemoteCandidate(c)
+                    if matches!(entry, Entry::LocalCandidate(_)) == local && c.stats.id.ends_with(id) =>
+                {
+                    Some((format!("{}:{}", c.address.as_deref().unwrap_or("?"), c.port), c.candidate_type.to_string()))
+                }
+                _ => None,
+            })
+        };
+        let (local, remote) = (candidate(&pair.local_candidate_id, true), candidate(&pair.remote_candidate_id, false));
+        IceReading {
+            // Zero until the first STUN response on the pair.
+            round_trip: (pair.current_round_trip_time > 0.0)
+                .then(|| Duration::from_secs_f64(pair.current_round_trip_time)),
+            pair: local.zip(remote).map(|((local_address, local_type), (remote_address, remote_type))| CandidatePair {
+                local_address,
+                local_type,
+                remote_address,
+                remote_type,
+            }),
+        }
     }
 
     /// Starts the audio tasks with these endpoints (once; later calls are ignored).
@@ -318,17 +418,11 @@ impl MediaSession {
         let encoder = encoder(&settings)?;
         let decoder = opus::Decoder::new(48_000, opus::Channels::Mono).map_err(|e| MediaError::Codec(e.to_string()))?;
         let (gates, connected) = (self.gates.subscribe(), self.connected.subscribe());
+        let sender = Sender { track, ssrc, encoder, level: self.level_out.clone() };
+        let player = Player { decoder, stats: self.playout.clone(), echo: echoing.then_some(echo) };
         self.audio_tasks = vec![
-            tokio::spawn(send_audio(track, ssrc, source, encoder, settings.frame, gates.clone(), connected.clone())),
-            tokio::spawn(play_audio(
-                packets,
-                output,
-                decoder,
-                settings.frame,
-                gates,
-                connected,
-                echoing.then_some(echo),
-            )),
+            tokio::spawn(send_audio(sender, source, settings.frame, gates.clone(), connected.clone())),
+            tokio::spawn(play_audio(packets, output, player, settings.frame, gates, connected)),
         ];
         Ok(())
     }
@@ -445,12 +539,18 @@ fn samples_per_frame(frame: Duration) -> usize {
     (48_000 * frame.as_micros() / 1_000_000) as usize
 }
 
-/// Every frame: read the source, and if the send gate is open, encode and send.
-async fn send_audio(
+/// The sending half: where encoded frames go, and where their level is shown.
+struct Sender {
     track: Arc<TrackLocalStaticSample>,
     ssrc: u32,
+    encoder: opus::Encoder,
+    level: watch::Sender<f64>,
+}
+
+/// Every frame: read the source, and if the send gate is open, encode and send.
+async fn send_audio(
+    sender: Sender,
     mut source: Box<dyn Source>,
-    mut encoder: opus::Encoder,
     frame: Duration,
     gates: watch::Receiver<Gates>,
     mut connected: watch::Receiver<bool>,
@@ -458,6 +558,7 @@ async fn send_audio(
     if connected.wait_for(|c| *c).await.is_err() {
         return;
     }
+    let Sender { track, ssrc, mut encoder, level } = sender;
     let mut pcm = vec![0i16; samples_per_frame(frame)];
     let mut packet = vec![0u8; 1500];
     let mut skipped: u32 = 0;
@@ -473,8 +574,10 @@ async fn send_audio(
         source.fill(&mut pcm);
         if !gates.borrow().send {
             skipped = skipped.saturating_add(1);
+            level.send_replace(SILENCE_DBFS);
             continue;
         }
+        level.send_replace(level_dbfs(&pcm));
         let Ok(len) = encoder.encode(&pcm, &mut packet) else { continue };
         let mut sample = Sample::new(Instant::now());
         sample.data = Bytes::copy_from_slice(&packet[..len]);
@@ -488,21 +591,29 @@ async fn send_audio(
     }
 }
 
+/// The playing half: the decoder, where its numbers are shown, and the echo
+/// queue when the call echoes.
+struct Player {
+    decoder: opus::Decoder,
+    stats: watch::Sender<PlayoutStats>,
+    echo: Option<Arc<Mutex<EchoSource>>>,
+}
+
 /// Every frame: take what arrived, run the jitter buffer, decode, and hand the
 /// frame to the output (silence while the play gate is closed).
 async fn play_audio(
     mut packets: mpsc::Receiver<(rtc::rtp::Packet, Instant)>,
     mut output: Box<dyn Sink>,
-    mut decoder: opus::Decoder,
+    player: Player,
     frame: Duration,
     gates: watch::Receiver<Gates>,
     mut connected: watch::Receiver<bool>,
-    echo: Option<Arc<Mutex<EchoSource>>>,
 ) {
     if connected.wait_for(|c| *c).await.is_err() {
         let _ = output.finish();
         return;
     }
+    let Player { mut decoder, stats, echo } = player;
     let mut jitter = JitterBuffer::new(frame);
     let samples = samples_per_frame(frame);
     let mut pcm = vec![0i16; samples];
@@ -528,6 +639,13 @@ async fn play_audio(
             _ => &silence[..],
         };
         let heard = if gates.borrow().play { heard } else { &silence[..] };
+        stats.send_replace(PlayoutStats {
+            jitter: jitter.stats(),
+            current_delay: jitter.current_delay(),
+            target_delay: jitter.target_delay(),
+            level_dbfs: level_dbfs(heard),
+            samples_per_frame: samples as u64,
+        });
         if let Some(echo) = &echo
             && let Ok(mut echo) = echo.lock()
         {

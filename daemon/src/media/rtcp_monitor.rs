@@ -1,0 +1,343 @@
+//! What RTCP says about a call, read off the wire: an interceptor that watches
+//! every RTP and RTCP packet go by and keeps the numbers the stats feed needs.
+//!
+//! webrtc-rs computes no RTCP round-trip time (its remote-inbound stats stay
+//! empty), so this follows RFC 3550 §6.4.1 itself: each sender report we send is
+//! remembered by its compact NTP time, and a receiver report that names it (LSR)
+//! gives `RTT = arrival - sent - DLSR`. Measuring both ends on our own monotonic
+//! clock keeps wall-clock steps out of it.
+//!
+//! The interceptor sits next to the wire, so it sees every inbound packet before
+//! any other interceptor consumes it and every outbound one after all of them
+//! produced theirs. It only observes: packets pass through unchanged.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::reception_report::ReceptionReport;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::sansio;
+use rtc::shared::error::Error;
+
+/// Where the monitor sits in the interceptor chain: closer to the wire than
+/// every built-in interceptor (the nearest is congestion control at 1 000).
+pub const MONITOR_SLOT: usize = 500;
+
+/// How many of our sender reports are remembered for matching (one a second).
+const REMEMBERED_REPORTS: usize = 16;
+
+/// One side's RTCP reception report on a stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reception {
+    /// Share of packets lost since the previous report (0 to 1).
+    pub fraction_lost: f64,
+    /// Packets lost since the stream began (negative with duplicates).
+    pub cumulative_lost: i64,
+    /// Extended highest sequence number received.
+    pub highest_sequence: u32,
+    /// RFC 3550 interarrival jitter.
+    pub jitter: Duration,
+}
+
+/// Everything the monitor has seen so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RtcpView {
+    /// RTP packets we sent.
+    pub packets_sent: u64,
+    /// RTP payload bytes we sent.
+    pub bytes_sent: u64,
+    /// RTP packets we received.
+    pub packets_received: u64,
+    /// RTP payload bytes we received.
+    pub bytes_received: u64,
+    /// Our latest report on the peer's stream: what we hear.
+    pub local: Option<Reception>,
+    /// The peer's latest report on our stream: what it hears of us.
+    pub remote: Option<Reception>,
+    /// The latest RFC 3550 round-trip time.
+    pub round_trip: Option<Duration>,
+}
+
+/// The numbers, shared between the interceptor (inside the WebRTC stack) and
+/// the media session that samples them.
+pub type SharedView = Arc<Mutex<RtcpView>>;
+
+/// Watches packets; see the module documentation.
+pub struct RtcpMonitor {
+    view: SharedView,
+    clock_rate: u32,
+    /// Our media SSRC: reports about other streams are not about us.
+    local_ssrc: Option<u32>,
+    /// Our recent sender reports: compact NTP time and when they left.
+    sent_reports: VecDeque<(u32, Instant)>,
+    read_queue: VecDeque<TaggedPacket>,
+    write_queue: VecDeque<TaggedPacket>,
+}
+
+impl RtcpMonitor {
+    /// A monitor for a stream at `clock_rate` Hz that publishes into `view`.
+    pub fn new(view: SharedView, clock_rate: u32) -> Self {
+        RtcpMonitor {
+            view,
+            clock_rate,
+            local_ssrc: None,
+            sent_reports: VecDeque::new(),
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut RtcpView)) {
+        // A poisoned lock only means a panic elsewhere; the numbers are still usable.
+        let mut view = self.view.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut view);
+    }
+
+    fn reception(&self, report: &ReceptionReport) -> Reception {
+        Reception {
+            fraction_lost: f64::from(report.fraction_lost) / 256.0,
+            cumulative_lost: signed_24(report.total_lost),
+            highest_sequence: report.last_sequence_number,
+            jitter: Duration::from_secs_f64(f64::from(report.jitter) / f64::from(self.clock_rate.max(1))),
+        }
+    }
+
+    /// A packet we are sending.
+    fn outbound(&mut self, packet: &Packet, now: Instant) {
+        match packet {
+            Packet::Rtp(rtp) => self.update(|view| {
+                view.packets_sent += 1;
+                view.bytes_sent += rtp.payload.len() as u64;
+            }),
+            Packet::Rtcp(packets) => {
+                for packet in packets {
+                    let any = packet.as_any();
+                    let blocks = if let Some(sender_report) = any.downcast_ref::<SenderReport>() {
+                        if self.sent_reports.len() == REMEMBERED_REPORTS {
+                            self.sent_reports.pop_front();
+                        }
+                        self.sent_reports.push_back((compact_ntp(sender_report.ntp_time), now));
+                        &sender_report.reports
+                    } else if let Some(receiver_report) = any.downcast_ref::<ReceiverReport>() {
+                        &receiver_report.reports
+                    } else {
+                        continue;
+                    };
+                    // We receive one stream: any block we send is about it.
+                    if let Some(block) = blocks.last() {
+                        let reception = self.reception(block);
+                        self.update(|view| view.local = Some(reception));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A packet we received.
+    fn inbound(&mut self, packet: &Packet, now: Instant) {
+        match packet {
+            Packet::Rtp(rtp) => self.update(|view| {
+                view.packets_received += 1;
+                view.bytes_received += rtp.payload.len() as u64;
+            }),
+            Packet::Rtcp(packets) => {
+                for packet in packets {
+                    let any = packet.as_any();
+                    let blocks = if let Some(sender_report) = any.downcast_ref::<SenderReport>() {
+                        &sender_report.reports
+                    } else if let Some(receiver_report) = any.downcast_ref::<ReceiverReport>() {
+                        &receiver_report.reports
+                    } else {
+                        continue;
+                    };
+                    let ours = blocks.iter().find(|block| self.local_ssrc.is_none_or(|ssrc| block.ssrc == ssrc));
+                    if let Some(block) = ours {
+                        let reception = self.reception(block);
+                        let round_trip = self.round_trip(block, now);
+                        self.update(|view| {
+                            view.remote = Some(reception);
+                            if round_trip.is_some() {
+                                view.round_trip = round_trip;
+                            }
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// RFC 3550 §6.4.1, on our own clock: the report we sent that the block
+    /// names (LSR), how long ago it left, less how long the peer held it (DLSR).
+    fn round_trip(&self, block: &ReceptionReport, now: Instant) -> Option<Duration> {
+        if block.last_sender_report == 0 {
+            return None;
+        }
+        let (_, sent) = self.sent_reports.iter().rev().find(|(ntp, _)| *ntp == block.last_sender_report)?;
+        let held = Duration::from_secs_f64(f64::from(block.delay) / 65_536.0);
+        now.checked_duration_since(*sent)?.checked_sub(held)
+    }
+}
+
+/// The middle 32 bits of a 64-bit NTP timestamp, as LSR carries them.
+fn compact_ntp(ntp: u64) -> u32 {
+    (ntp >> 16) as u32
+}
+
+/// The 24-bit two's-complement "cumulative number of packets lost".
+fn signed_24(value: u32) -> i64 {
+    let value = i64::from(value & 0x00ff_ffff);
+    if value & 0x0080_0000 != 0 { value - 0x0100_0000 } else { value }
+}
+
+impl sansio::Protocol<TaggedPacket, TaggedPacket, ()> for RtcpMonitor {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.inbound(&msg.message.packet, msg.now);
+        self.read_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read_queue.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.outbound(&msg.message.packet, msg.now);
+        self.write_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write_queue.pop_front()
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Self::Time> {
+        None
+    }
+}
+
+impl Interceptor for RtcpMonitor {
+    fn bind_local_stream(&mut self, info: &StreamInfo) {
+        self.local_ssrc = Some(info.ssrc);
+    }
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::interceptor::AttributedPacket;
+    use rtc::sansio::Protocol;
+    use rtc::shared::{TransportContext, TransportMessage};
+
+    fn tagged(packet: Packet, now: Instant) -> TaggedPacket {
+        TransportMessage { now, transport: TransportContext::default(), message: AttributedPacket::new(packet) }
+    }
+
+    fn rtcp(packet: impl rtc::rtcp::Packet + 'static) -> Packet {
+        Packet::Rtcp(vec![Box::new(packet)])
+    }
+
+    fn monitor() -> (RtcpMonitor, SharedView) {
+        let view = SharedView::default();
+        let mut monitor = RtcpMonitor::new(view.clone(), 48_000);
+        monitor.bind_local_stream(&StreamInfo { ssrc: 7, ..Default::default() });
+        (monitor, view)
+    }
+
+    fn report_about(ssrc: u32, lsr: u32, dlsr: Duration) -> ReceiverReport {
+        ReceiverReport {
+            ssrc: 99,
+            reports: vec![ReceptionReport {
+                ssrc,
+                fraction_lost: 64,
+                total_lost: 12,
+                last_sequence_number: 1_000,
+                jitter: 480,
+                last_sender_report: lsr,
+                delay: (dlsr.as_secs_f64() * 65_536.0) as u32,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_is_arrival_minus_sent_minus_the_peers_hold() {
+        let (mut monitor, view) = monitor();
+        let start = Instant::now();
+        let ntp: u64 = 0x1234_5678_9abc_def0;
+        let sender_report = SenderReport { ssrc: 7, ntp_time: ntp, ..Default::default() };
+        monitor.handle_write(tagged(rtcp(sender_report), start)).unwrap();
+        // The peer held the report 40 ms; it comes back 190 ms after it left.
+        let back = report_about(7, compact_ntp(ntp), Duration::from_millis(40));
+        monitor.handle_read(tagged(rtcp(back), start + Duration::from_millis(190))).unwrap();
+        let round_trip = view.lock().unwrap().round_trip.unwrap();
+        assert!((round_trip.as_secs_f64() - 0.150).abs() < 0.001, "{round_trip:?}");
+        let remote = view.lock().unwrap().remote.unwrap();
+        assert_eq!(remote.fraction_lost, 0.25);
+        assert_eq!(remote.cumulative_lost, 12);
+        assert_eq!(remote.jitter, Duration::from_millis(10));
+        // Both directions pass through unchanged.
+        assert!(monitor.poll_write().is_some() && monitor.poll_read().is_some());
+    }
+
+    #[test]
+    fn reports_about_unknown_sender_reports_or_other_streams_give_no_round_trip() {
+        let (mut monitor, view) = monitor();
+        let now = Instant::now();
+        monitor.handle_read(tagged(rtcp(report_about(7, 0xdead_beef, Duration::ZERO)), now)).unwrap();
+        assert_eq!(view.lock().unwrap().round_trip, None);
+        assert!(view.lock().unwrap().remote.is_some());
+
+        let (mut monitor, view) = self::monitor();
+        monitor.handle_read(tagged(rtcp(report_about(8, 0, Duration::ZERO)), now)).unwrap();
+        assert_eq!(view.lock().unwrap().remote, None, "a report on another stream is not about us");
+    }
+
+    #[test]
+    fn a_hold_longer_than_the_elapsed_time_is_ignored() {
+        let (mut monitor, view) = monitor();
+        let start = Instant::now();
+        let ntp = 0x0000_1111_2222_0000;
+        monitor.handle_write(tagged(rtcp(SenderReport { ntp_time: ntp, ..Default::default() }), start)).unwrap();
+        let back = report_about(7, compact_ntp(ntp), Duration::from_secs(5));
+        monitor.handle_read(tagged(rtcp(back), start + Duration::from_millis(10))).unwrap();
+        assert_eq!(view.lock().unwrap().round_trip, None);
+    }
+
+    #[test]
+    fn our_own_reports_are_the_local_view_and_rtp_is_counted() {
+        let (mut monitor, view) = monitor();
+        let now = Instant::now();
+        monitor.handle_write(tagged(rtcp(report_about(5, 0, Duration::ZERO)), now)).unwrap();
+        let rtp = rtc::rtp::Packet { payload: bytes::Bytes::from_static(&[1, 2, 3]), ..Default::default() };
+        monitor.handle_write(tagged(Packet::Rtp(rtp.clone()), now)).unwrap();
+        monitor.handle_read(tagged(Packet::Rtp(rtp), now)).unwrap();
+        let view = *view.lock().unwrap();
+        assert_eq!(view.local.map(|l| l.cumulative_lost), Some(12));
+        assert_eq!((view.packets_sent, view.bytes_sent, view.packets_received, view.bytes_received), (1, 3, 1, 3));
+    }
+
+    #[test]
+    fn cumulative_loss_is_a_signed_24_bit_number() {
+        assert_eq!(signed_24(5), 5);
+        assert_eq!(signed_24(0x00ff_ffff), -1);
+        assert_eq!(signed_24(0x0080_0000), -0x0080_0000);
+    }
+}

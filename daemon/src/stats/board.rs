@@ -1,0 +1,219 @@
+//! Where call samples wait for subscribers. Calls write the latest sample of
+//! each call; every subscriber reads them at its own interval, so nothing a
+//! subscriber does (or fails to do) reaches a call or another subscriber. The
+//! last sample of an ended call, with its summary, is broadcast so that each
+//! subscriber sends it once, as soon as the call ends.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio::time::{Interval, MissedTickBehavior};
+
+use super::CallStats;
+use crate::signaling::wire::CallId;
+
+/// Ended calls' last samples kept for late subscribers to one call.
+const RECENT_FINALS: usize = 32;
+
+/// Final samples a subscriber may fall behind by (beyond that it misses some).
+const FINALS_CAPACITY: usize = 64;
+
+/// The latest samples of every call.
+#[derive(Clone)]
+pub struct StatsBoard {
+    live: Arc<watch::Sender<BTreeMap<CallId, Arc<CallStats>>>>,
+    finals: broadcast::Sender<Arc<CallStats>>,
+    recent: Arc<Mutex<VecDeque<Arc<CallStats>>>>,
+}
+
+impl Default for StatsBoard {
+    fn default() -> Self {
+        StatsBoard {
+            live: Arc::new(watch::Sender::new(BTreeMap::new())),
+            finals: broadcast::channel(FINALS_CAPACITY).0,
+            recent: Arc::default(),
+        }
+    }
+}
+
+/// A subscription to a call that is neither in progress nor recently ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("there is no call {0} (it may have ended a while ago): `voicectl calls` lists the calls in progress")]
+pub struct NoSuchCall(pub CallId);
+
+impl StatsBoard {
+    /// Replaces a call's sample.
+    pub fn update(&self, stats: CallStats) {
+        let stats = Arc::new(stats);
+        // No subscriber needs waking: each reads on its own tick.
+        self.live.send_if_modified(|live| {
+            live.insert(stats.call_id.clone(), stats);
+            false
+        });
+    }
+
+    /// A call ended: its last sample, with the summary.
+    pub fn finish(&self, stats: CallStats) {
+        let stats = Arc::new(stats);
+        self.live.send_if_modified(|live| {
+            live.remove(&stats.call_id);
+            false
+        });
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if recent.len() == RECENT_FINALS {
+                recent.pop_front();
+            }
+            recent.push_back(stats.clone());
+        }
+        let _ = self.finals.send(stats);
+    }
+
+    /// The latest sample of a call in progress.
+    pub fn latest(&self, call: &CallId) -> Option<Arc<CallStats>> {
+        self.live.borrow().get(call).cloned()
+    }
+
+    /// Samples of one call (until it ends) or of every call, every `interval`,
+    /// starting now.
+    pub fn subscribe(&self, call: Option<CallId>, interval: Duration) -> Result<StatsSubscription, NoSuchCall> {
+        // Subscribe to the finals first, so a call that ends meanwhile is not missed.
+        let finals = self.finals.subscribe();
+        let mut pending = VecDeque::new();
+        let mut done = false;
+        if let Some(call) = &call
+            && !self.live.borrow().contains_key(call)
+        {
+            let recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let last =
+                recent.iter().rev().find(|stats| stats.call_id == *call).ok_or_else(|| NoSuchCall(call.clone()))?;
+            pending.push_back(last.clone());
+            done = true;
+        }
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(StatsSubscription { live: self.live.subscribe(), finals, call, tick, pending, done })
+    }
+}
+
+/// One subscriber's view of the board.
+pub struct StatsSubscription {
+    live: watch::Receiver<BTreeMap<CallId, Arc<CallStats>>>,
+    finals: broadcast::Receiver<Arc<CallStats>>,
+    call: Option<CallId>,
+    tick: Interval,
+    pending: VecDeque<Arc<CallStats>>,
+    done: bool,
+}
+
+impl StatsSubscription {
+    /// The next sample; `None` once the subscribed call has ended (or the board
+    /// is gone).
+    pub async fn next(&mut self) -> Option<Arc<CallStats>> {
+        loop {
+            if let Some(stats) = self.pending.pop_front() {
+                return Some(stats);
+            }
+            if self.done {
+                return None;
+            }
+            tokio::select! {
+                _ = self.tick.tick() => {
+                    let live = self.live.borrow();
+                    let wanted = live.values().filter(|stats| self.call.as_ref().is_none_or(|call| stats.call_id == *call));
+                    self.pending.extend(wanted.cloned());
+                }
+                last = self.finals.recv() => match last {
+                    Ok(last) if self.call.as_ref().is_none_or(|call| last.call_id == *call) => {
+                        self.done = self.call.is_some();
+                        self.pending.push_back(last);
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::State;
+    use crate::stats::{CallMeter, CodecInfo};
+
+    fn sample(call: &CallId, state: State) -> CallStats {
+        let record = crate::call::CallRecord {
+            id: call.clone(),
+            peer: None,
+            peer_name: "bob".into(),
+            direction: crate::call::Direction::Incoming,
+            state,
+            started_at: std::time::SystemTime::now(),
+            answered_at: None,
+            muted: false,
+            on_hold: false,
+            end_reason: None,
+            input: crate::audio::InputSpec::Silence,
+            output: crate::audio::OutputSpec::Null,
+        };
+        let codec = CodecInfo {
+            name: "opus",
+            clock_rate: 48_000,
+            channels: 1,
+            target_bitrate_bps: 32_000,
+            frame: Duration::from_millis(20),
+            fec: true,
+            dtx: false,
+        };
+        CallMeter::new(codec).sample(&record, None, std::time::SystemTime::now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_gets_samples_at_once_then_each_interval_then_the_final() {
+        let board = StatsBoard::default();
+        let (one, two) = (CallId::random(), CallId::random());
+        board.update(sample(&one, State::Active));
+        board.update(sample(&two, State::Incoming));
+        let mut all = board.subscribe(None, Duration::from_secs(1)).unwrap();
+        let mut only_one = board.subscribe(Some(one.clone()), Duration::from_millis(100)).unwrap();
+        let first = [all.next().await.unwrap(), all.next().await.unwrap()];
+        assert_eq!(first.iter().filter(|s| s.call_id == one || s.call_id == two).count(), 2);
+        assert_eq!(only_one.next().await.unwrap().call_id, one);
+        assert_eq!(only_one.next().await.unwrap().call_id, one);
+
+        board.finish(sample(&one, State::Ended));
+        // The final comes as soon as the call ends, and ends a one-call stream.
+        let last = loop {
+            let stats = only_one.next().await.unwrap();
+            if stats.state == State::Ended {
+                break stats;
+            }
+        };
+        assert_eq!(last.call_id, one);
+        assert!(only_one.next().await.is_none());
+        // The all-calls stream carries the final and goes on with the other call.
+        let mut seen_final = false;
+        for _ in 0..4 {
+            let stats = all.next().await.unwrap();
+            seen_final |= stats.call_id == one && stats.state == State::Ended;
+        }
+        assert!(seen_final);
+        assert_eq!(all.next().await.unwrap().call_id, two);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subscribing_to_an_ended_call_gives_its_final_and_an_unknown_call_is_refused() {
+        let board = StatsBoard::default();
+        let call = CallId::random();
+        board.update(sample(&call, State::Active));
+        board.finish(sample(&call, State::Ended));
+        let mut late = board.subscribe(Some(call.clone()), Duration::from_secs(1)).unwrap();
+        assert_eq!(late.next().await.unwrap().state, State::Ended);
+        assert!(late.next().await.is_none());
+        let unknown = CallId::random();
+        assert_eq!(board.subscribe(Some(unknown.clone()), Duration::from_secs(1)).err(), Some(NoSuchCall(unknown)));
+    }
+}

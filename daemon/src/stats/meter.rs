@@ -1,0 +1,359 @@
+//! One call's meter: turns what the media layer measured into a [`CallStats`]
+//! sample, and remembers what a summary needs (loss windows, the worst minute).
+//! Pure: the call task feeds it, tests feed it by hand.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
+
+use super::emodel::{self, Conditions, Quality};
+use super::{CallStats, CallSummary, CandidatePair, CodecInfo, RoundTripSource, SILENCE_DBFS};
+use crate::call::{CallRecord, State};
+use crate::media::jitter::JitterStats;
+use crate::media::rtcp_monitor::{Reception, RtcpView};
+
+/// The span `fraction_lost` covers: long enough to be steady, short enough to
+/// show a bad patch while it lasts.
+pub const LOSS_WINDOW: Duration = Duration::from_secs(10);
+
+/// Opus's encoder look-ahead, part of the mouth-to-ear delay.
+const OPUS_LOOKAHEAD: Duration = Duration::from_micros(6_500);
+
+/// What the media layer measured at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MediaSample {
+    /// Packet counts and RTCP reports.
+    pub rtcp: RtcpView,
+    /// The player's side.
+    pub playout: PlayoutStats,
+    /// Level of what we send, dBFS.
+    pub level_out_dbfs: f64,
+    /// The STUN round trip on the selected pair.
+    pub ice_round_trip: Option<Duration>,
+    /// The selected pair.
+    pub candidate_pair: Option<CandidatePair>,
+}
+
+/// What the player publishes every frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlayoutStats {
+    /// The jitter buffer's counters.
+    pub jitter: JitterStats,
+    /// What the jitter buffer holds.
+    pub current_delay: Duration,
+    /// What it aims to hold.
+    pub target_delay: Duration,
+    /// Level of what we hear, dBFS.
+    pub level_dbfs: f64,
+    /// Samples in one frame (to count concealed samples).
+    pub samples_per_frame: u64,
+}
+
+impl Default for PlayoutStats {
+    fn default() -> Self {
+        PlayoutStats {
+            jitter: JitterStats::default(),
+            current_delay: Duration::ZERO,
+            target_delay: Duration::ZERO,
+            level_dbfs: SILENCE_DBFS,
+            samples_per_frame: 0,
+        }
+    }
+}
+
+/// Loss over the last [`LOSS_WINDOW`], from successive cumulative reports.
+#[derive(Debug, Default)]
+struct LossWindow {
+    /// When seen, cumulative lost, extended highest sequence.
+    points: VecDeque<(SystemTime, i64, u32)>,
+}
+
+impl LossWindow {
+    fn fraction(&mut self, report: Option<Reception>, now: SystemTime) -> f64 {
+        let Some(report) = report else { return 0.0 };
+        if self
+            .points
+            .back()
+            .is_none_or(|&(_, lost, highest)| (lost, highest) != (report.cumulative_lost, report.highest_sequence))
+        {
+            self.points.push_back((now, report.cumulative_lost, report.highest_sequence));
+        }
+        // Keep one point at or before the window's start as the baseline.
+        while self.points.len() > 2 && self.points[1].0 + LOSS_WINDOW <= now {
+            self.points.pop_front();
+        }
+        let (Some(first), Some(last)) = (self.points.front(), self.points.back()) else {
+            return report.fraction_lost;
+        };
+        let expected = i64::from(last.2.wrapping_sub(first.2));
+        if self.points.len() < 2 || expected <= 0 {
+            return report.fraction_lost;
+        }
+        ((last.1 - first.1) as f64 / expected as f64).clamp(0.0, 1.0)
+    }
+}
+
+/// One call's meter.
+#[derive(Debug)]
+pub struct CallMeter {
+    codec: CodecInfo,
+    local: LossWindow,
+    remote: LossWindow,
+    /// MOS sum and sample count per minute of talk time.
+    minutes: Vec<(f64, u32)>,
+}
+
+impl CallMeter {
+    /// A meter for a call with this codec.
+    pub fn new(codec: CodecInfo) -> Self {
+        CallMeter { codec, local: LossWindow::default(), remote: LossWindow::default(), minutes: Vec::new() }
+    }
+
+    /// A sample of the call now; `media` once it has a media session.
+    pub fn sample(&mut self, record: &CallRecord, media: Option<&MediaSample>, now: SystemTime) -> CallStats {
+        let duration = talk_time(record, now);
+        let mut stats = CallStats {
+            call_id: record.id.clone(),
+            peer: record.peer,
+            peer_name: record.peer_name.clone(),
+            state: record.state,
+            duration,
+            codec: self.codec.clone(),
+            packets_sent: 0,
+            bytes_sent: 0,
+            packets_received: 0,
+            bytes_received: 0,
+            packets_lost: 0,
+            fraction_lost: 0.0,
+            remote_packets_lost: 0,
+            remote_fraction_lost: 0.0,
+            jitter: Duration::ZERO,
+            round_trip: None,
+            jitter_buffer_delay: Duration::ZERO,
+            jitter_buffer_target_delay: Duration::ZERO,
+            concealed_samples: 0,
+            concealment_events: 0,
+            packets_recovered_fec: 0,
+            late_packets: 0,
+            discarded_packets: 0,
+            audio_level_in_dbfs: SILENCE_DBFS,
+            audio_level_out_dbfs: SILENCE_DBFS,
+            candidate_pair: None,
+            mos: None,
+            quality: None,
+            summary: None,
+        };
+        let Some(media) = media else { return stats };
+        let (rtcp, playout) = (&media.rtcp, &media.playout);
+        stats.packets_sent = rtcp.packets_sent;
+        stats.bytes_sent = rtcp.bytes_sent;
+        stats.packets_received = rtcp.packets_received;
+        stats.bytes_received = rtcp.bytes_received;
+        stats.packets_lost = rtcp.local.map_or(0, |r| r.cumulative_lost);
+        stats.fraction_lost = self.local.fraction(rtcp.local, now);
+        stats.remote_packets_lost = rtcp.remote.map_or(0, |r| r.cumulative_lost);
+        stats.remote_fraction_lost = self.remote.fraction(rtcp.remote, now);
+        stats.jitter = rtcp.local.map_or(Duration::ZERO, |r| r.jitter);
+        stats.round_trip = match (rtcp.round_trip, media.ice_round_trip) {
+            (Some(rtt), _) => Some((rtt, RoundTripSource::Rtcp)),
+            (None, Some(rtt)) => Some((rtt, RoundTripSource::Ice)),
+            (None, None) => None,
+        };
+        stats.jitter_buffer_delay = playout.current_delay;
+        stats.jitter_buffer_target_delay = playout.target_delay;
+        stats.concealed_samples = playout.jitter.concealed_frames.saturating_mul(playout.samples_per_frame);
+        stats.concealment_events = playout.jitter.concealment_events;
+        stats.packets_recovered_fec = playout.jitter.fec_recovered;
+        stats.late_packets = playout.jitter.late;
+        stats.discarded_packets = playout.jitter.discarded;
+        stats.audio_level_in_dbfs = playout.level_dbfs;
+        stats.audio_level_out_dbfs = media.level_out_dbfs;
+        stats.candidate_pair = media.candidate_pair.clone();
+        if record.answered_at.is_some() && matches!(record.state, State::Active | State::OnHold | State::Ended) {
+            let one_way = stats.round_trip.map_or(Duration::ZERO, |(rtt, _)| rtt / 2)
+                + playout.current_delay
+                + self.codec.frame
+                + OPUS_LOOKAHEAD;
+            let conditions = Conditions {
+                one_way_delay: one_way,
+                loss: stats.fraction_lost,
+                bitrate_bps: self.codec.target_bitrate_bps,
+            };
+            let r = emodel::rating(&conditions);
+            let mos = emodel::mos(r);
+            stats.mos = Some(mos);
+            stats.quality = Some(Quality::from_r(r));
+            // Held time is silence by choice, not bad quality.
+            if record.state == State::Active {
+                let minute = usize::try_from(duration.as_secs() / 60).unwrap_or(usize::MAX);
+                if self.minutes.len() <= minute && minute < 24 * 60 {
+                    self.minutes.resize(minute + 1, (0.0, 0));
+                }
+                if let Some((sum, count)) = self.minutes.get_mut(minute) {
+                    *sum += mos;
+                    *count += 1;
+                }
+            }
+        }
+        stats
+    }
+
+    /// The last sample of an ended call: `last` with its summary.
+    pub fn finish(&self, record: &CallRecord, mut last: CallStats, now: SystemTime) -> CallStats {
+        let setup_time = record
+            .answered_at
+            .and_then(|answered| answered.duration_since(record.started_at).ok())
+            .unwrap_or(Duration::ZERO);
+        last.summary = Some(CallSummary {
+            setup_time,
+            duration: talk_time(record, now),
+            packets_sent: last.packets_sent,
+            packets_received: last.packets_received,
+            packets_lost: last.packets_lost,
+            worst_minute_mos: self
+                .minutes
+                .iter()
+                .filter(|(_, count)| *count > 0)
+                .map(|(sum, count)| sum / f64::from(*count))
+                .min_by(f64::total_cmp),
+            end_reason: record.end_reason.clone(),
+        });
+        last
+    }
+}
+
+fn talk_time(record: &CallRecord, now: SystemTime) -> Duration {
+    record.answered_at.and_then(|answered| now.duration_since(answered).ok()).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::{InputSpec, OutputSpec};
+    use crate::call::{Direction, EndReason};
+    use crate::signaling::wire::CallId;
+
+    fn codec() -> CodecInfo {
+        CodecInfo {
+            name: "opus",
+            clock_rate: 48_000,
+            channels: 1,
+            target_bitrate_bps: 32_000,
+            frame: Duration::from_millis(20),
+            fec: true,
+            dtx: false,
+        }
+    }
+
+    fn record(state: State, started: SystemTime, answered: Option<SystemTime>) -> CallRecord {
+        CallRecord {
+            id: CallId::random(),
+            peer: None,
+            peer_name: "alice".into(),
+            direction: Direction::Outgoing,
+            state,
+            started_at: started,
+            answered_at: answered,
+            muted: false,
+            on_hold: false,
+            end_reason: None,
+            input: InputSpec::Silence,
+            output: OutputSpec::Null,
+        }
+    }
+
+    fn reception(lost: i64, highest: u32) -> Reception {
+        Reception {
+            fraction_lost: 0.0,
+            cumulative_lost: lost,
+            highest_sequence: highest,
+            jitter: Duration::from_millis(3),
+        }
+    }
+
+    fn media(local: Reception, rtt_ms: u64) -> MediaSample {
+        MediaSample {
+            rtcp: RtcpView {
+                packets_received: 100,
+                local: Some(local),
+                remote: Some(local),
+                round_trip: Some(Duration::from_millis(rtt_ms)),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_ringing_call_has_a_state_and_no_quality() {
+        let now = SystemTime::now();
+        let mut meter = CallMeter::new(codec());
+        let stats = meter.sample(&record(State::Outgoing, now, None), None, now);
+        assert_eq!(
+            (stats.state, stats.duration, stats.mos, stats.quality),
+            (State::Outgoing, Duration::ZERO, None, None)
+        );
+        assert_eq!(stats.peer_name, "alice");
+    }
+
+    #[test]
+    fn loss_is_measured_over_the_window_from_cumulative_reports() {
+        let start = SystemTime::now();
+        let call = record(State::Active, start, Some(start));
+        let mut meter = CallMeter::new(codec());
+        // One report: its own fraction (of the last interval) is all there is.
+        let first_report = Reception { fraction_lost: 0.5, ..reception(0, 1_000) };
+        let first = meter.sample(&call, Some(&media(first_report, 2)), start);
+        assert_eq!(first.fraction_lost, 0.5);
+        // 10 of the next 100 lost.
+        let second = meter.sample(&call, Some(&media(reception(10, 1_100), 2)), start + Duration::from_secs(2));
+        assert!((second.fraction_lost - 0.10).abs() < 1e-9);
+        assert!((second.remote_fraction_lost - 0.10).abs() < 1e-9);
+        // A clean stretch longer than the window forgets the earlier loss.
+        let mut at = start + Duration::from_secs(2);
+        let mut highest = 1_100;
+        for _ in 0..12 {
+            at += Duration::from_secs(1);
+            highest += 50;
+            meter.sample(&call, Some(&media(reception(10, highest), 2)), at);
+        }
+        let later = meter.sample(&call, Some(&media(reception(10, highest + 50), 2)), at + Duration::from_secs(1));
+        assert_eq!(later.fraction_lost, 0.0);
+        assert_eq!(later.packets_lost, 10, "the count stays cumulative");
+    }
+
+    #[test]
+    fn quality_follows_delay_and_loss_and_the_summary_keeps_the_worst_minute() {
+        let start = SystemTime::now() - Duration::from_secs(180);
+        let call = record(State::Active, start, Some(start));
+        let mut meter = CallMeter::new(codec());
+        // Minute 0 clean, minute 1 lossy, minute 2 clean again.
+        let clean = meter.sample(&call, Some(&media(reception(0, 3_000), 10)), start + Duration::from_secs(30));
+        assert_eq!(clean.quality, Some(Quality::Excellent));
+        assert_eq!(clean.round_trip, Some((Duration::from_millis(10), RoundTripSource::Rtcp)));
+        meter.sample(&call, Some(&media(reception(0, 3_000), 10)), start + Duration::from_secs(80));
+        let lossy = meter.sample(&call, Some(&media(reception(200, 4_000), 10)), start + Duration::from_secs(90));
+        assert!(lossy.quality < Some(Quality::Fair), "{:?}", lossy.quality);
+        let late = meter.sample(&call, Some(&media(reception(200, 9_000), 10)), start + Duration::from_secs(150));
+        let far = meter.sample(&call, Some(&media(reception(0, 3_000), 900)), start + Duration::from_secs(150));
+        assert!(far.mos < late.mos, "a long round trip costs quality");
+
+        let ended = CallRecord { state: State::Ended, end_reason: Some(EndReason::HungUpLocal), ..call };
+        let last = meter.finish(&ended, late, start + Duration::from_secs(170));
+        let summary = last.summary.unwrap();
+        assert_eq!(summary.duration, Duration::from_secs(170));
+        assert_eq!(summary.end_reason, Some(EndReason::HungUpLocal));
+        let worst = summary.worst_minute_mos.unwrap();
+        assert!(worst < clean.mos.unwrap() && worst >= lossy.mos.unwrap());
+    }
+
+    #[test]
+    fn ice_round_trip_stands_in_until_rtcp_has_one() {
+        let now = SystemTime::now();
+        let call = record(State::Active, now, Some(now));
+        let mut sample = media(reception(0, 10), 0);
+        sample.rtcp.round_trip = None;
+        sample.ice_round_trip = Some(Duration::from_millis(4));
+        let stats = CallMeter::new(codec()).sample(&call, Some(&sample), now);
+        assert_eq!(stats.round_trip, Some((Duration::from_millis(4), RoundTripSource::Ice)));
+    }
+}

@@ -1,0 +1,215 @@
+//! The live stats feed end to end: real calls between daemons in their own
+//! network namespaces, read through the gRPC stream, `voicectl stats` and the
+//! event feed. These check that the numbers are true and that subscribers get
+//! them, not how fast anything is. Needs root (CI runs as root).
+
+mod support;
+
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use support::{DEADLINE, Daemon, Lan, call_is, two_daemons_with};
+use tokio_stream::StreamExt;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+use voicelink_proto::v1::{self, CallStats, WatchStatsRequest};
+
+const TONE_IN_NULL_OUT: &str = "[audio]\ninput = \"tone:440\"\noutput = \"null\"\n";
+
+fn auto_answer(audio: &str) -> String {
+    format!("{audio}[calls]\nauto_answer = true\n")
+}
+
+/// A channel to the daemon; `window` limits the HTTP/2 flow-control windows,
+/// to make a client whose buffers fill after a few samples.
+async fn channel(daemon: &Daemon, window: Option<u32>) -> Channel {
+    let path = daemon.socket.clone();
+    let connector = tower::service_fn(move |_| {
+        let path = path.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+    });
+    Endpoint::from_static("http://voiced.invalid")
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
+        .connect_with_connector(connector)
+        .await
+        .unwrap()
+}
+
+async fn watch(channel: Channel, call_id: &str, interval: Duration) -> Streaming<CallStats> {
+    let mut client = v1::voicelink_client::VoicelinkClient::new(channel);
+    let interval = Some(prost_types::Duration::try_from(interval).unwrap());
+    client.watch_stats(WatchStatsRequest { call_id: call_id.into(), interval }).await.unwrap().into_inner()
+}
+
+/// The next sample, or `None` when the stream ended.
+async fn next(stream: &mut Streaming<CallStats>) -> Option<CallStats> {
+    tokio::time::timeout(DEADLINE, stream.next()).await.expect("a stats sample").map(|s| s.unwrap())
+}
+
+/// Reads samples until one satisfies `done`; returns it.
+async fn sample_where(stream: &mut Streaming<CallStats>, what: &str, done: impl Fn(&CallStats) -> bool) -> CallStats {
+    let mut last = None;
+    let wait = async {
+        while let Some(sample) = next(stream).await {
+            if done(&sample) {
+                return Some(sample);
+            }
+            last = Some(sample);
+        }
+        None
+    };
+    match tokio::time::timeout(DEADLINE, wait).await {
+        Ok(Some(sample)) => sample,
+        _ => panic!("no sample where {what}; the last one: {last:#?}"),
+    }
+}
+
+/// Alice dials bob (who answers by himself); returns the call ID once active.
+async fn call_up(a: &Daemon) -> String {
+    let mut a_events = a.follow_events().await;
+    let dialed = a.ctl_json(&["dial", "bob", "--no-wait"]).await;
+    let call_id = dialed["call_id"].as_str().unwrap().to_owned();
+    a_events.wait_for("the call is active", |e| call_is(e, &call_id, "active")).await;
+    call_id
+}
+
+fn lan_ip(address: &str) -> bool {
+    address.starts_with("10.") || address.starts_with("fd") || address.starts_with('[')
+}
+
+#[tokio::test]
+async fn on_a_clean_link_stats_read_no_loss_a_short_round_trip_and_end_with_a_summary() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_daemons_with(&lan, dir.path(), TONE_IN_NULL_OUT, &auto_answer(TONE_IN_NULL_OUT)).await;
+    let call_id = call_up(&a).await;
+    let mut a_events = a.follow_events().await;
+    let mut stream = watch(channel(&a, None).await, &call_id, Duration::from_millis(100)).await;
+    // Three seconds of audio and an RTCP round trip.
+    let sample = sample_where(&mut stream, "3 s of audio and an RTCP round trip", |s| {
+        s.packets_received >= 150 && s.round_trip_time_source == "rtcp"
+    })
+    .await;
+    assert_eq!(sample.call_id, call_id);
+    assert_eq!(sample.peer_device_id, b.device_id);
+    assert_eq!(sample.peer_display_name, "bob");
+    assert_eq!(sample.state, v1::CallState::Active as i32);
+    let codec = sample.codec.clone().unwrap();
+    assert_eq!((codec.name.as_str(), codec.clock_rate, codec.channels, codec.fec), ("opus", 48_000, 1, true));
+    assert_eq!(codec.frame_size, Some(prost_types::Duration { seconds: 0, nanos: 20_000_000 }));
+    assert!(sample.packets_sent >= 150 && sample.bytes_sent > sample.packets_sent, "{sample:#?}");
+    assert_eq!((sample.packets_lost, sample.fraction_lost), (0, 0.0), "{sample:#?}");
+    assert_eq!((sample.remote_packets_lost, sample.remote_fraction_lost), (0, 0.0), "{sample:#?}");
+    assert!(sample.round_trip_time_ms > 0.0 && sample.round_trip_time_ms < 20.0, "{sample:#?}");
+    assert!(sample.jitter_ms < 20.0, "{sample:#?}");
+    // A 440 Hz tone at the generator's level comes in and goes out well above silence.
+    assert!(sample.audio_level_in_dbfs > -30.0 && sample.audio_level_out_dbfs > -30.0, "{sample:#?}");
+    assert!(sample.jitter_buffer_target_delay_ms > 0.0, "{sample:#?}");
+    let pair = sample.candidate_pair.clone().expect("a selected candidate pair");
+    assert_eq!((pair.local_type.as_str(), pair.remote_type.as_str()), ("host", "host"), "{pair:#?}");
+    assert!(lan_ip(&pair.local_address) && lan_ip(&pair.remote_address), "{pair:#?}");
+    assert!(sample.mos > 4.0, "{sample:#?}");
+    assert_eq!(sample.quality, "excellent");
+    assert!(sample.summary.is_none());
+
+    // The one-shot CLI agrees on the call and prints every field as JSON.
+    let once = a.ctl_json(&["stats", &call_id]).await;
+    assert_eq!(once["call_id"], call_id.as_str());
+    assert_eq!(once["codec"]["name"], "opus");
+    assert_eq!(once["candidate_pair"]["local_type"], "host");
+
+    a.ctl_json(&["hangup"]).await;
+    let last = sample_where(&mut stream, "the summary", |s| s.summary.is_some()).await;
+    assert_eq!(last.state, v1::CallState::Ended as i32);
+    let summary = last.summary.unwrap();
+    assert_eq!(summary.end_reason, v1::EndReason::HungUpLocal as i32);
+    assert!(summary.duration.is_some_and(|d| d.seconds >= 3), "{summary:#?}");
+    assert!(summary.packets_sent >= sample.packets_sent && summary.packets_lost == 0, "{summary:#?}");
+    assert!(summary.worst_minute_mos > 4.0, "{summary:#?}");
+    assert!(next(&mut stream).await.is_none(), "a one-call stream ends after the summary");
+
+    // The event feed's call-ended event carries the same numbers.
+    let ended = a_events.wait_for("the call ended", |e| call_is(e, &call_id, "ended")).await;
+    let stats = &ended["call_state_changed"]["stats"];
+    assert_eq!(stats["summary"]["end_reason"], "hung_up_local", "{ended:#}");
+    assert_eq!(stats["summary"]["packets_sent"], summary.packets_sent);
+    // A recently ended call still answers with its last sample.
+    let after = a.ctl_json(&["stats", &call_id]).await;
+    assert_eq!(after["summary"]["end_reason"], "hung_up_local");
+}
+
+#[tokio::test]
+async fn subscribers_get_samples_at_once_all_of_them_and_a_slow_one_holds_up_nobody() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _b) = two_daemons_with(&lan, dir.path(), TONE_IN_NULL_OUT, &auto_answer(TONE_IN_NULL_OUT)).await;
+
+    // Bad requests are refused with the reason.
+    let mut client = v1::voicelink_client::VoicelinkClient::new(channel(&a, None).await);
+    let too_fast = Some(prost_types::Duration { seconds: 0, nanos: 50_000_000 });
+    let refused = client.watch_stats(WatchStatsRequest { call_id: String::new(), interval: too_fast }).await;
+    let status = refused.expect_err("a 50 ms interval is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("between 100 ms and 10 s"), "{status:?}");
+    let unknown = client.watch_stats(WatchStatsRequest { call_id: "c0ffee".into(), interval: None }).await;
+    assert_eq!(unknown.err().map(|s| s.code()), Some(tonic::Code::NotFound));
+
+    let call_id = call_up(&a).await;
+    // A slow subscriber: its flow-control window fills after a few samples and
+    // it reads nothing until the end.
+    let mut slow = watch(channel(&a, Some(2048)).await, "", Duration::from_millis(100)).await;
+    // Mid-call, with a 10 s interval: the first sample comes at once, well
+    // before the interval would have passed.
+    let mut patient = watch(channel(&a, None).await, &call_id, Duration::from_secs(10)).await;
+    let first = tokio::time::timeout(Duration::from_secs(5), next(&mut patient)).await;
+    assert!(first.is_ok_and(|s| s.is_some_and(|s| s.call_id == call_id)), "no sample at once");
+
+    // Ten subscribers at once all get samples every interval while the slow one
+    // sits on its buffer; the call keeps going (packets keep arriving).
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        streams.push(watch(channel(&a, None).await, &call_id, Duration::from_millis(100)).await);
+    }
+    // Long enough for the slow subscriber's buffer in the daemon to fill.
+    const SAMPLES: usize = 80;
+    let received = futures::future::join_all(streams.iter_mut().map(|stream| async move {
+        let mut samples = Vec::new();
+        for _ in 0..SAMPLES {
+            samples.push(next(stream).await.expect("a sample"));
+        }
+        samples
+    }))
+    .await;
+    for samples in &received {
+        assert!(samples.iter().all(|s| s.call_id == call_id && s.summary.is_none()));
+        let durations: Vec<_> = samples.iter().map(|s| s.duration.unwrap_or_default().seconds).collect();
+        assert!(durations.windows(2).all(|w| w[0] <= w[1]), "{durations:?}");
+        let packets = (samples[0].packets_received, samples[SAMPLES - 1].packets_received);
+        assert!(packets.1 > packets.0, "the call went on: {packets:?}");
+    }
+
+    a.ctl_json(&["hangup"]).await;
+    // Every subscriber gets the summary, then its stream ends.
+    for stream in &mut streams {
+        let last = sample_where(stream, "the summary", |s| s.summary.is_some()).await;
+        assert_eq!(last.call_id, call_id);
+        assert!(next(stream).await.is_none());
+    }
+    // The slow one skipped samples rather than queueing without bound, but it
+    // still gets the end: the summary.
+    // (It follows every call, so its stream goes on after this one ended.)
+    let mut slow_samples = Vec::new();
+    while let Some(sample) = next(&mut slow).await {
+        let ended = sample.summary.is_some();
+        slow_samples.push(sample);
+        if ended {
+            break;
+        }
+    }
+    assert!(slow_samples.len() < SAMPLES, "{} samples were queued for a client that read none", slow_samples.len());
+    let last = slow_samples.last().expect("samples");
+    assert!(last.call_id == call_id && last.summary.is_some(), "{last:#?}");
+}
