@@ -8,10 +8,12 @@ mod support;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use support::{DEADLINE, Daemon, Lan, call_is, two_daemons_with};
+use support::{DEADLINE, Daemon, Lan, call_is, two_daemons_in, two_daemons_with};
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
+use voicelink_bench::impairment::Impairment;
+use voicelink_bench::relay::{ImpairedLink, LinkConfig, Namespace};
 use voicelink_proto::v1::{self, CallStats, WatchStatsRequest};
 
 const TONE_IN_NULL_OUT: &str = "[audio]\ninput = \"tone:440\"\noutput = \"null\"\n";
@@ -212,4 +214,67 @@ async fn subscribers_get_samples_at_once_all_of_them_and_a_slow_one_holds_up_nob
     assert!(slow_samples.len() < SAMPLES, "{} samples were queued for a client that read none", slow_samples.len());
     let last = slow_samples.last().expect("samples");
     assert!(last.call_id == call_id && last.summary.is_some(), "{last:#?}");
+}
+
+/// Two namespaces joined by the bench's user-space relay (this kernel has no
+/// netem), impaired as `config` says.
+struct ImpairedPair {
+    // Dropped in this order: the relay, then the namespaces.
+    _link: ImpairedLink,
+    a: Namespace,
+    b: Namespace,
+}
+
+fn impaired_pair(impair: impl FnOnce(LinkConfig) -> LinkConfig) -> ImpairedPair {
+    let (a, b) = (Namespace::create("vls").unwrap(), Namespace::create("vls").unwrap());
+    let link = ImpairedLink::start(impair(LinkConfig::new(a.name(), b.name()))).unwrap();
+    ImpairedPair { _link: link, a, b }
+}
+
+#[tokio::test]
+async fn with_ten_percent_loss_one_way_both_ends_read_five_to_fifteen_percent() {
+    require_netns!();
+    let pair = impaired_pair(|link| LinkConfig { a_to_b: Impairment::random_loss(0.10), seed: 10, ..link });
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) =
+        two_daemons_in([pair.a.name(), pair.b.name()], dir.path(), TONE_IN_NULL_OUT, &auto_answer(TONE_IN_NULL_OUT))
+            .await;
+    let call_id = call_up(&a).await;
+    // A full loss window (10 s) of audio at bob, who receives through the loss.
+    let mut at_bob = watch(channel(&b, None).await, &call_id, Duration::from_millis(500)).await;
+    let heard = sample_where(&mut at_bob, "10 s of audio at bob", |s| s.packets_received >= 500).await;
+    assert!((0.05..=0.15).contains(&heard.fraction_lost), "bob sees {:.3}: {heard:#?}", heard.fraction_lost);
+    assert!(heard.packets_lost > 0, "{heard:#?}");
+    // Alice learns the same from bob's receiver reports; what she hears is clean.
+    let mut at_alice = watch(channel(&a, None).await, &call_id, Duration::from_millis(500)).await;
+    let told = sample_where(&mut at_alice, "bob's reports on 10 s of audio", |s| {
+        s.remote_packets_lost > 0 && s.duration.is_some_and(|d| d.seconds >= 11)
+    })
+    .await;
+    assert!(
+        (0.05..=0.15).contains(&told.remote_fraction_lost),
+        "alice is told {:.3}: {told:#?}",
+        told.remote_fraction_lost
+    );
+    assert_eq!((told.packets_lost, told.fraction_lost), (0, 0.0), "nothing is lost towards alice: {told:#?}");
+    a.ctl_json(&["hangup"]).await;
+}
+
+#[tokio::test]
+async fn with_100_ms_added_one_way_the_round_trip_reads_90_to_260_ms() {
+    require_netns!();
+    let pair = impaired_pair(|link| LinkConfig { a_to_b: Impairment::delay(Duration::from_millis(100)), ..link });
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) =
+        two_daemons_in([pair.a.name(), pair.b.name()], dir.path(), TONE_IN_NULL_OUT, &auto_answer(TONE_IN_NULL_OUT))
+            .await;
+    let call_id = call_up(&a).await;
+    for (who, daemon) in [("alice", &a), ("bob", &b)] {
+        let mut stream = watch(channel(daemon, None).await, &call_id, Duration::from_millis(200)).await;
+        let sample = sample_where(&mut stream, "an RTCP round trip", |s| s.round_trip_time_source == "rtcp").await;
+        let rtt = sample.round_trip_time_ms;
+        assert!((90.0..=260.0).contains(&rtt), "{who} reads {rtt:.1} ms: {sample:#?}");
+        assert_eq!(sample.packets_lost, 0, "{sample:#?}");
+    }
+    a.ctl_json(&["hangup"]).await;
 }

@@ -407,9 +407,14 @@ pub fn listen(path: &Path, tones: &[u32]) -> Vec<Heard> {
 /// Starts two daemons on a LAN (with extra config each) and waits until each has
 /// seen the other.
 pub async fn two_daemons_with(lan: &Lan, dir: &Path, a_config: &str, b_config: &str) -> (Daemon, Daemon) {
-    let a = Daemon::start(Some(&lan.host(0)), &dir.join("a"), "alice", a_config).await;
+    two_daemons_in([&lan.host(0), &lan.host(1)], dir, a_config, b_config).await
+}
+
+/// As `two_daemons_with`, in these two namespaces.
+pub async fn two_daemons_in(netns: [&str; 2], dir: &Path, a_config: &str, b_config: &str) -> (Daemon, Daemon) {
+    let a = Daemon::start(Some(netns[0]), &dir.join("a"), "alice", a_config).await;
     let mut a_events = a.follow_events().await;
-    let b = Daemon::start(Some(&lan.host(1)), &dir.join("b"), "bob", b_config).await;
+    let b = Daemon::start(Some(netns[1]), &dir.join("b"), "bob", b_config).await;
     let mut b_events = b.follow_events().await;
     a_events.wait_for("alice sees bob appear", |e| e["type"] == "peer_appeared" && about(e, &b.device_id)).await;
     b_events
