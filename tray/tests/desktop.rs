@@ -149,3 +149,52 @@ async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answe
         artifacts.join("tray.log").display(),
     );
 }
+
+/// The `retry_in_ms` of a "daemon unreachable" log line.
+fn retry_in_ms(line: &str) -> u64 {
+    let value = line.split("retry_in_ms=").nth(1).expect("retry_in_ms in the line");
+    value.split_whitespace().next().unwrap().parse().expect("a number")
+}
+
+#[tokio::test]
+async fn the_tray_says_when_the_daemon_is_gone_and_recovers_when_it_restarts() {
+    require_netns_and_desktop!();
+    let artifacts = artifacts();
+    let lan = Lan::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon_dir = dir.path().join("bob");
+    let quiet = "[audio]\ninput = \"silence\"\noutput = \"null\"\n";
+    let desktop = Desktop::start(&dir.path().join("desktop")).await;
+
+    // Started before the daemon: it keeps trying, with growing delays.
+    let socket = daemon_dir.join("voiced.sock");
+    let mut command = desktop.command(env!("CARGO_BIN_EXE_voicelink-tray"));
+    command.arg("--socket").arg(&socket).env("RUST_LOG", "info");
+    let mut tray = Watched::spawn(command, artifacts.join("tray-restart.log"));
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let line = tray.wait_for_line("a failed attempt", &["daemon unreachable", "voiced is not running"]).await;
+        delays.push(retry_in_ms(&line));
+    }
+    assert_eq!(delays, [250, 500, 1000], "the back-off doubles");
+    tray.wait_for_line("the daemon-down state", &["tray state", "icon=DaemonDown"]).await;
+
+    // The daemon starts: the tray connects by itself.
+    let bob = Daemon::start(&lan.host(0), &daemon_dir, "bob", quiet).await;
+    tray.wait_for_line("the tray connecting", &["connected to voiced"]).await;
+    tray.wait_for_line("the idle state", &["tray state", "icon=Idle"]).await;
+
+    // The daemon stops: the tray says so and retries from the shortest delay.
+    // (Attempts logged before it connected are not about this.)
+    tray.seen.clear();
+    bob.stop().await;
+    let line = tray.wait_for_line("the loss noticed", &["daemon unreachable"]).await;
+    assert_eq!(retry_in_ms(&line), 250, "a working connection resets the back-off: {line}");
+    tray.wait_for_line("the daemon-down state again", &["tray state", "icon=DaemonDown"]).await;
+
+    // And comes back: so does the tray.
+    let _bob = Daemon::start(&lan.host(0), &daemon_dir, "bob", quiet).await;
+    tray.wait_for_line("the tray reconnecting", &["connected to voiced"]).await;
+    tray.wait_for_line("idle again", &["tray state", "icon=Idle"]).await;
+    assert!(tray.child.try_wait().unwrap().is_none(), "the tray is still running");
+}

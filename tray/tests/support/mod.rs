@@ -159,6 +159,8 @@ impl Daemon {
         .unwrap();
         let log = dir.join(format!("voiced-{name}.log"));
         let notify_path = dir.join("notify.sock");
+        // Left behind by an earlier start in the same folder.
+        let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         let log_file = std::fs::File::create(&log).unwrap();
         let mut child = Command::new("ip")
@@ -189,6 +191,14 @@ impl Daemon {
             () = tokio::time::sleep(DEADLINE) => panic!("voiced {name} never said READY=1"),
         }
         Daemon { name: name.into(), socket, log, _child: child }
+    }
+
+    /// Stops the daemon (SIGTERM, as systemd would) and waits for it to exit.
+    pub async fn stop(mut self) {
+        let pid = self._child.id().expect("running") as i32;
+        // `ip netns exec` execs voiced, so the pid is voiced's.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+        tokio::time::timeout(DEADLINE, self._child.wait()).await.expect("voiced did not exit").unwrap();
     }
 
     pub fn log_text(&self) -> String {
