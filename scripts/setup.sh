@@ -7,15 +7,18 @@
 #   scripts/setup.sh --test      also what the tests need
 #   scripts/setup.sh --package   also what building and checking packages needs
 #   scripts/setup.sh --fuzz      also cargo-fuzz
+#   scripts/setup.sh --bench     also what the bench needs (make bench)
 set -euo pipefail
 
 want_test_tools=0
 want_package_tools=0
 want_fuzz_tools=0
+want_bench_tools=0
 case "${1:-}" in
     --test) want_test_tools=1 ;;
     --package) want_package_tools=1 ;;
     --fuzz) want_fuzz_tools=1 ;;
+    --bench) want_bench_tools=1 ;;
 esac
 
 # Build: a C toolchain for crates with C parts, pkg-config to find libraries,
@@ -32,9 +35,16 @@ packages+=(libgtk-3-dev libayatana-appindicator3-dev)
 # XEmbed tray host (trayer), a notification daemon and its CLI (dunst, dunstctl),
 # a private session bus (dbus), and screenshots (imagemagick's import).
 [ $want_test_tools = 1 ] && packages+=(xvfb trayer dunst libnotify-bin dbus imagemagick)
+# Tests: a Python venv (python3-venv) runs examples/stats_csv.py against a daemon.
+[ $want_test_tools = 1 ] && packages+=(python3 python3-venv)
 # Packages: lintian checks the .deb, rpm reads the .rpm, ruby checks the formula,
 # man-db and systemd (systemd-analyze) check the installed files.
 [ $want_package_tools = 1 ] && packages+=(lintian rpm ruby man-db systemd)
+# Bench (--bench): iproute2 for the namespaces, espeak-ng synthesizes the speech
+# material, sox resamples it (48 kHz for calls, 16 kHz for PESQ), and a Python
+# venv (python3-venv; python3-dev and the C toolchain in case pip has to build
+# PyPI's `pesq` from source) scores it.
+[ $want_bench_tools = 1 ] && packages+=(iproute2 espeak-ng sox python3-venv python3-dev)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -74,4 +84,26 @@ fi
 if [ $want_package_tools = 1 ]; then
     install_cargo_tool cargo-deb cargo deb --version
     install_cargo_tool cargo-generate-rpm cargo generate-rpm --version
+fi
+# The examples' Python: grpcio and grpcio-tools (stubs from our .proto) in a venv
+# under target/, for the test that runs examples/stats_csv.py.
+if [ $want_test_tools = 1 ]; then
+    venv="$(dirname "$0")/../target/test-venv"
+    if ! "$venv/bin/python" -c "import grpc, grpc_tools" >/dev/null 2>&1; then
+        echo "setup: making the examples' venv $venv (grpcio, grpcio-tools)"
+        /usr/bin/python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet grpcio grpcio-tools
+    fi
+fi
+# The bench's Python: PESQ (ITU-T P.862.2 wideband, PyPI `pesq`) and numpy, in a
+# venv under target/ so nothing is installed system-wide. The system python3
+# (what python3-venv belongs to), not whichever python3 is first on PATH.
+if [ $want_bench_tools = 1 ]; then
+    venv="$(dirname "$0")/../target/bench-venv"
+    if ! "$venv/bin/python" -c "import pesq, numpy" >/dev/null 2>&1; then
+        echo "setup: making the bench venv $venv (pesq, numpy)"
+        /usr/bin/python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --upgrade pip
+        "$venv/bin/pip" install --quiet numpy pesq
+    fi
 fi

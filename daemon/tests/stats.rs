@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -277,4 +278,73 @@ async fn with_100_ms_added_one_way_the_round_trip_reads_90_to_260_ms() {
         assert_eq!(sample.packets_lost, 0, "{sample:#?}");
     }
     a.ctl_json(&["hangup"]).await;
+}
+
+/// The Python the test command sets up for the examples (scripts/setup.sh --test).
+fn example_python() -> Option<std::path::PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    let reason = format!("{} is missing: run scripts/setup.sh --test", python.display());
+    if std::env::var_os("VOICELINK_REQUIRE_NETNS").is_some_and(|v| v == "1") {
+        panic!("{reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    None
+}
+
+#[tokio::test]
+async fn the_python_example_streams_every_calls_stats_as_csv() {
+    require_netns!();
+    let Some(python) = example_python() else { return };
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _b) = two_daemons_with(&lan, dir.path(), TONE_IN_NULL_OUT, &auto_answer(TONE_IN_NULL_OUT)).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/stats_csv.py");
+    let mut child = tokio::process::Command::new(python)
+        .arg(script)
+        .arg("--socket")
+        .arg(&a.socket)
+        .args(["--interval-ms", "200"])
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut next_row = async || -> Vec<String> {
+        let line = tokio::time::timeout(DEADLINE, lines.next_line()).await.expect("a CSV line").unwrap();
+        line.expect("the script ended").split(',').map(str::to_owned).collect()
+    };
+    // The header comes once the stubs are built and the stream is open.
+    let header = next_row().await;
+    assert_eq!(header[..4], ["event", "call_id", "peer", "state"]);
+    let column = |name: &str| header.iter().position(|c| c == name).unwrap();
+
+    let call_id = call_up(&a).await;
+    let mut samples = 0;
+    loop {
+        let row = next_row().await;
+        assert_eq!(row.len(), header.len(), "{row:?}");
+        assert_eq!(row[column("call_id")], call_id);
+        if row[column("state")] == "active" && row[column("rtt_source")] == "rtcp" {
+            samples += 1;
+            assert_eq!(row[column("peer")], "bob");
+            assert!(row[column("mos")].parse::<f64>().unwrap() > 4.0, "{row:?}");
+        }
+        if samples == 3 {
+            break;
+        }
+    }
+    a.ctl_json(&["hangup"]).await;
+    let summary = loop {
+        let row = next_row().await;
+        if row[column("event")] == "summary" {
+            break row;
+        }
+    };
+    assert_eq!(summary[column("call_id")], call_id);
+    assert_eq!(summary[column("end_reason")], "hung_up_local");
+    assert!(summary[column("talk_s")].parse::<f64>().unwrap() > 0.0, "{summary:?}");
 }
