@@ -5,6 +5,9 @@
 //! - [`relay`]: a TAP device in each of two namespaces and threads that forward
 //!   Ethernet frames between them through the model; also the [`relay::Namespace`]
 //!   helper. The daemon's end-to-end tests use it as well as the bench binary.
+//! - [`analysis`]: pure signal analysis for the recordings (alignment by
+//!   cross-correlation, onset of sound, levels).
 
+pub mod analysis;
 pub mod impairment;
 pub mod relay;

@@ -1,3 +1,163 @@
-//! `voicelink-bench`: see the crate documentation.
+//! `voicelink-bench`: runs one call per impairment profile between two `voiced` in
+//! network namespaces joined by the bench's impaired link, measures setup time,
+//! mouth-to-ear latency, loss, jitter and RTT (applied vs reported), CPU and
+//! memory, and PESQ, and writes BENCHMARKS.md and a JSON file. Needs root (network
+//! namespaces), espeak-ng, sox and the bench venv (`scripts/setup.sh --bench`);
+//! `make bench` does all of it.
 
-fn main() {}
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use voicelink_bench::impairment::{self, Profile};
+
+use harness::report::{Machine, Report};
+use harness::run::{RunSettings, run_profile};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Measure voicelink calls over impaired links (needs root)")]
+struct Args {
+    /// The `voiced` binary to measure (a release build).
+    #[arg(long, default_value = "target/release/voiced")]
+    voiced: PathBuf,
+    /// Where benchmarks.json goes.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Where the Markdown report goes.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    markdown: PathBuf,
+    /// Profiles to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    profiles: Vec<String>,
+    /// Seed of the impairment model.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds each call lasts after it is answered.
+    #[arg(long, default_value_t = 18)]
+    call_seconds: u64,
+    /// Seconds of idle (discovered, no call) over which idle CPU is measured.
+    #[arg(long, default_value_t = 5)]
+    idle_seconds: u64,
+    /// Milliseconds the callee rings before the bench answers (media is
+    /// negotiated while it rings).
+    #[arg(long, default_value_t = 1000)]
+    ring_ms: u64,
+    /// The Python with `pesq` and `numpy` (scripts/setup.sh --bench makes it).
+    #[arg(long, default_value = "target/bench-venv/bin/python")]
+    python: PathBuf,
+    /// Keep the recordings and logs (in a folder named at the end).
+    #[arg(long)]
+    keep: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if let Some(reason) = voicelink_bench::relay::netns_unavailable() {
+        bail!("the bench cannot run: {reason}");
+    }
+    if !args.voiced.exists() {
+        bail!("{} does not exist: build it first (cargo build --release --workspace)", args.voiced.display());
+    }
+    let profiles = select(&args.profiles)?;
+    let work = tempfile::Builder::new().prefix("voicelink-bench-").tempdir()?;
+    let material = harness::speech::prepare(work.path())?;
+    let settings = RunSettings {
+        voiced: std::fs::canonicalize(&args.voiced)?,
+        python: args.python.clone(),
+        pesq_script: Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pesq_score.py"),
+        work: work.path().to_owned(),
+        seed: args.seed,
+        call: Duration::from_secs(args.call_seconds),
+        idle: Duration::from_secs(args.idle_seconds),
+        ring: Duration::from_millis(args.ring_ms),
+    };
+
+    let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut results = Vec::new();
+    for profile in &profiles {
+        tracing::info!(profile = profile.name, "running");
+        let result = match run_profile(&settings, &material, profile).await {
+            Ok(result) => result,
+            Err(e) => {
+                // Keep the logs and recordings of a run that broke.
+                let kept = work.keep();
+                return Err(e.context(format!("profile {} (files kept in {})", profile.name, kept.display())));
+            }
+        };
+        tracing::info!(
+            profile = profile.name,
+            survived = result.outcome.survived,
+            one_way_ms = ?result.latency.one_way_ms,
+            pesq = ?result.pesq_wb,
+            "done"
+        );
+        results.push(result);
+    }
+
+    let report = Report {
+        machine: machine(),
+        commit: command_output("git", &["describe", "--always", "--dirty"]).unwrap_or_else(|| "unknown".into()),
+        started_unix,
+        seed: args.seed,
+        call_seconds: settings.call.as_secs_f64(),
+        ring_seconds: settings.ring.as_secs_f64(),
+        profiles: results,
+    };
+    std::fs::create_dir_all(&args.out)?;
+    let json = args.out.join("benchmarks.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")?;
+    std::fs::write(&args.markdown, harness::report::markdown(&report))?;
+    println!("wrote {} and {}", json.display(), args.markdown.display());
+    if args.keep {
+        println!("recordings and logs kept in {}", work.keep().display());
+    }
+    Ok(())
+}
+
+fn select(names: &[String]) -> Result<Vec<Profile>> {
+    if names.is_empty() {
+        return Ok(impairment::profiles());
+    }
+    names
+        .iter()
+        .map(|name| {
+            impairment::profile(name).with_context(|| {
+                let known: Vec<_> = impairment::profiles().iter().map(|p| p.name).collect();
+                format!("no profile {name:?}; known: {}", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or("unknown".into(), |s| s.trim().to_owned()),
+        rustc: command_output("rustc", &["--version"]).unwrap_or_else(|| "unknown".into()),
+    }
+}

@@ -219,6 +219,8 @@ pub struct DirectionCounters {
     pub rtp_forwarded: u64,
     /// Of `frames_dropped`, RTP packets.
     pub rtp_dropped: u64,
+    /// When the first RTP packet was delivered (the first audio on the wire).
+    pub first_rtp_forwarded: Option<Instant>,
 }
 
 impl DirectionCounters {
@@ -623,6 +625,9 @@ fn write_loop(direction: Direction, tap: &File, shared: &Shared, pending: &mpsc:
                 if delivered {
                     c.frames_forwarded += 1;
                     c.rtp_forwarded += u64::from(rtp);
+                    if rtp && c.first_rtp_forwarded.is_none() {
+                        c.first_rtp_forwarded = Some(now);
+                    }
                 } else {
                     c.frames_dropped += 1;
                     c.rtp_dropped += u64::from(rtp);

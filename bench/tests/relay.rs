@@ -164,7 +164,10 @@ fn send_rtp_and_count_received(s: &Setup, count: u16) -> u64 {
 fn loss_drops_and_the_counters_count() {
     require_netns!();
     let s = setup(Impairment::CLEAN);
+    assert_eq!(s.link.counters().a_to_b.first_rtp_forwarded, None, "no RTP yet");
+    let before = Instant::now();
     assert_eq!(send_rtp_and_count_received(&s, 100), 100, "a clean link loses nothing");
+    assert!(s.link.counters().a_to_b.first_rtp_forwarded.is_some_and(|t| t >= before));
 
     s.link.set_impairment(Direction::AToB, Impairment::black_hole());
     assert_eq!(send_rtp_and_count_received(&s, 100), 0, "100 % loss delivers nothing");

@@ -1,0 +1,7 @@
+//! The bench binary's parts: daemons, speech material, the per-profile run and
+//! the report.
+
+pub mod daemon;
+pub mod report;
+pub mod run;
+pub mod speech;

@@ -1,0 +1,445 @@
+//! What a bench run found: the JSON for tools, and BENCHMARKS.md for people.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// The whole run.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    /// `git describe --always --dirty` of the tree the binaries were built from.
+    pub commit: String,
+    /// Seconds since the Unix epoch when the run started.
+    pub started_unix: u64,
+    pub seed: u64,
+    /// Planned call length after the call became active.
+    pub call_seconds: f64,
+    /// How long the callee rang before the bench answered.
+    pub ring_seconds: f64,
+    pub profiles: Vec<ProfileResult>,
+}
+
+/// Where it ran.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub rustc: String,
+}
+
+/// One profile's call.
+#[derive(Debug, Serialize, Default)]
+pub struct ProfileResult {
+    pub name: String,
+    pub description: String,
+    pub applied: Applied,
+    pub setup: Setup,
+    pub latency: Latency,
+    pub loss: LossReport,
+    pub reported: Reported,
+    pub resources: Resources,
+    /// PESQ wideband (P.862.2) MOS-LQO, one way (the callee's recording).
+    pub pesq_wb: Option<f64>,
+    pub outcome: Outcome,
+    /// Anything that could not be measured, and why.
+    pub notes: Vec<String>,
+}
+
+/// The impairment the relay applied.
+#[derive(Debug, Serialize, Default)]
+pub struct Applied {
+    pub delay_ms_each_way: f64,
+    pub jitter_ms_each_way: f64,
+    pub loss_model: String,
+    /// Long-run loss fraction of the model, each direction.
+    pub loss_each_way: f64,
+    /// Round-trip time the delays add (2 × delay).
+    pub added_rtt_ms: f64,
+    /// What an RFC 3550 jitter estimator should read for the applied jitter
+    /// (uniform ±J: the mean |difference| of two draws, 2J/3), on top of the base.
+    pub expected_rfc3550_jitter_ms: f64,
+    pub outage_after_s: Option<f64>,
+    pub outage_length_s: Option<f64>,
+}
+
+/// Call setup, as the API and the wire saw it. The callee rings for a while
+/// (`ring_ms`) before the bench answers, as a person would.
+#[derive(Debug, Serialize, Default)]
+pub struct Setup {
+    /// Dial RPC issued → IncomingCall on the callee's event feed.
+    pub dial_to_ringing_ms: Option<f64>,
+    /// Dial RPC issued → CallStateChanged ACTIVE on the caller's feed (includes the ring).
+    pub dial_to_active_ms: Option<f64>,
+    /// Answer RPC issued on the callee → ACTIVE on the caller's feed.
+    pub answer_to_active_ms: Option<f64>,
+    /// Answer → first RTP packet delivered to the callee by the relay.
+    pub answer_to_first_packet_ms: Option<f64>,
+    /// Answer → first audible sample in the callee's recording (the recording's
+    /// origin is taken as its end minus its length: ± one frame).
+    pub answer_to_first_audio_ms: Option<f64>,
+}
+
+/// Mouth-to-ear latency, from the caller's echo.
+#[derive(Debug, Serialize, Default)]
+pub struct Latency {
+    /// Caller's input → the same audio back in the caller's recording, through the
+    /// callee's echo: two network paths, two jitter buffers, two codec passes.
+    pub echo_round_trip_ms: Option<f64>,
+    /// Half of that.
+    pub one_way_ms: Option<f64>,
+    /// Normalized cross-correlation at the found lag (how sure the match is).
+    pub correlation: Option<f64>,
+}
+
+/// RTP packets the relay saw in one direction.
+#[derive(Debug, Serialize, Default, Clone, Copy)]
+pub struct DirectionLoss {
+    pub rtp_forwarded: u64,
+    pub rtp_dropped: u64,
+    /// dropped / (forwarded + dropped).
+    pub fraction: Option<f64>,
+}
+
+impl DirectionLoss {
+    pub fn new(forwarded: u64, dropped: u64) -> DirectionLoss {
+        let total = forwarded + dropped;
+        DirectionLoss {
+            rtp_forwarded: forwarded,
+            rtp_dropped: dropped,
+            fraction: (total > 0).then(|| dropped as f64 / total as f64),
+        }
+    }
+}
+
+/// Loss as applied by the relay.
+#[derive(Debug, Serialize, Default)]
+pub struct LossReport {
+    pub caller_to_callee: DirectionLoss,
+    pub callee_to_caller: DirectionLoss,
+}
+
+/// What the daemons' stats streams said.
+#[derive(Debug, Serialize, Default)]
+pub struct Reported {
+    /// Why there are no stats (e.g. WatchStats UNIMPLEMENTED), if there are none.
+    pub unavailable: Option<String>,
+    pub caller: Option<SideStats>,
+    pub callee: Option<SideStats>,
+}
+
+/// One daemon's view of the call: its last sample while the call was up, and
+/// medians over the call where a single sample would be noisy.
+#[derive(Debug, Serialize, Default, Clone)]
+pub struct SideStats {
+    pub samples: usize,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    /// Of the peer's stream, counted here.
+    pub packets_lost: i64,
+    /// packets_lost / (packets_received + packets_lost).
+    pub loss_fraction: Option<f64>,
+    /// Of our stream, as the peer reported in RTCP.
+    pub remote_packets_lost: i64,
+    pub remote_loss_fraction: Option<f64>,
+    pub jitter_ms: f64,
+    pub jitter_ms_median: Option<f64>,
+    pub rtt_ms: f64,
+    pub rtt_ms_median: Option<f64>,
+    pub rtt_source: String,
+    pub jitter_buffer_delay_ms: f64,
+    pub concealment_events: u64,
+    pub concealed_samples: u64,
+    pub packets_recovered_fec: u64,
+    pub late_packets: u64,
+    pub mos: f64,
+    pub quality: String,
+}
+
+/// CPU and memory of one daemon.
+#[derive(Debug, Serialize, Default)]
+pub struct ProcessUse {
+    /// CPU time per wall time while idle (discovered, no call), percent of one core.
+    pub cpu_idle_percent: Option<f64>,
+    /// The same during the call.
+    pub cpu_call_percent: Option<f64>,
+    /// VmHWM before the call (start-up and idle), KiB.
+    pub peak_rss_idle_kib: Option<u64>,
+    /// VmHWM at the end of the call, KiB.
+    pub peak_rss_call_kib: Option<u64>,
+}
+
+/// Both daemons.
+#[derive(Debug, Serialize, Default)]
+pub struct Resources {
+    pub caller: ProcessUse,
+    pub callee: ProcessUse,
+}
+
+/// How the call ended.
+#[derive(Debug, Serialize, Default)]
+pub struct Outcome {
+    /// The call was still up when the bench hung up.
+    pub survived: bool,
+    /// The caller's end reason (HUNG_UP_LOCAL when the bench hung up).
+    pub end_reason: String,
+    /// When it ended, seconds after it became active.
+    pub ended_after_s: Option<f64>,
+    /// For an outage: RTP reached the callee again after the link came back.
+    pub audio_after_outage: Option<bool>,
+}
+
+fn ms(value: Option<f64>) -> String {
+    match value {
+        None => "n/a".into(),
+        Some(v) if v.abs() < 10.0 => format!("{v:.1} ms"),
+        Some(v) => format!("{v:.0} ms"),
+    }
+}
+
+fn pct(value: Option<f64>) -> String {
+    value.map_or("n/a".into(), |v| format!("{:.1} %", v * 100.0))
+}
+
+fn opt<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or("n/a".into(), |v| v.to_string())
+}
+
+/// The stats line for one side, or n/a.
+fn side<T>(reported: &Reported, f: impl Fn(&SideStats) -> Option<T>, show: impl Fn(T) -> String) -> [String; 2] {
+    [&reported.caller, &reported.callee].map(|s| s.as_ref().and_then(&f).map_or("n/a".into(), &show))
+}
+
+/// BENCHMARKS.md.
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    let m = &report.machine;
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Generated by `make bench` (`voicelink-bench`, in `bench/`): two `voiced` in their own network \
+namespaces, joined by the bench's user-space impaired link (a TAP device in each namespace; \
+seeded delay, jitter, loss and outages per direction), one call per profile. The caller sends \
+a marker tone and then speech synthesized by espeak-ng (Harvard sentences) from a file; the \
+callee is answered through its API after ringing, records what it hears and echoes it back; the \
+caller records the echo. \
+Machine-readable results: `bench/results/benchmarks.json`.\n"
+    );
+    let _ = writeln!(out, "- Machine: {} ({} cores), Linux {}", m.cpu, m.cores, m.kernel);
+    let _ = writeln!(out, "- Toolchain: {}", m.rustc);
+    let _ = writeln!(out, "- Commit: `{}`", report.commit);
+    let _ = writeln!(
+        out,
+        "- Seed {}; the callee rings {:.1} s before the bench answers; calls last {:.0} s after that\n",
+        report.seed, report.ring_seconds, report.call_seconds
+    );
+
+    let _ = writeln!(out, "## Summary\n");
+    let _ = writeln!(
+        out,
+        "| profile | dial → ringing | answer → active | answer → first audio | mouth-to-ear (one way) | loss applied → reported (caller → callee) | jitter reported (callee) | RTT reported (caller) | PESQ-WB | call survived |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    for p in &report.profiles {
+        let callee_loss = p.reported.callee.as_ref().and_then(|s| s.loss_fraction);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} → {} | {} | {} | {} | {} |",
+            p.name,
+            ms(p.setup.dial_to_ringing_ms),
+            ms(p.setup.answer_to_active_ms),
+            ms(p.setup.answer_to_first_audio_ms),
+            ms(p.latency.one_way_ms),
+            pct(p.loss.caller_to_callee.fraction),
+            pct(callee_loss),
+            p.reported
+                .callee
+                .as_ref()
+                .map_or("n/a".into(), |s| format!("{:.1} ms", s.jitter_ms_median.unwrap_or(s.jitter_ms))),
+            p.reported
+                .caller
+                .as_ref()
+                .map_or("n/a".into(), |s| format!("{:.0} ms", s.rtt_ms_median.unwrap_or(s.rtt_ms))),
+            p.pesq_wb.map_or("n/a".into(), |v| format!("{v:.2}")),
+            if p.outcome.survived { "yes".to_string() } else { format!("no ({})", p.outcome.end_reason) },
+        );
+    }
+    let _ = writeln!(out);
+
+    for p in &report.profiles {
+        let _ = writeln!(out, "## {}\n\n{}\n", p.name, p.description);
+        let a = &p.applied;
+        let _ = writeln!(out, "| | applied | measured: caller | measured: callee |");
+        let _ = writeln!(out, "|---|---|---|---|");
+        let row = |out: &mut String, what: &str, applied: String, [caller, callee]: [String; 2]| {
+            let _ = writeln!(out, "| {what} | {applied} | {caller} | {callee} |");
+        };
+        let both = |s: String| [s, String::new()];
+        let callee_only = |s: String| [String::new(), s];
+        row(&mut out, "dial → ringing", String::new(), callee_only(ms(p.setup.dial_to_ringing_ms)));
+        row(&mut out, "answer → active", String::new(), both(ms(p.setup.answer_to_active_ms)));
+        row(
+            &mut out,
+            "answer → first RTP packet in",
+            String::new(),
+            callee_only(ms(p.setup.answer_to_first_packet_ms)),
+        );
+        row(&mut out, "answer → first audio heard", String::new(), callee_only(ms(p.setup.answer_to_first_audio_ms)));
+        row(&mut out, "dial → active (includes the ring)", String::new(), both(ms(p.setup.dial_to_active_ms)));
+        row(
+            &mut out,
+            "mouth-to-ear, round trip through the echo",
+            format!("+{:.0} ms", a.added_rtt_ms),
+            both(format!(
+                "{} (one way ≈ {}, correlation {})",
+                ms(p.latency.echo_round_trip_ms),
+                ms(p.latency.one_way_ms),
+                p.latency.correlation.map_or("n/a".into(), |c| format!("{c:.2}"))
+            )),
+        );
+        row(
+            &mut out,
+            "RTT (stats; median, source)",
+            format!("+{:.0} ms", a.added_rtt_ms),
+            side(
+                &p.reported,
+                |s| Some(s.clone()),
+                |s| format!("{:.1} ms ({})", s.rtt_ms_median.unwrap_or(s.rtt_ms), s.rtt_source),
+            ),
+        );
+        row(
+            &mut out,
+            "interarrival jitter (stats; median)",
+            format!("±{:.0} ms uniform (RFC 3550 ≈ +{:.1} ms)", a.jitter_ms_each_way, a.expected_rfc3550_jitter_ms),
+            side(&p.reported, |s| Some(s.jitter_ms_median.unwrap_or(s.jitter_ms)), |v| format!("{v:.1} ms")),
+        );
+        let c2c = p.loss.caller_to_callee;
+        let c2r = p.loss.callee_to_caller;
+        row(
+            &mut out,
+            "loss caller → callee",
+            format!(
+                "{} ({}): {} of {} RTP dropped ({})",
+                a.loss_model,
+                pct(Some(a.loss_each_way)),
+                c2c.rtp_dropped,
+                c2c.rtp_dropped + c2c.rtp_forwarded,
+                pct(c2c.fraction)
+            ),
+            [
+                p.reported.caller.as_ref().map_or("n/a".into(), |s| {
+                    format!("peer reports {} ({})", s.remote_packets_lost, pct(s.remote_loss_fraction))
+                }),
+                p.reported
+                    .callee
+                    .as_ref()
+                    .map_or("n/a".into(), |s| format!("counted {} ({})", s.packets_lost, pct(s.loss_fraction))),
+            ],
+        );
+        row(
+            &mut out,
+            "loss callee → caller",
+            format!(
+                "{} of {} RTP dropped ({})",
+                c2r.rtp_dropped,
+                c2r.rtp_dropped + c2r.rtp_forwarded,
+                pct(c2r.fraction)
+            ),
+            [
+                p.reported
+                    .caller
+                    .as_ref()
+                    .map_or("n/a".into(), |s| format!("counted {} ({})", s.packets_lost, pct(s.loss_fraction))),
+                p.reported.callee.as_ref().map_or("n/a".into(), |s| {
+                    format!("peer reports {} ({})", s.remote_packets_lost, pct(s.remote_loss_fraction))
+                }),
+            ],
+        );
+        row(
+            &mut out,
+            "concealment events / FEC recovered / late",
+            String::new(),
+            side(
+                &p.reported,
+                |s| Some(s.clone()),
+                |s| format!("{} / {} / {}", s.concealment_events, s.packets_recovered_fec, s.late_packets),
+            ),
+        );
+        row(
+            &mut out,
+            "jitter buffer delay",
+            String::new(),
+            side(&p.reported, |s| Some(s.jitter_buffer_delay_ms), |v| format!("{v:.0} ms")),
+        );
+        row(
+            &mut out,
+            "MOS (E-model, stats)",
+            String::new(),
+            side(&p.reported, |s| Some(s.clone()), |s| format!("{:.2} {}", s.mos, s.quality)),
+        );
+        row(
+            &mut out,
+            "PESQ-WB (one way, callee's recording)",
+            String::new(),
+            [String::new(), p.pesq_wb.map_or("n/a".into(), |v| format!("{v:.2}"))],
+        );
+        let usage = [&p.resources.caller, &p.resources.callee];
+        row(
+            &mut out,
+            "CPU idle / in call (% of a core)",
+            String::new(),
+            usage.map(|u| {
+                format!(
+                    "{} / {}",
+                    u.cpu_idle_percent.map_or("n/a".into(), |v| format!("{v:.2} %")),
+                    u.cpu_call_percent.map_or("n/a".into(), |v| format!("{v:.2} %"))
+                )
+            }),
+        );
+        row(
+            &mut out,
+            "peak RSS idle / after call (VmHWM)",
+            String::new(),
+            usage.map(|u| format!("{} / {} MiB", mib(u.peak_rss_idle_kib), mib(u.peak_rss_call_kib))),
+        );
+        let outcome = &p.outcome;
+        let mut ended = if outcome.survived {
+            "survived (the bench hung up)".to_string()
+        } else {
+            format!("ended: {} after {} s", outcome.end_reason, opt(outcome.ended_after_s.map(|s| format!("{s:.1}"))))
+        };
+        if let Some(after) = outcome.audio_after_outage {
+            let _ = write!(ended, "; audio after the outage: {}", if after { "yes" } else { "no" });
+        }
+        let outage = match (a.outage_after_s, a.outage_length_s) {
+            (Some(at), Some(len)) => format!("link down {len:.0} s at +{at:.0} s"),
+            _ => String::new(),
+        };
+        row(&mut out, "call", outage, both(ended));
+        if !p.notes.is_empty() {
+            let _ = writeln!(out);
+            for note in &p.notes {
+                let _ = writeln!(out, "- {note}");
+            }
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "## How to read this\n");
+    let _ = writeln!(
+        out,
+        "- Delay and jitter are added to *each* direction, so a profile's RTT grows by twice its delay.\n\
+- Loss \"applied\" is what the relay dropped among RTP packets (version 2, payload type 111); \"counted\" \
+is the receiver's own count, \"peer reports\" the sender's view from the receiver's RTCP reports.\n\
+- Mouth-to-ear is measured on audio, not packets: the caller's input is cross-correlated with the echo \
+in its recording; it includes both jitter buffers, both codec passes and the echo's frame alignment.\n\
+- Answer → first audio uses the recording's own time line (its origin is inferred from its end and \
+length, ± one 20 ms frame).\n\
+- Timing figures are from one run on a shared 2-core machine; treat them as indications, not limits."
+    );
+    out
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("n/a".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+}
