@@ -11,7 +11,7 @@ export VOICELINK_REQUIRE_DESKTOP ?= $(if $(IN_CI),1,0)
 
 VOICED_ARGS ?=
 
-.PHONY: run test lint build package package-test fuzz
+.PHONY: run test lint build package package-test fuzz bench
 
 ## Install what is needed, build, and run voiced in the foreground (Ctrl-C stops it).
 run:
@@ -54,3 +54,12 @@ fuzz:
 	scripts/setup.sh --fuzz
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run wire_decode -- -max_total_time=$(FUZZ_SECONDS)
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run jitter_buffer -- -max_total_time=$(FUZZ_SECONDS)
+
+## Measure calls over impaired links (needs root: network namespaces): one call per
+## profile between two daemons, written to BENCHMARKS.md and bench/results/.
+## BENCH_ARGS passes options, e.g. BENCH_ARGS="--profiles clean,loss5 --keep".
+BENCH_ARGS ?=
+bench:
+	scripts/setup.sh --bench
+	cargo build --release --workspace
+	target/release/voicelink-bench --voiced target/release/voiced --out bench/results --markdown BENCHMARKS.md $(BENCH_ARGS)
