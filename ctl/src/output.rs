@@ -133,6 +133,8 @@ fn call_json(call: &v1::Call) -> Value {
         "answered_at": rfc3339(call.answered_at.as_ref()),
         "muted": call.muted,
         "on_hold": call.on_hold,
+        "held_here": call.held_here,
+        "held_by_peer": call.held_by_peer,
         "end_reason": v1::EndReason::try_from(call.end_reason).map_or_else(|_| "unknown".into(), |r| word(r.as_str_name(), "END_REASON_")),
         "end_detail": call.end_detail,
         "audio_input": call.audio_input,
@@ -288,7 +290,10 @@ impl Printer {
                     }),
                 ),
                 Kind::MuteChanged(e) => ("mute_changed", json!({ "call_id": e.call_id, "muted": e.muted })),
-                Kind::HoldChanged(e) => ("hold_changed", json!({ "call_id": e.call_id, "on_hold": e.on_hold })),
+                Kind::HoldChanged(e) => (
+                    "hold_changed",
+                    json!({ "call_id": e.call_id, "on_hold": e.on_hold, "held_here": e.held_here, "held_by_peer": e.held_by_peer }),
+                ),
                 Kind::AudioDeviceChanged(e) => {
                     ("audio_device_changed", json!({ "audio_input": e.audio_input, "audio_output": e.audio_output }))
                 }

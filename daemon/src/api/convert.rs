@@ -76,9 +76,12 @@ pub(super) fn event(published: &Published) -> v1::Event {
         Change::CallMuted(record) => {
             Kind::MuteChanged(v1::MuteChanged { call_id: record.id.to_string(), muted: record.muted })
         }
-        Change::CallHeld(record) => {
-            Kind::HoldChanged(v1::HoldChanged { call_id: record.id.to_string(), on_hold: record.on_hold })
-        }
+        Change::CallHeld(record) => Kind::HoldChanged(v1::HoldChanged {
+            call_id: record.id.to_string(),
+            on_hold: record.on_hold,
+            held_here: record.held_here,
+            held_by_peer: record.held_by_peer,
+        }),
         Change::AudioDefaults { input, output } => Kind::AudioDeviceChanged(v1::AudioDeviceChanged {
             audio_input: input.to_string(),
             audio_output: output.to_string(),
@@ -186,6 +189,8 @@ pub(super) fn call(record: &CallRecord) -> v1::Call {
         answered_at: record.answered_at.map(timestamp),
         muted: record.muted,
         on_hold: record.on_hold,
+        held_here: record.held_here,
+        held_by_peer: record.held_by_peer,
         end_reason: reason.into(),
         end_detail: detail,
         audio_input: record.input.to_string(),

@@ -258,6 +258,16 @@ impl CallMachine {
         self.held_here || self.held_there
     }
 
+    /// Held by us (only we can resume that).
+    pub fn held_here(&self) -> bool {
+        self.held_here
+    }
+
+    /// Held by the peer.
+    pub fn held_by_peer(&self) -> bool {
+        self.held_there
+    }
+
     /// When it was answered.
     pub fn answered_at(&self) -> Option<Instant> {
         self.answered_at

@@ -29,6 +29,10 @@ pub struct CallRecord {
     pub muted: bool,
     /// Held by either side.
     pub on_hold: bool,
+    /// Held by us.
+    pub held_here: bool,
+    /// Held by the peer.
+    pub held_by_peer: bool,
     /// Why it ended, once it has.
     pub end_reason: Option<EndReason>,
     /// Audio input in use.

@@ -170,6 +170,8 @@ fn new_record(
         answered_at: None,
         muted: false,
         on_hold: false,
+        held_here: false,
+        held_by_peer: false,
         end_reason: None,
         input,
         output,
@@ -482,6 +484,8 @@ impl Call {
                 }
                 Output::HoldChanged(on_hold) => {
                     self.record.on_hold = on_hold;
+                    self.record.held_here = self.machine.held_here();
+                    self.record.held_by_peer = self.machine.held_by_peer();
                     self.context.hub.publish(Change::CallHeld(self.record.clone()));
                 }
                 Output::Audio { send, play } => {

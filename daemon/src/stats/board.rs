@@ -155,6 +155,8 @@ mod tests {
             answered_at: None,
             muted: false,
             on_hold: false,
+            held_here: false,
+            held_by_peer: false,
             end_reason: None,
             input: crate::audio::InputSpec::Silence,
             output: crate::audio::OutputSpec::Null,

@@ -255,6 +255,8 @@ mod tests {
             answered_at: answered,
             muted: false,
             on_hold: false,
+            held_here: false,
+            held_by_peer: false,
             end_reason: None,
             input: InputSpec::Silence,
             output: OutputSpec::Null,
