@@ -13,7 +13,7 @@ use voicelink_proto::Client;
 use voicelink_proto::v1::{AnswerRequest, CallState, CallStats, DialRequest, HangupRequest, WatchStatsRequest};
 
 use super::daemon::{DEADLINE, Daemon, DaemonSpec, event_call, proc_sample, shows_peer_online};
-use super::report::{Applied, DirectionLoss, Latency, ProcessUse, ProfileResult, Reported, SideStats};
+use super::report::{Applied, DirectionLoss, Latency, Outcome, ProcessUse, ProfileResult, Reported, SideStats};
 use super::speech::{self, CALL_RATE, Material};
 
 /// Settings shared by every profile.
@@ -98,12 +98,13 @@ pub async fn run_profile(settings: &RunSettings, material: &Material, profile: &
     let counters = link.counters();
     result.loss.caller_to_callee = DirectionLoss::new(counters.a_to_b.rtp_forwarded, counters.a_to_b.rtp_dropped);
     result.loss.callee_to_caller = DirectionLoss::new(counters.b_to_a.rtp_forwarded, counters.b_to_a.rtp_dropped);
-    if let (Some(first), Some(answer)) = (counters.a_to_b.first_rtp_forwarded, Some(timeline.answered)) {
-        result.setup.answer_to_first_packet_ms = Some(signed_ms(first, answer));
-    }
     drop(link);
-
-    analyse(settings, material, &timeline, &caller_heard, &callee_heard, &dir, &mut result);
+    if let Some(timeline) = timeline {
+        if let Some(first) = counters.a_to_b.first_rtp_forwarded {
+            result.setup.answer_to_first_packet_ms = Some(signed_ms(first, timeline.answered));
+        }
+        analyse(settings, material, &timeline, &caller_heard, &callee_heard, &dir, &mut result);
+    }
     Ok(result)
 }
 
@@ -159,7 +160,7 @@ async fn call(
     callee: &Daemon,
     caller_heard: &Path,
     result: &mut ProfileResult,
-) -> Result<Timeline> {
+) -> Result<Option<Timeline>> {
     let mut caller_events = caller.events().await?;
     let mut callee_events = callee.events().await?;
     caller_events.seen_or_wait_for("the callee online", DEADLINE, |e| shows_peer_online(e, &callee.device_id)).await?;
@@ -168,6 +169,13 @@ async fn call(
     let idle_start = [proc_sample(caller.pid())?, proc_sample(callee.pid())?];
     tokio::time::sleep(settings.idle).await;
     let idle_end = [proc_sample(caller.pid())?, proc_sample(callee.pid())?];
+    for (i, usage) in [&mut result.resources.caller, &mut result.resources.callee].into_iter().enumerate() {
+        *usage = ProcessUse {
+            cpu_idle_percent: Some(cpu_percent(&idle_start[i], &idle_end[i])),
+            peak_rss_idle_kib: Some(idle_end[i].peak_rss_kib),
+            ..ProcessUse::default()
+        };
+    }
 
     for direction in [Direction::AToB, Direction::BToA] {
         link.set_impairment(direction, profile.each_direction);
@@ -202,9 +210,13 @@ async fn call(
         })
         .await?;
     if !is_state(&caller_first, Some(&call_id), CallState::Active) {
+        // A result, not a bench failure: the call did not survive its setup.
         let reason =
-            event_call(&caller_first).map(|c| format!("{:?} {}", c.end_reason(), c.end_detail)).unwrap_or_default();
-        bail!("the call ended before it became active: {reason}");
+            event_call(&caller_first).map(|c| format!("{:?} ({})", c.end_reason(), c.end_detail)).unwrap_or_default();
+        let after = signed_ms(caller_active_at, answered) / 1000.0;
+        result.notes.push(format!("the call failed during setup, {after:.1} s after the answer: {reason}"));
+        result.outcome = Outcome { survived: false, end_reason: reason, ended_after_s: None, audio_after_outage: None };
+        return Ok(None);
     }
     result.setup.dial_to_active_ms = Some(signed_ms(caller_active_at, dialed));
     result.setup.answer_to_active_ms = Some(signed_ms(caller_active_at, answered));
@@ -267,15 +279,11 @@ async fn call(
         .ok();
 
     for (i, usage) in [&mut result.resources.caller, &mut result.resources.callee].into_iter().enumerate() {
-        *usage = ProcessUse {
-            cpu_idle_percent: Some(cpu_percent(&idle_start[i], &idle_end[i])),
-            cpu_call_percent: Some(cpu_percent(&call_start[i], &call_end[i])),
-            peak_rss_idle_kib: Some(idle_end[i].peak_rss_kib),
-            peak_rss_call_kib: Some(call_end[i].peak_rss_kib),
-        };
+        usage.cpu_call_percent = Some(cpu_percent(&call_start[i], &call_end[i]));
+        usage.peak_rss_call_kib = Some(call_end[i].peak_rss_kib);
     }
     result.reported = reported(caller_stats, callee_stats).await;
-    Ok(Timeline { answered, callee_ended })
+    Ok(Some(Timeline { answered, callee_ended }))
 }
 
 fn cpu_percent(start: &super::daemon::ProcSample, end: &super::daemon::ProcSample) -> f64 {
