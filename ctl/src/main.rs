@@ -325,8 +325,10 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
             }
         }
         Command::Stats { call, follow, interval } => {
-            let interval = prost_types::Duration::try_from(Duration::from_millis(interval)).ok();
-            let one_call = call.is_some();
+            // Without --follow one round is wanted: the first sample of each call
+            // comes at once, and the longest interval keeps the next round away.
+            let interval = if follow { Duration::from_millis(interval) } else { Duration::from_secs(10) };
+            let interval = prost_types::Duration::try_from(interval).ok();
             let mut stream = client
                 .watch_stats(v1::WatchStatsRequest { call_id: call.unwrap_or_default(), interval })
                 .await?
@@ -335,26 +337,17 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
                 while let Some(sample) = stream.next().await {
                     printer.stats(&sample?);
                 }
-            } else if one_call {
-                // The first sample is sent at once.
-                if let Some(sample) = stream.next().await {
-                    printer.stats(&sample?);
-                }
             } else {
-                // One sample per call: the first round comes at once, so stop at
-                // the first call seen twice (or when there are no calls at all).
-                let calls = client.list_calls(v1::ListCallsRequest {}).await?.into_inner().calls;
                 let mut printed = std::collections::HashSet::new();
-                while printed.len() < calls.len()
-                    && let Some(sample) = stream.next().await
-                {
+                // The round arrives back to back; a pause means it is over.
+                while let Ok(Some(sample)) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
                     let sample = sample?;
                     if !printed.insert(sample.call_id.clone()) {
                         break;
                     }
                     printer.stats(&sample);
                 }
-                if calls.is_empty() && !printer.json {
+                if printed.is_empty() && !printer.json {
                     println!("no calls");
                 }
             }

@@ -360,7 +360,7 @@ impl Printer {
                 .map_or_else(|_| "unknown".into(), |r| word(r.as_str_name(), "END_REASON_"));
             println!(
                 "{} {peer}  ended ({reason})  talked {clock}  setup {:.0} ms  sent {}  received {}  lost {}  worst minute mos {:.2}",
-                short(&stats.call_id),
+                stats.call_id,
                 seconds(summary.setup_time.as_ref()) * 1000.0,
                 summary.packets_sent,
                 summary.packets_received,
@@ -372,7 +372,7 @@ impl Printer {
         let quality = if stats.quality.is_empty() { "-" } else { &stats.quality };
         println!(
             "{} {peer}  {} {clock}  rtt {:.0} ms ({})  jitter {:.1} ms  loss {:.1}% / {:.1}%  jb {:.0} ms  in {:.0} dBFS  out {:.0} dBFS  mos {:.2} {quality}",
-            short(&stats.call_id),
+            stats.call_id,
             state_word(stats.state),
             stats.round_trip_time_ms,
             if stats.round_trip_time_source.is_empty() { "-" } else { &stats.round_trip_time_source },

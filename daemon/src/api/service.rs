@@ -97,16 +97,18 @@ fn status(error: CallError) -> Status {
     }
 }
 
+/// Stats samples buffered per subscriber: few, so one that falls behind gets
+/// recent samples when it catches up, not a backlog of old ones.
+const STATS_BUFFER: usize = 4;
+
 /// Bounds of a stats subscription's interval.
 const STATS_INTERVALS: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(10);
 
 fn stats_interval(requested: Option<prost_types::Duration>) -> Result<Duration, Status> {
     let Some(requested) = requested else { return Ok(Duration::from_secs(1)) };
     Duration::try_from(requested).ok().filter(|interval| STATS_INTERVALS.contains(interval)).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "a stats interval must be between 100 ms and 10 s (asked for {}.{:09} s)",
-            requested.seconds, requested.nanos
-        ))
+        let millis = i128::from(requested.seconds) * 1000 + i128::from(requested.nanos) / 1_000_000;
+        Status::invalid_argument(format!("a stats interval must be between 100 ms and 10 s (asked for {millis} ms)"))
     })
 }
 
@@ -239,7 +241,7 @@ impl Voicelink for ControlService {
         let call = optional_call_id(request.call_id)?;
         let mut subscription =
             self.stats.subscribe(call, interval).map_err(|error| Status::not_found(error.to_string()))?;
-        let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let (sender, receiver) = mpsc::channel(STATS_BUFFER);
         let shutdown = self.shutdown.clone();
         // One task per subscriber, reading the board at its own pace: a client
         // that stops reading fills its own buffer and skips samples, nothing more.

@@ -89,6 +89,8 @@ struct Call {
     connection: Option<Connection>,
     media: Option<MediaSession>,
     meter: CallMeter,
+    /// The last sample, with the summary, is on the board.
+    stats_finished: bool,
     /// Told to yield to the peer's call (glare) and waiting for the registry to
     /// end this one: the peer closing the connection now is expected, not a loss.
     yielding: bool,
@@ -111,8 +113,17 @@ pub fn dial(
     // and a stats subscriber finds it.
     context.hub.publish(Change::CallStarted(record.clone()));
     let meter = first_sample(&context, &record);
-    let call =
-        Call { id, context, machine, record: record.clone(), connection: None, media: None, meter, yielding: false };
+    let call = Call {
+        id,
+        context,
+        machine,
+        record: record.clone(),
+        connection: None,
+        media: None,
+        meter,
+        stats_finished: false,
+        yielding: false,
+    };
     tokio::spawn(call.run_outgoing(destination, commands));
     (handle, record)
 }
@@ -132,7 +143,17 @@ pub fn incoming(
     let (handle, commands) = handle(&id, peer, Direction::Incoming);
     context.hub.publish(Change::CallStarted(record.clone()));
     let meter = first_sample(&context, &record);
-    let call = Call { id, context, machine, record, connection: Some(connection), media: None, meter, yielding: false };
+    let call = Call {
+        id,
+        context,
+        machine,
+        record,
+        connection: Some(connection),
+        media: None,
+        meter,
+        stats_finished: false,
+        yielding: false,
+    };
     tokio::spawn(call.run_incoming(commands));
     handle
 }
@@ -300,7 +321,10 @@ impl Call {
                     }
                 }
                 _ = sampling.tick() => {
-                    let stats = self.sample().await;
+                    if let Some(media) = self.media.as_mut() {
+                        media.refresh_ice().await;
+                    }
+                    let stats = self.sample();
                     self.context.stats.update(stats);
                 }
                 () = self.context.shutdown.cancelled() => { let _ = self.machine.handle(Input::Hangup, Instant::now()); }
@@ -317,12 +341,18 @@ impl Call {
     }
 
     /// The call's statistics now.
-    async fn sample(&mut self) -> CallStats {
-        let media = match self.media.as_mut() {
-            Some(media) => Some(media.sample().await),
-            None => None,
-        };
+    fn sample(&mut self) -> CallStats {
+        let media = self.media.as_ref().map(MediaSession::sample);
         self.meter.sample(&self.record, media.as_ref(), SystemTime::now())
+    }
+
+    /// Puts the call's last sample, with the summary, on the board.
+    fn finish_stats(&mut self) -> CallStats {
+        let stats = self.sample();
+        let last = self.meter.finish(&self.record, stats, SystemTime::now());
+        self.context.stats.finish(last.clone());
+        self.stats_finished = true;
+        last
     }
 
     async fn command(&mut self, command: CallCommand) {
@@ -465,13 +495,11 @@ impl Call {
                         self.record.answered_at = Some(SystemTime::now());
                     }
                     info!(call_id = %self.id, peer = %self.peer_short(), ?from, ?to, reason = ?self.record.end_reason, "call state");
-                    let stats = self.sample().await;
                     let stats = if to == State::Ended {
                         // The last sample, with the summary, goes on the event too.
-                        let last = self.meter.finish(&self.record, stats, SystemTime::now());
-                        self.context.stats.finish(last.clone());
-                        Some(Arc::new(last))
+                        Some(Arc::new(self.finish_stats()))
                     } else {
+                        let stats = self.sample();
                         self.context.stats.update(stats);
                         None
                     };
@@ -494,6 +522,16 @@ impl Call {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // A task that stops without ending its call (a panic) must not leave a
+        // sample on the board forever, nor one-call stats streams waiting.
+        if !self.stats_finished {
+            self.finish_stats();
         }
     }
 }

@@ -7,6 +7,10 @@
 //! gives `RTT = arrival - sent - DLSR`. Measuring both ends on our own monotonic
 //! clock keeps wall-clock steps out of it.
 //!
+//! Our interarrival jitter is computed here too (RFC 3550 §6.4.1 and A.8): the
+//! receiver-report interceptor's own figure does not wrap RTP timestamps and
+//! jumps for seconds when they roll over.
+//!
 //! The interceptor sits next to the wire, so it sees every inbound packet before
 //! any other interceptor consumes it and every outbound one after all of them
 //! produced theirs. It only observes: packets pass through unchanged.
@@ -55,6 +59,8 @@ pub struct RtcpView {
     pub bytes_received: u64,
     /// Our latest report on the peer's stream: what we hear.
     pub local: Option<Reception>,
+    /// RFC 3550 interarrival jitter of the peer's stream, computed here.
+    pub jitter: Duration,
     /// The peer's latest report on our stream: what it hears of us.
     pub remote: Option<Reception>,
     /// The latest RFC 3550 round-trip time.
@@ -71,6 +77,11 @@ pub struct RtcpMonitor {
     clock_rate: u32,
     /// Our media SSRC: reports about other streams are not about us.
     local_ssrc: Option<u32>,
+    /// The peer's media SSRC: our reports about other streams are not what we hear.
+    remote_ssrc: Option<u32>,
+    /// The previous RTP packet's arrival and timestamp, and the running jitter
+    /// in timestamp units.
+    jitter: Option<(Instant, u32, f64)>,
     /// Our recent sender reports: compact NTP time and when they left.
     sent_reports: VecDeque<(u32, Instant)>,
     read_queue: VecDeque<TaggedPacket>,
@@ -84,6 +95,8 @@ impl RtcpMonitor {
             view,
             clock_rate,
             local_ssrc: None,
+            remote_ssrc: None,
+            jitter: None,
             sent_reports: VecDeque::new(),
             read_queue: VecDeque::new(),
             write_queue: VecDeque::new(),
@@ -126,8 +139,8 @@ impl RtcpMonitor {
                     } else {
                         continue;
                     };
-                    // We receive one stream: any block we send is about it.
-                    if let Some(block) = blocks.last() {
+                    let theirs = blocks.iter().find(|block| self.remote_ssrc.is_none_or(|ssrc| block.ssrc == ssrc));
+                    if let Some(block) = theirs {
                         let reception = self.reception(block);
                         self.update(|view| view.local = Some(reception));
                     }
@@ -140,10 +153,14 @@ impl RtcpMonitor {
     /// A packet we received.
     fn inbound(&mut self, packet: &Packet, now: Instant) {
         match packet {
-            Packet::Rtp(rtp) => self.update(|view| {
-                view.packets_received += 1;
-                view.bytes_received += rtp.payload.len() as u64;
-            }),
+            Packet::Rtp(rtp) => {
+                let jitter = self.interarrival_jitter(rtp.header.timestamp, now);
+                self.update(|view| {
+                    view.packets_received += 1;
+                    view.bytes_received += rtp.payload.len() as u64;
+                    view.jitter = jitter;
+                });
+            }
             Packet::Rtcp(packets) => {
                 for packet in packets {
                     let any = packet.as_any();
@@ -169,6 +186,23 @@ impl RtcpMonitor {
             }
             _ => {}
         }
+    }
+
+    /// RFC 3550 §6.4.1 interarrival jitter after a packet with this timestamp
+    /// arrived: the smoothed difference between how far apart packets arrived
+    /// and how far apart they were sent, with wrap-safe timestamps.
+    fn interarrival_jitter(&mut self, timestamp: u32, now: Instant) -> Duration {
+        let rate = f64::from(self.clock_rate.max(1));
+        let jitter = match self.jitter {
+            None => 0.0,
+            Some((arrived, sent, jitter)) => {
+                let arrival_gap = now.saturating_duration_since(arrived).as_secs_f64() * rate;
+                let send_gap = f64::from(timestamp.wrapping_sub(sent) as i32);
+                jitter + ((arrival_gap - send_gap).abs() - jitter) / 16.0
+            }
+        };
+        self.jitter = Some((now, timestamp, jitter));
+        Duration::from_secs_f64(jitter / rate)
     }
 
     /// RFC 3550 §6.4.1, on our own clock: the report we sent that the block
@@ -235,7 +269,12 @@ impl Interceptor for RtcpMonitor {
         self.local_ssrc = Some(info.ssrc);
     }
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, info: &StreamInfo) {
+        self.remote_ssrc = Some(info.ssrc);
+        if info.clock_rate > 0 {
+            self.clock_rate = info.clock_rate;
+        }
+    }
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
@@ -332,6 +371,30 @@ mod tests {
         let view = *view.lock().unwrap();
         assert_eq!(view.local.map(|l| l.cumulative_lost), Some(12));
         assert_eq!((view.packets_sent, view.bytes_sent, view.packets_received, view.bytes_received), (1, 3, 1, 3));
+    }
+
+    #[test]
+    fn interarrival_jitter_follows_rfc_3550_across_a_timestamp_wrap() {
+        let (mut monitor, _) = monitor();
+        let start = Instant::now();
+        // 20 ms packets (960 ticks) arriving exactly on time: no jitter, even
+        // where the timestamp wraps.
+        let mut ts = u32::MAX - 2_000;
+        let mut jitter = Duration::ZERO;
+        for i in 0..10 {
+            jitter = monitor.interarrival_jitter(ts, start + Duration::from_millis(20 * i));
+            ts = ts.wrapping_add(960);
+        }
+        assert!(jitter < Duration::from_micros(1), "{jitter:?}");
+        // Arriving 10 ms, then 30 ms apart while sent 20 ms apart: |D| is 10 ms
+        // each time, and J moves a sixteenth of the way towards it per packet.
+        let mut at = start + Duration::from_millis(200);
+        for i in 0..200 {
+            at += if i % 2 == 0 { Duration::from_millis(10) } else { Duration::from_millis(30) };
+            jitter = monitor.interarrival_jitter(ts, at);
+            ts = ts.wrapping_add(960);
+        }
+        assert!((jitter.as_secs_f64() - 0.010).abs() < 0.0005, "{jitter:?}");
     }
 
     #[test]

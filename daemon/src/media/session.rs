@@ -4,6 +4,7 @@
 //! buffer → Opus → endpoint every frame). The call task drives it: SDP and ICE
 //! in and out, events up, audio gates down.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -29,6 +30,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, crypto,
     register_default_interceptors,
 };
+use webrtc::rtp_transceiver::RtpSender;
 
 use super::jitter::{JitterBuffer, Playout};
 use super::rtcp_monitor::{MONITOR_SLOT, RtcpMonitor, SharedView};
@@ -193,6 +195,8 @@ pub struct MediaSession {
     audio_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Packet counts and RTCP, kept by the interceptor.
     rtcp: SharedView,
+    /// Our audio's sender: the way to the ICE transport and its selected pair.
+    sender: Arc<dyn RtpSender>,
     /// What the player publishes every frame.
     playout: watch::Sender<PlayoutStats>,
     /// The level of what the sender sends, every frame.
@@ -327,7 +331,7 @@ impl MediaSession {
             )
             .map_err(webrtc_error)?,
         );
-        pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await.map_err(webrtc_error)?;
+        let sender = pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await.map_err(webrtc_error)?;
 
         let (gates, _) = watch::channel(Gates::default());
         let (connected, _) = watch::channel(false);
@@ -343,34 +347,39 @@ impl MediaSession {
             audio,
             audio_tasks: Vec::new(),
             rtcp,
+            sender,
             playout: watch::Sender::new(PlayoutStats::default()),
             level_out: watch::Sender::new(SILENCE_DBFS),
             ice: None,
         })
     }
 
-    /// What the media layer measures now, for the stats feed.
-    pub async fn sample(&mut self) -> MediaSample {
-        let now = Instant::now();
-        let ice = match &self.ice {
-            Some((taken, reading)) if now.duration_since(*taken) < ICE_REFRESH => reading.clone(),
-            _ => {
-                let reading = self.read_ice(now).await;
-                // Until ICE has chosen, look again next time.
-                self.ice = reading.pair.is_some().then(|| (now, reading.clone()));
-                reading
-            }
-        };
+    /// What the media layer measures now, for the stats feed. Does not wait:
+    /// the ICE part is the last one read by [`Self::refresh_ice`].
+    pub fn sample(&self) -> MediaSample {
+        let ice = self.ice.as_ref().map(|(_, reading)| reading);
         MediaSample {
             rtcp: *self.rtcp.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
             playout: *self.playout.borrow(),
             level_out_dbfs: *self.level_out.borrow(),
-            ice_round_trip: ice.round_trip,
-            candidate_pair: ice.pair,
+            ice_round_trip: ice.and_then(|ice| ice.round_trip),
+            candidate_pair: ice.and_then(|ice| ice.pair.clone()),
         }
     }
 
-    /// The selected candidate pair and its STUN round trip, from the stack's report.
+    /// Reads the ICE part of the stats again if it is older than [`ICE_REFRESH`].
+    pub async fn refresh_ice(&mut self) {
+        let now = Instant::now();
+        if self.ice.as_ref().is_some_and(|(taken, _)| now.duration_since(*taken) < ICE_REFRESH) {
+            return;
+        }
+        let reading = self.read_ice(now).await;
+        self.ice = Some((now, reading));
+    }
+
+    /// The selected pair and its STUN round trip. The pair comes from the ICE
+    /// transport, not the stats report: the report lists only signaled
+    /// candidates, so a peer-reflexive one (learned from a check) is missing there.
     async fn read_ice(&self, now: Instant) -> IceReading {
         use webrtc::peer_connection::{RTCStatsReportEntry as Entry, StatsSelector};
         let report = self.pc.get_stats(now, StatsSelector::None).await;
@@ -378,30 +387,28 @@ impl MediaSession {
             Entry::Transport(transport) => Some(transport.selected_candidate_pair_id.as_str()),
             _ => None,
         });
-        let Some(Entry::IceCandidatePair(pair)) = selected.and_then(|id| report.get(id)) else {
-            return IceReading::default();
-        };
-        // A pair names its candidates by their SDP id; their own entries prefix it.
-        let candidate = |id: &str, local: bool| {
-            report.iter().find_map(|entry| match entry {
-                Entry::LocalCandidate(c) | Entry::RemoteCandidate(c)
-                    if matches!(entry, Entry::LocalCandidate(_)) == local && c.stats.id.ends_with(id) =>
-                {
-                    Some((format!("{}:{}", c.address.as_deref().unwrap_or("?"), c.port), c.candidate_type.to_string()))
-                }
-                _ => None,
-            })
-        };
-        let (local, remote) = (candidate(&pair.local_candidate_id, true), candidate(&pair.remote_candidate_id, false));
-        IceReading {
+        let round_trip = match selected.and_then(|id| report.get(id)) {
             // Zero until the first STUN response on the pair.
-            round_trip: (pair.current_round_trip_time > 0.0)
-                .then(|| Duration::from_secs_f64(pair.current_round_trip_time)),
-            pair: local.zip(remote).map(|((local_address, local_type), (remote_address, remote_type))| CandidatePair {
-                local_address,
-                local_type,
-                remote_address,
-                remote_type,
+            Some(Entry::IceCandidatePair(pair)) if pair.current_round_trip_time > 0.0 => {
+                Some(Duration::from_secs_f64(pair.current_round_trip_time))
+            }
+            _ => None,
+        };
+        let pair = match self.sender.transport().await {
+            Ok(Some(dtls)) => dtls.ice_transport().get_selected_candidate_pair().await.ok().flatten(),
+            _ => None,
+        };
+        let address = |candidate: &webrtc::peer_connection::RTCIceCandidate| match candidate.address.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, candidate.port).to_string(),
+            Err(_) => format!("{}:{}", candidate.address, candidate.port),
+        };
+        IceReading {
+            round_trip,
+            pair: pair.map(|pair| CandidatePair {
+                local_address: address(pair.local()),
+                local_type: pair.local().typ.to_string(),
+                remote_address: address(pair.remote()),
+                remote_type: pair.remote().typ.to_string(),
             }),
         }
     }
@@ -561,7 +568,6 @@ async fn send_audio(
     let Sender { track, ssrc, mut encoder, level } = sender;
     let mut pcm = vec![0i16; samples_per_frame(frame)];
     let mut packet = vec![0u8; 1500];
-    let mut skipped: u32 = 0;
     let mut tick = tokio::time::interval(frame);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     loop {
@@ -572,19 +578,17 @@ async fn send_audio(
         // The source advances in real time whether or not we send (a file keeps
         // playing while muted, like a live microphone).
         source.fill(&mut pcm);
+        // A closed gate sends silence rather than nothing: Opus codes it in a few
+        // bytes, and the stream stays continuous, so the peer's RTCP does not count
+        // a mute as lost packets (skipping frames would skip sequence numbers too).
         if !gates.borrow().send {
-            skipped = skipped.saturating_add(1);
-            level.send_replace(SILENCE_DBFS);
-            continue;
+            pcm.fill(0);
         }
         level.send_replace(level_dbfs(&pcm));
         let Ok(len) = encoder.encode(&pcm, &mut packet) else { continue };
         let mut sample = Sample::new(Instant::now());
         sample.data = Bytes::copy_from_slice(&packet[..len]);
         sample.duration = frame;
-        // Skipped frames still advance the RTP clock, so the receiver sees a gap
-        // in time rather than audio played early.
-        sample.prev_dropped_packets = u16::try_from(std::mem::take(&mut skipped)).unwrap_or(u16::MAX);
         if let Err(error) = track.sample_writer(ssrc, OPUS_PT).write_sample(&sample).await {
             debug!(%error, "cannot send an audio frame");
         }

@@ -57,10 +57,7 @@ impl StatsBoard {
     /// A call ended: its last sample, with the summary.
     pub fn finish(&self, stats: CallStats) {
         let stats = Arc::new(stats);
-        self.live.send_if_modified(|live| {
-            live.remove(&stats.call_id);
-            false
-        });
+        // Recent first: a subscriber looking for the call always finds it in one.
         {
             let mut recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if recent.len() == RECENT_FINALS {
@@ -68,7 +65,17 @@ impl StatsBoard {
             }
             recent.push_back(stats.clone());
         }
+        self.live.send_if_modified(|live| {
+            live.remove(&stats.call_id);
+            false
+        });
         let _ = self.finals.send(stats);
+    }
+
+    /// The last sample of a call that ended recently.
+    fn recent(&self, call: &CallId) -> Option<Arc<CallStats>> {
+        let recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        recent.iter().rev().find(|stats| stats.call_id == *call).cloned()
     }
 
     /// The latest sample of a call in progress.
@@ -86,21 +93,18 @@ impl StatsBoard {
         if let Some(call) = &call
             && !self.live.borrow().contains_key(call)
         {
-            let recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let last =
-                recent.iter().rev().find(|stats| stats.call_id == *call).ok_or_else(|| NoSuchCall(call.clone()))?;
-            pending.push_back(last.clone());
+            pending.push_back(self.recent(call).ok_or_else(|| NoSuchCall(call.clone()))?);
             done = true;
         }
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ok(StatsSubscription { live: self.live.subscribe(), finals, call, tick, pending, done })
+        Ok(StatsSubscription { board: self.clone(), finals, call, tick, pending, done })
     }
 }
 
 /// One subscriber's view of the board.
 pub struct StatsSubscription {
-    live: watch::Receiver<BTreeMap<CallId, Arc<CallStats>>>,
+    board: StatsBoard,
     finals: broadcast::Receiver<Arc<CallStats>>,
     call: Option<CallId>,
     tick: Interval,
@@ -121,9 +125,18 @@ impl StatsSubscription {
             }
             tokio::select! {
                 _ = self.tick.tick() => {
-                    let live = self.live.borrow();
-                    let wanted = live.values().filter(|stats| self.call.as_ref().is_none_or(|call| stats.call_id == *call));
-                    self.pending.extend(wanted.cloned());
+                    let live = self.board.live.borrow().clone();
+                    match &self.call {
+                        None => self.pending.extend(live.values().cloned()),
+                        Some(call) => match live.get(call) {
+                            Some(stats) => self.pending.push_back(stats.clone()),
+                            // Ended, and its final was missed (this subscriber lagged).
+                            None => {
+                                self.pending.extend(self.board.recent(call));
+                                self.done = true;
+                            }
+                        },
+                    }
                 }
                 last = self.finals.recv() => match last {
                     Ok(last) if self.call.as_ref().is_none_or(|call| last.call_id == *call) => {

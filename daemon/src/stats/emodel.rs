@@ -23,7 +23,8 @@ const OPUS_BPL: f64 = 25.1;
 pub struct Conditions {
     /// Mouth-to-ear delay, one way.
     pub one_way_delay: Duration,
-    /// Share of packets lost after repair (0 to 1).
+    /// Share of packets lost on the network (0 to 1); what FEC and PLC repair
+    /// is the codec's business (`Bpl`).
     pub loss: f64,
     /// The codec's target bitrate.
     pub bitrate_bps: u32,

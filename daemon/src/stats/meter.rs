@@ -15,6 +15,10 @@ use crate::media::rtcp_monitor::{Reception, RtcpView};
 /// show a bad patch while it lasts.
 pub const LOSS_WINDOW: Duration = Duration::from_secs(10);
 
+/// How long no packet may arrive on an answered call before it counts as
+/// silence from the network (the peer sends even while muted or holding).
+const AUDIO_STALL: Duration = Duration::from_secs(1);
+
 /// Opus's encoder look-ahead, part of the mouth-to-ear delay.
 const OPUS_LOOKAHEAD: Duration = Duration::from_micros(6_500);
 
@@ -70,6 +74,10 @@ struct LossWindow {
 impl LossWindow {
     fn fraction(&mut self, report: Option<Reception>, now: SystemTime) -> f64 {
         let Some(report) = report else { return 0.0 };
+        // A sequence going backwards is a new stream: start the window again.
+        if self.points.back().is_some_and(|&(_, _, highest)| report.highest_sequence < highest) {
+            self.points.clear();
+        }
         if self
             .points
             .back()
@@ -100,12 +108,20 @@ pub struct CallMeter {
     remote: LossWindow,
     /// MOS sum and sample count per minute of talk time.
     minutes: Vec<(f64, u32)>,
+    /// Packets received, and since when that count has not moved.
+    arrivals: Option<(u64, SystemTime)>,
 }
 
 impl CallMeter {
     /// A meter for a call with this codec.
     pub fn new(codec: CodecInfo) -> Self {
-        CallMeter { codec, local: LossWindow::default(), remote: LossWindow::default(), minutes: Vec::new() }
+        CallMeter {
+            codec,
+            local: LossWindow::default(),
+            remote: LossWindow::default(),
+            minutes: Vec::new(),
+            arrivals: None,
+        }
     }
 
     /// A sample of the call now; `media` once it has a media session.
@@ -152,7 +168,7 @@ impl CallMeter {
         stats.fraction_lost = self.local.fraction(rtcp.local, now);
         stats.remote_packets_lost = rtcp.remote.map_or(0, |r| r.cumulative_lost);
         stats.remote_fraction_lost = self.remote.fraction(rtcp.remote, now);
-        stats.jitter = rtcp.local.map_or(Duration::ZERO, |r| r.jitter);
+        stats.jitter = rtcp.jitter;
         stats.round_trip = match (rtcp.round_trip, media.ice_round_trip) {
             (Some(rtt), _) => Some((rtt, RoundTripSource::Rtcp)),
             (None, Some(rtt)) => Some((rtt, RoundTripSource::Ice)),
@@ -168,16 +184,26 @@ impl CallMeter {
         stats.audio_level_in_dbfs = playout.level_dbfs;
         stats.audio_level_out_dbfs = media.level_out_dbfs;
         stats.candidate_pair = media.candidate_pair.clone();
-        if record.answered_at.is_some() && matches!(record.state, State::Active | State::OnHold | State::Ended) {
+        let received = rtcp.packets_received;
+        let unchanged_since = match self.arrivals {
+            Some((count, since)) if count == received => since,
+            _ => {
+                self.arrivals = Some((received, now));
+                now
+            }
+        };
+        let stalled = now.duration_since(unchanged_since).unwrap_or_default() >= AUDIO_STALL;
+        let answered =
+            record.answered_at.is_some() && matches!(record.state, State::Active | State::OnHold | State::Ended);
+        // No verdict before audio flows; nothing arriving for a while is as bad as
+        // losing everything (loss reports only move when packets do).
+        if answered && (received > 0 || stalled) {
+            let loss = if stalled { 1.0 } else { stats.fraction_lost };
             let one_way = stats.round_trip.map_or(Duration::ZERO, |(rtt, _)| rtt / 2)
                 + playout.current_delay
                 + self.codec.frame
                 + OPUS_LOOKAHEAD;
-            let conditions = Conditions {
-                one_way_delay: one_way,
-                loss: stats.fraction_lost,
-                bitrate_bps: self.codec.target_bitrate_bps,
-            };
+            let conditions = Conditions { one_way_delay: one_way, loss, bitrate_bps: self.codec.target_bitrate_bps };
             let r = emodel::rating(&conditions);
             let mos = emodel::mos(r);
             stats.mos = Some(mos);
@@ -275,7 +301,8 @@ mod tests {
     fn media(local: Reception, rtt_ms: u64) -> MediaSample {
         MediaSample {
             rtcp: RtcpView {
-                packets_received: 100,
+                // Arrivals move on with the sequence, so the call is not stalled.
+                packets_received: u64::from(local.highest_sequence),
                 local: Some(local),
                 remote: Some(local),
                 round_trip: Some(Duration::from_millis(rtt_ms)),
@@ -332,8 +359,8 @@ mod tests {
         let clean = meter.sample(&call, Some(&media(reception(0, 3_000), 10)), start + Duration::from_secs(30));
         assert_eq!(clean.quality, Some(Quality::Excellent));
         assert_eq!(clean.round_trip, Some((Duration::from_millis(10), RoundTripSource::Rtcp)));
-        meter.sample(&call, Some(&media(reception(0, 3_000), 10)), start + Duration::from_secs(80));
-        let lossy = meter.sample(&call, Some(&media(reception(200, 4_000), 10)), start + Duration::from_secs(90));
+        meter.sample(&call, Some(&media(reception(0, 5_500), 10)), start + Duration::from_secs(80));
+        let lossy = meter.sample(&call, Some(&media(reception(200, 6_000), 10)), start + Duration::from_secs(90));
         assert!(lossy.quality < Some(Quality::Fair), "{:?}", lossy.quality);
         let late = meter.sample(&call, Some(&media(reception(200, 9_000), 10)), start + Duration::from_secs(150));
         let far = meter.sample(&call, Some(&media(reception(0, 3_000), 900)), start + Duration::from_secs(150));
@@ -346,6 +373,21 @@ mod tests {
         assert_eq!(summary.end_reason, Some(EndReason::HungUpLocal));
         let worst = summary.worst_minute_mos.unwrap();
         assert!(worst < clean.mos.unwrap() && worst >= lossy.mos.unwrap());
+    }
+
+    #[test]
+    fn no_verdict_before_audio_flows_and_a_bad_one_when_it_stops() {
+        let now = SystemTime::now();
+        let call = record(State::Active, now, Some(now));
+        let mut meter = CallMeter::new(codec());
+        let mut silent = media(reception(0, 10), 2);
+        silent.rtcp.packets_received = 0;
+        assert_eq!(meter.sample(&call, Some(&silent), now).quality, None);
+        let flowing = media(reception(0, 10), 2);
+        assert_eq!(meter.sample(&call, Some(&flowing), now).quality, Some(Quality::Excellent));
+        // The same count 2 s later: nothing arrived, whatever the loss reports say.
+        let stalled = meter.sample(&call, Some(&flowing), now + Duration::from_secs(2));
+        assert_eq!(stalled.quality, Some(Quality::Bad));
     }
 
     #[test]
