@@ -3,24 +3,33 @@
 //! menu, and follows the stats feed of each live call for its quality verdict.
 //!
 //! The event feed drives everything: there is no polling. When the daemon is not
-//! running, stops or restarts, the task reports it and tries again after a
-//! [`Backoff`] delay that doubles up to a cap, so a missing daemon costs a
-//! connection attempt every few seconds and never a busy loop.
+//! running, stops, restarts or stops answering, the task reports it and tries
+//! again after a [`Backoff`] delay that doubles up to a cap, so a missing daemon
+//! costs a connection attempt every few seconds and never a busy loop. A daemon
+//! that hangs is noticed too: setting up a session has a deadline
+//! ([`SETUP_TIMEOUT`]), and the connection sends HTTP/2 pings that a live daemon
+//! answers within [`KEEPALIVE_TIMEOUT`] even while nothing else happens.
 
 use std::collections::HashMap;
+use std::io;
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tonic::Code;
+use tonic::codegen::InterceptedService;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
 use voicelink_proto::v1::{self, CallState, event};
-use voicelink_proto::{Client, ConnectError, DaemonAddress};
+use voicelink_proto::{ConnectError, DaemonAddress};
 
 use crate::command::Command;
 use crate::model::Update;
 
 /// Delays between connection attempts: `initial`, doubling up to `max`; back to
-/// `initial` once a connection has worked.
+/// `initial` once a connection has stayed up for a while ([`STEADY_AFTER`]).
 #[derive(Debug, Clone)]
 pub struct Backoff {
     initial: Duration,
@@ -55,6 +64,95 @@ impl Default for Backoff {
     }
 }
 
+/// How long connecting, subscribing to the feed and reading the status may take
+/// before the daemon counts as not answering.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the connection pings the daemon (HTTP/2 PING), even when idle.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a ping may go unanswered before the connection counts as dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a session must last before the back-off starts again from its
+/// shortest delay: a daemon that accepts and then fails at once (a crash loop)
+/// must not be retried every 250 ms.
+pub const STEADY_AFTER: Duration = Duration::from_secs(3);
+
+/// The tray's client: the daemon's API over a channel with HTTP/2 keepalive.
+pub type Client = v1::voicelink_client::VoicelinkClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds the bearer token to every request on a TCP connection (none on the
+/// Unix socket).
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<AsciiMetadataValue>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert(voicelink_proto::AUTHORIZATION_HEADER, token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// An endpoint whose connections ping the daemon. The URI is required but unused
+/// on the Unix socket, where the connector decides.
+fn endpoint(uri: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(uri.to_owned())?
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+/// Connects like [`voicelink_proto::connect`] (same errors, so "not running" is
+/// told apart), but with HTTP/2 keepalive on the channel: the shared helper
+/// builds its endpoint without it, and a tray must notice a daemon that hangs
+/// while it waits, for hours, for the next event.
+pub async fn connect(address: &DaemonAddress) -> Result<Client, ConnectError> {
+    let other =
+        |source: Box<dyn std::error::Error + Send + Sync>| ConnectError::Other { address: address.clone(), source };
+    match address {
+        DaemonAddress::Unix(path) => {
+            // Probe once so the error names the cause rather than a transport error.
+            if let Err(error) = tokio::net::UnixStream::connect(path).await {
+                return Err(match error.kind() {
+                    // A missing socket, or one left behind by a daemon that died.
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                        ConnectError::NotRunning { address: address.clone() }
+                    }
+                    io::ErrorKind::PermissionDenied => ConnectError::PermissionDenied { address: address.clone() },
+                    _ => other(Box::new(error)),
+                });
+            }
+            let path = path.clone();
+            let connector = tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { Ok::<_, io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            });
+            let channel = endpoint("http://voiced.invalid")
+                .map_err(|e| other(Box::new(e)))?
+                .connect_with_connector(connector)
+                .await
+                .map_err(|e| other(Box::new(e)))?;
+            Ok(v1::voicelink_client::VoicelinkClient::with_interceptor(channel, Bearer(None)))
+        }
+        DaemonAddress::Tcp { address: host_port, token } => {
+            let value = AsciiMetadataValue::try_from(format!("Bearer {token}")).map_err(|_| ConnectError::BadToken)?;
+            let channel =
+                endpoint(&format!("http://{host_port}")).map_err(|e| other(Box::new(e)))?.connect().await.map_err(
+                    |e| match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>()) {
+                        Some(io) if io.kind() == io::ErrorKind::ConnectionRefused => {
+                            ConnectError::NotRunning { address: address.clone() }
+                        }
+                        _ => other(Box::new(e)),
+                    },
+                )?;
+            Ok(v1::voicelink_client::VoicelinkClient::with_interceptor(channel, Bearer(Some(value))))
+        }
+    }
+}
+
 /// Why a session with the daemon ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -64,6 +162,10 @@ pub enum SessionError {
     /// A call failed (the daemon went away mid-call, or refused the subscription).
     #[error("voiced: {}", .0.message())]
     Rpc(#[from] tonic::Status),
+    /// Connecting, subscribing or reading the status took longer than this: the
+    /// daemon is hung (stopped, or stuck).
+    #[error("voiced did not answer within {} s", .0.as_secs())]
+    Timeout(Duration),
     /// The event feed ended: the daemon is shutting down.
     #[error("voiced stopped")]
     FeedEnded,
@@ -78,9 +180,25 @@ impl SessionError {
         match self {
             SessionError::Connect(ConnectError::NotRunning { .. }) => "voiced is not running".to_owned(),
             SessionError::Rpc(status) if status.code() == Code::Unavailable => "voiced is not running".to_owned(),
+            SessionError::Timeout(_) => "voiced is not answering".to_owned(),
+            // Broken under us: the daemon died, or stopped answering pings.
+            SessionError::Rpc(status) if is_transport_failure(status) => "lost the connection to voiced".to_owned(),
             other => other.to_string(),
         }
     }
+}
+
+/// Whether a failed call failed in the transport (an I/O error somewhere in its
+/// causes) rather than being refused by the daemon.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if error.is::<io::Error>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// How often the stats feed samples a call: the verdict is read by people.
@@ -91,13 +209,9 @@ const STATS_INTERVAL: Duration = Duration::from_secs(2);
 pub async fn run(address: DaemonAddress, updates: mpsc::Sender<Update>, mut commands: mpsc::Receiver<Command>) {
     let mut backoff = Backoff::default();
     loop {
-        let mut connected = false;
-        let error = session(&address, &updates, &mut commands, &mut connected).await;
+        let error = session(&address, &updates, &mut commands, &mut backoff).await;
         if matches!(error, SessionError::TrayGone) {
             return;
-        }
-        if connected {
-            backoff.reset();
         }
         let retry_in = backoff.next_delay();
         let reason = error.reason();
@@ -129,19 +243,35 @@ fn wants_stats(state: CallState) -> bool {
     matches!(state, CallState::Active | CallState::OnHold)
 }
 
-/// One connection: returns why it ended. Sets `connected` once subscribed.
+/// The tasks a session started; dropping it (when the session ends, however it
+/// ends) stops them all, so nothing outlives the connection it was made on.
+#[derive(Default)]
+struct SessionTasks {
+    /// Commands being run (each on its own, so a slow answer never holds up the feed).
+    commands: JoinSet<()>,
+    /// The stats feed of each live call.
+    stats: HashMap<String, JoinHandle<()>>,
+}
+
+impl Drop for SessionTasks {
+    fn drop(&mut self) {
+        // The JoinSet aborts its tasks when dropped; the handles must be told.
+        for (_, task) in self.stats.drain() {
+            task.abort();
+        }
+    }
+}
+
+/// One connection: returns why it ended. Resets `backoff` once the session has
+/// lasted [`STEADY_AFTER`].
 async fn session(
     address: &DaemonAddress,
     updates: &mpsc::Sender<Update>,
     commands: &mut mpsc::Receiver<Command>,
-    connected: &mut bool,
+    backoff: &mut Backoff,
 ) -> SessionError {
-    let mut stats: HashMap<String, JoinHandle<()>> = HashMap::new();
-    let result = follow(address, updates, commands, connected, &mut stats).await;
-    for (_, task) in stats.drain() {
-        task.abort();
-    }
-    match result {
+    let mut tasks = SessionTasks::default();
+    match follow(address, updates, commands, backoff, &mut tasks).await {
         Ok(never) => match never {},
         Err(error) => error,
     }
@@ -151,36 +281,49 @@ async fn follow(
     address: &DaemonAddress,
     updates: &mpsc::Sender<Update>,
     commands: &mut mpsc::Receiver<Command>,
-    connected: &mut bool,
-    stats: &mut HashMap<String, JoinHandle<()>>,
+    backoff: &mut Backoff,
+    tasks: &mut SessionTasks,
 ) -> Result<std::convert::Infallible, SessionError> {
-    let mut client = voicelink_proto::connect(address.clone()).await?;
-    // Subscribe first, so nothing that happens while we read the status is missed.
-    let mut events = client.watch_events(v1::WatchEventsRequest {}).await?.into_inner();
-    let status = client.get_status(v1::GetStatusRequest {}).await?.into_inner();
-    let devices = match client.list_audio_devices(v1::ListAudioDevicesRequest {}).await {
-        Ok(response) => Some(response.into_inner()),
-        Err(status) => {
-            // The menu shows the device submenus disabled; calls still work.
-            tracing::warn!(code = ?status.code(), message = status.message(), "cannot list audio devices");
-            None
-        }
+    let setup = async {
+        let mut client = connect(address).await?;
+        // Subscribe first, so nothing that happens while we read the status is missed.
+        let events = client.watch_events(v1::WatchEventsRequest {}).await?.into_inner();
+        let status = client.get_status(v1::GetStatusRequest {}).await?.into_inner();
+        let devices = match client.list_audio_devices(v1::ListAudioDevicesRequest {}).await {
+            Ok(response) => Some(response.into_inner()),
+            Err(status) => {
+                // The menu shows the device submenus disabled; calls still work.
+                tracing::warn!(code = ?status.code(), message = status.message(), "cannot list audio devices");
+                None
+            }
+        };
+        Ok::<_, SessionError>((client, events, status, devices))
     };
+    let (client, mut events, status, devices) =
+        tokio::time::timeout(SETUP_TIMEOUT, setup).await.map_err(|_| SessionError::Timeout(SETUP_TIMEOUT))??;
     tracing::info!(%address, version = %status.version, name = %status.display_name, "connected to voiced");
     updates.send(Update::Connected { status, devices }).await.map_err(|_| SessionError::TrayGone)?;
-    *connected = true;
 
+    let steady = tokio::time::sleep(STEADY_AFTER);
+    tokio::pin!(steady);
+    let mut steady_yet = false;
     loop {
         tokio::select! {
             message = events.message() => {
                 let event = message?.ok_or(SessionError::FeedEnded)?;
-                follow_stats(&client, &event, updates, stats);
+                follow_stats(&client, &event, updates, &mut tasks.stats);
                 updates.send(Update::Event(Box::new(event))).await.map_err(|_| SessionError::TrayGone)?;
             }
             command = commands.recv() => {
                 let command = command.ok_or(SessionError::TrayGone)?;
-                // Each command runs on its own so a slow answer never holds up the feed.
-                tokio::spawn(execute(client.clone(), command, updates.clone()));
+                tasks.commands.spawn(execute(client.clone(), command, updates.clone()));
+            }
+            // Finished commands are collected so the set does not grow.
+            Some(_) = tasks.commands.join_next(), if !tasks.commands.is_empty() => {}
+            () = &mut steady, if !steady_yet => {
+                steady_yet = true;
+                backoff.reset();
+                tracing::info!("the connection is steady; the back-off starts again from its shortest delay");
             }
         }
     }
@@ -210,9 +353,12 @@ fn follow_stats(
     };
     for call in changed {
         if wants_stats(call.state()) {
-            stats
-                .entry(call.call_id.clone())
-                .or_insert_with(|| tokio::spawn(watch_stats(client.clone(), call.call_id.clone(), updates.clone())));
+            // A feed that ended (refused, or failed) is tried again on the call's
+            // next change rather than left dead for the rest of the call.
+            if stats.get(&call.call_id).is_none_or(JoinHandle::is_finished) {
+                let task = tokio::spawn(watch_stats(client.clone(), call.call_id.clone(), updates.clone()));
+                stats.insert(call.call_id.clone(), task);
+            }
         } else if let Some(task) = stats.remove(&call.call_id) {
             task.abort();
         }
@@ -234,7 +380,9 @@ async fn watch_stats(mut client: Client, call_id: String, updates: mpsc::Sender<
     loop {
         match stream.message().await {
             Ok(Some(sample)) => {
-                if updates.send(Update::Stats(Box::new(sample))).await.is_err() {
+                // The sample with the summary is the call's last.
+                let last = sample.summary.is_some();
+                if updates.send(Update::Stats(Box::new(sample))).await.is_err() || last {
                     return;
                 }
             }
@@ -255,7 +403,8 @@ fn log_stats_refusal(call_id: &str, status: &tonic::Status) {
     }
 }
 
-/// Runs one command against the daemon; a refusal becomes [`Update::CommandFailed`].
+/// Runs one command against the daemon and reports how it went
+/// ([`Update::CommandDone`] or [`Update::CommandFailed`]).
 async fn execute(mut client: Client, command: Command, updates: mpsc::Sender<Update>) {
     let result = match &command {
         Command::Dial { device_id } => {
@@ -285,13 +434,18 @@ async fn execute(mut client: Client, command: Command, updates: mpsc::Sender<Upd
         // The UI handles Quit itself; nothing to ask the daemon.
         Command::Quit => Ok(()),
     };
-    match result {
-        Ok(()) => tracing::info!(command = ?command, "done"),
+    let update = match result {
+        Ok(()) => {
+            tracing::info!(command = ?command, "done");
+            Update::CommandDone { command }
+        }
         Err(status) => {
             tracing::warn!(command = ?command, code = ?status.code(), message = status.message(), "refused");
-            let _ = updates.send(Update::CommandFailed { command, message: status.message().to_owned() }).await;
+            Update::CommandFailed { command, message: status.message().to_owned() }
         }
-    }
+    };
+    // The UI may be gone (quitting); then nobody needs to know.
+    let _ = updates.send(update).await;
 }
 
 #[cfg(test)]
@@ -305,6 +459,15 @@ mod tests {
         assert_eq!(delays, [250, 500, 1000, 2000, 2000, 2000]);
         backoff.reset();
         assert_eq!(backoff.next_delay(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_broken_connection_is_told_apart_from_a_refusal() {
+        let broken = tonic::Status::from_error(Box::new(io::Error::new(io::ErrorKind::BrokenPipe, "broken pipe")));
+        assert_eq!(SessionError::Rpc(broken).reason(), "lost the connection to voiced");
+        let refused = tonic::Status::permission_denied("not yours");
+        assert_eq!(SessionError::Rpc(refused).reason(), "voiced: not yours");
+        assert_eq!(SessionError::Timeout(SETUP_TIMEOUT).reason(), "voiced is not answering");
     }
 
     #[tokio::test(start_paused = true)]
@@ -341,5 +504,47 @@ mod tests {
         drop(commands);
         drop(updates);
         task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_daemon_that_accepts_but_never_answers_is_given_up_on_and_retried() {
+        // A stopped (SIGSTOP) or stuck daemon: its socket accepts connections
+        // and nothing ever answers on them.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hung.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let accepted = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let (updates_tx, mut updates) = mpsc::channel(8);
+        let (_commands, commands_rx) = mpsc::channel(8);
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(run(DaemonAddress::Unix(path), updates_tx, commands_rx));
+
+        let mut attempts = Vec::new();
+        for _ in 0..3 {
+            match updates.recv().await.expect("an update") {
+                Update::Disconnected { reason, retry_in } => {
+                    attempts.push((reason, retry_in, started.elapsed().as_secs()));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Each attempt gives up after SETUP_TIMEOUT; the back-off never resets,
+        // as no session was ever set up.
+        let reason = "voiced is not answering".to_owned();
+        assert_eq!(
+            attempts,
+            [
+                (reason.clone(), Duration::from_millis(250), 5),
+                (reason.clone(), Duration::from_millis(500), 10),
+                (reason, Duration::from_secs(1), 15),
+            ]
+        );
+        task.abort();
+        accepted.abort();
     }
 }

@@ -14,7 +14,7 @@
 //!
 //! The binary (`src/main.rs`) adds the thin desktop glue: GTK, the tray icon
 //! (tray-icon's GTK/AppIndicator backend, see `ui.rs` for why) and notifications
-//! (notify-rust).
+//! (the freedesktop.org notification spec over GIO, see `notifications.rs`).
 
 pub mod client;
 pub mod command;

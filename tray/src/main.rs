@@ -1,13 +1,15 @@
 //! `voicelink-tray`: the voicelink daemon from the system tray.
 //!
 //! Two threads: the GTK main loop owns the tray icon, its menu and the
-//! notifications (`ui.rs`, `notifications.rs`); a tokio thread owns the
-//! connection to `voiced` (`voicelink_tray::client`). They talk over bounded
-//! channels: updates one way, commands the other.
+//! notifications (`ui.rs`, `notifications.rs`; nothing there blocks: D-Bus
+//! calls to the notification server are asynchronous on the same loop); a
+//! tokio thread owns the connection to `voiced` (`voicelink_tray::client`).
+//! They talk over bounded channels: updates one way, commands the other.
 
 mod notifications;
 mod ui;
 
+use std::cell::Cell;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +21,7 @@ use tokio::sync::mpsc;
 use voicelink_proto::DaemonAddress;
 use voicelink_tray::view::IconKind;
 
-use notifications::Choice;
+use notifications::{Choice, Notifier};
 
 /// A tray icon for voicelink: see who is online, answer, decline, hang up,
 /// mute and hold calls, and choose audio devices.
@@ -42,7 +44,7 @@ struct Args {
 pub enum UiInput {
     /// A menu item was chosen (its ID).
     Menu(String),
-    /// A ringing notification was acted on.
+    /// Answer or Decline was chosen on a ringing notification.
     Notification {
         /// The call it was about.
         call_id: String,
@@ -51,6 +53,8 @@ pub enum UiInput {
     },
     /// A second passed (only while a call's duration is shown).
     Tick,
+    /// The tray was asked to quit by a signal (SIGTERM at logout, ^C).
+    Quit,
 }
 
 fn main() -> ExitCode {
@@ -95,11 +99,38 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     }));
 
-    let ui = ui::Ui::new(commands, inputs)?;
-    glib::MainContext::default().spawn_local(ui::drive(ui, updates, inputs_rx));
+    // Logging out (SIGTERM) or ^C quits like the menu's Quit: ringing
+    // notifications are withdrawn first.
+    for signal in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGINT] {
+        let quit = inputs.clone();
+        glib::unix_signal_add_local(signal as i32, move || {
+            tracing::info!(%signal, "asked to quit");
+            if let Err(error) = quit.try_send(UiInput::Quit) {
+                tracing::warn!(%error, "cannot quit yet; send the signal again");
+            }
+            glib::ControlFlow::Continue
+        });
+    }
+
+    // Started before anything can ring, so its signal subscription is in place
+    // before the first notification is sent.
+    let notifier = Notifier::start(inputs.clone());
+    let ui = ui::Ui::new(commands, inputs, notifier)?;
+    let exit = std::rc::Rc::new(Cell::new(None));
+    let exit_set = exit.clone();
+    glib::MainContext::default().spawn_local(async move {
+        exit_set.set(Some(ui::drive(ui, updates, inputs_rx).await));
+        gtk::main_quit();
+    });
     gtk::main();
-    tracing::info!("voicelink-tray quits");
-    Ok(())
+    match exit.get() {
+        Some(ui::Exit::Quit) => {
+            tracing::info!("voicelink-tray quits");
+            Ok(())
+        }
+        Some(ui::Exit::ClientStopped) => anyhow::bail!("the daemon client stopped unexpectedly"),
+        None => anyhow::bail!("the GTK main loop ended on its own"),
+    }
 }
 
 fn write_icons(dir: &std::path::Path) -> anyhow::Result<()> {

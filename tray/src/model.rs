@@ -52,6 +52,11 @@ pub enum Update {
         /// When the next attempt is made.
         retry_in: Duration,
     },
+    /// A menu or notification action was done by the daemon.
+    CommandDone {
+        /// What was asked.
+        command: Command,
+    },
     /// A menu or notification action was refused by the daemon.
     CommandFailed {
         /// What was asked.
@@ -111,7 +116,9 @@ pub struct TrayState {
     /// The daemon's audio output spec for new calls.
     pub audio_output: String,
     /// The last thing that went wrong (a refused command, a daemon error), shown
-    /// in the menu until the next successful change.
+    /// in the menu until the next command that works, the next change to a call
+    /// or to the devices, or the next connection. (Peers coming and going do not
+    /// clear it: they say nothing about what went wrong.)
     pub last_error: Option<String>,
 }
 
@@ -180,11 +187,17 @@ impl TrayState {
                 notices
             }
             Update::Stats(stats) => {
-                // Samples can trail the end of a call; only live calls get a verdict.
-                let v1::CallStats { call_id, quality, .. } = *stats;
-                if self.calls.contains_key(&call_id) && !quality.is_empty() {
+                // Samples can trail the end of a call (the one with the summary is
+                // sent after it ended); only live calls get a verdict, and an empty
+                // verdict (no audio yet) says nothing.
+                let v1::CallStats { call_id, quality, summary, .. } = *stats;
+                if summary.is_none() && self.calls.contains_key(&call_id) && !quality.is_empty() {
                     self.quality.insert(call_id, quality);
                 }
+                Vec::new()
+            }
+            Update::CommandDone { .. } => {
+                self.last_error = None;
                 Vec::new()
             }
             Update::CommandFailed { command, message } => {
@@ -243,21 +256,32 @@ impl TrayState {
                 self.peers.remove(&gone.device_id);
                 Vec::new()
             }
-            Kind::IncomingCall(v1::IncomingCall { call: Some(call) }) => self.call_changed(call),
-            Kind::CallStateChanged(v1::CallStateChanged { call: Some(call), .. }) => self.call_changed(call),
+            Kind::IncomingCall(v1::IncomingCall { call: Some(call) }) => {
+                self.last_error = None;
+                self.call_changed(call)
+            }
+            Kind::CallStateChanged(v1::CallStateChanged { call: Some(call), .. }) => {
+                self.last_error = None;
+                self.call_changed(call)
+            }
             Kind::MuteChanged(change) => {
+                self.last_error = None;
                 if let Some(call) = self.calls.get_mut(&change.call_id) {
                     call.muted = change.muted;
                 }
                 Vec::new()
             }
             Kind::HoldChanged(change) => {
+                self.last_error = None;
                 if let Some(call) = self.calls.get_mut(&change.call_id) {
                     call.on_hold = change.on_hold;
+                    call.held_here = change.held_here;
+                    call.held_by_peer = change.held_by_peer;
                 }
                 Vec::new()
             }
             Kind::AudioDeviceChanged(change) => {
+                self.last_error = None;
                 self.audio_input = change.audio_input;
                 self.audio_output = change.audio_output;
                 Vec::new()
@@ -440,8 +464,14 @@ mod tests {
         let mut state = ringing_state();
         state.apply(changed(call("c1", CallState::Active)));
         state.apply(ev(event::Kind::MuteChanged(v1::MuteChanged { call_id: "c1".into(), muted: true })));
-        state.apply(ev(event::Kind::HoldChanged(v1::HoldChanged { call_id: "c1".into(), on_hold: true })));
-        assert!(state.calls["c1"].muted && state.calls["c1"].on_hold);
+        state.apply(ev(event::Kind::HoldChanged(v1::HoldChanged {
+            call_id: "c1".into(),
+            on_hold: true,
+            held_here: false,
+            held_by_peer: true,
+        })));
+        let c1 = &state.calls["c1"];
+        assert!(c1.muted && c1.on_hold && c1.held_by_peer && !c1.held_here, "{c1:?}");
         state.apply(Update::Stats(Box::new(v1::CallStats {
             call_id: "c1".into(),
             quality: "good".into(),
@@ -454,17 +484,52 @@ mod tests {
         })));
         assert_eq!(state.quality.get("c1").map(String::as_str), Some("good"));
         assert!(!state.quality.contains_key("other"));
+        // No audio yet says nothing; the last sample (with the summary) neither.
+        for sample in [
+            v1::CallStats { call_id: "c1".into(), quality: String::new(), ..Default::default() },
+            v1::CallStats {
+                call_id: "c1".into(),
+                quality: "bad".into(),
+                summary: Some(v1::CallSummary::default()),
+                ..Default::default()
+            },
+        ] {
+            state.apply(Update::Stats(Box::new(sample)));
+            assert_eq!(state.quality.get("c1").map(String::as_str), Some("good"));
+        }
+    }
+
+    fn failed() -> Update {
+        Update::CommandFailed { command: Command::Answer { call_id: "c1".into() }, message: "no such call".into() }
     }
 
     #[test]
-    fn a_refused_command_is_remembered_until_reconnected() {
+    fn a_refused_command_is_shown_until_something_works() {
+        let clears = [
+            Update::Connected { status: v1::Status::default(), devices: None },
+            Update::CommandDone { command: Command::Dial { device_id: "DEV-BOB".into() } },
+            changed(call("c2", CallState::Outgoing)),
+            ev(event::Kind::MuteChanged(v1::MuteChanged { call_id: "c2".into(), muted: true })),
+            ev(event::Kind::AudioDeviceChanged(v1::AudioDeviceChanged::default())),
+        ];
+        for update in clears {
+            let mut state = TrayState::default();
+            state.apply(failed());
+            assert_eq!(state.last_error.as_deref(), Some("Answer: no such call"));
+            state.apply(update.clone());
+            assert_eq!(state.last_error, None, "cleared by {update:?}");
+        }
+    }
+
+    #[test]
+    fn peers_coming_and_going_do_not_hide_an_error() {
         let mut state = TrayState::default();
-        state.apply(Update::CommandFailed {
-            command: Command::Answer { call_id: "c1".into() },
-            message: "no such call".into(),
-        });
+        state.apply(failed());
+        let peer = v1::Peer { device_id: "DEV-BOB".into(), online: true, ..Default::default() };
+        state.apply(ev(event::Kind::PeerAppeared(v1::PeerAppeared { peer: Some(peer) })));
+        state.apply(ev(event::Kind::PeerGone(v1::PeerGone { device_id: "DEV-BOB".into(), ..Default::default() })));
         assert_eq!(state.last_error.as_deref(), Some("Answer: no such call"));
-        state.apply(Update::Connected { status: v1::Status::default(), devices: None });
-        assert_eq!(state.last_error, None);
+        state.apply(ev(event::Kind::Error(v1::DaemonError { call_id: String::new(), message: "disk full".into() })));
+        assert_eq!(state.last_error.as_deref(), Some("disk full"), "a daemon error replaces it");
     }
 }

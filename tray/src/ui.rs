@@ -15,9 +15,18 @@
 //! XEmbed-only desktops. One backend that works on both kinds of tray wins;
 //! its cost is that AppIndicator has no tooltip (tray-icon's `set_tooltip` does
 //! nothing there), so the menu's first line states the same words.
+//!
+//! # Icon size
+//!
+//! The icons are handed over at one size, [`ICON_SIZE`]: tray-icon's GTK backend
+//! writes the one image it is given to a PNG file and passes its path to
+//! AppIndicator, which has no way to take several sizes, and the backend does
+//! not tell us the panel's size either (`TrayIcon::rect` is `None` there). The
+//! host scales that PNG to its panel, so it is drawn at 32 px, the largest size
+//! panels commonly use, and scaled down rather than up.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use gtk::glib;
@@ -26,7 +35,7 @@ use tray_icon::menu::{CheckMenuItem, IsMenuItem, Menu, MenuItem, PredefinedMenuI
 use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
 use voicelink_tray::command::Command;
 use voicelink_tray::icons;
-use voicelink_tray::model::{Notice, TrayState, Update};
+use voicelink_tray::model::{Link, Notice, TrayState, Update};
 use voicelink_tray::view::{IconKind, MenuEntry, View, view};
 
 use crate::UiInput;
@@ -34,6 +43,15 @@ use crate::notifications::{Choice, Notifier};
 
 /// Icons are drawn at this size; hosts scale them to their panel.
 const ICON_SIZE: u32 = 32;
+
+/// How long quitting waits for ringing notifications to be withdrawn.
+const CLOSE_ON_QUIT: Duration = Duration::from_secs(3);
+
+/// A label as muda reads it: `&` marks a mnemonic there, `&&` is a plain `&`
+/// (a peer called "Tom & Jerry" must not lose its ampersand).
+fn menu_text(label: &str) -> String {
+    label.replace('&', "&&")
+}
 
 /// A rendered menu item that can be changed in place.
 enum Item {
@@ -72,22 +90,22 @@ fn build(
     for entry in entries {
         match entry {
             MenuEntry::Info { id, label } => {
-                let item = MenuItem::with_id(id.as_str(), label, false, None);
+                let item = MenuItem::with_id(id.as_str(), menu_text(label), false, None);
                 append(&item)?;
                 items.push(Item::Normal(item));
             }
             MenuEntry::Action { label, command, enabled } => {
-                let item = MenuItem::with_id(command.to_menu_id(), label, *enabled, None);
+                let item = MenuItem::with_id(command.to_menu_id(), menu_text(label), *enabled, None);
                 append(&item)?;
                 items.push(Item::Normal(item));
             }
             MenuEntry::Check { label, command, checked } => {
-                let item = CheckMenuItem::with_id(command.to_menu_id(), label, true, *checked, None);
+                let item = CheckMenuItem::with_id(command.to_menu_id(), menu_text(label), true, *checked, None);
                 append(&item)?;
                 items.push(Item::Check(item));
             }
             MenuEntry::Submenu { id, label, enabled, entries } => {
-                let submenu = Submenu::with_id(id.as_str(), label, *enabled);
+                let submenu = Submenu::with_id(id.as_str(), menu_text(label), *enabled);
                 append(&submenu)?;
                 items.push(Item::Sub(submenu.clone()));
                 build(entries, &|item| submenu.append(item), items)?;
@@ -106,17 +124,17 @@ fn refresh(entries: &[MenuEntry], items: &mut std::slice::Iter<'_, Item>) {
     for entry in entries {
         let item = items.next();
         match (entry, item) {
-            (MenuEntry::Info { label, .. }, Some(Item::Normal(item))) => item.set_text(label),
+            (MenuEntry::Info { label, .. }, Some(Item::Normal(item))) => item.set_text(menu_text(label)),
             (MenuEntry::Action { label, enabled, .. }, Some(Item::Normal(item))) => {
-                item.set_text(label);
+                item.set_text(menu_text(label));
                 item.set_enabled(*enabled);
             }
             (MenuEntry::Check { label, checked, .. }, Some(Item::Check(item))) => {
-                item.set_text(label);
+                item.set_text(menu_text(label));
                 item.set_checked(*checked);
             }
             (MenuEntry::Submenu { label, enabled, entries, .. }, Some(Item::Sub(item))) => {
-                item.set_text(label);
+                item.set_text(menu_text(label));
                 item.set_enabled(*enabled);
                 refresh(entries, items);
             }
@@ -137,14 +155,21 @@ pub struct Ui {
     commands: mpsc::Sender<Command>,
     inputs: mpsc::Sender<UiInput>,
     shown: Option<View>,
+    /// The kind of link last logged ("Up", "Down", "Connecting").
+    shown_link: Option<&'static str>,
     shown_shape: Vec<String>,
     items: Vec<Item>,
     ticker: Option<glib::SourceId>,
 }
 
 impl Ui {
-    /// Creates the tray icon in its initial (connecting) state.
-    pub fn new(commands: mpsc::Sender<Command>, inputs: mpsc::Sender<UiInput>) -> anyhow::Result<Ui> {
+    /// Creates the tray icon in its initial (connecting) state. Notifications
+    /// go through `notifier`.
+    pub fn new(
+        commands: mpsc::Sender<Command>,
+        inputs: mpsc::Sender<UiInput>,
+        notifier: Notifier,
+    ) -> anyhow::Result<Ui> {
         let mut icons = HashMap::new();
         for kind in IconKind::ALL {
             let icon = Icon::from_rgba(icons::rgba(kind, ICON_SIZE), ICON_SIZE, ICON_SIZE)
@@ -163,10 +188,11 @@ impl Ui {
             tray,
             icons,
             state,
-            notifier: Notifier::new(inputs.clone()),
+            notifier,
             commands,
             inputs,
             shown: None,
+            shown_link: None,
             shown_shape: Vec::new(),
             items: Vec::new(),
             ticker: None,
@@ -175,12 +201,14 @@ impl Ui {
         Ok(ui)
     }
 
-    /// Applies an update from the daemon client.
+    /// Applies an update from the daemon client: the tray shows it first, then
+    /// the notifications are queued (they never wait on the server).
     pub fn update(&mut self, update: Update) {
-        for notice in self.state.apply(update) {
+        let notices = self.state.apply(update);
+        self.render_or_log(false);
+        for notice in notices {
             self.notify(notice);
         }
-        self.render_or_log(false);
     }
 
     fn render_or_log(&mut self, force: bool) {
@@ -203,21 +231,13 @@ impl Ui {
                 }
                 None => {}
             },
-            UiInput::Notification { call_id, choice } => {
-                // Servers need not close a notification whose action was
-                // invoked (dunst does not), so close it; a dismissed one is gone.
-                if choice == Choice::Dismissed {
-                    self.notifier.forget(&call_id);
-                } else {
-                    self.notifier.stopped_ringing(&call_id);
-                }
-                match choice {
-                    Choice::Answer => self.send(Command::Answer { call_id }),
-                    Choice::Decline => self.send(Command::Decline { call_id }),
-                    Choice::Dismissed => {}
-                }
-            }
+            // The notification task has withdrawn the notification already.
+            UiInput::Notification { call_id, choice } => match choice {
+                Choice::Answer => self.send(Command::Answer { call_id }),
+                Choice::Decline => self.send(Command::Decline { call_id }),
+            },
             UiInput::Tick => {}
+            UiInput::Quit => return false,
         }
         self.render_or_log(force);
         true
@@ -244,11 +264,22 @@ impl Ui {
 
     fn render(&mut self, force: bool) -> anyhow::Result<()> {
         let next = view(&self.state, SystemTime::now());
+        // Logged on every change of icon or of the link's kind (connecting, up,
+        // down), not on each tick of a call's clock.
+        let link = match &self.state.link {
+            Link::Connecting => "Connecting",
+            Link::Up => "Up",
+            Link::Down { .. } => "Down",
+        };
+        let icon_changed = self.shown.as_ref().map(|v| v.icon) != Some(next.icon);
+        if icon_changed || self.shown_link != Some(link) {
+            tracing::info!(icon = ?next.icon, link = %link, tooltip = %next.tooltip, "tray state");
+            self.shown_link = Some(link);
+        }
         if !force && self.shown.as_ref() == Some(&next) {
             return Ok(());
         }
-        if self.shown.as_ref().map(|v| v.icon) != Some(next.icon) {
-            tracing::info!(icon = ?next.icon, tooltip = %next.tooltip, "tray state");
+        if icon_changed {
             self.tray.set_icon(Some(self.icons[&next.icon].clone())).context("set the icon")?;
         }
         self.tray.set_tooltip(Some(&next.tooltip)).context("set the tooltip")?;
@@ -290,25 +321,51 @@ impl Ui {
     }
 }
 
+/// Why the UI stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The person chose Quit, or a signal (SIGTERM, SIGINT) asked to.
+    Quit,
+    /// The daemon client's thread ended (it only does when it fails).
+    ClientStopped,
+}
+
 /// Feeds the UI from the client's updates and from its own inputs until one of
-/// them says to stop; then leaves the GTK main loop.
-pub async fn drive(mut ui: Ui, mut updates: mpsc::Receiver<Update>, mut inputs: mpsc::Receiver<UiInput>) {
-    loop {
+/// them says to stop; then withdraws the ringing notifications (a quitting tray
+/// can no longer answer them) and says why it stopped.
+pub async fn drive(mut ui: Ui, mut updates: mpsc::Receiver<Update>, mut inputs: mpsc::Receiver<UiInput>) -> Exit {
+    let exit = loop {
         tokio::select! {
             update = updates.recv() => match update {
                 Some(update) => ui.update(update),
                 None => {
                     tracing::error!("the daemon client stopped");
-                    break;
+                    break Exit::ClientStopped;
                 }
             },
             input = inputs.recv() => {
+                // The UI holds a sender itself, so the queue never ends.
                 let keep_going = input.is_some_and(|input| ui.handle(input));
                 if !keep_going {
-                    break;
+                    break Exit::Quit;
                 }
             }
         }
+    };
+    if glib::future_with_timeout(CLOSE_ON_QUIT, ui.notifier.close_all()).await.is_err() {
+        tracing::warn!("the notification server did not withdraw the ringing notifications in time");
     }
-    gtk::main_quit();
+    exit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ampersands_survive_the_mnemonic_syntax() {
+        assert_eq!(menu_text("Call Tom & Jerry"), "Call Tom && Jerry");
+        assert_eq!(menu_text("A&&B"), "A&&&&B");
+        assert_eq!(menu_text("Hang up"), "Hang up");
+    }
 }

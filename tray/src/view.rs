@@ -96,8 +96,44 @@ pub struct View {
 /// The menu item ID of the status line.
 pub const STATUS_ID: &str = "info:status";
 
+/// Who holds a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hold {
+    /// Held by us: only we can resume it.
+    here: bool,
+    /// Held by the peer: we cannot resume it (but may hold it too).
+    by_peer: bool,
+}
+
+impl Hold {
+    fn of(call: &v1::Call) -> Hold {
+        if call.held_here || call.held_by_peer {
+            Hold { here: call.held_here, by_peer: call.held_by_peer }
+        } else {
+            // A daemon from before `held_here` / `held_by_peer` only says
+            // `on_hold`; its holds were taken to be ours, as then.
+            Hold { here: call.on_hold || call.state() == CallState::OnHold, by_peer: false }
+        }
+    }
+
+    fn either(self) -> bool {
+        self.here || self.by_peer
+    }
+}
+
 fn is_on_hold(call: &v1::Call) -> bool {
-    call.on_hold || call.state() == CallState::OnHold
+    Hold::of(call).either()
+}
+
+/// Whether a call carries audio (so it can be muted and held).
+fn is_live(call: &v1::Call) -> bool {
+    matches!(call.state(), CallState::Active | CallState::OnHold)
+}
+
+/// Whether this build knows what the call's state means. A newer daemon's state
+/// arrives as `Unspecified` (prost's reading of an unknown value).
+fn is_known(call: &v1::Call) -> bool {
+    !matches!(call.state(), CallState::Unspecified)
 }
 
 /// How long a call has been answered, if it has.
@@ -118,11 +154,19 @@ pub fn format_duration(duration: Duration) -> String {
 /// A call in words: "In call with alice · 03:12 · good".
 fn describe_call(call: &v1::Call, quality: Option<&str>, now: SystemTime) -> String {
     let name = caller_name(call);
+    let hold = Hold::of(call);
     let mut parts = vec![match call.state() {
         CallState::Outgoing => format!("Calling {name}…"),
         CallState::Connecting => format!("Connecting to {name}…"),
-        _ if is_on_hold(call) => format!("{name} on hold"),
-        _ => format!("In call with {name}"),
+        CallState::Active | CallState::OnHold => match (hold.here, hold.by_peer) {
+            (true, true) => format!("{name} on hold (both sides)"),
+            (true, false) => format!("{name} on hold"),
+            (false, true) => format!("{name} put the call on hold"),
+            (false, false) => format!("In call with {name}"),
+        },
+        // Incoming and ended calls are not described here; anything else is a
+        // state this build does not know: say no more than that there is a call.
+        _ => format!("Call with {name} · state unknown"),
     }];
     if let Some(duration) = answered_for(call, now) {
         parts.push(format_duration(duration));
@@ -176,8 +220,13 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
                 (IconKind::Ringing, format!("{} is calling{more}", caller_name(call)))
             }
             (None, Some(_)) => {
-                // The call that is live, if any, decides the icon over one on hold.
-                let call = others.iter().find(|c| !is_on_hold(c)).unwrap_or(&others[0]);
+                // A call that is not held decides the icon over one on hold, and
+                // a call in a known state over one in a state this build does not know.
+                let call = others
+                    .iter()
+                    .find(|c| is_known(c) && !is_on_hold(c))
+                    .or_else(|| others.iter().find(|c| is_known(c)))
+                    .unwrap_or(&others[0]);
                 let icon = if is_on_hold(call) {
                     IconKind::OnHold
                 } else if call.muted {
@@ -223,11 +272,13 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
     if state.link == Link::Up {
         for call in &others {
             let id = call.call_id.clone();
-            let live = matches!(call.state(), CallState::Active | CallState::OnHold);
+            let live = is_live(call);
             menu.push(MenuEntry::Info {
                 id: format!("info:call:{id}"),
                 label: describe_call(call, quality(call), now),
             });
+            // Ending a call is right in every state, even one this build does
+            // not know (the daemon hangs up any call that has not ended).
             menu.push(MenuEntry::Action {
                 label: "Hang up".to_owned(),
                 command: Command::Hangup { call_id: id.clone() },
@@ -238,9 +289,12 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
                 command: Command::SetMute { call_id: id.clone(), muted: !call.muted },
                 enabled: live,
             });
+            // Only a hold placed here can be resumed here; a call the peer holds
+            // can still be held here too.
+            let held_here = Hold::of(call).here;
             menu.push(MenuEntry::Action {
-                label: if is_on_hold(call) { "Resume" } else { "Hold" }.to_owned(),
-                command: Command::SetHold { call_id: id.clone(), on_hold: !is_on_hold(call) },
+                label: if held_here { "Resume" } else { "Hold" }.to_owned(),
+                command: Command::SetHold { call_id: id.clone(), on_hold: !held_here },
                 enabled: live,
             });
             menu.push(MenuEntry::Separator);
@@ -324,6 +378,7 @@ mod tests {
             peer_display_name: "alice".into(),
             state: state as i32,
             on_hold: state == CallState::OnHold,
+            held_here: state == CallState::OnHold,
             answered_at: answered.then_some(prost_types::Timestamp { seconds: T0 as i64, nanos: 0 }),
             ..Default::default()
         }
@@ -506,6 +561,65 @@ mod tests {
         assert_eq!(view.tooltip, "alice on hold · 03:12");
         assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Quit tray"]);
         assert_eq!(command_of(&view, "Resume"), &Command::SetHold { call_id: "c1".into(), on_hold: false });
+    }
+
+    #[test]
+    fn a_hold_from_a_daemon_that_does_not_say_who_holds_is_ours() {
+        let mut c = call(CallState::OnHold);
+        c.held_here = false;
+        let view = view(&with_call(c), now());
+        assert_eq!(view.icon, IconKind::OnHold);
+        assert_eq!(view.tooltip, "alice on hold · 03:12");
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Quit tray"]);
+    }
+
+    #[test]
+    fn held_by_the_peer_says_so_and_offers_hold_not_resume() {
+        let mut c = call(CallState::OnHold);
+        c.held_here = false;
+        c.held_by_peer = true;
+        let view = view(&with_call(c), now());
+        assert_eq!(view.icon, IconKind::OnHold);
+        assert_eq!(view.tooltip, "alice put the call on hold · 03:12");
+        assert!(infos(&view).contains(&"alice put the call on hold · 03:12"), "the call line: {:?}", infos(&view));
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Hold", "Quit tray"]);
+        assert_eq!(command_of(&view, "Hold"), &Command::SetHold { call_id: "c1".into(), on_hold: true });
+    }
+
+    #[test]
+    fn held_on_both_sides_offers_resume_of_our_hold() {
+        let mut c = call(CallState::OnHold);
+        c.held_by_peer = true;
+        let view = view(&with_call(c), now());
+        assert_eq!(view.icon, IconKind::OnHold);
+        assert_eq!(view.tooltip, "alice on hold (both sides) · 03:12");
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Quit tray"]);
+        assert_eq!(command_of(&view, "Resume"), &Command::SetHold { call_id: "c1".into(), on_hold: false });
+    }
+
+    #[test]
+    fn a_call_state_this_build_does_not_know_is_shown_neutrally() {
+        // 0 (unspecified) and a value from a newer daemon read the same.
+        for raw in [CallState::Unspecified as i32, 99] {
+            let mut c = call(CallState::Active);
+            c.state = raw;
+            let view = view(&with_call(c), now());
+            assert_eq!(view.tooltip, "Call with alice · state unknown · 03:12", "{raw}");
+            assert_eq!(actions(&view), ["Hang up", "Quit tray"], "{raw}");
+            assert_eq!(disabled_actions(&view), ["Mute", "Hold"], "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_known_call_decides_the_icon_over_one_in_an_unknown_state() {
+        let mut state = with_call(call(CallState::OnHold));
+        let mut unknown = call(CallState::Active);
+        unknown.call_id = "c0".into();
+        unknown.state = 99;
+        state.calls.insert("c0".into(), unknown);
+        let view = view(&state, now());
+        assert_eq!(view.icon, IconKind::OnHold);
+        assert_eq!(view.tooltip, "alice on hold · 03:12");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! real `voiced` daemons in their own network namespaces. Needs root (for the
 //! namespaces) and the desktop programs (scripts/setup.sh --test).
 //!
-//! Screenshots are kept in `target/tmp/voicelink-tray-e2e/` to look at.
+//! Screenshots are kept in `target/tmp/voicelink-tray-e2e/` to look at; with
+//! VOICELINK_SAVE_SCREENSHOTS=1 they are also copied to `docs/screenshots/`
+//! (off by default so a test run does not change the tree).
 
 mod support;
 
@@ -58,9 +60,45 @@ fn call_in_state(kind: &event::Kind, call_id: &str, state: CallState) -> bool {
         if c.call_id == call_id && c.state() == state)
 }
 
+/// How many notifications dunst shows; fails the test if dunstctl does.
 async fn displayed_notifications(desktop: &Desktop) -> u32 {
-    let out = desktop.command("dunstctl").args(["count", "displayed"]).output().await.unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    let out = desktop.command("dunstctl").args(["count", "displayed"]).output().await.expect("run dunstctl");
+    assert!(out.status.success(), "dunstctl count displayed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().unwrap_or_else(|_| panic!("dunstctl count displayed said {text:?}"))
+}
+
+/// A `Notify` call as dbus-monitor prints it: its arguments' lines, up to the
+/// last (the expiry, an int32).
+async fn next_notify_call(monitor: &mut Watched) -> Vec<String> {
+    // Lines read earlier are not part of it: the call and its arguments are
+    // read from the stream, in order.
+    monitor.seen.clear();
+    monitor.wait_for_line("a Notify call", &["method call", "member=Notify"]).await;
+    let mut lines = Vec::new();
+    loop {
+        let line = monitor.first_line("the Notify call's arguments").await;
+        let top_level = line.starts_with("   ") && !line.starts_with("    ");
+        lines.push(line.trim().to_owned());
+        if top_level && line.trim().starts_with("int32 ") && lines.len() > 1 {
+            return lines;
+        }
+    }
+}
+
+/// The string arguments of a dbus-monitor block, in order (`string "x"` → x).
+fn strings(lines: &[String]) -> Vec<&str> {
+    lines.iter().filter_map(|l| l.strip_prefix("string \"")?.strip_suffix('"')).collect()
+}
+
+/// Copies a screenshot into `docs/screenshots/` when asked to.
+fn save_screenshot(from: &std::path::Path, name: &str) {
+    if std::env::var_os("VOICELINK_SAVE_SCREENSHOTS").is_some_and(|v| v == "1") {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(from, dir.join(name)).unwrap();
+        eprintln!("saved {}", dir.join(name).display());
+    }
 }
 
 /// Takes screenshots until the tray area shows `colour` (the icon is drawn some
@@ -89,6 +127,13 @@ async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answe
     let bob = Daemon::start(&lan.host(1), &dir.path().join("bob"), "bob", quiet).await;
     let desktop = Desktop::start(&dir.path().join("desktop")).await;
 
+    // What the tray asks the notification server, as the bus sees it. It is a
+    // monitor once it has given up its name (NameLost).
+    let mut command = desktop.command("dbus-monitor");
+    command.args(["--session", "type='method_call',interface='org.freedesktop.Notifications',member='Notify'"]);
+    let mut monitor = Watched::spawn(command, artifacts.join("dbus-monitor.log"));
+    monitor.wait_for_line("dbus-monitor to start monitoring", &["member=NameLost"]).await;
+
     // Bob's side of the API, subscribed before anything happens to him.
     let mut bob_api = bob.client().await;
     let mut bob_events = bob_api.watch_events(v1::WatchEventsRequest {}).await.unwrap().into_inner();
@@ -100,6 +145,7 @@ async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answe
     command.arg("--socket").arg(&bob.socket).env("RUST_LOG", "info");
     let mut tray = Watched::spawn(command, artifacts.join("tray.log"));
     tray.wait_for_line("the tray connecting", &["connected to voiced"]).await;
+    tray.wait_for_line("the notification signals subscribed", &["listening for notification actions"]).await;
     wait_event(&mut bob_events, "bob sees alice", |k| peer_online(k, "alice")).await;
     wait_event(&mut alice_events, "alice sees bob", |k| peer_online(k, "bob")).await;
 
@@ -108,18 +154,33 @@ async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answe
     let idle = screenshot_showing(&desktop, &artifacts.join("idle.png"), IDLE_BLUE).await;
     assert_eq!(Desktop::count_in_tray(&idle, RINGING_ORANGE, 12), 0, "no ringing icon while idle");
     assert_eq!(displayed_notifications(&desktop).await, 0);
+    save_screenshot(&artifacts.join("idle.png"), "tray-idle.png");
 
     // Alice calls bob: the tray rings and a notification is raised.
     let dialed = alice_api.dial(v1::DialRequest { target: "bob".into(), ..Default::default() }).await.unwrap();
     let call_id = dialed.into_inner().call.expect("the call").call_id;
     wait_event(&mut bob_events, "bob rings", |k| matches!(k, event::Kind::IncomingCall(_))).await;
     tray.wait_for_line("the ringing state", &["tray state", "icon=Ringing", "alice is calling"]).await;
-    tray.wait_for_line("the notification", &["incoming-call notification shown", &call_id]).await;
-    // The notification's actions are armed (the tray listens for them).
-    tray.wait_for_line("the notification's actions", &["waiting for notification action", &call_id]).await;
+    // Logged once Notify returned the notification's ID; the tray listened for
+    // its actions from the start (above), before anything was sent.
+    tray.wait_for_line("the notification", &["incoming-call notification shown", &call_id, "actions=true"]).await;
+    // What was sent: the caller's name, Answer on a click, Answer and Decline buttons.
+    let notify = next_notify_call(&mut monitor).await;
+    // (app_name, replaces_id, app_icon, summary, body, actions, hints, expire_timeout)
+    let (head, rest) = notify.split_at(notify.iter().position(|l| l == "array [").expect("the actions array"));
+    assert_eq!(
+        strings(head),
+        ["voicelink", "call-start", "alice is calling", "Incoming voicelink call"],
+        "{notify:#?}"
+    );
+    let actions = &rest[1..rest.iter().position(|l| l == "]").expect("the array's end")];
+    // Pairs of (key, label).
+    let actions: Vec<String> = strings(actions).chunks(2).map(|pair| pair.join("=")).collect();
+    assert_eq!(actions, ["default=Answer", "answer=Answer", "decline=Decline"], "{notify:#?}");
     desktop.poll("dunst to display the notification", || async { displayed_notifications(&desktop).await == 1 }).await;
     let ringing = screenshot_showing(&desktop, &artifacts.join("ringing.png"), RINGING_ORANGE).await;
     assert_eq!(Desktop::count_in_tray(&ringing, IDLE_BLUE, 12), 0, "the idle icon is gone while ringing");
+    save_screenshot(&artifacts.join("ringing.png"), "tray-ringing.png");
     let calls = bob_api.list_calls(v1::ListCallsRequest {}).await.unwrap().into_inner().calls;
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].state(), CallState::Incoming, "not answered before the person acts");
@@ -142,6 +203,18 @@ async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answe
 
     alice_api.hangup(v1::HangupRequest { call_id: call_id.clone() }).await.unwrap();
     tray.wait_for_line("idle again", &["tray state", "icon=Idle"]).await;
+
+    // Alice calls again and the tray is told to quit (as at logout) while it
+    // rings: it withdraws the notification it can no longer act on, and exits 0.
+    let dialed = alice_api.dial(v1::DialRequest { target: "bob".into(), ..Default::default() }).await.unwrap();
+    let second = dialed.into_inner().call.expect("the call").call_id;
+    tray.wait_for_line("the second notification", &["incoming-call notification shown", &second]).await;
+    desktop.poll("dunst to display it", || async { displayed_notifications(&desktop).await == 1 }).await;
+    let pid = tray.child.id().expect("the tray runs") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(support::DEADLINE, tray.child.wait()).await.expect("the tray quits").unwrap();
+    assert!(status.success(), "the tray quits cleanly: {status:?}");
+    assert_eq!(displayed_notifications(&desktop).await, 0, "the ringing notification is withdrawn before quitting");
     eprintln!(
         "screenshots: {} {}; tray log: {}",
         artifacts.join("idle.png").display(),
@@ -177,24 +250,26 @@ async fn the_tray_says_when_the_daemon_is_gone_and_recovers_when_it_restarts() {
         delays.push(retry_in_ms(&line));
     }
     assert_eq!(delays, [250, 500, 1000], "the back-off doubles");
-    tray.wait_for_line("the daemon-down state", &["tray state", "icon=DaemonDown"]).await;
+    tray.wait_for_line("the daemon-down state", &["tray state", "link=Down", "icon=DaemonDown"]).await;
 
     // The daemon starts: the tray connects by itself.
     let bob = Daemon::start(&lan.host(0), &daemon_dir, "bob", quiet).await;
     tray.wait_for_line("the tray connecting", &["connected to voiced"]).await;
-    tray.wait_for_line("the idle state", &["tray state", "icon=Idle"]).await;
+    tray.wait_for_line("the idle state", &["tray state", "link=Up", "icon=Idle"]).await;
+    // A connection that lasts resets the back-off (one that fails at once does not).
+    tray.wait_for_line("the connection steady", &["the connection is steady"]).await;
 
     // The daemon stops: the tray says so and retries from the shortest delay.
     // (Attempts logged before it connected are not about this.)
     tray.seen.clear();
     bob.stop().await;
     let line = tray.wait_for_line("the loss noticed", &["daemon unreachable"]).await;
-    assert_eq!(retry_in_ms(&line), 250, "a working connection resets the back-off: {line}");
-    tray.wait_for_line("the daemon-down state again", &["tray state", "icon=DaemonDown"]).await;
+    assert_eq!(retry_in_ms(&line), 250, "a steady connection resets the back-off: {line}");
+    tray.wait_for_line("the daemon-down state again", &["tray state", "link=Down", "icon=DaemonDown"]).await;
 
     // And comes back: so does the tray.
     let _bob = Daemon::start(&lan.host(0), &daemon_dir, "bob", quiet).await;
     tray.wait_for_line("the tray reconnecting", &["connected to voiced"]).await;
-    tray.wait_for_line("idle again", &["tray state", "icon=Idle"]).await;
+    tray.wait_for_line("idle again", &["tray state", "link=Up", "icon=Idle"]).await;
     assert!(tray.child.try_wait().unwrap().is_none(), "the tray is still running");
 }

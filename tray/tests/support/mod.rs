@@ -45,7 +45,7 @@ pub fn netns_unavailable() -> Option<String> {
 
 /// Why the desktop test cannot run here, if it cannot: a missing program.
 pub fn desktop_unavailable() -> Option<String> {
-    let programs = ["Xvfb", "trayer", "dunst", "dunstctl", "dbus-daemon", "import"];
+    let programs = ["Xvfb", "trayer", "dunst", "dunstctl", "dbus-daemon", "dbus-monitor", "import"];
     let missing: Vec<&str> = programs
         .into_iter()
         .filter(|p| {
@@ -285,8 +285,18 @@ pub struct Desktop {
     pub display: String,
     pub bus: String,
     pub runtime_dir: PathBuf,
-    // Dropped in reverse: dunst and trayer before the bus and the X server.
+    /// Started in order: Xvfb, the bus, trayer, dunst; stopped in reverse (see
+    /// `Drop`), so no client outlives its server.
     _children: Vec<Watched>,
+}
+
+impl Drop for Desktop {
+    fn drop(&mut self) {
+        // A Vec drops front to back; its children are killed back to front.
+        while let Some(child) = self._children.pop() {
+            drop(child);
+        }
+    }
 }
 
 impl Desktop {
