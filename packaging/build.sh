@@ -18,6 +18,7 @@ mkdir -p "$assets" dist
 "$release/voiced" --print-man > "$assets/voiced.1"
 
 cargo deb -p voicelink-daemon --no-build --output dist/
+cargo deb -p voicelink-tray --no-build --output dist/
 cargo generate-rpm -p daemon --output dist/
 
 # The source archive the formula and the PKGBUILD build from (what is committed).

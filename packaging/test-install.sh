@@ -22,6 +22,7 @@ check() {
 }
 
 deb=$(ls dist/voicelink_*.deb)
+tray_deb=$(ls dist/voicelink-tray_*.deb)
 rpm=$(ls dist/voicelink-*.rpm)
 
 check "lintian finds no errors in the .deb" lintian --fail-on error "$deb"
@@ -39,8 +40,15 @@ check "the fish completion is in fish's vendor folder" grep -q 'complete -c voic
 check "man finds voicectl(1)" sh -c 'man -w voicectl | grep -q voicectl.1'
 check "man finds voiced(1)" sh -c 'man -w voiced | grep -q voiced.1'
 check "the .deb declares the libraries it links" sh -c "dpkg-deb -f '$deb' Depends | grep -q libc6"
+check "lintian finds no errors in the tray's .deb" lintian --fail-on error "$tray_deb"
+check "the tray's .deb installs next to voicelink" dpkg -i "$tray_deb"
+check "voicelink-tray --help" sh -c 'voicelink-tray --help | grep -q "Usage: voicelink-tray"'
+check "the desktop starts the tray at login (XDG autostart)" \
+    grep -q '^Exec=voicelink-tray' /etc/xdg/autostart/voicelink-tray.desktop
+check "the tray's .deb declares GTK" sh -c "dpkg-deb -f '$tray_deb' Depends | grep -q libgtk-3"
+check "the tray's .deb is removed cleanly" dpkg -P voicelink-tray
 check "the .deb is removed cleanly" dpkg -r voicelink
-check "nothing is left behind" sh -c '! test -e /usr/bin/voiced && ! test -e /usr/lib/systemd/user/voiced.service && ! dpkg -s voicelink 2>/dev/null | grep -q "Status: install ok"'
+check "nothing is left behind" sh -c '! test -e /usr/bin/voiced && ! test -e /usr/bin/voicelink-tray && ! test -e /etc/xdg/autostart/voicelink-tray.desktop && ! test -e /usr/lib/systemd/user/voiced.service && ! dpkg -s voicelink 2>/dev/null | grep -q "Status: install ok"'
 
 check "the .rpm holds the same files" sh -c "rpm -qlp '$rpm' | sort | tr '\n' ' ' | grep -q '/usr/bin/voicectl /usr/bin/voiced /usr/lib/systemd/user/voiced.service.*/usr/share/man/man1/voicectl.1 /usr/share/man/man1/voiced.1'"
 check "the .rpm declares the libraries it links" sh -c "rpm -qpR '$rpm' | grep -q 'libc.so'"
