@@ -49,6 +49,9 @@ pub enum FailCause {
     IceFailed,
     /// The encrypted media session could not be set up (DTLS).
     DtlsFailed,
+    /// Media was still not connected when the connect timer ran out (the path
+    /// or the DTLS handshake kept failing, for example under heavy loss).
+    ConnectTimeout,
     /// An audio endpoint could not be opened.
     Audio(String),
     /// The peer broke the protocol or said it failed.
@@ -62,6 +65,9 @@ impl fmt::Display for FailCause {
             FailCause::IdentityMismatch(why) => write!(f, "identity mismatch: {why}"),
             FailCause::IceFailed => f.write_str("ICE failed: no network path to the peer"),
             FailCause::DtlsFailed => f.write_str("DTLS failed: the encrypted media session could not be set up"),
+            FailCause::ConnectTimeout => {
+                f.write_str("media did not connect in time (no network path, or the handshake kept being lost)")
+            }
             FailCause::Audio(why) => write!(f, "audio: {why}"),
             FailCause::Protocol(why) => write!(f, "protocol: {why}"),
         }
@@ -294,7 +300,7 @@ impl CallMachine {
             (Timer::Ring, State::Outgoing) => self.end(EndReason::NoAnswer, Some(EndCode::NoAnswer)),
             (Timer::Ring, State::Incoming) => self.end(EndReason::NoAnswer, None),
             (Timer::Connect, State::Connecting) => {
-                let cause = FailCause::IceFailed;
+                let cause = FailCause::ConnectTimeout;
                 self.end(EndReason::Failed(cause), Some(EndCode::Failed))
             }
             _ => {}
@@ -523,7 +529,7 @@ mod tests {
         m.handle_timeout(now + T.connect - Duration::from_millis(1));
         assert_eq!(m.state(), State::Connecting);
         m.handle_timeout(now + T.connect);
-        assert_eq!(m.end_reason(), Some(&EndReason::Failed(FailCause::IceFailed)));
+        assert_eq!(m.end_reason(), Some(&EndReason::Failed(FailCause::ConnectTimeout)));
         assert_eq!(
             drain(&mut m),
             [Output::Send(Body::End { reason: EndCode::Failed }), state_change(State::Connecting, State::Ended)]
