@@ -7,11 +7,15 @@
 //! VOICELINK_SAVE_SCREENSHOTS=1 they are also copied to `docs/screenshots/`
 //! (off by default so a test run does not change the tree).
 
+// The daemon's own test support: namespaces, bridges, `voiced` with readiness.
+#[path = "../../daemon/tests/support/mod.rs"]
+mod lan;
 mod support;
 
 use std::path::PathBuf;
 
-use support::{Daemon, Desktop, Lan, Watched};
+use lan::{Daemon, Lan};
+use support::{Desktop, Watched};
 use voicelink_proto::v1::{self, CallState, event};
 
 /// The idle icon's fill and the ringing icon's fill (see `src/icons.rs`).
@@ -120,11 +124,11 @@ async fn screenshot_showing(desktop: &Desktop, path: &std::path::Path, colour: [
 async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answers_it() {
     require_netns_and_desktop!();
     let artifacts = artifacts();
-    let lan = Lan::new(2);
+    let lan = Lan::new(2, 1);
     let dir = tempfile::tempdir().unwrap();
     let quiet = "[audio]\ninput = \"silence\"\noutput = \"null\"\n";
-    let alice = Daemon::start(&lan.host(0), &dir.path().join("alice"), "alice", quiet).await;
-    let bob = Daemon::start(&lan.host(1), &dir.path().join("bob"), "bob", quiet).await;
+    let alice = Daemon::start(Some(&lan.host(0)), &dir.path().join("alice"), "alice", quiet).await;
+    let bob = Daemon::start(Some(&lan.host(1)), &dir.path().join("bob"), "bob", quiet).await;
     let desktop = Desktop::start(&dir.path().join("desktop")).await;
 
     // What the tray asks the notification server, as the bus sees it. It is a
@@ -233,7 +237,7 @@ fn retry_in_ms(line: &str) -> u64 {
 async fn the_tray_says_when_the_daemon_is_gone_and_recovers_when_it_restarts() {
     require_netns_and_desktop!();
     let artifacts = artifacts();
-    let lan = Lan::new(1);
+    let lan = Lan::new(1, 1);
     let dir = tempfile::tempdir().unwrap();
     let daemon_dir = dir.path().join("bob");
     let quiet = "[audio]\ninput = \"silence\"\noutput = \"null\"\n";
@@ -253,7 +257,7 @@ async fn the_tray_says_when_the_daemon_is_gone_and_recovers_when_it_restarts() {
     tray.wait_for_line("the daemon-down state", &["tray state", "link=Down", "icon=DaemonDown"]).await;
 
     // The daemon starts: the tray connects by itself.
-    let bob = Daemon::start(&lan.host(0), &daemon_dir, "bob", quiet).await;
+    let mut bob = Daemon::start(Some(&lan.host(0)), &daemon_dir, "bob", quiet).await;
     tray.wait_for_line("the tray connecting", &["connected to voiced"]).await;
     tray.wait_for_line("the idle state", &["tray state", "link=Up", "icon=Idle"]).await;
     // A connection that lasts resets the back-off (one that fails at once does not).
@@ -262,13 +266,13 @@ async fn the_tray_says_when_the_daemon_is_gone_and_recovers_when_it_restarts() {
     // The daemon stops: the tray says so and retries from the shortest delay.
     // (Attempts logged before it connected are not about this.)
     tray.seen.clear();
-    bob.stop().await;
+    bob.stop_with(nix::sys::signal::Signal::SIGTERM).await;
     let line = tray.wait_for_line("the loss noticed", &["daemon unreachable"]).await;
     assert_eq!(retry_in_ms(&line), 250, "a steady connection resets the back-off: {line}");
     tray.wait_for_line("the daemon-down state again", &["tray state", "link=Down", "icon=DaemonDown"]).await;
 
     // And comes back: so does the tray.
-    let _bob = Daemon::start(&lan.host(0), &daemon_dir, "bob", quiet).await;
+    let _bob = Daemon::start(Some(&lan.host(0)), &daemon_dir, "bob", quiet).await;
     tray.wait_for_line("the tray reconnecting", &["connected to voiced"]).await;
     tray.wait_for_line("idle again", &["tray state", "link=Up", "icon=Idle"]).await;
     assert!(tray.child.try_wait().unwrap().is_none(), "the tray is still running");

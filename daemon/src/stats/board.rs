@@ -155,35 +155,13 @@ impl StatsSubscription {
 mod tests {
     use super::*;
     use crate::call::State;
-    use crate::stats::{CallMeter, CodecInfo};
+    use crate::stats::CallMeter;
+    use crate::stats::meter::tests::{codec, record};
 
     fn sample(call: &CallId, state: State) -> CallStats {
-        let record = crate::call::CallRecord {
-            id: call.clone(),
-            peer: None,
-            peer_name: "bob".into(),
-            direction: crate::call::Direction::Incoming,
-            state,
-            started_at: std::time::SystemTime::now(),
-            answered_at: None,
-            muted: false,
-            on_hold: false,
-            held_here: false,
-            held_by_peer: false,
-            end_reason: None,
-            input: crate::audio::InputSpec::Silence,
-            output: crate::audio::OutputSpec::Null,
-        };
-        let codec = CodecInfo {
-            name: "opus",
-            clock_rate: 48_000,
-            channels: 1,
-            target_bitrate_bps: 32_000,
-            frame: Duration::from_millis(20),
-            fec: true,
-            dtx: false,
-        };
-        CallMeter::new(codec).sample(&record, None, std::time::SystemTime::now())
+        let now = std::time::SystemTime::now();
+        let record = crate::call::CallRecord { id: call.clone(), ..record(state, now, None) };
+        CallMeter::new(codec()).sample(&record, None, now)
     }
 
     #[tokio::test(start_paused = true)]

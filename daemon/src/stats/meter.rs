@@ -252,25 +252,19 @@ fn talk_time(record: &CallRecord, now: SystemTime) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::audio::{InputSpec, OutputSpec};
     use crate::call::{Direction, EndReason};
     use crate::signaling::wire::CallId;
 
-    fn codec() -> CodecInfo {
-        CodecInfo {
-            name: "opus",
-            clock_rate: 48_000,
-            channels: 1,
-            target_bitrate_bps: 32_000,
-            frame: Duration::from_millis(20),
-            fec: true,
-            dtx: false,
-        }
+    /// The default codec: Opus, 32 kb/s, 20 ms.
+    pub(crate) fn codec() -> CodecInfo {
+        crate::media::session::CodecSettings::default().info()
     }
 
-    fn record(state: State, started: SystemTime, answered: Option<SystemTime>) -> CallRecord {
+    /// A call to alice in `state`.
+    pub(crate) fn record(state: State, started: SystemTime, answered: Option<SystemTime>) -> CallRecord {
         CallRecord {
             id: CallId::random(),
             peer: None,

@@ -18,8 +18,17 @@ use tokio::process::{Child, ChildStdout, Command};
 /// A guard against hangs, not a performance expectation.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The built `voiced`: cargo names it for the daemon's own tests; another
+/// package's tests (the tray's include this module) find it in the target folder
+/// next to their own executable (`target/debug/deps/x` → `target/debug/voiced`).
 pub fn voiced_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_voiced"))
+    if let Some(path) = option_env!("CARGO_BIN_EXE_voiced") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe.parent().and_then(Path::parent).expect("target folder").join("voiced");
+    assert!(path.exists(), "{} is missing: build the whole workspace (cargo build --workspace) first", path.display());
+    path
 }
 
 /// `voicectl` is built into the same folder when the workspace is built.
@@ -287,6 +296,11 @@ impl Daemon {
                 })
                 .await;
         }
+    }
+
+    /// A gRPC client of this daemon.
+    pub async fn client(&self) -> voicelink_proto::Client {
+        voicelink_proto::connect(voicelink_proto::DaemonAddress::Unix(self.socket.clone())).await.expect("connect")
     }
 
     /// Follows `voicectl events --json`; returns once subscribed (the snapshot

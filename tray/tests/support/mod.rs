@@ -1,8 +1,7 @@
-//! Test support for the tray's end-to-end test, adapted from the daemon's
-//! (`daemon/tests/support/mod.rs`): real `voiced` daemons in network namespaces
-//! joined by a bridge, readiness from their sd_notify READY=1; and a virtual
-//! desktop: Xvfb, an XEmbed tray host (trayer) and a notification daemon (dunst)
-//! on a private D-Bus session bus. Nothing sleeps to synchronise: readiness comes
+//! Test support for the tray's end-to-end test: a virtual desktop: Xvfb, an
+//! XEmbed tray host (trayer) and a notification daemon (dunst) on a private D-Bus
+//! session bus. The daemons and their namespaces come from the daemon's own test
+//! support (`daemon/tests/support/mod.rs`, included as `lan`). Nothing sleeps to synchronise: readiness comes
 //! from what each program prints, and the few things that have no event (a
 //! window appearing, a notification on screen) are polled with a deadline.
 
@@ -10,38 +9,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-/// A guard against hangs, not a performance expectation.
-pub const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The workspace's binaries are built next to this test's folder
-/// (`target/debug/deps/desktop-…` → `target/debug/voiced`).
-pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: build the whole workspace (cargo build --workspace) first", path.display());
-    path
-}
-
-/// Why a namespace test cannot run here, if it cannot.
-pub fn netns_unavailable() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root to create network namespaces (ip netns add)".into());
-    }
-    match std::process::Command::new("ip").arg("netns").arg("list").output() {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!("`ip netns list` failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
-        Err(e) => Some(format!("cannot run `ip` (install iproute2): {e}")),
-    }
-}
+pub use crate::lan::DEADLINE;
 
 /// Why the desktop test cannot run here, if it cannot: a missing program.
 pub fn desktop_unavailable() -> Option<String> {
@@ -67,7 +41,7 @@ pub fn desktop_unavailable() -> Option<String> {
 macro_rules! require_netns_and_desktop {
     () => {
         for (reason, required_by) in [
-            (support::netns_unavailable(), "VOICELINK_REQUIRE_NETNS"),
+            (lan::netns_unavailable(), "VOICELINK_REQUIRE_NETNS"),
             (support::desktop_unavailable(), "VOICELINK_REQUIRE_DESKTOP"),
         ] {
             if let Some(reason) = reason {
@@ -79,135 +53,6 @@ macro_rules! require_netns_and_desktop {
             }
         }
     };
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-}
-
-static NEXT_LAN: AtomicUsize = AtomicUsize::new(0);
-
-/// Hosts (namespaces) on one bridge; host `h` has eth0 with 10.78.0.{h+1}/24.
-pub struct Lan {
-    prefix: String,
-    hosts: usize,
-}
-
-impl Lan {
-    pub fn new(hosts: usize) -> Lan {
-        let prefix = format!("vt{}x{}", std::process::id(), NEXT_LAN.fetch_add(1, Ordering::Relaxed));
-        let lan = Lan { prefix, hosts };
-        let bridge_ns = lan.bridge_ns();
-        ip(&["netns", "add", &bridge_ns]);
-        ip(&["-n", &bridge_ns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
-        ip(&["-n", &bridge_ns, "link", "set", "br0", "up"]);
-        for h in 0..hosts {
-            let host = lan.host(h);
-            ip(&["netns", "add", &host]);
-            ip(&["-n", &host, "link", "set", "lo", "up"]);
-            let outer = format!("v{h}");
-            ip(&["link", "add", "eth0", "netns", &host, "type", "veth", "peer", "name", &outer, "netns", &bridge_ns]);
-            ip(&["-n", &bridge_ns, "link", "set", &outer, "master", "br0", "up"]);
-            ip(&["-n", &host, "addr", "add", &format!("10.78.0.{}/24", h + 1), "dev", "eth0"]);
-            ip(&["-n", &host, "link", "set", "eth0", "multicast", "on", "up"]);
-            ip(&["-n", &host, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
-        }
-        lan
-    }
-
-    pub fn host(&self, h: usize) -> String {
-        format!("{}h{h}", self.prefix)
-    }
-
-    fn bridge_ns(&self) -> String {
-        format!("{}br", self.prefix)
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for ns in (0..self.hosts).map(|h| self.host(h)).chain([self.bridge_ns()]) {
-            let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).output();
-        }
-    }
-}
-
-/// A running `voiced`.
-pub struct Daemon {
-    pub name: String,
-    pub socket: PathBuf,
-    pub log: PathBuf,
-    _child: Child,
-}
-
-impl Daemon {
-    /// Starts `voiced` named `name` in namespace `netns` with its files in `dir`
-    /// and waits for READY=1.
-    pub async fn start(netns: &str, dir: &Path, name: &str, extra_config: &str) -> Daemon {
-        std::fs::create_dir_all(dir).unwrap();
-        let socket = dir.join("voiced.sock");
-        let config = dir.join("voiced.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "name = \"{name}\"\ndata_dir = \"{}\"\nlog_level = \"info\"\napi.socket = \"{}\"\n{extra_config}\n",
-                dir.join("data").display(),
-                socket.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join(format!("voiced-{name}.log"));
-        let notify_path = dir.join("notify.sock");
-        // Left behind by an earlier start in the same folder.
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        let log_file = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(workspace_bin("voiced"))
-            .arg("--config")
-            .arg(&config)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn voiced");
-        let ready = async {
-            let mut buf = [0u8; 512];
-            loop {
-                let n = notify.recv(&mut buf).await.unwrap();
-                if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
-                    return;
-                }
-            }
-        };
-        tokio::select! {
-            () = ready => {}
-            status = child.wait() => panic!("voiced {name} exited before it was ready ({status:?}):\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
-            () = tokio::time::sleep(DEADLINE) => panic!("voiced {name} never said READY=1"),
-        }
-        Daemon { name: name.into(), socket, log, _child: child }
-    }
-
-    /// Stops the daemon (SIGTERM, as systemd would) and waits for it to exit.
-    pub async fn stop(mut self) {
-        let pid = self._child.id().expect("running") as i32;
-        // `ip netns exec` execs voiced, so the pid is voiced's.
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
-        tokio::time::timeout(DEADLINE, self._child.wait()).await.expect("voiced did not exit").unwrap();
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub async fn client(&self) -> voicelink_proto::Client {
-        voicelink_proto::connect(voicelink_proto::DaemonAddress::Unix(self.socket.clone())).await.expect("connect")
-    }
 }
 
 /// A child process whose output lines arrive on a channel (and go to a log file).
