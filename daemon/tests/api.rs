@@ -160,7 +160,7 @@ async fn call_verbs_say_plainly_what_is_wrong() {
         (&["dial", "NOT-AN-ID@127.0.0.1:1"], "cannot dial"),
         (&["answer"], "there is no call"),
         (&["hangup", "no-such-call"], "there is no call no-such-call"),
-        (&["stats"], "not in this build"),
+        (&["stats", "no-such-call"], "there is no call no-such-call"),
     ];
     for (args, expected) in cases {
         let out = d.ctl(args).await;
@@ -173,6 +173,8 @@ async fn call_verbs_say_plainly_what_is_wrong() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("use default, device:NAME"), "{}", stderr(&out));
     assert_eq!(d.ctl_json(&["calls"]).await, serde_json::json!([]));
+    let out = d.ctl(&["stats"]).await;
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "no calls", "{out:?}");
 }
 
 #[tokio::test]
