@@ -24,17 +24,20 @@ esac
 # Build: a C toolchain for crates with C parts, pkg-config to find libraries,
 # cmake to build libopus (the opus crate compiles it), ALSA headers for cpal.
 packages=(build-essential pkg-config cmake libasound2-dev ca-certificates curl git)
-# Build, the tray (voicelink-tray): GTK 3 and libayatana-appindicator, which
-# tray-icon's Linux backend links. Plain setup installs them because `make run`
-# and `make test` build the whole workspace.
-packages+=(libgtk-3-dev libayatana-appindicator3-dev)
+# Build, the tray (voicelink-tray): GLib (its main loop, and GIO's D-Bus for the
+# notifications). tray-icon's StatusNotifierItem backend (ksni) is pure Rust D-Bus,
+# so no GTK or libappindicator. Plain setup installs it because `make run` and
+# `make test` build the whole workspace.
+packages+=(libglib2.0-dev)
 # Tests: iproute2 makes the network namespaces the end-to-end tests run in; a
 # user-mode PulseAudio with a null sink gives the sound-card path real devices.
 [ $want_test_tools = 1 ] && packages+=(iproute2 pulseaudio pulseaudio-utils libasound2-plugins)
-# Tests, the tray's desktop end-to-end test: a virtual X server (xvfb), an
-# XEmbed tray host (trayer), a notification daemon and its CLI (dunst, dunstctl),
-# a private session bus (dbus), and screenshots (imagemagick's import).
-[ $want_test_tools = 1 ] && packages+=(xvfb trayer dunst libnotify-bin dbus imagemagick)
+# Tests, the tray's desktop end-to-end test: a virtual X server (xvfb), a
+# StatusNotifierItem host (xfce4-panel's Status Tray plugin, and xfconf, whose
+# xfconfd gives the panel its settings), a notification daemon and its CLI (dunst,
+# dunstctl), a private session bus and its tools (dbus: dbus-monitor, dbus-send),
+# and screenshots (imagemagick's import).
+[ $want_test_tools = 1 ] && packages+=(xvfb xfce4-panel xfconf dunst libnotify-bin dbus imagemagick)
 # Tests: a Python venv (python3-venv) runs examples/stats_csv.py against a daemon.
 [ $want_test_tools = 1 ] && packages+=(python3 python3-venv)
 # Packages: lintian checks the .deb, rpm reads the .rpm, ruby checks the formula,

@@ -12,9 +12,10 @@
 //! - [`client`]: the task that follows the event feed (and the stats feed for
 //!   the quality verdict), runs commands, and reconnects with back-off.
 //!
-//! The binary (`src/main.rs`) adds the thin desktop glue: GTK, the tray icon
-//! (tray-icon's GTK/AppIndicator backend, see `ui.rs` for why) and notifications
-//! (the freedesktop.org notification spec over GIO, see `notifications.rs`).
+//! The binary (`src/main.rs`) adds the thin desktop glue: a GLib main loop, the
+//! tray icon (tray-icon's StatusNotifierItem backend, ksni; see `ui.rs` for why)
+//! and notifications (the freedesktop.org notification spec over GIO, see
+//! `notifications.rs`).
 
 pub mod client;
 pub mod command;

@@ -1,10 +1,12 @@
 //! `voicelink-tray`: the voicelink daemon from the system tray.
 //!
-//! Two threads: the GTK main loop owns the tray icon, its menu and the
-//! notifications (`ui.rs`, `notifications.rs`; nothing there blocks: D-Bus
+//! Two threads of ours: the GLib main loop owns the tray icon, its menu and
+//! the notifications (`ui.rs`, `notifications.rs`; nothing there blocks: D-Bus
 //! calls to the notification server are asynchronous on the same loop); a
 //! tokio thread owns the connection to `voiced` (`voicelink_tray::client`).
 //! They talk over bounded channels: updates one way, commands the other.
+//! (tray-icon's StatusNotifierItem backend, ksni, serves the icon and menu on
+//! D-Bus from threads of its own; menu clicks come back as [`UiInput::Menu`].)
 
 mod notifications;
 mod ui;
@@ -16,7 +18,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use gtk::glib;
 use tokio::sync::mpsc;
 use voicelink_proto::DaemonAddress;
 use voicelink_tray::view::IconKind;
@@ -39,7 +40,7 @@ struct Args {
     write_icons: Option<PathBuf>,
 }
 
-/// What the GTK side reacts to.
+/// What the main loop (the UI) reacts to.
 #[derive(Debug)]
 pub enum UiInput {
     /// A menu item was chosen (its ID).
@@ -78,7 +79,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         return write_icons(&dir);
     }
 
-    gtk::init().context("cannot start GTK (is there a display?)")?;
     let address = DaemonAddress::Unix(args.socket.unwrap_or_else(voicelink_proto::default_socket_path));
     tracing::info!(%address, "voicelink-tray starting");
 
@@ -118,18 +118,20 @@ fn run(args: Args) -> anyhow::Result<()> {
     let ui = ui::Ui::new(commands, inputs, notifier)?;
     let exit = std::rc::Rc::new(Cell::new(None));
     let exit_set = exit.clone();
+    let main_loop = glib::MainLoop::new(None, false);
+    let quit_loop = main_loop.clone();
     glib::MainContext::default().spawn_local(async move {
         exit_set.set(Some(ui::drive(ui, updates, inputs_rx).await));
-        gtk::main_quit();
+        quit_loop.quit();
     });
-    gtk::main();
+    main_loop.run();
     match exit.get() {
         Some(ui::Exit::Quit) => {
             tracing::info!("voicelink-tray quits");
             Ok(())
         }
         Some(ui::Exit::ClientStopped) => anyhow::bail!("the daemon client stopped unexpectedly"),
-        None => anyhow::bail!("the GTK main loop ended on its own"),
+        None => anyhow::bail!("the main loop ended on its own"),
     }
 }
 

@@ -4,7 +4,7 @@
 //! They are spoken straight over D-Bus (the freedesktop.org Desktop
 //! Notifications spec: `Notify`, `CloseNotification`, `GetCapabilities`, and the
 //! `ActionInvoked` / `NotificationClosed` signals) with GIO, asynchronously on
-//! the GTK main loop, so a slow or hung notification server never freezes the
+//! the GLib main loop, so a slow or hung notification server never freezes the
 //! tray: every call has a deadline, and the UI only ever queues a request.
 //! (notify-rust, the crate the tray first used, blocks on each call and listens
 //! for actions with a thread and a connection per notification, subscribing
@@ -20,8 +20,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gtk::gio;
-use gtk::glib::{self, ToVariant as _};
+use glib::ToVariant as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::UiInput;
@@ -83,7 +82,7 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts the task on the thread's GLib main context (the GTK main loop);
+    /// Starts the task on the thread's GLib main context (the tray's main loop);
     /// choices made on notifications go to `inputs`.
     pub fn start(inputs: mpsc::Sender<UiInput>) -> Notifier {
         let (queue, messages) = mpsc::channel(QUEUE);

@@ -1,35 +1,38 @@
-//! The GTK glue: renders a [`View`] into the tray icon and its menu, and turns
-//! clicks into [`Command`]s. It decides nothing; [`voicelink_tray::view`] does.
+//! The tray glue: renders a [`View`] into the tray icon, its tooltip and its
+//! menu, and turns clicks into [`Command`]s. It decides nothing;
+//! [`voicelink_tray::view`] does.
 //!
-//! # Why tray-icon's GTK/AppIndicator backend (and not `ksni`)
+//! # Why tray-icon's StatusNotifierItem backend (`ksni`)
 //!
-//! tray-icon on Linux has two backends. The default one goes through
-//! libayatana-appindicator: where the desktop runs a StatusNotifierItem host
-//! (KDE Plasma, GNOME with the AppIndicator extension, XFCE, Cinnamon, MATE,
-//! Budgie, LXQt) it registers as one; where there is none (XEmbed-only trays such
-//! as trayer, stalonetray or i3bar, and the test setup here: Xvfb + trayer on a
-//! private D-Bus session) it falls back to an XEmbed `GtkStatusIcon`, which
-//! shows and can be screenshotted. The `ksni` feature is a pure D-Bus
-//! StatusNotifierItem: lighter (no GTK), with a working tooltip, but it shows
-//! nothing without an SNI watcher, so it would be invisible under trayer and on
-//! XEmbed-only desktops. One backend that works on both kinds of tray wins;
-//! its cost is that AppIndicator has no tooltip (tray-icon's `set_tooltip` does
-//! nothing there), so the menu's first line states the same words.
+//! tray-icon on Linux has two backends. The default one goes through GTK and
+//! libayatana-appindicator; the AppIndicator protocol it speaks has no tooltip
+//! (tray-icon's `set_tooltip` does nothing there; its D-Bus item has no
+//! `ToolTip` property), and the tray has to say its state in words. The `ksni`
+//! feature is a StatusNotifierItem spoken straight over D-Bus (zbus, on
+//! threads of its own): the tooltip works (title "voicelink", the state in
+//! words as its text), the menu is exported as a dbusmenu, and no GTK is
+//! linked, so the tray needs only GLib (its main loop and the notifications'
+//! D-Bus calls). What it needs is a StatusNotifierItem host, which shows it:
+//! KDE Plasma, XFCE (xfce4-panel's Status Tray plugin, 4.16 and later), LXQt,
+//! Cinnamon, MATE, Budgie, waybar, and GNOME with the
+//! AppIndicator/KStatusNotifierItem extension (GNOME needs that with either
+//! backend). XEmbed-only trays (trayer, stalonetray, i3bar's tray) show
+//! nothing: there the libappindicator backend's XEmbed fallback would have
+//! shown an icon without a tooltip. The end-to-end test runs a real host:
+//! xfce4-panel under Xvfb, and reads the tooltip from the item over D-Bus.
 //!
 //! # Icon size
 //!
-//! The icons are handed over at one size, [`ICON_SIZE`]: tray-icon's GTK backend
-//! writes the one image it is given to a PNG file and passes its path to
-//! AppIndicator, which has no way to take several sizes, and the backend does
+//! The icons are handed over at one size, [`ICON_SIZE`]: tray-icon's ksni
+//! backend sends the one image it is given as the item's pixmap, and it does
 //! not tell us the panel's size either (`TrayIcon::rect` is `None` there). The
-//! host scales that PNG to its panel, so it is drawn at 32 px, the largest size
-//! panels commonly use, and scaled down rather than up.
+//! host scales that pixmap to its panel, so it is drawn at 32 px, the largest
+//! size panels commonly use, and scaled down rather than up.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use gtk::glib;
 use tokio::sync::mpsc;
 use tray_icon::menu::{CheckMenuItem, IsMenuItem, Menu, MenuItem, PredefinedMenuItem, Submenu};
 use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
@@ -181,6 +184,7 @@ impl Ui {
         let tray = TrayIconBuilder::new()
             .with_id("voicelink")
             .with_icon(icons[&initial.icon].clone())
+            .with_title("voicelink")
             .with_tooltip(&initial.tooltip)
             .build()
             .context("cannot create the tray icon")?;
@@ -264,38 +268,39 @@ impl Ui {
 
     fn render(&mut self, force: bool) -> anyhow::Result<()> {
         let next = view(&self.state, SystemTime::now());
-        // Logged on every change of icon or of the link's kind (connecting, up,
-        // down), not on each tick of a call's clock.
         let link = match &self.state.link {
             Link::Connecting => "Connecting",
             Link::Up => "Up",
             Link::Down { .. } => "Down",
         };
         let icon_changed = self.shown.as_ref().map(|v| v.icon) != Some(next.icon);
+        if force || self.shown.as_ref() != Some(&next) {
+            if icon_changed {
+                self.tray.set_icon(Some(self.icons[&next.icon].clone())).context("set the icon")?;
+            }
+            self.tray.set_tooltip(Some(&next.tooltip)).context("set the tooltip")?;
+            let mut next_shape = Vec::new();
+            shape(&next.menu, &mut next_shape);
+            if next_shape == self.shown_shape && !self.items.is_empty() {
+                refresh(&next.menu, &mut self.items.iter());
+            } else {
+                let menu = Menu::new();
+                let mut items = Vec::new();
+                build(&next.menu, &|item| menu.append(item), &mut items)?;
+                self.tray.set_menu(Some(Box::new(menu)));
+                self.items = items;
+                self.shown_shape = next_shape;
+            }
+            self.set_ticking(next.ticking);
+        }
+        // Logged once the item shows it (the backend has applied the icon, the
+        // tooltip and a rebuilt menu when its setters return), on every change
+        // of icon or of the link's kind (connecting, up, down), not on each
+        // tick of a call's clock.
         if icon_changed || self.shown_link != Some(link) {
             tracing::info!(icon = ?next.icon, link = %link, tooltip = %next.tooltip, "tray state");
             self.shown_link = Some(link);
         }
-        if !force && self.shown.as_ref() == Some(&next) {
-            return Ok(());
-        }
-        if icon_changed {
-            self.tray.set_icon(Some(self.icons[&next.icon].clone())).context("set the icon")?;
-        }
-        self.tray.set_tooltip(Some(&next.tooltip)).context("set the tooltip")?;
-        let mut next_shape = Vec::new();
-        shape(&next.menu, &mut next_shape);
-        if next_shape == self.shown_shape && !self.items.is_empty() {
-            refresh(&next.menu, &mut self.items.iter());
-        } else {
-            let menu = Menu::new();
-            let mut items = Vec::new();
-            build(&next.menu, &|item| menu.append(item), &mut items)?;
-            self.tray.set_menu(Some(Box::new(menu)));
-            self.items = items;
-            self.shown_shape = next_shape;
-        }
-        self.set_ticking(next.ticking);
         self.shown = Some(next);
         Ok(())
     }

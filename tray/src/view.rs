@@ -1,9 +1,9 @@
 //! The tray as a pure function of what it knows: [`view`] turns a
 //! [`TrayState`] and the current time into the icon, the tooltip and the menu.
 //!
-//! Nothing here touches GTK or the daemon, so every state the tray can be in is
-//! tested below by building the state and looking at the result. The GTK glue
-//! (`ui.rs` in the binary) only renders a [`View`].
+//! Nothing here touches the desktop or the daemon, so every state the tray can
+//! be in is tested below by building the state and looking at the result. The
+//! desktop glue (`ui.rs` in the binary) only renders a [`View`].
 
 use std::time::{Duration, SystemTime};
 
@@ -83,8 +83,8 @@ pub enum MenuEntry {
 pub struct View {
     /// The icon.
     pub icon: IconKind,
-    /// The state in words (also the menu's first status line, because the
-    /// AppIndicator protocol has no tooltip).
+    /// The state in words: the tooltip, and also the menu's first status line
+    /// (so it is there on hosts that show no tooltips).
     pub tooltip: String,
     /// The menu, top to bottom.
     pub menu: Vec<MenuEntry>,

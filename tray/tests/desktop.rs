@@ -1,7 +1,9 @@
-//! The tray end to end on a virtual desktop: Xvfb, trayer (an XEmbed tray host)
-//! and dunst (a notification daemon) on a private D-Bus session bus, with two
-//! real `voiced` daemons in their own network namespaces. Needs root (for the
-//! namespaces) and the desktop programs (scripts/setup.sh --test).
+//! The tray end to end on a virtual desktop: Xvfb, xfce4-panel (a
+//! StatusNotifierItem host) and dunst (a notification daemon) on a private D-Bus
+//! session bus, with two real `voiced` daemons in their own network namespaces.
+//! The item's tooltip and menu are read and used over D-Bus, as the host does.
+//! Needs root (for the namespaces) and the desktop programs
+//! (scripts/setup.sh --test).
 //!
 //! Screenshots are kept in `target/tmp/voicelink-tray-e2e/` to look at; with
 //! VOICELINK_SAVE_SCREENSHOTS=1 they are also copied to `docs/screenshots/`
@@ -15,7 +17,7 @@ mod support;
 use std::path::PathBuf;
 
 use lan::{Daemon, Lan};
-use support::{Desktop, Watched};
+use support::{Desktop, SNI_WATCHER, Watched};
 use voicelink_proto::v1::{self, CallState, event};
 
 /// The idle icon's fill and the ringing icon's fill (see `src/icons.rs`).
@@ -95,6 +97,110 @@ fn strings(lines: &[String]) -> Vec<&str> {
     lines.iter().filter_map(|l| l.strip_prefix("string \"")?.strip_suffix('"')).collect()
 }
 
+/// Runs `dbus-send --print-reply` on the desktop's bus; its output lines.
+async fn dbus_send(desktop: &Desktop, dest: &str, path: &str, method: &str, args: &[&str]) -> Vec<String> {
+    let out = desktop
+        .command("dbus-send")
+        .args(["--session", "--print-reply", &format!("--dest={dest}"), path, method])
+        .args(args)
+        .output()
+        .await
+        .expect("run dbus-send");
+    assert!(out.status.success(), "dbus-send {dest} {method}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8").lines().map(|l| l.trim().to_owned()).collect()
+}
+
+/// A D-Bus property, as dbus-send prints it.
+async fn property(desktop: &Desktop, dest: &str, path: &str, interface: &str, name: &str) -> Vec<String> {
+    let args = [format!("string:{interface}"), format!("string:{name}")];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    dbus_send(desktop, dest, path, "org.freedesktop.DBus.Properties.Get", &args).await
+}
+
+/// The StatusNotifierItems the host shows ("bus-name/object-path" each).
+async fn registered_items(desktop: &Desktop) -> Vec<String> {
+    let lines =
+        property(desktop, SNI_WATCHER, "/StatusNotifierWatcher", SNI_WATCHER, "RegisteredStatusNotifierItems").await;
+    strings(&lines).into_iter().map(str::to_owned).collect()
+}
+
+/// The tray's StatusNotifierItem, as registered with the host: its bus name
+/// and object path.
+struct Item {
+    name: String,
+    path: String,
+}
+
+impl Item {
+    fn parse(registered: &str) -> Item {
+        let slash = registered.find('/').expect("bus-name/object-path");
+        Item { name: registered[..slash].to_owned(), path: registered[slash..].to_owned() }
+    }
+
+    /// The item's `ToolTip` (icon name, pixmaps, title, text): (title, text).
+    async fn tooltip(&self, desktop: &Desktop) -> (String, String) {
+        let lines = property(desktop, &self.name, &self.path, "org.kde.StatusNotifierItem", "ToolTip").await;
+        // The strings of the struct in order: icon name, title, text (the
+        // pixmaps' bytes are printed as hex, not as strings).
+        match strings(&lines)[..] {
+            [_icon_name, title, text] => (title.to_owned(), text.to_owned()),
+            _ => panic!("a ToolTip of three strings: {lines:#?}"),
+        }
+    }
+
+    /// Reads the tooltip's text until `says` holds; between readings, waits for
+    /// the item to announce a new tooltip (NewToolTip, seen by `monitor`).
+    async fn tooltip_saying(&self, desktop: &Desktop, monitor: &mut Watched, says: impl Fn(&str) -> bool) -> String {
+        loop {
+            let (title, text) = self.tooltip(desktop).await;
+            assert_eq!(title, "voicelink", "the tooltip's title");
+            if says(&text) {
+                return text;
+            }
+            monitor.wait_for_line(&format!("a new tooltip after {text:?}"), &["member=NewToolTip"]).await;
+        }
+    }
+
+    /// The dbusmenu ID of the menu item labelled `label`, from the item's menu
+    /// as the host reads it (`GetLayout`).
+    async fn menu_item(&self, desktop: &Desktop, label: &str) -> (String, i32) {
+        let menu = property(desktop, &self.name, &self.path, "org.kde.StatusNotifierItem", "Menu").await;
+        let menu_path = menu
+            .iter()
+            .find_map(|l| l.strip_prefix("variant")?.trim().strip_prefix("object path \"")?.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("the Menu property: {menu:#?}"))
+            .to_owned();
+        let layout = dbus_send(
+            desktop,
+            &self.name,
+            &menu_path,
+            "com.canonical.dbusmenu.GetLayout",
+            &["int32:0", "int32:-1", "array:string:label"],
+        )
+        .await;
+        // Each item is a struct that starts with its ID (int32), then its
+        // properties: the label is the first string after the ID.
+        let mut id = None;
+        for line in &layout {
+            if let Some(number) = line.strip_prefix("int32 ") {
+                id = number.parse().ok();
+            } else if line.ends_with(&format!("string \"{label}\"")) {
+                return (menu_path, id.unwrap_or_else(|| panic!("an ID before {label:?}: {layout:#?}")));
+            }
+        }
+        panic!("no menu item {label:?} in {layout:#?}");
+    }
+
+    /// Clicks the menu item labelled `label`, as the host does when the person
+    /// chooses it (dbusmenu `Event` "clicked").
+    async fn click(&self, desktop: &Desktop, label: &str) {
+        let (menu_path, id) = self.menu_item(desktop, label).await;
+        let id = format!("int32:{id}");
+        let args = [id.as_str(), "string:clicked", "variant:int32:0", "uint32:0"];
+        dbus_send(desktop, &self.name, &menu_path, "com.canonical.dbusmenu.Event", &args).await;
+    }
+}
+
 /// Copies a screenshot into `docs/screenshots/` when asked to.
 fn save_screenshot(from: &std::path::Path, name: &str) {
     if std::env::var_os("VOICELINK_SAVE_SCREENSHOTS").is_some_and(|v| v == "1") {
@@ -131,10 +237,16 @@ async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answe
     let bob = Daemon::start(Some(&lan.host(1)), &dir.path().join("bob"), "bob", quiet).await;
     let desktop = Desktop::start(&dir.path().join("desktop")).await;
 
-    // What the tray asks the notification server, as the bus sees it. It is a
+    // What the tray asks the notification server, and when its item registers
+    // with the host and changes its tooltip, as the bus sees it. It is a
     // monitor once it has given up its name (NameLost).
     let mut command = desktop.command("dbus-monitor");
-    command.args(["--session", "type='method_call',interface='org.freedesktop.Notifications',member='Notify'"]);
+    command.args([
+        "--session",
+        "type='method_call',interface='org.freedesktop.Notifications',member='Notify'",
+        "type='signal',interface='org.kde.StatusNotifierWatcher',member='StatusNotifierItemRegistered'",
+        "type='signal',interface='org.kde.StatusNotifierItem',member='NewToolTip'",
+    ]);
     let mut monitor = Watched::spawn(command, artifacts.join("dbus-monitor.log"));
     monitor.wait_for_line("dbus-monitor to start monitoring", &["member=NameLost"]).await;
 
@@ -150,11 +262,22 @@ async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answe
     let mut tray = Watched::spawn(command, artifacts.join("tray.log"));
     tray.wait_for_line("the tray connecting", &["connected to voiced"]).await;
     tray.wait_for_line("the notification signals subscribed", &["listening for notification actions"]).await;
+    // Its StatusNotifierItem is registered with the host, and is the only one.
+    monitor.wait_for_line("the tray's item registered", &["member=StatusNotifierItemRegistered"]).await;
+    let items = registered_items(&desktop).await;
+    let pid = tray.child.id().expect("the tray runs");
+    assert!(
+        items.len() == 1 && items[0].starts_with(&format!("org.kde.StatusNotifierItem-{pid}-")),
+        "the host shows the tray's item only: {items:?}"
+    );
+    let item = Item::parse(&items[0]);
     wait_event(&mut bob_events, "bob sees alice", |k| peer_online(k, "alice")).await;
     wait_event(&mut alice_events, "alice sees bob", |k| peer_online(k, "bob")).await;
 
-    // Idle: the blue icon in the tray, nothing orange, no notification.
+    // Idle: the blue icon in the tray, nothing orange, no notification, and the
+    // tooltip says so.
     tray.wait_for_line("the idle state", &["tray state", "icon=Idle"]).await;
+    item.tooltip_saying(&desktop, &mut monitor, |t| t == "voicelink: idle · 1 peer online").await;
     let idle = screenshot_showing(&desktop, &artifacts.join("idle.png"), IDLE_BLUE).await;
     assert_eq!(Desktop::count_in_tray(&idle, RINGING_ORANGE, 12), 0, "no ringing icon while idle");
     assert_eq!(displayed_notifications(&desktop).await, 0);
@@ -165,6 +288,7 @@ async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answe
     let call_id = dialed.into_inner().call.expect("the call").call_id;
     wait_event(&mut bob_events, "bob rings", |k| matches!(k, event::Kind::IncomingCall(_))).await;
     tray.wait_for_line("the ringing state", &["tray state", "icon=Ringing", "alice is calling"]).await;
+    assert_eq!(item.tooltip(&desktop).await.1, "alice is calling", "the tooltip once the tray rings");
     // Logged once Notify returned the notification's ID; the tray listened for
     // its actions from the start (above), before anything was sent.
     tray.wait_for_line("the notification", &["incoming-call notification shown", &call_id, "actions=true"]).await;
@@ -203,19 +327,42 @@ async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answe
     assert_eq!(calls[0].state(), CallState::Active);
     assert_eq!(calls[0].direction(), v1::CallDirection::Incoming);
     tray.wait_for_line("the in-call state", &["tray state", "icon=InCall"]).await;
+    let in_call = item.tooltip_saying(&desktop, &mut monitor, |t| t.starts_with("In call with alice · ")).await;
+    // "In call with alice · 00:01", with the quality verdict once the stats say.
+    let clock = in_call.split(" · ").nth(1).expect("the duration");
+    assert!(clock.len() == 5 && clock.as_bytes()[2] == b':', "a duration mm:ss in {in_call:?}");
     desktop.poll("the notification to go", || async { displayed_notifications(&desktop).await == 0 }).await;
 
     alice_api.hangup(v1::HangupRequest { call_id: call_id.clone() }).await.unwrap();
     tray.wait_for_line("idle again", &["tray state", "icon=Idle"]).await;
 
-    // Alice calls again and the tray is told to quit (as at logout) while it
-    // rings: it withdraws the notification it can no longer act on, and exits 0.
+    // Alice calls again: this time Answer is chosen from the tray's menu, as the
+    // host asks when the person clicks it.
     let dialed = alice_api.dial(v1::DialRequest { target: "bob".into(), ..Default::default() }).await.unwrap();
-    let second = dialed.into_inner().call.expect("the call").call_id;
-    tray.wait_for_line("the second notification", &["incoming-call notification shown", &second]).await;
+    let menu_call = dialed.into_inner().call.expect("the call").call_id;
+    tray.wait_for_line("ringing again", &["tray state", "icon=Ringing", "alice is calling"]).await;
+    let calls = bob_api.list_calls(v1::ListCallsRequest {}).await.unwrap().into_inner().calls;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].state(), CallState::Incoming, "not answered before the person acts");
+    item.click(&desktop, "Answer alice").await;
+    tray.wait_for_line("the menu's Answer", &["chosen", "Answer", &menu_call]).await;
+    wait_event(&mut bob_events, "bob's call active", |k| call_in_state(k, &menu_call, CallState::Active)).await;
+    let calls = bob_api.list_calls(v1::ListCallsRequest {}).await.unwrap().into_inner().calls;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].call_id, menu_call);
+    assert_eq!(calls[0].state(), CallState::Active);
+    tray.wait_for_line("in a call again", &["tray state", "icon=InCall"]).await;
+    desktop.poll("its notification to go", || async { displayed_notifications(&desktop).await == 0 }).await;
+    alice_api.hangup(v1::HangupRequest { call_id: menu_call.clone() }).await.unwrap();
+    tray.wait_for_line("idle once more", &["tray state", "icon=Idle"]).await;
+
+    // Alice calls a third time and the tray is told to quit (as at logout) while
+    // it rings: it withdraws the notification it can no longer act on, and exits 0.
+    let dialed = alice_api.dial(v1::DialRequest { target: "bob".into(), ..Default::default() }).await.unwrap();
+    let third = dialed.into_inner().call.expect("the call").call_id;
+    tray.wait_for_line("the third notification", &["incoming-call notification shown", &third]).await;
     desktop.poll("dunst to display it", || async { displayed_notifications(&desktop).await == 1 }).await;
-    let pid = tray.child.id().expect("the tray runs") as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = tokio::time::timeout(support::DEADLINE, tray.child.wait()).await.expect("the tray quits").unwrap();
     assert!(status.success(), "the tray quits cleanly: {status:?}");
     assert_eq!(displayed_notifications(&desktop).await, 0, "the ringing notification is withdrawn before quitting");

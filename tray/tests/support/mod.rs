@@ -1,9 +1,11 @@
-//! Test support for the tray's end-to-end test: a virtual desktop: Xvfb, an
-//! XEmbed tray host (trayer) and a notification daemon (dunst) on a private D-Bus
-//! session bus. The daemons and their namespaces come from the daemon's own test
-//! support (`daemon/tests/support/mod.rs`, included as `lan`). Nothing sleeps to synchronise: readiness comes
-//! from what each program prints, and the few things that have no event (a
-//! window appearing, a notification on screen) are polled with a deadline.
+//! Test support for the tray's end-to-end test: a virtual desktop: Xvfb, a
+//! StatusNotifierItem host (xfce4-panel's Status Tray plugin, with its settings
+//! daemon xfconfd) and a notification daemon (dunst) on a private D-Bus session
+//! bus. The daemons and their namespaces come from the daemon's own test
+//! support (`daemon/tests/support/mod.rs`, included as `lan`). Nothing sleeps
+//! to synchronise: readiness comes from what each program prints or announces
+//! on the bus, and the few things that have no event (an icon painted, a
+//! notification on screen) are polled with a deadline.
 
 #![allow(dead_code)]
 
@@ -19,7 +21,7 @@ pub use crate::lan::DEADLINE;
 
 /// Why the desktop test cannot run here, if it cannot: a missing program.
 pub fn desktop_unavailable() -> Option<String> {
-    let programs = ["Xvfb", "trayer", "dunst", "dunstctl", "dbus-daemon", "dbus-monitor", "import"];
+    let programs = ["Xvfb", "xfce4-panel", "dunst", "dunstctl", "dbus-daemon", "dbus-monitor", "dbus-send", "import"];
     let missing: Vec<&str> = programs
         .into_iter()
         .filter(|p| {
@@ -30,7 +32,10 @@ pub fn desktop_unavailable() -> Option<String> {
         })
         .collect();
     (!missing.is_empty()).then(|| {
-        format!("needs {} (scripts/setup.sh --test installs xvfb trayer dunst dbus imagemagick)", missing.join(", "))
+        format!(
+            "needs {} (scripts/setup.sh --test installs xvfb xfce4-panel dunst dbus imagemagick)",
+            missing.join(", ")
+        )
     })
 }
 
@@ -124,14 +129,47 @@ impl Watched {
     }
 }
 
-/// A virtual desktop: Xvfb, a private session bus, trayer and dunst.
+/// The panel: one small panel in the top-right corner, holding only the Status
+/// Tray plugin (StatusNotifierItems, and XEmbed icons as well) with 32 px icons,
+/// the size the tray draws them at. xfce4-panel reads it from xfconfd, which the
+/// session bus starts on demand.
+const PANEL_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<channel name="xfce4-panel" version="1.0">
+  <property name="configver" type="int" value="2"/>
+  <property name="panels" type="array">
+    <value type="int" value="1"/>
+    <property name="panel-1" type="empty">
+      <property name="position" type="string" value="p=2;x=0;y=0"/>
+      <property name="position-locked" type="bool" value="true"/>
+      <property name="length" type="uint" value="1"/>
+      <property name="length-adjust" type="bool" value="true"/>
+      <property name="size" type="uint" value="40"/>
+      <property name="plugin-ids" type="array">
+        <value type="int" value="1"/>
+      </property>
+    </property>
+  </property>
+  <property name="plugins" type="empty">
+    <property name="plugin-1" type="string" value="systray">
+      <property name="square-icons" type="bool" value="true"/>
+      <property name="icon-size" type="int" value="32"/>
+    </property>
+  </property>
+</channel>
+"#;
+
+/// The StatusNotifierItem watcher's bus name (the tray host owns it).
+pub const SNI_WATCHER: &str = "org.kde.StatusNotifierWatcher";
+
+/// A virtual desktop: Xvfb, a private session bus, xfce4-panel and dunst.
 pub struct Desktop {
     pub dir: PathBuf,
     pub display: String,
     pub bus: String,
     pub runtime_dir: PathBuf,
-    /// Started in order: Xvfb, the bus, trayer, dunst; stopped in reverse (see
-    /// `Drop`), so no client outlives its server.
+    pub config_dir: PathBuf,
+    /// Started in order: Xvfb, the bus, the panel, dunst; stopped in reverse
+    /// (see `Drop`), so no client outlives its server.
     _children: Vec<Watched>,
 }
 
@@ -159,27 +197,48 @@ impl Desktop {
         };
         let display = format!(":{number}");
 
-        // A private session bus: nothing of the machine's (if it has one) is touched.
-        let mut command = Command::new("dbus-daemon");
+        let runtime_dir = dir.join("runtime");
+        std::fs::create_dir_all(&runtime_dir).unwrap();
+        // XDG_RUNTIME_DIR must be private to its user.
+        std::fs::set_permissions(&runtime_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let config_dir = dir.join("config");
+        let xfconf = config_dir.join("xfce4/xfconf/xfce-perchannel-xml");
+        std::fs::create_dir_all(&xfconf).unwrap();
+        std::fs::write(xfconf.join("xfce4-panel.xml"), PANEL_XML).unwrap();
+        let mut desktop =
+            Desktop { dir: dir.into(), display, bus: String::new(), runtime_dir, config_dir, _children: Vec::new() };
+
+        // A private session bus: nothing of the machine's (if it has one) is
+        // touched. The services it starts on demand (xfconfd) get this desktop's
+        // environment, so xfconfd reads the panel's settings from `config_dir`.
+        let mut command = desktop.command("dbus-daemon");
+        command.env_remove("DBUS_SESSION_BUS_ADDRESS");
         command.args(["--session", "--nofork", "--nopidfile", "--print-address=1"]);
         let mut bus_daemon = Watched::spawn(command, dir.join("dbus.log"));
-        let bus = loop {
+        desktop.bus = loop {
             let line = bus_daemon.first_line("dbus-daemon").await;
             if line.starts_with("unix:") {
                 break line.trim().to_owned();
             }
         };
+        desktop._children = vec![xvfb, bus_daemon];
 
-        let runtime_dir = dir.join("runtime");
-        std::fs::create_dir_all(&runtime_dir).unwrap();
-        // XDG_RUNTIME_DIR must be private to its user.
-        std::fs::set_permissions(&runtime_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let mut desktop = Desktop { dir: dir.into(), display, bus, runtime_dir, _children: Vec::new() };
+        // The tray host on the top right. It is ready for items once it owns the
+        // watcher's name: a monitor sees that happen.
+        let rule =
+            format!("type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{SNI_WATCHER}'");
+        let mut command = desktop.command("dbus-monitor");
+        command.args(["--session", &rule]);
+        let mut owner = Watched::spawn(command, dir.join("dbus-monitor-watcher.log"));
+        owner.wait_for_line("dbus-monitor to start monitoring", &["member=NameLost"]).await;
+        // No window manager here: do not wait for one.
+        let mut panel = desktop.command("xfce4-panel");
+        panel.arg("--disable-wm-check");
+        desktop._children.push(Watched::spawn(panel, dir.join("xfce4-panel.log")));
+        owner.wait_for_line("the panel's StatusNotifierItem watcher", &["member=NameOwnerChanged"]).await;
+        drop(owner);
 
-        // The tray host on the top right, the notifications below it.
-        let mut trayer = desktop.command("trayer");
-        trayer.args(["--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "96"]);
-        trayer.args(["--heighttype", "pixel", "--height", "40", "--SetDockType", "false", "--expand", "false"]);
+        // The notifications below the panel.
         let dunstrc = dir.join("dunstrc");
         std::fs::write(
             &dunstrc,
@@ -189,12 +248,7 @@ impl Desktop {
         .unwrap();
         let mut dunst = desktop.command("dunst");
         dunst.arg("-conf").arg(&dunstrc);
-        desktop._children = vec![
-            xvfb,
-            bus_daemon,
-            Watched::spawn(trayer, dir.join("trayer.log")),
-            Watched::spawn(dunst, dir.join("dunst.log")),
-        ];
+        desktop._children.push(Watched::spawn(dunst, dir.join("dunst.log")));
         // dunst has no readiness signal: it is ready once it answers dunstctl.
         desktop
             .poll("dunst to answer on the bus", || async {
@@ -212,6 +266,9 @@ impl Desktop {
             .env("DBUS_SESSION_BUS_ADDRESS", &self.bus)
             .env("XDG_RUNTIME_DIR", &self.runtime_dir)
             .env("HOME", &self.dir)
+            .env("XDG_CONFIG_HOME", &self.config_dir)
+            // No accessibility bus for the panel to start and leave behind.
+            .env("NO_AT_BRIDGE", "1")
             .env_remove("WAYLAND_DISPLAY");
         command
     }
@@ -248,7 +305,7 @@ impl Desktop {
     }
 
     /// Counts pixels within `tolerance` of `colour` in the top-right corner
-    /// (where trayer sits) of a screenshot.
+    /// (where the panel sits) of a screenshot.
     pub fn count_in_tray(shot: &(u32, u32, Vec<u8>), colour: [u8; 3], tolerance: u8) -> usize {
         let (width, _height, rgb) = shot;
         let mut count = 0;
