@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # packages are built, installed and removed again.
 IN_CI := $(if $(filter true 1,$(CI)),1,)
 export VOICELINK_REQUIRE_NETNS ?= $(if $(IN_CI),1,0)
-# Likewise the tray's desktop test (Xvfb, trayer, dunst): it must run in CI.
+# Likewise the tray's desktop test (Xvfb, xfce4-panel, dunst): it must run in CI.
 export VOICELINK_REQUIRE_DESKTOP ?= $(if $(IN_CI),1,0)
 
 VOICED_ARGS ?=

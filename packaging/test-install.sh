@@ -45,7 +45,7 @@ check "the tray's .deb installs next to voicelink" dpkg -i "$tray_deb"
 check "voicelink-tray --help" sh -c 'voicelink-tray --help | grep -q "Usage: voicelink-tray"'
 check "the desktop starts the tray at login (XDG autostart)" \
     grep -q '^Exec=voicelink-tray' /etc/xdg/autostart/voicelink-tray.desktop
-check "the tray's .deb declares GTK" sh -c "dpkg-deb -f '$tray_deb' Depends | grep -q libgtk-3"
+check "the tray's .deb declares GLib" sh -c "dpkg-deb -f '$tray_deb' Depends | grep -q libglib2.0-0"
 check "the tray's .deb is removed cleanly" dpkg -P voicelink-tray
 check "the .deb is removed cleanly" dpkg -r voicelink
 check "nothing is left behind" sh -c '! test -e /usr/bin/voiced && ! test -e /usr/bin/voicelink-tray && ! test -e /etc/xdg/autostart/voicelink-tray.desktop && ! test -e /usr/lib/systemd/user/voiced.service && ! dpkg -s voicelink 2>/dev/null | grep -q "Status: install ok"'
