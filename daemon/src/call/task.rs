@@ -109,21 +109,7 @@ pub fn dial(
     let machine = CallMachine::outgoing(Instant::now(), context.timeouts);
     let record = new_record(&id, peer, destination.name.clone(), Direction::Outgoing, input, output);
     let (handle, commands) = handle(&id, peer, Direction::Outgoing);
-    // Published before the task runs, so the registry counts the call at once
-    // and a stats subscriber finds it.
-    context.hub.publish(Change::CallStarted(record.clone()));
-    let meter = first_sample(&context, &record);
-    let call = Call {
-        id,
-        context,
-        machine,
-        record: record.clone(),
-        connection: None,
-        media: None,
-        meter,
-        stats_finished: false,
-        yielding: false,
-    };
+    let call = Call::published(id, context, machine, record.clone(), None);
     tokio::spawn(call.run_outgoing(destination, commands));
     (handle, record)
 }
@@ -141,28 +127,9 @@ pub fn incoming(
     let machine = CallMachine::incoming(Instant::now(), context.timeouts);
     let record = new_record(&id, peer, caller_name, Direction::Incoming, input, output);
     let (handle, commands) = handle(&id, peer, Direction::Incoming);
-    context.hub.publish(Change::CallStarted(record.clone()));
-    let meter = first_sample(&context, &record);
-    let call = Call {
-        id,
-        context,
-        machine,
-        record,
-        connection: Some(connection),
-        media: None,
-        meter,
-        stats_finished: false,
-        yielding: false,
-    };
+    let call = Call::published(id, context, machine, record, Some(connection));
     tokio::spawn(call.run_incoming(commands));
     handle
-}
-
-/// A new call's meter, after putting its first sample on the board.
-fn first_sample(context: &CallContext, record: &CallRecord) -> CallMeter {
-    let mut meter = CallMeter::new(context.codec.info());
-    context.stats.update(meter.sample(record, None, SystemTime::now()));
-    meter
 }
 
 fn handle(id: &CallId, peer: Option<DeviceId>, direction: Direction) -> (CallHandle, mpsc::Receiver<CallCommand>) {
@@ -207,6 +174,21 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Call {
+    /// A new call, published before its task runs: the registry counts it at once
+    /// and a stats subscriber finds it.
+    fn published(
+        id: CallId,
+        context: CallContext,
+        machine: CallMachine,
+        record: CallRecord,
+        connection: Option<Connection>,
+    ) -> Call {
+        context.hub.publish(Change::CallStarted(record.clone()));
+        let mut meter = CallMeter::new(context.codec.info());
+        context.stats.update(meter.sample(&record, None, SystemTime::now()));
+        Call { id, context, machine, record, connection, media: None, meter, stats_finished: false, yielding: false }
+    }
+
     async fn run_outgoing(mut self, destination: Destination, mut commands: mpsc::Receiver<CallCommand>) {
         // The endpoint is cloned so the connect future does not borrow the call.
         let endpoint = self.context.endpoint.clone();
