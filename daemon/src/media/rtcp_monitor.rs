@@ -127,18 +127,13 @@ impl RtcpMonitor {
             }),
             Packet::Rtcp(packets) => {
                 for packet in packets {
-                    let any = packet.as_any();
-                    let blocks = if let Some(sender_report) = any.downcast_ref::<SenderReport>() {
+                    if let Some(sender_report) = packet.as_any().downcast_ref::<SenderReport>() {
                         if self.sent_reports.len() == REMEMBERED_REPORTS {
                             self.sent_reports.pop_front();
                         }
                         self.sent_reports.push_back((compact_ntp(sender_report.ntp_time), now));
-                        &sender_report.reports
-                    } else if let Some(receiver_report) = any.downcast_ref::<ReceiverReport>() {
-                        &receiver_report.reports
-                    } else {
-                        continue;
-                    };
+                    }
+                    let Some(blocks) = reception_blocks(packet.as_ref()) else { continue };
                     let theirs = blocks.iter().find(|block| self.remote_ssrc.is_none_or(|ssrc| block.ssrc == ssrc));
                     if let Some(block) = theirs {
                         let reception = self.reception(block);
@@ -163,14 +158,7 @@ impl RtcpMonitor {
             }
             Packet::Rtcp(packets) => {
                 for packet in packets {
-                    let any = packet.as_any();
-                    let blocks = if let Some(sender_report) = any.downcast_ref::<SenderReport>() {
-                        &sender_report.reports
-                    } else if let Some(receiver_report) = any.downcast_ref::<ReceiverReport>() {
-                        &receiver_report.reports
-                    } else {
-                        continue;
-                    };
+                    let Some(blocks) = reception_blocks(packet.as_ref()) else { continue };
                     let ours = blocks.iter().find(|block| self.local_ssrc.is_none_or(|ssrc| block.ssrc == ssrc));
                     if let Some(block) = ours {
                         let reception = self.reception(block);
@@ -214,6 +202,16 @@ impl RtcpMonitor {
         let (_, sent) = self.sent_reports.iter().rev().find(|(ntp, _)| *ntp == block.last_sender_report)?;
         let held = Duration::from_secs_f64(f64::from(block.delay) / 65_536.0);
         now.checked_duration_since(*sent)?.checked_sub(held)
+    }
+}
+
+/// The reception report blocks of a sender or receiver report.
+fn reception_blocks(packet: &dyn rtc::rtcp::Packet) -> Option<&[ReceptionReport]> {
+    let any = packet.as_any();
+    if let Some(sender_report) = any.downcast_ref::<SenderReport>() {
+        Some(&sender_report.reports)
+    } else {
+        any.downcast_ref::<ReceiverReport>().map(|receiver_report| &receiver_report.reports[..])
     }
 }
 
