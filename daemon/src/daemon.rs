@@ -18,15 +18,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::api::{self, ControlService, ControlSocket, DaemonInfo, TcpApi};
-use crate::call::Timeouts;
+use voicelink_core::call_machine::Timeouts;
 use crate::call::registry::Registry;
 use crate::call::task::CallContext;
-use crate::config::{Config, ConfigSource, LogLevel, TcpListen};
+use voicelink_core::config::{Config, ConfigSource, LogLevel, TcpListen};
 use crate::discovery::{Discovery, OwnAdvert};
 use crate::events::{Change, EventHub};
 use crate::identity::{Identity, IdentityError};
+use crate::media::peer_connection::NetworkSettings;
 use crate::media::session::CodecSettings;
-use crate::reload::{LiveSettings, ReloadPlan};
+use voicelink_core::reload::{LiveSettings, ReloadPlan};
 use crate::signaling::SignalingListener;
 use crate::signaling::transport::Endpoint;
 use crate::stats::StatsBoard;
@@ -177,8 +178,10 @@ where
             frame: Duration::from_millis(u64::from(config.calls.frame_ms.0)),
             bitrate: config.calls.bitrate_kbps.0 as i32 * 1000,
             dtx: config.calls.dtx,
-            stun_servers: config.calls.stun_servers.clone(),
-            allow_loopback: config.calls.allow_loopback,
+            network: NetworkSettings {
+                stun_servers: config.calls.stun_servers.clone(),
+                allow_loopback: config.calls.allow_loopback,
+            },
         },
         loop_files: config.audio.loop_files,
         inbox: inbox_tx.clone(),
@@ -268,7 +271,7 @@ fn reload_config<R>(
 /// Says at start what calls will use where a sound card was asked for and there
 /// is none.
 async fn log_audio_fallbacks(config: &Config) {
-    use crate::audio::{InputSpec, OutputSpec};
+    use voicelink_core::audio_spec::{InputSpec, OutputSpec};
     let wants_input = config.audio.input == InputSpec::Default;
     let wants_output = config.audio.output == OutputSpec::Default;
     if !wants_input && !wants_output {

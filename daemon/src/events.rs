@@ -11,12 +11,11 @@ use std::time::SystemTime;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::audio::{InputSpec, OutputSpec};
-use crate::call::{CallRecord, State as CallState};
-use crate::discovery::{PeerChange, PeerRecord};
-use crate::identity::DeviceId;
-use crate::signaling::wire::CallId;
-use crate::stats::CallStats;
+use voicelink_core::audio_spec::{InputSpec, OutputSpec};
+use voicelink_core::call_record::CallRecord;
+use voicelink_core::peer_table::PeerChange;
+use voicelink_core::stats::CallStats;
+use voicelink_core::vocab::{CallId, DeviceId, PeerRecord, State as CallState};
 
 /// How many changes a subscriber may fall behind before it is resynchronised
 /// with a fresh snapshot.
@@ -204,7 +203,7 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::GoneReason;
+    use voicelink_core::peer_table::GoneReason;
     use std::collections::BTreeSet;
 
     fn peer(seed: &str) -> PeerRecord {

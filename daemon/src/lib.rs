@@ -1,22 +1,26 @@
-//! `voiced`, the voicelink daemon, as a library: the pure cores (peer table, TXT
-//! records, configuration, identity, event hub) are public so tests reach them, and
-//! [`run`] is the whole daemon.
+//! `voiced`, the voicelink daemon, as a library: the tasks and edges around the
+//! pure core (`voicelink_core`), and [`run`], the whole daemon.
 //!
-//! The shape follows DESIGN.md: protocol and policy are pure state machines
-//! ([`discovery::PeerTable`], [`discovery::Advert`]); I/O lives at the edges
-//! ([`discovery::Discovery`] owns mDNS, [`api`] serves gRPC); one task owns each
-//! resource and publishes its changes through the [`events::EventHub`].
+//! The layers, each importing only those below it:
+//! 1. `voicelink_core`: the call machine, the switchboard, the wire format, the
+//!    jitter buffer, adverts and the peer table, stats, config (pure, no I/O).
+//! 2. [`clock`], [`identity`], [`events`], [`stats`]: tokio's clock, the device
+//!    key on disk, the event hub, the stats board.
+//! 3. [`audio`] (endpoints and sound cards), then [`media`] (the WebRTC peer
+//!    connection and the audio pumps), [`signaling`] (TLS, WebSocket, the
+//!    listener) and [`discovery`] (the mDNS task).
+//! 4. [`call`]: the registry task that drives the switchboard, and a task per call.
+//! 5. [`api`] (the gRPC server) and `daemon` ([`run`]), on top.
 
 pub mod api;
 pub mod audio;
 pub mod call;
-pub mod config;
+pub mod clock;
 mod daemon;
 pub mod discovery;
 pub mod events;
 pub mod identity;
 pub mod media;
-pub mod reload;
 pub mod signaling;
 pub mod stats;
 

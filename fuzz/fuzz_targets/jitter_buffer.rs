@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use voicelink_daemon::media::{JitterBuffer, Playout};
+use voicelink_core::jitter_buffer::{JitterBuffer, Playout};
 
 fuzz_target!(|data: &[u8]| {
     let start = Instant::now();

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use voicelink_daemon::signaling::wire::{Decoded, decode};
+use voicelink_core::wire::{Decoded, decode};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Decoded::Message(message)) = decode(data) {

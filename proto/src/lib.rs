@@ -6,7 +6,7 @@
 //! one helper every client (voicectl, the tray, tests) uses to reach the daemon.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use hyper_util::rt::TokioIo;
 use tonic::codegen::InterceptedService;
@@ -29,16 +29,8 @@ pub const SOCKET_ENV: &str = "VOICELINK_SOCKET";
 /// Metadata key a TCP client sends its token in, as `Bearer <token>`.
 pub const AUTHORIZATION_HEADER: &str = "authorization";
 
-/// Where the daemon listens by default: `$XDG_RUNTIME_DIR/voicelink/voiced.sock`,
-/// or a per-user folder in the temporary directory where there is no runtime dir
-/// (macOS, or a session without `XDG_RUNTIME_DIR`).
-pub fn default_socket_path() -> PathBuf {
-    let runtime_dir = directories::BaseDirs::new().and_then(|dirs| dirs.runtime_dir().map(Path::to_path_buf));
-    match runtime_dir {
-        Some(dir) => dir.join("voicelink").join("voiced.sock"),
-        None => std::env::temp_dir().join(format!("voicelink-{}", nix::unistd::getuid())).join("voiced.sock"),
-    }
-}
+/// Where the daemon listens by default (see `voicelink_core::config`).
+pub use voicelink_core::config::default_socket_path;
 
 /// How a client reaches the daemon.
 #[derive(Debug, Clone)]

@@ -4,10 +4,12 @@ use std::time::{Duration, SystemTime};
 
 use voicelink_proto::v1;
 
-use crate::call::{CallRecord, Direction, EndReason, State};
-use crate::discovery::{GoneReason, PeerChange, PeerRecord};
+use voicelink_core::call_record::CallRecord;
+use voicelink_core::peer_table::{GoneReason, PeerChange};
+use voicelink_core::stats::CallStats;
+use voicelink_core::vocab::{Direction, EndReason, PeerRecord, State};
+
 use crate::events::{self, Change, Published, Resync};
-use crate::stats::CallStats;
 
 pub(super) fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     time.into()

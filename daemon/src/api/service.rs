@@ -13,15 +13,17 @@ use tonic::{Request, Response, Status};
 use voicelink_proto::v1;
 use voicelink_proto::v1::voicelink_server::Voicelink;
 
+use voicelink_core::audio_spec::{InputSpec, OutputSpec, SpecError};
+use voicelink_core::call_machine::Command;
+use voicelink_core::call_record::CallRecord;
+use voicelink_core::reload::LiveSettings;
+use voicelink_core::switchboard::CallError;
+use voicelink_core::vocab::{CallId, DeviceId, PROTOCOL_VERSION};
+use voicelink_core::wire::MAX_TEXT_BYTES;
+
 use super::convert;
-use crate::audio::{InputSpec, OutputSpec};
-use crate::call::Input;
-use crate::call::registry::{CallError, RegistryCommand};
-use crate::discovery::PROTOCOL_VERSION;
+use crate::call::registry::RegistryCommand;
 use crate::events::{EventHub, Update};
-use crate::identity::DeviceId;
-use crate::reload::LiveSettings;
-use crate::signaling::wire::CallId;
 use crate::stats::StatsBoard;
 
 /// Buffered events per subscriber before it counts as slow (and is resynchronised
@@ -76,14 +78,14 @@ impl ControlService {
         Ok(convert::call(&record))
     }
 
-    async fn call_command(&self, call_id: String, input: Input, audio: (String, String)) -> Result<v1::Call, Status> {
+    async fn call_command(&self, call_id: String, input: Command, audio: (String, String)) -> Result<v1::Call, Status> {
         let call = optional_call_id(call_id)?;
         let audio = (spec::<InputSpec>(&audio.0)?, spec::<OutputSpec>(&audio.1)?);
         self.ask(|reply| RegistryCommand::Call { call, input, audio, reply }).await
     }
 }
 
-type Reply = oneshot::Sender<Result<crate::call::CallRecord, CallError>>;
+type Reply = oneshot::Sender<Result<CallRecord, CallError>>;
 
 fn status(error: CallError) -> Status {
     let message = error.to_string();
@@ -120,11 +122,11 @@ fn optional_call_id(call_id: String) -> Result<Option<CallId>, Status> {
 }
 
 /// An optional endpoint spec from a request: empty means "the default".
-fn spec<T: std::str::FromStr<Err = crate::audio::SpecError>>(text: &str) -> Result<Option<T>, Status> {
+fn spec<T: std::str::FromStr<Err = SpecError>>(text: &str) -> Result<Option<T>, Status> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    text.parse().map(Some).map_err(|e: crate::audio::SpecError| Status::invalid_argument(e.to_string()))
+    text.parse().map(Some).map_err(|e: SpecError| Status::invalid_argument(e.to_string()))
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
@@ -167,33 +169,33 @@ impl Voicelink for ControlService {
 
     async fn answer(&self, request: Request<v1::AnswerRequest>) -> Rpc<v1::AnswerResponse> {
         let r = request.into_inner();
-        let call = self.call_command(r.call_id, Input::Answer, (r.audio_input, r.audio_output)).await?;
+        let call = self.call_command(r.call_id, Command::Answer, (r.audio_input, r.audio_output)).await?;
         Ok(Response::new(v1::AnswerResponse { call: Some(call) }))
     }
 
     async fn decline(&self, request: Request<v1::DeclineRequest>) -> Rpc<v1::DeclineResponse> {
         let r = request.into_inner();
-        if r.reason.len() > crate::signaling::wire::MAX_TEXT_BYTES {
-            return Err(Status::invalid_argument("the reason is longer than 256 bytes"));
+        if r.reason.len() > MAX_TEXT_BYTES {
+            return Err(Status::invalid_argument(format!("the reason is longer than {MAX_TEXT_BYTES} bytes")));
         }
-        self.call_command(r.call_id, Input::Decline(r.reason), Default::default()).await?;
+        self.call_command(r.call_id, Command::Decline(r.reason), Default::default()).await?;
         Ok(Response::new(v1::DeclineResponse {}))
     }
 
     async fn hangup(&self, request: Request<v1::HangupRequest>) -> Rpc<v1::HangupResponse> {
-        self.call_command(request.into_inner().call_id, Input::Hangup, Default::default()).await?;
+        self.call_command(request.into_inner().call_id, Command::Hangup, Default::default()).await?;
         Ok(Response::new(v1::HangupResponse {}))
     }
 
     async fn set_mute(&self, request: Request<v1::SetMuteRequest>) -> Rpc<v1::SetMuteResponse> {
         let r = request.into_inner();
-        let call = self.call_command(r.call_id, Input::SetMute(r.muted), Default::default()).await?;
+        let call = self.call_command(r.call_id, Command::SetMute(r.muted), Default::default()).await?;
         Ok(Response::new(v1::SetMuteResponse { call: Some(call) }))
     }
 
     async fn set_hold(&self, request: Request<v1::SetHoldRequest>) -> Rpc<v1::SetHoldResponse> {
         let r = request.into_inner();
-        let call = self.call_command(r.call_id, Input::SetHold(r.on_hold), Default::default()).await?;
+        let call = self.call_command(r.call_id, Command::SetHold(r.on_hold), Default::default()).await?;
         Ok(Response::new(v1::SetHoldResponse { call: Some(call) }))
     }
 

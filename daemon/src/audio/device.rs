@@ -10,7 +10,7 @@ use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{SampleFormat, SizedSample, StreamConfig};
 
 use super::endpoints::{EndpointError, SAMPLE_RATE, Sink, Source};
-use super::resample::Resampler;
+use voicelink_core::resample::Resampler;
 
 /// Ring capacity, in seconds of audio.
 const RING_SECONDS: u32 = 1;

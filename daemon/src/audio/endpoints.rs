@@ -3,14 +3,13 @@
 //! paces them (one frame per frame period), so a file plays and records in real
 //! time.
 
-use std::collections::VecDeque;
 use std::f64::consts::TAU;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-/// The media sample rate.
-pub const SAMPLE_RATE: u32 = 48_000;
+pub use voicelink_core::audio_math::{SAMPLE_RATE, tone_share};
+use voicelink_core::resample::Resampler;
 
 /// Why an endpoint could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -115,31 +114,11 @@ impl WavSource {
         };
         let mono: Vec<f32> =
             interleaved.chunks(channels).map(|frame| frame.iter().sum::<f32>() / channels as f32).collect();
-        let samples = resample(&mono, spec.sample_rate, SAMPLE_RATE)
-            .into_iter()
-            .map(|s| (s.clamp(-1.0, 1.0) * 32767.0) as i16)
-            .collect();
+        let mut resampled = Vec::with_capacity(mono.len());
+        Resampler::new(spec.sample_rate, SAMPLE_RATE).push(&mono, &mut resampled);
+        let samples = resampled.into_iter().map(|s| (s.clamp(-1.0, 1.0) * 32767.0) as i16).collect();
         Ok(WavSource { samples, position: 0, looping })
     }
-}
-
-/// Linear-interpolation resampling: adequate for speech test material.
-fn resample(input: &[f32], from: u32, to: u32) -> Vec<f32> {
-    if from == to || input.is_empty() {
-        return input.to_vec();
-    }
-    let ratio = f64::from(from) / f64::from(to);
-    let len = (input.len() as f64 / ratio) as usize;
-    (0..len)
-        .map(|i| {
-            let at = i as f64 * ratio;
-            let index = at as usize;
-            let fraction = (at - index as f64) as f32;
-            let a = input[index.min(input.len() - 1)];
-            let b = input[(index + 1).min(input.len() - 1)];
-            a + (b - a) * fraction
-        })
-        .collect()
 }
 
 impl Source for WavSource {
@@ -155,29 +134,50 @@ impl Source for WavSource {
 }
 
 /// Plays back what the peer sent (the far end's own voice): an echo-test peer.
-/// Fed by the receive path through `EchoSource::push`.
-#[derive(Default)]
+/// The player writes what it heard into an [`EchoFeed`]; this source reads it
+/// back. The two run in different tasks and share a lock-free ring.
 pub struct EchoSource {
-    queue: VecDeque<i16>,
+    ring: rtrb::Consumer<i16>,
 }
 
-/// Frames of echo held at most (one second); older audio is dropped.
+/// The player's end of an echo: what was just heard.
+pub struct EchoFeed {
+    ring: rtrb::Producer<i16>,
+}
+
+/// Audio held at most (one second): a frame that does not fit is dropped.
 const ECHO_MAX: usize = SAMPLE_RATE as usize;
 
-impl EchoSource {
+/// A connected echo: the feed the player writes and the source the sender reads.
+pub fn echo() -> (EchoFeed, EchoSource) {
+    let (producer, consumer) = rtrb::RingBuffer::new(ECHO_MAX);
+    (EchoFeed { ring: producer }, EchoSource { ring: consumer })
+}
+
+impl EchoFeed {
     /// Audio just received from the peer.
     pub fn push(&mut self, frame: &[i16]) {
-        self.queue.extend(frame);
-        let excess = self.queue.len().saturating_sub(ECHO_MAX);
-        self.queue.drain(..excess);
+        if let Ok(mut chunk) = self.ring.write_chunk(frame.len()) {
+            let (first, second) = chunk.as_mut_slices();
+            let (head, tail) = frame.split_at(first.len());
+            first.copy_from_slice(head);
+            second.copy_from_slice(tail);
+            chunk.commit_all();
+        }
     }
 }
 
 impl Source for EchoSource {
     fn fill(&mut self, frame: &mut [i16]) {
-        for sample in frame {
-            *sample = self.queue.pop_front().unwrap_or(0);
+        let available = self.ring.slots().min(frame.len());
+        let (heard, rest) = frame.split_at_mut(available);
+        if let Ok(chunk) = self.ring.read_chunk(available) {
+            let (first, second) = chunk.as_slices();
+            heard[..first.len()].copy_from_slice(first);
+            heard[first.len()..].copy_from_slice(second);
+            chunk.commit_all();
         }
+        rest.fill(0);
     }
 }
 
@@ -254,27 +254,6 @@ impl Drop for WavSink {
     }
 }
 
-/// Goertzel power of `hz` in `samples` relative to the total power: how much of
-/// the signal is that tone (1.0 = all of it). Used by tests and the bench.
-pub fn tone_share(samples: &[i16], hz: f64) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    let omega = TAU * hz / f64::from(SAMPLE_RATE);
-    let coefficient = 2.0 * omega.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    let mut total = 0.0;
-    for &sample in samples {
-        let x = f64::from(sample);
-        total += x * x;
-        let s0 = x + coefficient * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - coefficient * s1 * s2;
-    if total == 0.0 { 0.0 } else { 2.0 * power / (samples.len() as f64 * total) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,10 +327,17 @@ mod tests {
 
     #[test]
     fn echo_returns_what_it_was_given_and_silence_after() {
-        let mut echo = EchoSource::default();
-        echo.push(&[1, 2, 3]);
+        let (mut feed, mut echo) = echo();
+        feed.push(&[1, 2, 3]);
         let mut out = [9i16; 5];
         echo.fill(&mut out);
         assert_eq!(out, [1, 2, 3, 0, 0]);
+        // Across the ring's end, and at most a second held.
+        let second = vec![7i16; ECHO_MAX];
+        feed.push(&second);
+        feed.push(&[5; 10]);
+        let mut out = vec![0i16; ECHO_MAX];
+        echo.fill(&mut out);
+        assert!(out.iter().all(|&s| s == 7), "a frame that does not fit is dropped");
     }
 }

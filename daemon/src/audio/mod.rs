@@ -2,14 +2,18 @@
 
 pub mod device;
 pub mod endpoints;
-pub mod resample;
-mod spec;
 
-pub use spec::{InputSpec, OutputSpec, SpecError};
+use voicelink_core::audio_spec::{InputSpec, OutputSpec};
 
 use endpoints::{EndpointError, NullSink, Silence, Sink, Tone, WavSink, WavSource};
 
-use crate::media::session::Input;
+/// Where a call's audio comes from.
+pub enum Input {
+    /// A source paced by the sender.
+    Source(Box<dyn endpoints::Source>),
+    /// Send back what is heard (an echo-test peer).
+    Echo,
+}
 
 /// Opens a call's audio input. `default` uses the default capture device and,
 /// on a machine without one, sends silence (and says so); a named device that

@@ -1,11 +1,6 @@
-//! Calls: the pure state machine, and the task that owns each call.
+//! Calls, as tasks: the registry drives the switchboard and owns every call's
+//! handle; each call's task drives its machine. The protocol and the policy
+//! themselves are pure and live in `voicelink_core` (`call_machine`, `switchboard`).
 
-pub mod machine;
-pub mod record;
 pub mod registry;
 pub mod task;
-
-pub use machine::{
-    CallMachine, Direction, EndReason, FailCause, Glare, Input, InvalidCommand, Output, State, Timeouts, resolve_glare,
-};
-pub use record::CallRecord;

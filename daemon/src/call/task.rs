@@ -1,32 +1,42 @@
-//! The task that owns one call: its state machine, its signaling connection and
-//! its media session. Everything else talks to it through `CallHandle`.
+//! The task that owns one call: its state machine (`voicelink_core::call_machine`),
+//! its signaling connection and its media session. A thin driver: it feeds the
+//! machine what happens, with the time from tokio's clock, and carries out what
+//! the machine asks for. Everything else talks to it through `CallHandle`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use voicelink_core::audio_spec::{InputSpec, OutputSpec};
+use voicelink_core::call_machine::{
+    CallMachine, CallSetup, Command, InvalidCommand, MediaCommand, MediaInput, Output, Signaling, Timeouts,
+};
+use voicelink_core::call_record::CallRecord;
+use voicelink_core::stats::{CallMeter, CallStats, SAMPLE_PERIOD};
+use voicelink_core::vocab::{CallId, DeviceId, Direction, FailCause, State};
+use voicelink_core::wire::{Body, Decoded, Message};
 
-use super::machine::{CallMachine, Direction, FailCause, Input, InvalidCommand, Output, State, Timeouts};
-use super::record::CallRecord;
 use super::registry::Inbox;
-use crate::audio::{InputSpec, OutputSpec, open_input, open_output};
+use crate::audio::{open_input, open_output};
+use crate::clock;
 use crate::events::{Change, EventHub};
-use crate::identity::{DeviceId, Identity};
-use crate::media::session::{CodecSettings, Gates, MediaEvent, MediaSession};
+use crate::identity::Identity;
+use crate::media::audio_pump::Gates;
+use crate::media::peer_connection::ConnectionEvent;
+use crate::media::session::{CodecSettings, MediaSession};
 use crate::signaling::transport::{Connection, Endpoint, SignalingError};
-use crate::signaling::wire::{Body, CallId, Decoded, EndCode, Message};
-use crate::stats::{CallMeter, CallStats, SAMPLE_PERIOD, StatsBoard};
+use crate::stats::StatsBoard;
 
 /// How often an idle signaling connection is pinged.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// A command for a call's task.
 pub struct CallCommand {
-    /// What the user asks.
-    pub input: Input,
+    /// What the user (or the switchboard) asks.
+    pub command: Command,
     /// For `Answer`: audio endpoints that replace the defaults.
     pub audio: Option<(InputSpec, OutputSpec)>,
     /// The outcome, and the call afterwards.
@@ -38,10 +48,6 @@ pub struct CallCommand {
 pub struct CallHandle {
     /// The call.
     pub id: CallId,
-    /// Its peer, when known.
-    pub peer: Option<DeviceId>,
-    /// Who dialed.
-    pub direction: Direction,
     /// Commands to its task.
     pub commands: mpsc::Sender<CallCommand>,
 }
@@ -65,10 +71,17 @@ pub struct CallContext {
     pub codec: CodecSettings,
     /// Loop `file:` inputs.
     pub loop_files: bool,
-    /// The registry's inbox: told of glare yields and when a call's task ends.
+    /// The registry's inbox: told of state changes, glare and the task's end.
     pub inbox: mpsc::Sender<Inbox>,
     /// The daemon is stopping: hang up.
     pub shutdown: CancellationToken,
+}
+
+impl CallContext {
+    fn setup(&self) -> CallSetup {
+        let frame_ms = u32::try_from(self.codec.frame.as_millis()).unwrap_or(20);
+        CallSetup { own_name: self.own_name.clone(), frame_ms, timeouts: self.timeouts }
+    }
 }
 
 /// Where to reach the callee.
@@ -91,24 +104,20 @@ struct Call {
     meter: CallMeter,
     /// The last sample, with the summary, is on the board.
     stats_finished: bool,
-    /// Told to yield to the peer's call (glare) and waiting for the registry to
-    /// end this one: the peer closing the connection now is expected, not a loss.
-    yielding: bool,
 }
 
-/// Starts an outgoing call; returns its handle and first record at once, while
-/// the task connects.
+/// Starts an outgoing call with the ID the switchboard gave it; returns its
+/// handle and first record at once, while the task connects.
 pub fn dial(
     context: CallContext,
+    id: CallId,
     destination: Destination,
     input: InputSpec,
     output: OutputSpec,
 ) -> (CallHandle, CallRecord) {
-    let id = CallId::random();
-    let peer = destination.expected;
-    let machine = CallMachine::outgoing(Instant::now(), context.timeouts);
-    let record = new_record(&id, peer, destination.name.clone(), Direction::Outgoing, input, output);
-    let (handle, commands) = handle(&id, peer, Direction::Outgoing);
+    let machine = CallMachine::outgoing(clock::now(), context.setup());
+    let record = new_record(&id, destination.expected, destination.name.clone(), Direction::Outgoing, input, output);
+    let (handle, commands) = handle(&id);
     let call = Call::published(id, context, machine, record.clone(), None);
     tokio::spawn(call.run_outgoing(destination, commands));
     (handle, record)
@@ -124,17 +133,17 @@ pub fn incoming(
     output: OutputSpec,
 ) -> CallHandle {
     let peer = Some(connection.peer);
-    let machine = CallMachine::incoming(Instant::now(), context.timeouts);
+    let machine = CallMachine::incoming(clock::now(), context.setup());
     let record = new_record(&id, peer, caller_name, Direction::Incoming, input, output);
-    let (handle, commands) = handle(&id, peer, Direction::Incoming);
+    let (handle, commands) = handle(&id);
     let call = Call::published(id, context, machine, record, Some(connection));
     tokio::spawn(call.run_incoming(commands));
     handle
 }
 
-fn handle(id: &CallId, peer: Option<DeviceId>, direction: Direction) -> (CallHandle, mpsc::Receiver<CallCommand>) {
+fn handle(id: &CallId) -> (CallHandle, mpsc::Receiver<CallCommand>) {
     let (commands, receiver) = mpsc::channel(16);
-    (CallHandle { id: id.clone(), peer, direction, commands }, receiver)
+    (CallHandle { id: id.clone(), commands }, receiver)
 }
 
 fn new_record(
@@ -166,13 +175,6 @@ fn new_record(
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Call {
     /// A new call, published before its task runs: the registry counts it at once
     /// and a stats subscriber finds it.
@@ -186,7 +188,7 @@ impl Call {
         context.hub.publish(Change::CallStarted(record.clone()));
         let mut meter = CallMeter::new(context.codec.info());
         context.stats.update(meter.sample(&record, None, SystemTime::now()));
-        Call { id, context, machine, record, connection, media: None, meter, stats_finished: false, yielding: false }
+        Call { id, context, machine, record, connection, media: None, meter, stats_finished: false }
     }
 
     async fn run_outgoing(mut self, destination: Destination, mut commands: mpsc::Receiver<CallCommand>) {
@@ -198,32 +200,20 @@ impl Call {
         let connected = loop {
             tokio::select! {
                 result = &mut connect => break Some(result),
-                Some(command) = commands.recv() => {
-                    self.command(command).await;
-                    if self.machine.state() == State::Ended { break None; }
-                }
-                () = sleep_until(self.machine.poll_timeout()) => {
-                    self.machine.handle_timeout(Instant::now());
-                    if self.machine.state() == State::Ended { break None; }
-                }
-                () = self.context.shutdown.cancelled() => { let _ = self.machine.handle(Input::Hangup, Instant::now()); break None; }
+                Some(command) = commands.recv() => self.command(command).await,
+                () = clock::sleep_until(self.machine.poll_timeout()) => self.machine.handle_timeout(clock::now()),
+                () = self.context.shutdown.cancelled() => self.hang_up(),
+            }
+            self.flush().await;
+            if self.machine.state() == State::Ended {
+                break None;
             }
         };
         match connected {
             Some(Ok(connection)) => {
                 self.record.peer = Some(connection.peer);
                 self.connection = Some(connection);
-                let frame_ms = u32::try_from(self.context.codec.frame.as_millis()).ok();
-                let request = Body::CallRequest { caller_name: self.context.own_name.clone(), frame_ms };
-                self.send(request).await;
-                match self.start_media().await {
-                    Ok(()) => {
-                        if let Some(offer) = self.offer().await {
-                            self.send(Body::Offer { sdp: offer }).await;
-                        }
-                    }
-                    Err(cause) => self.fail(cause),
-                }
+                self.machine.handle_signaling(Signaling::Connected, clock::now());
             }
             Some(Err(error)) => {
                 let cause = match &error {
@@ -231,7 +221,7 @@ impl Call {
                     _ => FailCause::Unreachable(error.to_string()),
                 };
                 warn!(call_id = %self.id, %error, "cannot reach the peer");
-                self.fail(cause);
+                self.machine.handle_signaling(Signaling::Failed(cause), clock::now());
             }
             None => {}
         }
@@ -240,14 +230,19 @@ impl Call {
 
     async fn run_incoming(mut self, commands: mpsc::Receiver<CallCommand>) {
         info!(call_id = %self.id, peer = %self.peer_short(), name = %self.record.peer_name, "incoming call");
+        // Media is negotiated while it rings; the endpoints open on answer.
         if let Err(cause) = self.start_media().await {
-            self.fail(cause);
+            self.machine.handle_media(MediaInput::Failed(cause), clock::now());
         }
         self.run(commands).await;
     }
 
+    /// Creates the media session (once signaling is up, which is when the peer
+    /// is known). A caller's endpoints open now: it hears the answer at once.
     async fn start_media(&mut self) -> Result<(), FailCause> {
-        // Media starts once signaling is up, which is when the peer is known.
+        if self.media.is_some() {
+            return Ok(());
+        }
         let peer = self.record.peer.ok_or_else(|| FailCause::Protocol("the peer's identity is unknown".into()))?;
         let mut media = MediaSession::new(&self.context.identity, peer, self.context.codec.clone())
             .await
@@ -259,23 +254,16 @@ impl Call {
         Ok(())
     }
 
-    async fn offer(&mut self) -> Option<String> {
-        let media = self.media.as_mut()?;
-        match media.create_offer().await {
-            Ok(sdp) => Some(sdp),
-            Err(error) => {
-                self.fail(FailCause::Protocol(error.to_string()));
-                None
-            }
-        }
-    }
-
     fn peer_short(&self) -> String {
         self.record.peer.map_or_else(|| "unknown".to_owned(), |p| p.short())
     }
 
-    fn fail(&mut self, cause: FailCause) {
-        let _ = self.machine.handle(Input::MediaFailed(cause), Instant::now());
+    /// Hangs up because the daemon stops or the registry went away; a hang-up
+    /// fits every state but the end, where it changes nothing.
+    fn hang_up(&mut self) {
+        if self.machine.handle_command(Command::Hangup, clock::now()).is_err() {
+            debug!(call_id = %self.id, "hang-up refused: the call is over");
+        }
     }
 
     /// The call's life after set-up: until the machine says it is over.
@@ -292,27 +280,26 @@ impl Call {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(command) => self.command(command).await,
-                    None => { let _ = self.machine.handle(Input::Hangup, Instant::now()); }
+                    None => self.hang_up(),
                 },
                 message = recv(&mut self.connection) => self.signal(message).await,
-                event = next_event(&mut self.media) => self.media_event(event).await,
-                () = sleep_until(self.machine.poll_timeout()) => self.machine.handle_timeout(Instant::now()),
+                event = next_event(&mut self.media) => self.media_event(event),
+                () = clock::sleep_until(self.machine.poll_timeout()) => self.machine.handle_timeout(clock::now()),
                 _ = keepalive.tick() => {
                     if let Some(connection) = self.connection.as_mut() && connection.ping().await.is_err() {
-                        let _ = self.machine.handle(Input::PeerLost, Instant::now());
+                        self.machine.peer_lost(clock::now());
                     }
                 }
                 _ = sampling.tick() => {
                     if let Some(media) = self.media.as_mut() {
-                        media.refresh_ice().await;
+                        media.refresh_ice(clock::now()).await;
                     }
                     let stats = self.sample();
                     self.context.stats.update(stats);
                 }
-                () = self.context.shutdown.cancelled() => { let _ = self.machine.handle(Input::Hangup, Instant::now()); }
+                () = self.context.shutdown.cancelled() => self.hang_up(),
             }
         }
-        self.flush().await;
         if let Some(media) = self.media.take() {
             media.close().await;
         }
@@ -338,8 +325,8 @@ impl Call {
     }
 
     async fn command(&mut self, command: CallCommand) {
-        let CallCommand { input, audio, reply } = command;
-        let answering = input == Input::Answer;
+        let CallCommand { command, audio, reply } = command;
+        let answering = command == Command::Answer;
         if answering && let Some((input, output)) = audio {
             self.record.input = input;
             self.record.output = output;
@@ -352,104 +339,81 @@ impl Call {
                 && let Err(cause) = attach(media, &input_spec, &output_spec, self.context.loop_files)
             {
                 let _ = reply.send(Err(InvalidCommand::because("answer", cause.to_string())));
-                self.fail(cause);
+                self.machine.handle_media(MediaInput::Failed(cause), clock::now());
                 return;
             }
         }
-        let outcome = self.machine.handle(input, Instant::now());
+        let outcome = self.machine.handle_command(command, clock::now());
         self.flush().await;
         let _ = reply.send(outcome.map(|()| self.record.clone()));
     }
 
     async fn signal(&mut self, message: Result<Option<Decoded>, SignalingError>) {
-        let now = Instant::now();
-        let message = match message {
-            Ok(Some(Decoded::Message(message))) => message,
+        let now = clock::now();
+        match message {
+            Ok(Some(Decoded::Message(message))) if message.call_id == self.id => {
+                self.machine.handle_remote(message.body, now);
+            }
+            Ok(Some(Decoded::Message(message))) => {
+                debug!(call_id = %self.id, other = %message.call_id, "ignoring a message for another call");
+            }
             Ok(Some(Decoded::UnknownType { kind })) => {
                 debug!(call_id = %self.id, kind, "ignoring a signaling message of an unknown type");
-                return;
             }
             Ok(None) => {
                 self.connection = None;
-                if !self.yielding {
-                    let _ = self.machine.handle(Input::PeerLost, now);
-                }
-                return;
+                self.machine.handle_signaling(Signaling::Closed, now);
             }
             Err(error) => {
                 warn!(call_id = %self.id, %error, "signaling failed");
                 if let Some(connection) = self.connection.take() {
                     connection.refuse(self.id.clone(), &error.to_string()).await;
                 }
-                let _ = self.machine.handle(Input::MediaFailed(FailCause::Protocol(error.to_string())), now);
-                return;
-            }
-        };
-        if message.call_id != self.id {
-            debug!(call_id = %self.id, other = %message.call_id, "ignoring a message for another call");
-            return;
-        }
-        match message.body {
-            Body::Offer { sdp } if self.machine.direction() == Direction::Incoming => {
-                let Some(media) = self.media.as_mut() else { return };
-                match media.accept_offer(sdp).await {
-                    Ok(answer) => self.send(Body::Answer { sdp: answer }).await,
-                    Err(error) => self.fail(media_failure(error)),
-                }
-            }
-            Body::Answer { sdp } if self.machine.direction() == Direction::Outgoing => {
-                let Some(media) = self.media.as_mut() else { return };
-                if let Err(error) = media.accept_answer(sdp).await {
-                    self.fail(media_failure(error));
-                }
-            }
-            Body::IceCandidate { candidate, .. } => {
-                if let Some(media) = self.media.as_mut() {
-                    media.add_remote_candidate(candidate).await;
-                }
-            }
-            Body::Ringing { callee_name } => {
-                // Learn the callee's name (we may have dialed an address).
-                if !callee_name.trim().is_empty() && callee_name.len() <= 63 {
-                    self.record.peer_name = callee_name.trim().to_owned();
-                }
-                let _ = self.machine.handle(Input::Remote(Body::Ringing { callee_name: String::new() }), now);
-            }
-            Body::CallRequest { .. } | Body::Offer { .. } | Body::Answer { .. } | Body::Keepalive => {}
-            // Yield through the registry, which ends this call once it has noted
-            // the glare (see registry.rs); until then the call still rings.
-            Body::End { reason: EndCode::Glare }
-                if self.machine.direction() == Direction::Outgoing && self.machine.state() == State::Outgoing =>
-            {
-                if let Some(peer) = self.record.peer {
-                    self.yielding = true;
-                    let _ = self.context.inbox.send(Inbox::Yielded { peer, call: self.id.clone() }).await;
-                }
-            }
-            body => {
-                let _ = self.machine.handle(Input::Remote(body), now);
+                self.machine.handle_signaling(Signaling::Failed(FailCause::Protocol(error.to_string())), now);
             }
         }
     }
 
-    async fn media_event(&mut self, event: Option<MediaEvent>) {
-        let now = Instant::now();
-        match event {
-            Some(MediaEvent::LocalCandidate(candidate)) => {
-                let body = Body::IceCandidate {
-                    candidate: candidate.candidate,
-                    sdp_mid: candidate.sdp_mid.filter(|m| !m.is_empty()),
-                    sdp_mline_index: candidate.sdp_mline_index,
-                };
-                self.send(body).await;
+    fn media_event(&mut self, event: Option<ConnectionEvent>) {
+        let event = match event {
+            Some(ConnectionEvent::LocalCandidate { candidate, sdp_mid, sdp_mline_index }) => {
+                MediaInput::LocalCandidate { candidate, sdp_mid, sdp_mline_index }
             }
-            Some(MediaEvent::Connected) => {
+            Some(ConnectionEvent::Connected) => {
                 debug!(call_id = %self.id, "media connected");
-                let _ = self.machine.handle(Input::MediaConnected, now);
+                MediaInput::Connected
             }
-            Some(MediaEvent::Failed(cause)) => self.fail(cause),
-            None => self.fail(FailCause::Protocol("the media session stopped".into())),
+            Some(ConnectionEvent::Failed(cause)) => MediaInput::Failed(cause),
+            None => MediaInput::Failed(FailCause::Protocol("the media session stopped".into())),
+        };
+        self.machine.handle_media(event, clock::now());
+    }
+
+    /// Work for the media layer; what it answers goes back to the machine.
+    async fn media_command(&mut self, command: MediaCommand) {
+        if let MediaCommand::CreateOffer = command
+            && let Err(cause) = self.start_media().await
+        {
+            self.machine.handle_media(MediaInput::Failed(cause), clock::now());
+            return;
         }
+        let Some(media) = self.media.as_mut() else { return };
+        let connection = media.connection();
+        let result = match command {
+            MediaCommand::CreateOffer => connection.create_offer().await.map(Some),
+            MediaCommand::AcceptOffer(sdp) => connection.accept_offer(sdp).await.map(Some),
+            MediaCommand::AcceptAnswer(sdp) => connection.accept_answer(sdp).await.map(|()| None),
+            MediaCommand::AddCandidate(candidate) => {
+                connection.add_remote_candidate(candidate).await;
+                Ok(None)
+            }
+        };
+        let event = match result {
+            Ok(Some(sdp)) => MediaInput::LocalDescription(sdp),
+            Ok(None) => return,
+            Err(error) => MediaInput::Failed(error.cause()),
+        };
+        self.machine.handle_media(event, clock::now());
     }
 
     async fn send(&mut self, body: Body) {
@@ -465,29 +429,17 @@ impl Call {
     async fn flush(&mut self) {
         while let Some(output) = self.machine.poll_output() {
             match output {
-                Output::Send(Body::Ringing { .. }) => {
-                    let callee_name = self.context.own_name.clone();
-                    self.send(Body::Ringing { callee_name }).await;
-                }
                 Output::Send(body) => self.send(body).await,
-                Output::StateChanged { from, to } => {
-                    self.record.state = to;
-                    self.record.end_reason = self.machine.end_reason().cloned();
-                    if to == State::Active && self.record.answered_at.is_none() {
-                        self.record.answered_at = Some(SystemTime::now());
-                    }
-                    info!(call_id = %self.id, peer = %self.peer_short(), ?from, ?to, reason = ?self.record.end_reason, "call state");
-                    let stats = if to == State::Ended {
-                        // The last sample, with the summary, goes on the event too.
-                        Some(Arc::new(self.finish_stats()))
-                    } else {
-                        let stats = self.sample();
-                        self.context.stats.update(stats);
-                        None
-                    };
-                    self.context.hub.publish(Change::CallState { call: self.record.clone(), previous: from, stats });
-                }
+                Output::Media(command) => self.media_command(command).await,
+                Output::StateChanged { from, to } => self.state_changed(from, to).await,
                 Output::RemoteRinging => debug!(call_id = %self.id, "the peer is ringing"),
+                Output::PeerNamed(name) => self.record.peer_name = name,
+                Output::Yield => {
+                    // The registry decides, and ends this call if it agrees.
+                    if let Some(peer) = self.record.peer {
+                        let _ = self.context.inbox.send(Inbox::Yielded { peer, call: self.id.clone() }).await;
+                    }
+                }
                 Output::MuteChanged(muted) => {
                     self.record.muted = muted;
                     self.context.hub.publish(Change::CallMuted(self.record.clone()));
@@ -505,6 +457,26 @@ impl Call {
                 }
             }
         }
+    }
+
+    async fn state_changed(&mut self, from: State, to: State) {
+        self.record.state = to;
+        self.record.end_reason = self.machine.end_reason().cloned();
+        if to == State::Active && self.record.answered_at.is_none() {
+            self.record.answered_at = Some(SystemTime::now());
+        }
+        info!(call_id = %self.id, peer = %self.peer_short(), ?from, ?to, reason = ?self.record.end_reason, "call state");
+        let stats = if to == State::Ended {
+            // The last sample, with the summary, goes on the event too.
+            Some(Arc::new(self.finish_stats()))
+        } else {
+            let stats = self.sample();
+            self.context.stats.update(stats);
+            None
+        };
+        self.context.hub.publish(Change::CallState { call: self.record.clone(), previous: from, stats });
+        let changed = Inbox::StateChanged { call: self.id.clone(), state: to, peer: self.record.peer };
+        let _ = self.context.inbox.send(changed).await;
     }
 }
 
@@ -524,13 +496,6 @@ fn attach(media: &mut MediaSession, input: &InputSpec, output: &OutputSpec, loop
     media.attach_audio(source, sink).map_err(|e| FailCause::Audio(e.to_string()))
 }
 
-fn media_failure(error: crate::media::session::MediaError) -> FailCause {
-    match error {
-        crate::media::session::MediaError::Fingerprint(_) => FailCause::IdentityMismatch(error.to_string()),
-        other => FailCause::Protocol(other.to_string()),
-    }
-}
-
 async fn recv(connection: &mut Option<Connection>) -> Result<Option<Decoded>, SignalingError> {
     match connection {
         Some(connection) => connection.recv().await,
@@ -538,7 +503,7 @@ async fn recv(connection: &mut Option<Connection>) -> Result<Option<Decoded>, Si
     }
 }
 
-async fn next_event(media: &mut Option<MediaSession>) -> Option<MediaEvent> {
+async fn next_event(media: &mut Option<MediaSession>) -> Option<ConnectionEvent> {
     match media {
         Some(media) => media.next_event().await,
         None => std::future::pending().await,

@@ -8,8 +8,6 @@
 //! that shuts down cleanly first re-announces itself with `bye=1` and then sends the
 //! mDNS goodbye, so its peers can tell "left" from "lost" without guessing.
 
-mod peer_table;
-mod txt;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,12 +17,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use peer_table::{GoneReason, PeerChange, PeerRecord, PeerTable, Removal};
-pub use txt::{Advert, PROTOCOL_VERSION, SERVICE_TYPE, TxtError};
+use voicelink_core::advert::{Advert, PROTOCOL_VERSION, SERVICE_TYPE};
+use voicelink_core::peer_table::{PeerChange, PeerTable, Removal};
 
+use crate::clock;
 use crate::events::{Change, EventHub};
-use crate::identity::DeviceId;
-use crate::reload::LiveSettings;
+use voicelink_core::reload::LiveSettings;
+use voicelink_core::vocab::DeviceId;
 
 /// How often every online peer is asked to confirm it is still there.
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(3);
@@ -95,7 +94,7 @@ impl Discovery {
                     }
                 },
                 _ = liveness.tick() => {
-                    let now = Instant::now();
+                    let now = clock::now();
                     verifying.retain(|_, sent| now.duration_since(*sent) < VERIFY_WINDOW);
                     for instance in table.online_instances() {
                         if let Err(error) = mdns.verify(instance.to_owned(), VERIFY_TIMEOUT) {
@@ -105,7 +104,7 @@ impl Discovery {
                     }
                     Vec::new()
                 }
-                () = sleep_until(expiry), if expiry.is_some() => table.expire(Instant::now()),
+                () = clock::sleep_until(expiry), if expiry.is_some() => table.expire(clock::now()),
                 Ok(()) = settings.changed() => {
                     let name = settings.borrow_and_update().display_name.to_string();
                     if name != own.display_name {
@@ -127,12 +126,6 @@ impl Discovery {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    if let Some(deadline) = deadline {
-        tokio::time::sleep_until(deadline.into()).await;
-    }
-}
-
 fn service_info(own: &OwnAdvert, leaving: bool) -> Result<ServiceInfo, mdns_sd::Error> {
     let advert = Advert {
         protocol_version: PROTOCOL_VERSION,
@@ -150,7 +143,7 @@ fn service_info(own: &OwnAdvert, leaving: bool) -> Result<ServiceInfo, mdns_sd::
 }
 
 fn handle_event(table: &mut PeerTable, verifying: &HashMap<String, Instant>, event: ServiceEvent) -> Vec<PeerChange> {
-    let now = Instant::now();
+    let now = clock::now();
     match event {
         ServiceEvent::ServiceResolved(service) => {
             let properties = service.txt_properties.iter().map(|p| (p.key(), p.val()));

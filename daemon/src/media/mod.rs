@@ -1,7 +1,14 @@
 //! Media: what happens to audio between the network and the audio endpoints.
+//!
+//! - `peer_connection`: the WebRTC peer connection, the only file that imports
+//!   webrtc; our own event, packet and error types at its boundary.
+//! - `rtcp_monitor`: an interceptor inside that connection that reads RTCP.
+//! - `audio_pump`: the sender and player tasks, paced by the frame tick.
+//! - `session`: one call's media, tying the three together for the call task.
+//!
+//! The jitter buffer itself is pure and lives in `voicelink_core::jitter_buffer`.
 
-pub mod jitter;
+pub mod audio_pump;
+pub mod peer_connection;
 pub mod rtcp_monitor;
 pub mod session;
-
-pub use jitter::{JitterBuffer, JitterStats, Playout, Pushed};

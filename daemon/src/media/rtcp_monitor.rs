@@ -25,6 +25,7 @@ use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::sansio;
 use rtc::shared::error::Error;
+pub use voicelink_core::stats::{Reception, RtcpView};
 
 /// Where the monitor sits in the interceptor chain: closer to the wire than
 /// every built-in interceptor (the nearest is congestion control at 1 000).
@@ -32,40 +33,6 @@ pub const MONITOR_SLOT: usize = 500;
 
 /// How many of our sender reports are remembered for matching (one a second).
 const REMEMBERED_REPORTS: usize = 16;
-
-/// One side's RTCP reception report on a stream.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Reception {
-    /// Share of packets lost since the previous report (0 to 1).
-    pub fraction_lost: f64,
-    /// Packets lost since the stream began (negative with duplicates).
-    pub cumulative_lost: i64,
-    /// Extended highest sequence number received.
-    pub highest_sequence: u32,
-    /// RFC 3550 interarrival jitter.
-    pub jitter: Duration,
-}
-
-/// Everything the monitor has seen so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct RtcpView {
-    /// RTP packets we sent.
-    pub packets_sent: u64,
-    /// RTP payload bytes we sent.
-    pub bytes_sent: u64,
-    /// RTP packets we received.
-    pub packets_received: u64,
-    /// RTP payload bytes we received.
-    pub bytes_received: u64,
-    /// Our latest report on the peer's stream: what we hear.
-    pub local: Option<Reception>,
-    /// RFC 3550 interarrival jitter of the peer's stream, computed here.
-    pub jitter: Duration,
-    /// The peer's latest report on our stream: what it hears of us.
-    pub remote: Option<Reception>,
-    /// The latest RFC 3550 round-trip time.
-    pub round_trip: Option<Duration>,
-}
 
 /// The numbers, shared between the interceptor (inside the WebRTC stack) and
 /// the media session that samples them.

@@ -1,9 +1,9 @@
 //! Daemon-to-daemon signaling: the listener mDNS advertises, the transport
-//! (WebSocket over mutual TLS) and the wire format. docs/PROTOCOL.md specifies it.
+//! (WebSocket over mutual TLS). The wire format is pure and lives in
+//! `voicelink_core::wire`; docs/PROTOCOL.md specifies it.
 
 pub mod tls;
 pub mod transport;
-pub mod wire;
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -16,9 +16,20 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::call::registry::{Inbox, IncomingRequest};
-use transport::Endpoint;
-use wire::{Body, CallId, Decoded, Message};
+use transport::{Connection, Endpoint};
+use voicelink_core::wire::{Body, CallId, Decoded, Message};
+
+/// A call request that arrived on a new, authenticated signaling connection.
+pub struct IncomingRequest {
+    /// The authenticated connection.
+    pub connection: Connection,
+    /// The caller's call ID.
+    pub call_id: CallId,
+    /// The caller's display name.
+    pub caller_name: String,
+    /// The caller's frame length, which the call adopts.
+    pub frame: Option<Duration>,
+}
 
 /// The bound signaling listener.
 pub struct SignalingListener {
@@ -47,7 +58,10 @@ impl SignalingListener {
 
     /// Accepts until `shutdown`: each connection is authenticated (mutual TLS)
     /// and its first message must be a call request, which goes to the registry.
-    pub async fn run(self, endpoint: Endpoint, requests: mpsc::Sender<Inbox>, shutdown: CancellationToken) {
+    pub async fn run<T>(self, endpoint: Endpoint, requests: mpsc::Sender<T>, shutdown: CancellationToken)
+    where
+        T: From<IncomingRequest> + Send + 'static,
+    {
         // Connections still handshaking hold a permit: a flood of them cannot use
         // up the daemon's file descriptors.
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -88,11 +102,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a new connection may take to say what it wants.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn first_message(
+async fn first_message<T: From<IncomingRequest>>(
     endpoint: Endpoint,
     tcp: tokio::net::TcpStream,
     from: SocketAddr,
-    requests: mpsc::Sender<Inbox>,
+    requests: mpsc::Sender<T>,
 ) {
     let _ = tcp.set_nodelay(true);
     let mut connection = match endpoint.accept(tcp, from).await {
@@ -111,7 +125,7 @@ async fn first_message(
         })))) => {
             let frame = frame_ms.filter(|ms| matches!(ms, 10 | 20)).map(|ms| Duration::from_millis(u64::from(ms)));
             let request = IncomingRequest { connection, call_id, caller_name, frame };
-            let _ = requests.send(Inbox::Incoming(Box::new(request))).await;
+            let _ = requests.send(T::from(request)).await;
         }
         Ok(Ok(Some(Decoded::Message(message)))) => {
             connection.refuse(message.call_id, "the first message must be a call_request").await;

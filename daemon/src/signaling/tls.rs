@@ -13,7 +13,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme};
 
-use crate::identity::{DeviceId, Identity};
+use crate::identity::Identity;
+use voicelink_core::vocab::DeviceId;
 
 /// ALPN protocol name: refuses anything that is not voicelink signaling early.
 pub const ALPN: &[u8] = b"voicelink/1";

@@ -13,9 +13,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use voicelink_core::vocab::DeviceId;
+use voicelink_core::wire::{self, Decoded, MAX_MESSAGE_BYTES, Message, WireError};
+
 use super::tls;
-use super::wire::{self, Decoded, MAX_MESSAGE_BYTES, Message, WireError};
-use crate::identity::{DeviceId, Identity};
+use crate::identity::Identity;
 
 /// How long connecting (TCP, TLS, WebSocket) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -193,7 +195,7 @@ pub struct Connection {
 
 impl Connection {
     fn new(ws: Ws, peer: DeviceId) -> Self {
-        Connection { ws, peer, rate: RateLimit { tokens: RATE_BURST, at: Instant::now() } }
+        Connection { ws, peer, rate: RateLimit { tokens: RATE_BURST, at: crate::clock::now() } }
     }
 
     /// Sends one message.
@@ -219,7 +221,7 @@ impl Connection {
                 WsMessage::Close(_) => return Ok(None),
                 WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
             };
-            if !self.rate.allow(Instant::now()) {
+            if !self.rate.allow(crate::clock::now()) {
                 return Err(SignalingError::RateLimited);
             }
             return Ok(Some(wire::decode(&bytes)?));

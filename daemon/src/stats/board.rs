@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
-use super::CallStats;
-use crate::signaling::wire::CallId;
+use voicelink_core::stats::CallStats;
+use voicelink_core::vocab::CallId;
 
 /// Ended calls' last samples kept for late subscribers to one call.
 const RECENT_FINALS: usize = 32;
@@ -153,15 +153,33 @@ impl StatsSubscription {
 
 #[cfg(test)]
 mod tests {
+    use voicelink_core::audio_spec::{InputSpec, OutputSpec};
+    use voicelink_core::call_record::CallRecord;
+    use voicelink_core::stats::CallMeter;
+    use voicelink_core::vocab::{Direction, State};
+
     use super::*;
-    use crate::call::State;
-    use crate::stats::CallMeter;
-    use crate::stats::meter::tests::{codec, record};
+    use crate::media::session::CodecSettings;
 
     fn sample(call: &CallId, state: State) -> CallStats {
         let now = std::time::SystemTime::now();
-        let record = crate::call::CallRecord { id: call.clone(), ..record(state, now, None) };
-        CallMeter::new(codec()).sample(&record, None, now)
+        let record = CallRecord {
+            id: call.clone(),
+            peer: None,
+            peer_name: "alice".into(),
+            direction: Direction::Outgoing,
+            state,
+            started_at: now,
+            answered_at: None,
+            muted: false,
+            on_hold: false,
+            held_here: false,
+            held_by_peer: false,
+            end_reason: None,
+            input: InputSpec::Silence,
+            output: OutputSpec::Null,
+        };
+        CallMeter::new(CodecSettings::default().info()).sample(&record, None, now)
     }
 
     #[tokio::test(start_paused = true)]

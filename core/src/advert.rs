@@ -2,10 +2,8 @@
 //! from the network is checked. Pure: no sockets, so every malformed record can be
 //! tested.
 
-use crate::identity::DeviceId;
-
-/// The signaling protocol version this build speaks (TXT key `v`).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub use crate::vocab::PROTOCOL_VERSION;
+use crate::vocab::DeviceId;
 
 /// Our DNS-SD service type.
 pub const SERVICE_TYPE: &str = "_voicelink._udp.local.";

@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use super::emodel::{self, Conditions, Quality};
 use super::{CallStats, CallSummary, CandidatePair, CodecInfo, RoundTripSource, SILENCE_DBFS};
-use crate::call::{CallRecord, State};
-use crate::media::jitter::JitterStats;
-use crate::media::rtcp_monitor::{Reception, RtcpView};
+use super::{Reception, RtcpView};
+use crate::call_record::CallRecord;
+use crate::jitter_buffer::JitterStats;
+use crate::vocab::State;
 
 /// The span `fraction_lost` covers: long enough to be steady, short enough to
 /// show a bad patch while it lasts.
@@ -252,19 +253,18 @@ fn talk_time(record: &CallRecord, now: SystemTime) -> Duration {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::audio::{InputSpec, OutputSpec};
-    use crate::call::{Direction, EndReason};
-    use crate::signaling::wire::CallId;
+    use crate::audio_spec::{InputSpec, OutputSpec};
+    use crate::vocab::{CallId, Direction, EndReason};
 
     /// The default codec: Opus, 32 kb/s, 20 ms.
-    pub(crate) fn codec() -> CodecInfo {
-        crate::media::session::CodecSettings::default().info()
+    fn codec() -> CodecInfo {
+        CodecInfo { name: "opus", clock_rate: 48_000, channels: 1, target_bitrate_bps: 32_000, frame: Duration::from_millis(20), fec: true, dtx: false }
     }
 
     /// A call to alice in `state`.
-    pub(crate) fn record(state: State, started: SystemTime, answered: Option<SystemTime>) -> CallRecord {
+    fn record(state: State, started: SystemTime, answered: Option<SystemTime>) -> CallRecord {
         CallRecord {
             id: CallId::random(),
             peer: None,

@@ -10,7 +10,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
-use crate::audio::{InputSpec, OutputSpec};
+use crate::audio_spec::{InputSpec, OutputSpec};
+use crate::vocab::MAX_NAME_BYTES;
 
 /// The whole configuration. Missing keys take their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,6 +250,17 @@ pub fn default_config_path() -> Option<PathBuf> {
     project_dirs().map(|dirs| dirs.config_dir().join("voiced.toml"))
 }
 
+/// Where the daemon listens by default: `$XDG_RUNTIME_DIR/voicelink/voiced.sock`,
+/// or a per-user folder in the temporary directory where there is no runtime dir
+/// (macOS, or a session without `XDG_RUNTIME_DIR`).
+pub fn default_socket_path() -> PathBuf {
+    let runtime_dir = directories::BaseDirs::new().and_then(|dirs| dirs.runtime_dir().map(std::path::Path::to_path_buf));
+    match runtime_dir {
+        Some(dir) => dir.join("voicelink").join("voiced.sock"),
+        None => std::env::temp_dir().join(format!("voicelink-{}", nix::unistd::getuid())).join("voiced.sock"),
+    }
+}
+
 fn project_dirs() -> Option<directories::ProjectDirs> {
     directories::ProjectDirs::from("", "", "voicelink")
 }
@@ -306,7 +318,7 @@ impl Config {
 
     /// The control socket in effect.
     pub fn socket(&self) -> PathBuf {
-        self.api.socket.clone().unwrap_or_else(voicelink_proto::default_socket_path)
+        self.api.socket.clone().unwrap_or_else(default_socket_path)
     }
 
     /// The config with every default written out, as `--print-config` shows it.
@@ -353,7 +365,6 @@ impl fmt::Display for TcpListen {
 }
 
 /// Bytes a display name may have: it travels in one mDNS TXT string.
-const MAX_NAME_BYTES: usize = 63;
 
 /// The name peers see: 1 to 63 bytes of UTF-8, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, SerializeDisplay, DeserializeFromStr)]

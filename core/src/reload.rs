@@ -3,7 +3,7 @@
 //! daemon listens and who it is need a restart, and the plan keeps the old values
 //! for those so that what the daemon reports stays true.
 
-use crate::audio::{InputSpec, OutputSpec};
+use crate::audio_spec::{InputSpec, OutputSpec};
 use crate::config::{Config, DisplayName, LogLevel};
 
 /// The settings a reload can change while the daemon runs, as published to the

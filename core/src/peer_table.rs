@@ -5,29 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::txt::Advert;
-use crate::identity::DeviceId;
-
-/// What the API shows about one peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerRecord {
-    /// Its device ID.
-    pub device_id: DeviceId,
-    /// The name it advertises.
-    pub display_name: String,
-    /// Every address it was seen at, over all its mDNS instances and interfaces.
-    pub addresses: BTreeSet<IpAddr>,
-    /// Its signaling port.
-    pub signaling_port: u16,
-    /// Its signaling protocol version.
-    pub protocol_version: u32,
-    /// When it was last seen (wall clock, for display).
-    pub last_seen: SystemTime,
-    /// Answering mDNS now.
-    pub online: bool,
-    /// This device has talked to it before.
-    pub known: bool,
-}
+use crate::advert::Advert;
+pub use crate::vocab::PeerRecord;
+use crate::vocab::DeviceId;
 
 /// Why a peer left the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,7 +211,7 @@ impl PeerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::txt::PROTOCOL_VERSION;
+    use crate::vocab::PROTOCOL_VERSION;
 
     const RETENTION: Duration = Duration::from_secs(600);
 

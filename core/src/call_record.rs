@@ -3,10 +3,8 @@
 
 use std::time::SystemTime;
 
-use super::machine::{Direction, EndReason, State};
-use crate::audio::{InputSpec, OutputSpec};
-use crate::identity::DeviceId;
-use crate::signaling::wire::CallId;
+use crate::audio_spec::{InputSpec, OutputSpec};
+use crate::vocab::{CallId, DeviceId, Direction, EndReason, State};
 
 /// A call as published.
 #[derive(Debug, Clone, PartialEq)]

@@ -49,7 +49,7 @@ impl Resampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::endpoints::tone_share;
+    use crate::audio_math::tone_share;
     use std::f64::consts::TAU;
 
     fn tone(rate: u32, hz: f64, samples: usize) -> Vec<f32> {

@@ -3,54 +3,16 @@
 //! only, with a size cap, so everything the network can send is tested here and
 //! fuzzed (`fuzz/`). docs/PROTOCOL.md is the specification.
 
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::discovery::PROTOCOL_VERSION;
+pub use crate::vocab::CallId;
+use crate::vocab::PROTOCOL_VERSION;
 
 /// Largest message accepted or sent (a full SDP offer is about 2-4 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Longest free-text field (names, reasons) in bytes.
 pub const MAX_TEXT_BYTES: usize = 256;
-
-/// A call's identifier: 1 to 64 characters of `A-Z a-z 0-9 - _`, chosen by the caller.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct CallId(String);
-
-impl CallId {
-    /// A fresh random ID (128 bits, hex).
-    pub fn random() -> Self {
-        CallId(data_encoding::HEXLOWER.encode(&rand::random::<[u8; 16]>()))
-    }
-
-    /// The ID as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for CallId {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        let valid =
-            (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if valid { Ok(CallId(s)) } else { Err("a call ID is 1-64 characters of A-Z, a-z, 0-9, - and _".into()) }
-    }
-}
-
-impl From<CallId> for String {
-    fn from(id: CallId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for CallId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// Why a call ended, as one side tells the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

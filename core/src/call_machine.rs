@@ -1,0 +1,903 @@
+//! The call state machine: the whole call protocol of one call. Pure: inputs go in
+//! with the time, by who sent them — the user ([`CallMachine::handle_command`],
+//! which may refuse), the peer ([`CallMachine::handle_remote`]), the signaling
+//! connection ([`CallMachine::handle_signaling`]), the media layer
+//! ([`CallMachine::handle_media`]) and the clock ([`CallMachine::handle_timeout`]);
+//! only the user's can fail. Outputs (messages for the peer, work for the media
+//! layer, events, audio gating) come out of [`CallMachine::poll_output`], and
+//! [`CallMachine::poll_timeout`] says when to call `handle_timeout`. The task that
+//! owns the call does the I/O.
+//!
+//! The protocol, as docs/PROTOCOL.md specifies it: the caller sends `call_request`
+//! and then its SDP offer once the connection is up; the callee says `ringing`,
+//! answers the offer with its SDP, and both trickle ICE candidates, so media is
+//! negotiated while the phone rings. Audio is gated here: nothing is sent or
+//! played before the call is answered, mute stops sending, hold (either side's)
+//! stops both directions.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::vocab::{Direction, EndReason, FailCause, MAX_NAME_BYTES, State};
+use crate::wire::{Body, EndCode};
+
+/// Timeouts the machine enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// How long a call rings before it ends as "no answer".
+    pub ring: Duration,
+    /// How long media may take to connect after the answer.
+    pub connect: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { ring: Duration::from_secs(30), connect: Duration::from_secs(15) }
+    }
+}
+
+/// What a call needs to know about this side.
+#[derive(Debug, Clone)]
+pub struct CallSetup {
+    /// This device's display name (in `call_request` and `ringing`).
+    pub own_name: String,
+    /// The frame length the caller proposes, in ms.
+    pub frame_ms: u32,
+    /// Ring and connect timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// Work for the media layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaCommand {
+    /// Caller: create the offer (answered with [`MediaInput::LocalDescription`]).
+    CreateOffer,
+    /// Callee: take the caller's offer (answered with [`MediaInput::LocalDescription`]).
+    AcceptOffer(String),
+    /// Caller: take the callee's answer.
+    AcceptAnswer(String),
+    /// A candidate from the peer.
+    AddCandidate(String),
+}
+
+/// What the machine wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send to the peer.
+    Send(Body),
+    /// Work for the media layer.
+    Media(MediaCommand),
+    /// The state changed.
+    StateChanged {
+        /// Before.
+        from: State,
+        /// Now.
+        to: State,
+    },
+    /// The peer is ringing (outgoing calls).
+    RemoteRinging,
+    /// The peer said its name (we may have dialed an address).
+    PeerNamed(String),
+    /// The peer told this call to yield to its own (glare): the switchboard
+    /// decides, and ends this call with [`Command::Yield`] if it agrees.
+    Yield,
+    /// Mute changed.
+    MuteChanged(bool),
+    /// Hold changed (either side).
+    HoldChanged(bool),
+    /// Whether audio may be sent and played now.
+    Audio {
+        /// Send captured audio to the peer.
+        send: bool,
+        /// Play what the peer sends.
+        play: bool,
+    },
+}
+
+/// A command from the user (or the switchboard); refused if it does not fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Answer.
+    Answer,
+    /// Decline, with a reason for the caller.
+    Decline(String),
+    /// Hang up (or cancel, or decline while ringing).
+    Hangup,
+    /// Mute or unmute.
+    SetMute(bool),
+    /// Hold or resume.
+    SetHold(bool),
+    /// End a call that was told to yield to glare (the peer already knows).
+    Yield,
+}
+
+/// What happened to the signaling connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signaling {
+    /// Caller: the connection to the callee is up and authenticated.
+    Connected,
+    /// The peer closed the connection.
+    Closed,
+    /// The connection could not be made, or broke (keepalive unanswered, a
+    /// malformed message).
+    Failed(FailCause),
+}
+
+/// What the media layer reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaInput {
+    /// Our SDP (the offer or the answer), to send.
+    LocalDescription(String),
+    /// One of our ICE candidates, to trickle.
+    LocalCandidate {
+        /// The `candidate:` attribute value.
+        candidate: String,
+        /// Its media stream ID.
+        sdp_mid: Option<String>,
+        /// Its m-line index.
+        sdp_mline_index: Option<u16>,
+    },
+    /// ICE and DTLS are up.
+    Connected,
+    /// Media could not be set up or broke for good.
+    Failed(FailCause),
+}
+
+/// A user command that does not fit the call's state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {action} a call that is {state}")]
+pub struct InvalidCommand {
+    action: &'static str,
+    state: String,
+}
+
+impl InvalidCommand {
+    /// A command that failed for another reason than the state.
+    pub fn because(action: &'static str, reason: String) -> Self {
+        InvalidCommand { action, state: format!("not ready: {reason}") }
+    }
+}
+
+fn describe(state: State) -> &'static str {
+    match state {
+        State::Outgoing => "ringing the peer",
+        State::Incoming => "ringing here",
+        State::Connecting => "connecting",
+        State::Active => "active",
+        State::OnHold => "on hold",
+        State::Ended => "over",
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Ring,
+    Connect,
+}
+
+/// One call's state.
+#[derive(Debug)]
+pub struct CallMachine {
+    direction: Direction,
+    state: State,
+    setup: CallSetup,
+    muted: bool,
+    held_here: bool,
+    held_there: bool,
+    media_ready: bool,
+    /// Told to yield to glare: the peer closing the connection now is expected.
+    yielding: bool,
+    audio: (bool, bool),
+    timer: Option<(Instant, Timer)>,
+    end_reason: Option<EndReason>,
+    answered_at: Option<Instant>,
+    outputs: VecDeque<Output>,
+}
+
+impl CallMachine {
+    /// A call this side is placing; it rings the peer once the connection is up.
+    pub fn outgoing(now: Instant, setup: CallSetup) -> Self {
+        Self::new(Direction::Outgoing, State::Outgoing, now, setup)
+    }
+
+    /// A call the peer placed; it rings here and the peer is told so.
+    pub fn incoming(now: Instant, setup: CallSetup) -> Self {
+        let mut machine = Self::new(Direction::Incoming, State::Incoming, now, setup);
+        let callee_name = machine.setup.own_name.clone();
+        machine.outputs.push_back(Output::Send(Body::Ringing { callee_name }));
+        machine
+    }
+
+    fn new(direction: Direction, state: State, now: Instant, setup: CallSetup) -> Self {
+        let ring = now + setup.timeouts.ring;
+        CallMachine {
+            direction,
+            state,
+            setup,
+            muted: false,
+            held_here: false,
+            held_there: false,
+            media_ready: false,
+            yielding: false,
+            audio: (false, false),
+            timer: Some((ring, Timer::Ring)),
+            end_reason: None,
+            answered_at: None,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// Where the call is.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Who placed it.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// Why it ended, once it has.
+    pub fn end_reason(&self) -> Option<&EndReason> {
+        self.end_reason.as_ref()
+    }
+
+    /// Muted here.
+    pub fn muted(&self) -> bool {
+        self.muted
+    }
+
+    /// Held by either side.
+    pub fn on_hold(&self) -> bool {
+        self.held_here || self.held_there
+    }
+
+    /// Held by us (only we can resume that).
+    pub fn held_here(&self) -> bool {
+        self.held_here
+    }
+
+    /// Held by the peer.
+    pub fn held_by_peer(&self) -> bool {
+        self.held_there
+    }
+
+    /// When it was answered.
+    pub fn answered_at(&self) -> Option<Instant> {
+        self.answered_at
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When `handle_timeout` must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timer.map(|(at, _)| at)
+    }
+
+    /// Time has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some((at, timer)) = self.timer else { return };
+        if now < at {
+            return;
+        }
+        self.timer = None;
+        match (timer, self.state) {
+            (Timer::Ring, State::Outgoing) => self.end(EndReason::NoAnswer, Some(EndCode::NoAnswer)),
+            (Timer::Ring, State::Incoming) => self.end(EndReason::NoAnswer, None),
+            (Timer::Connect, State::Connecting) => {
+                self.end(EndReason::Failed(FailCause::ConnectTimeout), Some(EndCode::Failed))
+            }
+            _ => {}
+        }
+    }
+
+    /// A command from the user: refused (and nothing changes) if it does not fit
+    /// the state. An ended call takes every command and ignores it.
+    pub fn handle_command(&mut self, command: Command, now: Instant) -> Result<(), InvalidCommand> {
+        let refuse = |action, state| Err(InvalidCommand { action, state: describe(state).to_owned() });
+        match (command, self.state) {
+            (_, State::Ended) => {}
+            (Command::Answer, State::Incoming) => {
+                self.outputs.push_back(Output::Send(Body::Accept));
+                self.answered(now);
+            }
+            (Command::Answer, state) => return refuse("answer", state),
+            (Command::Decline(reason), State::Incoming) => {
+                self.outputs.push_back(Output::Send(Body::Decline { reason: reason.clone() }));
+                self.end(EndReason::Declined(reason), None);
+            }
+            (Command::Decline(_), state) => return refuse("decline", state),
+            (Command::Hangup, State::Outgoing) => self.end(EndReason::Cancelled, Some(EndCode::Cancelled)),
+            (Command::Hangup, State::Incoming) => {
+                self.outputs.push_back(Output::Send(Body::Decline { reason: String::new() }));
+                self.end(EndReason::Declined(String::new()), None);
+            }
+            (Command::Hangup, _) => self.end(EndReason::HungUpLocal, Some(EndCode::HangUp)),
+            (Command::SetMute(muted), _) => {
+                if muted != self.muted {
+                    self.muted = muted;
+                    self.outputs.push_back(Output::MuteChanged(muted));
+                    self.update_audio();
+                }
+            }
+            (Command::SetHold(hold), State::Active | State::OnHold) => {
+                if !hold && !self.held_here && self.held_there {
+                    return Err(InvalidCommand::because(
+                        "resume",
+                        "the peer put it on hold; only the peer can resume it".into(),
+                    ));
+                }
+                if hold != self.held_here {
+                    self.held_here = hold;
+                    self.outputs.push_back(Output::Send(Body::Hold { on_hold: hold }));
+                    self.hold_changed();
+                }
+            }
+            (Command::SetHold(_), state) => return refuse("hold or resume", state),
+            (Command::Yield, State::Outgoing) if self.yielding => self.end(EndReason::Cancelled, None),
+            (Command::Yield, state) => return refuse("yield", state),
+        }
+        Ok(())
+    }
+
+    /// A message from the peer about this call. Out of place messages are
+    /// ignored: the peer may be a step behind (an `end` crossing our `accept`),
+    /// never a reason to fail.
+    pub fn handle_remote(&mut self, body: Body, now: Instant) {
+        if self.state == State::Ended {
+            return;
+        }
+        match (body, self.state, self.direction) {
+            (Body::Ringing { callee_name }, State::Outgoing, _) => {
+                let name = callee_name.trim();
+                if !name.is_empty() && name.len() <= MAX_NAME_BYTES {
+                    self.outputs.push_back(Output::PeerNamed(name.to_owned()));
+                }
+                self.outputs.push_back(Output::RemoteRinging);
+            }
+            (Body::Accept, State::Outgoing, _) => self.answered(now),
+            (Body::Decline { reason }, State::Outgoing, _) => self.end(EndReason::Declined(reason), None),
+            (Body::Busy, State::Outgoing, _) => self.end(EndReason::Busy, None),
+            (Body::Offer { sdp }, _, Direction::Incoming) => {
+                self.outputs.push_back(Output::Media(MediaCommand::AcceptOffer(sdp)))
+            }
+            (Body::Answer { sdp }, _, Direction::Outgoing) => {
+                self.outputs.push_back(Output::Media(MediaCommand::AcceptAnswer(sdp)))
+            }
+            (Body::IceCandidate { candidate, .. }, _, _) => {
+                self.outputs.push_back(Output::Media(MediaCommand::AddCandidate(candidate)))
+            }
+            // Glare: the switchboard decides whether this call yields.
+            (Body::End { reason: EndCode::Glare }, State::Outgoing, Direction::Outgoing) => {
+                if !self.yielding {
+                    self.yielding = true;
+                    self.outputs.push_back(Output::Yield);
+                }
+            }
+            (Body::End { reason }, _, _) => {
+                let reason = match reason {
+                    EndCode::Cancelled | EndCode::Glare => EndReason::Cancelled,
+                    EndCode::NoAnswer => EndReason::NoAnswer,
+                    EndCode::Failed => EndReason::Failed(FailCause::Protocol("the peer failed".into())),
+                    EndCode::HangUp | EndCode::Other => EndReason::HungUpRemote,
+                };
+                self.end(reason, None);
+            }
+            (Body::Hold { on_hold }, State::Active | State::OnHold | State::Connecting, _)
+                if on_hold != self.held_there =>
+            {
+                self.held_there = on_hold;
+                self.hold_changed();
+            }
+            (Body::Error { message }, _, _) => self.end(EndReason::Failed(FailCause::Protocol(message)), None),
+            _ => {}
+        }
+    }
+
+    /// What happened to the signaling connection.
+    pub fn handle_signaling(&mut self, event: Signaling, _now: Instant) {
+        if self.state == State::Ended {
+            return;
+        }
+        match event {
+            Signaling::Connected if self.direction == Direction::Outgoing => {
+                let request =
+                    Body::CallRequest { caller_name: self.setup.own_name.clone(), frame_ms: Some(self.setup.frame_ms) };
+                self.outputs.push_back(Output::Send(request));
+                self.outputs.push_back(Output::Media(MediaCommand::CreateOffer));
+            }
+            Signaling::Connected => {}
+            // Expected while yielding: the peer's call is the one that lives.
+            Signaling::Closed if self.yielding => {}
+            Signaling::Closed => self.end(EndReason::PeerLost, None),
+            Signaling::Failed(cause) => self.end(EndReason::Failed(cause), Some(EndCode::Failed)),
+        }
+    }
+
+    /// What the media layer reports.
+    pub fn handle_media(&mut self, event: MediaInput, _now: Instant) {
+        if self.state == State::Ended {
+            return;
+        }
+        match event {
+            MediaInput::LocalDescription(sdp) => {
+                let body = match self.direction {
+                    Direction::Outgoing => Body::Offer { sdp },
+                    Direction::Incoming => Body::Answer { sdp },
+                };
+                self.outputs.push_back(Output::Send(body));
+            }
+            MediaInput::LocalCandidate { candidate, sdp_mid, sdp_mline_index } => {
+                let sdp_mid = sdp_mid.filter(|mid| !mid.is_empty());
+                self.outputs.push_back(Output::Send(Body::IceCandidate { candidate, sdp_mid, sdp_mline_index }));
+            }
+            MediaInput::Connected => {
+                self.media_ready = true;
+                if self.state == State::Connecting {
+                    self.timer = None;
+                    self.set_state(self.talking_state());
+                }
+            }
+            MediaInput::Failed(cause) => self.end(EndReason::Failed(cause), Some(EndCode::Failed)),
+        }
+    }
+
+    /// The peer stopped answering (keepalives unanswered, media silent too long).
+    pub fn peer_lost(&mut self, _now: Instant) {
+        if self.state != State::Ended {
+            self.end(EndReason::PeerLost, None);
+        }
+    }
+
+    fn answered(&mut self, now: Instant) {
+        self.answered_at = Some(now);
+        if self.media_ready {
+            self.timer = None;
+            self.set_state(self.talking_state());
+        } else {
+            self.timer = Some((now + self.setup.timeouts.connect, Timer::Connect));
+            self.set_state(State::Connecting);
+        }
+    }
+
+    /// Active, or on hold if either side held while the call was being set up.
+    fn talking_state(&self) -> State {
+        if self.on_hold() { State::OnHold } else { State::Active }
+    }
+
+    fn hold_changed(&mut self) {
+        self.outputs.push_back(Output::HoldChanged(self.on_hold()));
+        if matches!(self.state, State::Active | State::OnHold) {
+            self.set_state(self.talking_state());
+        } else {
+            self.update_audio();
+        }
+    }
+
+    fn end(&mut self, reason: EndReason, tell_peer: Option<EndCode>) {
+        if let Some(code) = tell_peer {
+            self.outputs.push_back(Output::Send(Body::End { reason: code }));
+        }
+        self.end_reason = Some(reason);
+        self.timer = None;
+        self.set_state(State::Ended);
+    }
+
+    fn set_state(&mut self, to: State) {
+        if to != self.state {
+            let from = std::mem::replace(&mut self.state, to);
+            self.outputs.push_back(Output::StateChanged { from, to });
+        }
+        self.update_audio();
+    }
+
+    fn update_audio(&mut self) {
+        let talking = self.state == State::Active;
+        let audio = (talking && !self.muted, talking);
+        if audio != self.audio {
+            self.audio = audio;
+            self.outputs.push_back(Output::Audio { send: audio.0, play: audio.1 });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timeouts = Timeouts { ring: Duration::from_secs(30), connect: Duration::from_secs(15) };
+
+    fn setup() -> CallSetup {
+        CallSetup { own_name: "me".into(), frame_ms: 20, timeouts: T }
+    }
+
+    /// Any input, for tables of cases.
+    #[derive(Debug)]
+    enum In {
+        Cmd(Command),
+        Remote(Body),
+        Media(MediaInput),
+        Lost,
+    }
+
+    fn feed(m: &mut CallMachine, input: In, now: Instant) {
+        match input {
+            In::Cmd(command) => m.handle_command(command, now).unwrap(),
+            In::Remote(body) => m.handle_remote(body, now),
+            In::Media(event) => m.handle_media(event, now),
+            In::Lost => m.peer_lost(now),
+        }
+    }
+
+    fn drain(m: &mut CallMachine) -> Vec<Output> {
+        std::iter::from_fn(|| m.poll_output()).collect()
+    }
+
+    fn state_change(from: State, to: State) -> Output {
+        Output::StateChanged { from, to }
+    }
+
+    fn audio(send: bool, play: bool) -> Output {
+        Output::Audio { send, play }
+    }
+
+    /// A call answered with media already up (the usual case: ICE and DTLS finish
+    /// while it rings).
+    fn active_outgoing(now: Instant) -> CallMachine {
+        let mut m = CallMachine::outgoing(now, setup());
+        m.handle_media(MediaInput::Connected, now);
+        m.handle_remote(Body::Accept, now);
+        drain(&mut m);
+        m
+    }
+
+    #[test]
+    fn an_incoming_call_rings_and_tells_the_caller() {
+        let now = Instant::now();
+        let mut m = CallMachine::incoming(now, setup());
+        assert_eq!(m.state(), State::Incoming);
+        assert_eq!(drain(&mut m), [Output::Send(Body::Ringing { callee_name: "me".into() })]);
+        assert_eq!(m.poll_timeout(), Some(now + T.ring));
+    }
+
+    #[test]
+    fn answering_with_media_up_goes_straight_to_active_and_opens_audio() {
+        let now = Instant::now();
+        let mut m = CallMachine::incoming(now, setup());
+        m.handle_media(MediaInput::Connected, now);
+        drain(&mut m);
+        assert_eq!(drain(&mut m), [], "no audio before the answer");
+        m.handle_command(Command::Answer, now).unwrap();
+        assert_eq!(
+            drain(&mut m),
+            [Output::Send(Body::Accept), state_change(State::Incoming, State::Active), audio(true, true)]
+        );
+        assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn answering_before_media_is_up_waits_in_connecting() {
+        let now = Instant::now();
+        let mut m = CallMachine::outgoing(now, setup());
+        m.handle_remote(Body::Ringing { callee_name: String::new() }, now);
+        m.handle_remote(Body::Accept, now);
+        assert_eq!(drain(&mut m), [Output::RemoteRinging, state_change(State::Outgoing, State::Connecting)]);
+        assert_eq!(m.poll_timeout(), Some(now + T.connect));
+        m.handle_media(MediaInput::Connected, now);
+        assert_eq!(drain(&mut m), [state_change(State::Connecting, State::Active), audio(true, true)]);
+    }
+
+    #[test]
+    fn media_that_never_connects_fails_the_call() {
+        let now = Instant::now();
+        let mut m = CallMachine::outgoing(now, setup());
+        m.handle_remote(Body::Accept, now);
+        drain(&mut m);
+        m.handle_timeout(now + T.connect - Duration::from_millis(1));
+        assert_eq!(m.state(), State::Connecting);
+        m.handle_timeout(now + T.connect);
+        assert_eq!(m.end_reason(), Some(&EndReason::Failed(FailCause::ConnectTimeout)));
+        assert_eq!(
+            drain(&mut m),
+            [Output::Send(Body::End { reason: EndCode::Failed }), state_change(State::Connecting, State::Ended)]
+        );
+    }
+
+    #[test]
+    fn an_unanswered_call_ends_as_no_answer_on_both_sides() {
+        let now = Instant::now();
+        let mut caller = CallMachine::outgoing(now, setup());
+        caller.handle_timeout(now + T.ring);
+        assert_eq!(caller.end_reason(), Some(&EndReason::NoAnswer));
+        assert_eq!(
+            drain(&mut caller),
+            [Output::Send(Body::End { reason: EndCode::NoAnswer }), state_change(State::Outgoing, State::Ended)]
+        );
+        let mut callee = CallMachine::incoming(now, setup());
+        callee.handle_remote(Body::End { reason: EndCode::NoAnswer }, now);
+        assert_eq!(callee.end_reason(), Some(&EndReason::NoAnswer));
+        let mut callee = CallMachine::incoming(now, setup());
+        callee.handle_timeout(now + T.ring);
+        assert_eq!(callee.end_reason(), Some(&EndReason::NoAnswer), "the callee's own ring timeout too");
+    }
+
+    #[test]
+    fn every_end_reason_is_reached() {
+        let now = Instant::now();
+        let cases: Vec<(CallMachine, In, EndReason, Option<Body>)> = vec![
+            (
+                CallMachine::incoming(now, setup()),
+                In::Cmd(Command::Decline("busy day".into())),
+                EndReason::Declined("busy day".into()),
+                Some(Body::Decline { reason: "busy day".into() }),
+            ),
+            (
+                CallMachine::incoming(now, setup()),
+                In::Cmd(Command::Hangup),
+                EndReason::Declined(String::new()),
+                Some(Body::Decline { reason: String::new() }),
+            ),
+            (
+                CallMachine::outgoing(now, setup()),
+                In::Cmd(Command::Hangup),
+                EndReason::Cancelled,
+                Some(Body::End { reason: EndCode::Cancelled }),
+            ),
+            (
+                CallMachine::outgoing(now, setup()),
+                In::Remote(Body::Decline { reason: "no".into() }),
+                EndReason::Declined("no".into()),
+                None,
+            ),
+            (CallMachine::outgoing(now, setup()), In::Remote(Body::Busy), EndReason::Busy, None),
+            (
+                CallMachine::incoming(now, setup()),
+                In::Remote(Body::End { reason: EndCode::Cancelled }),
+                EndReason::Cancelled,
+                None,
+            ),
+            (active_outgoing(now), In::Cmd(Command::Hangup), EndReason::HungUpLocal, Some(Body::End { reason: EndCode::HangUp })),
+            (active_outgoing(now), In::Remote(Body::End { reason: EndCode::HangUp }), EndReason::HungUpRemote, None),
+            (active_outgoing(now), In::Lost, EndReason::PeerLost, None),
+            (
+                active_outgoing(now),
+                In::Media(MediaInput::Failed(FailCause::DtlsFailed)),
+                EndReason::Failed(FailCause::DtlsFailed),
+                Some(Body::End { reason: EndCode::Failed }),
+            ),
+            (
+                CallMachine::outgoing(now, setup()),
+                In::Media(MediaInput::Failed(FailCause::Unreachable("refused".into()))),
+                EndReason::Failed(FailCause::Unreachable("refused".into())),
+                Some(Body::End { reason: EndCode::Failed }),
+            ),
+            (
+                active_outgoing(now),
+                In::Remote(Body::Error { message: "bad".into() }),
+                EndReason::Failed(FailCause::Protocol("bad".into())),
+                None,
+            ),
+        ];
+        for (mut m, input, reason, sent) in cases {
+            let described = format!("{input:?}");
+            drain(&mut m);
+            feed(&mut m, input, now);
+            assert_eq!(m.state(), State::Ended, "{described}");
+            assert_eq!(m.end_reason(), Some(&reason), "{described}");
+            let outputs = drain(&mut m);
+            let sends: Vec<&Body> =
+                outputs.iter().filter_map(|o| if let Output::Send(b) = o { Some(b) } else { None }).collect();
+            assert_eq!(sends.first().copied(), sent.as_ref(), "{described}: {outputs:?}");
+            assert_eq!(m.poll_timeout(), None, "no timer after the end");
+        }
+    }
+
+    #[test]
+    fn an_ended_call_ignores_everything() {
+        let now = Instant::now();
+        let mut m = active_outgoing(now);
+        m.handle_command(Command::Hangup, now).unwrap();
+        drain(&mut m);
+        for input in
+            [In::Cmd(Command::Answer), In::Cmd(Command::Hangup), In::Cmd(Command::SetHold(true)), In::Remote(Body::Accept), In::Media(MediaInput::Connected)]
+        {
+            feed(&mut m, input, now);
+        }
+        assert_eq!(drain(&mut m), []);
+        assert_eq!(m.end_reason(), Some(&EndReason::HungUpLocal));
+    }
+
+    #[test]
+    fn commands_that_do_not_fit_are_refused_with_the_state() {
+        let now = Instant::now();
+        let mut m = CallMachine::outgoing(now, setup());
+        assert_eq!(
+            m.handle_command(Command::Answer, now).unwrap_err().to_string(),
+            "cannot answer a call that is ringing the peer"
+        );
+        assert!(m.handle_command(Command::Decline(String::new()), now).is_err());
+        assert!(m.handle_command(Command::SetHold(true), now).is_err());
+        assert_eq!(m.state(), State::Outgoing);
+    }
+
+    #[test]
+    fn out_of_place_peer_messages_are_ignored() {
+        let now = Instant::now();
+        let mut m = active_outgoing(now);
+        for body in [
+            Body::Ringing { callee_name: String::new() },
+            Body::Accept,
+            Body::Busy,
+            Body::Decline { reason: String::new() },
+            Body::Keepalive,
+        ] {
+            m.handle_remote(body, now);
+        }
+        assert_eq!(m.state(), State::Active);
+        assert_eq!(drain(&mut m), []);
+    }
+
+    #[test]
+    fn mute_stops_sending_but_not_playing() {
+        let now = Instant::now();
+        let mut m = active_outgoing(now);
+        m.handle_command(Command::SetMute(true), now).unwrap();
+        assert_eq!(drain(&mut m), [Output::MuteChanged(true), audio(false, true)]);
+        m.handle_command(Command::SetMute(true), now).unwrap();
+        assert_eq!(drain(&mut m), [], "muting twice changes nothing");
+        m.handle_command(Command::SetMute(false), now).unwrap();
+        assert_eq!(drain(&mut m), [Output::MuteChanged(false), audio(true, true)]);
+    }
+
+    #[test]
+    fn muting_while_ringing_keeps_the_call_muted_when_answered() {
+        let now = Instant::now();
+        let mut m = CallMachine::incoming(now, setup());
+        m.handle_command(Command::SetMute(true), now).unwrap();
+        m.handle_media(MediaInput::Connected, now);
+        drain(&mut m);
+        m.handle_command(Command::Answer, now).unwrap();
+        assert_eq!(drain(&mut m).last(), Some(&audio(false, true)));
+    }
+
+    #[test]
+    fn hold_from_either_side_stops_both_directions() {
+        let now = Instant::now();
+        let mut m = active_outgoing(now);
+        m.handle_command(Command::SetHold(true), now).unwrap();
+        assert_eq!(
+            drain(&mut m),
+            [
+                Output::Send(Body::Hold { on_hold: true }),
+                Output::HoldChanged(true),
+                state_change(State::Active, State::OnHold),
+                audio(false, false)
+            ]
+        );
+        // The peer holds too, then we resume: still held by the peer.
+        m.handle_remote(Body::Hold { on_hold: true }, now);
+        m.handle_command(Command::SetHold(false), now).unwrap();
+        assert_eq!(m.state(), State::OnHold);
+        assert!(m.on_hold());
+        drain(&mut m);
+        m.handle_remote(Body::Hold { on_hold: false }, now);
+        assert_eq!(
+            drain(&mut m),
+            [Output::HoldChanged(false), state_change(State::OnHold, State::Active), audio(true, true)]
+        );
+    }
+
+    #[test]
+    fn a_hold_that_arrives_while_connecting_is_kept_when_media_connects() {
+        let now = Instant::now();
+        let mut m = CallMachine::outgoing(now, setup());
+        m.handle_remote(Body::Accept, now);
+        m.handle_remote(Body::Hold { on_hold: true }, now);
+        drain(&mut m);
+        m.handle_media(MediaInput::Connected, now);
+        assert_eq!(m.state(), State::OnHold);
+        assert_eq!(drain(&mut m), [state_change(State::Connecting, State::OnHold)], "no audio while held");
+    }
+
+    #[test]
+    fn the_caller_rings_once_connected_and_offers_media() {
+        let now = Instant::now();
+        let mut m = CallMachine::outgoing(now, setup());
+        assert_eq!(drain(&mut m), [], "nothing before the connection is up");
+        m.handle_signaling(Signaling::Connected, now);
+        assert_eq!(
+            drain(&mut m),
+            [
+                Output::Send(Body::CallRequest { caller_name: "me".into(), frame_ms: Some(20) }),
+                Output::Media(MediaCommand::CreateOffer)
+            ]
+        );
+        m.handle_media(MediaInput::LocalDescription("v=0 offer".into()), now);
+        assert_eq!(drain(&mut m), [Output::Send(Body::Offer { sdp: "v=0 offer".into() })]);
+        m.handle_remote(Body::Ringing { callee_name: " bob ".into() }, now);
+        assert_eq!(drain(&mut m), [Output::PeerNamed("bob".into()), Output::RemoteRinging]);
+        m.handle_remote(Body::Answer { sdp: "v=0 answer".into() }, now);
+        assert_eq!(drain(&mut m), [Output::Media(MediaCommand::AcceptAnswer("v=0 answer".into()))]);
+        m.handle_remote(Body::Offer { sdp: "v=0 late".into() }, now);
+        assert_eq!(drain(&mut m), [], "a caller takes no offer");
+    }
+
+    #[test]
+    fn the_callee_answers_the_offer_and_trickles_candidates() {
+        let now = Instant::now();
+        let mut m = CallMachine::incoming(now, setup());
+        drain(&mut m);
+        m.handle_remote(Body::Offer { sdp: "o".into() }, now);
+        m.handle_remote(Body::IceCandidate { candidate: "c1".into(), sdp_mid: None, sdp_mline_index: Some(0) }, now);
+        assert_eq!(
+            drain(&mut m),
+            [
+                Output::Media(MediaCommand::AcceptOffer("o".into())),
+                Output::Media(MediaCommand::AddCandidate("c1".into()))
+            ]
+        );
+        m.handle_media(MediaInput::LocalDescription("a".into()), now);
+        m.handle_media(
+            MediaInput::LocalCandidate { candidate: "c2".into(), sdp_mid: Some(String::new()), sdp_mline_index: Some(0) },
+            now,
+        );
+        assert_eq!(
+            drain(&mut m),
+            [
+                Output::Send(Body::Answer { sdp: "a".into() }),
+                Output::Send(Body::IceCandidate { candidate: "c2".into(), sdp_mid: None, sdp_mline_index: Some(0) })
+            ]
+        );
+    }
+
+    #[test]
+    fn a_name_the_peer_cannot_have_is_not_taken() {
+        let now = Instant::now();
+        let mut m = CallMachine::outgoing(now, setup());
+        m.handle_remote(Body::Ringing { callee_name: "x".repeat(64) }, now);
+        m.handle_remote(Body::Ringing { callee_name: "  ".into() }, now);
+        assert_eq!(drain(&mut m), [Output::RemoteRinging, Output::RemoteRinging]);
+    }
+
+    #[test]
+    fn glare_asks_the_switchboard_and_yields_only_when_told() {
+        let now = Instant::now();
+        let mut m = CallMachine::outgoing(now, setup());
+        assert!(m.handle_command(Command::Yield, now).is_err(), "not told to yield");
+        m.handle_remote(Body::End { reason: EndCode::Glare }, now);
+        m.handle_remote(Body::End { reason: EndCode::Glare }, now);
+        assert_eq!(drain(&mut m), [Output::Yield], "asked once");
+        assert_eq!(m.state(), State::Outgoing, "still ringing until the switchboard decides");
+        m.handle_signaling(Signaling::Closed, now);
+        assert_eq!(m.state(), State::Outgoing, "the peer closing is expected while yielding");
+        m.handle_command(Command::Yield, now).unwrap();
+        assert_eq!(m.end_reason(), Some(&EndReason::Cancelled));
+        assert_eq!(drain(&mut m), [state_change(State::Outgoing, State::Ended)], "nothing sent: the peer knows");
+    }
+
+    #[test]
+    fn a_closed_or_broken_connection_ends_the_call() {
+        let now = Instant::now();
+        let mut m = active_outgoing(now);
+        m.handle_signaling(Signaling::Closed, now);
+        assert_eq!(m.end_reason(), Some(&EndReason::PeerLost));
+        let mut m = CallMachine::outgoing(now, setup());
+        m.handle_signaling(Signaling::Failed(FailCause::Unreachable("refused".into())), now);
+        assert_eq!(m.end_reason(), Some(&EndReason::Failed(FailCause::Unreachable("refused".into()))));
+    }
+
+    #[test]
+    fn only_the_side_that_held_can_resume() {
+        let now = Instant::now();
+        let mut m = active_outgoing(now);
+        m.handle_remote(Body::Hold { on_hold: true }, now);
+        drain(&mut m);
+        let refused = m.handle_command(Command::SetHold(false), now).unwrap_err();
+        assert!(refused.to_string().contains("only the peer can resume it"), "{refused}");
+        assert_eq!(drain(&mut m), []);
+        assert!(m.held_by_peer());
+    }
+}

@@ -1,0 +1,215 @@
+//! Live call statistics: what each call measures (`meter`), how good it sounds
+//! (`emodel`), and where the samples wait for API subscribers (`board`).
+//!
+//! The task that owns a call samples it every [`SAMPLE_PERIOD`] and puts the
+//! sample on the board; subscribers read the board at their own pace, so a slow
+//! one holds up nobody. When a call ends its last sample carries a summary.
+
+pub mod emodel;
+pub mod meter;
+
+use std::time::Duration;
+
+use crate::vocab::{CallId, DeviceId, EndReason, State};
+
+pub use emodel::Quality;
+pub use meter::CallMeter;
+
+/// How often a call is sampled: the shortest interval a subscriber may ask for.
+pub const SAMPLE_PERIOD: Duration = Duration::from_millis(100);
+
+/// The codec as negotiated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodecInfo {
+    /// "opus".
+    pub name: &'static str,
+    /// RTP clock rate.
+    pub clock_rate: u32,
+    /// Audio channels encoded.
+    pub channels: u32,
+    /// Encoder target bitrate.
+    pub target_bitrate_bps: u32,
+    /// Audio per packet.
+    pub frame: Duration,
+    /// In-band forward error correction.
+    pub fec: bool,
+    /// Discontinuous transmission.
+    pub dtx: bool,
+}
+
+/// The ICE candidate pair media flows over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CandidatePair {
+    /// Our address and port.
+    pub local_address: String,
+    /// "host", "srflx", "prflx" or "relay".
+    pub local_type: String,
+    /// The peer's address and port.
+    pub remote_address: String,
+    /// The peer candidate's type.
+    pub remote_type: String,
+}
+
+/// Where a round-trip time came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundTripSource {
+    /// RFC 3550, from our sender reports and the peer's receiver reports.
+    Rtcp,
+    /// STUN on the selected ICE candidate pair.
+    Ice,
+}
+
+impl RoundTripSource {
+    /// As shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoundTripSource::Rtcp => "rtcp",
+            RoundTripSource::Ice => "ice",
+        }
+    }
+}
+
+/// One sample of a call. Names follow the W3C WebRTC statistics where one exists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallStats {
+    /// The call.
+    pub call_id: CallId,
+    /// Its peer, when known.
+    pub peer: Option<DeviceId>,
+    /// The peer's name.
+    pub peer_name: String,
+    /// Where the call is.
+    pub state: State,
+    /// Time since it was answered (zero before).
+    pub duration: Duration,
+    /// The codec.
+    pub codec: CodecInfo,
+    /// RTP packets sent.
+    pub packets_sent: u64,
+    /// RTP payload bytes sent.
+    pub bytes_sent: u64,
+    /// RTP packets received.
+    pub packets_received: u64,
+    /// RTP payload bytes received.
+    pub bytes_received: u64,
+    /// Packets of the peer's stream lost on the way here (cumulative).
+    pub packets_lost: i64,
+    /// Share of them lost over the last [`meter::LOSS_WINDOW`].
+    pub fraction_lost: f64,
+    /// Packets of our stream lost on the way there, as the peer reports (RTCP).
+    pub remote_packets_lost: i64,
+    /// Share of them over the last [`meter::LOSS_WINDOW`], as the peer reports.
+    pub remote_fraction_lost: f64,
+    /// RFC 3550 interarrival jitter of the peer's stream.
+    pub jitter: Duration,
+    /// The latest round-trip time, and where it came from.
+    pub round_trip: Option<(Duration, RoundTripSource)>,
+    /// What the jitter buffer holds now.
+    pub jitter_buffer_delay: Duration,
+    /// What the jitter buffer aims to hold.
+    pub jitter_buffer_target_delay: Duration,
+    /// Samples played that were made up (packet-loss concealment).
+    pub concealed_samples: u64,
+    /// Runs of concealed samples.
+    pub concealment_events: u64,
+    /// Lost packets rebuilt from the next packet's forward error correction.
+    pub packets_recovered_fec: u64,
+    /// Packets that came too late to be played.
+    pub late_packets: u64,
+    /// Packets thrown away (duplicates, off the frame grid, overflow).
+    pub discarded_packets: u64,
+    /// Level of what we hear, dBFS.
+    pub audio_level_in_dbfs: f64,
+    /// Level of what we send, dBFS.
+    pub audio_level_out_dbfs: f64,
+    /// The selected candidate pair.
+    pub candidate_pair: Option<CandidatePair>,
+    /// E-model estimate (1 to 4.5), once audio flows.
+    pub mos: Option<f64>,
+    /// The verdict, once audio flows.
+    pub quality: Option<Quality>,
+    /// On the last sample of an ended call.
+    pub summary: Option<CallSummary>,
+}
+
+/// A finished call in numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallSummary {
+    /// From creation to answered (zero if never answered).
+    pub setup_time: Duration,
+    /// From answered to ended.
+    pub duration: Duration,
+    /// RTP packets sent.
+    pub packets_sent: u64,
+    /// RTP packets received.
+    pub packets_received: u64,
+    /// Packets of the peer's stream lost.
+    pub packets_lost: i64,
+    /// The lowest MOS of any minute of the call (its average over the minute).
+    pub worst_minute_mos: Option<f64>,
+    /// Why it ended.
+    pub end_reason: Option<EndReason>,
+}
+
+/// The lowest representable level: digital silence.
+pub const SILENCE_DBFS: f64 = -127.0;
+
+/// The RMS level of 16-bit samples in dBFS.
+pub fn level_dbfs(samples: &[i16]) -> f64 {
+    if samples.is_empty() {
+        return SILENCE_DBFS;
+    }
+    let energy: f64 = samples.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    let rms = (energy / samples.len() as f64).sqrt() / 32_768.0;
+    if rms <= 0.0 { SILENCE_DBFS } else { (20.0 * rms.log10()).max(SILENCE_DBFS) }
+}
+
+/// One side's RTCP reception report on a stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reception {
+    /// Share of packets lost since the previous report (0 to 1).
+    pub fraction_lost: f64,
+    /// Packets lost since the stream began (negative with duplicates).
+    pub cumulative_lost: i64,
+    /// Extended highest sequence number received.
+    pub highest_sequence: u32,
+    /// RFC 3550 interarrival jitter.
+    pub jitter: Duration,
+}
+
+/// Everything the monitor has seen so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RtcpView {
+    /// RTP packets we sent.
+    pub packets_sent: u64,
+    /// RTP payload bytes we sent.
+    pub bytes_sent: u64,
+    /// RTP packets we received.
+    pub packets_received: u64,
+    /// RTP payload bytes we received.
+    pub bytes_received: u64,
+    /// Our latest report on the peer's stream: what we hear.
+    pub local: Option<Reception>,
+    /// RFC 3550 interarrival jitter of the peer's stream, computed here.
+    pub jitter: Duration,
+    /// The peer's latest report on our stream: what it hears of us.
+    pub remote: Option<Reception>,
+    /// The latest RFC 3550 round-trip time.
+    pub round_trip: Option<Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_are_rms_dbfs() {
+        assert_eq!(level_dbfs(&[0; 480]), SILENCE_DBFS);
+        assert_eq!(level_dbfs(&[]), SILENCE_DBFS);
+        // A full-scale square wave is 0 dBFS; half scale is about -6.
+        let full: Vec<i16> = (0..480).map(|i| if i % 2 == 0 { i16::MAX } else { -i16::MAX }).collect();
+        assert!(level_dbfs(&full).abs() < 0.01);
+        let half: Vec<i16> = full.iter().map(|s| s / 2).collect();
+        assert!((level_dbfs(&half) + 6.02).abs() < 0.05);
+    }
+}

@@ -1,0 +1,463 @@
+//! The switchboard: the policy every call passes through before and while its
+//! own machine runs. Pure: the registry task feeds it what happened (a dial, a
+//! call request, a call's new state) with the time, and it answers with a
+//! decision the registry carries out. It never waits for anything.
+//!
+//! The rules:
+//! - One call at a time: a dial while a call is live is refused, a call request
+//!   is answered "busy".
+//! - Dialing someone who is ringing us answers their call instead.
+//! - Glare (both sides dial each other at once): both compute the same survivor
+//!   from the two device IDs ([`resolve_glare`]); the loser's call yields and the
+//!   winner's is answered at once, since both people asked for this conversation.
+//! - A peer may make [`Policy::requests_per_peer`] call requests per
+//!   [`Policy::request_window`]; more are refused.
+//! - Auto-answer answers every call that rings.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::call_machine::InvalidCommand;
+use crate::vocab::{CallId, DeviceId, Direction, State};
+
+/// The switchboard's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Answer every incoming call at once.
+    pub auto_answer: bool,
+    /// How long after our call yielded to glare the peer's call still counts as
+    /// its twin (and is answered at once).
+    pub glare_window: Duration,
+    /// Call requests one peer may make per window.
+    pub requests_per_peer: usize,
+    /// The rate limit's window.
+    pub request_window: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            auto_answer: false,
+            glare_window: Duration::from_secs(10),
+            requests_per_peer: 10,
+            request_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a call command or a dial failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// No call has that ID.
+    #[error("there is no call {0} (voicectl calls lists them)")]
+    NoSuchCall(String),
+    /// No call at all.
+    #[error("there is no call")]
+    NoCall,
+    /// Several calls and none named.
+    #[error("there are {0} calls: name one (voicectl calls lists them)")]
+    WhichCall(usize),
+    /// The dial target names no peer we know.
+    #[error("no online peer is called {0:?} (voicectl peers lists who is); dial host:port for a peer mDNS cannot see")]
+    UnknownPeer(String),
+    /// Several peers have that name.
+    #[error("{count} online peers are called {name:?}: dial one by device ID")]
+    Ambiguous {
+        /// The name.
+        name: String,
+        /// How many.
+        count: usize,
+    },
+    /// The target does not parse or resolve.
+    #[error("cannot dial {0:?}: {1}")]
+    BadTarget(String, String),
+    /// Already in a call.
+    #[error("already in a call: hang up first (one call at a time)")]
+    Busy,
+    /// The call refused the command.
+    #[error(transparent)]
+    Invalid(#[from] InvalidCommand),
+    /// The daemon is stopping.
+    #[error("the daemon is stopping")]
+    Stopped,
+}
+
+/// Both sides dialed each other at once: which call survives. Both sides compute
+/// the same answer from the two device IDs: the call placed by the lower ID lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Glare {
+    /// Keep our outgoing call; refuse theirs (it yields on their side).
+    KeepOurs,
+    /// End our outgoing call and answer theirs at once.
+    TakeTheirs,
+}
+
+/// Resolves glare between our outgoing call and the peer's incoming one.
+pub fn resolve_glare(own_id: &DeviceId, peer_id: &DeviceId) -> Glare {
+    if own_id < peer_id { Glare::KeepOurs } else { Glare::TakeTheirs }
+}
+
+/// What to do with a dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dial {
+    /// Place the new call (it is now counted as live).
+    Place(CallId),
+    /// The peer is ringing us: answer its call instead of placing one.
+    AnswerTheirs(CallId),
+}
+
+/// What to do with a call request that arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// Let it ring (it is now counted as live).
+    Ring {
+        /// Answer it at once (auto-answer, or the winning side of glare).
+        answer: bool,
+        /// Our own call to the same peer, to hang up first (glare, theirs wins).
+        hang_up: Option<CallId>,
+    },
+    /// Tell the caller we are busy.
+    Busy,
+    /// Both sides dialed and ours wins: tell the caller to yield (`end` with `glare`).
+    Glare,
+    /// Refuse with an error message for the caller.
+    Refuse(Refusal),
+}
+
+/// Why a call request was refused outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The caller reused the ID of a call we have.
+    CallIdInUse,
+    /// The caller made too many requests lately.
+    TooManyRequests,
+}
+
+impl Refusal {
+    /// The message the caller is sent.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::CallIdInUse => "that call ID is in use",
+            Refusal::TooManyRequests => "too many call requests; try again in a minute",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Leg {
+    peer: Option<DeviceId>,
+    direction: Direction,
+    state: State,
+}
+
+/// The policy's state: the calls whose tasks are running, recent glare yields
+/// and recent call requests.
+#[derive(Debug)]
+pub struct Switchboard {
+    own_id: DeviceId,
+    policy: Policy,
+    calls: BTreeMap<CallId, Leg>,
+    /// Peers whose calls ours yielded to, and when.
+    yielded: HashMap<DeviceId, Instant>,
+    /// Recent call requests by peer.
+    requests: HashMap<DeviceId, VecDeque<Instant>>,
+}
+
+impl Switchboard {
+    /// A switchboard for the device `own_id`.
+    pub fn new(own_id: DeviceId, policy: Policy) -> Self {
+        Switchboard { own_id, policy, calls: BTreeMap::new(), yielded: HashMap::new(), requests: HashMap::new() }
+    }
+
+    /// Changes the settings (a reload); calls already live are not affected.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// The settings.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Calls not yet over.
+    pub fn live_calls(&self) -> usize {
+        self.calls.values().filter(|leg| leg.state != State::Ended).count()
+    }
+
+    /// Whether a call's task is still running (it may already be over).
+    pub fn has_call(&self, call: &CallId) -> bool {
+        self.calls.contains_key(call)
+    }
+
+    /// The call a command is for: the named one, or the only live one.
+    pub fn pick(&self, call: Option<&CallId>) -> Result<CallId, CallError> {
+        if let Some(id) = call {
+            return if self.calls.contains_key(id) { Ok(id.clone()) } else { Err(CallError::NoSuchCall(id.to_string())) };
+        }
+        let mut live = self.calls.iter().filter(|(_, leg)| leg.state != State::Ended).map(|(id, _)| id);
+        match (live.next(), live.count()) {
+            (None, _) => Err(CallError::NoCall),
+            (Some(only), 0) => Ok(only.clone()),
+            (Some(_), others) => Err(CallError::WhichCall(others + 1)),
+        }
+    }
+
+    /// The user dials `peer` (`None`: an address whose device is not known yet);
+    /// `new_id` is the ID the call gets if one is placed.
+    pub fn dial(&mut self, peer: Option<DeviceId>, new_id: CallId) -> Result<Dial, CallError> {
+        let ringing_from_them = peer.and_then(|peer| {
+            self.calls
+                .iter()
+                .find(|(_, leg)| leg.peer == Some(peer) && leg.state == State::Incoming)
+                .map(|(id, _)| id.clone())
+        });
+        if let Some(theirs) = ringing_from_them {
+            return Ok(Dial::AnswerTheirs(theirs));
+        }
+        if self.live_calls() > 0 {
+            return Err(CallError::Busy);
+        }
+        self.calls.insert(new_id.clone(), Leg { peer, direction: Direction::Outgoing, state: State::Outgoing });
+        Ok(Dial::Place(new_id))
+    }
+
+    /// A call request from `peer` arrived on a new, authenticated connection.
+    pub fn incoming(&mut self, call: CallId, peer: DeviceId, now: Instant) -> Incoming {
+        if self.calls.contains_key(&call) {
+            return Incoming::Refuse(Refusal::CallIdInUse);
+        }
+        let window = self.policy.request_window;
+        let recent = self.requests.entry(peer).or_default();
+        while recent.front().is_some_and(|at| now.saturating_duration_since(*at) >= window) {
+            recent.pop_front();
+        }
+        if recent.len() >= self.policy.requests_per_peer {
+            return Incoming::Refuse(Refusal::TooManyRequests);
+        }
+        recent.push_back(now);
+
+        let mut answer = self.policy.auto_answer;
+        let mut hang_up = None;
+        let ours_ringing = self
+            .calls
+            .iter()
+            .find(|(_, leg)| leg.peer == Some(peer) && leg.direction == Direction::Outgoing)
+            .filter(|(_, leg)| leg.state == State::Outgoing)
+            .map(|(id, _)| id.clone());
+        let recently_yielded = self
+            .yielded
+            .remove(&peer)
+            .is_some_and(|at| now.saturating_duration_since(at) < self.policy.glare_window);
+        match (resolve_glare(&self.own_id, &peer), ours_ringing) {
+            (Glare::KeepOurs, Some(_)) => return Incoming::Glare,
+            (Glare::TakeTheirs, Some(ours)) => {
+                // Ours no longer counts: it is being hung up.
+                self.calls.remove(&ours);
+                hang_up = Some(ours);
+                answer = true;
+            }
+            // Ours already yielded to this call (the peer told us first).
+            (Glare::TakeTheirs, None) if recently_yielded => answer = true,
+            _ => {}
+        }
+        if self.live_calls() > 0 {
+            return Incoming::Busy;
+        }
+        self.calls.insert(call, Leg { peer: Some(peer), direction: Direction::Incoming, state: State::Incoming });
+        Incoming::Ring { answer, hang_up }
+    }
+
+    /// The peer told our call `call` to yield to its own (glare). Returns the call
+    /// to end, if it may yield: only our own call to that peer, still ringing
+    /// (anything else would let a caller make us answer by ourselves).
+    pub fn yielded(&mut self, peer: DeviceId, call: &CallId, now: Instant) -> Option<CallId> {
+        let leg = self.calls.get(call)?;
+        let ours = leg.direction == Direction::Outgoing && leg.state == State::Outgoing && leg.peer == Some(peer);
+        if !ours {
+            return None;
+        }
+        // Noted before the call ends: the peer's request that comes later finds it,
+        // one that came earlier found our call still ringing.
+        self.yielded.insert(peer, now);
+        Some(call.clone())
+    }
+
+    /// A call reached a new state (and, once connected, its peer is known).
+    pub fn state_changed(&mut self, call: &CallId, state: State, peer: Option<DeviceId>) {
+        if let Some(leg) = self.calls.get_mut(call) {
+            leg.state = state;
+            if leg.peer.is_none() {
+                leg.peer = peer;
+            }
+        }
+    }
+
+    /// A call's task finished.
+    pub fn finished(&mut self, call: &CallId) {
+        self.calls.remove(call);
+    }
+
+    /// Forgets glare and rate-limit records older than their windows, so a
+    /// long-running daemon does not keep every peer it ever heard from.
+    pub fn expire(&mut self, now: Instant) {
+        let (glare, window) = (self.policy.glare_window, self.policy.request_window);
+        self.yielded.retain(|_, at| now.saturating_duration_since(*at) < glare);
+        self.requests.retain(|_, recent| recent.back().is_some_and(|at| now.saturating_duration_since(*at) < window));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(byte: u8) -> DeviceId {
+        DeviceId::from_hash([byte; 32])
+    }
+
+    fn call(name: &str) -> CallId {
+        CallId::try_from(name.to_owned()).unwrap()
+    }
+
+    const LOW: u8 = 1;
+    const HIGH: u8 = 9;
+
+    #[test]
+    fn one_call_at_a_time() {
+        let now = Instant::now();
+        let mut board = Switchboard::new(id(LOW), Policy::default());
+        assert_eq!(board.dial(Some(id(2)), call("a")), Ok(Dial::Place(call("a"))));
+        assert_eq!(board.dial(Some(id(3)), call("b")), Err(CallError::Busy));
+        assert_eq!(board.incoming(call("c"), id(3), now), Incoming::Busy);
+        // Over but its task not yet finished: no longer counts.
+        board.state_changed(&call("a"), State::Ended, None);
+        assert_eq!(board.incoming(call("c"), id(3), now), Incoming::Ring { answer: false, hang_up: None });
+        assert_eq!(board.pick(None), Ok(call("c")));
+    }
+
+    #[test]
+    fn dialing_someone_who_rings_us_answers_them() {
+        let now = Instant::now();
+        let mut board = Switchboard::new(id(LOW), Policy::default());
+        board.incoming(call("theirs"), id(2), now);
+        assert_eq!(board.dial(Some(id(2)), call("ours")), Ok(Dial::AnswerTheirs(call("theirs"))));
+        assert_eq!(board.dial(Some(id(3)), call("ours")), Err(CallError::Busy));
+    }
+
+    #[test]
+    fn glare_keeps_the_lower_ids_call_on_both_sides() {
+        let now = Instant::now();
+        // The low side keeps its own call and tells the other to yield.
+        let mut low = Switchboard::new(id(LOW), Policy::default());
+        low.dial(Some(id(HIGH)), call("from-low")).unwrap();
+        assert_eq!(low.incoming(call("from-high"), id(HIGH), now), Incoming::Glare);
+        // The high side hangs its own up and answers the low side's at once.
+        let mut high = Switchboard::new(id(HIGH), Policy::default());
+        high.dial(Some(id(LOW)), call("from-high")).unwrap();
+        assert_eq!(
+            high.incoming(call("from-low"), id(LOW), now),
+            Incoming::Ring { answer: true, hang_up: Some(call("from-high")) }
+        );
+        assert_eq!(high.pick(None), Ok(call("from-low")));
+    }
+
+    #[test]
+    fn a_call_that_yielded_first_lets_the_twin_be_answered_within_the_window() {
+        let now = Instant::now();
+        let mut high = Switchboard::new(id(HIGH), Policy::default());
+        high.dial(Some(id(LOW)), call("from-high")).unwrap();
+        assert_eq!(high.yielded(id(LOW), &call("from-high"), now), Some(call("from-high")));
+        high.state_changed(&call("from-high"), State::Ended, None);
+        assert_eq!(
+            high.incoming(call("from-low"), id(LOW), now + Duration::from_secs(1)),
+            Incoming::Ring { answer: true, hang_up: None }
+        );
+        // After the window, a call from the same peer just rings.
+        let mut late = Switchboard::new(id(HIGH), Policy::default());
+        late.dial(Some(id(LOW)), call("x")).unwrap();
+        late.yielded(id(LOW), &call("x"), now);
+        late.finished(&call("x"));
+        assert_eq!(
+            late.incoming(call("y"), id(LOW), now + Duration::from_secs(10)),
+            Incoming::Ring { answer: false, hang_up: None }
+        );
+    }
+
+    #[test]
+    fn only_our_own_ringing_call_to_that_peer_may_yield() {
+        let now = Instant::now();
+        let mut board = Switchboard::new(id(HIGH), Policy::default());
+        board.incoming(call("theirs"), id(LOW), now);
+        assert_eq!(board.yielded(id(LOW), &call("theirs"), now), None, "an incoming call cannot yield");
+        let mut board = Switchboard::new(id(HIGH), Policy::default());
+        board.dial(Some(id(LOW)), call("ours")).unwrap();
+        assert_eq!(board.yielded(id(3), &call("ours"), now), None, "another peer cannot make it yield");
+        board.state_changed(&call("ours"), State::Connecting, None);
+        assert_eq!(board.yielded(id(LOW), &call("ours"), now), None, "an answered call cannot yield");
+    }
+
+    #[test]
+    fn a_peer_is_rate_limited_over_a_sliding_window() {
+        let start = Instant::now();
+        let policy = Policy { requests_per_peer: 3, request_window: Duration::from_secs(60), ..Policy::default() };
+        let mut board = Switchboard::new(id(LOW), policy);
+        for (n, at) in [0u64, 10, 20].into_iter().enumerate() {
+            let now = start + Duration::from_secs(at);
+            assert!(matches!(board.incoming(call(&format!("c{n}")), id(2), now), Incoming::Ring { .. }));
+            board.finished(&call(&format!("c{n}")));
+        }
+        let now = start + Duration::from_secs(59);
+        assert_eq!(board.incoming(call("c3"), id(2), now), Incoming::Refuse(Refusal::TooManyRequests));
+        assert!(matches!(board.incoming(call("c4"), id(3), now), Incoming::Ring { .. }), "other peers are not limited");
+        board.finished(&call("c4"));
+        // The first request left the window.
+        let now = start + Duration::from_secs(60);
+        assert!(matches!(board.incoming(call("c5"), id(2), now), Incoming::Ring { .. }));
+    }
+
+    #[test]
+    fn a_reused_call_id_is_refused() {
+        let now = Instant::now();
+        let mut board = Switchboard::new(id(LOW), Policy::default());
+        board.dial(Some(id(2)), call("same")).unwrap();
+        assert_eq!(board.incoming(call("same"), id(2), now), Incoming::Refuse(Refusal::CallIdInUse));
+    }
+
+    #[test]
+    fn auto_answer_answers_what_rings() {
+        let now = Instant::now();
+        let mut board = Switchboard::new(id(LOW), Policy { auto_answer: true, ..Policy::default() });
+        assert_eq!(board.incoming(call("a"), id(2), now), Incoming::Ring { answer: true, hang_up: None });
+    }
+
+    #[test]
+    fn picking_the_only_call() {
+        let now = Instant::now();
+        let mut board = Switchboard::new(id(LOW), Policy::default());
+        assert_eq!(board.pick(None), Err(CallError::NoCall));
+        assert_eq!(board.pick(Some(&call("x"))), Err(CallError::NoSuchCall("x".into())));
+        board.incoming(call("a"), id(2), now);
+        board.state_changed(&call("a"), State::Ended, None);
+        board.incoming(call("b"), id(3), now);
+        assert_eq!(board.pick(None), Ok(call("b")), "an ended call is not the only call");
+        assert_eq!(board.pick(Some(&call("a"))), Ok(call("a")), "but it can still be named");
+    }
+
+    #[test]
+    fn old_records_expire() {
+        let now = Instant::now();
+        let mut board = Switchboard::new(id(HIGH), Policy::default());
+        board.dial(Some(id(LOW)), call("ours")).unwrap();
+        board.yielded(id(LOW), &call("ours"), now);
+        board.finished(&call("ours"));
+        board.incoming(call("a"), id(3), now);
+        board.finished(&call("a"));
+        board.expire(now + Duration::from_secs(61));
+        assert!(board.yielded.is_empty() && board.requests.is_empty());
+    }
+
+    #[test]
+    fn glare_is_resolved_the_same_way_on_both_sides() {
+        assert_eq!(resolve_glare(&id(LOW), &id(HIGH)), Glare::KeepOurs);
+        assert_eq!(resolve_glare(&id(HIGH), &id(LOW)), Glare::TakeTheirs);
+    }
+}

@@ -1,0 +1,169 @@
+//! The two tasks that move a call's audio, one frame per frame period: the sender
+//! (endpoint → Opus → RTP) and the player (RTP → jitter buffer → Opus →
+//! endpoint). Each takes the time from its own tick, so both run on tokio's
+//! clock (paused in tests) and never read the wall clock. An echo call hands
+//! what the player heard to the sender through a lock-free ring.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+use voicelink_core::audio_math::samples_per_frame;
+use voicelink_core::jitter_buffer::{JitterBuffer, Playout};
+use voicelink_core::stats::meter::PlayoutStats;
+use voicelink_core::stats::level_dbfs;
+
+use super::peer_connection::{OutboundTrack, ReceivedPacket};
+use crate::audio::endpoints::{EchoFeed, NullSink, Sink, Source};
+
+/// Whether audio may flow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gates {
+    /// Send captured audio.
+    pub send: bool,
+    /// Play received audio.
+    pub play: bool,
+}
+
+/// What both pumps watch: the gates, and whether media is connected. Dropping
+/// the senders stops the pumps.
+#[derive(Clone)]
+pub struct PumpControl {
+    /// The call's audio gates.
+    pub gates: watch::Receiver<Gates>,
+    /// Media is connected.
+    pub connected: watch::Receiver<bool>,
+}
+
+impl PumpControl {
+    /// Waits until media is connected; false if the call ended first.
+    async fn started(&mut self) -> bool {
+        self.connected.wait_for(|connected| *connected).await.is_ok()
+    }
+
+    /// The call went away (or media disconnected for good).
+    fn stopped(&self) -> bool {
+        !*self.connected.borrow() || self.gates.has_changed().is_err()
+    }
+}
+
+fn frame_ticker(frame: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(frame);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    tick
+}
+
+/// The sending half: the encoder, where frames go, and where their level is shown.
+pub struct SendPump {
+    /// Encodes each frame.
+    pub encoder: opus::Encoder,
+    /// Where encoded frames go.
+    pub track: OutboundTrack,
+    /// The level of what is sent, every frame.
+    pub level: watch::Sender<f64>,
+    /// The frame length.
+    pub frame: Duration,
+}
+
+impl SendPump {
+    /// Every frame: read the source, and if the send gate is open, encode and send.
+    pub async fn run(self, mut source: Box<dyn Source>, mut control: PumpControl) {
+        if !control.started().await {
+            return;
+        }
+        let SendPump { mut encoder, track, level, frame } = self;
+        let mut pcm = vec![0i16; samples_per_frame(frame)];
+        let mut packet = vec![0u8; 1500];
+        let mut tick = frame_ticker(frame);
+        loop {
+            let now = tick.tick().await.into_std();
+            if control.stopped() {
+                return;
+            }
+            // The source advances in real time whether or not we send (a file
+            // keeps playing while muted, like a live microphone).
+            source.fill(&mut pcm);
+            // A closed gate sends silence rather than nothing: Opus codes it in a
+            // few bytes, and the stream stays continuous, so the peer's RTCP does
+            // not count a mute as lost packets.
+            if !control.gates.borrow().send {
+                pcm.fill(0);
+            }
+            level.send_replace(level_dbfs(&pcm));
+            let Ok(len) = encoder.encode(&pcm, &mut packet) else { continue };
+            track.send(&packet[..len], frame, now).await;
+        }
+    }
+}
+
+/// The playing half: the decoder, where its numbers are shown, and the echo
+/// ring when the call echoes.
+pub struct PlayPump {
+    /// Decodes each frame.
+    pub decoder: opus::Decoder,
+    /// What the player publishes every frame.
+    pub stats: watch::Sender<PlayoutStats>,
+    /// Where an echo call's heard audio goes.
+    pub echo: Option<EchoFeed>,
+    /// The frame length.
+    pub frame: Duration,
+}
+
+impl PlayPump {
+    /// Every frame: take what arrived, run the jitter buffer, decode, and hand the
+    /// frame to the output (silence while the play gate is closed).
+    pub async fn run(
+        self,
+        mut packets: mpsc::Receiver<ReceivedPacket>,
+        mut output: Box<dyn Sink>,
+        mut control: PumpControl,
+    ) {
+        if !control.started().await {
+            let _ = output.finish();
+            return;
+        }
+        let PlayPump { mut decoder, stats, mut echo, frame } = self;
+        let mut jitter = JitterBuffer::new(frame);
+        let samples = samples_per_frame(frame);
+        let mut pcm = vec![0i16; samples];
+        let silence = vec![0i16; samples];
+        let mut tick = frame_ticker(frame);
+        loop {
+            let now = tick.tick().await.into_std();
+            if control.stopped() {
+                break;
+            }
+            while let Ok(packet) = packets.try_recv() {
+                jitter.push(packet.sequence, packet.timestamp, packet.payload, packet.arrival);
+            }
+            let decoded = match jitter.pop(now) {
+                Playout::Frame(payload) => decoder.decode(&payload, &mut pcm, false),
+                Playout::Fec(next) => decoder.decode(&next, &mut pcm, true),
+                Playout::Conceal => decoder.decode(&[], &mut pcm, false),
+                Playout::Silence => Ok(0),
+            };
+            let heard = match decoded {
+                Ok(n) if n == samples => &pcm[..],
+                _ => &silence[..],
+            };
+            let heard = if control.gates.borrow().play { heard } else { &silence[..] };
+            stats.send_replace(PlayoutStats {
+                jitter: jitter.stats(),
+                current_delay: jitter.current_delay(),
+                target_delay: jitter.target_delay(),
+                level_dbfs: level_dbfs(heard),
+                samples_per_frame: samples as u64,
+            });
+            if let Some(echo) = echo.as_mut() {
+                echo.push(heard);
+            }
+            if let Err(error) = output.write(heard) {
+                warn!(%error, "the audio output failed; the call goes on without it");
+                output = Box::new(NullSink);
+            }
+        }
+        if let Err(error) = output.finish() {
+            warn!(%error, "cannot complete the audio output");
+        }
+    }
+}
