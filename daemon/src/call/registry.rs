@@ -290,11 +290,11 @@ impl Registry {
                 if let Some(frame) = frame {
                     context.codec.frame = frame;
                 }
-                let handle = task::incoming(context, connection, call_id, caller_name, input, output);
+                let handle = task::incoming(context, connection, call_id.clone(), caller_name, input, output);
+                self.calls.insert(call_id.clone(), handle);
                 if answer {
-                    self.tell(&handle.id, Command::Answer);
+                    self.tell(&call_id, Command::Answer);
                 }
-                self.calls.insert(handle.id.clone(), handle);
             }
         }
     }

@@ -1,0 +1,693 @@
+//! Several daemons' switchboards and calls driven against each other with no
+//! sockets: one virtual clock that jumps to the next event or deadline, and a
+//! seeded link that delays, reorders (across connections; one connection keeps
+//! its order, like TCP) and breaks connections. The driver does what the
+//! registry and call tasks do, and nothing more: every decision is the core's.
+//! In the style of quinn-proto's `Pair` and str0m's `tests/common.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use voicelink_core::call_machine::{
+    CallMachine, CallSetup, Command, InvalidCommand, MediaCommand, MediaInput, Output, Signaling, Timeouts,
+};
+use voicelink_core::switchboard::{CallError, Dial, Incoming, Policy, Switchboard};
+use voicelink_core::vocab::{CallId, DeviceId, EndReason, State};
+use voicelink_core::wire::{Body, EndCode};
+
+const RING: Duration = Duration::from_secs(30);
+const CONNECT: Duration = Duration::from_secs(15);
+/// How long ICE and DTLS take once a side has the other's description.
+const MEDIA_SETUP: Duration = Duration::from_millis(30);
+/// Steps after which a drive is a livelock.
+const MAX_STEPS: usize = 10_000;
+
+type Node = usize;
+type Conn = usize;
+
+/// The link between any two nodes.
+#[derive(Debug, Clone)]
+struct Link {
+    /// One-way delay.
+    delay: Duration,
+    /// Extra delay drawn uniformly from 0 to this, per message.
+    jitter: Duration,
+    /// Chance that a message breaks its connection (TCP gave up).
+    break_chance: f64,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link { delay: Duration::from_millis(10), jitter: Duration::ZERO, break_chance: 0.0 }
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    /// TCP + TLS are up: the caller's call may ring the callee.
+    Connected { node: Node, call: CallId },
+    /// A message arrives on a connection.
+    Deliver { to: Node, conn: Conn, body: Body },
+    /// The connection closed (or broke) at the other end.
+    Closed { to: Node, conn: Conn },
+    /// This side's media is up.
+    MediaUp { node: Node, call: CallId },
+}
+
+/// One end of a signaling connection.
+#[derive(Debug, Clone)]
+struct End {
+    node: Node,
+    /// The call at this end; `None` until the callee's switchboard took it.
+    call: Option<CallId>,
+}
+
+#[derive(Debug)]
+struct Connection {
+    ends: [End; 2],
+    call_id: CallId,
+    /// When the last message in each direction arrives (keeps TCP's order).
+    last_arrival: [Instant; 2],
+    open: bool,
+}
+
+struct Daemon {
+    id: DeviceId,
+    board: Switchboard,
+    calls: BTreeMap<CallId, (CallMachine, Conn)>,
+    /// Every state change, for the tests' assertions.
+    log: Vec<(Instant, CallId, State)>,
+    /// Whether audio was ever allowed to flow before the call was answered.
+    audio_before_answer: bool,
+    /// Calls that ended here, with their reasons.
+    ended: BTreeMap<CallId, EndReason>,
+}
+
+struct Sim {
+    now: Instant,
+    start: Instant,
+    daemons: Vec<Daemon>,
+    connections: Vec<Connection>,
+    queue: BTreeMap<(Instant, u64), Event>,
+    sequence: u64,
+    link: Link,
+    rng: ChaCha8Rng,
+    /// Drop the first message of this kind, and break its connection.
+    lose_next: Option<fn(&Body) -> bool>,
+    /// Call requests from this node take this much longer.
+    slow_requests: Option<(Node, Duration)>,
+    next_call: u64,
+}
+
+fn setup(name: &str) -> CallSetup {
+    CallSetup { own_name: name.into(), frame_ms: 20, timeouts: Timeouts { ring: RING, connect: CONNECT } }
+}
+
+impl Sim {
+    /// Daemons with these device ID bytes (the lower byte wins glare).
+    fn new(ids: &[u8], link: Link, seed: u64) -> Self {
+        let start = Instant::now();
+        let daemons = ids
+            .iter()
+            .map(|&byte| {
+                let id = DeviceId::from_hash([byte; 32]);
+                Daemon {
+                    id,
+                    board: Switchboard::new(id, Policy::default()),
+                    calls: BTreeMap::new(),
+                    log: Vec::new(),
+                    audio_before_answer: false,
+                    ended: BTreeMap::new(),
+                }
+            })
+            .collect();
+        Sim {
+            now: start,
+            start,
+            daemons,
+            connections: Vec::new(),
+            queue: BTreeMap::new(),
+            sequence: 0,
+            link,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            lose_next: None,
+            slow_requests: None,
+            next_call: 0,
+        }
+    }
+
+    fn schedule(&mut self, at: Instant, event: Event) {
+        self.sequence += 1;
+        self.queue.insert((at, self.sequence), event);
+    }
+
+    fn one_way(&mut self) -> Duration {
+        let jitter = self.link.jitter.as_secs_f64();
+        self.link.delay + Duration::from_secs_f64(if jitter > 0.0 { self.rng.random_range(0.0..jitter) } else { 0.0 })
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    // --- what the user does -------------------------------------------------
+
+    /// `from` dials `to`: the switchboard decides, the call task connects.
+    fn dial(&mut self, from: Node, to: Node) -> Result<CallId, CallError> {
+        self.next_call += 1;
+        let id = CallId::try_from(format!("n{from}-c{}", self.next_call)).unwrap();
+        let peer = self.daemons[to].id;
+        match self.daemons[from].board.dial(Some(peer), id)? {
+            Dial::AnswerTheirs(theirs) => {
+                self.command(from, &theirs, Command::Answer).map_err(CallError::from)?;
+                Ok(theirs)
+            }
+            Dial::Place(id) => {
+                let conn = self.connections.len();
+                self.connections.push(Connection {
+                    ends: [End { node: from, call: Some(id.clone()) }, End { node: to, call: None }],
+                    call_id: id.clone(),
+                    last_arrival: [self.now; 2],
+                    open: true,
+                });
+                let machine = CallMachine::outgoing(self.now, setup(&format!("node{from}")));
+                self.daemons[from].calls.insert(id.clone(), (machine, conn));
+                // TCP and TLS take a round trip and a half.
+                let at = self.now + self.link.delay * 3;
+                self.schedule(at, Event::Connected { node: from, call: id.clone() });
+                Ok(id)
+            }
+        }
+    }
+
+    fn command(&mut self, node: Node, call: &CallId, command: Command) -> Result<(), InvalidCommand> {
+        let now = self.now;
+        let (machine, _) = self.daemons[node].calls.get_mut(call).expect("no such call");
+        let result = machine.handle_command(command, now);
+        self.flush(node, call);
+        result
+    }
+
+    /// The only live call of `node`, as the API finds it.
+    fn only_call(&self, node: Node) -> CallId {
+        self.daemons[node].board.pick(None).expect("one live call")
+    }
+
+    fn state(&self, node: Node, call: &CallId) -> State {
+        self.daemons[node].calls.get(call).map_or(State::Ended, |(m, _)| m.state())
+    }
+
+    fn end_reason(&self, node: Node, call: &CallId) -> Option<EndReason> {
+        self.ended(node).get(call).cloned()
+    }
+
+    /// Every call this node ended, with its reason.
+    fn ended(&self, node: Node) -> BTreeMap<CallId, EndReason> {
+        self.daemons[node].ended.clone()
+    }
+
+    // --- the driver: registry and call tasks --------------------------------
+
+    /// Carries out what a call's machine asked for.
+    fn flush(&mut self, node: Node, call: &CallId) {
+        loop {
+            let now = self.now;
+            let Some((machine, conn)) = self.daemons[node].calls.get_mut(call) else { return };
+            let conn = *conn;
+            let Some(output) = machine.poll_output() else { return };
+            match output {
+                Output::Send(body) => self.send(node, conn, body),
+                Output::Media(MediaCommand::CreateOffer) => {
+                    machine.handle_media(MediaInput::LocalDescription("offer".into()), now)
+                }
+                Output::Media(MediaCommand::AcceptOffer(_)) => {
+                    machine.handle_media(MediaInput::LocalDescription("answer".into()), now);
+                    self.schedule(now + MEDIA_SETUP, Event::MediaUp { node, call: call.clone() });
+                }
+                Output::Media(MediaCommand::AcceptAnswer(_)) => {
+                    self.schedule(now + MEDIA_SETUP, Event::MediaUp { node, call: call.clone() });
+                }
+                Output::Media(MediaCommand::AddCandidate(_)) => {}
+                Output::Yield => {
+                    let peer = self.peer_of(conn, node);
+                    if let Some(ours) = self.daemons[node].board.yielded(peer, call, now) {
+                        let (machine, _) = self.daemons[node].calls.get_mut(&ours).expect("a live call");
+                        machine.handle_command(Command::Yield, now).expect("told to yield");
+                    }
+                }
+                Output::StateChanged { to, .. } => {
+                    let daemon = &mut self.daemons[node];
+                    daemon.log.push((now, call.clone(), to));
+                    let peer = Some(self.peer_of(conn, node));
+                    self.daemons[node].board.state_changed(call, to, peer);
+                    if to == State::Ended {
+                        self.finish(node, call);
+                        return;
+                    }
+                }
+                Output::Audio { send, play } => {
+                    let answered = machine.answered_at().is_some();
+                    if (send || play) && !answered {
+                        self.daemons[node].audio_before_answer = true;
+                    }
+                }
+                Output::RemoteRinging
+                | Output::PeerNamed(_)
+                | Output::MuteChanged(_)
+                | Output::HoldChanged(_) => {}
+            }
+        }
+    }
+
+    /// The call's task ends: what is queued is still sent, then the connection closes.
+    fn finish(&mut self, node: Node, call: &CallId) {
+        let Some((mut machine, conn)) = self.daemons[node].calls.remove(call) else { return };
+        while let Some(output) = machine.poll_output() {
+            if let Output::Send(body) = output {
+                self.send(node, conn, body);
+            }
+        }
+        let reason = machine.end_reason().cloned().expect("an ended call has a reason");
+        self.daemons[node].ended.insert(call.clone(), reason);
+        self.daemons[node].board.finished(call);
+        self.close(node, conn);
+    }
+
+    fn side(&self, conn: Conn, node: Node) -> usize {
+        if self.connections[conn].ends[0].node == node { 0 } else { 1 }
+    }
+
+    fn peer_of(&self, conn: Conn, node: Node) -> DeviceId {
+        let other = 1 - self.side(conn, node);
+        self.daemons[self.connections[conn].ends[other].node].id
+    }
+
+    fn send(&mut self, from: Node, conn: Conn, body: Body) {
+        if !self.connections[conn].open {
+            return;
+        }
+        let lost = self.lose_next.is_some_and(|matches| matches(&body))
+            || (self.link.break_chance > 0.0 && self.rng.random_bool(self.link.break_chance));
+        if lost {
+            self.lose_next = None;
+            self.close(from, conn);
+            return;
+        }
+        let side = self.side(conn, from);
+        let to = self.connections[conn].ends[1 - side].node;
+        let slow = match (self.slow_requests, &body) {
+            (Some((node, extra)), Body::CallRequest { .. }) if node == from => extra,
+            _ => Duration::ZERO,
+        };
+        let at = (self.now + self.one_way() + slow).max(self.connections[conn].last_arrival[side]);
+        self.connections[conn].last_arrival[side] = at;
+        self.schedule(at, Event::Deliver { to, conn, body });
+    }
+
+    /// Closes a connection from `from`'s end: the other end hears it after what
+    /// was already sent.
+    fn close(&mut self, from: Node, conn: Conn) {
+        if !std::mem::replace(&mut self.connections[conn].open, false) {
+            return;
+        }
+        let side = self.side(conn, from);
+        let to = self.connections[conn].ends[1 - side].node;
+        let at = (self.now + self.one_way()).max(self.connections[conn].last_arrival[side]);
+        self.schedule(at, Event::Closed { to, conn });
+    }
+
+    /// A call request reached the callee: its switchboard decides.
+    fn call_request(&mut self, to: Node, conn: Conn) {
+        let now = self.now;
+        let call_id = self.connections[conn].call_id.clone();
+        let peer = self.peer_of(conn, to);
+        let decision = self.daemons[to].board.incoming(call_id.clone(), peer, now);
+        match decision {
+            Incoming::Ring { answer, hang_up } => {
+                if let Some(ours) = hang_up {
+                    self.command(to, &ours, Command::Hangup).expect("our ringing call hangs up");
+                }
+                self.connections[conn].ends[1].call = Some(call_id.clone());
+                let machine = CallMachine::incoming(now, setup(&format!("node{to}")));
+                self.daemons[to].calls.insert(call_id.clone(), (machine, conn));
+                self.flush(to, &call_id);
+                if answer {
+                    self.command(to, &call_id, Command::Answer).expect("a ringing call answers");
+                }
+            }
+            Incoming::Busy => {
+                self.send(to, conn, Body::Busy);
+                self.close(to, conn);
+            }
+            Incoming::Glare => {
+                self.send(to, conn, Body::End { reason: EndCode::Glare });
+                self.close(to, conn);
+            }
+            Incoming::Refuse(refusal) => {
+                self.send(to, conn, Body::Error { message: refusal.message().into() });
+                self.close(to, conn);
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        let now = self.now;
+        match event {
+            Event::Connected { node, call } => {
+                if let Some((machine, _)) = self.daemons[node].calls.get_mut(&call) {
+                    machine.handle_signaling(Signaling::Connected, now);
+                    self.flush(node, &call);
+                }
+            }
+            Event::Deliver { to, conn, body } => {
+                let side = self.side(conn, to);
+                match (&self.connections[conn].ends[side].call, &body) {
+                    (None, Body::CallRequest { .. }) => self.call_request(to, conn),
+                    (None, _) => {}
+                    (Some(call), _) => {
+                        let call = call.clone();
+                        if let Some((machine, _)) = self.daemons[to].calls.get_mut(&call) {
+                            machine.handle_remote(body, now);
+                            self.flush(to, &call);
+                        }
+                    }
+                }
+            }
+            Event::Closed { to, conn } => {
+                let side = self.side(conn, to);
+                self.connections[conn].open = false;
+                if let Some(call) = self.connections[conn].ends[side].call.clone()
+                    && let Some((machine, _)) = self.daemons[to].calls.get_mut(&call)
+                {
+                    machine.handle_signaling(Signaling::Closed, now);
+                    self.flush(to, &call);
+                }
+            }
+            Event::MediaUp { node, call } => {
+                if let Some((machine, _)) = self.daemons[node].calls.get_mut(&call) {
+                    machine.handle_media(MediaInput::Connected, now);
+                    self.flush(node, &call);
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let timers = self.daemons.iter().flat_map(|d| d.calls.values()).filter_map(|(m, _)| m.poll_timeout());
+        timers.chain(self.queue.keys().next().map(|(at, _)| *at)).min()
+    }
+
+    /// Runs until nothing is left to happen before `until`; the clock ends there.
+    fn run_until(&mut self, until: Instant) {
+        for _ in 0..MAX_STEPS {
+            let Some(next) = self.next_deadline().filter(|at| *at <= until) else {
+                self.now = self.now.max(until);
+                return;
+            };
+            self.now = self.now.max(next);
+            if let Some(entry) = self.queue.first_entry().filter(|entry| entry.key().0 <= self.now) {
+                let event = entry.remove();
+                self.handle(event);
+            }
+            let now = self.now;
+            let due: Vec<(Node, CallId)> = self
+                .daemons
+                .iter()
+                .enumerate()
+                .flat_map(|(n, d)| d.calls.iter().map(move |(id, (m, _))| (n, id.clone(), m.poll_timeout())))
+                .filter(|(_, _, at)| at.is_some_and(|at| at <= now))
+                .map(|(n, id, _)| (n, id))
+                .collect();
+            for (node, call) in due {
+                if let Some((machine, _)) = self.daemons[node].calls.get_mut(&call) {
+                    machine.handle_timeout(now);
+                    self.flush(node, &call);
+                }
+            }
+        }
+        panic!("livelock: still busy after {MAX_STEPS} steps at {:?}", self.elapsed());
+    }
+
+    fn run_for(&mut self, duration: Duration) {
+        let until = self.now + duration;
+        self.run_until(until);
+    }
+
+    /// Runs until every call has ended and nothing is in flight.
+    fn settle(&mut self) {
+        self.run_for(RING + CONNECT + Duration::from_secs(5));
+        for (n, daemon) in self.daemons.iter().enumerate() {
+            assert!(daemon.calls.is_empty(), "node {n} still has calls: {:?}", daemon.calls.keys());
+            assert!(!daemon.audio_before_answer, "node {n} let audio flow before an answer");
+        }
+        assert!(self.queue.is_empty(), "events left: {:?}", self.queue);
+    }
+}
+
+impl Daemon {
+    fn live(&self) -> Vec<(CallId, State)> {
+        self.calls.iter().map(|(id, (m, _))| (id.clone(), m.state())).collect()
+    }
+}
+
+const A: Node = 0;
+const B: Node = 1;
+const C: Node = 2;
+
+/// A and B in an answered, connected call.
+fn active_pair(link: Link) -> (Sim, CallId) {
+    let mut sim = Sim::new(&[1, 2, 3], link, 1);
+    let call = sim.dial(A, B).unwrap();
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.state(B, &call), State::Incoming);
+    sim.command(B, &call, Command::Answer).unwrap();
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!((sim.state(A, &call), sim.state(B, &call)), (State::Active, State::Active));
+    (sim, call)
+}
+
+#[test]
+fn a_call_rings_is_answered_and_hung_up() {
+    let (mut sim, call) = active_pair(Link::default());
+    sim.command(A, &call, Command::Hangup).unwrap();
+    sim.settle();
+    assert_eq!(sim.end_reason(A, &call), Some(EndReason::HungUpLocal));
+    assert_eq!(sim.end_reason(B, &call), Some(EndReason::HungUpRemote));
+}
+
+#[test]
+fn media_is_negotiated_while_it_rings_so_the_answer_goes_straight_to_active() {
+    let mut sim = Sim::new(&[1, 2], Link::default(), 1);
+    let call = sim.dial(A, B).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    sim.command(B, &call, Command::Answer).unwrap();
+    sim.run_for(Duration::from_millis(11));
+    let b_states: Vec<State> = sim.daemons[B].log.iter().map(|(_, _, s)| *s).collect();
+    assert_eq!(b_states, [State::Active], "no connecting step: media was up before the answer");
+    assert_eq!(sim.state(A, &call), State::Active, "the caller hears the accept one trip later");
+}
+
+/// Both dial at once; `head_start` delays the high side's dial, which changes
+/// what arrives first at each side: the peer's request or its `end(glare)`.
+fn glare(head_start: Duration, seed: u64) {
+    let mut sim = Sim::new(&[1, 9], Link { jitter: Duration::from_millis(5), ..Link::default() }, seed);
+    let low = sim.dial(A, B).unwrap();
+    sim.run_for(head_start);
+    let high = match sim.dial(B, A) {
+        Ok(call) => call,
+        // The low side's call already rang here: dialing answers it.
+        Err(error) => panic!("dial refused: {error}"),
+    };
+    sim.run_for(Duration::from_secs(1));
+    // One call survives, the low side's, answered at once on both sides.
+    assert_eq!(sim.daemons[A].live(), [(low.clone(), State::Active)], "head start {head_start:?}");
+    assert_eq!(sim.daemons[B].live(), [(low.clone(), State::Active)], "head start {head_start:?}");
+    if high != low {
+        assert_eq!(sim.end_reason(B, &high), Some(EndReason::Cancelled), "the high side's own call yielded");
+    }
+    sim.command(A, &low, Command::Hangup).unwrap();
+    sim.settle();
+}
+
+#[test]
+fn glare_in_both_arrival_orders_leaves_the_low_ids_call_answered() {
+    // Simultaneous: the requests cross on the wire.
+    for seed in 0..20 {
+        glare(Duration::ZERO, seed);
+    }
+    // The low side's request arrives first, before the high side dials: dialing
+    // then answers it.
+    glare(Duration::from_millis(50), 1);
+    // In between: the high side's request reaches A while A's reaches B.
+    for ms in [1, 5, 12, 20, 25, 31] {
+        glare(Duration::from_millis(ms), u64::from(ms as u8));
+    }
+}
+
+#[test]
+fn glare_where_the_high_side_hears_end_glare_before_the_low_sides_request() {
+    // A's request to B is slow, so A's `end(glare)` for B's call reaches B
+    // before A's own request does: B's call yields first, then A's rings and is
+    // answered at once as its twin.
+    let mut sim = Sim::new(&[1, 9], Link::default(), 3);
+    sim.slow_requests = Some((A, Duration::from_millis(50)));
+    let low = sim.dial(A, B).unwrap();
+    let high = sim.dial(B, A).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.daemons[A].live(), [(low.clone(), State::Active)]);
+    assert_eq!(sim.daemons[B].live(), [(low.clone(), State::Active)]);
+    assert_eq!(sim.end_reason(B, &high), Some(EndReason::Cancelled));
+    assert!(sim.ended(A).is_empty(), "the low side never saw the high side's call ring");
+}
+
+#[test]
+fn an_end_crossing_an_accept_ends_both_sides() {
+    let mut sim = Sim::new(&[1, 2], Link { delay: Duration::from_millis(50), ..Link::default() }, 1);
+    let call = sim.dial(A, B).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    // Both act in the same instant: the cancel and the accept cross.
+    sim.command(A, &call, Command::Hangup).unwrap();
+    sim.command(B, &call, Command::Answer).unwrap();
+    sim.settle();
+    assert_eq!(sim.end_reason(A, &call), Some(EndReason::Cancelled));
+    assert_eq!(sim.end_reason(B, &call), Some(EndReason::Cancelled));
+}
+
+#[test]
+fn a_decline_crossing_a_cancel_ends_both_sides_with_their_own_reasons() {
+    let mut sim = Sim::new(&[1, 2], Link { delay: Duration::from_millis(50), ..Link::default() }, 1);
+    let call = sim.dial(A, B).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    sim.command(B, &call, Command::Decline("in a meeting".into())).unwrap();
+    sim.command(A, &call, Command::Hangup).unwrap();
+    sim.settle();
+    assert_eq!(sim.end_reason(A, &call), Some(EndReason::Cancelled));
+    assert_eq!(sim.end_reason(B, &call), Some(EndReason::Declined("in a meeting".into())));
+}
+
+#[test]
+fn hold_from_both_sides_needs_both_to_resume() {
+    let (mut sim, call) = active_pair(Link::default());
+    sim.command(A, &call, Command::SetHold(true)).unwrap();
+    sim.command(B, &call, Command::SetHold(true)).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    sim.command(A, &call, Command::SetHold(false)).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!((sim.state(A, &call), sim.state(B, &call)), (State::OnHold, State::OnHold), "B still holds");
+    assert!(sim.command(A, &call, Command::SetHold(false)).is_err(), "A cannot resume B's hold");
+    sim.command(B, &call, Command::SetHold(false)).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!((sim.state(A, &call), sim.state(B, &call)), (State::Active, State::Active));
+    sim.command(B, &call, Command::Hangup).unwrap();
+    sim.settle();
+}
+
+#[test]
+fn a_ring_timeout_racing_an_answer_ends_both_sides_the_same_way() {
+    // The answer leaves B just before B's ring timer would fire, but reaches A
+    // after A's own ring timer fired: A ends "no answer" and says so.
+    let link = Link { delay: Duration::from_millis(100), ..Link::default() };
+    let mut sim = Sim::new(&[1, 2], link, 1);
+    let call = sim.dial(A, B).unwrap();
+    // A's ring timer started at the dial, B's when the request arrived (~400 ms later).
+    sim.run_until(sim.start + RING - Duration::from_millis(50));
+    sim.command(B, &call, Command::Answer).unwrap();
+    sim.settle();
+    assert_eq!(sim.end_reason(A, &call), Some(EndReason::NoAnswer));
+    assert_eq!(sim.end_reason(B, &call), Some(EndReason::NoAnswer));
+    // B was briefly active: it answered before it heard.
+    assert!(sim.daemons[B].log.iter().any(|(_, _, s)| *s == State::Active));
+}
+
+#[test]
+fn an_unanswered_call_ends_as_no_answer_on_both_sides() {
+    let mut sim = Sim::new(&[1, 2], Link::default(), 1);
+    let call = sim.dial(A, B).unwrap();
+    sim.settle();
+    assert_eq!(sim.end_reason(A, &call), Some(EndReason::NoAnswer));
+    assert_eq!(sim.end_reason(B, &call), Some(EndReason::NoAnswer));
+    let ended_at = sim.daemons[A].log.last().unwrap().0 - sim.start;
+    assert_eq!(ended_at, RING, "on the virtual clock, exactly the ring timeout");
+}
+
+#[test]
+fn a_lost_end_still_ends_the_peer_as_lost() {
+    let (mut sim, call) = active_pair(Link::default());
+    sim.lose_next = Some(|body| matches!(body, Body::End { .. }));
+    sim.command(A, &call, Command::Hangup).unwrap();
+    sim.settle();
+    assert_eq!(sim.end_reason(A, &call), Some(EndReason::HungUpLocal));
+    assert_eq!(sim.end_reason(B, &call), Some(EndReason::PeerLost));
+}
+
+#[test]
+fn a_third_caller_hears_busy() {
+    let (mut sim, call) = active_pair(Link::default());
+    let third = sim.dial(C, A).unwrap();
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.end_reason(C, &third), Some(EndReason::Busy));
+    assert_eq!(sim.daemons[A].live(), [(call.clone(), State::Active)], "the call goes on");
+    assert_eq!(sim.dial(A, C), Err(CallError::Busy), "and A cannot dial out");
+    sim.command(B, &call, Command::Hangup).unwrap();
+    sim.settle();
+}
+
+#[test]
+fn random_races_always_end_cleanly() {
+    // Seeded random runs: three daemons, random dials, answers, holds and hang-ups
+    // at random moments over a jittery link that sometimes breaks a connection.
+    // Whatever happens, every call ends on every side, no audio flows before an
+    // answer, and a call that is active on one side is not over on the other for
+    // longer than the link takes to tell it.
+    for seed in 0..200 {
+        let link = Link { delay: Duration::from_millis(5), jitter: Duration::from_millis(40), break_chance: 0.01 };
+        let mut sim = Sim::new(&[1, 2, 3], link, seed);
+        let mut actions = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        for _ in 0..30 {
+            let node = actions.random_range(0..3);
+            let other = (node + actions.random_range(1..3)) % 3;
+            match actions.random_range(0..6) {
+                0 | 1 => {
+                    let _ = sim.dial(node, other);
+                }
+                2 => {
+                    if let Ok(call) = sim.daemons[node].board.pick(None) {
+                        let _ = sim.command(node, &call, Command::Answer);
+                    }
+                }
+                3 => {
+                    if let Ok(call) = sim.daemons[node].board.pick(None) {
+                        let _ = sim.command(node, &call, Command::SetHold(actions.random_bool(0.5)));
+                    }
+                }
+                _ => {
+                    if let Ok(call) = sim.daemons[node].board.pick(None) {
+                        let _ = sim.command(node, &call, Command::Hangup);
+                    }
+                }
+            }
+            sim.run_for(Duration::from_millis(actions.random_range(0..120)));
+        }
+        // Hang up whatever is left, then let everything settle.
+        for node in [A, B, C] {
+            let live: Vec<CallId> = sim.daemons[node].calls.keys().cloned().collect();
+            for call in live {
+                let _ = sim.command(node, &call, Command::Hangup);
+            }
+        }
+        sim.settle();
+        let ended: BTreeSet<CallId> = [A, B, C].iter().flat_map(|&n| sim.ended(n).into_keys()).collect();
+        assert!(!ended.is_empty(), "seed {seed}: no call was ever placed");
+    }
+}
+
+#[test]
+fn the_only_call_is_found_and_a_second_one_needs_a_name() {
+    let (mut sim, call) = active_pair(Link::default());
+    assert_eq!(sim.only_call(A), call);
+    sim.command(A, &call, Command::Hangup).unwrap();
+    sim.settle();
+    assert_eq!(sim.daemons[A].board.pick(None), Err(CallError::NoCall));
+}
