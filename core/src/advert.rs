@@ -2,8 +2,8 @@
 //! from the network is checked. Pure: no sockets, so every malformed record can be
 //! tested.
 
-pub use crate::vocab::PROTOCOL_VERSION;
 use crate::vocab::DeviceId;
+pub use crate::vocab::PROTOCOL_VERSION;
 
 /// Our DNS-SD service type.
 pub const SERVICE_TYPE: &str = "_voicelink._udp.local.";

@@ -371,12 +371,11 @@ impl CallMachine {
                 self.outputs.push_back(Output::Media(MediaCommand::AddCandidate(candidate)))
             }
             // Glare: the switchboard decides whether this call yields.
-            (Body::End { reason: EndCode::Glare }, State::Outgoing, Direction::Outgoing) => {
-                if !self.yielding {
-                    self.yielding = true;
-                    self.outputs.push_back(Output::Yield);
-                }
+            (Body::End { reason: EndCode::Glare }, State::Outgoing, Direction::Outgoing) if !self.yielding => {
+                self.yielding = true;
+                self.outputs.push_back(Output::Yield);
             }
+            (Body::End { reason: EndCode::Glare }, State::Outgoing, Direction::Outgoing) => {}
             (Body::End { reason }, _, _) => {
                 let reason = match reason {
                     EndCode::Cancelled | EndCode::Glare => EndReason::Cancelled,
@@ -659,7 +658,12 @@ mod tests {
                 EndReason::Cancelled,
                 None,
             ),
-            (active_outgoing(now), In::Cmd(Command::Hangup), EndReason::HungUpLocal, Some(Body::End { reason: EndCode::HangUp })),
+            (
+                active_outgoing(now),
+                In::Cmd(Command::Hangup),
+                EndReason::HungUpLocal,
+                Some(Body::End { reason: EndCode::HangUp }),
+            ),
             (active_outgoing(now), In::Remote(Body::End { reason: EndCode::HangUp }), EndReason::HungUpRemote, None),
             (active_outgoing(now), In::Lost, EndReason::PeerLost, None),
             (
@@ -701,9 +705,13 @@ mod tests {
         let mut m = active_outgoing(now);
         m.handle_command(Command::Hangup, now).unwrap();
         drain(&mut m);
-        for input in
-            [In::Cmd(Command::Answer), In::Cmd(Command::Hangup), In::Cmd(Command::SetHold(true)), In::Remote(Body::Accept), In::Media(MediaInput::Connected)]
-        {
+        for input in [
+            In::Cmd(Command::Answer),
+            In::Cmd(Command::Hangup),
+            In::Cmd(Command::SetHold(true)),
+            In::Remote(Body::Accept),
+            In::Media(MediaInput::Connected),
+        ] {
             feed(&mut m, input, now);
         }
         assert_eq!(drain(&mut m), []);
@@ -841,7 +849,11 @@ mod tests {
         );
         m.handle_media(MediaInput::LocalDescription("a".into()), now);
         m.handle_media(
-            MediaInput::LocalCandidate { candidate: "c2".into(), sdp_mid: Some(String::new()), sdp_mline_index: Some(0) },
+            MediaInput::LocalCandidate {
+                candidate: "c2".into(),
+                sdp_mid: Some(String::new()),
+                sdp_mline_index: Some(0),
+            },
             now,
         );
         assert_eq!(

@@ -254,7 +254,8 @@ pub fn default_config_path() -> Option<PathBuf> {
 /// or a per-user folder in the temporary directory where there is no runtime dir
 /// (macOS, or a session without `XDG_RUNTIME_DIR`).
 pub fn default_socket_path() -> PathBuf {
-    let runtime_dir = directories::BaseDirs::new().and_then(|dirs| dirs.runtime_dir().map(std::path::Path::to_path_buf));
+    let runtime_dir =
+        directories::BaseDirs::new().and_then(|dirs| dirs.runtime_dir().map(std::path::Path::to_path_buf));
     match runtime_dir {
         Some(dir) => dir.join("voicelink").join("voiced.sock"),
         None => std::env::temp_dir().join(format!("voicelink-{}", nix::unistd::getuid())).join("voiced.sock"),
@@ -363,8 +364,6 @@ impl fmt::Display for TcpListen {
         self.0.fmt(f)
     }
 }
-
-/// Bytes a display name may have: it travels in one mDNS TXT string.
 
 /// The name peers see: 1 to 63 bytes of UTF-8, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, SerializeDisplay, DeserializeFromStr)]

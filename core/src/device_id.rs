@@ -119,7 +119,6 @@ impl FromStr for DeviceId {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

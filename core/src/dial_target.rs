@@ -122,7 +122,10 @@ mod tests {
             resolve(&format!("{id}@host.lan:4444"), []),
             Ok(Target::Lookup { address: "host.lan:4444".into(), expected: Some(id) })
         );
-        assert_eq!(resolve("10.1.2.3:4444", []), Ok(Target::Lookup { address: "10.1.2.3:4444".into(), expected: None }));
+        assert_eq!(
+            resolve("10.1.2.3:4444", []),
+            Ok(Target::Lookup { address: "10.1.2.3:4444".into(), expected: None })
+        );
         assert!(matches!(resolve("nonsense@host:1", []), Err(CallError::BadTarget(..))));
     }
 

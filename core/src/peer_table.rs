@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::advert::Advert;
-pub use crate::vocab::PeerRecord;
 use crate::vocab::DeviceId;
+pub use crate::vocab::PeerRecord;
 
 /// Why a peer left the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -192,7 +192,11 @@ impl Switchboard {
     /// The call a command is for: the named one, or the only live one.
     pub fn pick(&self, call: Option<&CallId>) -> Result<CallId, CallError> {
         if let Some(id) = call {
-            return if self.calls.contains_key(id) { Ok(id.clone()) } else { Err(CallError::NoSuchCall(id.to_string())) };
+            return if self.calls.contains_key(id) {
+                Ok(id.clone())
+            } else {
+                Err(CallError::NoSuchCall(id.to_string()))
+            };
         }
         let mut live = self.calls.iter().filter(|(_, leg)| leg.state != State::Ended).map(|(id, _)| id);
         match (live.next(), live.count()) {
@@ -244,10 +248,8 @@ impl Switchboard {
             .find(|(_, leg)| leg.peer == Some(peer) && leg.direction == Direction::Outgoing)
             .filter(|(_, leg)| leg.state == State::Outgoing)
             .map(|(id, _)| id.clone());
-        let recently_yielded = self
-            .yielded
-            .remove(&peer)
-            .is_some_and(|at| now.saturating_duration_since(at) < self.policy.glare_window);
+        let recently_yielded =
+            self.yielded.remove(&peer).is_some_and(|at| now.saturating_duration_since(at) < self.policy.glare_window);
         match (resolve_glare(&self.own_id, &peer), ours_ringing) {
             (Glare::KeepOurs, Some(_)) => return Incoming::Glare,
             (Glare::TakeTheirs, Some(ours)) => {

@@ -158,4 +158,3 @@ pub struct PeerRecord {
     /// This device has talked to it before.
     pub known: bool,
 }
-

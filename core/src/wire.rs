@@ -3,7 +3,6 @@
 //! only, with a size cap, so everything the network can send is tested here and
 //! fuzzed (`fuzz/`). docs/PROTOCOL.md is the specification.
 
-
 use serde::{Deserialize, Serialize};
 
 pub use crate::vocab::CallId;

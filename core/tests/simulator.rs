@@ -253,10 +253,7 @@ impl Sim {
                         self.daemons[node].audio_before_answer = true;
                     }
                 }
-                Output::RemoteRinging
-                | Output::PeerNamed(_)
-                | Output::MuteChanged(_)
-                | Output::HoldChanged(_) => {}
+                Output::RemoteRinging | Output::PeerNamed(_) | Output::MuteChanged(_) | Output::HoldChanged(_) => {}
             }
         }
     }

@@ -18,19 +18,19 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::api::{self, ControlService, ControlSocket, DaemonInfo, TcpApi};
-use voicelink_core::call_machine::Timeouts;
 use crate::call::registry::Registry;
 use crate::call::task::CallContext;
-use voicelink_core::config::{Config, ConfigSource, LogLevel, TcpListen};
 use crate::discovery::{Discovery, OwnAdvert};
 use crate::events::{Change, EventHub};
 use crate::identity::{Identity, IdentityError};
 use crate::media::peer_connection::NetworkSettings;
 use crate::media::session::CodecSettings;
-use voicelink_core::reload::{LiveSettings, ReloadPlan};
 use crate::signaling::SignalingListener;
 use crate::signaling::transport::Endpoint;
 use crate::stats::StatsBoard;
+use voicelink_core::call_machine::Timeouts;
+use voicelink_core::config::{Config, ConfigSource, LogLevel, TcpListen};
+use voicelink_core::reload::{LiveSettings, ReloadPlan};
 
 /// Name of the TCP API token file in the data directory.
 const TOKEN_FILE: &str = "api-token";

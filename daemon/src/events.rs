@@ -203,8 +203,8 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use voicelink_core::peer_table::GoneReason;
     use std::collections::BTreeSet;
+    use voicelink_core::peer_table::GoneReason;
 
     fn peer(seed: &str) -> PeerRecord {
         PeerRecord {

@@ -10,9 +10,9 @@ use tokio_stream::wrappers::SignalStream;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt, reload};
-use voicelink_daemon::Reload;
 use voicelink_core::audio_spec::{InputSpec, OutputSpec};
 use voicelink_core::config::{ConfigSource, DisplayName, LogLevel, Overrides};
+use voicelink_daemon::Reload;
 
 /// The voicelink daemon: finds peers on the LAN and carries voice calls between
 /// them. Driven by `voicectl` and other clients over a local gRPC socket.

@@ -260,7 +260,15 @@ mod tests {
 
     /// The default codec: Opus, 32 kb/s, 20 ms.
     fn codec() -> CodecInfo {
-        CodecInfo { name: "opus", clock_rate: 48_000, channels: 1, target_bitrate_bps: 32_000, frame: Duration::from_millis(20), fec: true, dtx: false }
+        CodecInfo {
+            name: "opus",
+            clock_rate: 48_000,
+            channels: 1,
+            target_bitrate_bps: 32_000,
+            frame: Duration::from_millis(20),
+            fec: true,
+            dtx: false,
+        }
     }
 
     /// A call to alice in `state`.

@@ -174,9 +174,10 @@ impl Registry {
         match command {
             RegistryCommand::Dial { target, input, output, reply } => self.dial(target, (input, output), reply),
             RegistryCommand::Call { call, input, audio, reply } => {
-                let handle = self.switchboard.pick(call.as_ref()).and_then(|id| {
-                    self.calls.get(&id).cloned().ok_or_else(|| CallError::NoSuchCall(id.to_string()))
-                });
+                let handle = self
+                    .switchboard
+                    .pick(call.as_ref())
+                    .and_then(|id| self.calls.get(&id).cloned().ok_or_else(|| CallError::NoSuchCall(id.to_string())));
                 match handle {
                     Ok(handle) => {
                         let audio = self.with_defaults(audio);
@@ -262,7 +263,8 @@ impl Registry {
     fn incoming(&mut self, request: IncomingRequest) {
         let IncomingRequest { connection, call_id, caller_name, frame } = request;
         let peer = connection.peer;
-        self.switchboard.set_policy(Policy { auto_answer: self.settings.borrow().auto_answer, ..*self.switchboard.policy() });
+        self.switchboard
+            .set_policy(Policy { auto_answer: self.settings.borrow().auto_answer, ..*self.switchboard.policy() });
         match self.switchboard.incoming(call_id.clone(), peer, clock::now()) {
             Incoming::Refuse(refusal) => {
                 warn!(peer = %peer.short(), reason = refusal.message(), "refusing a call request");
@@ -332,4 +334,102 @@ async fn lookup(address: &str) -> Result<Vec<SocketAddr>, String> {
     let addresses: Vec<SocketAddr> =
         tokio::net::lookup_host(address).await.map_err(|e| format!("cannot resolve {address}: {e}"))?.collect();
     if addresses.is_empty() { Err(format!("{address} resolves to no address")) } else { Ok(addresses) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+    use voicelink_core::call_machine::Timeouts;
+    use voicelink_core::vocab::{EndReason, FailCause};
+
+    use super::*;
+    use crate::events::{Change, EventHub, Update};
+    use crate::identity::Identity;
+    use crate::media::session::CodecSettings;
+    use crate::signaling::transport::Endpoint;
+    use crate::stats::StatsBoard;
+
+    /// A registry on tokio's paused clock, and its command channel.
+    struct Running {
+        commands: mpsc::Sender<RegistryCommand>,
+        hub: EventHub,
+        shutdown: CancellationToken,
+        _settings: watch::Sender<LiveSettings>,
+    }
+
+    fn registry(dir: &std::path::Path) -> Running {
+        let (identity, _) = Identity::load_or_create(dir).unwrap();
+        let identity = Arc::new(identity);
+        let (inbox, inbox_rx) = mpsc::channel(16);
+        let hub = EventHub::new();
+        let shutdown = CancellationToken::new();
+        let context = CallContext {
+            endpoint: Endpoint::new(identity.clone()).unwrap(),
+            identity,
+            hub: hub.clone(),
+            stats: StatsBoard::default(),
+            own_name: "alice".into(),
+            timeouts: Timeouts::default(),
+            codec: CodecSettings::default(),
+            loop_files: false,
+            inbox,
+            shutdown: shutdown.clone(),
+        };
+        let (settings, _) = watch::channel(LiveSettings::of(&voicelink_core::config::Config::default()));
+        let (commands, commands_rx) = mpsc::channel(16);
+        tokio::spawn(Registry::new(context, settings.subscribe()).run(commands_rx, inbox_rx));
+        Running { commands, hub, shutdown, _settings: settings }
+    }
+
+    async fn dial(commands: &mpsc::Sender<RegistryCommand>, target: &str) -> Result<CallRecord, CallError> {
+        let (reply, answer) = oneshot::channel();
+        let command = RegistryCommand::Dial { target: target.into(), input: None, output: None, reply };
+        commands.send(command).await.unwrap();
+        answer.await.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_callee_that_never_finishes_the_handshake_fails_the_call_on_tokios_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let Running { commands, hub, shutdown, _settings } = registry(dir.path());
+        // Accepted by the kernel, never answered: the TLS handshake hangs.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = silent.local_addr().unwrap().to_string();
+        let mut feed = hub.subscribe();
+        let started = tokio::time::Instant::now();
+        let call = dial(&commands, &target).await.unwrap();
+        assert_eq!(call.state, State::Outgoing);
+        assert_eq!(dial(&commands, &target).await.unwrap_err(), CallError::Busy, "one call at a time");
+        let ended = loop {
+            match feed.next().await.unwrap() {
+                Update::Change(published) => match &published.change {
+                    Change::CallState { call, .. } if call.state == State::Ended => break call.clone(),
+                    _ => {}
+                },
+                Update::State(..) => {}
+            }
+        };
+        let reason = ended.end_reason.unwrap();
+        assert!(
+            matches!(&reason, EndReason::Failed(FailCause::Unreachable(why)) if why.contains("timed out")),
+            "{reason:?}"
+        );
+        // The connect timeout, on the virtual clock: no wall-clock wait.
+        assert!(started.elapsed() >= Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(30), "before the ring timeout: {:?}", started.elapsed());
+        shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dial_target_nobody_has_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = registry(dir.path());
+        assert_eq!(dial(&running.commands, "nobody").await.unwrap_err(), CallError::UnknownPeer("nobody".into()));
+        let typo = dial(&running.commands, "ABC@127.0.0.1:4444").await.unwrap_err();
+        assert!(matches!(&typo, CallError::BadTarget(_, why) if why.contains("56 characters")), "{typo}");
+        running.shutdown.cancel();
+    }
 }

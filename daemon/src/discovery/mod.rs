@@ -8,7 +8,6 @@
 //! that shuts down cleanly first re-announces itself with `bye=1` and then sends the
 //! mDNS goodbye, so its peers can tell "left" from "lost" without guessing.
 
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 

@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::warn;
 use voicelink_core::audio_math::samples_per_frame;
 use voicelink_core::jitter_buffer::{JitterBuffer, Playout};
-use voicelink_core::stats::meter::PlayoutStats;
 use voicelink_core::stats::level_dbfs;
+use voicelink_core::stats::meter::PlayoutStats;
 
 use super::peer_connection::{OutboundTrack, ReceivedPacket};
 use crate::audio::endpoints::{EchoFeed, NullSink, Sink, Source};

@@ -166,10 +166,8 @@ impl MediaSession {
         let frame = self.settings.frame;
         let sender = SendPump { encoder, track, level: self.level_out.clone(), frame };
         let player = PlayPump { decoder, stats: self.playout.clone(), echo: echo_feed, frame };
-        self.pumps = vec![
-            tokio::spawn(sender.run(source, control.clone())),
-            tokio::spawn(player.run(packets, output, control)),
-        ];
+        self.pumps =
+            vec![tokio::spawn(sender.run(source, control.clone())), tokio::spawn(player.run(packets, output, control))];
         Ok(())
     }
 

@@ -155,11 +155,10 @@ impl StatsSubscription {
 mod tests {
     use voicelink_core::audio_spec::{InputSpec, OutputSpec};
     use voicelink_core::call_record::CallRecord;
-    use voicelink_core::stats::CallMeter;
+    use voicelink_core::stats::{CallMeter, CodecInfo};
     use voicelink_core::vocab::{Direction, State};
 
     use super::*;
-    use crate::media::session::CodecSettings;
 
     fn sample(call: &CallId, state: State) -> CallStats {
         let now = std::time::SystemTime::now();
@@ -179,7 +178,16 @@ mod tests {
             input: InputSpec::Silence,
             output: OutputSpec::Null,
         };
-        CallMeter::new(CodecSettings::default().info()).sample(&record, None, now)
+        let codec = CodecInfo {
+            name: "opus",
+            clock_rate: 48_000,
+            channels: 1,
+            target_bitrate_bps: 32_000,
+            frame: Duration::from_millis(20),
+            fec: true,
+            dtx: false,
+        };
+        CallMeter::new(codec).sample(&record, None, now)
     }
 
     #[tokio::test(start_paused = true)]
