@@ -49,6 +49,10 @@ struct Args {
     /// The Python with `pesq` and `numpy` (scripts/setup.sh --bench makes it).
     #[arg(long, default_value = "target/bench-venv/bin/python")]
     python: PathBuf,
+    /// Short calls per profile, after its measured call, to count failed setups
+    /// and time answer → active (0: none; profiles with an outage are skipped).
+    #[arg(long, default_value_t = 0)]
+    setup_calls: usize,
     /// Keep the recordings and logs (in a folder named at the end).
     #[arg(long)]
     keep: bool,
@@ -88,7 +92,17 @@ async fn main() -> Result<()> {
     let mut results = Vec::new();
     for profile in &profiles {
         tracing::info!(profile = profile.name, "running");
-        let result = match run_profile(&settings, &material, profile).await {
+        let outcome = match run_profile(&settings, &material, profile).await {
+            Ok(mut result) if args.setup_calls > 0 && profile.outage.is_none() => {
+                tracing::info!(profile = profile.name, calls = args.setup_calls, "setup trials");
+                harness::setup_trials::run(&settings, profile, args.setup_calls).await.map(|trials| {
+                    result.setup_trials = Some(trials);
+                    result
+                })
+            }
+            other => other,
+        };
+        let result = match outcome {
             Ok(result) => result,
             Err(e) => {
                 // Keep the logs and recordings of a run that broke.

@@ -2,8 +2,8 @@
 //! from the network is checked. Pure: no sockets, so every malformed record can be
 //! tested.
 
-use crate::vocab::DeviceId;
 pub use crate::vocab::PROTOCOL_VERSION;
+use crate::vocab::{DeviceId, DisplayName};
 
 /// Our DNS-SD service type.
 pub const SERVICE_TYPE: &str = "_voicelink._udp.local.";
@@ -109,10 +109,7 @@ impl Advert {
             _ => return Err(invalid(KEY_VERSION, format!("{version:?} is not a version number"))),
         };
         let device_id = text(id, KEY_ID)?.parse::<DeviceId>().map_err(|e| invalid(KEY_ID, e.to_string()))?;
-        let display_name = text(name, KEY_NAME)?;
-        if display_name.trim().is_empty() || display_name.chars().any(char::is_control) {
-            return Err(invalid(KEY_NAME, "empty or holds control characters".into()));
-        }
+        let display_name = text(name, KEY_NAME)?.parse::<DisplayName>().map_err(|why| invalid(KEY_NAME, why))?;
         let port = text(port, KEY_PORT)?;
         let signaling_port = match port.parse::<u16>() {
             Ok(p) if p != 0 => p,
@@ -121,7 +118,7 @@ impl Advert {
         Ok(Advert {
             protocol_version,
             device_id,
-            display_name: display_name.trim().to_owned(),
+            display_name: display_name.as_str().to_owned(),
             signaling_port,
             leaving,
         })
@@ -189,6 +186,7 @@ mod tests {
             (&[("v", Some("1")), ("id", Some("NOTANID")), ("name", Some("a")), ("port", Some("1"))], "id"),
             (&[("v", Some("1")), ("id", Some(&id)), ("name", Some(" ")), ("port", Some("1"))], "name"),
             (&[("v", Some("1")), ("id", Some(&id)), ("name", Some("a\u{7}")), ("port", Some("1"))], "name"),
+            (&[("v", Some("1")), ("id", Some(&id)), ("name", Some(&"x".repeat(64))), ("port", Some("1"))], "name"),
             (&[("v", Some("1")), ("id", Some(&id)), ("name", Some("a")), ("port", Some("0"))], "port"),
             (&[("v", Some("1")), ("id", Some(&id)), ("name", Some("a")), ("port", Some("65536"))], "port"),
         ];

@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::vocab::{Direction, EndReason, FailCause, MAX_NAME_BYTES, State};
+use crate::vocab::{Direction, DisplayName, EndReason, FailCause, State};
 use crate::wire::{Body, EndCode};
 
 /// Timeouts the machine enforces.
@@ -28,11 +28,23 @@ pub struct Timeouts {
     pub ring: Duration,
     /// How long media may take to connect after the answer.
     pub connect: Duration,
+    /// How long the encrypted session (DTLS) may take once ICE has found a path,
+    /// before the caller replaces the media session with a fresh one. A healthy
+    /// handshake on a LAN takes milliseconds; one that lost a flight retransmits
+    /// after 1 s; one that stalled (see docs/upstream/) never finishes.
+    pub media_attempt: Duration,
+    /// Media sessions a call tries before it fails.
+    pub media_attempts: u32,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { ring: Duration::from_secs(30), connect: Duration::from_secs(15) }
+        Timeouts {
+            ring: Duration::from_secs(30),
+            connect: Duration::from_secs(15),
+            media_attempt: Duration::from_millis(2500),
+            media_attempts: 5,
+        }
     }
 }
 
@@ -50,6 +62,9 @@ pub struct CallSetup {
 /// Work for the media layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaCommand {
+    /// Close the media session and start a fresh one (same certificate, same
+    /// audio endpoints); what follows negotiates it.
+    Replace,
     /// Caller: create the offer (answered with [`MediaInput::LocalDescription`]).
     CreateOffer,
     /// Callee: take the caller's offer (answered with [`MediaInput::LocalDescription`]).
@@ -128,6 +143,8 @@ pub enum Signaling {
 pub enum MediaInput {
     /// Our SDP (the offer or the answer), to send.
     LocalDescription(String),
+    /// ICE found a path to the peer (DTLS starts now).
+    IceConnected,
     /// One of our ICE candidates, to trickle.
     LocalCandidate {
         /// The `candidate:` attribute value.
@@ -175,6 +192,17 @@ enum Timer {
     Connect,
 }
 
+/// Where the current media session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MediaProgress {
+    /// Being negotiated, or ICE checking.
+    Negotiating,
+    /// ICE found a path; DTLS is running.
+    IceConnected,
+    /// ICE and DTLS are up.
+    Ready,
+}
+
 /// One call's state.
 #[derive(Debug)]
 pub struct CallMachine {
@@ -184,7 +212,15 @@ pub struct CallMachine {
     muted: bool,
     held_here: bool,
     held_there: bool,
-    media_ready: bool,
+    media: MediaProgress,
+    /// The current media session: 1 for the first.
+    media_attempt: u32,
+    /// When the caller gives the current media session up for a fresh one.
+    media_deadline: Option<Instant>,
+    /// Caller: an offer is out and its answer not yet applied.
+    awaiting_answer: bool,
+    /// Callee: an offer was applied (a later one replaces the session).
+    offered: bool,
     /// Told to yield to glare: the peer closing the connection now is expected.
     yielding: bool,
     audio: (bool, bool),
@@ -217,7 +253,11 @@ impl CallMachine {
             muted: false,
             held_here: false,
             held_there: false,
-            media_ready: false,
+            media: MediaProgress::Negotiating,
+            media_attempt: 1,
+            media_deadline: None,
+            awaiting_answer: false,
+            offered: false,
             yielding: false,
             audio: (false, false),
             timer: Some((ring, Timer::Ring)),
@@ -267,6 +307,11 @@ impl CallMachine {
         self.answered_at
     }
 
+    /// The media session in use: 1 for the first, more after replacements.
+    pub fn media_attempt(&self) -> u32 {
+        self.media_attempt
+    }
+
     /// The next thing to do, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
@@ -274,11 +319,19 @@ impl CallMachine {
 
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timer.map(|(at, _)| at)
+        let timer = self.timer.map(|(at, _)| at);
+        match (timer, self.media_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Time has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.media_deadline.is_some_and(|at| now >= at) {
+            self.media_deadline = None;
+            self.retry_media(FailCause::DtlsFailed);
+        }
         let Some((at, timer)) = self.timer else { return };
         if now < at {
             return;
@@ -352,9 +405,8 @@ impl CallMachine {
         }
         match (body, self.state, self.direction) {
             (Body::Ringing { callee_name }, State::Outgoing, _) => {
-                let name = callee_name.trim();
-                if !name.is_empty() && name.len() <= MAX_NAME_BYTES {
-                    self.outputs.push_back(Output::PeerNamed(name.to_owned()));
+                if let Ok(name) = callee_name.parse::<DisplayName>() {
+                    self.outputs.push_back(Output::PeerNamed(name.as_str().to_owned()));
                 }
                 self.outputs.push_back(Output::RemoteRinging);
             }
@@ -362,9 +414,17 @@ impl CallMachine {
             (Body::Decline { reason }, State::Outgoing, _) => self.end(EndReason::Declined(reason), None),
             (Body::Busy, State::Outgoing, _) => self.end(EndReason::Busy, None),
             (Body::Offer { sdp }, _, Direction::Incoming) => {
+                // A later offer is the caller starting a fresh media session.
+                if std::mem::replace(&mut self.offered, true) {
+                    self.media_attempt += 1;
+                    self.media = MediaProgress::Negotiating;
+                    self.outputs.push_back(Output::Media(MediaCommand::Replace));
+                }
                 self.outputs.push_back(Output::Media(MediaCommand::AcceptOffer(sdp)))
             }
-            (Body::Answer { sdp }, _, Direction::Outgoing) => {
+            // One answer per offer: a late one for a session we replaced is dropped.
+            (Body::Answer { sdp }, _, Direction::Outgoing) if self.awaiting_answer => {
+                self.awaiting_answer = false;
                 self.outputs.push_back(Output::Media(MediaCommand::AcceptAnswer(sdp)))
             }
             (Body::IceCandidate { candidate, .. }, _, _) => {
@@ -406,6 +466,7 @@ impl CallMachine {
                 let request =
                     Body::CallRequest { caller_name: self.setup.own_name.clone(), frame_ms: Some(self.setup.frame_ms) };
                 self.outputs.push_back(Output::Send(request));
+                self.awaiting_answer = true;
                 self.outputs.push_back(Output::Media(MediaCommand::CreateOffer));
             }
             Signaling::Connected => {}
@@ -417,7 +478,7 @@ impl CallMachine {
     }
 
     /// What the media layer reports.
-    pub fn handle_media(&mut self, event: MediaInput, _now: Instant) {
+    pub fn handle_media(&mut self, event: MediaInput, now: Instant) {
         if self.state == State::Ended {
             return;
         }
@@ -433,15 +494,52 @@ impl CallMachine {
                 let sdp_mid = sdp_mid.filter(|mid| !mid.is_empty());
                 self.outputs.push_back(Output::Send(Body::IceCandidate { candidate, sdp_mid, sdp_mline_index }));
             }
+            MediaInput::IceConnected => {
+                if self.media == MediaProgress::Negotiating {
+                    self.media = MediaProgress::IceConnected;
+                    // The caller watches the handshake; the callee follows its offers.
+                    if self.direction == Direction::Outgoing {
+                        self.media_deadline = Some(now + self.setup.timeouts.media_attempt);
+                    }
+                }
+            }
             MediaInput::Connected => {
-                self.media_ready = true;
+                self.media = MediaProgress::Ready;
+                self.media_deadline = None;
                 if self.state == State::Connecting {
                     self.timer = None;
                     self.set_state(self.talking_state());
                 }
             }
+            // A session that never connected is replaced while attempts remain;
+            // anything else (a wrong identity, a broken endpoint) ends the call.
+            MediaInput::Failed(cause @ (FailCause::IceFailed | FailCause::DtlsFailed))
+                if self.media != MediaProgress::Ready =>
+            {
+                self.retry_media(cause)
+            }
             MediaInput::Failed(cause) => self.end(EndReason::Failed(cause), Some(EndCode::Failed)),
         }
+    }
+
+    /// The current media session did not connect. The caller starts a fresh one
+    /// while attempts remain, and fails the call with the cause after the last;
+    /// the callee waits for the caller's next offer (the ring and connect timers
+    /// still bound the wait).
+    fn retry_media(&mut self, cause: FailCause) {
+        if self.direction == Direction::Incoming {
+            return;
+        }
+        if self.media_attempt >= self.setup.timeouts.media_attempts {
+            self.end(EndReason::Failed(cause), Some(EndCode::Failed));
+            return;
+        }
+        self.media_attempt += 1;
+        self.media = MediaProgress::Negotiating;
+        self.media_deadline = None;
+        self.awaiting_answer = true;
+        self.outputs.push_back(Output::Media(MediaCommand::Replace));
+        self.outputs.push_back(Output::Media(MediaCommand::CreateOffer));
     }
 
     /// The peer stopped answering (keepalives unanswered, media silent too long).
@@ -453,7 +551,7 @@ impl CallMachine {
 
     fn answered(&mut self, now: Instant) {
         self.answered_at = Some(now);
-        if self.media_ready {
+        if self.media == MediaProgress::Ready {
             self.timer = None;
             self.set_state(self.talking_state());
         } else {
@@ -482,6 +580,7 @@ impl CallMachine {
         }
         self.end_reason = Some(reason);
         self.timer = None;
+        self.media_deadline = None;
         self.set_state(State::Ended);
     }
 
@@ -507,7 +606,12 @@ impl CallMachine {
 mod tests {
     use super::*;
 
-    const T: Timeouts = Timeouts { ring: Duration::from_secs(30), connect: Duration::from_secs(15) };
+    const T: Timeouts = Timeouts {
+        ring: Duration::from_secs(30),
+        connect: Duration::from_secs(15),
+        media_attempt: Duration::from_millis(2500),
+        media_attempts: 3,
+    };
 
     fn setup() -> CallSetup {
         CallSetup { own_name: "me".into(), frame_ms: 20, timeouts: T }
@@ -911,5 +1015,93 @@ mod tests {
         assert!(refused.to_string().contains("only the peer can resume it"), "{refused}");
         assert_eq!(drain(&mut m), []);
         assert!(m.held_by_peer());
+    }
+
+    /// A caller whose offer was answered and whose ICE just connected.
+    fn ice_connected_caller(now: Instant) -> CallMachine {
+        let mut m = CallMachine::outgoing(now, setup());
+        m.handle_signaling(Signaling::Connected, now);
+        m.handle_media(MediaInput::LocalDescription("o1".into()), now);
+        m.handle_remote(Body::Answer { sdp: "a1".into() }, now);
+        m.handle_media(MediaInput::IceConnected, now);
+        drain(&mut m);
+        m
+    }
+
+    #[test]
+    fn a_stalled_handshake_is_replaced_by_a_fresh_media_session() {
+        let now = Instant::now();
+        let mut m = ice_connected_caller(now);
+        assert_eq!(m.poll_timeout(), Some(now + T.media_attempt), "the watchdog runs beside the ring timer");
+        m.handle_timeout(now + T.media_attempt);
+        assert_eq!(drain(&mut m), [Output::Media(MediaCommand::Replace), Output::Media(MediaCommand::CreateOffer)]);
+        assert_eq!(m.media_attempt(), 2);
+        assert_eq!(m.state(), State::Outgoing, "the call rings on");
+        // A late answer to the first offer would be for a session that is gone.
+        m.handle_media(MediaInput::LocalDescription("o2".into()), now);
+        m.handle_remote(Body::Answer { sdp: "a2".into() }, now);
+        m.handle_remote(Body::Answer { sdp: "a1-again".into() }, now);
+        assert_eq!(
+            drain(&mut m),
+            [Output::Send(Body::Offer { sdp: "o2".into() }), Output::Media(MediaCommand::AcceptAnswer("a2".into()))]
+        );
+        m.handle_media(MediaInput::IceConnected, now);
+        m.handle_media(MediaInput::Connected, now);
+        assert_eq!(m.poll_timeout(), Some(now + T.ring), "the watchdog is off once media is up");
+    }
+
+    #[test]
+    fn after_the_last_attempt_the_call_fails_with_the_cause() {
+        let now = Instant::now();
+        let mut m = ice_connected_caller(now);
+        let mut at = now;
+        for attempt in 2..=T.media_attempts {
+            at += T.media_attempt;
+            m.handle_timeout(at);
+            assert_eq!(m.media_attempt(), attempt);
+            m.handle_media(MediaInput::LocalDescription("o".into()), at);
+            m.handle_remote(Body::Answer { sdp: "a".into() }, at);
+            m.handle_media(MediaInput::IceConnected, at);
+        }
+        drain(&mut m);
+        m.handle_timeout(at + T.media_attempt);
+        assert_eq!(m.end_reason(), Some(&EndReason::Failed(FailCause::DtlsFailed)));
+        assert_eq!(
+            drain(&mut m),
+            [Output::Send(Body::End { reason: EndCode::Failed }), state_change(State::Outgoing, State::Ended)]
+        );
+    }
+
+    #[test]
+    fn an_ice_failure_before_media_is_up_is_retried_but_a_wrong_identity_is_not() {
+        let now = Instant::now();
+        let mut m = ice_connected_caller(now);
+        m.handle_media(MediaInput::Failed(FailCause::IceFailed), now);
+        assert_eq!(m.media_attempt(), 2);
+        assert_eq!(m.state(), State::Outgoing);
+        m.handle_media(MediaInput::Failed(FailCause::IdentityMismatch("not bob".into())), now);
+        assert_eq!(m.end_reason(), Some(&EndReason::Failed(FailCause::IdentityMismatch("not bob".into()))));
+        // Once media is up, a failure ends the call (reconnecting is another matter).
+        let mut m = active_outgoing(now);
+        m.handle_media(MediaInput::Failed(FailCause::DtlsFailed), now);
+        assert_eq!(m.state(), State::Ended);
+    }
+
+    #[test]
+    fn the_callee_replaces_its_session_when_a_new_offer_comes() {
+        let now = Instant::now();
+        let mut m = CallMachine::incoming(now, setup());
+        m.handle_remote(Body::Offer { sdp: "o1".into() }, now);
+        m.handle_media(MediaInput::IceConnected, now);
+        m.handle_media(MediaInput::Failed(FailCause::IceFailed), now);
+        assert_eq!(m.state(), State::Incoming, "the callee waits for the caller's next offer");
+        drain(&mut m);
+        m.handle_remote(Body::Offer { sdp: "o2".into() }, now);
+        assert_eq!(
+            drain(&mut m),
+            [Output::Media(MediaCommand::Replace), Output::Media(MediaCommand::AcceptOffer("o2".into()))]
+        );
+        assert_eq!(m.media_attempt(), 2);
+        assert_eq!(m.poll_timeout(), Some(now + T.ring), "no watchdog on the callee");
     }
 }

@@ -38,3 +38,35 @@ pub struct CallRecord {
     /// Audio output in use.
     pub output: OutputSpec,
 }
+
+impl CallRecord {
+    /// A call just created: ringing (the peer or here), not muted, not held.
+    pub fn new(
+        id: CallId,
+        peer: Option<DeviceId>,
+        peer_name: String,
+        direction: Direction,
+        (input, output): (InputSpec, OutputSpec),
+        started_at: SystemTime,
+    ) -> Self {
+        CallRecord {
+            id,
+            peer,
+            peer_name,
+            direction,
+            state: match direction {
+                Direction::Outgoing => State::Outgoing,
+                Direction::Incoming => State::Incoming,
+            },
+            started_at,
+            answered_at: None,
+            muted: false,
+            on_hold: false,
+            held_here: false,
+            held_by_peer: false,
+            end_reason: None,
+            input,
+            output,
+        }
+    }
+}

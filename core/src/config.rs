@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
 use crate::audio_spec::{InputSpec, OutputSpec};
-use crate::vocab::MAX_NAME_BYTES;
+pub use crate::vocab::DisplayName;
 
 /// The whole configuration. Missing keys take their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +108,18 @@ impl TryFrom<u32> for FrameMs {
     }
 }
 
+impl FrameMs {
+    /// A frame length a peer asked for, if it is one we support.
+    pub fn of(ms: u32) -> Option<FrameMs> {
+        FrameMs::try_from(ms).ok()
+    }
+
+    /// The frame length.
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.0))
+    }
+}
+
 impl From<FrameMs> for u32 {
     fn from(value: FrameMs) -> u32 {
         value.0
@@ -171,7 +183,7 @@ impl Default for AudioConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            name: DisplayName::from_host_name(),
+            name: name_from_host(),
             data_dir: None,
             log_level: LogLevel("info".into()),
             api: ApiConfig::default(),
@@ -365,44 +377,11 @@ impl fmt::Display for TcpListen {
     }
 }
 
-/// The name peers see: 1 to 63 bytes of UTF-8, no control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, SerializeDisplay, DeserializeFromStr)]
-pub struct DisplayName(String);
-
-impl DisplayName {
-    fn from_host_name() -> Self {
-        let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
-        // A host name is short ASCII in practice; fall back rather than fail.
-        host.parse().unwrap_or_else(|_| DisplayName("voicelink".into()))
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for DisplayName {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let name = s.trim();
-        if name.is_empty() {
-            Err("the name must not be empty".into())
-        } else if name.len() > MAX_NAME_BYTES {
-            Err(format!("the name is {} bytes long; at most {MAX_NAME_BYTES} fit in an mDNS record", name.len()))
-        } else if name.chars().any(char::is_control) {
-            Err("the name must not contain control characters".into())
-        } else {
-            Ok(DisplayName(name.to_owned()))
-        }
-    }
-}
-
-impl fmt::Display for DisplayName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// The host name as a display name; "voicelink" if it is not a valid one.
+fn name_from_host() -> DisplayName {
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    // A host name is short ASCII in practice; fall back rather than fail.
+    host.parse().unwrap_or_else(|_| DisplayName::fallback())
 }
 
 /// A tracing filter, checked when read.

@@ -5,9 +5,11 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
 
 pub use crate::device_id::DeviceId;
 
@@ -16,6 +18,47 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Longest display name, in bytes (mDNS TXT `name`, `caller_name`, `callee_name`).
 pub const MAX_NAME_BYTES: usize = 63;
+
+/// The name peers see: 1 to 63 bytes of UTF-8 ([`MAX_NAME_BYTES`], one mDNS TXT
+/// string), trimmed, no control characters. The one rule for every name: the
+/// config's, an advert's and the one a callee says in `ringing`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, SerializeDisplay, DeserializeFromStr)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    /// The name of a device that has no better one.
+    pub fn fallback() -> Self {
+        DisplayName("voicelink".into())
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DisplayName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let name = s.trim();
+        if name.is_empty() {
+            Err("the name must not be empty".into())
+        } else if name.len() > MAX_NAME_BYTES {
+            Err(format!("the name is {} bytes long; at most {MAX_NAME_BYTES} fit in an mDNS record", name.len()))
+        } else if name.chars().any(char::is_control) {
+            Err("the name must not contain control characters".into())
+        } else {
+            Ok(DisplayName(name.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for DisplayName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// A call's identifier: 1 to 64 characters of `A-Z a-z 0-9 - _`, chosen by the caller.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use voicelink_core::call_machine::{
     CallMachine, CallSetup, Command, InvalidCommand, MediaCommand, MediaInput, Output, Signaling, Timeouts,
 };
 use voicelink_core::switchboard::{CallError, Dial, Incoming, Policy, Switchboard};
-use voicelink_core::vocab::{CallId, DeviceId, EndReason, State};
+use voicelink_core::vocab::{CallId, DeviceId, EndReason, FailCause, State};
 use voicelink_core::wire::{Body, EndCode};
 
 const RING: Duration = Duration::from_secs(30);
@@ -52,8 +52,9 @@ enum Event {
     Deliver { to: Node, conn: Conn, body: Body },
     /// The connection closed (or broke) at the other end.
     Closed { to: Node, conn: Conn },
-    /// This side's media is up.
-    MediaUp { node: Node, call: CallId },
+    /// This side's media session `attempt` found a path (ICE) and, unless the
+    /// handshake stalls, is up (DTLS).
+    MediaUp { node: Node, call: CallId, attempt: u32 },
 }
 
 /// One end of a signaling connection.
@@ -98,11 +99,17 @@ struct Sim {
     lose_next: Option<fn(&Body) -> bool>,
     /// Call requests from this node take this much longer.
     slow_requests: Option<(Node, Duration)>,
+    /// Media sessions (counted over all calls) whose DTLS handshake stalls.
+    stalled_sessions: u32,
     next_call: u64,
 }
 
 fn setup(name: &str) -> CallSetup {
-    CallSetup { own_name: name.into(), frame_ms: 20, timeouts: Timeouts { ring: RING, connect: CONNECT } }
+    CallSetup {
+        own_name: name.into(),
+        frame_ms: 20,
+        timeouts: Timeouts { ring: RING, connect: CONNECT, ..Timeouts::default() },
+    }
 }
 
 impl Sim {
@@ -134,6 +141,7 @@ impl Sim {
             rng: ChaCha8Rng::seed_from_u64(seed),
             lose_next: None,
             slow_requests: None,
+            stalled_sessions: 0,
             next_call: 0,
         }
     }
@@ -224,12 +232,14 @@ impl Sim {
                 }
                 Output::Media(MediaCommand::AcceptOffer(_)) => {
                     machine.handle_media(MediaInput::LocalDescription("answer".into()), now);
-                    self.schedule(now + MEDIA_SETUP, Event::MediaUp { node, call: call.clone() });
+                    let attempt = machine.media_attempt();
+                    self.schedule(now + MEDIA_SETUP, Event::MediaUp { node, call: call.clone(), attempt });
                 }
                 Output::Media(MediaCommand::AcceptAnswer(_)) => {
-                    self.schedule(now + MEDIA_SETUP, Event::MediaUp { node, call: call.clone() });
+                    let attempt = machine.media_attempt();
+                    self.schedule(now + MEDIA_SETUP, Event::MediaUp { node, call: call.clone(), attempt });
                 }
-                Output::Media(MediaCommand::AddCandidate(_)) => {}
+                Output::Media(MediaCommand::AddCandidate(_) | MediaCommand::Replace) => {}
                 Output::Yield => {
                     let peer = self.peer_of(conn, node);
                     if let Some(ours) = self.daemons[node].board.yielded(peer, call, now) {
@@ -382,9 +392,17 @@ impl Sim {
                     self.flush(to, &call);
                 }
             }
-            Event::MediaUp { node, call } => {
-                if let Some((machine, _)) = self.daemons[node].calls.get_mut(&call) {
-                    machine.handle_media(MediaInput::Connected, now);
+            Event::MediaUp { node, call, attempt } => {
+                let stalls = self.stalled_sessions > 0;
+                if let Some((machine, _)) = self.daemons[node].calls.get_mut(&call)
+                    && machine.media_attempt() == attempt
+                {
+                    machine.handle_media(MediaInput::IceConnected, now);
+                    if stalls {
+                        self.stalled_sessions -= 1;
+                    } else {
+                        machine.handle_media(MediaInput::Connected, now);
+                    }
                     self.flush(node, &call);
                 }
             }
@@ -607,6 +625,34 @@ fn an_unanswered_call_ends_as_no_answer_on_both_sides() {
     assert_eq!(sim.end_reason(B, &call), Some(EndReason::NoAnswer));
     let ended_at = sim.daemons[A].log.last().unwrap().0 - sim.start;
     assert_eq!(ended_at, RING, "on the virtual clock, exactly the ring timeout");
+}
+
+#[test]
+fn stalled_handshakes_are_replaced_until_media_connects() {
+    let mut sim = Sim::new(&[1, 2], Link { delay: Duration::from_millis(20), ..Link::default() }, 1);
+    // The first two sessions stall on one side or the other.
+    sim.stalled_sessions = 2;
+    let call = sim.dial(A, B).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    sim.command(B, &call, Command::Answer).unwrap();
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!((sim.state(A, &call), sim.state(B, &call)), (State::Active, State::Active));
+    let (machine, _) = &sim.daemons[A].calls[&call];
+    assert!(machine.media_attempt() >= 2, "replaced at least once: attempt {}", machine.media_attempt());
+    sim.command(A, &call, Command::Hangup).unwrap();
+    sim.settle();
+}
+
+#[test]
+fn a_handshake_that_always_stalls_fails_the_call_with_its_cause_on_both_sides() {
+    let mut sim = Sim::new(&[1, 2], Link::default(), 1);
+    sim.stalled_sessions = u32::MAX;
+    let call = sim.dial(A, B).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    sim.command(B, &call, Command::Answer).unwrap();
+    sim.settle();
+    assert_eq!(sim.end_reason(A, &call), Some(EndReason::Failed(FailCause::DtlsFailed)));
+    assert!(matches!(sim.end_reason(B, &call), Some(EndReason::Failed(_))), "{:?}", sim.end_reason(B, &call));
 }
 
 #[test]

@@ -175,7 +175,7 @@ where
             ..Timeouts::default()
         },
         codec: CodecSettings {
-            frame: Duration::from_millis(u64::from(config.calls.frame_ms.0)),
+            frame: config.calls.frame_ms.duration(),
             bitrate: config.calls.bitrate_kbps.0 as i32 * 1000,
             dtx: config.calls.dtx,
             network: NetworkSettings {

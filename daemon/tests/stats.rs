@@ -3,18 +3,21 @@
 //! event feed. These check that the numbers are true and that subscribers get
 //! them, not how fast anything is. Needs root (CI runs as root).
 
+#[path = "support/impaired.rs"]
+mod impaired;
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use impaired::impaired_pair;
 use support::{DEADLINE, Daemon, Lan, call_is, two_daemons_in, two_daemons_with};
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 use voicelink_bench::impairment::Impairment;
-use voicelink_bench::relay::{ImpairedLink, LinkConfig, Namespace};
+use voicelink_bench::relay::LinkConfig;
 use voicelink_proto::v1::{self, CallStats, WatchStatsRequest};
 
 const TONE_IN_NULL_OUT: &str = "[audio]\ninput = \"tone:440\"\noutput = \"null\"\n";
@@ -229,21 +232,6 @@ async fn subscribers_get_samples_at_once_all_of_them_and_a_slow_one_holds_up_nob
     assert!(slow_samples.len() < SAMPLES, "{} samples were queued for a client that read none", slow_samples.len());
     let last = slow_samples.last().expect("samples");
     assert!(last.call_id == call_id && last.summary.is_some(), "{last:#?}");
-}
-
-/// Two namespaces joined by the bench's user-space relay (this kernel has no
-/// netem), impaired as `config` says.
-struct ImpairedPair {
-    // Dropped in this order: the relay, then the namespaces.
-    _link: ImpairedLink,
-    a: Namespace,
-    b: Namespace,
-}
-
-fn impaired_pair(impair: impl FnOnce(LinkConfig) -> LinkConfig) -> ImpairedPair {
-    let (a, b) = (Namespace::create("vls").unwrap(), Namespace::create("vls").unwrap());
-    let link = ImpairedLink::start(impair(LinkConfig::new(a.name(), b.name()))).unwrap();
-    ImpairedPair { _link: link, a, b }
 }
 
 #[tokio::test]

@@ -4,4 +4,5 @@
 pub mod daemon;
 pub mod report;
 pub mod run;
+pub mod setup_trials;
 pub mod speech;

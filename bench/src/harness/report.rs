@@ -43,8 +43,40 @@ pub struct ProfileResult {
     /// PESQ wideband (P.862.2) MOS-LQO, one way (the callee's recording).
     pub pesq_wb: Option<f64>,
     pub outcome: Outcome,
+    /// Many short calls over the same impairment (`--setup-calls`).
+    pub setup_trials: Option<SetupTrials>,
     /// Anything that could not be measured, and why.
     pub notes: Vec<String>,
+}
+
+/// Setup reliability over many short calls.
+#[derive(Debug, Serialize, Default, Clone)]
+pub struct SetupTrials {
+    /// Calls placed.
+    pub calls: usize,
+    /// Calls that never became active.
+    pub failed: usize,
+    /// Why each failed call ended.
+    pub failures: Vec<String>,
+    /// Each call's dial → ringing.
+    pub dial_to_ringing_ms: Vec<f64>,
+    /// Each connected call's answer → active.
+    pub answer_to_active_ms: Vec<f64>,
+}
+
+impl SetupTrials {
+    /// The `q` quantile (0 to 1) of `values`.
+    fn quantile(values: &[f64], q: f64) -> Option<f64> {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let index = ((sorted.len() as f64 - 1.0) * q).round();
+        sorted.get(index as usize).copied()
+    }
+
+    /// Connected calls whose answer → active took at most `limit_ms`.
+    fn within(&self, limit_ms: f64) -> usize {
+        self.answer_to_active_ms.iter().filter(|&&ms| ms <= limit_ms).count()
+    }
 }
 
 /// The impairment the relay applied.
@@ -438,6 +470,38 @@ length, ± one 20 ms frame).\n\
 - CPU is utime + stime from /proc (10 ms ticks): over the idle window 0.00 % means under 0.2 %.\n\
 - Timing figures are from one run on a shared 2-core machine; treat them as indications, not limits."
     );
+    let trials: Vec<(&str, &SetupTrials)> =
+        report.profiles.iter().filter_map(|p| p.setup_trials.as_ref().map(|t| (p.name.as_str(), t))).collect();
+    if !trials.is_empty() {
+        let _ = writeln!(out, "\n## Setup reliability\n");
+        let _ = writeln!(
+            out,
+            "Short calls over the same impaired link, one after another (the callee rings {:.1} s, then \
+the bench answers and hangs up once the call is active). A call fails when it ends before it \
+becomes active.\n",
+            report.ring_seconds
+        );
+        let _ = writeln!(
+            out,
+            "| profile | calls | failed to connect | answer → active median | p95 | max | within 300 ms | dial → ringing median | why they failed |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+        for (name, t) in trials {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {} | {} of {} | {} | {} |",
+                t.calls,
+                t.failed,
+                ms(SetupTrials::quantile(&t.answer_to_active_ms, 0.5)),
+                ms(SetupTrials::quantile(&t.answer_to_active_ms, 0.95)),
+                ms(SetupTrials::quantile(&t.answer_to_active_ms, 1.0)),
+                t.within(300.0),
+                t.calls,
+                ms(SetupTrials::quantile(&t.dial_to_ringing_ms, 0.5)),
+                if t.failures.is_empty() { "-".to_owned() } else { t.failures.join("; ") },
+            );
+        }
+    }
     out
 }
 

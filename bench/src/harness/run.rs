@@ -138,14 +138,14 @@ fn applied(profile: &Profile) -> Applied {
     }
 }
 
-fn signed_ms(later: Instant, earlier: Instant) -> f64 {
+pub(super) fn signed_ms(later: Instant, earlier: Instant) -> f64 {
     match later.checked_duration_since(earlier) {
         Some(d) => d.as_secs_f64() * 1000.0,
         None => -(earlier - later).as_secs_f64() * 1000.0,
     }
 }
 
-fn is_state(event: &voicelink_proto::v1::Event, call_id: Option<&str>, state: CallState) -> bool {
+pub(super) fn is_state(event: &voicelink_proto::v1::Event, call_id: Option<&str>, state: CallState) -> bool {
     event_call(event).is_some_and(|c| call_id.is_none_or(|id| c.call_id == id) && c.state == state as i32)
 }
 

@@ -273,22 +273,9 @@ mod tests {
 
     /// A call to alice in `state`.
     fn record(state: State, started: SystemTime, answered: Option<SystemTime>) -> CallRecord {
-        CallRecord {
-            id: CallId::random(),
-            peer: None,
-            peer_name: "alice".into(),
-            direction: Direction::Outgoing,
-            state,
-            started_at: started,
-            answered_at: answered,
-            muted: false,
-            on_hold: false,
-            held_here: false,
-            held_by_peer: false,
-            end_reason: None,
-            input: InputSpec::Silence,
-            output: OutputSpec::Null,
-        }
+        let audio = (InputSpec::Silence, OutputSpec::Null);
+        let call = CallRecord::new(CallId::random(), None, "alice".into(), Direction::Outgoing, audio, started);
+        CallRecord { state, answered_at: answered, ..call }
     }
 
     fn reception(lost: i64, highest: u32) -> Reception {

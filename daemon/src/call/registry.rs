@@ -191,15 +191,15 @@ impl Registry {
         }
     }
 
+    /// Audio endpoints: the overrides, completed with the live defaults.
+    fn audio(&self, (input, output): (Option<InputSpec>, Option<OutputSpec>)) -> (InputSpec, OutputSpec) {
+        let live = self.settings.borrow();
+        (input.unwrap_or_else(|| live.audio_input.clone()), output.unwrap_or_else(|| live.audio_output.clone()))
+    }
+
     /// Audio overrides completed with the live defaults; `None` when there are none.
     fn with_defaults(&self, audio: (Option<InputSpec>, Option<OutputSpec>)) -> Option<(InputSpec, OutputSpec)> {
-        match audio {
-            (None, None) => None,
-            (input, output) => {
-                let live = self.settings.borrow();
-                Some((input.unwrap_or(live.audio_input.clone()), output.unwrap_or(live.audio_output.clone())))
-            }
-        }
+        (audio.0.is_some() || audio.1.is_some()).then(|| self.audio(audio))
     }
 
     fn dial(&mut self, target: String, audio: (Option<InputSpec>, Option<OutputSpec>), reply: Reply) {
@@ -247,10 +247,7 @@ impl Registry {
                 None => Err(CallError::NoSuchCall(theirs.to_string())),
             },
             Ok(Dial::Place(id)) => {
-                let (input, output) = {
-                    let live = self.settings.borrow();
-                    (audio.0.unwrap_or(live.audio_input.clone()), audio.1.unwrap_or(live.audio_output.clone()))
-                };
+                let (input, output) = self.audio(audio);
                 let (handle, record) = task::dial(self.context(), id, destination, input, output);
                 info!(call_id = %handle.id, target, "dialing");
                 self.calls.insert(handle.id.clone(), handle);
@@ -284,10 +281,7 @@ impl Registry {
                     self.tell(&ours, Command::Hangup);
                     self.calls.remove(&ours);
                 }
-                let (input, output) = {
-                    let live = self.settings.borrow();
-                    (live.audio_input.clone(), live.audio_output.clone())
-                };
+                let (input, output) = self.audio((None, None));
                 let mut context = self.context();
                 if let Some(frame) = frame {
                     context.codec.frame = frame;

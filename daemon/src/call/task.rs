@@ -102,6 +102,8 @@ struct Call {
     connection: Option<Connection>,
     media: Option<MediaSession>,
     meter: CallMeter,
+    /// The audio endpoints are open (a replaced media session gets them again).
+    audio_attached: bool,
     /// The last sample, with the summary, is on the board.
     stats_finished: bool,
 }
@@ -116,7 +118,14 @@ pub fn dial(
     output: OutputSpec,
 ) -> (CallHandle, CallRecord) {
     let machine = CallMachine::outgoing(clock::now(), context.setup());
-    let record = new_record(&id, destination.expected, destination.name.clone(), Direction::Outgoing, input, output);
+    let record = CallRecord::new(
+        id.clone(),
+        destination.expected,
+        destination.name.clone(),
+        Direction::Outgoing,
+        (input, output),
+        SystemTime::now(),
+    );
     let (handle, commands) = handle(&id);
     let call = Call::published(id, context, machine, record.clone(), None);
     tokio::spawn(call.run_outgoing(destination, commands));
@@ -134,7 +143,8 @@ pub fn incoming(
 ) -> CallHandle {
     let peer = Some(connection.peer);
     let machine = CallMachine::incoming(clock::now(), context.setup());
-    let record = new_record(&id, peer, caller_name, Direction::Incoming, input, output);
+    let record =
+        CallRecord::new(id.clone(), peer, caller_name, Direction::Incoming, (input, output), SystemTime::now());
     let (handle, commands) = handle(&id);
     let call = Call::published(id, context, machine, record, Some(connection));
     tokio::spawn(call.run_incoming(commands));
@@ -144,35 +154,6 @@ pub fn incoming(
 fn handle(id: &CallId) -> (CallHandle, mpsc::Receiver<CallCommand>) {
     let (commands, receiver) = mpsc::channel(16);
     (CallHandle { id: id.clone(), commands }, receiver)
-}
-
-fn new_record(
-    id: &CallId,
-    peer: Option<DeviceId>,
-    name: String,
-    direction: Direction,
-    input: InputSpec,
-    output: OutputSpec,
-) -> CallRecord {
-    CallRecord {
-        id: id.clone(),
-        peer,
-        peer_name: name,
-        direction,
-        state: match direction {
-            Direction::Outgoing => State::Outgoing,
-            Direction::Incoming => State::Incoming,
-        },
-        started_at: SystemTime::now(),
-        answered_at: None,
-        muted: false,
-        on_hold: false,
-        held_here: false,
-        held_by_peer: false,
-        end_reason: None,
-        input,
-        output,
-    }
 }
 
 impl Call {
@@ -188,7 +169,17 @@ impl Call {
         context.hub.publish(Change::CallStarted(record.clone()));
         let mut meter = CallMeter::new(context.codec.info());
         context.stats.update(meter.sample(&record, None, SystemTime::now()));
-        Call { id, context, machine, record, connection, media: None, meter, stats_finished: false }
+        Call {
+            id,
+            context,
+            machine,
+            record,
+            connection,
+            media: None,
+            meter,
+            audio_attached: false,
+            stats_finished: false,
+        }
     }
 
     async fn run_outgoing(mut self, destination: Destination, mut commands: mpsc::Receiver<CallCommand>) {
@@ -238,19 +229,31 @@ impl Call {
     }
 
     /// Creates the media session (once signaling is up, which is when the peer
-    /// is known). A caller's endpoints open now: it hears the answer at once.
+    /// is known). A caller's endpoints open now: it hears the answer at once; a
+    /// callee's open when it answers, or now if it already has (a replacement).
     async fn start_media(&mut self) -> Result<(), FailCause> {
         if self.media.is_some() {
             return Ok(());
         }
         let peer = self.record.peer.ok_or_else(|| FailCause::Protocol("the peer's identity is unknown".into()))?;
-        let mut media = MediaSession::new(&self.context.identity, peer, self.context.codec.clone())
+        let media = MediaSession::new(&self.context.identity, peer, self.context.codec.clone())
             .await
             .map_err(|e| FailCause::Protocol(e.to_string()))?;
-        if self.machine.direction() == Direction::Outgoing {
-            attach(&mut media, &self.record.input, &self.record.output, self.context.loop_files)?;
-        }
         self.media = Some(media);
+        if self.machine.direction() == Direction::Outgoing || self.audio_attached {
+            self.attach_audio()?;
+        }
+        Ok(())
+    }
+
+    /// Opens the call's audio endpoints onto its media session.
+    fn attach_audio(&mut self) -> Result<(), FailCause> {
+        let Some(media) = self.media.as_mut() else { return Ok(()) };
+        let source =
+            open_input(&self.record.input, self.context.loop_files).map_err(|e| FailCause::Audio(e.to_string()))?;
+        let sink = open_output(&self.record.output).map_err(|e| FailCause::Audio(e.to_string()))?;
+        media.attach_audio(source, sink).map_err(|e| FailCause::Audio(e.to_string()))?;
+        self.audio_attached = true;
         Ok(())
     }
 
@@ -334,10 +337,7 @@ impl Call {
         if answering && self.machine.state() == State::Incoming {
             // Open the audio endpoints before accepting, so a bad one fails the
             // call instead of answering into silence.
-            let (input_spec, output_spec) = (self.record.input.clone(), self.record.output.clone());
-            if let Some(media) = self.media.as_mut()
-                && let Err(cause) = attach(media, &input_spec, &output_spec, self.context.loop_files)
-            {
+            if let Err(cause) = self.attach_audio() {
                 let _ = reply.send(Err(InvalidCommand::because("answer", cause.to_string())));
                 self.machine.handle_media(MediaInput::Failed(cause), clock::now());
                 return;
@@ -379,8 +379,9 @@ impl Call {
             Some(ConnectionEvent::LocalCandidate { candidate, sdp_mid, sdp_mline_index }) => {
                 MediaInput::LocalCandidate { candidate, sdp_mid, sdp_mline_index }
             }
+            Some(ConnectionEvent::IceConnected) => MediaInput::IceConnected,
             Some(ConnectionEvent::Connected) => {
-                debug!(call_id = %self.id, "media connected");
+                debug!(call_id = %self.id, attempt = self.machine.media_attempt(), "media connected");
                 MediaInput::Connected
             }
             Some(ConnectionEvent::Failed(cause)) => MediaInput::Failed(cause),
@@ -391,7 +392,13 @@ impl Call {
 
     /// Work for the media layer; what it answers goes back to the machine.
     async fn media_command(&mut self, command: MediaCommand) {
-        if let MediaCommand::CreateOffer = command
+        if let MediaCommand::Replace = command {
+            info!(call_id = %self.id, attempt = self.machine.media_attempt(), "media did not connect: starting a fresh media session");
+            if let Some(media) = self.media.take() {
+                media.close().await;
+            }
+        }
+        if matches!(command, MediaCommand::Replace | MediaCommand::CreateOffer)
             && let Err(cause) = self.start_media().await
         {
             self.machine.handle_media(MediaInput::Failed(cause), clock::now());
@@ -400,6 +407,7 @@ impl Call {
         let Some(media) = self.media.as_mut() else { return };
         let connection = media.connection();
         let result = match command {
+            MediaCommand::Replace => Ok(None),
             MediaCommand::CreateOffer => connection.create_offer().await.map(Some),
             MediaCommand::AcceptOffer(sdp) => connection.accept_offer(sdp).await.map(Some),
             MediaCommand::AcceptAnswer(sdp) => connection.accept_answer(sdp).await.map(|()| None),
@@ -488,12 +496,6 @@ impl Drop for Call {
             self.finish_stats();
         }
     }
-}
-
-fn attach(media: &mut MediaSession, input: &InputSpec, output: &OutputSpec, loop_files: bool) -> Result<(), FailCause> {
-    let source = open_input(input, loop_files).map_err(|e| FailCause::Audio(e.to_string()))?;
-    let sink = open_output(output).map_err(|e| FailCause::Audio(e.to_string()))?;
-    media.attach_audio(source, sink).map_err(|e| FailCause::Audio(e.to_string()))
 }
 
 async fn recv(connection: &mut Option<Connection>) -> Result<Option<Decoded>, SignalingError> {

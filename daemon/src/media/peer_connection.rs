@@ -52,6 +52,8 @@ pub enum ConnectionEvent {
         /// Its m-line index.
         sdp_mline_index: Option<u16>,
     },
+    /// ICE found a path; the DTLS handshake starts.
+    IceConnected,
     /// ICE and DTLS are up.
     Connected,
     /// Media broke for good.
@@ -153,8 +155,9 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
-        if matches!(state, RTCIceConnectionState::Connected | RTCIceConnectionState::Completed) {
-            self.ice_connected.store(true, Ordering::Relaxed);
+        let connected = matches!(state, RTCIceConnectionState::Connected | RTCIceConnectionState::Completed);
+        if connected && !self.ice_connected.swap(true, Ordering::Relaxed) {
+            let _ = self.events.send(ConnectionEvent::IceConnected).await;
         }
     }
 

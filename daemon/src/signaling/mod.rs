@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use transport::{Connection, Endpoint};
+use voicelink_core::config::FrameMs;
 use voicelink_core::wire::{Body, CallId, Decoded, Message};
 
 /// A call request that arrived on a new, authenticated signaling connection.
@@ -123,7 +124,7 @@ async fn first_message<T: From<IncomingRequest>>(
         Ok(Ok(Some(Decoded::Message(Message {
             call_id, body: Body::CallRequest { caller_name, frame_ms }, ..
         })))) => {
-            let frame = frame_ms.filter(|ms| matches!(ms, 10 | 20)).map(|ms| Duration::from_millis(u64::from(ms)));
+            let frame = frame_ms.and_then(FrameMs::of).map(FrameMs::duration);
             let request = IncomingRequest { connection, call_id, caller_name, frame };
             let _ = requests.send(T::from(request)).await;
         }

@@ -162,22 +162,9 @@ mod tests {
 
     fn sample(call: &CallId, state: State) -> CallStats {
         let now = std::time::SystemTime::now();
-        let record = CallRecord {
-            id: call.clone(),
-            peer: None,
-            peer_name: "alice".into(),
-            direction: Direction::Outgoing,
-            state,
-            started_at: now,
-            answered_at: None,
-            muted: false,
-            on_hold: false,
-            held_here: false,
-            held_by_peer: false,
-            end_reason: None,
-            input: InputSpec::Silence,
-            output: OutputSpec::Null,
-        };
+        let audio = (InputSpec::Silence, OutputSpec::Null);
+        let record = CallRecord::new(call.clone(), None, "alice".into(), Direction::Outgoing, audio, now);
+        let record = CallRecord { state, ..record };
         let codec = CodecInfo {
             name: "opus",
             clock_rate: 48_000,

@@ -1,0 +1,106 @@
+//! Setup reliability: many short calls over one profile's link, counting how many
+//! connect and how long each takes from the answer to "active". One call per
+//! profile says little about a failure that strikes one call in ten; this does.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+use voicelink_bench::impairment::Profile;
+use voicelink_bench::relay::{Direction, ImpairedLink, LinkConfig, Namespace};
+use voicelink_proto::v1::{AnswerRequest, CallState, DialRequest, HangupRequest};
+
+use super::daemon::{DEADLINE, Daemon, DaemonSpec, event_call, shows_peer_online};
+use super::report::SetupTrials;
+use super::run::{RunSettings, is_state, signed_ms};
+
+/// How long a call may take to become active after the answer before the trial
+/// counts it as failed (the daemon's own connect timer is 15 s).
+const ACTIVE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Runs `calls` short calls over `profile`'s impairment.
+pub async fn run(settings: &RunSettings, profile: &Profile, calls: usize) -> Result<SetupTrials> {
+    let dir = settings.work.join(format!("{}-setup", profile.name));
+    std::fs::create_dir_all(&dir)?;
+    let ns_caller = Namespace::create("vlb")?;
+    let ns_callee = Namespace::create("vlb")?;
+    let link = ImpairedLink::start(LinkConfig {
+        seed: settings.seed ^ 0x5e7u64,
+        ..LinkConfig::new(ns_caller.name(), ns_callee.name())
+    })?;
+    let (caller_dir, callee_dir) = (dir.join("caller"), dir.join("callee"));
+    let audio = |input: &str| format!("audio.input = {input:?}\naudio.output = \"null\"\n");
+    let caller_spec =
+        DaemonSpec { name: "caller", netns: ns_caller.name(), dir: &caller_dir, extra_config: audio("tone:440") };
+    let callee_spec =
+        DaemonSpec { name: "callee", netns: ns_callee.name(), dir: &callee_dir, extra_config: audio("tone:880") };
+    let mut caller = Daemon::start(&settings.voiced, caller_spec).await?;
+    let mut callee = Daemon::start(&settings.voiced, callee_spec).await?;
+    let outcome = trials(settings, profile, &link, &caller, &callee, calls).await;
+    let stopped = (caller.stop().await, callee.stop().await);
+    stopped.0?;
+    stopped.1?;
+    outcome
+}
+
+async fn trials(
+    settings: &RunSettings,
+    profile: &Profile,
+    link: &ImpairedLink,
+    caller: &Daemon,
+    callee: &Daemon,
+    calls: usize,
+) -> Result<SetupTrials> {
+    let mut caller_events = caller.events().await?;
+    let mut callee_events = callee.events().await?;
+    caller_events.seen_or_wait_for("the callee online", DEADLINE, |e| shows_peer_online(e, &callee.device_id)).await?;
+    for direction in [Direction::AToB, Direction::BToA] {
+        link.set_impairment(direction, profile.each_direction);
+    }
+    let mut result = SetupTrials { calls, ..SetupTrials::default() };
+    for trial in 0..calls {
+        let dialed = Instant::now();
+        let call = caller
+            .client
+            .clone()
+            .dial(DialRequest { target: callee.device_id.clone(), ..DialRequest::default() })
+            .await?
+            .into_inner()
+            .call
+            .ok_or_else(|| anyhow!("Dial returned no call"))?;
+        let call_id = call.call_id;
+        let (ringing_at, ringing) =
+            callee_events.wait_for("the incoming call", DEADLINE, |e| is_state(e, None, CallState::Incoming)).await?;
+        result.dial_to_ringing_ms.push(signed_ms(ringing_at, dialed));
+        let callee_call = event_call(&ringing).map(|c| c.call_id.clone()).unwrap_or_default();
+        tokio::time::sleep_until((ringing_at + settings.ring).into()).await;
+        let answered = Instant::now();
+        let answer = AnswerRequest { call_id: callee_call.clone(), ..AnswerRequest::default() };
+        callee.client.clone().answer(answer).await?;
+        let (at, first) = caller_events
+            .wait_for("the call to become active or end", ACTIVE_DEADLINE, |e| {
+                is_state(e, Some(&call_id), CallState::Active) || is_state(e, Some(&call_id), CallState::Ended)
+            })
+            .await?;
+        if is_state(&first, Some(&call_id), CallState::Active) {
+            result.answer_to_active_ms.push(signed_ms(at, answered));
+            caller.client.clone().hangup(HangupRequest { call_id: call_id.clone() }).await?;
+            caller_events
+                .wait_for("the call to end", DEADLINE, |e| is_state(e, Some(&call_id), CallState::Ended))
+                .await?;
+        } else {
+            let reason =
+                event_call(&first).map(|c| format!("{:?} ({})", c.end_reason(), c.end_detail)).unwrap_or_default();
+            tracing::warn!(profile = profile.name, trial, %reason, "a call did not connect");
+            result.failed += 1;
+            result.failures.push(reason);
+        }
+        // Both sides over before the next dial (the callee hears the end a trip later).
+        callee_events
+            .seen_or_wait_for("the callee's call to end", DEADLINE, |e| {
+                is_state(e, Some(&callee_call), CallState::Ended)
+            })
+            .await?;
+        tracing::info!(profile = profile.name, trial, failed = result.failed, "setup trial done");
+    }
+    Ok(result)
+}
