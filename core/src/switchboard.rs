@@ -11,7 +11,9 @@
 //!   from the two device IDs ([`resolve_glare`]); the loser's call yields and the
 //!   winner's is answered at once, since both people asked for this conversation.
 //! - A peer may make [`Policy::requests_per_peer`] call requests per
-//!   [`Policy::request_window`]; more are refused.
+//!   [`Policy::request_window`]; more are refused. A request that was answered
+//!   does not count: the limit is against ringing nobody wants, not against a
+//!   friend who calls back.
 //! - Auto-answer answers every call that rings.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -286,11 +288,17 @@ impl Switchboard {
 
     /// A call reached a new state (and, once connected, its peer is known).
     pub fn state_changed(&mut self, call: &CallId, state: State, peer: Option<DeviceId>) {
-        if let Some(leg) = self.calls.get_mut(call) {
-            leg.state = state;
-            if leg.peer.is_none() {
-                leg.peer = peer;
-            }
+        let Some(leg) = self.calls.get_mut(call) else { return };
+        let answered_here = leg.direction == Direction::Incoming
+            && leg.state == State::Incoming
+            && matches!(state, State::Connecting | State::Active | State::OnHold);
+        leg.state = state;
+        if leg.peer.is_none() {
+            leg.peer = peer;
+        }
+        // An answered request no longer counts against its caller.
+        if answered_here && let Some(recent) = leg.peer.and_then(|peer| self.requests.get_mut(&peer)) {
+            recent.pop_back();
         }
     }
 
@@ -414,6 +422,28 @@ mod tests {
         // The first request left the window.
         let now = start + Duration::from_secs(60);
         assert!(matches!(board.incoming(call("c5"), id(2), now), Incoming::Ring { .. }));
+    }
+
+    #[test]
+    fn answered_requests_do_not_count_against_the_caller() {
+        let start = Instant::now();
+        let policy = Policy { requests_per_peer: 2, ..Policy::default() };
+        let mut board = Switchboard::new(id(LOW), policy);
+        for n in 0..5 {
+            let now = start + Duration::from_secs(n);
+            let name = call(&format!("c{n}"));
+            assert!(matches!(board.incoming(name.clone(), id(2), now), Incoming::Ring { .. }), "call {n}");
+            board.state_changed(&name, State::Active, None);
+            board.finished(&name);
+        }
+        // Unanswered ones do.
+        for n in 5..7 {
+            let name = call(&format!("c{n}"));
+            assert!(matches!(board.incoming(name.clone(), id(2), start), Incoming::Ring { .. }));
+            board.state_changed(&name, State::Ended, None);
+            board.finished(&name);
+        }
+        assert_eq!(board.incoming(call("c7"), id(2), start), Incoming::Refuse(Refusal::TooManyRequests));
     }
 
     #[test]

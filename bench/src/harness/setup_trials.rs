@@ -68,8 +68,19 @@ async fn trials(
             .call
             .ok_or_else(|| anyhow!("Dial returned no call"))?;
         let call_id = call.call_id;
-        let (ringing_at, ringing) =
-            callee_events.wait_for("the incoming call", DEADLINE, |e| is_state(e, None, CallState::Incoming)).await?;
+        // The call may end before it rings (refused, unreachable): a result too.
+        let rang = tokio::select! {
+            rang = callee_events.wait_for("the incoming call", DEADLINE, |e| is_state(e, None, CallState::Incoming)) => rang?,
+            ended = caller_events.wait_for("the call to end", DEADLINE, |e| is_state(e, Some(&call_id), CallState::Ended)) => {
+                let (_, ended) = ended?;
+                let reason = event_call(&ended).map(|c| format!("{:?} ({})", c.end_reason(), c.end_detail)).unwrap_or_default();
+                tracing::warn!(profile = profile.name, trial, %reason, "a call ended before it rang");
+                result.failed += 1;
+                result.failures.push(format!("before ringing: {reason}"));
+                continue;
+            }
+        };
+        let (ringing_at, ringing) = rang;
         result.dial_to_ringing_ms.push(signed_ms(ringing_at, dialed));
         let callee_call = event_call(&ringing).map(|c| c.call_id.clone()).unwrap_or_default();
         tokio::time::sleep_until((ringing_at + settings.ring).into()).await;
