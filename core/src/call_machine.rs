@@ -37,6 +37,9 @@ pub struct Timeouts {
     pub media_attempt: Duration,
     /// Media sessions a call tries before it fails.
     pub media_attempts: u32,
+    /// How long an answered call waits in "reconnecting" for a silent link to
+    /// come back before it ends as "peer lost".
+    pub reconnect: Duration,
 }
 
 impl Default for Timeouts {
@@ -46,6 +49,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(15),
             media_attempt: Duration::from_millis(1200),
             media_attempts: 8,
+            reconnect: Duration::from_secs(40),
         }
     }
 }
@@ -147,6 +151,8 @@ pub enum MediaInput {
     LocalDescription(String),
     /// ICE found a path to the peer (DTLS starts now).
     IceConnected,
+    /// The path went silent (ICE disconnected); it may come back by itself.
+    Disconnected,
     /// One of our ICE candidates, to trickle.
     LocalCandidate {
         /// The `candidate:` attribute value.
@@ -184,6 +190,7 @@ fn describe(state: State) -> &'static str {
         State::Connecting => "connecting",
         State::Active => "active",
         State::OnHold => "on hold",
+        State::Reconnecting => "reconnecting",
         State::Ended => "over",
     }
 }
@@ -192,6 +199,7 @@ fn describe(state: State) -> &'static str {
 enum Timer {
     Ring,
     Connect,
+    Reconnect,
 }
 
 /// Where the current media session is.
@@ -345,6 +353,7 @@ impl CallMachine {
             (Timer::Connect, State::Connecting) => {
                 self.end(EndReason::Failed(FailCause::ConnectTimeout), Some(EndCode::Failed))
             }
+            (Timer::Reconnect, State::Reconnecting) => self.end(EndReason::PeerLost, None),
             _ => {}
         }
     }
@@ -378,7 +387,7 @@ impl CallMachine {
                     self.update_audio();
                 }
             }
-            (Command::SetHold(hold), State::Active | State::OnHold) => {
+            (Command::SetHold(hold), State::Active | State::OnHold | State::Reconnecting) => {
                 if !hold && !self.held_here && self.held_there {
                     return Err(InvalidCommand::because(
                         "resume",
@@ -447,7 +456,7 @@ impl CallMachine {
                 };
                 self.end(reason, None);
             }
-            (Body::Hold { on_hold }, State::Active | State::OnHold | State::Connecting, _)
+            (Body::Hold { on_hold }, State::Active | State::OnHold | State::Connecting | State::Reconnecting, _)
                 if on_hold != self.held_there =>
             {
                 self.held_there = on_hold;
@@ -505,10 +514,16 @@ impl CallMachine {
                     }
                 }
             }
+            MediaInput::Disconnected => {
+                if self.media == MediaProgress::Ready && matches!(self.state, State::Active | State::OnHold) {
+                    self.timer = Some((now + self.setup.timeouts.reconnect, Timer::Reconnect));
+                    self.set_state(State::Reconnecting);
+                }
+            }
             MediaInput::Connected => {
                 self.media = MediaProgress::Ready;
                 self.media_deadline = None;
-                if self.state == State::Connecting {
+                if matches!(self.state, State::Connecting | State::Reconnecting) {
                     self.timer = None;
                     self.set_state(self.talking_state());
                 }
@@ -520,6 +535,8 @@ impl CallMachine {
             {
                 self.retry_media(cause)
             }
+            // A path that worked and then died: the peer is gone, not the handshake.
+            MediaInput::Failed(FailCause::IceFailed | FailCause::DtlsFailed) => self.end(EndReason::PeerLost, None),
             MediaInput::Failed(cause) => self.end(EndReason::Failed(cause), Some(EndCode::Failed)),
         }
     }
@@ -569,6 +586,7 @@ impl CallMachine {
 
     fn hold_changed(&mut self) {
         self.outputs.push_back(Output::HoldChanged(self.on_hold()));
+        // While reconnecting the call stays so; the hold applies when it is back.
         if matches!(self.state, State::Active | State::OnHold) {
             self.set_state(self.talking_state());
         } else {
@@ -595,7 +613,9 @@ impl CallMachine {
     }
 
     fn update_audio(&mut self) {
-        let talking = self.state == State::Active;
+        // Audio keeps flowing while reconnecting, so it is heard again the moment
+        // the link returns.
+        let talking = self.state == State::Active || (self.state == State::Reconnecting && !self.on_hold());
         let audio = (talking && !self.muted, talking);
         if audio != self.audio {
             self.audio = audio;
@@ -613,6 +633,7 @@ mod tests {
         connect: Duration::from_secs(15),
         media_attempt: Duration::from_millis(2500),
         media_attempts: 3,
+        reconnect: Duration::from_secs(40),
     };
 
     fn setup() -> CallSetup {
@@ -772,10 +793,11 @@ mod tests {
             ),
             (active_outgoing(now), In::Remote(Body::End { reason: EndCode::HangUp }), EndReason::HungUpRemote, None),
             (active_outgoing(now), In::Lost, EndReason::PeerLost, None),
+            (active_outgoing(now), In::Media(MediaInput::Failed(FailCause::IceFailed)), EndReason::PeerLost, None),
             (
                 active_outgoing(now),
-                In::Media(MediaInput::Failed(FailCause::DtlsFailed)),
-                EndReason::Failed(FailCause::DtlsFailed),
+                In::Media(MediaInput::Failed(FailCause::Audio("unplugged".into()))),
+                EndReason::Failed(FailCause::Audio("unplugged".into())),
                 Some(Body::End { reason: EndCode::Failed }),
             ),
             (
@@ -1105,5 +1127,45 @@ mod tests {
         );
         assert_eq!(m.media_attempt(), 2);
         assert_eq!(m.poll_timeout(), Some(now + T.ring), "no watchdog on the callee");
+    }
+
+    #[test]
+    fn a_silent_link_reconnects_with_audio_still_flowing_and_comes_back() {
+        let now = Instant::now();
+        let mut m = active_outgoing(now);
+        m.handle_media(MediaInput::Disconnected, now);
+        assert_eq!(drain(&mut m), [state_change(State::Active, State::Reconnecting)], "audio keeps flowing");
+        assert_eq!(m.poll_timeout(), Some(now + T.reconnect));
+        // Holding while reconnecting: the hold is sent and applies when back.
+        m.handle_command(Command::SetHold(true), now).unwrap();
+        assert_eq!(
+            drain(&mut m),
+            [Output::Send(Body::Hold { on_hold: true }), Output::HoldChanged(true), audio(false, false)]
+        );
+        m.handle_media(MediaInput::Connected, now + Duration::from_secs(30));
+        assert_eq!(drain(&mut m), [state_change(State::Reconnecting, State::OnHold)]);
+        assert_eq!(m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_link_that_stays_silent_ends_the_call_as_peer_lost() {
+        let now = Instant::now();
+        let mut m = active_outgoing(now);
+        m.handle_media(MediaInput::Disconnected, now);
+        drain(&mut m);
+        m.handle_timeout(now + T.reconnect - Duration::from_millis(1));
+        assert_eq!(m.state(), State::Reconnecting);
+        m.handle_timeout(now + T.reconnect);
+        assert_eq!(m.end_reason(), Some(&EndReason::PeerLost));
+        assert_eq!(drain(&mut m), [state_change(State::Reconnecting, State::Ended), audio(false, false)]);
+    }
+
+    #[test]
+    fn a_disconnect_before_the_call_is_answered_is_not_reconnecting() {
+        let now = Instant::now();
+        let mut m = CallMachine::incoming(now, setup());
+        m.handle_media(MediaInput::Connected, now);
+        m.handle_media(MediaInput::Disconnected, now);
+        assert_eq!(m.state(), State::Incoming);
     }
 }

@@ -55,6 +55,10 @@ pub struct CallsConfig {
     pub stun_servers: Vec<String>,
     /// Offer loopback candidates too (two daemons on one host without a LAN).
     pub allow_loopback: bool,
+    /// Seconds an answered call waits for a link that went silent to come back
+    /// ("reconnecting") before it ends as "peer lost" (5 to 300). A peer that
+    /// quits or is killed closes its connection and is noticed at once.
+    pub reconnect_timeout_secs: Bounded<5, 300>,
 }
 
 impl Default for CallsConfig {
@@ -67,6 +71,7 @@ impl Default for CallsConfig {
             dtx: false,
             stun_servers: Vec::new(),
             allow_loopback: false,
+            reconnect_timeout_secs: Bounded(40),
         }
     }
 }

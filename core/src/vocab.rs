@@ -120,6 +120,9 @@ pub enum State {
     Active,
     /// Held by either side: no audio either way.
     OnHold,
+    /// Answered, but the link went silent: waiting for it to come back (audio
+    /// resumes by itself when it does), or for the reconnect timeout.
+    Reconnecting,
     /// Over; see `end_reason`.
     Ended,
 }

@@ -164,6 +164,7 @@ where
     }
     let (registry_tx, registry_rx) = mpsc::channel(64);
     let (inbox_tx, inbox_rx) = mpsc::channel(64);
+    let reconnect_timeout = Duration::from_secs(u64::from(config.calls.reconnect_timeout_secs.0));
     let context = CallContext {
         identity: identity.clone(),
         endpoint: endpoint.clone(),
@@ -172,6 +173,7 @@ where
         own_name: config.name.to_string(),
         timeouts: Timeouts {
             ring: Duration::from_secs(u64::from(config.calls.ring_timeout_secs.0)),
+            reconnect: reconnect_timeout,
             ..Timeouts::default()
         },
         codec: CodecSettings {
@@ -181,6 +183,7 @@ where
             network: NetworkSettings {
                 stun_servers: config.calls.stun_servers.clone(),
                 allow_loopback: config.calls.allow_loopback,
+                ice_failed_after: reconnect_timeout + Duration::from_secs(5),
             },
         },
         loop_files: config.audio.loop_files,

@@ -7,6 +7,8 @@ mod impaired;
 mod support;
 
 use impaired::impaired_pair;
+use std::time::Duration;
+
 use support::{call_is, two_daemons_in};
 use voicelink_bench::impairment::Impairment;
 use voicelink_bench::relay::LinkConfig;
@@ -53,4 +55,69 @@ async fn under_heavy_loss_calls_connect_or_fail_saying_why() {
         a.log_text(),
         b.log_text()
     );
+}
+
+/// The state of `call` in a `voicectl stats --json` round.
+async fn packets_received(daemon: &support::Daemon, call_id: &str) -> u64 {
+    daemon.ctl_json(&["stats", call_id, "--json"]).await["packets_received"].as_u64().unwrap_or_default()
+}
+
+/// Longer than the old 10 s after which ICE gave up and the call "failed DTLS".
+#[tokio::test]
+async fn a_link_down_for_12_s_shows_reconnecting_on_both_sides_and_audio_comes_back() {
+    require_netns!();
+    let pair = impaired_pair(|link| link);
+    let dir = tempfile::tempdir().unwrap();
+    let callee = format!("{TONE_IN_NULL_OUT}[calls]\nauto_answer = true\n");
+    let (a, b) = two_daemons_in([pair.a.name(), pair.b.name()], dir.path(), TONE_IN_NULL_OUT, &callee).await;
+    let (mut a_events, mut b_events) = (a.follow_events().await, b.follow_events().await);
+    let dialed = a.ctl_json(&["dial", "bob", "--no-wait"]).await;
+    let call_id = dialed["call_id"].as_str().unwrap().to_owned();
+    a_events.wait_for("the call is active", |e| call_is(e, &call_id, "active")).await;
+    b_events.wait_for("the call is active at bob", |e| call_is(e, &call_id, "active")).await;
+
+    pair.link.go_down_for(Duration::from_secs(12));
+    for (who, events) in [("alice", &mut a_events), ("bob", &mut b_events)] {
+        events.wait_for(&format!("{who} reconnecting"), |e| call_is(e, &call_id, "reconnecting")).await;
+    }
+    let during = packets_received(&b, &call_id).await;
+    for (who, events) in [("alice", &mut a_events), ("bob", &mut b_events)] {
+        let back = events
+            .wait_for(&format!("{who} active again"), |e| {
+                call_is(e, &call_id, "active") || call_is(e, &call_id, "ended")
+            })
+            .await;
+        assert!(call_is(&back, &call_id, "active"), "{who}: {back:#}\n{}\n{}", a.log_text(), b.log_text());
+    }
+    assert!(!pair.link.is_down(), "back only after the link is");
+    // Audio flows again: bob receives more than he had during the outage.
+    let received = async {
+        loop {
+            if packets_received(&b, &call_id).await > during + 25 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(support::DEADLINE, received).await.expect("audio after the outage");
+    a.ctl_json(&["hangup"]).await;
+}
+
+/// A peer that is killed closes its connection (the kernel does): the other side
+/// ends the call as "peer lost" at once, not as a failure with a TLS message.
+#[tokio::test]
+async fn a_killed_peer_ends_the_call_as_peer_lost() {
+    require_netns!();
+    let pair = impaired_pair(|link| link);
+    let dir = tempfile::tempdir().unwrap();
+    let callee = format!("{TONE_IN_NULL_OUT}[calls]\nauto_answer = true\n");
+    let (a, mut b) = two_daemons_in([pair.a.name(), pair.b.name()], dir.path(), TONE_IN_NULL_OUT, &callee).await;
+    let mut events = a.follow_events().await;
+    let dialed = a.ctl_json(&["dial", "bob", "--no-wait"]).await;
+    let call_id = dialed["call_id"].as_str().unwrap().to_owned();
+    events.wait_for("the call is active", |e| call_is(e, &call_id, "active")).await;
+    b.stop_with(nix::sys::signal::Signal::SIGKILL).await;
+    let ended = events.wait_for("the call to end", |e| call_is(e, &call_id, "ended")).await;
+    let call = &ended[ended["type"].as_str().unwrap_or_default()]["call"];
+    assert_eq!(call["end_reason"], "peer_lost", "{call:#}");
 }

@@ -240,7 +240,7 @@ pub async fn run(address: DaemonAddress, updates: mpsc::Sender<Update>, mut comm
 
 /// Which calls want a stats subscription: the ones carrying audio.
 fn wants_stats(state: CallState) -> bool {
-    matches!(state, CallState::Active | CallState::OnHold)
+    matches!(state, CallState::Active | CallState::OnHold | CallState::Reconnecting)
 }
 
 /// The tasks a session started; dropping it (when the session ends, however it

@@ -127,7 +127,7 @@ fn is_on_hold(call: &v1::Call) -> bool {
 
 /// Whether a call carries audio (so it can be muted and held).
 fn is_live(call: &v1::Call) -> bool {
-    matches!(call.state(), CallState::Active | CallState::OnHold)
+    matches!(call.state(), CallState::Active | CallState::OnHold | CallState::Reconnecting)
 }
 
 /// Whether this build knows what the call's state means. A newer daemon's state
@@ -158,6 +158,7 @@ fn describe_call(call: &v1::Call, quality: Option<&str>, now: SystemTime) -> Str
     let mut parts = vec![match call.state() {
         CallState::Outgoing => format!("Calling {name}…"),
         CallState::Connecting => format!("Connecting to {name}…"),
+        CallState::Reconnecting => format!("Reconnecting to {name}…"),
         CallState::Active | CallState::OnHold => match (hold.here, hold.by_peer) {
             (true, true) => format!("{name} on hold (both sides)"),
             (true, false) => format!("{name} on hold"),
@@ -371,7 +372,7 @@ mod tests {
     }
 
     fn call(state: CallState) -> v1::Call {
-        let answered = matches!(state, CallState::Active | CallState::OnHold);
+        let answered = matches!(state, CallState::Active | CallState::OnHold | CallState::Reconnecting);
         v1::Call {
             call_id: "c1".into(),
             peer_device_id: "DEV-ALICE".into(),
@@ -507,6 +508,14 @@ mod tests {
         c.peer_display_name.clear();
         let view = view(&with_call(c), now());
         assert_eq!(view.tooltip, "DEV-ALICE is calling");
+    }
+
+    #[test]
+    fn a_call_whose_link_went_silent_says_it_is_reconnecting_and_stays_in_hand() {
+        let view = view(&with_call(call(CallState::Reconnecting)), now());
+        assert_eq!(view.icon, IconKind::InCall);
+        assert_eq!(view.tooltip, "Reconnecting to alice… · 03:12");
+        assert!(disabled_actions(&view).is_empty(), "mute and hold still work: {:?}", disabled_actions(&view));
     }
 
     #[test]

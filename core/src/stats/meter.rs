@@ -194,8 +194,8 @@ impl CallMeter {
             }
         };
         let stalled = now.duration_since(unchanged_since).unwrap_or_default() >= AUDIO_STALL;
-        let answered =
-            record.answered_at.is_some() && matches!(record.state, State::Active | State::OnHold | State::Ended);
+        let answered = record.answered_at.is_some()
+            && matches!(record.state, State::Active | State::OnHold | State::Reconnecting | State::Ended);
         // No verdict before audio flows; nothing arriving for a while is as bad as
         // losing everything (loss reports only move when packets do).
         if answered && (received > 0 || stalled) {

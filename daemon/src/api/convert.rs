@@ -99,6 +99,7 @@ fn state(state: State) -> v1::CallState {
         State::Connecting => v1::CallState::Connecting,
         State::Active => v1::CallState::Active,
         State::OnHold => v1::CallState::OnHold,
+        State::Reconnecting => v1::CallState::Reconnecting,
         State::Ended => v1::CallState::Ended,
     }
 }

@@ -380,6 +380,10 @@ impl Call {
                 MediaInput::LocalCandidate { candidate, sdp_mid, sdp_mline_index }
             }
             Some(ConnectionEvent::IceConnected) => MediaInput::IceConnected,
+            Some(ConnectionEvent::Disconnected) => {
+                info!(call_id = %self.id, "the media path went silent: reconnecting");
+                MediaInput::Disconnected
+            }
             Some(ConnectionEvent::Connected) => {
                 debug!(call_id = %self.id, attempt = self.machine.media_attempt(), "media connected");
                 MediaInput::Connected

@@ -54,6 +54,8 @@ pub enum ConnectionEvent {
     },
     /// ICE found a path; the DTLS handshake starts.
     IceConnected,
+    /// The path went silent (ICE disconnected); ICE keeps checking.
+    Disconnected,
     /// ICE and DTLS are up.
     Connected,
     /// Media broke for good.
@@ -86,12 +88,21 @@ fn webrtc_error(e: impl std::fmt::Display) -> ConnectionError {
 }
 
 /// Network settings for a connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NetworkSettings {
     /// STUN server URLs, if any.
     pub stun_servers: Vec<String>,
     /// Offer loopback candidates too.
     pub allow_loopback: bool,
+    /// How long ICE keeps a silent path before it gives up (the call's reconnect
+    /// timeout decides first; this only has to be longer).
+    pub ice_failed_after: Duration,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings { stun_servers: Vec::new(), allow_loopback: false, ice_failed_after: Duration::from_secs(45) }
+    }
 }
 
 /// An RTP packet of the peer's audio, as it arrived.
@@ -138,6 +149,8 @@ struct Handler {
     events: mpsc::Sender<ConnectionEvent>,
     packets: mpsc::Sender<ReceivedPacket>,
     ice_connected: AtomicBool,
+    /// ICE said the path went silent and has not said it is back.
+    disconnected: AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -155,10 +168,23 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
-        let connected = matches!(state, RTCIceConnectionState::Connected | RTCIceConnectionState::Completed);
-        if connected && !self.ice_connected.swap(true, Ordering::Relaxed) {
-            let _ = self.events.send(ConnectionEvent::IceConnected).await;
-        }
+        let event = match state {
+            RTCIceConnectionState::Connected | RTCIceConnectionState::Completed => {
+                if !self.ice_connected.swap(true, Ordering::Relaxed) {
+                    ConnectionEvent::IceConnected
+                } else if self.disconnected.swap(false, Ordering::Relaxed) {
+                    // Back after a silence: the DTLS session is still there.
+                    ConnectionEvent::Connected
+                } else {
+                    return;
+                }
+            }
+            RTCIceConnectionState::Disconnected if !self.disconnected.swap(true, Ordering::Relaxed) => {
+                ConnectionEvent::Disconnected
+            }
+            _ => return,
+        };
+        let _ = self.events.send(event).await;
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -264,9 +290,12 @@ impl Connection {
         // millisecond, and the default 200 ms tick is most of the setup time.
         let setting_engine = SettingEngineBuilder::new()
             .with_ice_connection_attempts(Some(Duration::from_millis(20)), Some(70))
+            // Disconnected after 2 s of silence (the call shows "reconnecting"),
+            // failed only long after: a path that comes back resumes by itself,
+            // with no new offer, within a check interval of the link's return.
             .with_ice_timeouts(
-                Some(Duration::from_secs(3)),
-                Some(Duration::from_secs(10)),
+                Some(Duration::from_secs(2)),
+                Some(settings.ice_failed_after),
                 Some(Duration::from_millis(500)),
             )
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
@@ -287,8 +316,12 @@ impl Connection {
         }
         let (events_tx, events) = mpsc::channel(256);
         let (packets_tx, packets) = mpsc::channel(512);
-        let handler =
-            Arc::new(Handler { events: events_tx, packets: packets_tx, ice_connected: AtomicBool::new(false) });
+        let handler = Arc::new(Handler {
+            events: events_tx,
+            packets: packets_tx,
+            ice_connected: AtomicBool::new(false),
+            disconnected: AtomicBool::new(false),
+        });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
             .with_media_engine(media_engine)

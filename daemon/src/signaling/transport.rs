@@ -214,7 +214,13 @@ impl Connection {
     pub async fn recv(&mut self) -> Result<Option<Decoded>, SignalingError> {
         loop {
             let Some(frame) = self.ws.next().await else { return Ok(None) };
-            let frame = frame.map_err(|e| SignalingError::Io(e.to_string()))?;
+            let frame = match frame {
+                Ok(frame) => frame,
+                // The peer went away without a goodbye (killed, crashed): that is
+                // the connection closing, not a protocol error.
+                Err(error) if ended_abruptly(&error) => return Ok(None),
+                Err(error) => return Err(SignalingError::Io(error.to_string())),
+            };
             let bytes = match frame {
                 WsMessage::Text(text) => text.as_bytes().to_vec(),
                 WsMessage::Binary(bytes) => bytes.to_vec(),
@@ -242,5 +248,25 @@ impl Connection {
         let _ = self.ws.close(None).await;
         let drain = async { while let Some(Ok(_)) = self.ws.next().await {} };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
+    }
+}
+
+/// Whether a WebSocket error only says the connection ended without a closing
+/// handshake: a reset, an EOF without TLS close_notify, or a closed socket.
+fn ended_abruptly(error: &tokio_tungstenite::tungstenite::Error) -> bool {
+    use std::io::ErrorKind;
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match error {
+        Error::ConnectionClosed | Error::AlreadyClosed => true,
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => true,
+        Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+        ),
+        _ => false,
     }
 }

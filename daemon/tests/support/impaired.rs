@@ -7,8 +7,10 @@ use voicelink_bench::relay::{ImpairedLink, LinkConfig, Namespace};
 /// Two namespaces joined by the bench's user-space relay (this kernel has no
 /// netem), impaired as `config` says.
 pub struct ImpairedPair {
-    // Dropped in this order: the relay, then the namespaces.
-    _link: ImpairedLink,
+    // Dropped in this order: the relay, then the namespaces. Not every test
+    // binary that includes this file drives the link.
+    #[allow(dead_code)]
+    pub link: ImpairedLink,
     pub a: Namespace,
     pub b: Namespace,
 }
@@ -16,5 +18,5 @@ pub struct ImpairedPair {
 pub fn impaired_pair(impair: impl FnOnce(LinkConfig) -> LinkConfig) -> ImpairedPair {
     let (a, b) = (Namespace::create("vls").unwrap(), Namespace::create("vls").unwrap());
     let link = ImpairedLink::start(impair(LinkConfig::new(a.name(), b.name()))).unwrap();
-    ImpairedPair { _link: link, a, b }
+    ImpairedPair { link, a, b }
 }
