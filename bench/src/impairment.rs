@@ -203,6 +203,9 @@ pub struct Profile {
     pub each_direction: Impairment,
     /// A mid-call outage, if any.
     pub outage: Option<Outage>,
+    /// The callee's daemon is killed (SIGKILL) this long after the call became
+    /// active: how soon, and how, the caller notices.
+    pub kill_callee_after: Option<Duration>,
 }
 
 /// The Gilbert-Elliott parameters of the "bursty" profile: P(bad) = 0.02 / (0.02 +
@@ -216,42 +219,75 @@ pub fn profiles() -> Vec<Profile> {
     let ms = Duration::from_millis;
     let clean = Impairment::CLEAN;
     vec![
-        Profile { name: "clean", description: "no impairment", each_direction: clean, outage: None },
+        Profile {
+            name: "clean",
+            description: "no impairment",
+            each_direction: clean,
+            outage: None,
+            kill_callee_after: None,
+        },
         Profile {
             name: "delay30_jitter10",
             description: "30 ms ± 10 ms (uniform) added each way",
             each_direction: Impairment { delay: ms(30), jitter: ms(10), loss: Loss::None },
             outage: None,
+            kill_callee_after: None,
         },
         Profile {
             name: "loss5",
             description: "5 % random loss each way",
             each_direction: Impairment::random_loss(0.05),
             outage: None,
+            kill_callee_after: None,
         },
         Profile {
             name: "loss15",
             description: "15 % random loss each way",
             each_direction: Impairment::random_loss(0.15),
             outage: None,
+            kill_callee_after: None,
         },
         Profile {
             name: "bursty",
             description: "Gilbert-Elliott bursts, 5 % average loss each way (p_gb 0.02, p_bg 0.3, loss in bad 80 %)",
             each_direction: Impairment { loss: BURSTY, ..clean },
             outage: None,
+            kill_callee_after: None,
         },
         Profile {
             name: "delay100",
             description: "100 ms added each way (200 ms added round trip)",
             each_direction: Impairment::delay(ms(100)),
             outage: None,
+            kill_callee_after: None,
         },
         Profile {
             name: "outage3s",
             description: "clean, then the link goes down for 3 s mid-call",
             each_direction: clean,
             outage: Some(Outage { after: Duration::from_secs(6), length: Duration::from_secs(3) }),
+            kill_callee_after: None,
+        },
+        Profile {
+            name: "outage10s",
+            description: "clean, then the link goes down for 10 s mid-call",
+            each_direction: clean,
+            outage: Some(Outage { after: Duration::from_secs(4), length: Duration::from_secs(10) }),
+            kill_callee_after: None,
+        },
+        Profile {
+            name: "outage30s",
+            description: "clean, then the link goes down for 30 s mid-call",
+            each_direction: clean,
+            outage: Some(Outage { after: Duration::from_secs(3), length: Duration::from_secs(30) }),
+            kill_callee_after: None,
+        },
+        Profile {
+            name: "killed",
+            description: "clean; the callee's daemon is killed (SIGKILL) 5 s into the call",
+            each_direction: clean,
+            outage: None,
+            kill_callee_after: Some(Duration::from_secs(5)),
         },
     ]
 }

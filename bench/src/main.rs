@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value = "target/bench-venv/bin/python")]
     python: PathBuf,
     /// Short calls per profile, after its measured call, to count failed setups
-    /// and time answer → active (0: none; profiles with an outage are skipped).
+    /// and time answer → active (0: none; outage and killed-peer profiles are skipped).
     #[arg(long, default_value_t = 0)]
     setup_calls: usize,
     /// Keep the recordings and logs (in a folder named at the end).
@@ -93,7 +93,9 @@ async fn main() -> Result<()> {
     for profile in &profiles {
         tracing::info!(profile = profile.name, "running");
         let outcome = match run_profile(&settings, &material, profile).await {
-            Ok(mut result) if args.setup_calls > 0 && profile.outage.is_none() => {
+            Ok(mut result)
+                if args.setup_calls > 0 && profile.outage.is_none() && profile.kill_callee_after.is_none() =>
+            {
                 tracing::info!(profile = profile.name, calls = args.setup_calls, "setup trials");
                 harness::setup_trials::run(&settings, profile, args.setup_calls).await.map(|trials| {
                     result.setup_trials = Some(trials);

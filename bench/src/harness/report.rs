@@ -220,6 +220,10 @@ pub struct Outcome {
     pub ended_after_s: Option<f64>,
     /// For an outage: RTP reached the callee again after the link came back.
     pub audio_after_outage: Option<bool>,
+    /// For an outage: how long after the link came back the callee's first RTP arrived.
+    pub audio_back_after_ms: Option<f64>,
+    /// For a killed callee: how long after the kill the caller's call ended.
+    pub ended_after_kill_ms: Option<f64>,
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -443,6 +447,12 @@ Each run also writes `bench/results/benchmarks.json` for tools (not committed).\
         };
         if let Some(after) = outcome.audio_after_outage {
             let _ = write!(ended, "; audio after the outage: {}", if after { "yes" } else { "no" });
+        }
+        if let Some(back) = outcome.audio_back_after_ms {
+            let _ = write!(ended, ", {} after the link came back", ms(Some(back)));
+        }
+        if let Some(noticed) = outcome.ended_after_kill_ms {
+            let _ = write!(ended, "; {} after the callee was killed", ms(Some(noticed)));
         }
         let outage = match (a.outage_after_s, a.outage_length_s) {
             (Some(at), Some(len)) => format!("link down {len:.0} s at +{at:.0} s"),

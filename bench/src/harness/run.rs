@@ -215,7 +215,7 @@ async fn call(
             event_call(&caller_first).map(|c| format!("{:?} ({})", c.end_reason(), c.end_detail)).unwrap_or_default();
         let after = signed_ms(caller_active_at, answered) / 1000.0;
         result.notes.push(format!("the call failed during setup, {after:.1} s after the answer: {reason}"));
-        result.outcome = Outcome { survived: false, end_reason: reason, ended_after_s: None, audio_after_outage: None };
+        result.outcome = Outcome { survived: false, end_reason: reason, ..Outcome::default() };
         return Ok(None);
     }
     result.setup.dial_to_active_ms = Some(signed_ms(caller_active_at, dialed));
@@ -226,7 +226,12 @@ async fn call(
     let call_start = [proc_sample(caller.pid())?, proc_sample(callee.pid())?];
 
     // The outage, if any, then the rest of the call; the call may end by itself.
-    let hang_up_at = caller_active_at + settings.call;
+    // A call with an outage lasts at least until 5 s after the link is back.
+    let outage_end = profile.outage.map(|o| o.after + o.length + Duration::from_secs(5));
+    let hang_up_at = caller_active_at + outage_end.map_or(settings.call, |end| end.max(settings.call));
+    let call_limit = hang_up_at.saturating_duration_since(caller_active_at) + DEADLINE;
+    let mut audio_back = None;
+    let mut killed_at = None;
     let ended_early = async {
         // RTP delivered to the callee when the link went down.
         let mut at_outage = None;
@@ -234,14 +239,39 @@ async fn call(
             let at = caller_active_at + outage.after;
             tokio::select! {
                 () = tokio::time::sleep_until(at.into()) => {}
-                ended = caller_events.wait_for("the call to end", settings.call + DEADLINE, |e| is_state(e, Some(&call_id), CallState::Ended)) => return (Some(ended), at_outage),
+                ended = caller_events.wait_for("the call to end", call_limit, |e| is_state(e, Some(&call_id), CallState::Ended)) => return (Some(ended), at_outage),
             }
             link.go_down_for(outage.length);
-            at_outage = Some(link.counters().a_to_b.rtp_forwarded);
+            let before = link.counters().a_to_b.rtp_forwarded;
+            at_outage = Some(before);
+            // How long after the link returns the callee hears the caller again.
+            let back_at = at + outage.length;
+            let heard_again = async {
+                tokio::time::sleep_until(back_at.into()).await;
+                while link.is_down() || link.counters().a_to_b.rtp_forwarded <= before {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                signed_ms(Instant::now(), back_at)
+            };
+            tokio::select! {
+                ms = heard_again => audio_back = Some(ms),
+                ended = caller_events.wait_for("the call to end", call_limit, |e| is_state(e, Some(&call_id), CallState::Ended)) => return (Some(ended), at_outage),
+            }
+        }
+        if let Some(after) = profile.kill_callee_after {
+            tokio::select! {
+                () = tokio::time::sleep_until((caller_active_at + after).into()) => {}
+                ended = caller_events.wait_for("the call to end", call_limit, |e| is_state(e, Some(&call_id), CallState::Ended)) => return (Some(ended), at_outage),
+            }
+            let pid = nix::unistd::Pid::from_raw(callee.pid());
+            if let Err(error) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+                tracing::warn!(%error, "cannot kill the callee");
+            }
+            killed_at = Some(Instant::now());
         }
         tokio::select! {
             () = tokio::time::sleep_until(hang_up_at.into()) => (None, at_outage),
-            ended = caller_events.wait_for("the call to end", settings.call + DEADLINE, |e| is_state(e, Some(&call_id), CallState::Ended)) => (Some(ended), at_outage),
+            ended = caller_events.wait_for("the call to end", call_limit, |e| is_state(e, Some(&call_id), CallState::Ended)) => (Some(ended), at_outage),
         }
     };
     let (ended_early, at_outage) = ended_early.await;
@@ -250,6 +280,7 @@ async fn call(
         // Nothing is delivered while the link is down (not even frames delayed
         // into that time), so any RTP delivered since arrived after it came back.
         result.outcome.audio_after_outage = Some(!link.is_down() && link.counters().a_to_b.rtp_forwarded > before);
+        result.outcome.audio_back_after_ms = audio_back;
     }
 
     let caller_ended = match ended_early {
@@ -270,6 +301,9 @@ async fn call(
         if !call.end_detail.is_empty() {
             result.outcome.end_reason.push_str(&format!(" ({})", call.end_detail));
         }
+    }
+    if let Some(killed) = killed_at {
+        result.outcome.ended_after_kill_ms = Some(signed_ms(caller_ended.0, killed));
     }
     result.outcome.ended_after_s = Some(signed_ms(caller_ended.0, caller_active_at) / 1000.0);
     let callee_ended = callee_events
