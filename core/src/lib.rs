@@ -14,7 +14,9 @@
 //! - [`switchboard`]: the policy every call passes through (busy, glare, rate
 //!   limits, the only call, auto-answer, dial targets).
 //! - [`advert`] and [`peer_table`]: mDNS adverts and the peers they describe.
-//! - [`jitter_buffer`], [`resample`], [`audio_math`], [`audio_spec`]: the audio chain's math.
+//! - [`sdp`]: the few things read from and fixed in SDP text.
+//! - [`jitter_buffer`], [`resample`], [`audio_math`], [`audio_spec`]: the audio chain's math;
+//!   [`encoder_policy`]: how much loss the encoder protects against.
 //! - [`stats`]: the per-call meter and the E-model.
 //! - [`config`] and [`reload`]: the configuration file and what a reload changes.
 
@@ -26,10 +28,12 @@ pub mod call_record;
 pub mod config;
 pub mod device_id;
 pub mod dial_target;
+pub mod encoder_policy;
 pub mod jitter_buffer;
 pub mod peer_table;
 pub mod reload;
 pub mod resample;
+pub mod sdp;
 pub mod stats;
 pub mod switchboard;
 pub mod vocab;

@@ -9,11 +9,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 use voicelink_core::audio_math::samples_per_frame;
+use voicelink_core::encoder_policy::ExpectedLoss;
 use voicelink_core::jitter_buffer::{JitterBuffer, Playout};
 use voicelink_core::stats::level_dbfs;
 use voicelink_core::stats::meter::PlayoutStats;
 
 use super::peer_connection::{OutboundTrack, ReceivedPacket};
+use super::rtcp_monitor::SharedView;
 use crate::audio::endpoints::{EchoFeed, NullSink, Sink, Source};
 
 /// Whether audio may flow.
@@ -53,6 +55,9 @@ fn frame_ticker(frame: Duration) -> tokio::time::Interval {
     tick
 }
 
+/// How often the sender looks for a new receiver report from the peer.
+const LOSS_CHECK: Duration = Duration::from_millis(500);
+
 /// The sending half: the encoder, where frames go, and where their level is shown.
 pub struct SendPump {
     /// Encodes each frame.
@@ -63,6 +68,8 @@ pub struct SendPump {
     pub level: watch::Sender<f64>,
     /// The frame length.
     pub frame: Duration,
+    /// What RTCP says, including the peer's reports on what it hears of us.
+    pub rtcp: SharedView,
 }
 
 impl SendPump {
@@ -71,14 +78,29 @@ impl SendPump {
         if !control.started().await {
             return;
         }
-        let SendPump { mut encoder, track, level, frame } = self;
+        let SendPump { mut encoder, track, level, frame, rtcp } = self;
         let mut pcm = vec![0i16; samples_per_frame(frame)];
         let mut packet = vec![0u8; 1500];
         let mut tick = frame_ticker(frame);
+        let mut loss = ExpectedLoss::default();
+        let mut last_report = None;
+        let mut next_loss_check = tokio::time::Instant::now().into_std();
         loop {
             let now = tick.tick().await.into_std();
             if control.stopped() {
                 return;
+            }
+            if now >= next_loss_check {
+                next_loss_check = now + LOSS_CHECK;
+                let report = rtcp.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remote;
+                if report.is_some() && report != last_report {
+                    last_report = report;
+                    let before = loss.percent();
+                    loss.report(report.map_or(0.0, |r| r.fraction_lost));
+                    if loss.percent() != before && encoder.set_packet_loss_perc(loss.percent()).is_err() {
+                        tracing::debug!(percent = loss.percent(), "the encoder refused an expected loss");
+                    }
+                }
             }
             // The source advances in real time whether or not we send (a file
             // keeps playing while muted, like a live microphone).

@@ -18,8 +18,9 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
+use voicelink_core::sdp;
 use voicelink_core::stats::CandidatePair;
 use voicelink_core::vocab::{DeviceId, FailCause};
 use webrtc::media_stream::MediaStreamTrack;
@@ -28,8 +29,8 @@ use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, crypto,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, crypto,
     register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
@@ -39,6 +40,11 @@ use crate::identity::Identity;
 
 /// Opus payload type we offer.
 const OPUS_PT: u8 = 111;
+
+/// How long an offer or answer waits for host candidates to be gathered, so they
+/// are in its SDP (a peer that does not trickle connects, and ICE has pairs to
+/// check the moment the description is applied). Host gathering takes a few ms.
+const GATHERING_WAIT: Duration = Duration::from_millis(250);
 
 /// What the connection tells the call. Never dropped: the handler waits for room.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,12 +157,22 @@ struct Handler {
     ice_connected: AtomicBool,
     /// ICE said the path went silent and has not said it is back.
     disconnected: AtomicBool,
+    /// Candidate gathering is complete.
+    gathered: watch::Sender<bool>,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.send_replace(true);
+        }
+    }
+
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = event.candidate.to_json() {
+        if let Ok(init) = event.candidate.to_json()
+            && !sdp::is_unusable_candidate(&init.candidate)
+        {
             let candidate = ConnectionEvent::LocalCandidate {
                 candidate: init.candidate,
                 sdp_mid: init.sdp_mid,
@@ -230,6 +246,7 @@ impl PeerConnectionEventHandler for Handler {
 pub struct Connection {
     pc: Arc<dyn PeerConnection>,
     events: mpsc::Receiver<ConnectionEvent>,
+    gathered: watch::Receiver<bool>,
     early_candidates: Vec<RTCIceCandidateInit>,
     have_remote: bool,
     peer: DeviceId,
@@ -258,12 +275,6 @@ fn certificate(identity: &Identity) -> Result<RTCCertificate, ConnectionError> {
         SystemTime::now() + Duration::from_secs(365 * 86_400),
     )
     .map_err(webrtc_error)
-}
-
-/// The `a=fingerprint:sha-256` value of an SDP as bytes.
-pub fn sdp_fingerprint(sdp: &str) -> Option<Vec<u8>> {
-    let value = sdp.lines().find_map(|line| line.trim().strip_prefix("a=fingerprint:sha-256 "))?;
-    value.trim().split(':').map(|hex| u8::from_str_radix(hex, 16).ok()).collect()
 }
 
 impl Connection {
@@ -316,11 +327,13 @@ impl Connection {
         }
         let (events_tx, events) = mpsc::channel(256);
         let (packets_tx, packets) = mpsc::channel(512);
+        let (gathered_tx, gathered) = watch::channel(false);
         let handler = Arc::new(Handler {
             events: events_tx,
             packets: packets_tx,
             ice_connected: AtomicBool::new(false),
             disconnected: AtomicBool::new(false),
+            gathered: gathered_tx,
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
@@ -353,7 +366,8 @@ impl Connection {
             .map_err(webrtc_error)?,
         );
         let sender = pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await.map_err(webrtc_error)?;
-        let connection = Connection { pc, events, early_candidates: Vec::new(), have_remote: false, peer, sender };
+        let connection =
+            Connection { pc, events, gathered, early_candidates: Vec::new(), have_remote: false, peer, sender };
         Ok((connection, OutboundTrack { track, ssrc }, packets))
     }
 
@@ -396,18 +410,25 @@ impl Connection {
     /// Caller: the offer to send.
     pub async fn create_offer(&mut self) -> Result<String, ConnectionError> {
         let offer = self.pc.create_offer(None).await.map_err(webrtc_error)?;
-        let sdp = offer.sdp.clone();
-        self.pc.set_local_description(offer).await.map_err(webrtc_error)?;
-        Ok(sdp)
+        self.set_local(offer).await
     }
 
     /// Callee: takes the caller's offer, returns the answer to send.
     pub async fn accept_offer(&mut self, sdp: String) -> Result<String, ConnectionError> {
         self.set_remote(RTCSessionDescription::offer(sdp).map_err(webrtc_error)?).await?;
         let answer = self.pc.create_answer(None).await.map_err(webrtc_error)?;
-        let sdp = answer.sdp.clone();
-        self.pc.set_local_description(answer).await.map_err(webrtc_error)?;
-        Ok(sdp)
+        self.set_local(answer).await
+    }
+
+    /// Applies our description and returns it as it goes out: with the host
+    /// candidates gathered meanwhile (and the end-of-candidates marker once
+    /// gathering is complete), without candidates nobody can use.
+    async fn set_local(&mut self, description: RTCSessionDescription) -> Result<String, ConnectionError> {
+        let plain = description.sdp.clone();
+        self.pc.set_local_description(description).await.map_err(webrtc_error)?;
+        let _ = tokio::time::timeout(GATHERING_WAIT, self.gathered.wait_for(|done| *done)).await;
+        let sdp = self.pc.local_description().await.map_or(plain, |gathered| gathered.sdp);
+        Ok(sdp::without_unusable_candidates(&sdp))
     }
 
     /// Caller: takes the callee's answer.
@@ -418,7 +439,7 @@ impl Connection {
     async fn set_remote(&mut self, description: RTCSessionDescription) -> Result<(), ConnectionError> {
         // The DTLS certificate must be the peer's device certificate, whose hash
         // is its device ID: the media keys are then bound to who we called.
-        if sdp_fingerprint(&description.sdp).as_deref() != Some(&self.peer.as_bytes()[..]) {
+        if sdp::fingerprint(&description.sdp).as_deref() != Some(&self.peer.as_bytes()[..]) {
             return Err(ConnectionError::Fingerprint(self.peer));
         }
         self.pc.set_remote_description(description).await.map_err(webrtc_error)?;
@@ -455,18 +476,5 @@ impl Connection {
         if let Err(error) = self.pc.close().await {
             warn!(%error, "closing the media connection failed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sdp_fingerprint_is_read() {
-        let sdp = "v=0\r\na=fingerprint:sha-256 0A:FF:10\r\na=setup:actpass\r\n";
-        assert_eq!(sdp_fingerprint(sdp), Some(vec![0x0a, 0xff, 0x10]));
-        assert_eq!(sdp_fingerprint("v=0\r\n"), None);
-        assert_eq!(sdp_fingerprint("a=fingerprint:sha-256 ZZ:00\r\n"), None);
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
+use voicelink_core::encoder_policy::ExpectedLoss;
 use voicelink_core::stats::meter::{MediaSample, PlayoutStats};
 use voicelink_core::stats::{CodecInfo, SILENCE_DBFS};
 use voicelink_core::vocab::DeviceId;
@@ -164,7 +165,7 @@ impl MediaSession {
         let decoder = opus::Decoder::new(48_000, opus::Channels::Mono).map_err(codec_error)?;
         let control = PumpControl { gates: self.gates.subscribe(), connected: self.connected.subscribe() };
         let frame = self.settings.frame;
-        let sender = SendPump { encoder, track, level: self.level_out.clone(), frame };
+        let sender = SendPump { encoder, track, level: self.level_out.clone(), frame, rtcp: self.rtcp.clone() };
         let player = PlayPump { decoder, stats: self.playout.clone(), echo: echo_feed, frame };
         self.pumps =
             vec![tokio::spawn(sender.run(source, control.clone())), tokio::spawn(player.run(packets, output, control))];
@@ -206,8 +207,9 @@ fn encoder(settings: &CodecSettings) -> Result<opus::Encoder, opus::Error> {
     let mut encoder = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)?;
     encoder.set_bitrate(opus::Bitrate::Bits(settings.bitrate))?;
     encoder.set_inband_fec(true)?;
-    // FEC only helps when the encoder expects loss.
-    encoder.set_packet_loss_perc(10)?;
+    // FEC only helps when the encoder expects loss; the send pump adjusts this
+    // from the peer's receiver reports (see `encoder_policy`).
+    encoder.set_packet_loss_perc(ExpectedLoss::default().percent())?;
     encoder.set_dtx(settings.dtx)?;
     Ok(encoder)
 }
