@@ -429,7 +429,7 @@ impl CallMachine {
                 if std::mem::replace(&mut self.offered, true) {
                     self.media_attempt += 1;
                     self.media = MediaProgress::Negotiating;
-                    self.outputs.push_back(Output::Media(MediaCommand::Replace));
+                    self.replace_media();
                 }
                 self.outputs.push_back(Output::Media(MediaCommand::AcceptOffer(sdp)))
             }
@@ -557,8 +557,16 @@ impl CallMachine {
         self.media = MediaProgress::Negotiating;
         self.media_deadline = None;
         self.awaiting_answer = true;
-        self.outputs.push_back(Output::Media(MediaCommand::Replace));
+        self.replace_media();
         self.outputs.push_back(Output::Media(MediaCommand::CreateOffer));
+    }
+
+    /// A fresh media session starts with the call's audio gates as they are (the
+    /// other side may have answered already, its old session connected).
+    fn replace_media(&mut self) {
+        let (send, play) = self.audio;
+        self.outputs.push_back(Output::Media(MediaCommand::Replace));
+        self.outputs.push_back(Output::Audio { send, play });
     }
 
     /// The peer stopped answering (keepalives unanswered, media silent too long).
@@ -1058,7 +1066,10 @@ mod tests {
         let mut m = ice_connected_caller(now);
         assert_eq!(m.poll_timeout(), Some(now + T.media_attempt), "the watchdog runs beside the ring timer");
         m.handle_timeout(now + T.media_attempt);
-        assert_eq!(drain(&mut m), [Output::Media(MediaCommand::Replace), Output::Media(MediaCommand::CreateOffer)]);
+        assert_eq!(
+            drain(&mut m),
+            [Output::Media(MediaCommand::Replace), audio(false, false), Output::Media(MediaCommand::CreateOffer)]
+        );
         assert_eq!(m.media_attempt(), 2);
         assert_eq!(m.state(), State::Outgoing, "the call rings on");
         // A late answer to the first offer would be for a session that is gone.
@@ -1123,7 +1134,11 @@ mod tests {
         m.handle_remote(Body::Offer { sdp: "o2".into() }, now);
         assert_eq!(
             drain(&mut m),
-            [Output::Media(MediaCommand::Replace), Output::Media(MediaCommand::AcceptOffer("o2".into()))]
+            [
+                Output::Media(MediaCommand::Replace),
+                audio(false, false),
+                Output::Media(MediaCommand::AcceptOffer("o2".into()))
+            ]
         );
         assert_eq!(m.media_attempt(), 2);
         assert_eq!(m.poll_timeout(), Some(now + T.ring), "no watchdog on the callee");
@@ -1167,5 +1182,27 @@ mod tests {
         m.handle_media(MediaInput::Connected, now);
         m.handle_media(MediaInput::Disconnected, now);
         assert_eq!(m.state(), State::Incoming);
+    }
+
+    #[test]
+    fn a_callee_already_talking_opens_the_new_sessions_audio_too() {
+        // Its own first session connected and it answered, while the caller's
+        // side of that session stalled: the caller's new offer must not leave
+        // the new session silent.
+        let now = Instant::now();
+        let mut m = CallMachine::incoming(now, setup());
+        m.handle_remote(Body::Offer { sdp: "o1".into() }, now);
+        m.handle_media(MediaInput::Connected, now);
+        m.handle_command(Command::Answer, now).unwrap();
+        drain(&mut m);
+        m.handle_remote(Body::Offer { sdp: "o2".into() }, now);
+        assert_eq!(
+            drain(&mut m),
+            [
+                Output::Media(MediaCommand::Replace),
+                audio(true, true),
+                Output::Media(MediaCommand::AcceptOffer("o2".into()))
+            ]
+        );
     }
 }

@@ -84,6 +84,8 @@ struct Daemon {
     audio_before_answer: bool,
     /// Calls that ended here, with their reasons.
     ended: BTreeMap<CallId, EndReason>,
+    /// Each call's current media session's audio gates (send, play).
+    gates: BTreeMap<CallId, (bool, bool)>,
 }
 
 struct Sim {
@@ -99,8 +101,8 @@ struct Sim {
     lose_next: Option<fn(&Body) -> bool>,
     /// Call requests from this node take this much longer.
     slow_requests: Option<(Node, Duration)>,
-    /// Media sessions (counted over all calls) whose DTLS handshake stalls.
-    stalled_sessions: u32,
+    /// Media sessions whose DTLS handshake stalls, by the side that sees it.
+    stalled_sessions: BTreeMap<Node, u32>,
     next_call: u64,
 }
 
@@ -127,6 +129,7 @@ impl Sim {
                     log: Vec::new(),
                     audio_before_answer: false,
                     ended: BTreeMap::new(),
+                    gates: BTreeMap::new(),
                 }
             })
             .collect();
@@ -141,7 +144,7 @@ impl Sim {
             rng: ChaCha8Rng::seed_from_u64(seed),
             lose_next: None,
             slow_requests: None,
-            stalled_sessions: 0,
+            stalled_sessions: BTreeMap::new(),
             next_call: 0,
         }
     }
@@ -239,7 +242,11 @@ impl Sim {
                     let attempt = machine.media_attempt();
                     self.schedule(now + MEDIA_SETUP, Event::MediaUp { node, call: call.clone(), attempt });
                 }
-                Output::Media(MediaCommand::AddCandidate(_) | MediaCommand::Replace) => {}
+                Output::Media(MediaCommand::Replace) => {
+                    // A fresh session: its gates start closed.
+                    self.daemons[node].gates.insert(call.clone(), (false, false));
+                }
+                Output::Media(MediaCommand::AddCandidate(_)) => {}
                 Output::Yield => {
                     let peer = self.peer_of(conn, node);
                     if let Some(ours) = self.daemons[node].board.yielded(peer, call, now) {
@@ -262,6 +269,7 @@ impl Sim {
                     if (send || play) && !answered {
                         self.daemons[node].audio_before_answer = true;
                     }
+                    self.daemons[node].gates.insert(call.clone(), (send, play));
                 }
                 Output::RemoteRinging | Output::PeerNamed(_) | Output::MuteChanged(_) | Output::HoldChanged(_) => {}
             }
@@ -393,13 +401,13 @@ impl Sim {
                 }
             }
             Event::MediaUp { node, call, attempt } => {
-                let stalls = self.stalled_sessions > 0;
+                let stalls = self.stalled_sessions.get(&node).is_some_and(|left| *left > 0);
                 if let Some((machine, _)) = self.daemons[node].calls.get_mut(&call)
                     && machine.media_attempt() == attempt
                 {
                     machine.handle_media(MediaInput::IceConnected, now);
                     if stalls {
-                        self.stalled_sessions -= 1;
+                        self.stalled_sessions.entry(node).and_modify(|left| *left -= 1);
                     } else {
                         machine.handle_media(MediaInput::Connected, now);
                     }
@@ -629,16 +637,20 @@ fn an_unanswered_call_ends_as_no_answer_on_both_sides() {
 
 #[test]
 fn stalled_handshakes_are_replaced_until_media_connects() {
+    // The caller's first two sessions stall while the callee's connect, and the
+    // callee answers meanwhile: every fresh session must carry the call's audio.
     let mut sim = Sim::new(&[1, 2], Link { delay: Duration::from_millis(20), ..Link::default() }, 1);
-    // The first two sessions stall on one side or the other.
-    sim.stalled_sessions = 2;
+    sim.stalled_sessions.insert(A, 2);
     let call = sim.dial(A, B).unwrap();
     sim.run_for(Duration::from_secs(1));
     sim.command(B, &call, Command::Answer).unwrap();
     sim.run_for(Duration::from_secs(10));
     assert_eq!((sim.state(A, &call), sim.state(B, &call)), (State::Active, State::Active));
     let (machine, _) = &sim.daemons[A].calls[&call];
-    assert!(machine.media_attempt() >= 2, "replaced at least once: attempt {}", machine.media_attempt());
+    assert_eq!(machine.media_attempt(), 3, "replaced twice");
+    for node in [A, B] {
+        assert_eq!(sim.daemons[node].gates.get(&call), Some(&(true, true)), "node {node}'s session carries audio");
+    }
     sim.command(A, &call, Command::Hangup).unwrap();
     sim.settle();
 }
@@ -646,7 +658,7 @@ fn stalled_handshakes_are_replaced_until_media_connects() {
 #[test]
 fn a_handshake_that_always_stalls_fails_the_call_with_its_cause_on_both_sides() {
     let mut sim = Sim::new(&[1, 2], Link::default(), 1);
-    sim.stalled_sessions = u32::MAX;
+    sim.stalled_sessions.insert(A, u32::MAX);
     let call = sim.dial(A, B).unwrap();
     sim.run_for(Duration::from_secs(1));
     sim.command(B, &call, Command::Answer).unwrap();
