@@ -303,12 +303,20 @@ impl Call {
                 () = self.context.shutdown.cancelled() => self.hang_up(),
             }
         }
-        if let Some(media) = self.media.take() {
-            media.close().await;
-        }
-        if let Some(connection) = self.connection.take() {
-            connection.close().await;
-        }
+        // Both at once: the WebSocket close handshake needs the peer to read, and
+        // the peer's task is closing its own media meanwhile; one after the other,
+        // each side waited out the other's media close.
+        let media = async {
+            if let Some(media) = self.media.take() {
+                media.close().await;
+            }
+        };
+        let connection = async {
+            if let Some(connection) = self.connection.take() {
+                connection.close().await;
+            }
+        };
+        tokio::join!(media, connection);
         let _ = self.context.inbox.send(Inbox::Finished(self.id.clone())).await;
     }
 
