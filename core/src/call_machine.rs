@@ -229,6 +229,8 @@ pub struct CallMachine {
     media_deadline: Option<Instant>,
     /// Caller: an offer is out and its answer not yet applied.
     awaiting_answer: bool,
+    /// Caller: when the current session's offer went out.
+    offered_at: Option<Instant>,
     /// Callee: an offer was applied (a later one replaces the session).
     offered: bool,
     /// Told to yield to glare: the peer closing the connection now is expected.
@@ -267,6 +269,7 @@ impl CallMachine {
             media_attempt: 1,
             media_deadline: None,
             awaiting_answer: false,
+            offered_at: None,
             offered: false,
             yielding: false,
             audio: (false, false),
@@ -496,7 +499,10 @@ impl CallMachine {
         match event {
             MediaInput::LocalDescription(sdp) => {
                 let body = match self.direction {
-                    Direction::Outgoing => Body::Offer { sdp },
+                    Direction::Outgoing => {
+                        self.offered_at = Some(now);
+                        Body::Offer { sdp }
+                    }
                     Direction::Incoming => Body::Answer { sdp },
                 };
                 self.outputs.push_back(Output::Send(body));
@@ -509,8 +515,13 @@ impl CallMachine {
                 if self.media == MediaProgress::Negotiating {
                     self.media = MediaProgress::IceConnected;
                     // The caller watches the handshake; the callee follows its offers.
+                    // From the offer to a path is about two round trips (the answer,
+                    // then an ICE check), and DTLS needs about three more: a slow
+                    // link gets that much longer before its session is given up.
                     if self.direction == Direction::Outgoing {
-                        self.media_deadline = Some(now + self.setup.timeouts.media_attempt);
+                        let two_trips = self.offered_at.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+                        let deadline = self.setup.timeouts.media_attempt + two_trips * 2;
+                        self.media_deadline = Some(now + deadline);
                     }
                 }
             }
@@ -1204,5 +1215,23 @@ mod tests {
                 Output::Media(MediaCommand::AcceptOffer("o2".into()))
             ]
         );
+    }
+
+    #[test]
+    fn a_slow_link_gives_the_handshake_time_in_proportion() {
+        // Offer out at 0, a path at 600 ms (a 300 ms round trip): DTLS gets the
+        // base time plus two more of those.
+        let start = Instant::now();
+        let mut m = CallMachine::outgoing(start, setup());
+        m.handle_signaling(Signaling::Connected, start);
+        m.handle_media(MediaInput::LocalDescription("o1".into()), start);
+        m.handle_remote(Body::Answer { sdp: "a1".into() }, start);
+        let path = start + Duration::from_millis(600);
+        m.handle_media(MediaInput::IceConnected, path);
+        let deadline = path + T.media_attempt + Duration::from_millis(1200);
+        assert_eq!(m.poll_timeout(), Some(deadline));
+        drain(&mut m);
+        m.handle_timeout(deadline - Duration::from_millis(1));
+        assert_eq!(drain(&mut m), [], "not yet");
     }
 }

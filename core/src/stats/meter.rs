@@ -6,8 +6,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
 use super::emodel::{self, Conditions, Quality};
-use super::{CallStats, CallSummary, CandidatePair, CodecInfo, RoundTripSource, SILENCE_DBFS};
-use super::{Reception, RtcpView};
+use super::{CallStats, CallSummary, CandidatePair, CodecInfo, Reception, RoundTripSource, RtcpView, SILENCE_DBFS};
 use crate::call_record::CallRecord;
 use crate::jitter_buffer::JitterStats;
 use crate::vocab::State;
@@ -260,15 +259,7 @@ mod tests {
 
     /// The default codec: Opus, 32 kb/s, 20 ms.
     fn codec() -> CodecInfo {
-        CodecInfo {
-            name: "opus",
-            clock_rate: 48_000,
-            channels: 1,
-            target_bitrate_bps: 32_000,
-            frame: Duration::from_millis(20),
-            fec: true,
-            dtx: false,
-        }
+        CodecInfo::opus(32_000, Duration::from_millis(20), false)
     }
 
     /// A call to alice in `state`.

@@ -37,6 +37,13 @@ pub struct CodecInfo {
     pub dtx: bool,
 }
 
+impl CodecInfo {
+    /// Our Opus: 48 kHz, mono, in-band FEC on.
+    pub fn opus(target_bitrate_bps: u32, frame: Duration, dtx: bool) -> Self {
+        CodecInfo { name: "opus", clock_rate: 48_000, channels: 1, target_bitrate_bps, frame, fec: true, dtx }
+    }
+}
+
 /// The ICE candidate pair media flows over.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CandidatePair {

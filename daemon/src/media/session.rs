@@ -44,15 +44,7 @@ pub struct CodecSettings {
 impl CodecSettings {
     /// The codec as the stats feed describes it.
     pub fn info(&self) -> CodecInfo {
-        CodecInfo {
-            name: "opus",
-            clock_rate: 48_000,
-            channels: 1,
-            target_bitrate_bps: u32::try_from(self.bitrate).unwrap_or(0),
-            frame: self.frame,
-            fec: true,
-            dtx: self.dtx,
-        }
+        CodecInfo::opus(u32::try_from(self.bitrate).unwrap_or(0), self.frame, self.dtx)
     }
 }
 

@@ -165,15 +165,7 @@ mod tests {
         let audio = (InputSpec::Silence, OutputSpec::Null);
         let record = CallRecord::new(call.clone(), None, "alice".into(), Direction::Outgoing, audio, now);
         let record = CallRecord { state, ..record };
-        let codec = CodecInfo {
-            name: "opus",
-            clock_rate: 48_000,
-            channels: 1,
-            target_bitrate_bps: 32_000,
-            frame: Duration::from_millis(20),
-            fec: true,
-            dtx: false,
-        };
+        let codec = CodecInfo::opus(32_000, Duration::from_millis(20), false);
         CallMeter::new(codec).sample(&record, None, now)
     }
 
