@@ -4,8 +4,8 @@
 //! The layers, each importing only those below it:
 //! 1. `voicelink_core`: the call machine, the switchboard, the wire format, the
 //!    jitter buffer, adverts and the peer table, stats, config (pure, no I/O).
-//! 2. [`clock`], [`identity`], [`events`], [`stats`]: tokio's clock, the device
-//!    key on disk, the event hub, the stats board.
+//! 2. [`clock`], [`identity`], [`events`], [`stats`], [`logging`]: tokio's clock,
+//!    the device key on disk, the event hub, the stats board, the log filter.
 //! 3. [`audio`] (endpoints and sound cards), then [`media`] (the WebRTC peer
 //!    connection and the audio pumps), [`signaling`] (TLS, WebSocket, the
 //!    listener) and [`discovery`] (the mDNS task).
@@ -20,6 +20,7 @@ mod daemon;
 pub mod discovery;
 pub mod events;
 pub mod identity;
+pub mod logging;
 pub mod media;
 pub mod signaling;
 pub mod stats;

@@ -119,7 +119,7 @@ fn init_logging(level: &LogLevel, from_flag: bool) -> Box<dyn Fn(&LogLevel) + Se
     let fixed = from_flag || from_env.is_some();
     let filter = from_env
         .and_then(|directives| EnvFilter::try_new(directives).ok())
-        .unwrap_or_else(|| EnvFilter::new(level.as_str()));
+        .unwrap_or_else(|| EnvFilter::new(voicelink_daemon::logging::directives(level.as_str())));
     let (filter, handle) = reload::Layer::new(filter);
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let ansi = !journal && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -131,7 +131,8 @@ fn init_logging(level: &LogLevel, from_flag: bool) -> Box<dyn Fn(&LogLevel) + Se
             tracing::info!(
                 "the log filter is set by --log-level or RUST_LOG; the config file's log_level is not applied"
             );
-        } else if let Err(error) = handle.reload(EnvFilter::new(level.as_str())) {
+        } else if let Err(error) = handle.reload(EnvFilter::new(voicelink_daemon::logging::directives(level.as_str())))
+        {
             tracing::warn!(%error, "cannot change the log filter");
         }
     })

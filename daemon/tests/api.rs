@@ -137,6 +137,7 @@ async fn health_and_reflection_serve_generic_clients() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
+    let channel_alpha = channel.clone();
     let mut replies = ServerReflectionClient::new(channel)
         .server_reflection_info(tokio_stream::iter([request]))
         .await
@@ -149,6 +150,26 @@ async fn health_and_reflection_serve_generic_clients() {
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"voicelink.v1.Voicelink".to_owned()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+
+    // The older v1alpha reflection too (grpcurl 1.8, grpcio-reflection speak only it).
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(AlphaRequest::ListServices(String::new())),
+    };
+    let mut replies = AlphaClient::new(channel_alpha)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(AlphaResponse::ListServicesResponse(list)) = replies.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list over v1alpha")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"voicelink.v1.Voicelink".to_owned()), "{names:?}");
 }
 
 #[tokio::test]

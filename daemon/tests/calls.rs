@@ -59,6 +59,12 @@ async fn a_call_carries_audio_both_ways_and_mute_silences_one_direction() {
     let ended = b_events.wait_for("bob ended", |e| call_is(e, &call_id, "ended")).await;
     assert_eq!(ended["call_state_changed"]["call"]["end_reason"], "hung_up_remote");
     assert_eq!(a.ctl_json(&["calls"]).await, serde_json::json!([]));
+    // A healthy call warns about nothing (the libraries' routine warnings included).
+    for daemon in [&a, &b] {
+        let log = daemon.log_text();
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+        assert!(warnings.is_empty(), "{}: {warnings:#?}", daemon.name);
+    }
 
     // The recordings are closed when the call ends.
     let heard_by_bob = listen(&b_wav, &[440, 880]);

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Top-level modules by layer, bottom first.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "identity", "events", "stats"],
+    &["clock", "identity", "events", "stats", "logging"],
     &["audio"],
     &["media", "signaling", "discovery"],
     &["call"],

@@ -78,13 +78,18 @@ async fn router(
 > {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<VoicelinkServer<ControlService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both versions: grpcurl 1.8 and grpcio-reflection's Python client still speak
+    // v1alpha only.
+    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     Ok(Server::builder()
         .layer(InterceptorLayer::new(authorizer))
         .add_service(VoicelinkServer::new(service))
         .add_service(health_service)
-        .add_service(reflection))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha))
 }
