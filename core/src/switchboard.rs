@@ -186,11 +186,6 @@ impl Switchboard {
         self.calls.values().filter(|leg| leg.state != State::Ended).count()
     }
 
-    /// Whether a call's task is still running (it may already be over).
-    pub fn has_call(&self, call: &CallId) -> bool {
-        self.calls.contains_key(call)
-    }
-
     /// The call a command is for: the named one, or the only live one.
     pub fn pick(&self, call: Option<&CallId>) -> Result<CallId, CallError> {
         if let Some(id) = call {

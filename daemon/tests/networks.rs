@@ -4,9 +4,12 @@
 
 #[path = "support/impaired.rs"]
 mod impaired;
+#[path = "support/stats_stream.rs"]
+mod stats_stream;
 mod support;
 
 use impaired::impaired_pair;
+use stats_stream::{channel, next, sample_where, watch};
 use std::time::Duration;
 
 use support::{call_is, two_daemons_in};
@@ -62,11 +65,6 @@ async fn under_heavy_loss_calls_connect_or_fail_saying_why() {
     );
 }
 
-/// The state of `call` in a `voicectl stats --json` round.
-async fn packets_received(daemon: &support::Daemon, call_id: &str) -> u64 {
-    daemon.ctl_json(&["stats", call_id, "--json"]).await["packets_received"].as_u64().unwrap_or_default()
-}
-
 /// Longer than the old 10 s after which ICE gave up and the call "failed DTLS".
 #[tokio::test]
 async fn a_link_down_for_12_s_shows_reconnecting_on_both_sides_and_audio_comes_back() {
@@ -85,7 +83,8 @@ async fn a_link_down_for_12_s_shows_reconnecting_on_both_sides_and_audio_comes_b
     for (who, events) in [("alice", &mut a_events), ("bob", &mut b_events)] {
         events.wait_for(&format!("{who} reconnecting"), |e| call_is(e, &call_id, "reconnecting")).await;
     }
-    let during = packets_received(&b, &call_id).await;
+    let mut at_bob = watch(channel(&b, None).await, &call_id, Duration::from_millis(200)).await;
+    let during = next(&mut at_bob).await.expect("a sample during the outage").packets_received;
     for (who, events) in [("alice", &mut a_events), ("bob", &mut b_events)] {
         let back = events
             .wait_for(&format!("{who} active again"), |e| {
@@ -96,15 +95,7 @@ async fn a_link_down_for_12_s_shows_reconnecting_on_both_sides_and_audio_comes_b
     }
     assert!(!pair.link.is_down(), "back only after the link is");
     // Audio flows again: bob receives more than he had during the outage.
-    let received = async {
-        loop {
-            if packets_received(&b, &call_id).await > during + 25 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    tokio::time::timeout(support::DEADLINE, received).await.expect("audio after the outage");
+    sample_where(&mut at_bob, "audio after the outage", |s| s.packets_received > during + 25).await;
     a.ctl_json(&["hangup"]).await;
 }
 

@@ -5,70 +5,24 @@
 
 #[path = "support/impaired.rs"]
 mod impaired;
+#[path = "support/stats_stream.rs"]
+mod stats_stream;
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use impaired::impaired_pair;
+use stats_stream::{channel, next, sample_where, watch};
 use support::{DEADLINE, Daemon, Lan, call_is, two_daemons_in, two_daemons_with};
-use tokio_stream::StreamExt;
-use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
 use voicelink_bench::impairment::Impairment;
 use voicelink_bench::relay::LinkConfig;
-use voicelink_proto::v1::{self, CallStats, WatchStatsRequest};
+use voicelink_proto::v1::{self, WatchStatsRequest};
 
 const TONE_IN_NULL_OUT: &str = "[audio]\ninput = \"tone:440\"\noutput = \"null\"\n";
 
 fn auto_answer(audio: &str) -> String {
     format!("{audio}[calls]\nauto_answer = true\n")
-}
-
-/// A channel to the daemon; `window` limits the HTTP/2 flow-control windows,
-/// to make a client whose buffers fill after a few samples.
-async fn channel(daemon: &Daemon, window: Option<u32>) -> Channel {
-    let path = daemon.socket.clone();
-    let connector = tower::service_fn(move |_| {
-        let path = path.clone();
-        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-    });
-    Endpoint::from_static("http://voiced.invalid")
-        .initial_stream_window_size(window)
-        .initial_connection_window_size(window)
-        .connect_with_connector(connector)
-        .await
-        .unwrap()
-}
-
-async fn watch(channel: Channel, call_id: &str, interval: Duration) -> Streaming<CallStats> {
-    let mut client = v1::voicelink_client::VoicelinkClient::new(channel);
-    let interval = Some(prost_types::Duration::try_from(interval).unwrap());
-    client.watch_stats(WatchStatsRequest { call_id: call_id.into(), interval }).await.unwrap().into_inner()
-}
-
-/// The next sample, or `None` when the stream ended.
-async fn next(stream: &mut Streaming<CallStats>) -> Option<CallStats> {
-    tokio::time::timeout(DEADLINE, stream.next()).await.expect("a stats sample").map(|s| s.unwrap())
-}
-
-/// Reads samples until one satisfies `done`; returns it.
-async fn sample_where(stream: &mut Streaming<CallStats>, what: &str, done: impl Fn(&CallStats) -> bool) -> CallStats {
-    let mut last = None;
-    let wait = async {
-        while let Some(sample) = next(stream).await {
-            if done(&sample) {
-                return Some(sample);
-            }
-            last = Some(sample);
-        }
-        None
-    };
-    match tokio::time::timeout(DEADLINE, wait).await {
-        Ok(Some(sample)) => sample,
-        _ => panic!("no sample where {what}; the last one: {last:#?}"),
-    }
 }
 
 /// Alice dials bob (who answers by himself); returns the call ID once active.

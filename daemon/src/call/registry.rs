@@ -102,8 +102,6 @@ pub struct Registry {
     settings: watch::Receiver<LiveSettings>,
     switchboard: Switchboard,
     calls: HashMap<CallId, CallHandle>,
-    /// Where the registry's own helper tasks report back.
-    inbox: mpsc::Sender<Inbox>,
 }
 
 impl Registry {
@@ -111,8 +109,7 @@ impl Registry {
     pub fn new(context: CallContext, settings: watch::Receiver<LiveSettings>) -> Self {
         let policy = Policy { auto_answer: settings.borrow().auto_answer, ..Policy::default() };
         let switchboard = Switchboard::new(context.identity.device_id, policy);
-        let inbox = context.inbox.clone();
-        Registry { context, settings, switchboard, calls: HashMap::new(), inbox }
+        Registry { context, settings, switchboard, calls: HashMap::new() }
     }
 
     /// Serves until the command channel closes and every call has ended.
@@ -214,7 +211,7 @@ impl Registry {
             }
             // The lookup runs in its own task; its result comes back to the inbox.
             Ok(Target::Lookup { address, expected }) => {
-                let inbox = self.inbox.clone();
+                let inbox = self.context.inbox.clone();
                 tokio::spawn(async move {
                     let addresses = lookup(&address).await;
                     let resolved = Inbox::Resolved { target: address, addresses, expected, audio, reply };
