@@ -84,7 +84,7 @@ impl SendPump {
         let mut tick = frame_ticker(frame);
         let mut loss = ExpectedLoss::default();
         let mut last_report = None;
-        let mut next_loss_check = tokio::time::Instant::now().into_std();
+        let mut next_loss_check = crate::clock::now();
         loop {
             let now = tick.tick().await.into_std();
             if control.stopped() {

@@ -228,7 +228,7 @@ impl PeerConnectionEventHandler for Handler {
                             sequence: packet.header.sequence_number,
                             timestamp: packet.header.timestamp,
                             payload: packet.payload,
-                            arrival: tokio::time::Instant::now().into_std(),
+                            arrival: crate::clock::now(),
                         };
                         if matches!(packets.try_send(received), Err(mpsc::error::TrySendError::Closed(_))) {
                             break;
@@ -350,7 +350,7 @@ impl Connection {
         let ssrc: u32 = rand::random();
         let track = Arc::new(
             TrackLocalStaticSample::new(
-                Instant::now(),
+                crate::clock::now(),
                 MediaStreamTrack::new(
                     "voicelink".to_owned(),
                     "voice".to_owned(),
