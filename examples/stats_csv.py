@@ -117,9 +117,7 @@ def main():
     from google.protobuf.duration_pb2 import Duration
 
     pb, pb_grpc = load_stubs()
-    # gRPC would send the socket path as the HTTP/2 authority, which is not a
-    # valid one; the daemon's HTTP/2 server refuses the stream if so.
-    channel = grpc.insecure_channel(f"unix:{args.socket}", options=[("grpc.default_authority", "localhost")])
+    channel = grpc.insecure_channel(f"unix:{args.socket}")
     stub = pb_grpc.VoicelinkStub(channel)
     interval = Duration()
     interval.FromMilliseconds(args.interval_ms)

@@ -88,14 +88,15 @@ if [ $want_package_tools = 1 ]; then
     install_cargo_tool cargo-deb cargo deb --version
     install_cargo_tool cargo-generate-rpm cargo generate-rpm --version
 fi
-# The examples' Python: grpcio and grpcio-tools (stubs from our .proto) in a venv
-# under target/, for the test that runs examples/stats_csv.py.
+# The examples' Python: grpcio, grpcio-tools (stubs from our .proto) and
+# grpcio-reflection (no .proto at all) in a venv under target/, for the tests that
+# run examples/stats_csv.py and examples/call_api.py.
 if [ $want_test_tools = 1 ]; then
     venv="$(dirname "$0")/../target/test-venv"
-    if ! "$venv/bin/python" -c "import grpc, grpc_tools" >/dev/null 2>&1; then
-        echo "setup: making the examples' venv $venv (grpcio, grpcio-tools)"
+    if ! "$venv/bin/python" -c "import grpc, grpc_tools, grpc_reflection" >/dev/null 2>&1; then
+        echo "setup: making the examples' venv $venv (grpcio, grpcio-tools, grpcio-reflection)"
         /usr/bin/python3 -m venv "$venv"
-        "$venv/bin/pip" install --quiet grpcio grpcio-tools
+        "$venv/bin/pip" install --quiet grpcio grpcio-tools grpcio-reflection
     fi
 fi
 # The bench's Python: PESQ (ITU-T P.862.2 wideband, PyPI `pesq`) and numpy, in a

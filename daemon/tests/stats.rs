@@ -304,3 +304,68 @@ async fn the_python_example_streams_every_calls_stats_as_csv() {
     assert_eq!(summary[column("end_reason")], "hung_up_local");
     assert!(summary[column("talk_s")].parse::<f64>().unwrap() > 0.0, "{summary:?}");
 }
+
+/// Runs `examples/call_api.py` (a stock grpcio-reflection client: no .proto, no
+/// authority option) against `daemon`, returning its stdout lines once it exits.
+async fn call_api(python: &Path, daemon: &Daemon, args: &[&str]) -> Vec<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/call_api.py");
+    let run = tokio::process::Command::new(python).arg(script).args(args).arg("--socket").arg(&daemon.socket).output();
+    let out = tokio::time::timeout(DEADLINE, run).await.expect("call_api.py finishes").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "call_api.py {args:?}: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.lines().map(|line| serde_json::from_str(line).unwrap_or(serde_json::Value::String(line.into()))).collect()
+}
+
+#[tokio::test]
+async fn a_stock_reflection_client_lists_calls_and_follows_events_over_the_unix_socket() {
+    require_netns!();
+    let Some(python) = example_python() else { return };
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_daemons_with(&lan, dir.path(), TONE_IN_NULL_OUT, &auto_answer(TONE_IN_NULL_OUT)).await;
+
+    let services = call_api(&python, &a, &["list"]).await;
+    for service in ["voicelink.v1.Voicelink", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"] {
+        assert!(services.contains(&service.into()), "{service} missing from {services:?}");
+    }
+    let status = call_api(&python, &a, &["GetStatus"]).await;
+    assert_eq!(status[0]["displayName"], "alice");
+    assert_eq!(status[0]["deviceId"], a.device_id.as_str());
+
+    // The event stream during a call: the snapshot first (then the stream is
+    // open), then the call as it rings and goes active.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/call_api.py");
+    let mut child = tokio::process::Command::new(&python)
+        .arg(script)
+        .args(["WatchEvents", "--socket"])
+        .arg(&a.socket)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut next_event = async || -> serde_json::Value {
+        let line = tokio::time::timeout(DEADLINE, lines.next_line()).await.expect("an event").unwrap();
+        serde_json::from_str(&line.expect("the event stream ended")).unwrap()
+    };
+    assert!(next_event().await.get("snapshot").is_some());
+    a.wait_until_it_sees(&b.device_id).await;
+    let call_id = call_up(&a).await;
+    let mut states = Vec::new();
+    let active = loop {
+        let event = next_event().await;
+        let Some(call) = event.pointer("/callStateChanged/call") else { continue };
+        assert_eq!(call["callId"], call_id.as_str(), "{event}");
+        states.push(call["state"].as_str().unwrap_or_default().to_owned());
+        if call["state"] == "CALL_STATE_ACTIVE" {
+            break call.clone();
+        }
+    };
+    assert_eq!(states.first().map(String::as_str), Some("CALL_STATE_OUTGOING"), "{states:?}");
+    assert_eq!(active["peerDisplayName"], "bob");
+
+    let calls = call_api(&python, &a, &["ListCalls"]).await;
+    assert_eq!(calls[0]["calls"][0]["callId"], call_id.as_str());
+    a.ctl_json(&["hangup"]).await;
+}

@@ -6,9 +6,11 @@ mod auth;
 mod convert;
 mod service;
 mod socket;
+mod unix_authority;
 
 use std::net::SocketAddr;
 
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::service::InterceptorLayer;
@@ -48,9 +50,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let own_uid = nix::unistd::geteuid().as_raw();
+    // Unix-socket clients may send any authority (see unix_authority).
+    let unix_connections =
+        UnixListenerStream::new(unix).map(|accepted| accepted.map(unix_authority::rewrite_authority));
     let unix = router(Authorizer::new(own_uid, None), service.clone())
         .await?
-        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(unix_connections, shutdown.clone().cancelled_owned());
     match tcp {
         None => unix.await?,
         Some(TcpApi { listener, token }) => {
