@@ -33,6 +33,8 @@ check "the user unit is where systemctl --user finds it" test -f /usr/lib/system
 # As the user manager would load it (the --user manager needs a runtime folder).
 check "systemd-analyze --user verify passes on the installed unit" \
     sh -c 'export XDG_RUNTIME_DIR=$(mktemp -d); out=$(systemd-analyze --user verify /usr/lib/systemd/user/voiced.service 2>&1); echo "$out"; [ -z "$out" ]'
+check "voiced.service starts, serves, reloads and stops under a real user manager, sandboxed" \
+    packaging/test-user-unit.sh
 check "bash loads the completion" \
     bash -c 'source /usr/share/bash-completion/completions/voicectl && complete -p voicectl'
 check "the zsh completion is in zsh's vendor folder" grep -q '#compdef voicectl' /usr/share/zsh/vendor-completions/_voicectl
