@@ -52,7 +52,7 @@ pub struct CallsConfig {
     pub dtx: bool,
     /// STUN servers (`stun:host:port`) for server-reflexive candidates; none by
     /// default: on a LAN, host candidates are all it takes, and it works offline.
-    pub stun_servers: Vec<String>,
+    pub stun_servers: Vec<StunServer>,
     /// Offer loopback candidates too (two daemons on one host without a LAN).
     pub allow_loopback: bool,
     /// Seconds an answered call waits for a link that went silent to come back
@@ -404,10 +404,86 @@ impl FromStr for LogLevel {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const ALLOWED: &str =
+            "use error, warn, info, debug, trace or off, or directives like info,voicelink_daemon=debug";
+        // The filter syntax reads a bare word as a target to log at every level, so
+        // a misspelt level ("loud", "warning") would silence everything else. A bare
+        // word must be a level; targets take `=LEVEL`.
+        for directive in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let bare_word = !directive.contains(['=', '[']);
+            if bare_word && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+                return Err(format!("{directive:?} is not a log level; {ALLOWED}"));
+            }
+        }
         tracing_subscriber::EnvFilter::builder()
             .parse(s)
             .map(|_| LogLevel(s.to_owned()))
-            .map_err(|e| format!("{e}; use error, warn, info, debug, trace, or directives like voicelink_daemon=debug"))
+            .map_err(|e| format!("{e}; {ALLOWED}"))
+    }
+}
+
+/// The level names a log filter accepts.
+const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// A STUN server, `stun:HOST[:PORT]` or `stuns:HOST[:PORT]` (RFC 7064), checked
+/// when read.
+#[derive(Debug, Clone, PartialEq, Eq, SerializeDisplay, DeserializeFromStr)]
+pub struct StunServer(String);
+
+impl FromStr for StunServer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = "write stun:HOST[:PORT] or stuns:HOST[:PORT], e.g. stun:stun.example.org:3478";
+        let Some((scheme, rest)) = s.split_once(':') else {
+            return Err(format!("{s:?} is not a STUN URL; {usage}"));
+        };
+        match scheme {
+            "stun" | "stuns" => {}
+            "turn" | "turns" => {
+                return Err(format!(
+                    "{s:?} is a TURN server, which voiced does not use (on a LAN no relay is needed); {usage}"
+                ));
+            }
+            _ => return Err(format!("{s:?} does not start with stun: or stuns:; {usage}")),
+        }
+        if rest.starts_with("//") {
+            return Err(format!("{s:?}: a STUN URL has no // after the scheme; {usage}"));
+        }
+        // `[v6]:port`, `host:port`, or a host alone.
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (address, after) = v6.split_once(']').ok_or_else(|| format!("{s:?}: no closing ]; {usage}"))?;
+                if address.parse::<std::net::Ipv6Addr>().is_err() {
+                    return Err(format!("{s:?}: {address:?} is not an IPv6 address; {usage}"));
+                }
+                (address, after.strip_prefix(':'))
+            }
+            None => match rest.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            },
+        };
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty() && label.len() <= 63 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !host_ok && !rest.starts_with('[') {
+            return Err(format!("{s:?}: {host:?} is not a host name or address; {usage}"));
+        }
+        if let Some(port) = port
+            && !port.parse::<u16>().is_ok_and(|p| p != 0)
+        {
+            return Err(format!("{s:?}: {port:?} is not a port (1-65535); {usage}"));
+        }
+        Ok(StunServer(s.to_owned()))
+    }
+}
+
+impl fmt::Display for StunServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -420,6 +496,44 @@ impl fmt::Display for LogLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_level_that_is_not_one_is_refused() {
+        for good in ["info", "DEBUG", "warn,voicelink_daemon=trace", "off", "info,webrtc[peer]=debug"] {
+            assert!(good.parse::<LogLevel>().is_ok(), "{good}");
+        }
+        for bad in ["loud", "warning", "info,verbose"] {
+            let error = bad.parse::<LogLevel>().unwrap_err();
+            assert!(error.contains("is not a log level") && error.contains("debug"), "{bad}: {error}");
+        }
+        let (location, message) = Config::parse("log_level = \"loud\"\n").unwrap_err();
+        assert_eq!(location, "key `log_level` at line 1");
+        assert!(message.contains("\"loud\" is not a log level"), "{message}");
+    }
+
+    #[test]
+    fn stun_servers_must_be_stun_urls() {
+        for good in
+            ["stun:stun.example.org", "stun:stun.example.org:3478", "stuns:10.0.0.1:5349", "stun:[fd00::1]:3478"]
+        {
+            assert!(good.parse::<StunServer>().is_ok(), "{good}");
+        }
+        for (bad, says) in [
+            ("stun.example.org:3478", "does not start with stun:"),
+            ("stun://stun.example.org", "no //"),
+            ("turn:relay.example.org", "TURN"),
+            ("stun:stun.example.org:0", "not a port"),
+            ("stun:stun.example.org:99999", "not a port"),
+            ("stun:", "not a host"),
+            ("stun:bad host", "not a host"),
+            ("stun:[fd00::zz]:3478", "not an IPv6"),
+        ] {
+            let error = bad.parse::<StunServer>().unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        let (location, _) = Config::parse("[calls]\nstun_servers = [\"stun:ok.example\", \"http://x\"]\n").unwrap_err();
+        assert!(location.starts_with("key `calls.stun_servers"), "{location}");
+    }
 
     #[test]
     fn an_empty_file_gives_the_defaults() {
@@ -505,7 +619,7 @@ mod tests {
         )
         .unwrap();
         assert!(config.calls.auto_answer);
-        assert_eq!(config.calls.stun_servers, ["stun:10.0.0.1:3478"]);
+        assert_eq!(config.calls.stun_servers, ["stun:10.0.0.1:3478".parse::<StunServer>().unwrap()]);
         assert!(config.calls.allow_loopback);
         assert!(!config.audio.loop_files);
         assert!(Config::default().audio.loop_files, "files loop by default");

@@ -22,7 +22,7 @@ struct Cli {
     /// The daemon's control socket [default: $XDG_RUNTIME_DIR/voicelink/voiced.sock]
     #[arg(long, global = true, env = voicelink_proto::SOCKET_ENV, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Use the daemon's TCP listener (api.tcp_listen) instead of the socket
+    /// Use the daemon's TCP listener (api.tcp_listen) instead of the socket; needs --token
     #[arg(long, global = true, env = "VOICELINK_TCP", value_name = "HOST:PORT")]
     tcp: Option<String>,
     /// The API token for --tcp (the daemon's data_dir/api-token)
@@ -137,6 +137,22 @@ mod exit {
     pub const REQUEST_FAILED: u8 = 1;
     /// The daemon cannot be reached.
     pub const UNREACHABLE: u8 = 3;
+    /// Interrupted (Ctrl-C), as shells report SIGINT: 128 + 2.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// How a command that waits can end besides success.
+enum Failure {
+    /// The daemon refused or the connection failed.
+    Status(tonic::Status),
+    /// The user pressed Ctrl-C; what was undone is already said.
+    Interrupted,
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Failure::Status(status)
+    }
 }
 
 fn main() -> ExitCode {
@@ -171,12 +187,14 @@ async fn run(cli: Cli) -> ExitCode {
     }
     let address = match (cli.tcp, cli.token) {
         (Some(address), Some(token)) => DaemonAddress::Tcp { address, token },
-        (Some(_), None) => {
-            eprintln!(
-                "voicectl: --tcp needs the API token: pass --token or set VOICELINK_TOKEN (it is in the daemon's data_dir/api-token)"
-            );
-            return ExitCode::from(exit::UNREACHABLE);
-        }
+        // A command-line error (exit 2). Checked here rather than with clap's
+        // `requires`, which misses a global --token given after the subcommand.
+        (Some(_), None) => Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--tcp needs the API token: pass --token or set VOICELINK_TOKEN (it is in the daemon's data_dir/api-token)",
+            )
+            .exit(),
         (None, _) => DaemonAddress::Unix(cli.socket.unwrap_or_else(voicelink_proto::default_socket_path)),
     };
     let client = match voicelink_proto::connect(address).await {
@@ -200,7 +218,8 @@ async fn run(cli: Cli) -> ExitCode {
     let printer = Printer { json: cli.json };
     match execute(client, cli.command, &printer).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(status) => {
+        Err(Failure::Interrupted) => ExitCode::from(exit::INTERRUPTED),
+        Err(Failure::Status(status)) => {
             report(&status);
             ExitCode::from(if status.code() == Code::Unavailable { exit::UNREACHABLE } else { exit::REQUEST_FAILED })
         }
@@ -219,15 +238,28 @@ fn report(status: &tonic::Status) {
 }
 
 /// Dials, then follows the event feed until the call is answered (success) or
-/// ends (declined, busy, no answer, failed: an error naming the reason).
-async fn dial_and_wait(mut client: Client, request: v1::DialRequest, printer: &Printer) -> Result<(), tonic::Status> {
+/// ends (declined, busy, no answer, failed: an error naming the reason). Ctrl-C
+/// while it rings cancels the call, so the peer stops ringing at once.
+async fn dial_and_wait(mut client: Client, request: v1::DialRequest, printer: &Printer) -> Result<(), Failure> {
+    // Taken over before the call exists, so no Ctrl-C can leave it ringing.
+    let mut interrupted = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| tonic::Status::internal(format!("cannot watch for Ctrl-C: {e}")))?;
     // Subscribe first so the answer cannot slip past between the two calls.
     let mut events = client.watch_events(v1::WatchEventsRequest {}).await?.into_inner();
     let call = client.dial(request).await?.into_inner().call.unwrap_or_default();
     if !printer.json {
-        println!("calling {} …", call.peer_display_name);
+        println!("calling {} … (Ctrl-C cancels)", call.peer_display_name);
     }
-    while let Some(event) = events.next().await {
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = interrupted.recv() => {
+                client.hangup(v1::HangupRequest { call_id: call.call_id.clone() }).await?;
+                eprintln!("voicectl: interrupted: the call to {} was cancelled", call.peer_display_name);
+                return Err(Failure::Interrupted);
+            }
+        };
+        let Some(event) = event else { break };
         let Some(v1::event::Kind::CallStateChanged(change)) = event?.kind else { continue };
         let Some(now) = change.call.filter(|c| c.call_id == call.call_id) else { continue };
         match v1::CallState::try_from(now.state) {
@@ -241,15 +273,17 @@ async fn dial_and_wait(mut client: Client, request: v1::DialRequest, printer: &P
                     .map(|r| r.as_str_name().trim_start_matches("END_REASON_").to_lowercase().replace('_', " "))
                     .unwrap_or_default();
                 let detail = if now.end_detail.is_empty() { String::new() } else { format!(": {}", now.end_detail) };
-                return Err(tonic::Status::failed_precondition(format!("the call was not answered: {reason}{detail}")));
+                return Err(
+                    tonic::Status::failed_precondition(format!("the call was not answered: {reason}{detail}")).into()
+                );
             }
             _ => {}
         }
     }
-    Err(tonic::Status::unavailable("the event feed ended before the call was answered"))
+    Err(tonic::Status::unavailable("the event feed ended before the call was answered").into())
 }
 
-async fn execute(mut client: Client, command: Command, printer: &Printer) -> Result<(), tonic::Status> {
+async fn execute(mut client: Client, command: Command, printer: &Printer) -> Result<(), Failure> {
     match command {
         Command::Status => printer.status(&client.get_status(v1::GetStatusRequest {}).await?.into_inner()),
         Command::Peers { all } => {

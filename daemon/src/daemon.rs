@@ -181,7 +181,7 @@ where
             bitrate: config.calls.bitrate_kbps.0 as i32 * 1000,
             dtx: config.calls.dtx,
             network: NetworkSettings {
-                stun_servers: config.calls.stun_servers.clone(),
+                stun_servers: config.calls.stun_servers.iter().map(ToString::to_string).collect(),
                 allow_loopback: config.calls.allow_loopback,
                 ice_failed_after: reconnect_timeout + Duration::from_secs(5),
             },

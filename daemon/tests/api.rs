@@ -102,9 +102,10 @@ async fn the_tcp_listener_requires_the_token() {
         }
         command.output().unwrap()
     };
+    // A command-line error, as the README's exit codes say.
     let out = tcp_ctl(None);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("needs the API token"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--token"), "{}", stderr(&out));
 
     let out = tcp_ctl(Some("wrong"));
     assert_eq!(out.status.code(), Some(1));

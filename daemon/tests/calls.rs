@@ -112,6 +112,27 @@ async fn declined_busy_cancelled_and_unanswered_calls_end_with_their_reasons() {
     let ended = b_events.wait_for("cancelled at bob", |e| call_is(e, &id, "ended")).await;
     assert_eq!(ended["call_state_changed"]["call"]["end_reason"], "cancelled");
 
+    // Ctrl-C on a waiting `voicectl dial` cancels the call: bob stops ringing.
+    let dial = tokio::process::Command::new(support::voicectl_bin())
+        .args(["--socket"])
+        .arg(&a.socket)
+        .args(["dial", "bob"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ringing = b_events.wait_for("bob rings", |e| e["type"] == "incoming_call").await;
+    let id = ringing["incoming_call"]["call"]["call_id"].as_str().unwrap().to_owned();
+    let dial_pid = nix::unistd::Pid::from_raw(dial.id().unwrap() as i32);
+    nix::sys::signal::kill(dial_pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let ended = b_events.wait_for("cancelled at bob by Ctrl-C", |e| call_is(e, &id, "ended")).await;
+    assert_eq!(ended["call_state_changed"]["call"]["end_reason"], "cancelled");
+    let out = tokio::time::timeout(support::DEADLINE, dial.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("cancelled"), "{stderr}");
+
     // Busy: bob is in a call with alice, carol calls him.
     let id = a.ctl_json(&["dial", "bob", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
     b_events

@@ -192,6 +192,8 @@ impl CallMeter {
                 now
             }
         };
+        // Silence while it rang is not a stall: the clock starts at the answer.
+        let unchanged_since = record.answered_at.map_or(unchanged_since, |answered| unchanged_since.max(answered));
         let stalled = now.duration_since(unchanged_since).unwrap_or_default() >= AUDIO_STALL;
         let answered = record.answered_at.is_some()
             && matches!(record.state, State::Active | State::OnHold | State::Reconnecting | State::Ended);
@@ -302,6 +304,23 @@ mod tests {
             (State::Outgoing, Duration::ZERO, None, None)
         );
         assert_eq!(stats.peer_name, "alice");
+    }
+
+    #[test]
+    fn a_long_ring_gives_no_verdict_until_audio_flows_or_stalls_after_the_answer() {
+        let start = SystemTime::now();
+        let mut meter = CallMeter::new(codec());
+        let ringing = record(State::Outgoing, start, None);
+        let nothing = MediaSample::default();
+        meter.sample(&ringing, Some(&nothing), start);
+        meter.sample(&ringing, Some(&nothing), start + Duration::from_secs(20));
+        let answered = start + Duration::from_secs(25);
+        let active = record(State::Active, start, Some(answered));
+        let just_after = meter.sample(&active, Some(&nothing), answered + Duration::from_millis(100));
+        assert_eq!((just_after.mos, just_after.quality), (None, None));
+        // Nothing for a whole stall time after the answer: that is a verdict.
+        let stalled = meter.sample(&active, Some(&nothing), answered + AUDIO_STALL);
+        assert_eq!(stalled.quality, Some(Quality::Bad), "{stalled:?}");
     }
 
     #[test]
