@@ -122,6 +122,10 @@ fail() {
 as_user systemctl --user start "$unit" || fail "systemctl --user start $unit failed"
 as_user systemctl --user is-active --quiet "$unit" || fail "$unit is not active after start"
 as_user voicectl status | grep -q "unit-test" || fail "voicectl status does not reach the unit's voiced"
+# The config folder is writable inside the sandbox: a live key changes at once.
+as_user voicectl config set name unit-test-renamed >/dev/null || fail "voicectl config set cannot write the config"
+grep -q 'name = "unit-test-renamed"' "$home/.config/voicelink/voiced.toml" || fail "the config file was not edited"
+as_user voicectl status | grep -q "unit-test-renamed" || fail "the new name was not applied"
 
 pid=$(as_user systemctl --user show -p MainPID --value "$unit")
 # The sandbox: a user namespace that maps only the user, seccomp, no new privileges,

@@ -26,6 +26,7 @@ pub mod audio_spec;
 pub mod call_machine;
 pub mod call_record;
 pub mod config;
+pub mod config_keys;
 pub mod device_id;
 pub mod dial_target;
 pub mod encoder_policy;

@@ -1,10 +1,11 @@
 //! What a configuration reload (SIGHUP) changes. Pure: the old and the new config
-//! in, the plan out. Names, audio defaults and the log level change live; where the
-//! daemon listens and who it is need a restart, and the plan keeps the old values
+//! in, the plan out. Names, the log level and auto-answer change at once, audio and
+//! call settings for the calls that start afterwards; where the daemon listens and
+//! who it is need a restart, and the plan keeps the old values
 //! for those so that what the daemon reports stays true.
 
 use crate::audio_spec::{InputSpec, OutputSpec};
-use crate::config::{Config, DisplayName, LogLevel};
+use crate::config::{CallsConfig, Config, DisplayName, LogLevel};
 
 /// The settings a reload can change while the daemon runs, as published to the
 /// tasks that use them (on a `watch` channel: only the latest value matters).
@@ -16,8 +17,10 @@ pub struct LiveSettings {
     pub audio_input: InputSpec,
     /// Default audio output for new calls.
     pub audio_output: OutputSpec,
-    /// Answer incoming calls at once.
-    pub auto_answer: bool,
+    /// Loop `file:` inputs of new calls.
+    pub loop_files: bool,
+    /// Call policy and codec settings: `auto_answer` at once, the rest for new calls.
+    pub calls: CallsConfig,
 }
 
 impl LiveSettings {
@@ -27,7 +30,8 @@ impl LiveSettings {
             display_name: config.name.clone(),
             audio_input: config.audio.input.clone(),
             audio_output: config.audio.output.clone(),
-            auto_answer: config.calls.auto_answer,
+            loop_files: config.audio.loop_files,
+            calls: config.calls.clone(),
         }
     }
 }

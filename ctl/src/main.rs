@@ -121,6 +121,10 @@ enum Command {
     },
     /// Audio devices the daemon can use
     Devices,
+    /// Read and change the daemon's config (the file is edited, comments kept, and
+    /// the change applied at once where it can be)
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -129,6 +133,30 @@ enum Command {
     /// Print the manual page (roff)
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// The value in force of one key, or of every key, and when a change applies
+    Get {
+        /// e.g. calls.ring_timeout_secs (default: every key)
+        key: Option<String>,
+        /// Also what each key does and its default
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Set a key in the config file and apply it (`voicectl config get -v` lists the keys)
+    Set {
+        /// e.g. calls.ring_timeout_secs
+        key: String,
+        /// e.g. 45, true, kitchen, "stun:a.example, stun:b.example"
+        value: String,
+    },
+    /// Remove a key from the config file: back to its default
+    Unset {
+        /// e.g. calls.ring_timeout_secs
+        key: String,
+    },
 }
 
 /// Exit codes, so scripts can tell failures apart.
@@ -387,6 +415,19 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
             }
         }
         Command::Completions { .. } | Command::Man => unreachable!("handled before connecting"),
+        Command::Config(ConfigCommand::Get { key, verbose }) => {
+            let response = client.get_config(v1::GetConfigRequest { key: key.unwrap_or_default() }).await?.into_inner();
+            printer.config(&response.entries, &response.path, verbose);
+        }
+        Command::Config(ConfigCommand::Set { key, value }) => {
+            let response = client.set_config(v1::SetConfigRequest { key, value, unset: false }).await?.into_inner();
+            printer.config_set(response.entry.as_ref(), &response.path);
+        }
+        Command::Config(ConfigCommand::Unset { key }) => {
+            let request = v1::SetConfigRequest { key, value: String::new(), unset: true };
+            let response = client.set_config(request).await?.into_inner();
+            printer.config_set(response.entry.as_ref(), &response.path);
+        }
         Command::Devices => {
             printer.devices(&client.list_audio_devices(v1::ListAudioDevicesRequest {}).await?.into_inner())
         }

@@ -405,4 +405,77 @@ impl Printer {
         }
         println!("Also: {}", devices.virtual_endpoints.join(", "));
     }
+
+    /// `voicectl config get`: `key = value`, and when a change to it applies.
+    pub fn config(&self, entries: &[v1::ConfigEntry], path: &str, verbose: bool) {
+        if self.json {
+            for entry in entries {
+                self.print_json(json!({
+                    "key": entry.key,
+                    "value": entry.value,
+                    "pending": entry.pending,
+                    "applies": applies_word(entry.applies),
+                    "default": entry.default_value,
+                    "overridden_by": entry.overridden_by,
+                    "description": entry.description,
+                    "file": path,
+                }));
+            }
+            return;
+        }
+        let width = entries.iter().map(|e| e.key.len() + e.value.len().max(9) + 3).max().unwrap_or(0);
+        for entry in entries {
+            let value = if entry.value.is_empty() { "(not set)" } else { &entry.value };
+            let mut notes = vec![format!("applies {}", applies_word(entry.applies))];
+            if !entry.pending.is_empty() {
+                notes.push(format!("the file says {}: restart voiced to apply it", entry.pending));
+            }
+            if !entry.overridden_by.is_empty() {
+                notes.push(format!("voiced's {} outranks the file", entry.overridden_by));
+            }
+            println!("{:width$}  # {}", format!("{} = {value}", entry.key), notes.join("; "));
+            if verbose {
+                println!("    {} Default: {}.", entry.description, entry.default_value);
+            }
+        }
+        if verbose && !path.is_empty() {
+            println!("(config file: {path})");
+        }
+    }
+
+    /// `voicectl config set`: what the key now is and when it takes effect.
+    pub fn config_set(&self, entry: Option<&v1::ConfigEntry>, path: &str) {
+        let Some(entry) = entry else { return };
+        if self.json {
+            return self.config(std::slice::from_ref(entry), path, false);
+        }
+        let restart = v1::ConfigApplies::Restart as i32;
+        match () {
+            () if !entry.overridden_by.is_empty() => println!(
+                "written to {path}, but voiced was started with {}, which outranks the file: {} = {} stays",
+                entry.overridden_by, entry.key, entry.value
+            ),
+            () if entry.applies == restart && !entry.pending.is_empty() => println!(
+                "written to {path}: {} = {} takes effect after a restart (now {})",
+                entry.key,
+                entry.pending,
+                if entry.value.is_empty() { "not set" } else { &entry.value }
+            ),
+            () => println!(
+                "{} = {} (written to {path}; applies {})",
+                entry.key,
+                if entry.value.is_empty() { "(not set)" } else { &entry.value },
+                applies_word(entry.applies)
+            ),
+        }
+    }
+}
+
+fn applies_word(applies: i32) -> &'static str {
+    match v1::ConfigApplies::try_from(applies) {
+        Ok(v1::ConfigApplies::Live) => "at once",
+        Ok(v1::ConfigApplies::NewCalls) => "to new calls",
+        Ok(v1::ConfigApplies::Restart) => "after a restart",
+        _ => "(unknown)",
+    }
 }

@@ -9,28 +9,28 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::api::{self, ControlService, ControlSocket, DaemonInfo, TcpApi};
 use crate::call::registry::Registry;
 use crate::call::task::CallContext;
 use crate::discovery::{Discovery, OwnAdvert};
-use crate::events::{Change, EventHub};
+use crate::events::EventHub;
 use crate::identity::{Identity, IdentityError};
-use crate::media::peer_connection::NetworkSettings;
 use crate::media::session::CodecSettings;
+use crate::service_manager;
+use crate::settings::{Reload, Settings};
 use crate::signaling::SignalingListener;
 use crate::signaling::transport::Endpoint;
 use crate::stats::StatsBoard;
 use voicelink_core::call_machine::Timeouts;
-use voicelink_core::config::{Config, ConfigSource, LogLevel, TcpListen};
-use voicelink_core::reload::{LiveSettings, ReloadPlan};
+use voicelink_core::config::{Config, TcpListen};
+use voicelink_core::reload::LiveSettings;
 
 /// Name of the TCP API token file in the data directory.
 const TOKEN_FILE: &str = "api-token";
@@ -74,26 +74,11 @@ pub enum DaemonError {
     Tls(crate::signaling::tls::TlsSetupError),
 }
 
-/// How the daemon re-reads its config (on SIGHUP, from `main`).
-pub struct Reload<R> {
-    /// Where the config came from.
-    pub source: ConfigSource,
-    /// Yields once per reload request.
-    pub requests: R,
-    /// Applies a new log filter (a no-op when the filter was fixed by a flag or
-    /// RUST_LOG, which outrank the file).
-    pub set_log_level: Box<dyn Fn(&LogLevel) + Send>,
-}
-
 /// Runs the daemon until `shutdown` completes, then stops cleanly: the mDNS
 /// goodbye is sent, open API streams end, and the socket is removed.
-pub async fn run<R>(
-    config: Config,
-    mut reload: Reload<R>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DaemonError>
+pub async fn run<R>(config: Config, reload: Reload<R>, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError>
 where
-    R: Stream<Item = ()> + Unpin,
+    R: Stream<Item = ()> + Unpin + Send + 'static,
 {
     let started = Instant::now();
     // The socket first: a second daemon must refuse before it advertises anything.
@@ -164,59 +149,43 @@ where
     }
     let (registry_tx, registry_rx) = mpsc::channel(64);
     let (inbox_tx, inbox_rx) = mpsc::channel(64);
-    let reconnect_timeout = Duration::from_secs(u64::from(config.calls.reconnect_timeout_secs.0));
-    let context = CallContext {
+    let mut context = CallContext {
         identity: identity.clone(),
         endpoint: endpoint.clone(),
         hub: hub.clone(),
         stats: stats.clone(),
-        own_name: config.name.to_string(),
-        timeouts: Timeouts {
-            ring: Duration::from_secs(u64::from(config.calls.ring_timeout_secs.0)),
-            reconnect: reconnect_timeout,
-            ..Timeouts::default()
-        },
-        codec: CodecSettings {
-            frame: config.calls.frame_ms.duration(),
-            bitrate: config.calls.bitrate_kbps.0 as i32 * 1000,
-            dtx: config.calls.dtx,
-            network: NetworkSettings {
-                stun_servers: config.calls.stun_servers.iter().map(ToString::to_string).collect(),
-                allow_loopback: config.calls.allow_loopback,
-                ice_failed_after: reconnect_timeout + Duration::from_secs(5),
-            },
-        },
-        loop_files: config.audio.loop_files,
+        own_name: String::new(),
+        timeouts: Timeouts::default(),
+        codec: CodecSettings::default(),
+        loop_files: false,
         inbox: inbox_tx.clone(),
         shutdown: stop.clone(),
     };
+    context.apply(&settings.borrow());
     let registry = Registry::new(context, settings_rx.clone());
     tasks.spawn(registry.run(registry_rx, inbox_rx));
     tasks.spawn(signaling.run(endpoint, inbox_tx, stop.clone()));
 
     log_audio_fallbacks(&config).await;
+    let (settings_tx, settings_rx_commands) = mpsc::channel(8);
+    let config_task = Settings::new(config.clone(), reload, settings.clone(), hub.clone());
+    tasks.spawn(config_task.run(settings_rx_commands, stop.clone()));
     let info = DaemonInfo { device_id: identity.device_id, started, signaling_address, discovery_enabled };
-    let service = ControlService::new(info, registry_tx, settings.clone(), hub.clone(), stats, stop.clone());
+    let service =
+        ControlService::new(info, registry_tx, settings_tx, settings.clone(), hub.clone(), stats, stop.clone());
     let server = api::serve(unix_listener, tcp, service, stop.clone());
     tokio::pin!(server);
 
-    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    service_manager::notify(&[sd_notify::NotifyState::Ready]);
     info!(name = %config.name, signaling = %signaling_address, socket = %socket_path.display(), "voiced is ready");
 
-    tokio::pin!(shutdown);
-    let mut config = config;
-    let result = loop {
-        tokio::select! {
-            result = &mut server => break result,
-            () = &mut shutdown => {
-                info!("shutting down");
-                notify_systemd(&[sd_notify::NotifyState::Stopping]);
-                stop.cancel();
-                break server.await;
-            }
-            Some(()) = reload.requests.next() => {
-                config = reload_config(config, &reload, &settings, &hub);
-            }
+    let result = tokio::select! {
+        result = &mut server => result,
+        () = shutdown => {
+            info!("shutting down");
+            service_manager::notify(&[sd_notify::NotifyState::Stopping]);
+            stop.cancel();
+            server.await
         }
     };
     // Decide, tell, wait: every task sees the cancellation and finishes its goodbye.
@@ -226,49 +195,6 @@ where
     drop(socket);
     info!("stopped");
     result.map_err(DaemonError::from)
-}
-
-/// Re-reads the config and applies what can change live. A config that does not
-/// read is refused and the current one stays. Calls in progress are not touched:
-/// new audio defaults apply to calls that start afterwards.
-fn reload_config<R>(
-    current: Config,
-    reload: &Reload<R>,
-    settings: &watch::Sender<LiveSettings>,
-    hub: &EventHub,
-) -> Config {
-    let monotonic = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| i128::from(t.tv_sec()) * 1_000_000 + i128::from(t.tv_nsec()) / 1_000)
-        .unwrap_or_default();
-    notify_systemd(&[sd_notify::NotifyState::Reloading, sd_notify::NotifyState::MonotonicUsec(monotonic)]);
-    let applied = match reload.source.load() {
-        Err(error) => {
-            error!(%error, "config reload refused; the current config stays in force");
-            current
-        }
-        Ok((new, _)) => {
-            let plan = ReloadPlan::between(&current, &new);
-            for key in &plan.needs_restart {
-                warn!(key, "this setting changed in the config file; restart voiced to apply it");
-            }
-            if let Some(level) = &plan.log_level {
-                (reload.set_log_level)(level);
-            }
-            settings.send_if_modified(|live| {
-                let new = LiveSettings::of(&plan.applied);
-                let changed = *live != new;
-                *live = new;
-                changed
-            });
-            if let Some((input, output)) = plan.audio.clone() {
-                hub.publish(Change::AudioDefaults { input, output });
-            }
-            info!(changed = !plan.is_empty(), "config reloaded");
-            plan.applied
-        }
-    };
-    notify_systemd(&[sd_notify::NotifyState::Ready]);
-    applied
 }
 
 /// Says at start what calls will use where a sound card was asked for and there
@@ -287,12 +213,6 @@ async fn log_audio_fallbacks(config: &Config) {
     }
     if wants_output && !has(&devices.outputs) {
         warn!("no playback device found: calls will discard what they hear (set --audio-output file:PATH.wav)");
-    }
-}
-
-fn notify_systemd(state: &[sd_notify::NotifyState]) {
-    if let Err(error) = sd_notify::notify(state) {
-        warn!(%error, "cannot notify systemd");
     }
 }
 

@@ -22,7 +22,10 @@ pub mod events;
 pub mod identity;
 pub mod logging;
 pub mod media;
+pub mod service_manager;
+pub mod settings;
 pub mod signaling;
 pub mod stats;
 
-pub use daemon::{DaemonError, Reload, run};
+pub use daemon::{DaemonError, run};
+pub use settings::Reload;

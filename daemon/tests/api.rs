@@ -292,3 +292,48 @@ async fn under_systemd_log_lines_carry_no_timestamp_of_their_own() {
     assert!(ready.trim_start().starts_with("INFO"), "the journal adds the time: {ready}");
     assert!(!ready.contains("\u{1b}["), "no colour codes in the journal: {ready}");
 }
+
+#[tokio::test]
+async fn config_set_edits_the_file_keeps_its_comments_and_applies_live_keys_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "# rings for a while\n[calls]\nring_timeout_secs = 60 # long\n").await;
+    let config_file = dir.path().join("voiced.toml");
+
+    let out = d.ctl(&["config", "set", "calls.ring_timeout_secs", "45"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&config_file).unwrap();
+    assert!(text.contains("# rings for a while\n[calls]\nring_timeout_secs = 45 # long\n"), "{text}");
+    let entry = d.ctl_json(&["config", "get", "calls.ring_timeout_secs"]).await;
+    assert_eq!((entry["value"].as_str(), entry["applies"].as_str()), (Some("45"), Some("to new calls")));
+
+    // A live key: the daemon's name changes at once.
+    let out = d.ctl(&["config", "set", "name", "kitchen"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(d.ctl_json(&["status"]).await["display_name"], "kitchen");
+
+    // A restart key: written, reported as waiting, the one in force unchanged.
+    let out = d.ctl(&["config", "set", "signaling.port", "4999"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("after a restart"), "{out:?}");
+    let entry = d.ctl_json(&["config", "get", "signaling.port"]).await;
+    assert_eq!(entry["pending"], "4999");
+    assert_ne!(entry["value"], "4999");
+
+    // Refused edits name the problem and leave the file alone.
+    let before = std::fs::read_to_string(&config_file).unwrap();
+    for (args, says) in [
+        (["config", "set", "calls.ring_timeout_secs", "2"], "between 5 and 600"),
+        (["config", "set", "log_level", "loud"], "is not a log level"),
+        (["config", "set", "calls.ringtone", "x"], "no config key"),
+    ] {
+        let out = d.ctl(&args).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(std::fs::read_to_string(&config_file).unwrap(), before);
+
+    // Unset: back to the default, the key gone from the file.
+    let out = d.ctl(&["config", "unset", "calls.ring_timeout_secs"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(d.ctl_json(&["config", "get", "calls.ring_timeout_secs"]).await["value"], "30");
+    assert!(!std::fs::read_to_string(&config_file).unwrap().contains("ring_timeout_secs"));
+}

@@ -8,10 +8,10 @@ use std::path::Path;
 
 /// Top-level modules by layer, bottom first.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "identity", "events", "stats", "logging"],
+    &["clock", "identity", "events", "stats", "logging", "service_manager"],
     &["audio"],
     &["media", "signaling", "discovery"],
-    &["call"],
+    &["call", "settings"],
     &["api"],
     &["daemon", "main", "lib"],
 ];

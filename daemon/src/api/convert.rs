@@ -200,3 +200,22 @@ pub(super) fn call(record: &CallRecord) -> v1::Call {
         audio_output: record.output.to_string(),
     }
 }
+
+/// A config key as the API shows it.
+pub fn config_entry(entry: &crate::settings::ConfigEntry) -> v1::ConfigEntry {
+    use voicelink_core::config_keys::Applies;
+    let applies = match entry.key.applies {
+        Applies::Live => v1::ConfigApplies::Live,
+        Applies::NewCalls => v1::ConfigApplies::NewCalls,
+        Applies::Restart => v1::ConfigApplies::Restart,
+    };
+    v1::ConfigEntry {
+        key: entry.key.key.to_owned(),
+        value: entry.value.clone().unwrap_or_default(),
+        pending: entry.pending.clone().unwrap_or_default(),
+        applies: applies.into(),
+        description: entry.key.doc.to_owned(),
+        default_value: entry.key.default.to_owned(),
+        overridden_by: entry.key.flag.filter(|_| entry.overridden_by.is_some()).unwrap_or_default().to_owned(),
+    }
+}

@@ -17,6 +17,8 @@ use voicelink_core::audio_spec::{InputSpec, OutputSpec, SpecError};
 use voicelink_core::call_machine::Command;
 use voicelink_core::call_record::CallRecord;
 use voicelink_core::reload::LiveSettings;
+
+use crate::settings::{ConfigView, SettingsCommand, SettingsError};
 use voicelink_core::switchboard::CallError;
 use voicelink_core::vocab::{CallId, DeviceId, PROTOCOL_VERSION};
 use voicelink_core::wire::MAX_TEXT_BYTES;
@@ -48,6 +50,7 @@ pub struct DaemonInfo {
 pub struct ControlService {
     info: Arc<DaemonInfo>,
     registry: mpsc::Sender<RegistryCommand>,
+    config: mpsc::Sender<SettingsCommand>,
     settings: watch::Receiver<LiveSettings>,
     settings_tx: Arc<watch::Sender<LiveSettings>>,
     hub: EventHub,
@@ -61,13 +64,27 @@ impl ControlService {
     pub fn new(
         info: DaemonInfo,
         registry: mpsc::Sender<RegistryCommand>,
+        config: mpsc::Sender<SettingsCommand>,
         settings_tx: Arc<watch::Sender<LiveSettings>>,
         hub: EventHub,
         stats: StatsBoard,
         shutdown: CancellationToken,
     ) -> Self {
         let settings = settings_tx.subscribe();
-        ControlService { info: Arc::new(info), registry, settings, settings_tx, hub, stats, shutdown }
+        ControlService { info: Arc::new(info), registry, config, settings, settings_tx, hub, stats, shutdown }
+    }
+
+    /// Sends a request to the config task and waits for its answer.
+    async fn ask_config(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<ConfigView, SettingsError>>) -> SettingsCommand,
+    ) -> Result<ConfigView, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.config.send(make(reply)).await.map_err(|_| Status::unavailable("the daemon is stopping"))?;
+        answer.await.map_err(|_| Status::unavailable("the daemon is stopping"))?.map_err(|error| match error {
+            SettingsError::Edit(_) => Status::invalid_argument(error.to_string()),
+            SettingsError::File { .. } | SettingsError::NoFile => Status::failed_precondition(error.to_string()),
+        })
     }
 
     /// Sends a command to the call registry and waits for its answer.
@@ -315,6 +332,25 @@ impl Voicelink for ControlService {
         Ok(Response::new(v1::SetAudioDevicesResponse {
             audio_input: input.to_string(),
             audio_output: output.to_string(),
+        }))
+    }
+
+    async fn get_config(&self, request: Request<v1::GetConfigRequest>) -> Rpc<v1::GetConfigResponse> {
+        let key = Some(request.into_inner().key).filter(|k| !k.is_empty());
+        let view = self.ask_config(|reply| SettingsCommand::Get { key, reply }).await?;
+        Ok(Response::new(v1::GetConfigResponse {
+            entries: view.entries.iter().map(convert::config_entry).collect(),
+            path: view.path.map(|p| p.display().to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn set_config(&self, request: Request<v1::SetConfigRequest>) -> Rpc<v1::SetConfigResponse> {
+        let r = request.into_inner();
+        let value = (!r.unset).then_some(r.value);
+        let view = self.ask_config(|reply| SettingsCommand::Set { key: r.key, value, reply }).await?;
+        Ok(Response::new(v1::SetConfigResponse {
+            entry: view.entries.first().map(convert::config_entry),
+            path: view.path.map(|p| p.display().to_string()).unwrap_or_default(),
         }))
     }
 }

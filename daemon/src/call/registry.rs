@@ -107,7 +107,7 @@ pub struct Registry {
 impl Registry {
     /// A registry that starts calls with `context`.
     pub fn new(context: CallContext, settings: watch::Receiver<LiveSettings>) -> Self {
-        let policy = Policy { auto_answer: settings.borrow().auto_answer, ..Policy::default() };
+        let policy = Policy { auto_answer: settings.borrow().calls.auto_answer, ..Policy::default() };
         let switchboard = Switchboard::new(context.identity.device_id, policy);
         Registry { context, settings, switchboard, calls: HashMap::new() }
     }
@@ -163,7 +163,7 @@ impl Registry {
 
     fn context(&self) -> CallContext {
         let mut context = self.context.clone();
-        context.own_name = self.settings.borrow().display_name.to_string();
+        context.apply(&self.settings.borrow());
         context
     }
 
@@ -258,7 +258,7 @@ impl Registry {
         let IncomingRequest { connection, call_id, caller_name, frame } = request;
         let peer = connection.peer;
         self.switchboard
-            .set_policy(Policy { auto_answer: self.settings.borrow().auto_answer, ..*self.switchboard.policy() });
+            .set_policy(Policy { auto_answer: self.settings.borrow().calls.auto_answer, ..*self.switchboard.policy() });
         match self.switchboard.incoming(call_id.clone(), peer, clock::now()) {
             Incoming::Refuse(refusal) => {
                 warn!(peer = %peer.short(), reason = refusal.message(), "refusing a call request");

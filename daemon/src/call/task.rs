@@ -15,6 +15,7 @@ use voicelink_core::call_machine::{
     CallMachine, CallSetup, Command, InvalidCommand, MediaCommand, MediaInput, Output, Signaling, Timeouts,
 };
 use voicelink_core::call_record::CallRecord;
+use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::{CallMeter, CallStats, SAMPLE_PERIOD};
 use voicelink_core::vocab::{CallId, DeviceId, Direction, FailCause, State};
 use voicelink_core::wire::{Body, Decoded, Message};
@@ -25,7 +26,7 @@ use crate::clock;
 use crate::events::{Change, EventHub};
 use crate::identity::Identity;
 use crate::media::audio_pump::Gates;
-use crate::media::peer_connection::ConnectionEvent;
+use crate::media::peer_connection::{ConnectionEvent, NetworkSettings};
 use crate::media::session::{CodecSettings, MediaSession};
 use crate::signaling::transport::{Connection, Endpoint, SignalingError};
 use crate::stats::StatsBoard;
@@ -78,6 +79,30 @@ pub struct CallContext {
 }
 
 impl CallContext {
+    /// Takes a new call's settings from the config in force.
+    pub fn apply(&mut self, live: &LiveSettings) {
+        let calls = &live.calls;
+        let reconnect = Duration::from_secs(u64::from(calls.reconnect_timeout_secs.0));
+        self.own_name = live.display_name.to_string();
+        self.timeouts = Timeouts {
+            ring: Duration::from_secs(u64::from(calls.ring_timeout_secs.0)),
+            reconnect,
+            ..Timeouts::default()
+        };
+        self.codec = CodecSettings {
+            frame: calls.frame_ms.duration(),
+            bitrate: calls.bitrate_kbps.0 as i32 * 1000,
+            dtx: calls.dtx,
+            network: NetworkSettings {
+                stun_servers: calls.stun_servers.iter().map(ToString::to_string).collect(),
+                allow_loopback: calls.allow_loopback,
+                // ICE's own verdict comes after ours: the reconnect timeout decides.
+                ice_failed_after: reconnect + Duration::from_secs(5),
+            },
+        };
+        self.loop_files = live.loop_files;
+    }
+
     fn setup(&self) -> CallSetup {
         let frame_ms = u32::try_from(self.codec.frame.as_millis()).unwrap_or(20);
         CallSetup { own_name: self.own_name.clone(), frame_ms, timeouts: self.timeouts }
