@@ -10,16 +10,20 @@ release=target/release
 assets=packaging/generated
 mkdir -p "$assets" dist
 
-# Completions and manual pages come from the binaries' own clap definitions.
+# Completions and manual pages come from the binaries' own definitions: voicectl(1)
+# and a page per subcommand, voiced(1), and voiced.toml(5) from the table of keys.
 "$release/voicectl" completions bash > "$assets/voicectl.bash"
 "$release/voicectl" completions zsh > "$assets/_voicectl"
 "$release/voicectl" completions fish > "$assets/voicectl.fish"
-"$release/voicectl" man > "$assets/voicectl.1"
-"$release/voiced" --print-man > "$assets/voiced.1"
+rm -rf "$assets/man" && mkdir -p "$assets/man"
+"$release/voicectl" man --dir "$assets/man"
+"$release/voiced" --print-man > "$assets/man/voiced.1"
+"$release/voiced" --print-man voiced.toml > "$assets/man/voiced.toml.5"
 
 cargo deb -p voicelink-daemon --no-build --output dist/
 cargo deb -p voicelink-tray --no-build --output dist/
 cargo generate-rpm -p daemon --output dist/
+cargo generate-rpm -p tray --output dist/
 
 # The source archive the formula and the PKGBUILD build from (what is committed).
 archive="dist/voicelink-$version.tar.gz"

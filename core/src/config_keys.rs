@@ -82,7 +82,7 @@ pub const KEYS: &[ConfigKey] = &[
         default: "\"info\"",
         applies: Applies::Live,
         doc: "A level (error, warn, info, debug, trace, off) or directives like \"info,voicelink_daemon=debug\". \
-              --log-level and RUST_LOG outrank it.",
+              RUST_LOG outranks it too.",
         flag: Some("--log-level"),
     },
     ConfigKey {

@@ -1,6 +1,8 @@
 //! `voicectl`: one subcommand per control-API verb. Parse, make one call (or
 //! follow one stream), print for people or, with `--json`, for scripts.
 
+mod complete;
+mod manual;
 mod output;
 
 use std::path::PathBuf;
@@ -8,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::ArgValueCompleter;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use voicelink_proto::{Client, ConnectError, DaemonAddress, v1};
@@ -48,6 +51,7 @@ enum Command {
     /// Call a peer by name, device ID, host:port or DEVICEID@host:port
     Dial {
         /// Who to call
+        #[arg(add = ArgValueCompleter::new(complete::peer_names))]
         target: String,
         /// Audio input for this call (default, device:NAME, file:PATH.wav, tone:HZ, silence, echo)
         #[arg(long, value_name = "SPEC")]
@@ -62,6 +66,7 @@ enum Command {
     /// Answer an incoming call (the only one, if no ID is given)
     Answer {
         /// The call
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
         /// Audio input for this call
         #[arg(long, value_name = "SPEC")]
@@ -73,6 +78,7 @@ enum Command {
     /// Decline an incoming call
     Decline {
         /// The call
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
         /// Told to the caller
         #[arg(long)]
@@ -81,26 +87,31 @@ enum Command {
     /// End a call (or cancel one that is still ringing)
     Hangup {
         /// The call
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
     },
     /// Stop sending audio on a call
     Mute {
         /// The call
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
     },
     /// Send audio again
     Unmute {
         /// The call
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
     },
     /// Put a call on hold (no audio either way)
     Hold {
         /// The call
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
     },
     /// Resume a held call
     Resume {
         /// The call
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
     },
     /// Calls in progress
@@ -111,6 +122,7 @@ enum Command {
     /// every interval and a summary when a call ends (--json: one object per sample)
     Stats {
         /// One call (default: all)
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
         /// Keep printing samples until the call ends (all calls: until Ctrl-C)
         #[arg(long, short)]
@@ -125,14 +137,22 @@ enum Command {
     /// the change applied at once where it can be)
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    /// Print the script that gives a shell completions (bash, zsh, fish, elvish, powershell)
+    ///
+    /// The shell asks voicectl at each Tab, so peer names and call IDs come from the
+    /// running daemon. Packages install it; by hand, e.g. in ~/.bashrc:
+    /// `source <(voicectl completions bash)`.
     Completions {
         /// The shell
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff)
+    /// Print the manual page (roff), or write every page into a folder
     #[command(hide = true)]
-    Man,
+    Man {
+        /// Write voicectl.1 and a page per subcommand here
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +204,7 @@ impl From<tonic::Status> for Failure {
 }
 
 fn main() -> ExitCode {
+    complete::serve_shell(Cli::command);
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -199,14 +220,24 @@ async fn run(cli: Cli) -> ExitCode {
     // These describe voicectl itself: no daemon needed.
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "voicectl", &mut std::io::stdout());
-            return ExitCode::SUCCESS;
-        }
-        Command::Man => {
-            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            return match complete::registration(*shell, &mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("voicectl: cannot write the manual page: {error}");
+                    eprintln!("voicectl: cannot write the completions: {error}");
+                    ExitCode::from(exit::REQUEST_FAILED)
+                }
+            };
+        }
+        Command::Man { dir } => {
+            let written = match dir {
+                Some(dir) => manual::write_pages(Cli::command(), dir),
+                None => manual::main_page(Cli::command())
+                    .and_then(|page| std::io::Write::write_all(&mut std::io::stdout(), &page)),
+            };
+            return match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("voicectl: cannot write the manual pages: {error}");
                     ExitCode::from(exit::REQUEST_FAILED)
                 }
             };
@@ -414,7 +445,7 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
                 }
             }
         }
-        Command::Completions { .. } | Command::Man => unreachable!("handled before connecting"),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled before connecting"),
         Command::Config(ConfigCommand::Get { key, verbose }) => {
             let response = client.get_config(v1::GetConfigRequest { key: key.unwrap_or_default() }).await?.into_inner();
             printer.config(&response.entries, &response.path, verbose);

@@ -21,6 +21,7 @@ pub mod discovery;
 pub mod events;
 pub mod identity;
 pub mod logging;
+pub mod manual;
 pub mod media;
 pub mod service_manager;
 pub mod settings;

@@ -14,8 +14,11 @@ use voicelink_core::audio_spec::{InputSpec, OutputSpec};
 use voicelink_core::config::{ConfigSource, DisplayName, LogLevel, Overrides};
 use voicelink_daemon::Reload;
 
-/// The voicelink daemon: finds peers on the LAN and carries voice calls between
-/// them. Driven by `voicectl` and other clients over a local gRPC socket.
+/// The voicelink daemon: voice calls on the LAN, with no server
+///
+/// voiced finds peers on the LAN by mDNS, rings them over mutually authenticated
+/// TLS, and carries calls as WebRTC audio (Opus, DTLS-SRTP) straight between
+/// machines. voicectl, the tray and scripts drive it over a local gRPC socket.
 #[derive(Debug, Parser)]
 #[command(name = "voiced", version)]
 struct Args {
@@ -46,9 +49,19 @@ struct Args {
     /// Print the effective configuration (file, flags and defaults) and exit
     #[arg(long)]
     print_config: bool,
-    /// Print the manual page (roff) and exit
-    #[arg(long, hide = true)]
-    print_man: bool,
+    /// Print a manual page (roff) and exit: voiced(1), or voiced.toml(5)
+    #[arg(long, hide = true, value_name = "PAGE", num_args = 0..=1, default_missing_value = "voiced")]
+    print_man: Option<ManPage>,
+}
+
+/// The manual pages voiced prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ManPage {
+    /// voiced(1)
+    Voiced,
+    /// voiced.toml(5)
+    #[value(name = "voiced.toml")]
+    VoicedToml,
 }
 
 fn main() -> ExitCode {
@@ -62,9 +75,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    if args.print_man {
-        return clap_mangen::Man::new(Args::command())
-            .render(&mut std::io::stdout())
+    if let Some(page) = args.print_man {
+        let page = match page {
+            ManPage::Voiced => voicelink_daemon::manual::voiced_page(Args::command()),
+            ManPage::VoicedToml => Ok(voicelink_daemon::manual::config_page()),
+        };
+        return page
+            .and_then(|page| std::io::Write::write_all(&mut std::io::stdout(), &page))
             .context("cannot print the manual");
     }
     let log_flag = args.log_level.clone();

@@ -210,3 +210,40 @@ async fn sighup_applies_a_new_name_and_refuses_a_broken_config() {
     assert_eq!(b.ctl_json(&["status"]).await["signaling_port"], port);
     assert_eq!(a.ctl_json(&["peers"]).await[0]["display_name"], "robert", "still listed, under its new name");
 }
+
+/// What a shell's Tab offers after `words` (the fish protocol: one candidate per
+/// line, a tab and its help).
+fn completions(daemon: &Daemon, words: &[&str]) -> Vec<String> {
+    let out = std::process::Command::new(support::voicectl_bin())
+        .env("VOICECTL_COMPLETE", "fish")
+        .env(voicelink_proto::SOCKET_ENV, &daemon.socket)
+        .arg("--")
+        .args(words)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split('\t').next().unwrap_or_default().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn tab_completion_offers_the_peers_online_and_the_calls_in_progress() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let quiet = "[audio]\ninput = \"silence\"\noutput = \"null\"\n";
+    let (a, b) = support::two_daemons_with(&lan, dir.path(), quiet, quiet).await;
+
+    let subcommands = completions(&a, &["voicectl", ""]);
+    assert!(subcommands.contains(&"dial".to_owned()), "{subcommands:?}");
+    assert!(!subcommands.contains(&"man".to_owned()), "the hidden man subcommand is offered: {subcommands:?}");
+    assert_eq!(completions(&a, &["voicectl", "dial", "b"]), ["bob"]);
+
+    let call_id = a.ctl_json(&["dial", "bob", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    for verb in ["hangup", "mute", "stats"] {
+        let offered = completions(&a, &["voicectl", verb, ""]);
+        assert!(offered.contains(&call_id), "{verb}: {offered:?}");
+    }
+    let at_bob = completions(&b, &["voicectl", "answer", ""]);
+    assert!(at_bob.contains(&call_id), "{at_bob:?}");
+    a.ctl_json(&["hangup"]).await;
+}

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["media", "signaling", "discovery"],
     &["call", "settings"],
     &["api"],
-    &["daemon", "main", "lib"],
+    &["daemon", "main", "lib", "manual"],
 ];
 
 fn layer_of(module: &str) -> usize {
