@@ -106,6 +106,12 @@ pub enum Output {
     MuteChanged(bool),
     /// Hold changed (either side).
     HoldChanged(bool),
+    /// The peer confirmed it shows our recording: start writing.
+    RecordingStarted,
+    /// Stop writing our recording; with a reason when it never started.
+    RecordingStopped(Option<String>),
+    /// The peer started or stopped recording (show it before confirming).
+    PeerRecording(bool),
     /// Whether audio may be sent and played now.
     Audio {
         /// Send captured audio to the peer.
@@ -128,6 +134,9 @@ pub enum Command {
     SetMute(bool),
     /// Hold or resume.
     SetHold(bool),
+    /// Record the call, or stop. Recording starts once the peer confirms that its
+    /// user is shown it ([`Output::RecordingStarted`]).
+    SetRecording(bool),
     /// End a call that was told to yield to glare (the peer already knows).
     Yield,
 }
@@ -195,6 +204,21 @@ fn describe(state: State) -> &'static str {
     }
 }
 
+/// How long the peer has to confirm that its user is shown our recording. An
+/// older peer never confirms (it ignores the message): nothing is recorded then.
+pub const RECORDING_CONSENT: Duration = Duration::from_secs(3);
+
+/// Our recording of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    Off,
+    /// The peer was told; nothing is written until it confirms, by `deadline`.
+    Asking {
+        deadline: Instant,
+    },
+    On,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
     Ring,
@@ -222,6 +246,8 @@ pub struct CallMachine {
     muted: bool,
     held_here: bool,
     held_there: bool,
+    recording: Recording,
+    recorded_by_peer: bool,
     media: MediaProgress,
     /// The current media session: 1 for the first.
     media_attempt: u32,
@@ -265,6 +291,8 @@ impl CallMachine {
             muted: false,
             held_here: false,
             held_there: false,
+            recording: Recording::Off,
+            recorded_by_peer: false,
             media: MediaProgress::Negotiating,
             media_attempt: 1,
             media_deadline: None,
@@ -315,6 +343,16 @@ impl CallMachine {
         self.held_there
     }
 
+    /// We record the call (the peer confirmed it knows).
+    pub fn recording(&self) -> bool {
+        self.recording == Recording::On
+    }
+
+    /// The peer records the call.
+    pub fn recorded_by_peer(&self) -> bool {
+        self.recorded_by_peer
+    }
+
     /// When it was answered.
     pub fn answered_at(&self) -> Option<Instant> {
         self.answered_at
@@ -332,15 +370,23 @@ impl CallMachine {
 
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let timer = self.timer.map(|(at, _)| at);
-        match (timer, self.media_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let consent = match self.recording {
+            Recording::Asking { deadline } => Some(deadline),
+            _ => None,
+        };
+        [self.timer.map(|(at, _)| at), self.media_deadline, consent].into_iter().flatten().min()
     }
 
     /// Time has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Recording::Asking { deadline } = self.recording
+            && now >= deadline
+        {
+            self.stop_recording(Some(
+                "the peer did not confirm that it shows the recording (an older voicelink?); nothing was recorded"
+                    .into(),
+            ));
+        }
         if self.media_deadline.is_some_and(|at| now >= at) {
             self.media_deadline = None;
             self.retry_media(FailCause::DtlsFailed);
@@ -404,6 +450,18 @@ impl CallMachine {
                 }
             }
             (Command::SetHold(_), state) => return refuse("hold or resume", state),
+            (Command::SetRecording(true), State::Active | State::OnHold) => {
+                if self.recording == Recording::Off {
+                    self.recording = Recording::Asking { deadline: now + RECORDING_CONSENT };
+                    self.outputs.push_back(Output::Send(Body::Recording { on: true }));
+                }
+            }
+            (Command::SetRecording(true), state) => return refuse("record", state),
+            (Command::SetRecording(false), _) => {
+                if self.recording != Recording::Off {
+                    self.stop_recording(None);
+                }
+            }
             (Command::Yield, State::Outgoing) if self.yielding => self.end(EndReason::Cancelled, None),
             (Command::Yield, state) => return refuse("yield", state),
         }
@@ -465,9 +523,28 @@ impl CallMachine {
                 self.held_there = on_hold;
                 self.hold_changed();
             }
+            (Body::Recording { on }, State::Active | State::OnHold | State::Connecting | State::Reconnecting, _) => {
+                // Shown first (the task publishes it), confirmed after.
+                if on != self.recorded_by_peer {
+                    self.recorded_by_peer = on;
+                    self.outputs.push_back(Output::PeerRecording(on));
+                }
+                self.outputs.push_back(Output::Send(Body::RecordingSeen { on }));
+            }
+            (Body::RecordingSeen { on: true }, _, _) if matches!(self.recording, Recording::Asking { .. }) => {
+                self.recording = Recording::On;
+                self.outputs.push_back(Output::RecordingStarted);
+            }
             (Body::Error { message }, _, _) => self.end(EndReason::Failed(FailCause::Protocol(message)), None),
             _ => {}
         }
+    }
+
+    /// Ends our recording (or the request for one) and tells the peer.
+    fn stop_recording(&mut self, reason: Option<String>) {
+        self.recording = Recording::Off;
+        self.outputs.push_back(Output::Send(Body::Recording { on: false }));
+        self.outputs.push_back(Output::RecordingStopped(reason));
     }
 
     /// What happened to the signaling connection.
@@ -620,6 +697,13 @@ impl CallMachine {
         self.end_reason = Some(reason);
         self.timer = None;
         self.media_deadline = None;
+        match std::mem::replace(&mut self.recording, Recording::Off) {
+            Recording::Off => {}
+            Recording::On => self.outputs.push_back(Output::RecordingStopped(None)),
+            Recording::Asking { .. } => self.outputs.push_back(Output::RecordingStopped(Some(
+                "the call ended before the peer confirmed the recording".into(),
+            ))),
+        }
         self.set_state(State::Ended);
     }
 
@@ -916,6 +1000,76 @@ mod tests {
         drain(&mut m);
         m.handle_command(Command::Answer, now).unwrap();
         assert_eq!(drain(&mut m).last(), Some(&audio(false, true)));
+    }
+
+    #[test]
+    fn a_recording_starts_only_once_the_peer_confirms_it_shows_it() {
+        let now = Instant::now();
+        let mut recorder = active_outgoing(now);
+        let mut recorded = CallMachine::incoming(now, setup());
+        recorded.handle_media(MediaInput::Connected, now);
+        recorded.handle_command(Command::Answer, now).unwrap();
+        drain(&mut recorded);
+
+        recorder.handle_command(Command::SetRecording(true), now).unwrap();
+        assert_eq!(drain(&mut recorder), [Output::Send(Body::Recording { on: true })], "nothing written yet");
+        assert!(!recorder.recording());
+        assert_eq!(recorder.poll_timeout(), Some(now + RECORDING_CONSENT));
+        recorder.handle_command(Command::SetRecording(true), now).unwrap();
+        assert_eq!(drain(&mut recorder), [], "asking twice asks once");
+
+        // The recorded side shows it first, then confirms.
+        recorded.handle_remote(Body::Recording { on: true }, now);
+        assert_eq!(drain(&mut recorded), [Output::PeerRecording(true), Output::Send(Body::RecordingSeen { on: true })]);
+        assert!(recorded.recorded_by_peer());
+        recorder.handle_remote(Body::RecordingSeen { on: true }, now);
+        assert_eq!(drain(&mut recorder), [Output::RecordingStarted]);
+        assert!(recorder.recording());
+        assert_eq!(recorder.poll_timeout(), None);
+
+        recorder.handle_command(Command::SetRecording(false), now).unwrap();
+        assert_eq!(drain(&mut recorder), [Output::Send(Body::Recording { on: false }), Output::RecordingStopped(None)]);
+        recorded.handle_remote(Body::Recording { on: false }, now);
+        assert_eq!(
+            drain(&mut recorded),
+            [Output::PeerRecording(false), Output::Send(Body::RecordingSeen { on: false })]
+        );
+    }
+
+    #[test]
+    fn a_peer_that_never_confirms_is_never_recorded() {
+        let now = Instant::now();
+        let mut m = active_outgoing(now);
+        m.handle_command(Command::SetRecording(true), now).unwrap();
+        drain(&mut m);
+        m.handle_timeout(now + RECORDING_CONSENT - Duration::from_millis(1));
+        assert_eq!(drain(&mut m), []);
+        m.handle_timeout(now + RECORDING_CONSENT);
+        let outputs = drain(&mut m);
+        assert_eq!(outputs[0], Output::Send(Body::Recording { on: false }), "the peer may show it late: untold");
+        assert!(matches!(&outputs[1], Output::RecordingStopped(Some(reason)) if reason.contains("did not confirm")));
+        // A confirmation that comes after the deadline starts nothing.
+        m.handle_remote(Body::RecordingSeen { on: true }, now + RECORDING_CONSENT);
+        assert_eq!(drain(&mut m), []);
+        assert!(!m.recording());
+    }
+
+    #[test]
+    fn recording_needs_an_answered_call_and_stops_when_it_ends() {
+        let now = Instant::now();
+        let mut ringing = CallMachine::outgoing(now, setup());
+        let refused = ringing.handle_command(Command::SetRecording(true), now).unwrap_err();
+        assert_eq!(refused.to_string(), "cannot record a call that is ringing the peer");
+
+        let mut m = active_outgoing(now);
+        m.handle_command(Command::SetRecording(true), now).unwrap();
+        m.handle_remote(Body::RecordingSeen { on: true }, now);
+        drain(&mut m);
+        m.handle_remote(Body::End { reason: EndCode::HangUp }, now);
+        assert_eq!(
+            drain(&mut m),
+            [Output::RecordingStopped(None), state_change(State::Active, State::Ended), audio(false, false)]
+        );
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct CallRecord {
     pub held_here: bool,
     /// Held by the peer.
     pub held_by_peer: bool,
+    /// Where our recording goes, while we record (the peer confirmed it shows it).
+    pub recording: Option<std::path::PathBuf>,
+    /// The peer records the call.
+    pub recorded_by_peer: bool,
     /// Why it ended, once it has.
     pub end_reason: Option<EndReason>,
     /// Audio input in use.
@@ -64,6 +68,8 @@ impl CallRecord {
             on_hold: false,
             held_here: false,
             held_by_peer: false,
+            recording: None,
+            recorded_by_peer: false,
             end_reason: None,
             input,
             output,

@@ -94,6 +94,18 @@ pub enum Body {
         /// On hold now.
         on_hold: bool,
     },
+    /// Either way: this side starts (or stops) recording the call. The receiver
+    /// must show its user that they are being recorded, then confirm with
+    /// `recording_seen`; a recorder writes nothing until it has the confirmation.
+    Recording {
+        /// Recording now.
+        on: bool,
+    },
+    /// Either way: the answer to `recording`, once the user is shown it.
+    RecordingSeen {
+        /// The `on` it confirms.
+        on: bool,
+    },
     /// Either way: still here (sent when idle, so a dead link is noticed).
     Keepalive,
     /// Either way: the last message was not understood; the connection closes.
@@ -117,6 +129,8 @@ impl Body {
             Body::IceCandidate { .. } => "ice_candidate",
             Body::End { .. } => "end",
             Body::Hold { .. } => "hold",
+            Body::Recording { .. } => "recording",
+            Body::RecordingSeen { .. } => "recording_seen",
             Body::Keepalive => "keepalive",
             Body::Error { .. } => "error",
         }
@@ -188,7 +202,7 @@ pub enum WireError {
     TextTooLong(&'static str),
 }
 
-const KNOWN_TYPES: [&str; 12] = [
+const KNOWN_TYPES: [&str; 14] = [
     "call_request",
     "ringing",
     "accept",
@@ -199,6 +213,8 @@ const KNOWN_TYPES: [&str; 12] = [
     "ice_candidate",
     "end",
     "hold",
+    "recording",
+    "recording_seen",
     "keepalive",
     "error",
 ];
@@ -269,6 +285,8 @@ mod tests {
             Body::End { reason: EndCode::HangUp },
             Body::End { reason: EndCode::Glare },
             Body::Hold { on_hold: true },
+            Body::Recording { on: true },
+            Body::RecordingSeen { on: false },
             Body::Keepalive,
             Body::Error { message: "bad".into() },
         ]

@@ -86,6 +86,8 @@ struct Daemon {
     ended: BTreeMap<CallId, EndReason>,
     /// Each call's current media session's audio gates (send, play).
     gates: BTreeMap<CallId, (bool, bool)>,
+    /// Recording events: "started" / "stopped" (ours), "shown" / "unshown" (the peer's).
+    recordings: Vec<(Instant, CallId, &'static str)>,
 }
 
 struct Sim {
@@ -130,6 +132,7 @@ impl Sim {
                     audio_before_answer: false,
                     ended: BTreeMap::new(),
                     gates: BTreeMap::new(),
+                    recordings: Vec::new(),
                 }
             })
             .collect();
@@ -214,6 +217,26 @@ impl Sim {
         self.ended(node).get(call).cloned()
     }
 
+    /// No recording started on one side unless the other side had shown it and
+    /// not withdrawn it since.
+    fn assert_no_one_recorded_unshown(&self, seed: u64) {
+        for (node, daemon) in self.daemons.iter().enumerate() {
+            for (at, call, what) in &daemon.recordings {
+                if *what != "started" {
+                    continue;
+                }
+                let shown = self.daemons.iter().enumerate().filter(|(other, _)| *other != node).any(|(_, peer)| {
+                    peer.recordings
+                        .iter()
+                        .rev()
+                        .find(|(t, c, w)| t <= at && c == call && w.ends_with("shown"))
+                        .is_some_and(|(_, _, w)| *w == "shown")
+                });
+                assert!(shown, "seed {seed}: node {node} recorded call {call} before its peer showed it");
+            }
+        }
+    }
+
     /// Every call this node ended, with its reason.
     fn ended(&self, node: Node) -> BTreeMap<CallId, EndReason> {
         self.daemons[node].ended.clone()
@@ -270,6 +293,12 @@ impl Sim {
                         self.daemons[node].audio_before_answer = true;
                     }
                     self.daemons[node].gates.insert(call.clone(), (send, play));
+                }
+                Output::RecordingStarted => self.daemons[node].recordings.push((now, call.clone(), "started")),
+                Output::RecordingStopped(_) => self.daemons[node].recordings.push((now, call.clone(), "stopped")),
+                Output::PeerRecording(on) => {
+                    let what = if on { "shown" } else { "unshown" };
+                    self.daemons[node].recordings.push((now, call.clone(), what));
                 }
                 Output::RemoteRinging | Output::PeerNamed(_) | Output::MuteChanged(_) | Output::HoldChanged(_) => {}
             }
@@ -591,6 +620,22 @@ fn a_decline_crossing_a_cancel_ends_both_sides_with_their_own_reasons() {
 }
 
 #[test]
+fn a_recording_starts_only_after_the_peer_has_shown_it() {
+    let (mut sim, call) = active_pair(Link::default());
+    let asked = sim.now;
+    sim.command(A, &call, Command::SetRecording(true)).unwrap();
+    sim.run_for(Duration::from_millis(500));
+    let started = sim.daemons[A].recordings.iter().find(|r| r.2 == "started").map(|r| r.0).expect("started");
+    let shown = sim.daemons[B].recordings.iter().find(|r| r.2 == "shown").map(|r| r.0).expect("shown");
+    assert!(asked < shown && shown < started, "shown to B, then written by A");
+    assert!(started - asked >= 2 * Link::default().delay, "a round trip to confirm");
+    sim.command(A, &call, Command::Hangup).unwrap();
+    sim.settle();
+    assert_eq!(sim.daemons[A].recordings.last().map(|r| r.2), Some("stopped"), "the end stops it");
+    sim.assert_no_one_recorded_unshown(0);
+}
+
+#[test]
 fn hold_from_both_sides_needs_both_to_resume() {
     let (mut sim, call) = active_pair(Link::default());
     sim.command(A, &call, Command::SetHold(true)).unwrap();
@@ -696,6 +741,7 @@ fn random_races_always_end_cleanly() {
     // Whatever happens, every call ends on every side, no audio flows before an
     // answer, and a call that is active on one side is not over on the other for
     // longer than the link takes to tell it.
+    let mut recordings_started = 0;
     for seed in 0..200 {
         let link = Link { delay: Duration::from_millis(5), jitter: Duration::from_millis(40), break_chance: 0.01 };
         let mut sim = Sim::new(&[1, 2, 3], link, seed);
@@ -714,7 +760,11 @@ fn random_races_always_end_cleanly() {
                 }
                 3 => {
                     if let Ok(call) = sim.daemons[node].board.pick(None) {
-                        let _ = sim.command(node, &call, Command::SetHold(actions.random_bool(0.5)));
+                        let command = match actions.random_bool(0.5) {
+                            true => Command::SetHold(actions.random_bool(0.5)),
+                            false => Command::SetRecording(actions.random_bool(0.7)),
+                        };
+                        let _ = sim.command(node, &call, command);
                     }
                 }
                 _ => {
@@ -735,7 +785,10 @@ fn random_races_always_end_cleanly() {
         sim.settle();
         let ended: BTreeSet<CallId> = [A, B, C].iter().flat_map(|&n| sim.ended(n).into_keys()).collect();
         assert!(!ended.is_empty(), "seed {seed}: no call was ever placed");
+        sim.assert_no_one_recorded_unshown(seed);
+        recordings_started += sim.daemons.iter().flat_map(|d| &d.recordings).filter(|r| r.2 == "started").count();
     }
+    assert!(recordings_started > 20, "the races record too: {recordings_started} recordings started");
 }
 
 #[test]

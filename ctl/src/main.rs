@@ -114,6 +114,9 @@ enum Command {
         #[arg(add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
     },
+    /// Record a call (both directions, one stereo WAV) or stop; the peer is told
+    #[command(subcommand)]
+    Record(RecordCommand),
     /// Calls in progress
     Calls,
     /// Follow the event feed: the current state first, then every change
@@ -152,6 +155,28 @@ enum Command {
         /// Write voicectl.1 and a page per subcommand here
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RecordCommand {
+    /// Start recording: left what we send, right what we hear, 48 kHz 16-bit WAV.
+    /// The peer is shown that it is recorded and must confirm before anything is
+    /// written
+    Start {
+        /// The call
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
+        call: Option<String>,
+        /// A new file (never replaced) [default: a new file in the daemon's
+        /// data_dir/recordings/]
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+    /// Stop recording
+    Stop {
+        /// The call
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
+        call: Option<String>,
     },
 }
 
@@ -410,6 +435,31 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
                 .call
                 .as_ref(),
         ),
+        Command::Record(RecordCommand::Start { call, file }) => {
+            // The daemon runs elsewhere: a relative path means ours.
+            let file = match file {
+                Some(file) if file.is_relative() => std::env::current_dir()
+                    .map(|dir| dir.join(&file))
+                    .map_err(|e| tonic::Status::invalid_argument(format!("cannot resolve {}: {e}", file.display())))?,
+                Some(file) => file,
+                None => PathBuf::new(),
+            };
+            let request = v1::SetRecordingRequest {
+                call_id: call.unwrap_or_default(),
+                recording: true,
+                file: file.display().to_string(),
+            };
+            let call = client.set_recording(request).await?.into_inner().call;
+            match call.as_ref() {
+                Some(call) if !printer.json => println!("recording into {}", call.recording_file),
+                _ => printer.call(call.as_ref()),
+            }
+        }
+        Command::Record(RecordCommand::Stop { call }) => {
+            let request =
+                v1::SetRecordingRequest { call_id: call.unwrap_or_default(), recording: false, file: String::new() };
+            printer.call(client.set_recording(request).await?.into_inner().call.as_ref());
+        }
         Command::Calls => printer.calls(&client.list_calls(v1::ListCallsRequest {}).await?.into_inner().calls),
         Command::Events => {
             let mut stream = client.watch_events(v1::WatchEventsRequest {}).await?.into_inner();

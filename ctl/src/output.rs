@@ -135,6 +135,9 @@ fn call_json(call: &v1::Call) -> Value {
         "on_hold": call.on_hold,
         "held_here": call.held_here,
         "held_by_peer": call.held_by_peer,
+        "recording": call.recording,
+        "recording_file": call.recording_file,
+        "recorded_by_peer": call.recorded_by_peer,
         "end_reason": v1::EndReason::try_from(call.end_reason).map_or_else(|_| "unknown".into(), |r| word(r.as_str_name(), "END_REASON_")),
         "end_detail": call.end_detail,
         "audio_input": call.audio_input,
@@ -159,6 +162,12 @@ fn call_line(call: &v1::Call) -> String {
     }
     if call.on_hold {
         flags.push("on hold");
+    }
+    if call.recording {
+        flags.push("recording");
+    }
+    if call.recorded_by_peer {
+        flags.push("RECORDED BY THE PEER");
     }
     format!(
         "{}  {} {}  {}{}",
@@ -294,6 +303,16 @@ impl Printer {
                     "hold_changed",
                     json!({ "call_id": e.call_id, "on_hold": e.on_hold, "held_here": e.held_here, "held_by_peer": e.held_by_peer }),
                 ),
+                Kind::RecordingChanged(e) => (
+                    "recording_changed",
+                    json!({
+                        "call_id": e.call_id,
+                        "recording": e.recording,
+                        "recording_file": e.recording_file,
+                        "recorded_by_peer": e.recorded_by_peer,
+                        "error": e.error,
+                    }),
+                ),
                 Kind::AudioDeviceChanged(e) => {
                     ("audio_device_changed", json!({ "audio_input": e.audio_input, "audio_output": e.audio_output }))
                 }
@@ -340,6 +359,15 @@ impl Printer {
             Kind::MuteChanged(e) => println!("{at} call {} {}", e.call_id, if e.muted { "muted" } else { "unmuted" }),
             Kind::HoldChanged(e) => {
                 println!("{at} call {} {}", e.call_id, if e.on_hold { "on hold" } else { "resumed" })
+            }
+            Kind::RecordingChanged(e) => {
+                let ours = match (e.recording, e.error.is_empty()) {
+                    (true, _) => format!("recording into {}", e.recording_file),
+                    (false, true) => "not recording".to_owned(),
+                    (false, false) => format!("recording stopped: {}", e.error),
+                };
+                let theirs = if e.recorded_by_peer { "; the peer IS RECORDING this call" } else { "" };
+                println!("{at} call {} {ours}{theirs}", e.call_id)
             }
             Kind::AudioDeviceChanged(e) => println!("{at} audio in: {}  out: {}", e.audio_input, e.audio_output),
             Kind::Error(e) => println!("{at} error: {}", e.message),

@@ -158,6 +158,7 @@ where
         timeouts: Timeouts::default(),
         codec: CodecSettings::default(),
         loop_files: false,
+        recordings_dir: data_dir.join("recordings"),
         inbox: inbox_tx.clone(),
         shutdown: stop.clone(),
     };

@@ -63,6 +63,13 @@ pub enum Change {
     CallMuted(CallRecord),
     /// A call was put on hold or resumed (by either side).
     CallHeld(CallRecord),
+    /// Our recording of a call started or stopped, or the peer's did.
+    CallRecording {
+        /// The call now.
+        call: CallRecord,
+        /// Why our recording stopped on its own.
+        error: Option<String>,
+    },
     /// The default audio endpoints for new calls changed.
     AudioDefaults {
         /// Input spec.
@@ -84,7 +91,8 @@ impl State {
             Change::CallStarted(call)
             | Change::CallState { call, .. }
             | Change::CallMuted(call)
-            | Change::CallHeld(call) => {
+            | Change::CallHeld(call)
+            | Change::CallRecording { call, .. } => {
                 if call.state == CallState::Ended {
                     self.calls.remove(&call.id);
                 } else {

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Daemon, Heard, Lan, call_is, listen, two_daemons_with};
+use support::{Daemon, Heard, Lan, call_is, listen, listen_stereo, two_daemons_with};
 
 /// Lets audio flow for a while: the recordings need this much material. This is
 /// the length of what is recorded, not a wait for something to happen.
@@ -431,4 +431,59 @@ async fn dialing_someone_who_is_ringing_us_answers_their_call() {
     assert_eq!(call["call_id"], id.as_str(), "the same call, answered");
     assert_eq!(call["state"], "active");
     assert_eq!(b.ctl_json(&["calls"]).await.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_recording_holds_both_sides_and_the_peer_is_shown_it() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let alice_audio = "[audio]\ninput = \"tone:440\"\noutput = \"null\"\n";
+    let bob_audio = "[audio]\ninput = \"tone:880\"\noutput = \"null\"\n[calls]\nauto_answer = true\n";
+    let (a, b) = two_daemons_with(&lan, dir.path(), alice_audio, bob_audio).await;
+    let mut a_events = a.follow_events().await;
+    let mut b_events = b.follow_events().await;
+    let id = a.ctl_json(&["dial", "bob", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    a_events.wait_for("active", |e| call_is(e, &id, "active")).await;
+
+    // A file that cannot be written: a clear error, nothing told, the call goes on.
+    let out = a.ctl(&["record", "start", "--file", "/proc/voicelink.wav"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot write the WAV file /proc/voicelink.wav"), "{stderr}");
+    assert_eq!(a.ctl_json(&["calls"]).await[0]["state"], "active");
+
+    let file = dir.path().join("recorded.wav");
+    let started = a.ctl_json(&["record", "start", "--file", file.to_str().unwrap()]).await;
+    assert_eq!(started["recording"], true, "{started}");
+    assert_eq!(started["recording_file"], file.to_str().unwrap());
+    // Bob was shown it before alice wrote anything (she waited for his confirmation).
+    let shown = b_events
+        .wait_for("bob is shown", |e| {
+            e["type"] == "recording_changed" && e["recording_changed"]["recorded_by_peer"] == true
+        })
+        .await;
+    assert_eq!(shown["recording_changed"]["call_id"], id.as_str());
+    assert_eq!(b.ctl_json(&["calls"]).await[0]["recorded_by_peer"], true);
+    let bob_calls = b.ctl(&["calls"]).await;
+    assert!(String::from_utf8_lossy(&bob_calls.stdout).contains("RECORDED BY THE PEER"));
+
+    talk_for(Duration::from_secs(2)).await;
+    let stopped = a.ctl_json(&["record", "stop"]).await;
+    assert_eq!(stopped["recording"], false, "{stopped}");
+    b_events
+        .wait_for("bob is told it stopped", |e| {
+            e["type"] == "recording_changed" && e["recording_changed"]["recorded_by_peer"] == false
+        })
+        .await;
+
+    // Left what alice sent, right what she heard from bob.
+    let (left, right) = listen_stereo(&file, &[440, 880]);
+    assert!(left.len() >= 8, "{} windows of 200 ms", left.len());
+    assert!(longest_run(&left, Heard::Tone(440)) >= left.len() - 2, "left: {left:?}");
+    assert!(longest_run(&right, Heard::Tone(880)) >= right.len() - 3, "right: {right:?}");
+    // The file is not replaced by a second recording.
+    let again = a.ctl(&["record", "start", "--file", file.to_str().unwrap()]).await;
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never replaces"), "{again:?}");
+    a.ctl_json(&["hangup"]).await;
 }

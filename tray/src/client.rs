@@ -423,6 +423,14 @@ async fn execute(mut client: Client, command: Command, updates: mpsc::Sender<Upd
         Command::SetHold { call_id, on_hold } => {
             client.set_hold(v1::SetHoldRequest { call_id: call_id.clone(), on_hold: *on_hold }).await.map(drop)
         }
+        Command::SetRecording { call_id, recording } => client
+            .set_recording(v1::SetRecordingRequest {
+                call_id: call_id.clone(),
+                recording: *recording,
+                file: String::new(),
+            })
+            .await
+            .map(drop),
         Command::SetInput { spec } => client
             .set_audio_devices(v1::SetAudioDevicesRequest { audio_input: spec.clone(), audio_output: String::new() })
             .await

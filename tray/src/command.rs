@@ -41,6 +41,13 @@ pub enum Command {
         /// The new state.
         on_hold: bool,
     },
+    /// Record a call (into a new file in the daemon's recordings folder) or stop.
+    SetRecording {
+        /// The call.
+        call_id: String,
+        /// The new state.
+        recording: bool,
+    },
     /// Choose the daemon's audio input (an endpoint spec).
     SetInput {
         /// The spec, e.g. "default" or a device ID.
@@ -67,6 +74,8 @@ impl Command {
             Command::SetMute { call_id, muted: false } => format!("unmute:{call_id}"),
             Command::SetHold { call_id, on_hold: true } => format!("hold:{call_id}"),
             Command::SetHold { call_id, on_hold: false } => format!("resume:{call_id}"),
+            Command::SetRecording { call_id, recording: true } => format!("record:{call_id}"),
+            Command::SetRecording { call_id, recording: false } => format!("stop-recording:{call_id}"),
             Command::SetInput { spec } => format!("input:{spec}"),
             Command::SetOutput { spec } => format!("output:{spec}"),
             Command::Quit => "quit".to_owned(),
@@ -91,6 +100,8 @@ impl Command {
             "unmute" => Command::SetMute { call_id: arg, muted: false },
             "hold" => Command::SetHold { call_id: arg, on_hold: true },
             "resume" => Command::SetHold { call_id: arg, on_hold: false },
+            "record" => Command::SetRecording { call_id: arg, recording: true },
+            "stop-recording" => Command::SetRecording { call_id: arg, recording: false },
             "input" => Command::SetInput { spec: arg },
             "output" => Command::SetOutput { spec: arg },
             _ => return None,
@@ -108,6 +119,8 @@ impl Command {
             Command::SetMute { muted: false, .. } => "Unmute",
             Command::SetHold { on_hold: true, .. } => "Hold",
             Command::SetHold { on_hold: false, .. } => "Resume",
+            Command::SetRecording { recording: true, .. } => "Record",
+            Command::SetRecording { recording: false, .. } => "Stop recording",
             Command::SetInput { .. } => "Input device",
             Command::SetOutput { .. } => "Output device",
             Command::Quit => "Quit",
@@ -130,6 +143,8 @@ mod tests {
             Command::SetMute { call_id: "c1".into(), muted: false },
             Command::SetHold { call_id: "c1".into(), on_hold: true },
             Command::SetHold { call_id: "c1".into(), on_hold: false },
+            Command::SetRecording { call_id: "c1".into(), recording: true },
+            Command::SetRecording { call_id: "c1".into(), recording: false },
             Command::SetInput { spec: "tone:440".into() },
             Command::SetOutput { spec: "file:/tmp/a:b.wav".into() },
             Command::Quit,

@@ -280,6 +280,16 @@ impl TrayState {
                 }
                 Vec::new()
             }
+            Kind::RecordingChanged(change) => {
+                if let Some(call) = self.calls.get_mut(&change.call_id) {
+                    call.recording = change.recording;
+                    call.recording_file = change.recording_file;
+                    call.recorded_by_peer = change.recorded_by_peer;
+                }
+                // A recording that stopped on its own says why.
+                self.last_error = (!change.error.is_empty()).then(|| format!("Recording stopped: {}", change.error));
+                Vec::new()
+            }
             Kind::AudioDeviceChanged(change) => {
                 self.last_error = None;
                 self.audio_input = change.audio_input;

@@ -175,6 +175,13 @@ fn describe_call(call: &v1::Call, quality: Option<&str>, now: SystemTime) -> Str
     if call.muted {
         parts.push("muted".to_owned());
     }
+    // Nobody is recorded without seeing it.
+    match (call.recording, call.recorded_by_peer) {
+        (true, true) => parts.push("● recorded by both sides".to_owned()),
+        (true, false) => parts.push("● recording".to_owned()),
+        (false, true) => parts.push(format!("● {name} is recording")),
+        (false, false) => {}
+    }
     if let Some(quality) = quality {
         parts.push(quality.to_owned());
     }
@@ -296,6 +303,11 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
             menu.push(MenuEntry::Action {
                 label: if held_here { "Resume" } else { "Hold" }.to_owned(),
                 command: Command::SetHold { call_id: id.clone(), on_hold: !held_here },
+                enabled: live,
+            });
+            menu.push(MenuEntry::Action {
+                label: if call.recording { "Stop recording" } else { "Record" }.to_owned(),
+                command: Command::SetRecording { call_id: id.clone(), recording: !call.recording },
                 enabled: live,
             });
             menu.push(MenuEntry::Separator);
@@ -526,7 +538,7 @@ mod tests {
             assert_eq!(view.icon, IconKind::InCall, "{state:?}");
             assert_eq!(view.tooltip, words);
             assert_eq!(actions(&view), ["Hang up", "Quit tray"], "{state:?}");
-            assert_eq!(disabled_actions(&view), ["Mute", "Hold"], "{state:?}");
+            assert_eq!(disabled_actions(&view), ["Mute", "Hold", "Record"], "{state:?}");
             assert!(!view.ticking, "no duration before the answer");
         }
     }
@@ -539,11 +551,29 @@ mod tests {
         assert_eq!(view.icon, IconKind::InCall);
         assert_eq!(view.tooltip, "In call with alice · 03:12 · good");
         assert!(infos(&view).contains(&"In call with alice · 03:12 · good"), "the call line");
-        assert_eq!(actions(&view), ["Hang up", "Mute", "Hold", "Quit tray"]);
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Hold", "Record", "Quit tray"]);
         assert_eq!(command_of(&view, "Hang up"), &Command::Hangup { call_id: "c1".into() });
         assert_eq!(command_of(&view, "Mute"), &Command::SetMute { call_id: "c1".into(), muted: true });
         assert_eq!(command_of(&view, "Hold"), &Command::SetHold { call_id: "c1".into(), on_hold: true });
         assert!(view.ticking, "the duration runs");
+    }
+
+    #[test]
+    fn a_recording_by_either_side_is_shown_and_ours_can_be_stopped() {
+        let mut peer_records = call(CallState::Active);
+        peer_records.recorded_by_peer = true;
+        let shown = view(&with_call(peer_records), now());
+        assert_eq!(shown.tooltip, "In call with alice · 03:12 · ● alice is recording");
+        assert_eq!(command_of(&shown, "Record"), &Command::SetRecording { call_id: "c1".into(), recording: true });
+
+        let mut we_record = call(CallState::Active);
+        we_record.recording = true;
+        let ours = view(&with_call(we_record), now());
+        assert_eq!(ours.tooltip, "In call with alice · 03:12 · ● recording");
+        assert_eq!(
+            command_of(&ours, "Stop recording"),
+            &Command::SetRecording { call_id: "c1".into(), recording: false }
+        );
     }
 
     #[test]
@@ -559,7 +589,7 @@ mod tests {
         let view = view(&with_call(c), now());
         assert_eq!(view.icon, IconKind::Muted);
         assert_eq!(view.tooltip, "In call with alice · 03:12 · muted");
-        assert_eq!(actions(&view), ["Hang up", "Unmute", "Hold", "Quit tray"]);
+        assert_eq!(actions(&view), ["Hang up", "Unmute", "Hold", "Record", "Quit tray"]);
         assert_eq!(command_of(&view, "Unmute"), &Command::SetMute { call_id: "c1".into(), muted: false });
     }
 
@@ -568,7 +598,7 @@ mod tests {
         let view = view(&with_call(call(CallState::OnHold)), now());
         assert_eq!(view.icon, IconKind::OnHold);
         assert_eq!(view.tooltip, "alice on hold · 03:12");
-        assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Quit tray"]);
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Record", "Quit tray"]);
         assert_eq!(command_of(&view, "Resume"), &Command::SetHold { call_id: "c1".into(), on_hold: false });
     }
 
@@ -579,7 +609,7 @@ mod tests {
         let view = view(&with_call(c), now());
         assert_eq!(view.icon, IconKind::OnHold);
         assert_eq!(view.tooltip, "alice on hold · 03:12");
-        assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Quit tray"]);
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Record", "Quit tray"]);
     }
 
     #[test]
@@ -591,7 +621,7 @@ mod tests {
         assert_eq!(view.icon, IconKind::OnHold);
         assert_eq!(view.tooltip, "alice put the call on hold · 03:12");
         assert!(infos(&view).contains(&"alice put the call on hold · 03:12"), "the call line: {:?}", infos(&view));
-        assert_eq!(actions(&view), ["Hang up", "Mute", "Hold", "Quit tray"]);
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Hold", "Record", "Quit tray"]);
         assert_eq!(command_of(&view, "Hold"), &Command::SetHold { call_id: "c1".into(), on_hold: true });
     }
 
@@ -602,7 +632,7 @@ mod tests {
         let view = view(&with_call(c), now());
         assert_eq!(view.icon, IconKind::OnHold);
         assert_eq!(view.tooltip, "alice on hold (both sides) · 03:12");
-        assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Quit tray"]);
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Record", "Quit tray"]);
         assert_eq!(command_of(&view, "Resume"), &Command::SetHold { call_id: "c1".into(), on_hold: false });
     }
 
@@ -615,7 +645,7 @@ mod tests {
             let view = view(&with_call(c), now());
             assert_eq!(view.tooltip, "Call with alice · state unknown · 03:12", "{raw}");
             assert_eq!(actions(&view), ["Hang up", "Quit tray"], "{raw}");
-            assert_eq!(disabled_actions(&view), ["Mute", "Hold"], "{raw}");
+            assert_eq!(disabled_actions(&view), ["Mute", "Hold", "Record"], "{raw}");
         }
     }
 
@@ -641,7 +671,7 @@ mod tests {
         let view = view(&state, now());
         assert_eq!(view.icon, IconKind::Ringing);
         assert_eq!(view.tooltip, "bob is calling");
-        assert_eq!(actions(&view), ["Answer bob", "Decline bob", "Hang up", "Mute", "Hold", "Quit tray"]);
+        assert_eq!(actions(&view), ["Answer bob", "Decline bob", "Hang up", "Mute", "Hold", "Record", "Quit tray"]);
         assert_eq!(command_of(&view, "Hang up"), &Command::Hangup { call_id: "c1".into() });
     }
 

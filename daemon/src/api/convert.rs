@@ -84,6 +84,13 @@ pub(super) fn event(published: &Published) -> v1::Event {
             held_here: record.held_here,
             held_by_peer: record.held_by_peer,
         }),
+        Change::CallRecording { call: record, error } => Kind::RecordingChanged(v1::RecordingChanged {
+            call_id: record.id.to_string(),
+            recording: record.recording.is_some(),
+            recording_file: record.recording.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            recorded_by_peer: record.recorded_by_peer,
+            error: error.clone().unwrap_or_default(),
+        }),
         Change::AudioDefaults { input, output } => Kind::AudioDeviceChanged(v1::AudioDeviceChanged {
             audio_input: input.to_string(),
             audio_output: output.to_string(),
@@ -194,6 +201,9 @@ pub(super) fn call(record: &CallRecord) -> v1::Call {
         on_hold: record.on_hold,
         held_here: record.held_here,
         held_by_peer: record.held_by_peer,
+        recording: record.recording.is_some(),
+        recording_file: record.recording.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        recorded_by_peer: record.recorded_by_peer,
         end_reason: reason.into(),
         end_detail: detail,
         audio_input: record.input.to_string(),

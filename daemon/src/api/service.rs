@@ -3,6 +3,7 @@
 //! holds no state of its own.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,11 +99,14 @@ impl ControlService {
     async fn call_command(&self, call_id: String, input: Command, audio: (String, String)) -> Result<v1::Call, Status> {
         let call = optional_call_id(call_id)?;
         let audio = (spec::<InputSpec>(&audio.0)?, spec::<OutputSpec>(&audio.1)?);
-        self.ask(|reply| RegistryCommand::Call { call, input, audio, reply }).await
+        self.ask(|reply| RegistryCommand::Call { call, input, audio, recording_file: None, reply }).await
     }
 }
 
 type Reply = oneshot::Sender<Result<CallRecord, CallError>>;
+
+/// The longest file path the API takes (PATH_MAX on Linux).
+const MAX_PATH_BYTES: usize = 4096;
 
 fn status(error: CallError) -> Status {
     let message = error.to_string();
@@ -214,6 +218,30 @@ impl Voicelink for ControlService {
         let r = request.into_inner();
         let call = self.call_command(r.call_id, Command::SetHold(r.on_hold), Default::default()).await?;
         Ok(Response::new(v1::SetHoldResponse { call: Some(call) }))
+    }
+
+    async fn set_recording(&self, request: Request<v1::SetRecordingRequest>) -> Rpc<v1::SetRecordingResponse> {
+        let r = request.into_inner();
+        let call = optional_call_id(r.call_id)?;
+        let recording_file = match r.file.as_str() {
+            "" => None,
+            _ if r.file.len() > MAX_PATH_BYTES => {
+                return Err(Status::invalid_argument(format!(
+                    "the recording's file name is {} bytes long; at most {MAX_PATH_BYTES} are allowed",
+                    r.file.len()
+                )));
+            }
+            path if !Path::new(path).is_absolute() => {
+                return Err(Status::invalid_argument(format!(
+                    "the recording's file must be an absolute path, not {path:?} (the daemon's folder is not yours)"
+                )));
+            }
+            path => Some(PathBuf::from(path)),
+        };
+        let input = Command::SetRecording(r.recording);
+        let call =
+            self.ask(|reply| RegistryCommand::Call { call, input, audio: (None, None), recording_file, reply }).await?;
+        Ok(Response::new(v1::SetRecordingResponse { call: Some(call) }))
     }
 
     async fn list_calls(&self, _: Request<v1::ListCallsRequest>) -> Rpc<v1::ListCallsResponse> {

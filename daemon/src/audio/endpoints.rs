@@ -193,26 +193,46 @@ impl Sink for NullSink {
     }
 }
 
-/// Records to a 48 kHz mono 16-bit WAV file. The header is brought up to date
-/// every second, so the file is valid even if the daemon is killed.
+/// Records to a 48 kHz 16-bit WAV file: mono (a `file:` output), or stereo with
+/// interleaved frames (a call recording). The header is brought up to date every
+/// second, so the file is valid even if the daemon is killed.
 pub struct WavSink {
     path: PathBuf,
     writer: Option<hound::WavWriter<BufWriter<File>>>,
+    channels: u16,
     since_flush: usize,
 }
 
 impl WavSink {
-    /// Creates (or replaces) the file.
+    /// Creates (or replaces) a mono file.
     pub fn create(path: &Path) -> Result<Self, EndpointError> {
+        let file =
+            File::create(path).map_err(|e| EndpointError::WriteWav { path: path.to_owned(), reason: e.to_string() })?;
+        Self::with_file(path, file, 1)
+    }
+
+    /// Creates a stereo file; one that exists is never replaced.
+    pub fn create_stereo(path: &Path) -> Result<Self, EndpointError> {
+        let file = File::options().write(true).create_new(true).open(path).map_err(|e| {
+            let reason = match e.kind() {
+                std::io::ErrorKind::AlreadyExists => "it exists; a recording never replaces a file".to_owned(),
+                _ => e.to_string(),
+            };
+            EndpointError::WriteWav { path: path.to_owned(), reason }
+        })?;
+        Self::with_file(path, file, 2)
+    }
+
+    fn with_file(path: &Path, file: File, channels: u16) -> Result<Self, EndpointError> {
         let spec = hound::WavSpec {
-            channels: 1,
+            channels,
             sample_rate: SAMPLE_RATE,
             bits_per_sample: 16,
             sample_format: hound::SampleFormat::Int,
         };
-        let writer = hound::WavWriter::create(path, spec)
+        let writer = hound::WavWriter::new(BufWriter::new(file), spec)
             .map_err(|e| EndpointError::WriteWav { path: path.to_owned(), reason: e.to_string() })?;
-        Ok(WavSink { path: path.to_owned(), writer: Some(writer), since_flush: 0 })
+        Ok(WavSink { path: path.to_owned(), writer: Some(writer), channels, since_flush: 0 })
     }
 
     fn error(&self, e: impl std::fmt::Display) -> EndpointError {
@@ -229,7 +249,7 @@ impl Sink for WavSink {
         }
         samples.flush().map_err(|e| self.error(e))?;
         self.since_flush += frame.len();
-        if self.since_flush >= SAMPLE_RATE as usize {
+        if self.since_flush >= SAMPLE_RATE as usize * usize::from(self.channels) {
             self.since_flush = 0;
             if let Some(writer) = self.writer.as_mut() {
                 writer

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -46,6 +47,8 @@ pub enum RegistryCommand {
         input: Command,
         /// For answer: audio overrides.
         audio: (Option<InputSpec>, Option<OutputSpec>),
+        /// For starting a recording: the file (else one in the recordings folder).
+        recording_file: Option<PathBuf>,
         /// The call afterwards.
         reply: Reply,
     },
@@ -170,7 +173,7 @@ impl Registry {
     fn command(&mut self, command: RegistryCommand) {
         match command {
             RegistryCommand::Dial { target, input, output, reply } => self.dial(target, (input, output), reply),
-            RegistryCommand::Call { call, input, audio, reply } => {
+            RegistryCommand::Call { call, input, audio, recording_file, reply } => {
                 let handle = self
                     .switchboard
                     .pick(call.as_ref())
@@ -178,7 +181,7 @@ impl Registry {
                 match handle {
                     Ok(handle) => {
                         let audio = self.with_defaults(audio);
-                        ask(handle, input, audio, reply);
+                        ask(handle, CallCommandParts { command: input, audio, recording_file }, reply);
                     }
                     Err(error) => {
                         let _ = reply.send(Err(error));
@@ -238,7 +241,12 @@ impl Registry {
             Ok(Dial::AnswerTheirs(theirs)) => match self.calls.get(&theirs).cloned() {
                 Some(handle) => {
                     info!(call_id = %theirs, target, "dialing a peer that is calling us: answering its call");
-                    ask(handle, Command::Answer, self.with_defaults(audio), reply);
+                    let command = CallCommandParts {
+                        command: Command::Answer,
+                        audio: self.with_defaults(audio),
+                        recording_file: None,
+                    };
+                    ask(handle, command, reply);
                     return;
                 }
                 None => Err(CallError::NoSuchCall(theirs.to_string())),
@@ -296,16 +304,24 @@ impl Registry {
     fn tell(&self, call: &CallId, command: Command) {
         if let Some(handle) = self.calls.get(call).cloned() {
             let (reply, _) = oneshot::channel();
-            ask(handle, command, None, reply);
+            ask(handle, CallCommandParts { command, audio: None, recording_file: None }, reply);
         }
     }
 }
 
+/// A call command without its reply channel.
+struct CallCommandParts {
+    command: Command,
+    audio: Option<(InputSpec, OutputSpec)>,
+    recording_file: Option<PathBuf>,
+}
+
 /// Sends a call a command in a task of its own and passes its outcome on.
-fn ask(handle: CallHandle, command: Command, audio: Option<(InputSpec, OutputSpec)>, reply: Reply) {
+fn ask(handle: CallHandle, parts: CallCommandParts, reply: Reply) {
     tokio::spawn(async move {
         let (tx, rx) = oneshot::channel();
-        let sent = handle.commands.send(CallCommand { command, audio, reply: tx }).await;
+        let CallCommandParts { command, audio, recording_file } = parts;
+        let sent = handle.commands.send(CallCommand { command, audio, recording_file, reply: tx }).await;
         let outcome = match (sent, rx.await) {
             (Ok(()), Ok(outcome)) => outcome.map_err(CallError::from),
             _ => Err(CallError::NoSuchCall(handle.id.to_string())),
@@ -366,6 +382,7 @@ mod tests {
             timeouts: Timeouts::default(),
             codec: CodecSettings::default(),
             loop_files: false,
+            recordings_dir: std::env::temp_dir(),
             inbox,
             shutdown: shutdown.clone(),
         };

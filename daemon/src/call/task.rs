@@ -4,6 +4,7 @@
 //! the machine asks for. Everything else talks to it through `CallHandle`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -21,12 +22,14 @@ use voicelink_core::vocab::{CallId, DeviceId, Direction, FailCause, State};
 use voicelink_core::wire::{Body, Decoded, Message};
 
 use super::registry::Inbox;
+use crate::audio::endpoints::WavSink;
 use crate::audio::{open_input, open_output};
 use crate::clock;
 use crate::events::{Change, EventHub};
 use crate::identity::Identity;
 use crate::media::audio_pump::Gates;
 use crate::media::peer_connection::{ConnectionEvent, NetworkSettings};
+use crate::media::recording::RecordingTap;
 use crate::media::session::{CodecSettings, MediaSession};
 use crate::signaling::transport::{Connection, Endpoint, SignalingError};
 use crate::stats::StatsBoard;
@@ -40,6 +43,9 @@ pub struct CallCommand {
     pub command: Command,
     /// For `Answer`: audio endpoints that replace the defaults.
     pub audio: Option<(InputSpec, OutputSpec)>,
+    /// For `SetRecording(true)`: the file (absolute); `None` for a new one in the
+    /// recordings folder.
+    pub recording_file: Option<PathBuf>,
     /// The outcome, and the call afterwards.
     pub reply: oneshot::Sender<Result<CallRecord, InvalidCommand>>,
 }
@@ -72,6 +78,8 @@ pub struct CallContext {
     pub codec: CodecSettings,
     /// Loop `file:` inputs.
     pub loop_files: bool,
+    /// Where recordings go when the user names no file.
+    pub recordings_dir: PathBuf,
     /// The registry's inbox: told of state changes, glare and the task's end.
     pub inbox: mpsc::Sender<Inbox>,
     /// The daemon is stopping: hang up.
@@ -131,6 +139,19 @@ struct Call {
     audio_attached: bool,
     /// The last sample, with the summary, is on the board.
     stats_finished: bool,
+    /// Where the pumps hand frames for our recording.
+    recording: RecordingTap,
+    /// A recording asked for and not yet confirmed by the peer.
+    pending_recording: Option<PendingRecording>,
+    /// Why our recording stopped on its own, for the event that says so.
+    recording_error: Option<String>,
+}
+
+/// A recording the peer has been told of: its file is open, nothing is written yet.
+struct PendingRecording {
+    file: WavSink,
+    path: PathBuf,
+    reply: oneshot::Sender<Result<CallRecord, InvalidCommand>>,
 }
 
 /// Starts an outgoing call with the ID the switchboard gave it; returns its
@@ -204,6 +225,9 @@ impl Call {
             meter,
             audio_attached: false,
             stats_finished: false,
+            recording: RecordingTap::default(),
+            pending_recording: None,
+            recording_error: None,
         }
     }
 
@@ -277,9 +301,53 @@ impl Call {
         let source =
             open_input(&self.record.input, self.context.loop_files).map_err(|e| FailCause::Audio(e.to_string()))?;
         let sink = open_output(&self.record.output).map_err(|e| FailCause::Audio(e.to_string()))?;
-        media.attach_audio(source, sink).map_err(|e| FailCause::Audio(e.to_string()))?;
+        media.attach_audio(source, sink, self.recording.clone()).map_err(|e| FailCause::Audio(e.to_string()))?;
         self.audio_attached = true;
         Ok(())
+    }
+
+    /// A new file in the recordings folder: when, who, which call.
+    fn default_recording_path(&self) -> PathBuf {
+        let when = humantime::format_rfc3339_seconds(SystemTime::now()).to_string().replace(':', "-");
+        let who: String = self
+            .record
+            .peer_name
+            .chars()
+            .map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .take(40)
+            .collect();
+        let call: String = self.id.to_string().chars().take(8).collect();
+        self.context.recordings_dir.join(format!("{when}-{who}-{call}.wav"))
+    }
+
+    /// Our recording started (the peer confirmed) or stopped.
+    fn recording_changed(&mut self, started: bool, reason: Option<String>) {
+        if started {
+            let Some(PendingRecording { file, path, reply }) = self.pending_recording.take() else { return };
+            self.recording.start(file);
+            info!(call_id = %self.id, file = %path.display(), "recording the call");
+            self.record.recording = Some(path);
+            let _ = reply.send(Ok(self.record.clone()));
+        } else if let Some(PendingRecording { file, path, reply }) = self.pending_recording.take() {
+            // Never started: the file holds nothing.
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            let reason = reason.unwrap_or_else(|| "stopped before the peer confirmed it".into());
+            let _ = reply.send(Err(InvalidCommand::because("record", reason)));
+            return;
+        } else {
+            match self.recording.stop() {
+                Some(Ok(length)) => info!(call_id = %self.id, seconds = length.as_secs(), "recording stopped"),
+                Some(Err(error)) => {
+                    warn!(call_id = %self.id, %error, "the recording could not be completed");
+                    self.recording_error.get_or_insert(error.to_string());
+                }
+                None => {}
+            }
+            self.record.recording = None;
+        }
+        let error = self.recording_error.take();
+        self.context.hub.publish(Change::CallRecording { call: self.record.clone(), error });
     }
 
     fn peer_short(&self) -> String {
@@ -322,6 +390,11 @@ impl Call {
                     if let Some(media) = self.media.as_mut() {
                         media.refresh_ice(clock::now()).await;
                     }
+                    if let Some(error) = self.recording.take_failure() {
+                        warn!(call_id = %self.id, %error, "the recording stopped; the call goes on");
+                        self.recording_error = Some(error.to_string());
+                        let _ = self.machine.handle_command(Command::SetRecording(false), clock::now());
+                    }
                     let stats = self.sample();
                     self.context.stats.update(stats);
                 }
@@ -361,7 +434,38 @@ impl Call {
     }
 
     async fn command(&mut self, command: CallCommand) {
-        let CallCommand { command, audio, reply } = command;
+        let CallCommand { command, audio, recording_file, reply } = command;
+        if command == Command::SetRecording(true)
+            && self.pending_recording.is_none()
+            && self.record.recording.is_none()
+            && matches!(self.machine.state(), State::Active | State::OnHold)
+        {
+            // The file first: one that cannot be written is refused before the
+            // peer is told anything. The answer waits for the peer's confirmation.
+            let path = recording_file.unwrap_or_else(|| self.default_recording_path());
+            let file = std::fs::create_dir_all(path.parent().unwrap_or(&path))
+                .map_err(|e| crate::audio::endpoints::EndpointError::WriteWav {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+                .and_then(|()| WavSink::create_stereo(&path));
+            match file {
+                Ok(file) => {
+                    if let Err(refused) = self.machine.handle_command(command, clock::now()) {
+                        drop(file);
+                        let _ = std::fs::remove_file(&path);
+                        let _ = reply.send(Err(refused));
+                    } else {
+                        self.pending_recording = Some(PendingRecording { file, path, reply });
+                    }
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(InvalidCommand::because("record", error.to_string())));
+                }
+            }
+            self.flush().await;
+            return;
+        }
         let answering = command == Command::Answer;
         if answering && let Some((input, output)) = audio {
             self.record.input = input;
@@ -495,6 +599,13 @@ impl Call {
                     self.record.held_by_peer = self.machine.held_by_peer();
                     self.context.hub.publish(Change::CallHeld(self.record.clone()));
                 }
+                Output::RecordingStarted => self.recording_changed(true, None),
+                Output::RecordingStopped(reason) => self.recording_changed(false, reason),
+                Output::PeerRecording(on) => {
+                    info!(call_id = %self.id, peer = %self.peer_short(), recording = on, "the peer's recording");
+                    self.record.recorded_by_peer = on;
+                    self.context.hub.publish(Change::CallRecording { call: self.record.clone(), error: None });
+                }
                 Output::Audio { send, play } => {
                     if let Some(media) = self.media.as_ref() {
                         media.set_gates(Gates { send, play });
@@ -532,6 +643,8 @@ impl Drop for Call {
         if !self.stats_finished {
             self.finish_stats();
         }
+        // Likewise a recording: its file is completed.
+        let _ = self.recording.stop();
     }
 }
 

@@ -15,6 +15,7 @@ use voicelink_core::stats::level_dbfs;
 use voicelink_core::stats::meter::PlayoutStats;
 
 use super::peer_connection::{OutboundTrack, ReceivedPacket};
+use super::recording::RecordingTap;
 use super::rtcp_monitor::SharedView;
 use crate::audio::endpoints::{EchoFeed, NullSink, Sink, Source};
 
@@ -70,6 +71,8 @@ pub struct SendPump {
     pub frame: Duration,
     /// What RTCP says, including the peer's reports on what it hears of us.
     pub rtcp: SharedView,
+    /// Where a recording takes what is sent.
+    pub recording: RecordingTap,
 }
 
 impl SendPump {
@@ -78,7 +81,7 @@ impl SendPump {
         if !control.started().await {
             return;
         }
-        let SendPump { mut encoder, track, level, frame, rtcp } = self;
+        let SendPump { mut encoder, track, level, frame, rtcp, recording } = self;
         let mut pcm = vec![0i16; samples_per_frame(frame)];
         let mut packet = vec![0u8; 1500];
         let mut tick = frame_ticker(frame);
@@ -112,6 +115,7 @@ impl SendPump {
                 pcm.fill(0);
             }
             level.send_replace(level_dbfs(&pcm));
+            recording.sent(&pcm);
             let Ok(len) = encoder.encode(&pcm, &mut packet) else { continue };
             track.send(&packet[..len], frame, now).await;
         }
@@ -129,6 +133,8 @@ pub struct PlayPump {
     pub echo: Option<EchoFeed>,
     /// The frame length.
     pub frame: Duration,
+    /// Where a recording takes what is played.
+    pub recording: RecordingTap,
 }
 
 impl PlayPump {
@@ -144,7 +150,7 @@ impl PlayPump {
             let _ = output.finish();
             return;
         }
-        let PlayPump { mut decoder, stats, mut echo, frame } = self;
+        let PlayPump { mut decoder, stats, mut echo, frame, recording } = self;
         let mut jitter = JitterBuffer::new(frame);
         let samples = samples_per_frame(frame);
         let mut pcm = vec![0i16; samples];
@@ -179,6 +185,7 @@ impl PlayPump {
             if let Some(echo) = echo.as_mut() {
                 echo.push(heard);
             }
+            recording.heard(heard);
             if let Err(error) = output.write(heard) {
                 warn!(%error, "the audio output failed; the call goes on without it");
                 output = Box::new(NullSink);

@@ -16,6 +16,7 @@ use super::audio_pump::{Gates, PlayPump, PumpControl, SendPump};
 use super::peer_connection::{
     Connection, ConnectionError, ConnectionEvent, IceReading, NetworkSettings, OutboundTrack, ReceivedPacket,
 };
+use super::recording::RecordingTap;
 use super::rtcp_monitor::SharedView;
 use crate::audio::Input;
 use crate::audio::endpoints::{Sink, Source, echo};
@@ -142,8 +143,14 @@ impl MediaSession {
         self.ice = Some((now, reading));
     }
 
-    /// Starts the audio pumps with these endpoints (once; later calls are ignored).
-    pub fn attach_audio(&mut self, input: Input, output: Box<dyn Sink>) -> Result<(), MediaError> {
+    /// Starts the audio pumps with these endpoints (once; later calls are ignored);
+    /// they hand what they send and play to `recording`.
+    pub fn attach_audio(
+        &mut self,
+        input: Input,
+        output: Box<dyn Sink>,
+        recording: RecordingTap,
+    ) -> Result<(), MediaError> {
         let Some(PendingAudio { track, packets }) = self.audio.take() else { return Ok(()) };
         let (source, echo_feed): (Box<dyn Source>, _) = match input {
             Input::Source(source) => (source, None),
@@ -157,8 +164,15 @@ impl MediaSession {
         let decoder = opus::Decoder::new(48_000, opus::Channels::Mono).map_err(codec_error)?;
         let control = PumpControl { gates: self.gates.subscribe(), connected: self.connected.subscribe() };
         let frame = self.settings.frame;
-        let sender = SendPump { encoder, track, level: self.level_out.clone(), frame, rtcp: self.rtcp.clone() };
-        let player = PlayPump { decoder, stats: self.playout.clone(), echo: echo_feed, frame };
+        let sender = SendPump {
+            encoder,
+            track,
+            level: self.level_out.clone(),
+            frame,
+            rtcp: self.rtcp.clone(),
+            recording: recording.clone(),
+        };
+        let player = PlayPump { decoder, stats: self.playout.clone(), echo: echo_feed, frame, recording };
         self.pumps =
             vec![tokio::spawn(sender.run(source, control.clone())), tokio::spawn(player.run(packets, output, control))];
         Ok(())

@@ -402,6 +402,20 @@ pub enum Heard {
 pub fn listen(path: &Path, tones: &[u32]) -> Vec<Heard> {
     let mut reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    classify(&samples, tones)
+}
+
+/// Classifies each channel of a 48 kHz stereo WAV file in 200 ms windows.
+#[allow(dead_code)] // used by some test files only
+pub fn listen_stereo(path: &Path, tones: &[u32]) -> (Vec<Heard>, Vec<Heard>) {
+    let mut reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(reader.spec().channels, 2, "{} is not stereo", path.display());
+    let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    let channel = |c: usize| samples.iter().skip(c).step_by(2).copied().collect::<Vec<_>>();
+    (classify(&channel(0), tones), classify(&channel(1), tones))
+}
+
+fn classify(samples: &[i16], tones: &[u32]) -> Vec<Heard> {
     samples
         .chunks(9600)
         .filter(|w| w.len() == 9600)
