@@ -313,9 +313,15 @@ pub fn edit(text: &str, key: &ConfigKey, value: Option<&str>) -> Result<String, 
     Ok(edited)
 }
 
+/// The longest value `set` takes (a path is the longest sensible one).
+pub const MAX_VALUE_BYTES: usize = 4096;
+
 /// What the user typed, as a TOML value of the key's type.
 fn typed_value(key: &ConfigKey, typed: &str) -> Result<toml_edit::Value, EditError> {
     let bad = |message: String| EditError::BadValue { key: key.key, message };
+    if typed.len() > MAX_VALUE_BYTES {
+        return Err(bad(format!("the value is {} bytes long; at most {MAX_VALUE_BYTES} are allowed", typed.len())));
+    }
     let typed = typed.trim();
     match key.kind {
         Kind::Text => {
@@ -449,6 +455,7 @@ mod tests {
         assert!(unknown.contains("calls.ring_timeout_secs"), "{unknown}");
         let long = "k".repeat(100_000);
         assert!(find(&long).unwrap_err().to_string().len() < 1_000, "unbounded input is not echoed");
+        assert!(set("calls.dtx", &long).len() < 1_000, "nor an unbounded value");
         let broken = edit("name = ", find("name").unwrap(), Some("x")).unwrap_err();
         assert!(matches!(broken, EditError::Unreadable(_)), "{broken}");
     }
