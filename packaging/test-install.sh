@@ -47,7 +47,7 @@ check "man finds voiced(1)" sh -c 'man -w voiced | grep -q voiced.1'
 check "man finds voiced.toml(5)" sh -c 'man -w 5 voiced.toml | grep -q voiced.toml.5'
 check "every page voicectl(1) refers to is installed" sh -c '
     # The installed file itself: man-db may show a formatted copy cached from an
-    # earlier install (the package's files carry a fixed, older timestamp).
+    # earlier install (packaged files carry a fixed, older timestamp).
     for page in $(man -P cat -l "$(man -w voicectl)" 2>/dev/null | grep -o "voicectl-[a-z-]*([0-9])" | sort -u); do
         name=${page%(*}; section=${page#*(}; section=${section%)}
         man -w "$section" "$name" >/dev/null || { echo "missing: $page"; exit 1; }
