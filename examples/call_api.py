@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 import grpc
 from google.protobuf import json_format
@@ -34,8 +35,9 @@ def default_socket():
     """Where voiced listens by default (see README, "Control socket")."""
     if os.environ.get("VOICELINK_SOCKET"):
         return os.environ["VOICELINK_SOCKET"]
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/voicelink-{os.getuid()}"
-    return os.path.join(runtime, "voicelink", "voiced.sock")
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "voicelink", "voiced.sock")
+    return os.path.join(tempfile.gettempdir(), f"voicelink-{os.getuid()}", "voiced.sock")
 
 
 def main():

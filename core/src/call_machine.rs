@@ -212,9 +212,11 @@ pub const RECORDING_CONSENT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Recording {
     Off,
-    /// The peer was told; nothing is written until it confirms, by `deadline`.
+    /// The peer was told (request `seq`); nothing is written until it confirms
+    /// that request, by `deadline`.
     Asking {
         deadline: Instant,
+        seq: u32,
     },
     On,
 }
@@ -247,6 +249,8 @@ pub struct CallMachine {
     held_here: bool,
     held_there: bool,
     recording: Recording,
+    /// The last `seq` of our `recording` messages.
+    recording_seq: u32,
     recorded_by_peer: bool,
     media: MediaProgress,
     /// The current media session: 1 for the first.
@@ -292,6 +296,7 @@ impl CallMachine {
             held_here: false,
             held_there: false,
             recording: Recording::Off,
+            recording_seq: 0,
             recorded_by_peer: false,
             media: MediaProgress::Negotiating,
             media_attempt: 1,
@@ -371,7 +376,7 @@ impl CallMachine {
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let consent = match self.recording {
-            Recording::Asking { deadline } => Some(deadline),
+            Recording::Asking { deadline, .. } => Some(deadline),
             _ => None,
         };
         [self.timer.map(|(at, _)| at), self.media_deadline, consent].into_iter().flatten().min()
@@ -379,7 +384,7 @@ impl CallMachine {
 
     /// Time has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Recording::Asking { deadline } = self.recording
+        if let Recording::Asking { deadline, .. } = self.recording
             && now >= deadline
         {
             self.stop_recording(Some(
@@ -452,8 +457,10 @@ impl CallMachine {
             (Command::SetHold(_), state) => return refuse("hold or resume", state),
             (Command::SetRecording(true), State::Active | State::OnHold) => {
                 if self.recording == Recording::Off {
-                    self.recording = Recording::Asking { deadline: now + RECORDING_CONSENT };
-                    self.outputs.push_back(Output::Send(Body::Recording { on: true }));
+                    self.recording_seq += 1;
+                    let seq = self.recording_seq;
+                    self.recording = Recording::Asking { deadline: now + RECORDING_CONSENT, seq };
+                    self.outputs.push_back(Output::Send(Body::Recording { on: true, seq }));
                 }
             }
             (Command::SetRecording(true), state) => return refuse("record", state),
@@ -523,15 +530,20 @@ impl CallMachine {
                 self.held_there = on_hold;
                 self.hold_changed();
             }
-            (Body::Recording { on }, State::Active | State::OnHold | State::Connecting | State::Reconnecting, _) => {
+            (
+                Body::Recording { on, seq },
+                State::Active | State::OnHold | State::Connecting | State::Reconnecting,
+                _,
+            ) => {
                 // Shown first (the task publishes it), confirmed after.
                 if on != self.recorded_by_peer {
                     self.recorded_by_peer = on;
                     self.outputs.push_back(Output::PeerRecording(on));
                 }
-                self.outputs.push_back(Output::Send(Body::RecordingSeen { on }));
+                self.outputs.push_back(Output::Send(Body::RecordingSeen { on, seq }));
             }
-            (Body::RecordingSeen { on: true }, _, _) if matches!(self.recording, Recording::Asking { .. }) => {
+            (Body::RecordingSeen { on: true, seq }, _, _) if matches!(self.recording, Recording::Asking { seq: asked, .. } if asked == seq) =>
+            {
                 self.recording = Recording::On;
                 self.outputs.push_back(Output::RecordingStarted);
             }
@@ -543,7 +555,7 @@ impl CallMachine {
     /// Ends our recording (or the request for one) and tells the peer.
     fn stop_recording(&mut self, reason: Option<String>) {
         self.recording = Recording::Off;
-        self.outputs.push_back(Output::Send(Body::Recording { on: false }));
+        self.outputs.push_back(Output::Send(Body::Recording { on: false, seq: self.recording_seq }));
         self.outputs.push_back(Output::RecordingStopped(reason));
     }
 
@@ -1012,27 +1024,33 @@ mod tests {
         drain(&mut recorded);
 
         recorder.handle_command(Command::SetRecording(true), now).unwrap();
-        assert_eq!(drain(&mut recorder), [Output::Send(Body::Recording { on: true })], "nothing written yet");
+        assert_eq!(drain(&mut recorder), [Output::Send(Body::Recording { on: true, seq: 1 })], "nothing written yet");
         assert!(!recorder.recording());
         assert_eq!(recorder.poll_timeout(), Some(now + RECORDING_CONSENT));
         recorder.handle_command(Command::SetRecording(true), now).unwrap();
         assert_eq!(drain(&mut recorder), [], "asking twice asks once");
 
         // The recorded side shows it first, then confirms.
-        recorded.handle_remote(Body::Recording { on: true }, now);
-        assert_eq!(drain(&mut recorded), [Output::PeerRecording(true), Output::Send(Body::RecordingSeen { on: true })]);
+        recorded.handle_remote(Body::Recording { on: true, seq: 1 }, now);
+        assert_eq!(
+            drain(&mut recorded),
+            [Output::PeerRecording(true), Output::Send(Body::RecordingSeen { on: true, seq: 1 })]
+        );
         assert!(recorded.recorded_by_peer());
-        recorder.handle_remote(Body::RecordingSeen { on: true }, now);
+        recorder.handle_remote(Body::RecordingSeen { on: true, seq: 1 }, now);
         assert_eq!(drain(&mut recorder), [Output::RecordingStarted]);
         assert!(recorder.recording());
         assert_eq!(recorder.poll_timeout(), None);
 
         recorder.handle_command(Command::SetRecording(false), now).unwrap();
-        assert_eq!(drain(&mut recorder), [Output::Send(Body::Recording { on: false }), Output::RecordingStopped(None)]);
-        recorded.handle_remote(Body::Recording { on: false }, now);
+        assert_eq!(
+            drain(&mut recorder),
+            [Output::Send(Body::Recording { on: false, seq: 1 }), Output::RecordingStopped(None)]
+        );
+        recorded.handle_remote(Body::Recording { on: false, seq: 1 }, now);
         assert_eq!(
             drain(&mut recorded),
-            [Output::PeerRecording(false), Output::Send(Body::RecordingSeen { on: false })]
+            [Output::PeerRecording(false), Output::Send(Body::RecordingSeen { on: false, seq: 1 })]
         );
     }
 
@@ -1046,12 +1064,23 @@ mod tests {
         assert_eq!(drain(&mut m), []);
         m.handle_timeout(now + RECORDING_CONSENT);
         let outputs = drain(&mut m);
-        assert_eq!(outputs[0], Output::Send(Body::Recording { on: false }), "the peer may show it late: untold");
+        assert_eq!(
+            outputs[0],
+            Output::Send(Body::Recording { on: false, seq: 1 }),
+            "the peer may show it late: untold"
+        );
         assert!(matches!(&outputs[1], Output::RecordingStopped(Some(reason)) if reason.contains("did not confirm")));
-        // A confirmation that comes after the deadline starts nothing.
-        m.handle_remote(Body::RecordingSeen { on: true }, now + RECORDING_CONSENT);
+        // A confirmation that comes after the deadline starts nothing, not even a
+        // second request's recording: it answers the first.
+        m.handle_remote(Body::RecordingSeen { on: true, seq: 1 }, now + RECORDING_CONSENT);
         assert_eq!(drain(&mut m), []);
+        m.handle_command(Command::SetRecording(true), now + RECORDING_CONSENT).unwrap();
+        assert_eq!(drain(&mut m), [Output::Send(Body::Recording { on: true, seq: 2 })]);
+        m.handle_remote(Body::RecordingSeen { on: true, seq: 1 }, now + RECORDING_CONSENT);
+        assert_eq!(drain(&mut m), [], "a late answer to the first request");
         assert!(!m.recording());
+        m.handle_remote(Body::RecordingSeen { on: true, seq: 2 }, now + RECORDING_CONSENT);
+        assert_eq!(drain(&mut m), [Output::RecordingStarted]);
     }
 
     #[test]
@@ -1063,7 +1092,7 @@ mod tests {
 
         let mut m = active_outgoing(now);
         m.handle_command(Command::SetRecording(true), now).unwrap();
-        m.handle_remote(Body::RecordingSeen { on: true }, now);
+        m.handle_remote(Body::RecordingSeen { on: true, seq: 1 }, now);
         drain(&mut m);
         m.handle_remote(Body::End { reason: EndCode::HangUp }, now);
         assert_eq!(

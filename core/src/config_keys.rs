@@ -188,8 +188,7 @@ pub const KEYS: &[ConfigKey] = &[
         kind: Kind::TextList,
         default: "[]",
         applies: Applies::NewCalls,
-        doc: "STUN servers (stun:HOST[:PORT] or stuns:HOST[:PORT]) for server-reflexive candidates; none \
-              is needed on a LAN.",
+        doc: "STUN servers (stun:HOST[:PORT]) for server-reflexive candidates; none is needed on a LAN.",
         flag: None,
     },
     ConfigKey {
@@ -271,16 +270,19 @@ pub fn edit(text: &str, key: &ConfigKey, value: Option<&str>) -> Result<String, 
         Some((table, name)) => (Some(table), name),
         None => (None, key.key),
     };
-    let mut table = document.as_table_mut();
-    if let Some(path) = tables {
-        for part in path.split('.') {
-            let entry = table.entry(part).or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()));
-            table = entry.as_table_mut().ok_or_else(|| EditError::Invalid {
+    // `[calls]`, `calls.dtx = …` and `calls = { dtx = … }` are all tables here.
+    let root: &mut dyn toml_edit::TableLike = document.as_table_mut();
+    let table = match tables {
+        None => root,
+        Some(section) => root
+            .entry(section)
+            .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()))
+            .as_table_like_mut()
+            .ok_or_else(|| EditError::Invalid {
                 key: key.key,
-                message: format!("{part} is not a table in the file; fix it by hand first"),
-            })?;
-        }
-    }
+                message: format!("{section} is not a table in the file; fix it by hand first"),
+            })?,
+    };
     match value {
         Some(value) => {
             let parsed = typed_value(key, value)?;
@@ -426,6 +428,11 @@ mod tests {
         let emptied = edit("name = \"a\"\n[calls]\ndtx = true\n", find("calls.dtx").unwrap(), None).unwrap();
         assert_eq!(emptied, "name = \"a\"\n", "an emptied section goes");
         assert!(edited.contains("# my daemon") && edited.contains("dtx = true"), "{edited}");
+        // Inline and dotted tables are tables too.
+        let inline = edit("calls = { dtx = true }\n", find("calls.ring_timeout_secs").unwrap(), Some("50")).unwrap();
+        assert_eq!(Config::parse(&inline).unwrap().calls.ring_timeout_secs.0, 50, "{inline}");
+        let dotted = edit("calls.dtx = true\n", find("calls.frame_ms").unwrap(), Some("10")).unwrap();
+        assert_eq!(Config::parse(&dotted).unwrap().calls.frame_ms.0, 10, "{dotted}");
         // A section that did not exist is made.
         let edited = edit("", find("signaling.port").unwrap(), Some("4000")).unwrap();
         assert_eq!(Config::parse(&edited).unwrap().signaling.port, 4000);

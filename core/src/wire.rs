@@ -100,11 +100,18 @@ pub enum Body {
     Recording {
         /// Recording now.
         on: bool,
+        /// Numbers the sender's requests, so a late confirmation of an earlier one
+        /// is not taken for this one.
+        #[serde(default)]
+        seq: u32,
     },
     /// Either way: the answer to `recording`, once the user is shown it.
     RecordingSeen {
         /// The `on` it confirms.
         on: bool,
+        /// The `seq` of the `recording` it answers.
+        #[serde(default)]
+        seq: u32,
     },
     /// Either way: still here (sent when idle, so a dead link is noticed).
     Keepalive,
@@ -285,8 +292,8 @@ mod tests {
             Body::End { reason: EndCode::HangUp },
             Body::End { reason: EndCode::Glare },
             Body::Hold { on_hold: true },
-            Body::Recording { on: true },
-            Body::RecordingSeen { on: false },
+            Body::Recording { on: true, seq: 1 },
+            Body::RecordingSeen { on: false, seq: 2 },
             Body::Keepalive,
             Body::Error { message: "bad".into() },
         ]

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -258,21 +258,60 @@ fn file_error(action: &'static str, path: &Path, source: io::Error) -> SettingsE
 }
 
 /// Replaces `path` with `text` so that a crash leaves the old file or the new one,
-/// never half of one. The file keeps its mode; a new one is 0600.
+/// never half of one. A symbolic link stays one: the file it points to is
+/// replaced (dotfile managers link the config in). The file keeps its mode; a new
+/// one is 0600.
 fn write_atomically(path: &Path, text: &str) -> Result<(), SettingsError> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| file_error("create the folder of", path, e))?;
-    let mode = fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o600);
-    let temporary = dir.join(format!(".voiced.toml.{}.tmp", std::process::id()));
+    let target = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            fs::canonicalize(path).map_err(|e| file_error("follow the link", path, e))?
+        }
+        _ => path.to_owned(),
+    };
+    let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| file_error("create the folder of", &target, e))?;
+    let mode = fs::metadata(&target).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o600);
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
     let write = || -> io::Result<()> {
-        let mut file = fs::File::create(&temporary)?;
+        let mut file = fs::File::options().write(true).create_new(true).mode(mode).open(&temporary)?;
+        // Exactly the old mode, whatever the umask.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
-        fs::rename(&temporary, path)
+        fs::rename(&temporary, &target)?;
+        // The rename itself is durable once the folder is.
+        fs::File::open(dir)?.sync_all()
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&temporary);
-        file_error("write", path, e)
+        file_error("write", &target, e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_linked_config_stays_a_link_and_a_file_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let managed = dir.path().join("dotfiles/voiced.toml");
+        fs::create_dir_all(managed.parent().unwrap()).unwrap();
+        fs::write(&managed, "name = \"old\"\n").unwrap();
+        fs::set_permissions(&managed, fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.path().join("voiced.toml");
+        std::os::unix::fs::symlink(&managed, &link).unwrap();
+
+        write_atomically(&link, "name = \"new\"\n").unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link stays");
+        assert_eq!(fs::read_to_string(&managed).unwrap(), "name = \"new\"\n");
+        assert_eq!(fs::metadata(&managed).unwrap().permissions().mode() & 0o777, 0o640);
+        let leftovers: Vec<_> = fs::read_dir(managed.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left");
+
+        let fresh = dir.path().join("new/voiced.toml");
+        write_atomically(&fresh, "").unwrap();
+        assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o600);
+    }
 }

@@ -287,7 +287,9 @@ impl TrayState {
                     call.recorded_by_peer = change.recorded_by_peer;
                 }
                 // A recording that stopped on its own says why.
-                self.last_error = (!change.error.is_empty()).then(|| format!("Recording stopped: {}", change.error));
+                if !change.error.is_empty() {
+                    self.last_error = Some(format!("Recording stopped: {}", change.error));
+                }
                 Vec::new()
             }
             Kind::AudioDeviceChanged(change) => {

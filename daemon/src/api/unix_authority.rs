@@ -29,7 +29,14 @@ const FRAME_HEADER_LEN: usize = 9;
 /// which tonic leaves alone. A larger frame is the client's protocol error.
 const MAX_FRAME_LEN: usize = 16_384;
 /// A bound on one header block split over CONTINUATION frames.
-const MAX_HEADER_BLOCK: usize = 256 * 1024;
+const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// A bound on the headers one block decodes to (names + values + 32 each, as
+/// RFC 9113 counts them): hyper refuses more than 16 KiB anyway, and a block of
+/// small references to one big table entry must not make us allocate gigabytes.
+const MAX_HEADER_LIST: usize = 64 * 1024;
+/// The dynamic table size h2 allows a client (SETTINGS_HEADER_TABLE_SIZE, which
+/// hyper leaves at its default).
+const HEADER_TABLE_SIZE: usize = 4096;
 
 const TYPE_HEADERS: u8 = 0x1;
 const TYPE_CONTINUATION: u8 = 0x9;
@@ -47,6 +54,9 @@ pub enum RewriteError {
     /// A header block that does not decode.
     #[error("an HTTP/2 header block does not decode: {0}")]
     HeaderBlock(#[from] loona_hpack::decoder::DecoderError),
+    /// A header block that decodes to more than anyone needs.
+    #[error("an HTTP/2 header block decodes to more than {MAX_HEADER_LIST} bytes")]
+    HeadersTooLarge,
     /// Frames out of the order RFC 9113 requires.
     #[error("malformed HTTP/2: {0}")]
     Malformed(&'static str),
@@ -74,11 +84,14 @@ pub struct AuthorityRewriter {
 
 impl Default for AuthorityRewriter {
     fn default() -> Self {
+        let mut decoder = loona_hpack::Decoder::new();
+        // A client may not grow the table beyond what the server allows.
+        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         AuthorityRewriter {
             input: Vec::new(),
             preface_seen: false,
             pending: None,
-            decoder: loona_hpack::Decoder::new(),
+            decoder,
             encoder: loona_hpack::Encoder::new(),
         }
     }
@@ -125,7 +138,7 @@ impl AuthorityRewriter {
                 }
                 (TYPE_CONTINUATION, Some(block)) if block.stream_id == stream_id => {
                     if block.fragment.len() + payload.len() > MAX_HEADER_BLOCK {
-                        return Err(RewriteError::Malformed("a header block longer than 256 KiB"));
+                        return Err(RewriteError::Malformed("a header block longer than 64 KiB"));
                     }
                     block.fragment.extend_from_slice(payload);
                 }
@@ -147,11 +160,18 @@ impl AuthorityRewriter {
     }
 
     fn emit(&mut self, block: PendingBlock, out: &mut Vec<u8>) -> Result<(), RewriteError> {
-        let mut headers = self.decoder.decode(&block.fragment)?;
-        for (name, value) in &mut headers {
-            if name == b":authority" {
-                *value = LOCAL_AUTHORITY.to_vec();
+        let (mut headers, mut size) = (Vec::new(), 0);
+        self.decoder.decode_with_cb(&block.fragment, |name, value| {
+            // Every field is decoded (the table must stay in step); only the
+            // first MAX_HEADER_LIST bytes of them are kept.
+            size += name.len() + value.len() + 32;
+            if size <= MAX_HEADER_LIST {
+                let value = if *name == *b":authority" { LOCAL_AUTHORITY.to_vec() } else { value.into_owned() };
+                headers.push((name.into_owned(), value));
             }
+        })?;
+        if size > MAX_HEADER_LIST {
+            return Err(RewriteError::HeadersTooLarge);
         }
         let encoded = self.encoder.encode(headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
 
@@ -255,30 +275,46 @@ pub fn rewrite_authority(client: UnixStream) -> RewrittenConnection {
 async fn carry(client: UnixStream, server: DuplexStream) {
     let (mut from_client, mut to_client) = client.into_split();
     let (mut from_server, mut to_server) = tokio::io::split(server);
+    // Ends with what the client sent wrong, if it did.
     let upstream = async {
         let mut rewriter = AuthorityRewriter::default();
         let (mut buffer, mut out) = (vec![0; MAX_FRAME_LEN], Vec::new());
         loop {
             let n = from_client.read(&mut buffer).await?;
             if n == 0 {
-                return to_server.shutdown().await;
+                return to_server.shutdown().await.map(|()| None);
             }
             out.clear();
-            rewriter.feed(&buffer[..n], &mut out).map_err(io::Error::other)?;
+            if let Err(refused) = rewriter.feed(&buffer[..n], &mut out) {
+                return Ok(Some(refused));
+            }
             to_server.write_all(&out).await?;
         }
     };
-    let downstream = tokio::io::copy(&mut from_server, &mut to_client);
-    tokio::pin!(upstream, downstream);
-    let result = tokio::select! {
-        result = &mut downstream => result.map(drop),
-        // A client that stops sending may still be owed responses.
-        result = &mut upstream => match result {
-            Ok(()) => downstream.await.map(drop),
-            Err(error) => Err(error),
-        },
+    let (refused, result) = {
+        let downstream = tokio::io::copy(&mut from_server, &mut to_client);
+        tokio::pin!(upstream, downstream);
+        tokio::select! {
+            result = &mut downstream => (None, result.map(drop)),
+            result = &mut upstream => match result {
+                // A client that stops sending may still be owed responses.
+                Ok(None) => (None, downstream.await.map(drop)),
+                Ok(Some(refused)) => (Some(refused), Ok(())),
+                Err(error) => (None, Err(error)),
+            },
+        }
     };
-    if let Err(error) = result {
+    if let Some(error) = refused {
+        debug!(%error, "refused a control connection's HTTP/2");
+        // GOAWAY (RFC 9113 §6.8): no stream processed, PROTOCOL_ERROR (1) or
+        // FRAME_SIZE_ERROR (6).
+        let code: u32 = if matches!(error, RewriteError::FrameTooLarge(_)) { 6 } else { 1 };
+        let mut goaway = Vec::new();
+        write_frame_header(&mut goaway, 8, 0x7, 0, 0);
+        goaway.extend_from_slice(&0u32.to_be_bytes());
+        goaway.extend_from_slice(&code.to_be_bytes());
+        let _ = to_client.write_all(&goaway).await;
+    } else if let Err(error) = result {
         debug!(%error, "a control connection ended with an error");
     }
 }
@@ -423,5 +459,39 @@ mod tests {
         let input = [PREFACE.as_slice(), &frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0xff; 8])].concat();
         let error = AuthorityRewriter::default().feed(&input, &mut out).unwrap_err();
         assert!(matches!(error, RewriteError::HeaderBlock(_)), "{error}");
+    }
+
+    #[test]
+    fn a_client_cannot_make_the_decoder_allocate_without_bound() {
+        let mut out = Vec::new();
+        // A dynamic table size update to 1 GiB: more than the server allows.
+        let mut update = vec![0x3f];
+        let mut rest = (1usize << 30) - 31;
+        while rest >= 128 {
+            update.push((rest % 128) as u8 | 0x80);
+            rest /= 128;
+        }
+        update.push(rest as u8);
+        update.extend(loona_hpack::Encoder::new().encode([(b":method".as_slice(), b"POST".as_slice())]));
+        let input = [PREFACE.as_slice(), &frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &update)].concat();
+        let error = AuthorityRewriter::default().feed(&input, &mut out).unwrap_err();
+        assert!(matches!(error, RewriteError::HeaderBlock(_)), "{error}");
+
+        // One 4000-byte header in the table, then 16 000 one-byte references to it:
+        // 64 MB decoded from a 16 KB block.
+        let mut client = loona_hpack::Encoder::new();
+        let big = vec![b'a'; 4000];
+        let first = client.encode([(b"x-big".as_slice(), big.as_slice())]);
+        let index = 62u8; // the first dynamic entry
+        let references = vec![0x80 | index; 16_000];
+        let mut rewriter = AuthorityRewriter::default();
+        let input = [
+            PREFACE.as_slice(),
+            &frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &first),
+            &frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &references),
+        ]
+        .concat();
+        let error = rewriter.feed(&input, &mut out).unwrap_err();
+        assert!(matches!(error, RewriteError::HeadersTooLarge), "{error}");
     }
 }

@@ -235,6 +235,11 @@ impl WavSink {
         Ok(WavSink { path: path.to_owned(), writer: Some(writer), channels, since_flush: 0 })
     }
 
+    /// The error for a file that would pass WAV's 4 GiB limit.
+    pub fn too_long(&self) -> EndpointError {
+        self.error("a WAV file cannot hold more than 4 GiB (about 6 hours of a stereo recording)")
+    }
+
     fn error(&self, e: impl std::fmt::Display) -> EndpointError {
         EndpointError::WriteWav { path: self.path.clone(), reason: e.to_string() }
     }

@@ -324,7 +324,7 @@ impl Call {
     fn recording_changed(&mut self, started: bool, reason: Option<String>) {
         if started {
             let Some(PendingRecording { file, path, reply }) = self.pending_recording.take() else { return };
-            self.recording.start(file);
+            self.recording.start(file, path.clone());
             info!(call_id = %self.id, file = %path.display(), "recording the call");
             self.record.recording = Some(path);
             let _ = reply.send(Ok(self.record.clone()));
@@ -435,11 +435,18 @@ impl Call {
 
     async fn command(&mut self, command: CallCommand) {
         let CallCommand { command, audio, recording_file, reply } = command;
-        if command == Command::SetRecording(true)
-            && self.pending_recording.is_none()
-            && self.record.recording.is_none()
-            && matches!(self.machine.state(), State::Active | State::OnHold)
-        {
+        if command == Command::SetRecording(true) {
+            let busy = match (&self.pending_recording, &self.record.recording) {
+                (Some(_), _) => Some("a recording is waiting for the peer's confirmation".to_owned()),
+                (None, Some(path)) => Some(format!("it is already being recorded into {}", path.display())),
+                (None, None) => None,
+            };
+            if let Some(reason) = busy {
+                let _ = reply.send(Err(InvalidCommand::because("record", reason)));
+                return;
+            }
+        }
+        if command == Command::SetRecording(true) && matches!(self.machine.state(), State::Active | State::OnHold) {
             // The file first: one that cannot be written is refused before the
             // peer is told anything. The answer waits for the peer's confirmation.
             let path = recording_file.unwrap_or_else(|| self.default_recording_path());
@@ -643,8 +650,12 @@ impl Drop for Call {
         if !self.stats_finished {
             self.finish_stats();
         }
-        // Likewise a recording: its file is completed.
+        // Likewise a recording: its file is completed, or removed if it never began.
         let _ = self.recording.stop();
+        if let Some(PendingRecording { file, path, .. }) = self.pending_recording.take() {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
