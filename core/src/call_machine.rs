@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::vocab::{Direction, DisplayName, EndReason, FailCause, State};
-use crate::wire::{Body, EndCode};
+use crate::wire::{Body, DeclineCode, EndCode};
 
 /// Timeouts the machine enforces.
 #[derive(Debug, Clone, Copy)]
@@ -424,13 +424,13 @@ impl CallMachine {
             }
             (Command::Answer, state) => return refuse("answer", state),
             (Command::Decline(reason), State::Incoming) => {
-                self.outputs.push_back(Output::Send(Body::Decline { reason: reason.clone() }));
+                self.outputs.push_back(Output::Send(Body::Decline { reason: reason.clone(), code: None }));
                 self.end(EndReason::Declined(reason), None);
             }
             (Command::Decline(_), state) => return refuse("decline", state),
             (Command::Hangup, State::Outgoing) => self.end(EndReason::Cancelled, Some(EndCode::Cancelled)),
             (Command::Hangup, State::Incoming) => {
-                self.outputs.push_back(Output::Send(Body::Decline { reason: String::new() }));
+                self.outputs.push_back(Output::Send(Body::Decline { reason: String::new(), code: None }));
                 self.end(EndReason::Declined(String::new()), None);
             }
             (Command::Hangup, _) => self.end(EndReason::HungUpLocal, Some(EndCode::HangUp)),
@@ -490,7 +490,15 @@ impl CallMachine {
                 self.outputs.push_back(Output::RemoteRinging);
             }
             (Body::Accept, State::Outgoing, _) => self.answered(now),
-            (Body::Decline { reason }, State::Outgoing, _) => self.end(EndReason::Declined(reason), None),
+            (Body::Decline { reason, code }, State::Outgoing, _) => {
+                let reason = match code {
+                    Some(DeclineCode::Blocked) => EndReason::Blocked,
+                    Some(DeclineCode::DoNotDisturb) => EndReason::DoNotDisturb,
+                    Some(DeclineCode::NotAllowed) => EndReason::NotAllowed,
+                    Some(DeclineCode::Other) | None => EndReason::Declined(reason),
+                };
+                self.end(reason, None)
+            }
             (Body::Busy, State::Outgoing, _) => self.end(EndReason::Busy, None),
             (Body::Offer { sdp }, _, Direction::Incoming) => {
                 // A later offer is the caller starting a fresh media session.
@@ -873,13 +881,13 @@ mod tests {
                 CallMachine::incoming(now, setup()),
                 In::Cmd(Command::Decline("busy day".into())),
                 EndReason::Declined("busy day".into()),
-                Some(Body::Decline { reason: "busy day".into() }),
+                Some(Body::Decline { reason: "busy day".into(), code: None }),
             ),
             (
                 CallMachine::incoming(now, setup()),
                 In::Cmd(Command::Hangup),
                 EndReason::Declined(String::new()),
-                Some(Body::Decline { reason: String::new() }),
+                Some(Body::Decline { reason: String::new(), code: None }),
             ),
             (
                 CallMachine::outgoing(now, setup()),
@@ -889,7 +897,7 @@ mod tests {
             ),
             (
                 CallMachine::outgoing(now, setup()),
-                In::Remote(Body::Decline { reason: "no".into() }),
+                In::Remote(Body::Decline { reason: "no".into(), code: None }),
                 EndReason::Declined("no".into()),
                 None,
             ),
@@ -982,7 +990,7 @@ mod tests {
             Body::Ringing { callee_name: String::new() },
             Body::Accept,
             Body::Busy,
-            Body::Decline { reason: String::new() },
+            Body::Decline { reason: String::new(), code: None },
             Body::Keepalive,
         ] {
             m.handle_remote(body, now);

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
 use crate::audio_spec::{InputSpec, OutputSpec};
+use crate::switchboard::{AutoAnswer, WhoMayRing};
 pub use crate::vocab::DisplayName;
 
 /// The whole configuration. Missing keys take their defaults.
@@ -34,14 +35,45 @@ pub struct Config {
     pub audio: AudioConfig,
     /// Call policies and codec settings.
     pub calls: CallsConfig,
+    /// How much call history to keep.
+    pub history: HistoryConfig,
+}
+
+/// How much call history to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Days a call stays in the history (1 to 36500).
+    pub keep_days: Bounded<1, 36_500>,
+    /// Calls the history keeps at most (10 to 1 000 000).
+    pub keep_calls: Bounded<10, 1_000_000>,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { keep_days: Bounded(365), keep_calls: Bounded(10_000) }
+    }
+}
+
+impl HistoryConfig {
+    /// As the store applies it.
+    pub fn retention(&self) -> crate::history::Retention {
+        crate::history::Retention {
+            max_age: std::time::Duration::from_secs(u64::from(self.keep_days.0) * 24 * 3600),
+            max_entries: self.keep_calls.0 as usize,
+        }
+    }
 }
 
 /// Call policies and codec settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallsConfig {
-    /// Answer every incoming call at once (bots, tests, an echo peer).
-    pub auto_answer: bool,
+    /// Which calls are answered at once: off, trusted, everyone (`true` and
+    /// `false` read as everyone and off).
+    pub auto_answer: AutoAnswer,
+    /// Who may ring: everyone, known, trusted, nobody (do-not-disturb).
+    pub who_may_ring: WhoMayRing,
     /// Seconds a call rings before it ends as "no answer" (5 to 600).
     pub ring_timeout_secs: Bounded<5, 600>,
     /// Opus frame length in milliseconds: 10 or 20.
@@ -64,7 +96,8 @@ pub struct CallsConfig {
 impl Default for CallsConfig {
     fn default() -> Self {
         CallsConfig {
-            auto_answer: false,
+            auto_answer: AutoAnswer::Off,
+            who_may_ring: WhoMayRing::Everyone,
             ring_timeout_secs: Bounded(30),
             frame_ms: FrameMs(20),
             bitrate_kbps: Bounded(32),
@@ -196,6 +229,7 @@ impl Default for Config {
             discovery: DiscoveryConfig::default(),
             audio: AudioConfig::default(),
             calls: CallsConfig::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -317,7 +351,9 @@ impl Config {
     /// Applies command-line flags.
     pub fn apply(&mut self, overrides: Overrides) {
         let Overrides { name, data_dir, socket, log_level, audio_input, audio_output, auto_answer } = overrides;
-        self.calls.auto_answer |= auto_answer;
+        if auto_answer {
+            self.calls.auto_answer = AutoAnswer::Everyone;
+        }
         self.name = name.unwrap_or(self.name.clone());
         self.data_dir = data_dir.or(self.data_dir.take());
         self.api.socket = socket.or(self.api.socket.take());
@@ -482,6 +518,41 @@ impl FromStr for StunServer {
     }
 }
 
+impl Serialize for AutoAnswer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AutoAnswer {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Before the three settings it was a boolean; files that say so still read.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Flag(bool),
+            Word(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Flag(true) => Ok(AutoAnswer::Everyone),
+            Written::Flag(false) => Ok(AutoAnswer::Off),
+            Written::Word(word) => word.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for WhoMayRing {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for WhoMayRing {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for StunServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -619,7 +690,12 @@ mod tests {
             "[calls]\nauto_answer = true\nframe_ms = 10\nbitrate_kbps = 64\nstun_servers = [\"stun:10.0.0.1:3478\"]\nallow_loopback = true\n[audio]\nloop_files = false\n",
         )
         .unwrap();
-        assert!(config.calls.auto_answer);
+        assert_eq!(config.calls.auto_answer, AutoAnswer::Everyone, "the old boolean still reads");
+        let words = Config::parse("[calls]\nauto_answer = \"trusted\"\nwho_may_ring = \"known\"\n").unwrap();
+        assert_eq!((words.calls.auto_answer, words.calls.who_may_ring), (AutoAnswer::Trusted, WhoMayRing::Known));
+        let (location, message) = Config::parse("[calls]\nwho_may_ring = \"friends\"\n").unwrap_err();
+        assert_eq!(location, "key `calls.who_may_ring` at line 2");
+        assert!(message.contains("everyone, known, trusted, nobody"), "{message}");
         assert_eq!(config.calls.stun_servers, ["stun:10.0.0.1:3478".parse::<StunServer>().unwrap()]);
         assert!(config.calls.allow_loopback);
         assert!(!config.audio.loop_files);

@@ -145,11 +145,21 @@ pub const KEYS: &[ConfigKey] = &[
     },
     ConfigKey {
         key: "calls.auto_answer",
-        kind: Kind::Bool,
-        default: "false",
+        kind: Kind::Text,
+        default: "\"off\"",
         applies: Applies::Live,
-        doc: "Answer every incoming call at once (bots, intercoms, an echo peer).",
+        doc: "Which calls are answered at once: off, trusted (trusted devices' calls), everyone (bots, \
+              intercoms, an echo peer). true and false read as everyone and off.",
         flag: Some("--auto-answer"),
+    },
+    ConfigKey {
+        key: "calls.who_may_ring",
+        kind: Kind::Text,
+        default: "\"everyone\"",
+        applies: Applies::Live,
+        doc: "Who may ring: everyone (blocked devices excepted), known (devices this one has had a call \
+              with, or named), trusted, nobody (do-not-disturb). A refused caller is told why.",
+        flag: None,
     },
     ConfigKey {
         key: "calls.ring_timeout_secs",
@@ -206,6 +216,22 @@ pub const KEYS: &[ConfigKey] = &[
         applies: Applies::NewCalls,
         doc: "Seconds an answered call whose link went silent waits (\"reconnecting\") before it ends as \
               \"peer lost\": 5-300.",
+        flag: None,
+    },
+    ConfigKey {
+        key: "history.keep_days",
+        kind: Kind::Integer,
+        default: "365",
+        applies: Applies::Restart,
+        doc: "Days a call stays in the history: 1-36500.",
+        flag: None,
+    },
+    ConfigKey {
+        key: "history.keep_calls",
+        kind: Kind::Integer,
+        default: "10000",
+        applies: Applies::Restart,
+        doc: "Calls the history keeps at most (the oldest go first): 10-1000000.",
         flag: None,
     },
 ];
@@ -375,10 +401,14 @@ mod tests {
             "audio.input" => "tone:440",
             "audio.output" => "null",
             "calls.ring_timeout_secs" => "45",
+            "calls.auto_answer" => "trusted",
+            "calls.who_may_ring" => "nobody",
             "calls.frame_ms" => "10",
             "calls.bitrate_kbps" => "64",
             "calls.stun_servers" => "stun:stun.example.org:3478",
             "calls.reconnect_timeout_secs" => "60",
+            "history.keep_days" => "30",
+            "history.keep_calls" => "500",
             "discovery.enabled" | "audio.loop_files" => "false",
             _ => "true",
         }

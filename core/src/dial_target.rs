@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::contacts::Contacts;
 use crate::switchboard::CallError;
 use crate::vocab::{DeviceId, PeerRecord};
 
@@ -29,8 +30,13 @@ pub enum Target {
 }
 
 /// Turns what the user typed into a target: `ID@host:port`, a device ID, a
-/// peer's name (any case, online peers only), or `host:port`.
-pub fn resolve<'a>(target: &str, peers: impl IntoIterator<Item = &'a PeerRecord>) -> Result<Target, CallError> {
+/// peer's name (any case, online peers only; a known device's names and alias
+/// dial that device, never a stranger advertising them), or `host:port`.
+pub fn resolve<'a>(
+    target: &str,
+    peers: impl IntoIterator<Item = &'a PeerRecord>,
+    contacts: &Contacts,
+) -> Result<Target, CallError> {
     let target = target.trim();
     let bad = |why: String| CallError::BadTarget(target.to_owned(), why);
     if let Some((id, address)) = target.split_once('@') {
@@ -42,11 +48,15 @@ pub fn resolve<'a>(target: &str, peers: impl IntoIterator<Item = &'a PeerRecord>
         let peer = peers.iter().find(|p| p.device_id == id).ok_or_else(|| CallError::UnknownPeer(target.to_owned()))?;
         return Ok(known(peer));
     }
-    let named: Vec<&&PeerRecord> =
-        peers.iter().filter(|p| p.online && p.display_name.eq_ignore_ascii_case(target)).collect();
+    let online: Vec<&PeerRecord> = peers.iter().copied().filter(|p| p.online).collect();
+    let meant = contacts.resolve(target, online.iter().map(|p| (&p.device_id, p.display_name.as_str())));
+    let named: Vec<&PeerRecord> = online.iter().copied().filter(|p| meant.contains(&p.device_id)).collect();
     match named.as_slice() {
         [peer] => Ok(known(peer)),
         [] if target.contains(':') => Ok(Target::Lookup { address: target.to_owned(), expected: None }),
+        [] if online.iter().any(|p| p.display_name.eq_ignore_ascii_case(target)) => {
+            Err(CallError::NameTaken(target.to_owned()))
+        }
         [] => Err(CallError::UnknownPeer(target.to_owned())),
         many => Err(CallError::Ambiguous { name: target.to_owned(), count: many.len() }),
     }
@@ -97,41 +107,48 @@ mod tests {
     fn a_name_finds_the_online_peer_ipv4_first_without_link_local() {
         let peers = [peer(1, "Bob", true), peer(2, "carol", false)];
         assert_eq!(
-            resolve(" bob ", &peers),
+            resolve(" bob ", &peers, &Contacts::default()),
             Ok(Target::Peer {
                 addresses: vec!["192.0.2.5:4000".parse().unwrap(), "[2001:db8::5]:4000".parse().unwrap()],
                 device: peers[0].device_id,
                 name: "Bob".into(),
             })
         );
-        assert_eq!(resolve("carol", &peers), Err(CallError::UnknownPeer("carol".into())), "offline");
+        assert_eq!(
+            resolve("carol", &peers, &Contacts::default()),
+            Err(CallError::UnknownPeer("carol".into())),
+            "offline"
+        );
     }
 
     #[test]
     fn a_device_id_finds_the_peer_even_offline() {
         let peers = [peer(2, "carol", false)];
         let id = peers[0].device_id.to_string();
-        assert!(matches!(resolve(&id, &peers), Ok(Target::Peer { name, .. }) if name == "carol"));
-        assert_eq!(resolve(&id, []), Err(CallError::UnknownPeer(id.clone())));
+        assert!(matches!(resolve(&id, &peers, &Contacts::default()), Ok(Target::Peer { name, .. }) if name == "carol"));
+        assert_eq!(resolve(&id, [], &Contacts::default()), Err(CallError::UnknownPeer(id.clone())));
     }
 
     #[test]
     fn addresses_are_left_for_a_lookup() {
         let id = DeviceId::from_hash([3; 32]);
         assert_eq!(
-            resolve(&format!("{id}@host.lan:4444"), []),
+            resolve(&format!("{id}@host.lan:4444"), [], &Contacts::default()),
             Ok(Target::Lookup { address: "host.lan:4444".into(), expected: Some(id) })
         );
         assert_eq!(
-            resolve("10.1.2.3:4444", []),
+            resolve("10.1.2.3:4444", [], &Contacts::default()),
             Ok(Target::Lookup { address: "10.1.2.3:4444".into(), expected: None })
         );
-        assert!(matches!(resolve("nonsense@host:1", []), Err(CallError::BadTarget(..))));
+        assert!(matches!(resolve("nonsense@host:1", [], &Contacts::default()), Err(CallError::BadTarget(..))));
     }
 
     #[test]
     fn two_peers_with_one_name_are_ambiguous() {
         let peers = [peer(1, "bob", true), peer(2, "BOB", true)];
-        assert_eq!(resolve("bob", &peers), Err(CallError::Ambiguous { name: "bob".into(), count: 2 }));
+        assert_eq!(
+            resolve("bob", &peers, &Contacts::default()),
+            Err(CallError::Ambiguous { name: "bob".into(), count: 2 })
+        );
     }
 }

@@ -70,6 +70,8 @@ impl ReloadPlan {
         keep!(api.tcp_listen, "api.tcp_listen");
         keep!(signaling.port, "signaling.port");
         keep!(discovery.enabled, "discovery.enabled");
+        keep!(history.keep_days, "history.keep_days");
+        keep!(history.keep_calls, "history.keep_calls");
 
         let audio = (current.audio != new.audio).then(|| (new.audio.input.clone(), new.audio.output.clone()));
         ReloadPlan {

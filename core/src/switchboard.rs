@@ -14,19 +14,89 @@
 //!   [`Policy::request_window`]; more are refused. A request that was answered
 //!   does not count: the limit is against ringing nobody wants, not against a
 //!   friend who calls back.
-//! - Auto-answer answers every call that rings.
+//! - Who may ring ([`WhoMayRing`]): everyone, known devices, trusted devices, or
+//!   nobody (do-not-disturb). A blocked device never rings. A refused caller is
+//!   told why ([`Refusal`]); a call of ours to that peer still settles glare.
+//! - Auto-answer ([`AutoAnswer`]) answers every call that rings, or trusted
+//!   devices' only.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use std::fmt;
+use std::str::FromStr;
+
 use crate::call_machine::InvalidCommand;
+use crate::contacts::{PeerStanding, Standing};
 use crate::vocab::{CallId, DeviceId, Direction, State};
+
+/// Who may ring this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhoMayRing {
+    /// Anyone on the LAN (blocked devices excepted).
+    #[default]
+    Everyone,
+    /// Devices this one has had a call with, or the user named.
+    Known,
+    /// Devices the user trusted.
+    Trusted,
+    /// Nobody: do-not-disturb.
+    Nobody,
+}
+
+/// Which calls are answered at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoAnswer {
+    /// None: a person answers.
+    #[default]
+    Off,
+    /// Trusted devices' calls.
+    Trusted,
+    /// Every call that rings (bots, intercoms, an echo peer).
+    Everyone,
+}
+
+/// Both settings are written as words in the config and the API.
+macro_rules! words {
+    ($type:ident, $what:literal, $($variant:ident = $word:literal $(| $alias:literal)*),+) => {
+        impl $type {
+            /// The setting's word.
+            pub fn as_str(self) -> &'static str {
+                match self { $($type::$variant => $word),+ }
+            }
+        }
+        impl FromStr for $type {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($word $(| $alias)* => Ok($type::$variant),)+
+                    _ => Err(format!(concat!("{:?} is not ", $what, "; use {}"), s, [$($word),+].join(", "))),
+                }
+            }
+        }
+        impl fmt::Display for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+words!(WhoMayRing, "who may ring", Everyone = "everyone", Known = "known", Trusted = "trusted", Nobody = "nobody");
+words!(
+    AutoAnswer,
+    "an auto-answer setting",
+    Off = "off" | "false",
+    Trusted = "trusted",
+    Everyone = "everyone" | "true"
+);
 
 /// The switchboard's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// Answer every incoming call at once.
-    pub auto_answer: bool,
+    /// Which calls are answered at once.
+    pub auto_answer: AutoAnswer,
+    /// Who may ring.
+    pub who_may_ring: WhoMayRing,
     /// How long after our call yielded to glare the peer's call still counts as
     /// its twin (and is answered at once).
     pub glare_window: Duration,
@@ -39,7 +109,8 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            auto_answer: false,
+            auto_answer: AutoAnswer::Off,
+            who_may_ring: WhoMayRing::Everyone,
             glare_window: Duration::from_secs(10),
             requests_per_peer: 10,
             request_window: Duration::from_secs(60),
@@ -62,6 +133,12 @@ pub enum CallError {
     /// The dial target names no peer we know.
     #[error("no online peer is called {0:?} (voicectl peers lists who is); dial host:port for a peer mDNS cannot see")]
     UnknownPeer(String),
+    /// The only online peer with that name is not the known device it belongs to.
+    #[error(
+        "the online peer called {0:?} is not the device you know by that name (voicectl peers marks it); dial it \
+         by device ID if you mean it"
+    )]
+    NameTaken(String),
     /// Several peers have that name.
     #[error("{count} online peers are called {name:?}: dial one by device ID")]
     Ambiguous {
@@ -133,6 +210,12 @@ pub enum Refusal {
     CallIdInUse,
     /// The caller made too many requests lately.
     TooManyRequests,
+    /// The user blocked the caller.
+    Blocked,
+    /// Nobody may ring now.
+    DoNotDisturb,
+    /// Only known (or trusted) devices may ring, and the caller is not one.
+    NotAllowed,
 }
 
 impl Refusal {
@@ -141,6 +224,9 @@ impl Refusal {
         match self {
             Refusal::CallIdInUse => "that call ID is in use",
             Refusal::TooManyRequests => "too many call requests; try again in a minute",
+            Refusal::Blocked => "this device does not take your calls",
+            Refusal::DoNotDisturb => "do not disturb",
+            Refusal::NotAllowed => "this device takes calls only from devices it knows",
         }
     }
 }
@@ -223,9 +309,27 @@ impl Switchboard {
     }
 
     /// A call request from `peer` arrived on a new, authenticated connection.
-    pub fn incoming(&mut self, call: CallId, peer: DeviceId, now: Instant) -> Incoming {
+    pub fn incoming(&mut self, call: CallId, peer: DeviceId, standing: PeerStanding, now: Instant) -> Incoming {
         if self.calls.contains_key(&call) {
             return Incoming::Refuse(Refusal::CallIdInUse);
+        }
+        let blocked = standing == PeerStanding::Known(Standing::Blocked);
+        let trusted = standing == PeerStanding::Known(Standing::Trusted);
+        // Our own call to them, still ringing: they may answer it with theirs (glare).
+        let we_call_them = self
+            .calls
+            .values()
+            .any(|leg| leg.peer == Some(peer) && leg.direction == Direction::Outgoing && leg.state == State::Outgoing);
+        let refusal = match (self.policy.who_may_ring, standing) {
+            _ if blocked => Some(Refusal::Blocked),
+            _ if we_call_them => None,
+            (WhoMayRing::Nobody, _) => Some(Refusal::DoNotDisturb),
+            (WhoMayRing::Known, PeerStanding::Unknown) => Some(Refusal::NotAllowed),
+            (WhoMayRing::Trusted, _) if !trusted => Some(Refusal::NotAllowed),
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            return Incoming::Refuse(refusal);
         }
         let window = self.policy.request_window;
         let recent = self.requests.entry(peer).or_default();
@@ -237,7 +341,11 @@ impl Switchboard {
         }
         recent.push_back(now);
 
-        let mut answer = self.policy.auto_answer;
+        let mut answer = match self.policy.auto_answer {
+            AutoAnswer::Off => false,
+            AutoAnswer::Trusted => trusted,
+            AutoAnswer::Everyone => true,
+        };
         let mut hang_up = None;
         let ours_ringing = self
             .calls
@@ -332,10 +440,13 @@ mod tests {
         let mut board = Switchboard::new(id(LOW), Policy::default());
         assert_eq!(board.dial(Some(id(2)), call("a")), Ok(Dial::Place(call("a"))));
         assert_eq!(board.dial(Some(id(3)), call("b")), Err(CallError::Busy));
-        assert_eq!(board.incoming(call("c"), id(3), now), Incoming::Busy);
+        assert_eq!(board.incoming(call("c"), id(3), PeerStanding::Unknown, now), Incoming::Busy);
         // Over but its task not yet finished: no longer counts.
         board.state_changed(&call("a"), State::Ended, None);
-        assert_eq!(board.incoming(call("c"), id(3), now), Incoming::Ring { answer: false, hang_up: None });
+        assert_eq!(
+            board.incoming(call("c"), id(3), PeerStanding::Unknown, now),
+            Incoming::Ring { answer: false, hang_up: None }
+        );
         assert_eq!(board.pick(None), Ok(call("c")));
     }
 
@@ -343,7 +454,7 @@ mod tests {
     fn dialing_someone_who_rings_us_answers_them() {
         let now = Instant::now();
         let mut board = Switchboard::new(id(LOW), Policy::default());
-        board.incoming(call("theirs"), id(2), now);
+        board.incoming(call("theirs"), id(2), PeerStanding::Unknown, now);
         assert_eq!(board.dial(Some(id(2)), call("ours")), Ok(Dial::AnswerTheirs(call("theirs"))));
         assert_eq!(board.dial(Some(id(3)), call("ours")), Err(CallError::Busy));
     }
@@ -354,12 +465,12 @@ mod tests {
         // The low side keeps its own call and tells the other to yield.
         let mut low = Switchboard::new(id(LOW), Policy::default());
         low.dial(Some(id(HIGH)), call("from-low")).unwrap();
-        assert_eq!(low.incoming(call("from-high"), id(HIGH), now), Incoming::Glare);
+        assert_eq!(low.incoming(call("from-high"), id(HIGH), PeerStanding::Unknown, now), Incoming::Glare);
         // The high side hangs its own up and answers the low side's at once.
         let mut high = Switchboard::new(id(HIGH), Policy::default());
         high.dial(Some(id(LOW)), call("from-high")).unwrap();
         assert_eq!(
-            high.incoming(call("from-low"), id(LOW), now),
+            high.incoming(call("from-low"), id(LOW), PeerStanding::Unknown, now),
             Incoming::Ring { answer: true, hang_up: Some(call("from-high")) }
         );
         assert_eq!(high.pick(None), Ok(call("from-low")));
@@ -373,7 +484,7 @@ mod tests {
         assert_eq!(high.yielded(id(LOW), &call("from-high"), now), Some(call("from-high")));
         high.state_changed(&call("from-high"), State::Ended, None);
         assert_eq!(
-            high.incoming(call("from-low"), id(LOW), now + Duration::from_secs(1)),
+            high.incoming(call("from-low"), id(LOW), PeerStanding::Unknown, now + Duration::from_secs(1)),
             Incoming::Ring { answer: true, hang_up: None }
         );
         // After the window, a call from the same peer just rings.
@@ -382,7 +493,7 @@ mod tests {
         late.yielded(id(LOW), &call("x"), now);
         late.finished(&call("x"));
         assert_eq!(
-            late.incoming(call("y"), id(LOW), now + Duration::from_secs(10)),
+            late.incoming(call("y"), id(LOW), PeerStanding::Unknown, now + Duration::from_secs(10)),
             Incoming::Ring { answer: false, hang_up: None }
         );
     }
@@ -391,7 +502,7 @@ mod tests {
     fn only_our_own_ringing_call_to_that_peer_may_yield() {
         let now = Instant::now();
         let mut board = Switchboard::new(id(HIGH), Policy::default());
-        board.incoming(call("theirs"), id(LOW), now);
+        board.incoming(call("theirs"), id(LOW), PeerStanding::Unknown, now);
         assert_eq!(board.yielded(id(LOW), &call("theirs"), now), None, "an incoming call cannot yield");
         let mut board = Switchboard::new(id(HIGH), Policy::default());
         board.dial(Some(id(LOW)), call("ours")).unwrap();
@@ -407,16 +518,25 @@ mod tests {
         let mut board = Switchboard::new(id(LOW), policy);
         for (n, at) in [0u64, 10, 20].into_iter().enumerate() {
             let now = start + Duration::from_secs(at);
-            assert!(matches!(board.incoming(call(&format!("c{n}")), id(2), now), Incoming::Ring { .. }));
+            assert!(matches!(
+                board.incoming(call(&format!("c{n}")), id(2), PeerStanding::Unknown, now),
+                Incoming::Ring { .. }
+            ));
             board.finished(&call(&format!("c{n}")));
         }
         let now = start + Duration::from_secs(59);
-        assert_eq!(board.incoming(call("c3"), id(2), now), Incoming::Refuse(Refusal::TooManyRequests));
-        assert!(matches!(board.incoming(call("c4"), id(3), now), Incoming::Ring { .. }), "other peers are not limited");
+        assert_eq!(
+            board.incoming(call("c3"), id(2), PeerStanding::Unknown, now),
+            Incoming::Refuse(Refusal::TooManyRequests)
+        );
+        assert!(
+            matches!(board.incoming(call("c4"), id(3), PeerStanding::Unknown, now), Incoming::Ring { .. }),
+            "other peers are not limited"
+        );
         board.finished(&call("c4"));
         // The first request left the window.
         let now = start + Duration::from_secs(60);
-        assert!(matches!(board.incoming(call("c5"), id(2), now), Incoming::Ring { .. }));
+        assert!(matches!(board.incoming(call("c5"), id(2), PeerStanding::Unknown, now), Incoming::Ring { .. }));
     }
 
     #[test]
@@ -427,18 +547,24 @@ mod tests {
         for n in 0..5 {
             let now = start + Duration::from_secs(n);
             let name = call(&format!("c{n}"));
-            assert!(matches!(board.incoming(name.clone(), id(2), now), Incoming::Ring { .. }), "call {n}");
+            assert!(
+                matches!(board.incoming(name.clone(), id(2), PeerStanding::Unknown, now), Incoming::Ring { .. }),
+                "call {n}"
+            );
             board.state_changed(&name, State::Active, None);
             board.finished(&name);
         }
         // Unanswered ones do.
         for n in 5..7 {
             let name = call(&format!("c{n}"));
-            assert!(matches!(board.incoming(name.clone(), id(2), start), Incoming::Ring { .. }));
+            assert!(matches!(board.incoming(name.clone(), id(2), PeerStanding::Unknown, start), Incoming::Ring { .. }));
             board.state_changed(&name, State::Ended, None);
             board.finished(&name);
         }
-        assert_eq!(board.incoming(call("c7"), id(2), start), Incoming::Refuse(Refusal::TooManyRequests));
+        assert_eq!(
+            board.incoming(call("c7"), id(2), PeerStanding::Unknown, start),
+            Incoming::Refuse(Refusal::TooManyRequests)
+        );
     }
 
     #[test]
@@ -446,14 +572,75 @@ mod tests {
         let now = Instant::now();
         let mut board = Switchboard::new(id(LOW), Policy::default());
         board.dial(Some(id(2)), call("same")).unwrap();
-        assert_eq!(board.incoming(call("same"), id(2), now), Incoming::Refuse(Refusal::CallIdInUse));
+        assert_eq!(
+            board.incoming(call("same"), id(2), PeerStanding::Unknown, now),
+            Incoming::Refuse(Refusal::CallIdInUse)
+        );
+    }
+
+    #[test]
+    fn who_may_ring_refuses_with_its_reason_and_a_block_always_holds() {
+        let now = Instant::now();
+        let known = PeerStanding::Known(Standing::Known);
+        let trusted = PeerStanding::Known(Standing::Trusted);
+        let blocked = PeerStanding::Known(Standing::Blocked);
+        let cases = [
+            (WhoMayRing::Everyone, blocked, Some(Refusal::Blocked)),
+            (WhoMayRing::Everyone, PeerStanding::Unknown, None),
+            (WhoMayRing::Known, PeerStanding::Unknown, Some(Refusal::NotAllowed)),
+            (WhoMayRing::Known, known, None),
+            (WhoMayRing::Trusted, known, Some(Refusal::NotAllowed)),
+            (WhoMayRing::Trusted, trusted, None),
+            (WhoMayRing::Nobody, trusted, Some(Refusal::DoNotDisturb)),
+            (WhoMayRing::Nobody, blocked, Some(Refusal::Blocked)),
+        ];
+        for (who_may_ring, standing, refusal) in cases {
+            let mut board = Switchboard::new(id(LOW), Policy { who_may_ring, ..Policy::default() });
+            let decision = board.incoming(call("c"), id(2), standing, now);
+            match refusal {
+                Some(refusal) => assert_eq!(decision, Incoming::Refuse(refusal), "{who_may_ring} {standing:?}"),
+                None => assert!(matches!(decision, Incoming::Ring { .. }), "{who_may_ring} {standing:?}: {decision:?}"),
+            }
+            if refusal.is_some() {
+                assert_eq!(board.live_calls(), 0, "a refused call is not counted");
+            }
+        }
+    }
+
+    #[test]
+    fn do_not_disturb_still_settles_glare_with_someone_we_are_calling() {
+        let now = Instant::now();
+        let policy = Policy { who_may_ring: WhoMayRing::Nobody, ..Policy::default() };
+        let mut high = Switchboard::new(id(HIGH), policy);
+        let Ok(Dial::Place(ours)) = high.dial(Some(id(LOW)), call("ours")) else { panic!() };
+        assert_eq!(
+            high.incoming(call("theirs"), id(LOW), PeerStanding::Unknown, now),
+            Incoming::Ring { answer: true, hang_up: Some(ours) }
+        );
+    }
+
+    #[test]
+    fn auto_answer_can_be_for_trusted_devices_only() {
+        let now = Instant::now();
+        let policy = Policy { auto_answer: AutoAnswer::Trusted, ..Policy::default() };
+        let mut board = Switchboard::new(id(LOW), policy);
+        let stranger = board.incoming(call("a"), id(2), PeerStanding::Unknown, now);
+        assert_eq!(stranger, Incoming::Ring { answer: false, hang_up: None });
+        board.finished(&call("a"));
+        let friend = board.incoming(call("b"), id(3), PeerStanding::Known(Standing::Trusted), now);
+        assert_eq!(friend, Incoming::Ring { answer: true, hang_up: None });
+        assert_eq!("true".parse::<AutoAnswer>(), Ok(AutoAnswer::Everyone), "the old boolean still reads");
+        assert!("sometimes".parse::<AutoAnswer>().unwrap_err().contains("off, trusted, everyone"));
     }
 
     #[test]
     fn auto_answer_answers_what_rings() {
         let now = Instant::now();
-        let mut board = Switchboard::new(id(LOW), Policy { auto_answer: true, ..Policy::default() });
-        assert_eq!(board.incoming(call("a"), id(2), now), Incoming::Ring { answer: true, hang_up: None });
+        let mut board = Switchboard::new(id(LOW), Policy { auto_answer: AutoAnswer::Everyone, ..Policy::default() });
+        assert_eq!(
+            board.incoming(call("a"), id(2), PeerStanding::Unknown, now),
+            Incoming::Ring { answer: true, hang_up: None }
+        );
     }
 
     #[test]
@@ -462,9 +649,9 @@ mod tests {
         let mut board = Switchboard::new(id(LOW), Policy::default());
         assert_eq!(board.pick(None), Err(CallError::NoCall));
         assert_eq!(board.pick(Some(&call("x"))), Err(CallError::NoSuchCall("x".into())));
-        board.incoming(call("a"), id(2), now);
+        board.incoming(call("a"), id(2), PeerStanding::Unknown, now);
         board.state_changed(&call("a"), State::Ended, None);
-        board.incoming(call("b"), id(3), now);
+        board.incoming(call("b"), id(3), PeerStanding::Unknown, now);
         assert_eq!(board.pick(None), Ok(call("b")), "an ended call is not the only call");
         assert_eq!(board.pick(Some(&call("a"))), Ok(call("a")), "but it can still be named");
     }
@@ -476,7 +663,7 @@ mod tests {
         board.dial(Some(id(LOW)), call("ours")).unwrap();
         board.yielded(id(LOW), &call("ours"), now);
         board.finished(&call("ours"));
-        board.incoming(call("a"), id(3), now);
+        board.incoming(call("a"), id(3), PeerStanding::Unknown, now);
         board.finished(&call("a"));
         board.expire(now + Duration::from_secs(61));
         assert!(board.yielded.is_empty() && board.requests.is_empty());

@@ -182,6 +182,12 @@ pub enum EndReason {
     Failed(FailCause),
     /// The peer stopped answering.
     PeerLost,
+    /// The callee has blocked this device (or we blocked the caller).
+    Blocked,
+    /// The callee does not take calls now (do-not-disturb).
+    DoNotDisturb,
+    /// The callee takes calls from known or trusted devices only.
+    NotAllowed,
 }
 
 /// What the API shows about one peer.

@@ -32,6 +32,21 @@ pub enum EndCode {
     Other,
 }
 
+/// Why a callee refused a call without ringing, beside the free-text reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeclineCode {
+    /// The callee blocked this device.
+    Blocked,
+    /// The callee's do-not-disturb is on.
+    DoNotDisturb,
+    /// The callee takes calls from known or trusted devices only.
+    NotAllowed,
+    /// A code from a newer peer: a plain decline.
+    #[serde(other)]
+    Other,
+}
+
 /// What a message says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 // Unknown fields are ignored: a newer peer may add some.
@@ -60,6 +75,9 @@ pub enum Body {
         /// Why (may be empty).
         #[serde(default)]
         reason: String,
+        /// Why, for a refusal without ringing; absent for a person's decline.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<DeclineCode>,
     },
     /// Callee → caller: already in a call.
     Busy,
@@ -258,7 +276,7 @@ fn check_text(body: &Body) -> Result<(), WireError> {
     let (field, text) = match body {
         Body::CallRequest { caller_name, .. } => ("caller_name", caller_name),
         Body::Ringing { callee_name } => ("callee_name", callee_name),
-        Body::Decline { reason } => ("reason", reason),
+        Body::Decline { reason, .. } => ("reason", reason),
         Body::Error { message } => ("message", message),
         _ => return Ok(()),
     };
@@ -279,7 +297,8 @@ mod tests {
             Body::CallRequest { caller_name: "alice".into(), frame_ms: None },
             Body::Ringing { callee_name: "bob".into() },
             Body::Accept,
-            Body::Decline { reason: "in a meeting".into() },
+            Body::Decline { reason: "in a meeting".into(), code: None },
+            Body::Decline { reason: "do not disturb".into(), code: Some(DeclineCode::DoNotDisturb) },
             Body::Busy,
             Body::Offer { sdp: "v=0\r\n".into() },
             Body::Answer { sdp: "v=0\r\n".into() },
@@ -318,8 +337,13 @@ mod tests {
 
     #[test]
     fn the_format_is_the_documented_one() {
-        let text = Message::new(id(), Body::Decline { reason: "no".into() }).encode();
+        let text = Message::new(id(), Body::Decline { reason: "no".into(), code: None }).encode();
         assert_eq!(text, r#"{"v":1,"call_id":"c1","type":"decline","reason":"no"}"#);
+        let text =
+            Message::new(id(), Body::Decline { reason: "dnd".into(), code: Some(DeclineCode::Blocked) }).encode();
+        assert_eq!(text, r#"{"v":1,"call_id":"c1","type":"decline","reason":"dnd","code":"blocked"}"#);
+        let body = decode_body(r#"{"v":1,"call_id":"c1","type":"decline","reason":"x","code":"asleep"}"#);
+        assert_eq!(body, Body::Decline { reason: "x".into(), code: Some(DeclineCode::Other) }, "a newer code");
         let text = Message::new(id(), Body::End { reason: EndCode::NoAnswer }).encode();
         assert_eq!(text, r#"{"v":1,"call_id":"c1","type":"end","reason":"no_answer"}"#);
     }

@@ -13,9 +13,10 @@ use rand_chacha::ChaCha8Rng;
 use voicelink_core::call_machine::{
     CallMachine, CallSetup, Command, InvalidCommand, MediaCommand, MediaInput, Output, Signaling, Timeouts,
 };
-use voicelink_core::switchboard::{CallError, Dial, Incoming, Policy, Switchboard};
+use voicelink_core::contacts::{Contact, Contacts, Standing};
+use voicelink_core::switchboard::{CallError, Dial, Incoming, Policy, Refusal, Switchboard, WhoMayRing};
 use voicelink_core::vocab::{CallId, DeviceId, EndReason, FailCause, State};
-use voicelink_core::wire::{Body, EndCode};
+use voicelink_core::wire::{Body, DeclineCode, EndCode};
 
 const RING: Duration = Duration::from_secs(30);
 const CONNECT: Duration = Duration::from_secs(15);
@@ -88,6 +89,8 @@ struct Daemon {
     gates: BTreeMap<CallId, (bool, bool)>,
     /// Recording events: "started" / "stopped" (ours), "shown" / "unshown" (the peer's).
     recordings: Vec<(Instant, CallId, &'static str)>,
+    /// The devices this one knows, and what its user decided about them.
+    contacts: Contacts,
 }
 
 struct Sim {
@@ -133,6 +136,7 @@ impl Sim {
                     ended: BTreeMap::new(),
                     gates: BTreeMap::new(),
                     recordings: Vec::new(),
+                    contacts: Contacts::default(),
                 }
             })
             .collect();
@@ -367,7 +371,8 @@ impl Sim {
         let now = self.now;
         let call_id = self.connections[conn].call_id.clone();
         let peer = self.peer_of(conn, to);
-        let decision = self.daemons[to].board.incoming(call_id.clone(), peer, now);
+        let standing = self.daemons[to].contacts.standing(&peer);
+        let decision = self.daemons[to].board.incoming(call_id.clone(), peer, standing, now);
         match decision {
             Incoming::Ring { answer, hang_up } => {
                 if let Some(ours) = hang_up {
@@ -390,7 +395,17 @@ impl Sim {
                 self.close(to, conn);
             }
             Incoming::Refuse(refusal) => {
-                self.send(to, conn, Body::Error { message: refusal.message().into() });
+                let code = match refusal {
+                    Refusal::Blocked => Some(DeclineCode::Blocked),
+                    Refusal::DoNotDisturb => Some(DeclineCode::DoNotDisturb),
+                    Refusal::NotAllowed => Some(DeclineCode::NotAllowed),
+                    Refusal::CallIdInUse | Refusal::TooManyRequests => None,
+                };
+                let body = match code {
+                    Some(code) => Body::Decline { reason: refusal.message().into(), code: Some(code) },
+                    None => Body::Error { message: refusal.message().into() },
+                };
+                self.send(to, conn, body);
                 self.close(to, conn);
             }
         }
@@ -633,6 +648,36 @@ fn a_recording_starts_only_after_the_peer_has_shown_it() {
     sim.settle();
     assert_eq!(sim.daemons[A].recordings.last().map(|r| r.2), Some("stopped"), "the end stops it");
     sim.assert_no_one_recorded_unshown(0);
+}
+
+#[test]
+fn a_blocked_caller_never_rings_and_is_told_why_and_do_not_disturb_refuses_everyone_else() {
+    let mut sim = Sim::new(&[1, 2, 3], Link::default(), 1);
+    let a_id = sim.daemons[A].id;
+    sim.daemons[B].contacts = Contacts::new([Contact {
+        device_id: a_id,
+        names: vec!["node0".into()],
+        alias: None,
+        standing: Standing::Blocked,
+        verified: false,
+        first_seen: std::time::SystemTime::UNIX_EPOCH,
+        last_seen: std::time::SystemTime::UNIX_EPOCH,
+    }]);
+    let call = sim.dial(A, B).unwrap();
+    sim.settle();
+    assert_eq!(sim.end_reason(A, &call), Some(EndReason::Blocked));
+    assert!(sim.daemons[B].log.iter().all(|(_, c, _)| *c != call), "it never rang at B");
+    assert_eq!(sim.daemons[B].board.live_calls(), 0);
+
+    // Do-not-disturb: C (not blocked) is refused too, with its own reason; the
+    // caller hears it at once, not after a ring timeout.
+    sim.daemons[B].board.set_policy(Policy { who_may_ring: WhoMayRing::Nobody, ..Policy::default() });
+    let start = sim.now;
+    let call = sim.dial(C, B).unwrap();
+    sim.settle();
+    assert_eq!(sim.end_reason(C, &call), Some(EndReason::DoNotDisturb));
+    let ended_at = sim.daemons[C].log.iter().find(|(_, c, s)| *c == call && *s == State::Ended).map(|e| e.0);
+    assert!(ended_at.is_some_and(|at| at - start < Duration::from_secs(1)), "refused at once");
 }
 
 #[test]

@@ -119,6 +119,40 @@ enum Command {
     Record(RecordCommand),
     /// Calls in progress
     Calls,
+    /// Calls made and received, newest first
+    History {
+        /// Only missed calls (and mark them seen)
+        #[arg(long)]
+        missed: bool,
+        /// Only calls with this device (device ID, alias or name)
+        #[arg(long, value_name = "NAME", add = ArgValueCompleter::new(complete::peer_names))]
+        peer: Option<String>,
+        /// Only calls since then: a duration ago (2d, 3h) or an RFC 3339 time
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// At most this many (1-1000)
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+    /// The devices this one knows, and what you decided about them
+    Contacts {
+        /// What to do (default: list)
+        #[command(subcommand)]
+        command: Option<ContactsCommand>,
+    },
+    /// Show the call's safety number: read it to each other; the same digits on
+    /// both sides mean nobody is in between. --confirm marks the peer verified
+    Verify {
+        /// The call
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
+        call: Option<String>,
+        /// The numbers matched: mark the peer verified
+        #[arg(long, conflicts_with = "reject")]
+        confirm: bool,
+        /// Take a verification back
+        #[arg(long)]
+        reject: bool,
+    },
     /// Follow the event feed: the current state first, then every change
     Events,
     /// Call statistics: one sample of each call, or with --follow a line per call
@@ -155,6 +189,44 @@ enum Command {
         /// Write voicectl.1 and a page per subcommand here
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactsCommand {
+    /// Every known device (the default)
+    List,
+    /// Give a device your own name for it ("" removes it)
+    Alias {
+        /// Device ID, alias, a name it used, or an online peer's name
+        #[arg(add = ArgValueCompleter::new(complete::peer_names))]
+        device: String,
+        /// The alias
+        alias: String,
+    },
+    /// Trust a device: it may ring under "trusted only", and is auto-answered if so set
+    Trust {
+        /// Device ID, alias, a name it used, or an online peer's name
+        #[arg(add = ArgValueCompleter::new(complete::peer_names))]
+        device: String,
+    },
+    /// Block a device: its calls never ring (it is told it is blocked)
+    Block {
+        /// Device ID, alias, a name it used, or an online peer's name
+        #[arg(add = ArgValueCompleter::new(complete::peer_names))]
+        device: String,
+    },
+    /// Take a trust or a block back
+    Unblock {
+        /// Device ID, alias, a name it used, or an online peer's name
+        #[arg(add = ArgValueCompleter::new(complete::peer_names))]
+        device: String,
+    },
+    /// Forget a device (its calls stay in the history)
+    Forget {
+        /// Device ID, alias, a name it used, or an online peer's name
+        #[arg(add = ArgValueCompleter::new(complete::peer_names))]
+        device: String,
     },
 }
 
@@ -321,6 +393,17 @@ fn report(status: &tonic::Status) {
     }
 }
 
+/// `--since`: a duration ago (`2d`, `90m`) or an RFC 3339 time.
+fn parse_since(text: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return std::time::SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| format!("--since {text} reaches before the epoch"));
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|_| format!("--since {text:?} is neither a duration (2d, 3h) nor a time (2026-11-30 08:00:00)"))
+}
+
 /// Dials, then follows the event feed until the call is answered (success) or
 /// ends (declined, busy, no answer, failed: an error naming the reason). Ctrl-C
 /// while it rings cancels the call, so the peer stops ringing at once.
@@ -459,6 +542,50 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
             let request =
                 v1::SetRecordingRequest { call_id: call.unwrap_or_default(), recording: false, file: String::new() };
             printer.call(client.set_recording(request).await?.into_inner().call.as_ref());
+        }
+        Command::History { missed, peer, since, limit } => {
+            let since = match since.as_deref().map(parse_since).transpose() {
+                Ok(since) => since.map(prost_types::Timestamp::from),
+                Err(message) => return Err(tonic::Status::invalid_argument(message).into()),
+            };
+            let request = v1::ListHistoryRequest {
+                missed_only: missed,
+                peer: peer.unwrap_or_default(),
+                since,
+                limit,
+                page_token: String::new(),
+            };
+            let page = client.list_history(request).await?.into_inner();
+            printer.history(&page);
+            if missed {
+                client.mark_missed_seen(v1::MarkMissedSeenRequest {}).await?;
+            }
+        }
+        Command::Contacts { command } => {
+            use v1::set_contact_request::Change;
+            let (device, change) = match command.unwrap_or(ContactsCommand::List) {
+                ContactsCommand::List => {
+                    let contacts = client.list_contacts(v1::ListContactsRequest {}).await?.into_inner().contacts;
+                    printer.contacts(&contacts);
+                    return Ok(());
+                }
+                ContactsCommand::Alias { device, alias } => (device, Change::Alias(alias)),
+                ContactsCommand::Trust { device } => (device, Change::Standing("trusted".into())),
+                ContactsCommand::Block { device } => (device, Change::Standing("blocked".into())),
+                ContactsCommand::Unblock { device } => (device, Change::Standing("known".into())),
+                ContactsCommand::Forget { device } => (device, Change::Forget(true)),
+            };
+            let request = v1::SetContactRequest { device, change: Some(change) };
+            let contact = client.set_contact(request).await?.into_inner().contact;
+            match contact {
+                Some(contact) => printer.contacts(std::slice::from_ref(&contact)),
+                None => printer.done("forgotten"),
+            }
+        }
+        Command::Verify { call, confirm, reject } => {
+            let verified = (confirm || reject).then_some(confirm);
+            let request = v1::VerifyPeerRequest { call_id: call.unwrap_or_default(), verified };
+            printer.verification(&client.verify_peer(request).await?.into_inner());
         }
         Command::Calls => printer.calls(&client.list_calls(v1::ListCallsRequest {}).await?.into_inner().calls),
         Command::Events => {

@@ -59,6 +59,11 @@ fn peer_json(peer: &v1::Peer) -> Value {
         "last_seen": rfc3339(peer.last_seen.as_ref()),
         "online": peer.online,
         "known": peer.known,
+        "trusted": peer.trusted,
+        "blocked": peer.blocked,
+        "verified": peer.verified,
+        "alias": peer.alias,
+        "name_conflict": peer.name_conflict,
     })
 }
 
@@ -221,15 +226,39 @@ impl Printer {
         }
         let name_width = peers.iter().map(|p| p.display_name.chars().count()).max().unwrap_or(4).max(4);
         println!("{:name_width$}  DEVICE   STATUS   PORT   LAST SEEN          ADDRESSES", "NAME");
+        let mut impostors = false;
         for peer in peers {
+            let mut marks = Vec::new();
+            if !peer.name_conflict.is_empty() {
+                impostors = true;
+                marks.push(format!("!! NOT the {} you know", peer.name_conflict));
+            }
+            if !peer.alias.is_empty() {
+                marks.push(format!("\"{}\"", peer.alias));
+            }
+            for (flag, word) in [(peer.verified, "verified"), (peer.trusted, "trusted"), (peer.blocked, "blocked")] {
+                if flag {
+                    marks.push(word.to_owned());
+                }
+            }
+            if peer.known && marks.is_empty() {
+                marks.push("known".to_owned());
+            }
             println!(
-                "{:name_width$}  {}  {:7}  {:5}  {:17}  {}",
+                "{:name_width$}  {}  {:7}  {:5}  {:17}  {}{}",
                 peer.display_name,
                 short(&peer.device_id),
                 if peer.online { "online" } else { "offline" },
                 peer.signaling_port,
                 ago(peer.last_seen.as_ref()),
-                peer.addresses.join(", ")
+                peer.addresses.join(", "),
+                if marks.is_empty() { String::new() } else { format!("  [{}]", marks.join(", ")) }
+            );
+        }
+        if impostors {
+            println!(
+                "!! marks a device that uses the name of another device you know, with a different key: it is \
+                 not that device (a new install, or an impostor). Dialing the name reaches the one you know."
             );
         }
     }
@@ -313,6 +342,7 @@ impl Printer {
                         "error": e.error,
                     }),
                 ),
+                Kind::HistoryAdded(e) => ("history_added", json!({ "entry": e.entry.as_ref().map(history_json) })),
                 Kind::AudioDeviceChanged(e) => {
                     ("audio_device_changed", json!({ "audio_input": e.audio_input, "audio_output": e.audio_output }))
                 }
@@ -368,6 +398,15 @@ impl Printer {
                 };
                 let theirs = if e.recorded_by_peer { "; the peer IS RECORDING this call" } else { "" };
                 println!("{at} call {} {ours}{theirs}", e.call_id)
+            }
+            Kind::HistoryAdded(e) => {
+                if let Some(entry) = &e.entry {
+                    let outcome = v1::CallOutcome::try_from(entry.outcome).map_or_else(
+                        |_| "unknown".into(),
+                        |o| word(o.as_str_name(), "CALL_OUTCOME_").replace('_', " "),
+                    );
+                    println!("{at} history: call {} with {} {outcome}", entry.call_id, entry.peer_display_name)
+                }
             }
             Kind::AudioDeviceChanged(e) => println!("{at} audio in: {}  out: {}", e.audio_input, e.audio_output),
             Kind::Error(e) => println!("{at} error: {}", e.message),
@@ -497,6 +536,99 @@ impl Printer {
             ),
         }
     }
+    /// `voicectl history`
+    pub fn history(&self, page: &v1::ListHistoryResponse) {
+        if self.json {
+            return self.print_json(Value::Array(page.entries.iter().map(history_json).collect()));
+        }
+        if page.entries.is_empty() {
+            println!("No calls.");
+        }
+        for entry in &page.entries {
+            let direction = if entry.direction == v1::CallDirection::Incoming as i32 { "from" } else { "to" };
+            let outcome = v1::CallOutcome::try_from(entry.outcome)
+                .map_or_else(|_| "unknown".into(), |o| word(o.as_str_name(), "CALL_OUTCOME_").replace('_', " "));
+            let talk = seconds(entry.talk_time.as_ref());
+            let mut line = format!(
+                "{}  {direction} {}  {outcome}",
+                clock_and_date(entry.started_at.as_ref()),
+                entry.peer_display_name
+            );
+            if talk > 0.0 {
+                line.push_str(&format!("  {}", humantime::format_duration(Duration::from_secs(talk.round() as u64))));
+            }
+            if !entry.detail.is_empty() {
+                line.push_str(&format!(" ({})", entry.detail));
+            }
+            if let Some(mos) = entry.mos {
+                line.push_str(&format!("  MOS {mos:.1}"));
+            }
+            println!("{line}");
+        }
+        if page.unseen_missed > 0 {
+            println!("{} missed call(s) not seen yet (voicectl history --missed)", page.unseen_missed);
+        }
+    }
+
+    /// `voicectl contacts`
+    pub fn contacts(&self, contacts: &[v1::Contact]) {
+        if self.json {
+            let contacts = contacts.iter().map(|contact| {
+                json!({
+                    "device_id": contact.device_id,
+                    "names": contact.names,
+                    "alias": contact.alias,
+                    "standing": contact.standing,
+                    "verified": contact.verified,
+                    "first_seen": rfc3339(contact.first_seen.as_ref()),
+                    "last_seen": rfc3339(contact.last_seen.as_ref()),
+                })
+            });
+            return self.print_json(Value::Array(contacts.collect()));
+        }
+        if contacts.is_empty() {
+            println!("No known devices yet: a device becomes known after a call.");
+        }
+        for contact in contacts {
+            let label = if contact.alias.is_empty() {
+                contact.names.first().cloned().unwrap_or_default()
+            } else {
+                format!("{} (alias)", contact.alias)
+            };
+            let mut flags = vec![contact.standing.clone()];
+            if contact.verified {
+                flags.push("verified".into());
+            }
+            println!(
+                "{label}  {}  [{}]  names: {}  last seen {}",
+                short(&contact.device_id),
+                flags.join(", "),
+                contact.names.join(", "),
+                ago(contact.last_seen.as_ref())
+            );
+        }
+    }
+
+    /// `voicectl verify`
+    pub fn verification(&self, verification: &v1::VerifyPeerResponse) {
+        if self.json {
+            return self.print_json(json!({
+                "safety_number": verification.safety_number,
+                "peer_device_id": verification.peer_device_id,
+                "peer_display_name": verification.peer_display_name,
+                "verified": verification.verified,
+            }));
+        }
+        println!("Safety number with {}: {}", verification.peer_display_name, verification.safety_number);
+        if verification.verified {
+            println!("{} is verified.", verification.peer_display_name);
+        } else {
+            println!(
+                "Read it to each other. If {} sees the same digits, run: voicectl verify --confirm",
+                verification.peer_display_name
+            );
+        }
+    }
 }
 
 fn applies_word(applies: i32) -> &'static str {
@@ -506,4 +638,26 @@ fn applies_word(applies: i32) -> &'static str {
         Ok(v1::ConfigApplies::Restart) => "after a restart",
         _ => "(unknown)",
     }
+}
+
+fn history_json(entry: &v1::HistoryEntry) -> Value {
+    json!({
+        "call_id": entry.call_id,
+        "peer_device_id": entry.peer_device_id,
+        "peer_display_name": entry.peer_display_name,
+        "direction": v1::CallDirection::try_from(entry.direction).map_or_else(|_| "unknown".into(), |d| word(d.as_str_name(), "CALL_DIRECTION_")),
+        "started_at": rfc3339(entry.started_at.as_ref()),
+        "setup_time_ms": entry.setup_time.as_ref().map(|d| seconds(Some(d)) * 1000.0),
+        "talk_seconds": seconds(entry.talk_time.as_ref()),
+        "outcome": v1::CallOutcome::try_from(entry.outcome).map_or_else(|_| "unknown".into(), |o| word(o.as_str_name(), "CALL_OUTCOME_")),
+        "detail": entry.detail,
+        "mos": entry.mos,
+        "loss": entry.loss,
+        "round_trip_ms": entry.round_trip_ms,
+    })
+}
+
+/// "2026-11-30 08:12" in UTC.
+fn clock_and_date(ts: Option<&prost_types::Timestamp>) -> String {
+    time(ts).map(|t| humantime::format_rfc3339_seconds(t).to_string()[..16].replace('T', " ")).unwrap_or_default()
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::api::{self, ControlService, ControlSocket, DaemonInfo, TcpApi};
+use crate::api::{self, Backends, ControlService, ControlSocket, DaemonInfo, TcpApi};
 use crate::call::registry::Registry;
 use crate::call::task::CallContext;
 use crate::discovery::{Discovery, OwnAdvert};
@@ -28,6 +28,7 @@ use crate::settings::{Reload, Settings};
 use crate::signaling::SignalingListener;
 use crate::signaling::transport::Endpoint;
 use crate::stats::StatsBoard;
+use crate::store::Store;
 use voicelink_core::call_machine::Timeouts;
 use voicelink_core::config::{Config, TcpListen};
 use voicelink_core::reload::LiveSettings;
@@ -123,6 +124,7 @@ where
     };
 
     let hub = EventHub::new();
+    let store = Store::open(&data_dir, config.history.retention(), hub.clone());
     let stats = StatsBoard::default();
     let settings = Arc::new(watch::Sender::new(LiveSettings::of(&config)));
     let settings_rx = settings.subscribe();
@@ -159,6 +161,7 @@ where
         codec: CodecSettings::default(),
         loop_files: false,
         recordings_dir: data_dir.join("recordings"),
+        store: store.clone(),
         inbox: inbox_tx.clone(),
         shutdown: stop.clone(),
     };
@@ -172,8 +175,18 @@ where
     let config_task = Settings::new(config.clone(), reload, settings.clone(), hub.clone());
     tasks.spawn(config_task.run(settings_rx_commands, stop.clone()));
     let info = DaemonInfo { device_id: identity.device_id, started, signaling_address, discovery_enabled };
-    let service =
-        ControlService::new(info, registry_tx, settings_tx, settings.clone(), hub.clone(), stats, stop.clone());
+    let service = ControlService::new(
+        info,
+        Backends {
+            registry: registry_tx,
+            config: settings_tx,
+            store,
+            settings: settings.clone(),
+            hub: hub.clone(),
+            stats,
+        },
+        stop.clone(),
+    );
     let server = api::serve(unix_listener, tcp, service, stop.clone());
     tokio::pin!(server);
 

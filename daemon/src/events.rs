@@ -70,6 +70,8 @@ pub enum Change {
         /// Why our recording stopped on its own.
         error: Option<String>,
     },
+    /// A call was written to the history (it ended, or was refused).
+    HistoryAdded(Box<voicelink_core::history::HistoryEntry>),
     /// The default audio endpoints for new calls changed.
     AudioDefaults {
         /// Input spec.
@@ -99,8 +101,9 @@ impl State {
                     self.calls.insert(call.id.clone(), call.clone());
                 }
             }
-            // Published on the settings channel; the feed only announces it.
-            Change::AudioDefaults { .. } => {}
+            // Published on the settings channel, or kept by the store; the feed
+            // only announces them.
+            Change::AudioDefaults { .. } | Change::HistoryAdded(_) => {}
         }
     }
 }

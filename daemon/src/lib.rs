@@ -27,6 +27,7 @@ pub mod service_manager;
 pub mod settings;
 pub mod signaling;
 pub mod stats;
+pub mod store;
 
 pub use daemon::{DaemonError, run};
 pub use settings::Reload;

@@ -9,7 +9,7 @@ use std::path::Path;
 /// Top-level modules by layer, bottom first.
 const LAYERS: &[&[&str]] = &[
     &["clock", "identity", "events", "stats", "logging", "service_manager"],
-    &["audio"],
+    &["audio", "store"],
     &["media", "signaling", "discovery"],
     &["call", "settings"],
     &["api"],

@@ -302,7 +302,7 @@ async fn follow(
     let (client, mut events, status, devices) =
         tokio::time::timeout(SETUP_TIMEOUT, setup).await.map_err(|_| SessionError::Timeout(SETUP_TIMEOUT))??;
     tracing::info!(%address, version = %status.version, name = %status.display_name, "connected to voiced");
-    updates.send(Update::Connected { status, devices }).await.map_err(|_| SessionError::TrayGone)?;
+    updates.send(Update::Connected { status: Box::new(status), devices }).await.map_err(|_| SessionError::TrayGone)?;
 
     let steady = tokio::time::sleep(STEADY_AFTER);
     tokio::pin!(steady);

@@ -35,8 +35,8 @@ pub enum Link {
 pub enum Update {
     /// Connected: the daemon's status and its audio devices, if it could list them.
     Connected {
-        /// From `GetStatus`.
-        status: v1::Status,
+        /// From `GetStatus` (boxed: the largest message the tray keeps).
+        status: Box<v1::Status>,
         /// From `ListAudioDevices`; `None` when the daemon could not list them.
         devices: Option<v1::ListAudioDevicesResponse>,
     },
@@ -292,6 +292,8 @@ impl TrayState {
                 }
                 Vec::new()
             }
+            // The tray tells of missed calls as they end (call state events).
+            Kind::HistoryAdded(_) => Vec::new(),
             Kind::AudioDeviceChanged(change) => {
                 self.last_error = None;
                 self.audio_input = change.audio_input;
@@ -450,7 +452,7 @@ mod tests {
     #[test]
     fn losing_the_daemon_forgets_its_state_and_withdraws_ringing() {
         let mut state = ringing_state();
-        state.apply(Update::Connected { status: v1::Status::default(), devices: None });
+        state.apply(Update::Connected { status: Box::default(), devices: None });
         let notices = state.apply(Update::Disconnected { reason: "gone".into(), retry_in: Duration::from_secs(1) });
         assert!(matches!(&notices[..], [Notice::StoppedRinging { .. }]), "{notices:?}");
         assert!(state.calls.is_empty() && state.peers.is_empty());
@@ -518,7 +520,7 @@ mod tests {
     #[test]
     fn a_refused_command_is_shown_until_something_works() {
         let clears = [
-            Update::Connected { status: v1::Status::default(), devices: None },
+            Update::Connected { status: Box::default(), devices: None },
             Update::CommandDone { command: Command::Dial { device_id: "DEV-BOB".into() } },
             changed(call("c2", CallState::Outgoing)),
             ev(event::Kind::MuteChanged(v1::MuteChanged { call_id: "c2".into(), muted: true })),

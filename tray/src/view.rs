@@ -685,7 +685,11 @@ mod tests {
     fn device_menus_check_the_current_choice() {
         let mut state = up();
         state.apply(Update::Connected {
-            status: v1::Status { audio_input: "hw:1".into(), audio_output: "default".into(), ..Default::default() },
+            status: Box::new(v1::Status {
+                audio_input: "hw:1".into(),
+                audio_output: "default".into(),
+                ..Default::default()
+            }),
             devices: Some(v1::ListAudioDevicesResponse {
                 inputs: vec![v1::AudioDevice {
                     id: "hw:1".into(),

@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime};
 use voicelink_proto::v1;
 
 use voicelink_core::call_record::CallRecord;
+use voicelink_core::contacts::{Contact, Contacts, Standing};
+use voicelink_core::history::{HistoryEntry, Outcome};
 use voicelink_core::peer_table::{GoneReason, PeerChange};
 use voicelink_core::stats::CallStats;
 use voicelink_core::vocab::{Direction, EndReason, PeerRecord, State};
@@ -19,7 +21,10 @@ pub(super) fn duration(duration: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(duration).unwrap_or(prost_types::Duration { seconds: i64::MAX, nanos: 0 })
 }
 
-pub(super) fn peer(record: &PeerRecord) -> v1::Peer {
+/// A peer, with what this device knows about it.
+pub(super) fn peer(record: &PeerRecord, contacts: &Contacts) -> v1::Peer {
+    let contact = contacts.get(&record.device_id);
+    let standing = contact.map(|c| c.standing);
     v1::Peer {
         device_id: record.device_id.to_string(),
         display_name: record.display_name.clone(),
@@ -28,16 +33,72 @@ pub(super) fn peer(record: &PeerRecord) -> v1::Peer {
         protocol_version: record.protocol_version,
         last_seen: Some(timestamp(record.last_seen)),
         online: record.online,
-        known: record.known,
+        known: contact.is_some(),
+        trusted: standing == Some(Standing::Trusted),
+        blocked: standing == Some(Standing::Blocked),
+        verified: contact.is_some_and(|c| c.verified),
+        alias: contact.and_then(|c| c.alias.clone()).unwrap_or_default(),
+        name_conflict: contacts
+            .name_claimed_by_other(&record.device_id, &record.display_name)
+            .map(Contact::label)
+            .unwrap_or_default(),
     }
 }
 
-pub(super) fn snapshot(state: &events::State, why: Resync) -> v1::Event {
+/// A known device.
+pub(super) fn contact(contact: &Contact) -> v1::Contact {
+    v1::Contact {
+        device_id: contact.device_id.to_string(),
+        names: contact.names.clone(),
+        alias: contact.alias.clone().unwrap_or_default(),
+        standing: contact.standing.as_str().to_owned(),
+        verified: contact.verified,
+        first_seen: Some(timestamp(contact.first_seen)),
+        last_seen: Some(timestamp(contact.last_seen)),
+    }
+}
+
+/// A call in the history.
+pub(super) fn history_entry(entry: &HistoryEntry) -> v1::HistoryEntry {
+    let outcome = match entry.outcome {
+        None => v1::CallOutcome::InProgress,
+        Some(Outcome::Answered) => v1::CallOutcome::Answered,
+        Some(Outcome::Missed) => v1::CallOutcome::Missed,
+        Some(Outcome::Declined) => v1::CallOutcome::Declined,
+        Some(Outcome::Busy) => v1::CallOutcome::Busy,
+        Some(Outcome::NotAnswered) => v1::CallOutcome::NotAnswered,
+        Some(Outcome::Blocked) => v1::CallOutcome::Blocked,
+        Some(Outcome::DoNotDisturb) => v1::CallOutcome::DoNotDisturb,
+        Some(Outcome::NotAllowed) => v1::CallOutcome::NotAllowed,
+        Some(Outcome::Failed) => v1::CallOutcome::Failed,
+        Some(Outcome::Interrupted) => v1::CallOutcome::Interrupted,
+    };
+    v1::HistoryEntry {
+        call_id: entry.call_id.to_string(),
+        peer_device_id: entry.peer.map(|p| p.to_string()).unwrap_or_default(),
+        peer_display_name: entry.peer_name.clone(),
+        direction: match entry.direction {
+            Direction::Outgoing => v1::CallDirection::Outgoing,
+            Direction::Incoming => v1::CallDirection::Incoming,
+        }
+        .into(),
+        started_at: Some(timestamp(entry.started_at)),
+        setup_time: entry.setup.map(duration),
+        talk_time: Some(duration(entry.talk)),
+        outcome: outcome.into(),
+        detail: entry.detail.clone(),
+        mos: entry.mos,
+        loss: entry.loss,
+        round_trip_ms: entry.round_trip.map(|d| d.as_secs_f64() * 1000.0),
+    }
+}
+
+pub(super) fn snapshot(state: &events::State, why: Resync, contacts: &Contacts) -> v1::Event {
     v1::Event {
         time: Some(timestamp(SystemTime::now())),
         sequence: state.sequence,
         kind: Some(v1::event::Kind::Snapshot(v1::Snapshot {
-            peers: state.peers.values().map(peer).collect(),
+            peers: state.peers.values().map(|p| peer(p, contacts)).collect(),
             calls: state.calls.values().map(call).collect(),
             reason: match why {
                 Resync::Subscribed => "subscribed",
@@ -48,11 +109,15 @@ pub(super) fn snapshot(state: &events::State, why: Resync) -> v1::Event {
     }
 }
 
-pub(super) fn event(published: &Published) -> v1::Event {
+pub(super) fn event(published: &Published, contacts: &Contacts) -> v1::Event {
     use v1::event::Kind;
     let kind = match &published.change {
-        Change::Peer(PeerChange::Appeared(record)) => Kind::PeerAppeared(v1::PeerAppeared { peer: Some(peer(record)) }),
-        Change::Peer(PeerChange::Changed(record)) => Kind::PeerChanged(v1::PeerChanged { peer: Some(peer(record)) }),
+        Change::Peer(PeerChange::Appeared(record)) => {
+            Kind::PeerAppeared(v1::PeerAppeared { peer: Some(peer(record, contacts)) })
+        }
+        Change::Peer(PeerChange::Changed(record)) => {
+            Kind::PeerChanged(v1::PeerChanged { peer: Some(peer(record, contacts)) })
+        }
         Change::Peer(PeerChange::Gone { device_id, display_name, reason }) => Kind::PeerGone(v1::PeerGone {
             device_id: device_id.to_string(),
             display_name: display_name.clone(),
@@ -91,6 +156,7 @@ pub(super) fn event(published: &Published) -> v1::Event {
             recorded_by_peer: record.recorded_by_peer,
             error: error.clone().unwrap_or_default(),
         }),
+        Change::HistoryAdded(entry) => Kind::HistoryAdded(v1::HistoryAdded { entry: Some(history_entry(entry)) }),
         Change::AudioDefaults { input, output } => Kind::AudioDeviceChanged(v1::AudioDeviceChanged {
             audio_input: input.to_string(),
             audio_output: output.to_string(),
@@ -122,6 +188,9 @@ fn end_reason(reason: Option<&EndReason>) -> (v1::EndReason, String) {
         Some(EndReason::Cancelled) => (v1::EndReason::Cancelled, String::new()),
         Some(EndReason::Failed(cause)) => (v1::EndReason::Failed, cause.to_string()),
         Some(EndReason::PeerLost) => (v1::EndReason::PeerLost, String::new()),
+        Some(EndReason::Blocked) => (v1::EndReason::Blocked, String::new()),
+        Some(EndReason::DoNotDisturb) => (v1::EndReason::DoNotDisturb, String::new()),
+        Some(EndReason::NotAllowed) => (v1::EndReason::NotAllowed, String::new()),
     }
 }
 

@@ -20,7 +20,7 @@ use voicelink_proto::v1::FILE_DESCRIPTOR_SET;
 use voicelink_proto::v1::voicelink_server::VoicelinkServer;
 
 pub use auth::Authorizer;
-pub use service::{ControlService, DaemonInfo};
+pub use service::{Backends, ControlService, DaemonInfo};
 pub use socket::{ControlSocket, SocketError};
 
 /// Why the API could not be served.

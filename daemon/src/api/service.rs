@@ -17,9 +17,10 @@ use voicelink_proto::v1::voicelink_server::Voicelink;
 use voicelink_core::audio_spec::{InputSpec, OutputSpec, SpecError};
 use voicelink_core::call_machine::Command;
 use voicelink_core::call_record::CallRecord;
+use voicelink_core::contacts::Standing;
+use voicelink_core::history::HistoryQuery;
 use voicelink_core::reload::LiveSettings;
-
-use crate::settings::{ConfigView, SettingsCommand, SettingsError};
+use voicelink_core::safety_number::SafetyNumber;
 use voicelink_core::switchboard::CallError;
 use voicelink_core::vocab::{CallId, DeviceId, PROTOCOL_VERSION};
 use voicelink_core::wire::MAX_TEXT_BYTES;
@@ -27,7 +28,9 @@ use voicelink_core::wire::MAX_TEXT_BYTES;
 use super::convert;
 use crate::call::registry::RegistryCommand;
 use crate::events::{EventHub, Update};
+use crate::settings::{ConfigView, SettingsCommand, SettingsError};
 use crate::stats::StatsBoard;
+use crate::store::Store;
 
 /// Buffered events per subscriber before it counts as slow (and is resynchronised
 /// by the hub rather than holding anything up).
@@ -52,6 +55,7 @@ pub struct ControlService {
     info: Arc<DaemonInfo>,
     registry: mpsc::Sender<RegistryCommand>,
     config: mpsc::Sender<SettingsCommand>,
+    store: Store,
     settings: watch::Receiver<LiveSettings>,
     settings_tx: Arc<watch::Sender<LiveSettings>>,
     hub: EventHub,
@@ -59,20 +63,28 @@ pub struct ControlService {
     shutdown: CancellationToken,
 }
 
+/// The tasks and shared state the service answers from.
+pub struct Backends {
+    /// The call registry.
+    pub registry: mpsc::Sender<RegistryCommand>,
+    /// The config task.
+    pub config: mpsc::Sender<SettingsCommand>,
+    /// Known devices and history.
+    pub store: Store,
+    /// The live settings (audio defaults are set here too).
+    pub settings: Arc<watch::Sender<LiveSettings>>,
+    /// Published state and changes.
+    pub hub: EventHub,
+    /// Calls' statistics.
+    pub stats: StatsBoard,
+}
+
 impl ControlService {
-    /// A service answering from `hub` and `settings`; its streams end when
-    /// `shutdown` fires.
-    pub fn new(
-        info: DaemonInfo,
-        registry: mpsc::Sender<RegistryCommand>,
-        config: mpsc::Sender<SettingsCommand>,
-        settings_tx: Arc<watch::Sender<LiveSettings>>,
-        hub: EventHub,
-        stats: StatsBoard,
-        shutdown: CancellationToken,
-    ) -> Self {
+    /// A service answering from `backends`; its streams end when `shutdown` fires.
+    pub fn new(info: DaemonInfo, backends: Backends, shutdown: CancellationToken) -> Self {
+        let Backends { registry, config, store, settings: settings_tx, hub, stats } = backends;
         let settings = settings_tx.subscribe();
-        ControlService { info: Arc::new(info), registry, config, settings, settings_tx, hub, stats, shutdown }
+        ControlService { info: Arc::new(info), registry, config, store, settings, settings_tx, hub, stats, shutdown }
     }
 
     /// Sends a request to the config task and waits for its answer.
@@ -86,6 +98,35 @@ impl ControlService {
             SettingsError::Edit(_) => Status::invalid_argument(error.to_string()),
             SettingsError::File { .. } | SettingsError::NoFile => Status::failed_precondition(error.to_string()),
         })
+    }
+
+    /// The device a user names: a device ID, the alias or a name of a known
+    /// device, or the name of an online peer (never a stranger using a known
+    /// device's name).
+    fn device_named(&self, text: &str) -> Result<DeviceId, Status> {
+        let text = text.trim();
+        if let Ok(id) = text.parse::<DeviceId>() {
+            return Ok(id);
+        }
+        let shown: String = text.chars().take(64).collect();
+        let contacts = self.store.contacts();
+        let contacts = contacts.borrow();
+        let state = self.hub.state();
+        let online = state.peers.values().filter(|p| p.online).map(|p| (&p.device_id, p.display_name.as_str()));
+        let mut meant = contacts.resolve(text, online);
+        if meant.is_empty() {
+            meant = contacts.iter().filter(|c| c.label().eq_ignore_ascii_case(text)).map(|c| c.device_id).collect();
+        }
+        match meant.as_slice() {
+            [id] => Ok(*id),
+            [] => Err(Status::not_found(format!(
+                "no known device or online peer is called {shown:?} (voicectl contacts and voicectl peers list them)"
+            ))),
+            many => Err(Status::failed_precondition(format!(
+                "{} devices are called {shown:?}: name one by device ID",
+                many.len()
+            ))),
+        }
     }
 
     /// Sends a command to the call registry and waits for its answer.
@@ -115,7 +156,7 @@ fn status(error: CallError) -> Status {
         CallError::WhichCall(_) | CallError::Ambiguous { .. } | CallError::BadTarget(..) => {
             Status::invalid_argument(message)
         }
-        CallError::Busy | CallError::Invalid(_) => Status::failed_precondition(message),
+        CallError::Busy | CallError::Invalid(_) | CallError::NameTaken(_) => Status::failed_precondition(message),
         CallError::Stopped => Status::unavailable(message),
     }
 }
@@ -168,13 +209,17 @@ impl Voicelink for ControlService {
             audio_input: settings.audio_input.to_string(),
             audio_output: settings.audio_output.to_string(),
             discovery_enabled: info.discovery_enabled,
+            history_problem: self.store.problem().map(ToString::to_string).unwrap_or_default(),
         }))
     }
 
     async fn list_peers(&self, request: Request<v1::ListPeersRequest>) -> Rpc<v1::ListPeersResponse> {
         let include_offline = request.into_inner().include_offline;
         let state = self.hub.state();
-        let peers = state.peers.values().filter(|p| p.online || include_offline).map(convert::peer).collect();
+        let contacts = self.store.contacts();
+        let contacts = contacts.borrow();
+        let peers =
+            state.peers.values().filter(|p| p.online || include_offline).map(|p| convert::peer(p, &contacts)).collect();
         Ok(Response::new(v1::ListPeersResponse { peers }))
     }
 
@@ -244,6 +289,120 @@ impl Voicelink for ControlService {
         Ok(Response::new(v1::SetRecordingResponse { call: Some(call) }))
     }
 
+    async fn list_contacts(&self, _: Request<v1::ListContactsRequest>) -> Rpc<v1::ListContactsResponse> {
+        if let Some(problem) = self.store.problem() {
+            return Err(Status::failed_precondition(problem.to_string()));
+        }
+        let contacts = self.store.contacts();
+        let contacts = contacts.borrow().iter().map(convert::contact).collect();
+        Ok(Response::new(v1::ListContactsResponse { contacts }))
+    }
+
+    async fn set_contact(&self, request: Request<v1::SetContactRequest>) -> Rpc<v1::SetContactResponse> {
+        use v1::set_contact_request::Change as Set;
+        let r = request.into_inner();
+        let device = self.device_named(&r.device)?;
+        let done = match r.change {
+            None => return Err(Status::invalid_argument("say what to change: alias, standing or forget")),
+            Some(Set::Alias(alias)) => {
+                let alias = alias.trim().to_owned();
+                if alias.len() > voicelink_core::vocab::MAX_NAME_BYTES || alias.chars().any(char::is_control) {
+                    return Err(Status::invalid_argument(format!(
+                        "an alias is at most {} bytes of text without control characters",
+                        voicelink_core::vocab::MAX_NAME_BYTES
+                    )));
+                }
+                self.store.set_alias(device, Some(alias).filter(|a| !a.is_empty())).await
+            }
+            Some(Set::Standing(word)) => match Standing::parse(&word) {
+                Some(standing) => self.store.set_standing(device, standing).await,
+                None => {
+                    let shown: String = word.chars().take(32).collect();
+                    return Err(Status::invalid_argument(format!(
+                        "{shown:?} is not a standing; use known, trusted or blocked"
+                    )));
+                }
+            },
+            Some(Set::Forget(_)) => self.store.forget(device).await.map(drop),
+        };
+        done.map_err(|error| Status::failed_precondition(error.to_string()))?;
+        let contacts = self.store.contacts();
+        let contact = contacts.borrow().get(&device).map(convert::contact);
+        Ok(Response::new(v1::SetContactResponse { contact }))
+    }
+
+    async fn verify_peer(&self, request: Request<v1::VerifyPeerRequest>) -> Rpc<v1::VerifyPeerResponse> {
+        let r = request.into_inner();
+        let call = optional_call_id(r.call_id)?;
+        let record = {
+            let state = self.hub.state();
+            let calls: Vec<&CallRecord> = state.calls.values().collect();
+            let found = match &call {
+                Some(id) => calls.iter().find(|c| &c.id == id).copied(),
+                None if calls.len() == 1 => calls.first().copied(),
+                None if calls.is_empty() => return Err(Status::not_found("there is no call")),
+                None => return Err(Status::failed_precondition(format!("there are {} calls: name one", calls.len()))),
+            };
+            found.cloned().ok_or_else(|| Status::not_found("there is no such call (voicectl calls lists them)"))?
+        };
+        let Some(peer) = record.peer else {
+            return Err(Status::failed_precondition("the call is not connected yet: its peer is not known"));
+        };
+        let number = SafetyNumber::of(&self.info.device_id, &peer);
+        if let Some(verified) = r.verified {
+            self.store.set_verified(peer, verified).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        }
+        let contacts = self.store.contacts();
+        let verified = contacts.borrow().get(&peer).is_some_and(|c| c.verified);
+        Ok(Response::new(v1::VerifyPeerResponse {
+            safety_number: number.to_string(),
+            peer_device_id: peer.to_string(),
+            peer_display_name: record.peer_name,
+            verified,
+        }))
+    }
+
+    async fn list_history(&self, request: Request<v1::ListHistoryRequest>) -> Rpc<v1::ListHistoryResponse> {
+        let r = request.into_inner();
+        let peer = match r.peer.as_str() {
+            "" => None,
+            name => Some(self.device_named(name)?),
+        };
+        let before = match r.page_token.as_str() {
+            "" => None,
+            token => {
+                Some(token.parse::<i64>().map_err(|_| Status::invalid_argument("the page token is not one we gave"))?)
+            }
+        };
+        let since = match r.since {
+            None => None,
+            Some(since) => Some(
+                std::time::SystemTime::try_from(since)
+                    .map_err(|_| Status::invalid_argument("`since` is not a time"))?,
+            ),
+        };
+        let limit = match r.limit {
+            0 => 50,
+            n => n.min(1000) as usize,
+        };
+        let query = HistoryQuery { missed_only: r.missed_only, peer, since, limit, before };
+        let page = self.store.history(query).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let next_page_token = match page.entries.last() {
+            Some((id, _)) if page.entries.len() == limit => id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(v1::ListHistoryResponse {
+            entries: page.entries.iter().map(|(_, entry)| convert::history_entry(entry)).collect(),
+            next_page_token,
+            unseen_missed: page.unseen_missed,
+        }))
+    }
+
+    async fn mark_missed_seen(&self, _: Request<v1::MarkMissedSeenRequest>) -> Rpc<v1::MarkMissedSeenResponse> {
+        let marked = self.store.mark_missed_seen().await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(v1::MarkMissedSeenResponse { marked }))
+    }
+
     async fn list_calls(&self, _: Request<v1::ListCallsRequest>) -> Rpc<v1::ListCallsResponse> {
         let calls = self.hub.state().calls.values().map(convert::call).collect();
         Ok(Response::new(v1::ListCallsResponse { calls }))
@@ -255,6 +414,7 @@ impl Voicelink for ControlService {
         let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
         let mut subscription = self.hub.subscribe();
         let shutdown = self.shutdown.clone();
+        let contacts = self.store.contacts();
         // One task per subscriber: it ends when the client goes away or the daemon
         // stops, so a graceful shutdown never waits on an open stream.
         tokio::spawn(async move {
@@ -267,9 +427,12 @@ impl Voicelink for ControlService {
                         None => break,
                     },
                 };
-                let event = match &update {
-                    Update::State(state, why) => convert::snapshot(state, *why),
-                    Update::Change(published) => convert::event(published),
+                let event = {
+                    let contacts = contacts.borrow();
+                    match &update {
+                        Update::State(state, why) => convert::snapshot(state, *why, &contacts),
+                        Update::Change(published) => convert::event(published, &contacts),
+                    }
                 };
                 tokio::select! {
                     () = shutdown.cancelled() => break,

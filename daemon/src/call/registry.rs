@@ -15,10 +15,11 @@ use voicelink_core::audio_spec::{InputSpec, OutputSpec};
 use voicelink_core::call_machine::Command;
 use voicelink_core::call_record::CallRecord;
 use voicelink_core::dial_target::{self, Target};
+use voicelink_core::history::HistoryEntry;
 use voicelink_core::reload::LiveSettings;
-use voicelink_core::switchboard::{CallError, Dial, Incoming, Policy, Switchboard};
-use voicelink_core::vocab::{CallId, DeviceId, State};
-use voicelink_core::wire::{Body, EndCode, Message};
+use voicelink_core::switchboard::{CallError, Dial, Incoming, Policy, Refusal, Switchboard};
+use voicelink_core::vocab::{CallId, DeviceId, EndReason, State};
+use voicelink_core::wire::{Body, DeclineCode, EndCode, Message};
 
 use super::task::{self, CallCommand, CallContext, CallHandle, Destination};
 use crate::clock;
@@ -110,8 +111,7 @@ pub struct Registry {
 impl Registry {
     /// A registry that starts calls with `context`.
     pub fn new(context: CallContext, settings: watch::Receiver<LiveSettings>) -> Self {
-        let policy = Policy { auto_answer: settings.borrow().calls.auto_answer, ..Policy::default() };
-        let switchboard = Switchboard::new(context.identity.device_id, policy);
+        let switchboard = Switchboard::new(context.identity.device_id, policy(&settings.borrow()));
         Registry { context, settings, switchboard, calls: HashMap::new() }
     }
 
@@ -205,7 +205,9 @@ impl Registry {
     fn dial(&mut self, target: String, audio: (Option<InputSpec>, Option<OutputSpec>), reply: Reply) {
         let resolved = {
             let state = self.context.hub.state();
-            dial_target::resolve(&target, state.peers.values())
+            let contacts = self.context.store.contacts();
+            let contacts = contacts.borrow();
+            dial_target::resolve(&target, state.peers.values(), &contacts)
         };
         match resolved {
             Ok(Target::Peer { addresses, device, name }) => {
@@ -265,12 +267,28 @@ impl Registry {
     fn incoming(&mut self, request: IncomingRequest) {
         let IncomingRequest { connection, call_id, caller_name, frame } = request;
         let peer = connection.peer;
-        self.switchboard
-            .set_policy(Policy { auto_answer: self.settings.borrow().calls.auto_answer, ..*self.switchboard.policy() });
-        match self.switchboard.incoming(call_id.clone(), peer, clock::now()) {
+        self.switchboard.set_policy(policy(&self.settings.borrow()));
+        let standing = self.context.store.contacts().borrow().standing(&peer);
+        match self.switchboard.incoming(call_id.clone(), peer, standing, clock::now()) {
             Incoming::Refuse(refusal) => {
-                warn!(peer = %peer.short(), reason = refusal.message(), "refusing a call request");
-                tokio::spawn(connection.refuse(call_id, refusal.message()));
+                let (code, reason) = match refusal {
+                    Refusal::Blocked => (DeclineCode::Blocked, EndReason::Blocked),
+                    Refusal::DoNotDisturb => (DeclineCode::DoNotDisturb, EndReason::DoNotDisturb),
+                    Refusal::NotAllowed => (DeclineCode::NotAllowed, EndReason::NotAllowed),
+                    Refusal::CallIdInUse | Refusal::TooManyRequests => {
+                        warn!(peer = %peer.short(), reason = refusal.message(), "refusing a call request");
+                        tokio::spawn(connection.refuse(call_id, refusal.message()));
+                        return;
+                    }
+                };
+                // The user's own policy: nothing to warn about. It rings nowhere and
+                // reaches no media; the history keeps it.
+                info!(peer = %peer.short(), reason = refusal.message(), "a call request was refused by policy");
+                let name = caller_name.chars().take(voicelink_core::vocab::MAX_NAME_BYTES).collect();
+                let entry = HistoryEntry::refused(call_id.clone(), peer, name, reason, std::time::SystemTime::now());
+                self.context.store.call_ended(entry);
+                let decline = Body::Decline { reason: refusal.message().to_owned(), code: Some(code) };
+                tokio::spawn(say_and_close(connection, Message::new(call_id, decline)));
             }
             Incoming::Glare => {
                 info!(call_id = %call_id, "glare: both sides dialed; keeping our call");
@@ -307,6 +325,11 @@ impl Registry {
             ask(handle, CallCommandParts { command, audio: None, recording_file: None }, reply);
         }
     }
+}
+
+/// The switchboard's policy from the live settings.
+fn policy(live: &LiveSettings) -> Policy {
+    Policy { auto_answer: live.calls.auto_answer, who_may_ring: live.calls.who_may_ring, ..Policy::default() }
 }
 
 /// A call command without its reply channel.
@@ -383,6 +406,7 @@ mod tests {
             codec: CodecSettings::default(),
             loop_files: false,
             recordings_dir: std::env::temp_dir(),
+            store: crate::store::Store::off("the registry tests keep no history"),
             inbox,
             shutdown: shutdown.clone(),
         };

@@ -16,6 +16,7 @@ use voicelink_core::call_machine::{
     CallMachine, CallSetup, Command, InvalidCommand, MediaCommand, MediaInput, Output, Signaling, Timeouts,
 };
 use voicelink_core::call_record::CallRecord;
+use voicelink_core::history::HistoryEntry;
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::{CallMeter, CallStats, SAMPLE_PERIOD};
 use voicelink_core::vocab::{CallId, DeviceId, Direction, FailCause, State};
@@ -33,6 +34,7 @@ use crate::media::recording::RecordingTap;
 use crate::media::session::{CodecSettings, MediaSession};
 use crate::signaling::transport::{Connection, Endpoint, SignalingError};
 use crate::stats::StatsBoard;
+use crate::store::Store;
 
 /// How often an idle signaling connection is pinged.
 const KEEPALIVE: Duration = Duration::from_secs(5);
@@ -80,6 +82,8 @@ pub struct CallContext {
     pub loop_files: bool,
     /// Where recordings go when the user names no file.
     pub recordings_dir: PathBuf,
+    /// Known devices and call history.
+    pub store: Store,
     /// The registry's inbox: told of state changes, glare and the task's end.
     pub inbox: mpsc::Sender<Inbox>,
     /// The daemon is stopping: hang up.
@@ -213,6 +217,9 @@ impl Call {
         connection: Option<Connection>,
     ) -> Call {
         context.hub.publish(Change::CallStarted(record.clone()));
+        // In the history from the start: a call the daemon never sees end (it was
+        // killed) is still there, marked interrupted.
+        context.store.call_started(HistoryEntry::of(&record, None));
         let mut meter = CallMeter::new(context.codec.info());
         context.stats.update(meter.sample(&record, None, SystemTime::now()));
         Call {
@@ -626,7 +633,12 @@ impl Call {
         self.record.state = to;
         self.record.end_reason = self.machine.end_reason().cloned();
         if to == State::Active && self.record.answered_at.is_none() {
-            self.record.answered_at = Some(SystemTime::now());
+            let now = SystemTime::now();
+            self.record.answered_at = Some(now);
+            // A completed call: the device is known from now on.
+            if let Some(peer) = self.record.peer {
+                self.context.store.met(peer, self.record.peer_name.clone(), now);
+            }
         }
         info!(call_id = %self.id, peer = %self.peer_short(), ?from, ?to, reason = ?self.record.end_reason, "call state");
         let stats = if to == State::Ended {
@@ -637,6 +649,9 @@ impl Call {
             self.context.stats.update(stats);
             None
         };
+        if to == State::Ended {
+            self.context.store.call_ended(HistoryEntry::of(&self.record, stats.as_deref()));
+        }
         self.context.hub.publish(Change::CallState { call: self.record.clone(), previous: from, stats });
         let changed = Inbox::StateChanged { call: self.id.clone(), state: to, peer: self.record.peer };
         let _ = self.context.inbox.send(changed).await;

@@ -1,0 +1,202 @@
+//! The devices this daemon knows: every device it completed a call with, or that
+//! the user named, trusted or blocked, with the names each has used. Pure: the
+//! store keeps the rows, this decides what they mean: how a peer stands
+//! ([`Standing`]), whether a name it claims belongs to another known device (an
+//! impostor, or a reinstalled machine: never merged silently), and which device
+//! a name dials.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use crate::device_id::DeviceId;
+
+/// What the user decided about a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Standing {
+    /// Known from a call; nothing decided.
+    Known,
+    /// May ring even when only trusted devices may; auto-answered if so set.
+    Trusted,
+    /// Never rings; its requests are refused before anything else happens.
+    Blocked,
+}
+
+impl Standing {
+    /// The word stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Standing::Known => "known",
+            Standing::Trusted => "trusted",
+            Standing::Blocked => "blocked",
+        }
+    }
+
+    /// The standing a stored word names.
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "known" => Some(Standing::Known),
+            "trusted" => Some(Standing::Trusted),
+            "blocked" => Some(Standing::Blocked),
+            _ => None,
+        }
+    }
+}
+
+/// A device the daemon knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// Its identity.
+    pub device_id: DeviceId,
+    /// The display names it has used, most recent first.
+    pub names: Vec<String>,
+    /// The user's own name for it.
+    pub alias: Option<String>,
+    /// What the user decided.
+    pub standing: Standing,
+    /// The user compared safety numbers with it.
+    pub verified: bool,
+    /// When it was first known.
+    pub first_seen: SystemTime,
+    /// When it was last in a call or seen.
+    pub last_seen: SystemTime,
+}
+
+impl Contact {
+    /// What to call it: the alias, else its latest name, else its short ID.
+    pub fn label(&self) -> String {
+        self.alias.clone().or_else(|| self.names.first().cloned()).unwrap_or_else(|| self.device_id.short())
+    }
+
+    /// Whether `name` (compared without case) is one this device answers to.
+    fn answers_to(&self, name: &str) -> bool {
+        let matches = |candidate: &String| candidate.to_lowercase() == name.to_lowercase();
+        self.alias.as_ref().is_some_and(matches) || self.names.iter().any(matches)
+    }
+}
+
+/// Every known device, by ID.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contacts {
+    by_id: BTreeMap<DeviceId, Contact>,
+}
+
+/// How a peer stands with us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerStanding {
+    /// Never in a call with us, never named by the user.
+    Unknown,
+    /// A known device, and what the user decided about it.
+    Known(Standing),
+}
+
+impl Contacts {
+    /// From stored rows.
+    pub fn new(contacts: impl IntoIterator<Item = Contact>) -> Self {
+        Contacts { by_id: contacts.into_iter().map(|c| (c.device_id, c)).collect() }
+    }
+
+    /// One device.
+    pub fn get(&self, id: &DeviceId) -> Option<&Contact> {
+        self.by_id.get(id)
+    }
+
+    /// Every device, by ID.
+    pub fn iter(&self) -> impl Iterator<Item = &Contact> {
+        self.by_id.values()
+    }
+
+    /// How `id` stands.
+    pub fn standing(&self, id: &DeviceId) -> PeerStanding {
+        self.by_id.get(id).map_or(PeerStanding::Unknown, |c| PeerStanding::Known(c.standing))
+    }
+
+    /// The known device that answers to `name` when `id` (a different device)
+    /// claims it: the name belongs to someone else we know. `None` when the name
+    /// is free or is `id`'s own.
+    pub fn name_claimed_by_other(&self, id: &DeviceId, name: &str) -> Option<&Contact> {
+        if self.by_id.get(id).is_some_and(|own| own.answers_to(name)) {
+            return None;
+        }
+        // A blocked device's name is not worth protecting.
+        self.by_id.values().find(|c| c.device_id != *id && c.standing != Standing::Blocked && c.answers_to(name))
+    }
+
+    /// The devices a dialed name means among those online (`(id, advertised
+    /// name)`): the known device that answers to it (by alias or a name it used),
+    /// never a stranger that took its name; otherwise the online devices that
+    /// advertise it.
+    pub fn resolve<'a>(&self, name: &str, online: impl IntoIterator<Item = (&'a DeviceId, &'a str)>) -> Vec<DeviceId> {
+        let online: Vec<(&DeviceId, &str)> = online.into_iter().collect();
+        let known: Vec<DeviceId> = online
+            .iter()
+            .filter(|(id, _)| self.by_id.get(id).is_some_and(|c| c.answers_to(name)))
+            .map(|(id, _)| **id)
+            .collect();
+        if !known.is_empty() {
+            return known;
+        }
+        online
+            .iter()
+            .filter(|(id, advertised)| {
+                advertised.eq_ignore_ascii_case(name) && self.name_claimed_by_other(id, advertised).is_none()
+            })
+            .map(|(id, _)| **id)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(byte: u8) -> DeviceId {
+        DeviceId::from_hash([byte; 32])
+    }
+
+    fn contact(byte: u8, name: &str, standing: Standing) -> Contact {
+        Contact {
+            device_id: id(byte),
+            names: vec![name.to_owned()],
+            alias: None,
+            standing,
+            verified: false,
+            first_seen: SystemTime::UNIX_EPOCH,
+            last_seen: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_stranger_using_a_known_name_is_flagged_and_never_dialed_by_it() {
+        let contacts = Contacts::new([contact(1, "alice", Standing::Known)]);
+        let (real, impostor) = (id(1), id(9));
+        assert_eq!(contacts.name_claimed_by_other(&impostor, "Alice").map(|c| c.device_id), Some(real));
+        assert_eq!(contacts.name_claimed_by_other(&real, "alice"), None, "her own name");
+        assert_eq!(contacts.standing(&impostor), PeerStanding::Unknown);
+
+        // Both online: the name dials the real one.
+        let online = [(&real, "alice"), (&impostor, "alice")];
+        assert_eq!(contacts.resolve("alice", online), [real]);
+        // Only the impostor online: the name dials nobody.
+        assert_eq!(contacts.resolve("alice", [(&impostor, "alice")]), []);
+        // A name no one we know uses: whoever advertises it.
+        let carol = id(3);
+        assert_eq!(contacts.resolve("carol", [(&carol, "carol")]), [carol]);
+    }
+
+    #[test]
+    fn an_alias_dials_its_device_whatever_name_it_advertises() {
+        let mut bob = contact(2, "bob-laptop", Standing::Trusted);
+        bob.alias = Some("Bob".into());
+        let contacts = Contacts::new([bob]);
+        let bob_id = id(2);
+        assert_eq!(contacts.resolve("bob", [(&bob_id, "new-hostname")]), [bob_id]);
+        assert_eq!(contacts.standing(&bob_id), PeerStanding::Known(Standing::Trusted));
+        assert_eq!(contacts.get(&bob_id).map(Contact::label).as_deref(), Some("Bob"));
+    }
+
+    #[test]
+    fn a_blocked_devices_name_is_not_protected() {
+        let contacts = Contacts::new([contact(1, "printer", Standing::Blocked)]);
+        assert_eq!(contacts.name_claimed_by_other(&id(2), "printer"), None);
+    }
+}

@@ -1,0 +1,783 @@
+//! The daemon's memory: the devices it knows and the call history, in SQLite
+//! (`data_dir/voicelink.db`, WAL: a committed row survives a SIGKILL at any
+//! moment). One thread owns the connection; everyone else sends it requests, and
+//! reads the known devices from a `watch` channel the thread keeps current, so
+//! deciding on a call request never waits for the disk.
+//!
+//! A database that cannot be used (corrupt, locked by another voiced, written by a
+//! newer voiced, a full disk) never stops calls: the daemon says what is wrong (log,
+//! a `DaemonError` event, `voicectl status`) and goes on without history, and it
+//! never deletes or rewrites the user's data to recover.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+use voicelink_core::contacts::{Contact, Contacts, Standing};
+use voicelink_core::history::{HistoryEntry, HistoryQuery, Outcome, Retention};
+use voicelink_core::vocab::{CallId, DeviceId, Direction};
+
+use crate::events::{Change, EventHub};
+
+/// The file in the data directory.
+pub const DATABASE_FILE: &str = "voicelink.db";
+
+/// Schema migrations, in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: known devices, the names they used, call history.
+    "CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY,
+        alias TEXT,
+        standing TEXT NOT NULL DEFAULT 'known',
+        verified INTEGER NOT NULL DEFAULT 0,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
+    );
+    CREATE TABLE device_names (
+        device_id TEXT NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        last_used INTEGER NOT NULL,
+        PRIMARY KEY (device_id, name)
+    );
+    CREATE TABLE calls (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        call_id TEXT NOT NULL UNIQUE,
+        peer_id TEXT,
+        peer_name TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        setup_ms INTEGER,
+        talk_ms INTEGER NOT NULL DEFAULT 0,
+        outcome TEXT,
+        detail TEXT NOT NULL DEFAULT '',
+        mos REAL,
+        loss REAL,
+        rtt_ms REAL,
+        seen INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX calls_by_start ON calls (started_at);
+    CREATE INDEX calls_by_peer ON calls (peer_id, started_at);",
+];
+
+/// Why the store cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be opened or read.
+    #[error("cannot open the history database {path}: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's reason.
+        reason: String,
+    },
+    /// SQLite says the file is damaged.
+    #[error(
+        "the history database {path} is damaged ({reason}); voiced runs without history and contacts and leaves \
+         the file alone: move it aside to start a new one, or repair it with sqlite3's .recover"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What the integrity check said.
+        reason: String,
+    },
+    /// A newer voiced wrote it.
+    #[error(
+        "the history database {path} has schema {found}, newer than this voiced knows ({known}); it runs without \
+         history and contacts and leaves the file alone: use the newer voiced"
+    )]
+    Newer {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        known: i64,
+    },
+    /// A read or write failed (a full disk, a lock held too long).
+    #[error("the history database failed: {0}")]
+    Failed(String),
+    /// The store is not running (it could not open, or the daemon is stopping).
+    #[error("history and contacts are unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Failed(error.to_string())
+    }
+}
+
+/// A page of history.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    /// Newest first, with their row IDs (for paging).
+    pub entries: Vec<(i64, HistoryEntry)>,
+    /// Missed calls not yet marked seen.
+    pub unseen_missed: u64,
+}
+
+/// What the store is asked.
+enum Request {
+    CallStarted(HistoryEntry),
+    CallEnded(HistoryEntry),
+    /// A device completed a call with us (either way), under this name.
+    Met {
+        device: DeviceId,
+        name: String,
+        at: SystemTime,
+    },
+    SetStanding {
+        device: DeviceId,
+        standing: Standing,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    SetAlias {
+        device: DeviceId,
+        alias: Option<String>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    SetVerified {
+        device: DeviceId,
+        verified: bool,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Forget {
+        device: DeviceId,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    History {
+        query: HistoryQuery,
+        reply: oneshot::Sender<Result<HistoryPage, StoreError>>,
+    },
+    MarkMissedSeen {
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+}
+
+/// A handle to the store's thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    requests: Option<mpsc::Sender<Request>>,
+    contacts: watch::Receiver<Arc<Contacts>>,
+    /// Why there is no store, when there is none.
+    problem: Option<StoreError>,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `data_dir` and starts its thread. A
+    /// database that cannot be used gives a store that says why on every request.
+    pub fn open(data_dir: &Path, retention: Retention, hub: EventHub) -> Store {
+        let path = data_dir.join(DATABASE_FILE);
+        let (contacts_tx, contacts) = watch::channel(Arc::new(Contacts::default()));
+        match Database::open(&path, retention) {
+            Ok(mut database) => {
+                if let Err(error) = database.recover_interrupted() {
+                    warn!(%error, "cannot mark calls the daemon did not see end");
+                }
+                database.trim();
+                let _ = contacts_tx.send(Arc::new(database.read_contacts().unwrap_or_default()));
+                let (requests, receiver) = mpsc::channel(256);
+                let spawned = std::thread::Builder::new()
+                    .name("voicelink-store".into())
+                    .spawn(move || database.serve(receiver, contacts_tx, &hub));
+                match spawned {
+                    Ok(_) => Store { requests: Some(requests), contacts, problem: None },
+                    Err(e) => Store::without(StoreError::Failed(e.to_string()), contacts),
+                }
+            }
+            Err(problem) => {
+                error!(%problem, "history and contacts are off");
+                Store::without(problem, contacts)
+            }
+        }
+    }
+
+    /// A store that keeps nothing: history and contacts off for `reason`.
+    pub fn off(reason: &str) -> Store {
+        let (_, contacts) = watch::channel(Arc::new(Contacts::default()));
+        Store::without(StoreError::Unavailable(reason.to_owned()), contacts)
+    }
+
+    fn without(problem: StoreError, contacts: watch::Receiver<Arc<Contacts>>) -> Store {
+        Store { requests: None, contacts, problem: Some(problem) }
+    }
+
+    /// Why history and contacts are off, if they are.
+    pub fn problem(&self) -> Option<&StoreError> {
+        self.problem.as_ref()
+    }
+
+    /// The known devices now (kept current by the store's thread).
+    pub fn contacts(&self) -> watch::Receiver<Arc<Contacts>> {
+        self.contacts.clone()
+    }
+
+    fn unavailable(&self) -> StoreError {
+        StoreError::Unavailable(
+            self.problem.as_ref().map_or_else(|| "the daemon is stopping".into(), ToString::to_string),
+        )
+    }
+
+    /// Records without waiting (history rows are written in order, in the background).
+    fn tell(&self, request: Request) {
+        if let Some(requests) = &self.requests
+            && requests.try_send(request).is_err()
+        {
+            warn!("the history database is falling behind; a history row was dropped");
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
+    ) -> Result<T, StoreError> {
+        let requests = self.requests.as_ref().ok_or_else(|| self.unavailable())?;
+        let (reply, answer) = oneshot::channel();
+        requests.send(make(reply)).await.map_err(|_| self.unavailable())?;
+        answer.await.map_err(|_| self.unavailable())?
+    }
+
+    /// A call began: its row exists from now on (an interrupted call is not lost).
+    pub fn call_started(&self, entry: HistoryEntry) {
+        self.tell(Request::CallStarted(entry));
+    }
+
+    /// A call ended (or was refused): its row is completed.
+    pub fn call_ended(&self, entry: HistoryEntry) {
+        self.tell(Request::CallEnded(entry));
+    }
+
+    /// A call with `device` was answered: it is known from now on.
+    pub fn met(&self, device: DeviceId, name: String, at: SystemTime) {
+        self.tell(Request::Met { device, name, at });
+    }
+
+    /// Trust, block, or back to plain known (the device becomes known if it was not).
+    pub async fn set_standing(&self, device: DeviceId, standing: Standing) -> Result<(), StoreError> {
+        self.ask(|reply| Request::SetStanding { device, standing, reply }).await
+    }
+
+    /// The user's own name for a device (`None` removes it).
+    pub async fn set_alias(&self, device: DeviceId, alias: Option<String>) -> Result<(), StoreError> {
+        self.ask(|reply| Request::SetAlias { device, alias, reply }).await
+    }
+
+    /// The user compared safety numbers with the device (or takes that back).
+    pub async fn set_verified(&self, device: DeviceId, verified: bool) -> Result<(), StoreError> {
+        self.ask(|reply| Request::SetVerified { device, verified, reply }).await
+    }
+
+    /// Forgets a device (its history stays). False if it was not known.
+    pub async fn forget(&self, device: DeviceId) -> Result<bool, StoreError> {
+        self.ask(|reply| Request::Forget { device, reply }).await
+    }
+
+    /// A page of history.
+    pub async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
+        self.ask(|reply| Request::History { query, reply }).await
+    }
+
+    /// Marks every missed call seen; returns how many were unseen.
+    pub async fn mark_missed_seen(&self) -> Result<u64, StoreError> {
+        self.ask(|reply| Request::MarkMissedSeen { reply }).await
+    }
+}
+
+fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn direction_word(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Outgoing => "outgoing",
+        Direction::Incoming => "incoming",
+    }
+}
+
+/// The connection, on the store's thread.
+struct Database {
+    connection: Connection,
+    retention: Retention,
+    /// Where the known devices are published (set when serving starts).
+    contacts: Option<watch::Sender<Arc<Contacts>>>,
+}
+
+impl Database {
+    fn open(path: &Path, retention: Retention) -> Result<Database, StoreError> {
+        let open_error = |e: rusqlite::Error| StoreError::Open { path: path.to_owned(), reason: e.to_string() };
+        let connection = Connection::open(path).map_err(open_error)?;
+        connection.busy_timeout(Duration::from_secs(2)).map_err(open_error)?;
+        // A damaged file is found now, not in the middle of a call.
+        let check: String = connection
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(|e| StoreError::Corrupt { path: path.to_owned(), reason: e.to_string() })?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt { path: path.to_owned(), reason: check });
+        }
+        let found: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(open_error)?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::Newer { path: path.to_owned(), found, known });
+        }
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(open_error)?;
+        let mut database = Database { connection, retention, contacts: None };
+        database.migrate(found).map_err(open_error)?;
+        info!(database = %path.display(), schema = known, "opened the history database");
+        Ok(database)
+    }
+
+    fn migrate(&mut self, from: i64) -> rusqlite::Result<()> {
+        for (version, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(from).unwrap_or(0)) {
+            let transaction = self.connection.transaction()?;
+            transaction.execute_batch(sql)?;
+            transaction.pragma_update(None, "user_version", version as i64 + 1)?;
+            transaction.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Calls whose end the daemon never saw (it was killed): interrupted.
+    fn recover_interrupted(&mut self) -> rusqlite::Result<usize> {
+        let count = self.connection.execute(
+            "UPDATE calls SET outcome = ?1, detail = 'the daemon stopped during the call' WHERE outcome IS NULL",
+            params![Outcome::Interrupted.as_str()],
+        )?;
+        if count > 0 {
+            info!(calls = count, "calls the daemon did not see end are marked interrupted");
+        }
+        Ok(count)
+    }
+
+    /// Keeps the history within its retention.
+    fn trim(&mut self) {
+        let oldest = millis(SystemTime::now()) - i64::try_from(self.retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let max = i64::try_from(self.retention.max_entries).unwrap_or(i64::MAX);
+        // By age first, then the oldest beyond the count.
+        let result = self.connection.execute("DELETE FROM calls WHERE started_at < ?1", params![oldest]).and_then(|_| {
+            self.connection.execute(
+                "DELETE FROM calls WHERE id IN (SELECT id FROM calls ORDER BY started_at DESC, id DESC LIMIT -1 OFFSET ?1)",
+                params![max],
+            )
+        });
+        if let Err(error) = result {
+            warn!(%error, "cannot trim the call history");
+        }
+    }
+
+    fn read_contacts(&self) -> rusqlite::Result<Contacts> {
+        let mut names = self.connection.prepare("SELECT device_id, name FROM device_names ORDER BY last_used DESC")?;
+        let mut by_device: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+        for row in names.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))? {
+            let (device, name) = row?;
+            by_device.entry(device).or_default().push(name);
+        }
+        let mut devices = self
+            .connection
+            .prepare("SELECT device_id, alias, standing, verified, first_seen, last_seen FROM devices")?;
+        let rows = devices.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, Option<String>>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, bool>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })?;
+        let mut contacts = Vec::new();
+        for row in rows {
+            let (id, alias, standing, verified, first_seen, last_seen) = row?;
+            // A row this version cannot read is skipped, never deleted.
+            let (Ok(device_id), Some(standing)) = (id.parse::<DeviceId>(), Standing::parse(&standing)) else {
+                warn!(device = %id.escape_debug(), "skipping a device row this voiced cannot read");
+                continue;
+            };
+            contacts.push(Contact {
+                device_id,
+                names: by_device.remove(&id).unwrap_or_default(),
+                alias,
+                standing,
+                verified,
+                first_seen: from_millis(first_seen),
+                last_seen: from_millis(last_seen),
+            });
+        }
+        Ok(Contacts::new(contacts))
+    }
+
+    /// Serves requests until the daemon drops every handle.
+    fn serve(mut self, mut requests: mpsc::Receiver<Request>, contacts: watch::Sender<Arc<Contacts>>, hub: &EventHub) {
+        self.contacts = Some(contacts);
+        while let Some(request) = requests.blocking_recv() {
+            if let Some(added) = self.handle(request) {
+                hub.publish(Change::HistoryAdded(Box::new(added)));
+            }
+        }
+    }
+
+    /// Publishes the known devices after a change, before the change's reply, so
+    /// whoever asked sees it at once.
+    fn publish_contacts(&self) {
+        match self.read_contacts() {
+            Ok(now) => {
+                if let Some(contacts) = &self.contacts {
+                    let _ = contacts.send(Arc::new(now));
+                }
+            }
+            Err(error) => warn!(%error, "cannot read the known devices"),
+        }
+    }
+
+    /// Carries out one request; returns the history row it completed, if any.
+    fn handle(&mut self, request: Request) -> Option<HistoryEntry> {
+        match request {
+            Request::CallStarted(entry) => self.log(self.insert_call(&entry)),
+            Request::CallEnded(entry) => {
+                let result = self.end_call(&entry);
+                let written = result.is_ok();
+                self.log(result);
+                self.trim();
+                return written.then_some(entry);
+            }
+            Request::Met { device, name, at } => {
+                self.log(self.meet(device, &name, at));
+                self.publish_contacts();
+            }
+            Request::SetStanding { device, standing, reply } => {
+                let result = self.ensure_device(device).and_then(|()| {
+                    self.connection
+                        .execute(
+                            "UPDATE devices SET standing = ?2 WHERE device_id = ?1",
+                            params![device.to_string(), standing.as_str()],
+                        )
+                        .map(drop)
+                });
+                self.publish_contacts();
+                let _ = reply.send(result.map_err(StoreError::from));
+            }
+            Request::SetAlias { device, alias, reply } => {
+                let result = self.ensure_device(device).and_then(|()| {
+                    self.connection
+                        .execute(
+                            "UPDATE devices SET alias = ?2 WHERE device_id = ?1",
+                            params![device.to_string(), alias],
+                        )
+                        .map(drop)
+                });
+                self.publish_contacts();
+                let _ = reply.send(result.map_err(StoreError::from));
+            }
+            Request::SetVerified { device, verified, reply } => {
+                let result = self.ensure_device(device).and_then(|()| {
+                    self.connection
+                        .execute(
+                            "UPDATE devices SET verified = ?2 WHERE device_id = ?1",
+                            params![device.to_string(), verified],
+                        )
+                        .map(drop)
+                });
+                self.publish_contacts();
+                let _ = reply.send(result.map_err(StoreError::from));
+            }
+            Request::Forget { device, reply } => {
+                let result =
+                    self.connection.execute("DELETE FROM devices WHERE device_id = ?1", params![device.to_string()]);
+                self.publish_contacts();
+                let _ = reply.send(result.map(|n| n > 0).map_err(StoreError::from));
+            }
+            Request::History { query, reply } => {
+                let _ = reply.send(self.history(&query).map_err(StoreError::from));
+            }
+            Request::MarkMissedSeen { reply } => {
+                let result = self.connection.execute(
+                    "UPDATE calls SET seen = 1 WHERE outcome = ?1 AND seen = 0",
+                    params![Outcome::Missed.as_str()],
+                );
+                let _ = reply.send(result.map(|n| n as u64).map_err(StoreError::from));
+            }
+        }
+        None
+    }
+
+    fn log(&self, result: rusqlite::Result<()>) {
+        if let Err(error) = result {
+            error!(%error, "cannot write to the history database; the call goes on");
+        }
+    }
+
+    fn insert_call(&self, entry: &HistoryEntry) -> rusqlite::Result<()> {
+        self.connection
+            .execute(
+                "INSERT INTO calls (call_id, peer_id, peer_name, direction, started_at, outcome, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (call_id) DO NOTHING",
+                params![
+                    entry.call_id.to_string(),
+                    entry.peer.map(|p| p.to_string()),
+                    entry.peer_name,
+                    direction_word(entry.direction),
+                    millis(entry.started_at),
+                    entry.outcome.map(Outcome::as_str),
+                    entry.detail,
+                ],
+            )
+            .map(drop)
+    }
+
+    fn end_call(&self, entry: &HistoryEntry) -> rusqlite::Result<()> {
+        // A refused call has no started row: the insert makes it, the update completes it.
+        self.insert_call(&HistoryEntry { outcome: None, ..entry.clone() })?;
+        self.connection
+            .execute(
+                "UPDATE calls SET peer_id = ?2, peer_name = ?3, setup_ms = ?4, talk_ms = ?5, outcome = ?6,
+                 detail = ?7, mos = ?8, loss = ?9, rtt_ms = ?10 WHERE call_id = ?1",
+                params![
+                    entry.call_id.to_string(),
+                    entry.peer.map(|p| p.to_string()),
+                    entry.peer_name,
+                    entry.setup.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                    i64::try_from(entry.talk.as_millis()).unwrap_or(i64::MAX),
+                    entry.outcome.unwrap_or(Outcome::Failed).as_str(),
+                    entry.detail,
+                    entry.mos,
+                    entry.loss,
+                    entry.round_trip.map(|d| d.as_secs_f64() * 1000.0),
+                ],
+            )
+            .map(drop)
+    }
+
+    fn ensure_device(&self, device: DeviceId) -> rusqlite::Result<()> {
+        let now = millis(SystemTime::now());
+        self.connection
+            .execute(
+                "INSERT INTO devices (device_id, first_seen, last_seen) VALUES (?1, ?2, ?2)
+                 ON CONFLICT (device_id) DO NOTHING",
+                params![device.to_string(), now],
+            )
+            .map(drop)
+    }
+
+    fn meet(&self, device: DeviceId, name: &str, at: SystemTime) -> rusqlite::Result<()> {
+        let at = millis(at);
+        self.connection.execute(
+            "INSERT INTO devices (device_id, first_seen, last_seen) VALUES (?1, ?2, ?2)
+             ON CONFLICT (device_id) DO UPDATE SET last_seen = excluded.last_seen",
+            params![device.to_string(), at],
+        )?;
+        if !name.is_empty() {
+            self.connection.execute(
+                "INSERT INTO device_names (device_id, name, last_used) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (device_id, name) DO UPDATE SET last_used = excluded.last_used",
+                params![device.to_string(), name, at],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn history(&self, query: &HistoryQuery) -> rusqlite::Result<HistoryPage> {
+        let mut statement = self.connection.prepare(
+            "SELECT id, call_id, peer_id, peer_name, direction, started_at, setup_ms, talk_ms, outcome, detail,
+                    mos, loss, rtt_ms
+             FROM calls
+             WHERE (?1 = 0 OR outcome = 'missed')
+               AND (?2 IS NULL OR peer_id = ?2)
+               AND (?3 IS NULL OR started_at >= ?3)
+               AND (?4 IS NULL OR id < ?4)
+             ORDER BY id DESC LIMIT ?5",
+        )?;
+        let limit = i64::try_from(query.limit.clamp(1, 1000)).unwrap_or(1000);
+        let rows = statement.query_map(
+            params![query.missed_only, query.peer.map(|p| p.to_string()), query.since.map(millis), query.before, limit],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, i64>(5)?,
+                    row.get::<_, Option<i64>>(6)?,
+                    row.get::<_, i64>(7)?,
+                    row.get::<_, Option<String>>(8)?,
+                    row.get::<_, String>(9)?,
+                    row.get::<_, Option<f64>>(10)?,
+                    row.get::<_, Option<f64>>(11)?,
+                    row.get::<_, Option<f64>>(12)?,
+                ))
+            },
+        )?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let (id, call_id, peer, peer_name, direction, started, setup, talk, outcome, detail, mos, loss, rtt) = row?;
+            let Ok(call_id) = CallId::try_from(call_id) else { continue };
+            entries.push((
+                id,
+                HistoryEntry {
+                    call_id,
+                    peer: peer.and_then(|p| p.parse().ok()),
+                    peer_name,
+                    direction: if direction == "incoming" { Direction::Incoming } else { Direction::Outgoing },
+                    started_at: from_millis(started),
+                    setup: setup.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+                    talk: Duration::from_millis(u64::try_from(talk).unwrap_or(0)),
+                    outcome: outcome.as_deref().and_then(Outcome::parse),
+                    detail,
+                    mos,
+                    loss,
+                    round_trip: rtt
+                        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                        .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+                },
+            ));
+        }
+        let unseen_missed = self
+            .connection
+            .query_row("SELECT COUNT(*) FROM calls WHERE outcome = 'missed' AND seen = 0", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .optional()?
+            .unwrap_or(0);
+        Ok(HistoryPage { entries, unseen_missed: u64::try_from(unseen_missed).unwrap_or(0) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(call: &str, peer: DeviceId, direction: Direction, at: u64) -> HistoryEntry {
+        HistoryEntry {
+            call_id: CallId::try_from(call.to_owned()).unwrap(),
+            peer: Some(peer),
+            peer_name: "bob".into(),
+            direction,
+            started_at: UNIX_EPOCH + Duration::from_secs(1_800_000_000 + at),
+            setup: None,
+            talk: Duration::ZERO,
+            outcome: None,
+            detail: String::new(),
+            mos: None,
+            loss: None,
+            round_trip: None,
+        }
+    }
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, Retention::default(), EventHub::new())
+    }
+
+    #[tokio::test]
+    async fn history_survives_a_restart_and_a_call_never_ended_reads_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let bob = DeviceId::from_hash([2; 32]);
+        {
+            let store = open(dir.path());
+            store.call_started(entry("c1", bob, Direction::Incoming, 1));
+            store.call_ended(HistoryEntry {
+                outcome: Some(Outcome::Missed),
+                ..entry("c1", bob, Direction::Incoming, 1)
+            });
+            store.call_started(entry("c2", bob, Direction::Outgoing, 2));
+            store.met(bob, "bob".into(), SystemTime::now());
+            // Every request before this one has been carried out when it answers.
+            let page = store.history(HistoryQuery { limit: 10, ..HistoryQuery::default() }).await.unwrap();
+            assert_eq!(page.entries.len(), 2);
+            assert_eq!(page.entries[0].1.outcome, None, "c2 is still on");
+            assert_eq!(page.unseen_missed, 1);
+        }
+        // The daemon stopped with c2 on (as after a SIGKILL): it reads interrupted.
+        let store = open(dir.path());
+        let page = store.history(HistoryQuery { limit: 10, ..HistoryQuery::default() }).await.unwrap();
+        let outcomes: Vec<_> = page.entries.iter().map(|(_, e)| e.outcome).collect();
+        assert_eq!(outcomes, [Some(Outcome::Interrupted), Some(Outcome::Missed)]);
+        assert!(store.contacts().borrow().get(&bob).is_some(), "bob is known after the call");
+
+        // Paging and filters.
+        let first = store.history(HistoryQuery { limit: 1, ..HistoryQuery::default() }).await.unwrap();
+        let before = first.entries.last().map(|(id, _)| *id);
+        let second = store.history(HistoryQuery { limit: 1, before, ..HistoryQuery::default() }).await.unwrap();
+        assert_eq!(second.entries[0].1.call_id.to_string(), "c1");
+        let missed = store.history(HistoryQuery { limit: 10, missed_only: true, ..HistoryQuery::default() }).await;
+        assert_eq!(missed.unwrap().entries.len(), 1);
+        assert_eq!(store.mark_missed_seen().await.unwrap(), 1);
+        let after = store.history(HistoryQuery { limit: 10, ..HistoryQuery::default() }).await.unwrap();
+        assert_eq!(after.unseen_missed, 0);
+    }
+
+    #[tokio::test]
+    async fn contacts_are_trusted_blocked_named_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let carol = DeviceId::from_hash([3; 32]);
+        store.set_standing(carol, Standing::Blocked).await.unwrap();
+        assert_eq!(store.contacts().borrow().get(&carol).map(|c| c.standing), Some(Standing::Blocked));
+        store.set_alias(carol, Some("Carol".into())).await.unwrap();
+        store.set_verified(carol, true).await.unwrap();
+        let contact = store.contacts().borrow().get(&carol).cloned().unwrap();
+        assert_eq!((contact.alias.as_deref(), contact.verified), (Some("Carol"), true));
+        assert!(store.forget(carol).await.unwrap());
+        assert!(store.contacts().borrow().get(&carol).is_none());
+        assert!(!store.forget(carol).await.unwrap(), "already forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_or_newer_database_is_left_alone_and_said_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DATABASE_FILE);
+        std::fs::write(&path, b"not a database at all, but the user's bytes").unwrap();
+        let store = open(dir.path());
+        let problem = store.problem().map(ToString::to_string).unwrap_or_default();
+        assert!(problem.contains(&path.display().to_string()), "{problem}");
+        let error = store.history(HistoryQuery::default()).await.unwrap_err().to_string();
+        assert!(error.contains("unavailable"), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a database at all, but the user's bytes");
+
+        let newer = tempfile::tempdir().unwrap();
+        {
+            let connection = Connection::open(newer.path().join(DATABASE_FILE)).unwrap();
+            connection.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 99;").unwrap();
+        }
+        let store = open(newer.path());
+        assert!(matches!(store.problem(), Some(StoreError::Newer { found: 99, .. })), "{:?}", store.problem());
+        let connection = Connection::open(newer.path().join(DATABASE_FILE)).unwrap();
+        let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        assert_eq!(version, 99, "nothing was migrated or deleted");
+    }
+
+    #[tokio::test]
+    async fn retention_drops_the_oldest_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention { max_age: Duration::from_secs(365 * 24 * 3600), max_entries: 3 };
+        let store = Store::open(dir.path(), retention, EventHub::new());
+        let bob = DeviceId::from_hash([2; 32]);
+        for n in 0..5 {
+            let ended = HistoryEntry {
+                outcome: Some(Outcome::Answered),
+                started_at: SystemTime::now() + Duration::from_secs(n),
+                ..entry(&format!("c{n}"), bob, Direction::Outgoing, 0)
+            };
+            store.call_ended(ended);
+        }
+        // An entry older than the age limit goes too.
+        let ancient = SystemTime::now() - Duration::from_secs(400 * 24 * 3600);
+        store.call_ended(HistoryEntry {
+            outcome: Some(Outcome::Missed),
+            started_at: ancient,
+            ..entry("old", bob, Direction::Incoming, 0)
+        });
+        let page = store.history(HistoryQuery { limit: 10, ..HistoryQuery::default() }).await.unwrap();
+        let calls: Vec<String> = page.entries.iter().map(|(_, e)| e.call_id.to_string()).collect();
+        assert_eq!(calls, ["c4", "c3", "c2"]);
+    }
+}
