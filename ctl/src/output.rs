@@ -143,6 +143,7 @@ fn call_json(call: &v1::Call) -> Value {
         "recording": call.recording,
         "recording_file": call.recording_file,
         "recorded_by_peer": call.recorded_by_peer,
+        "peer_name_conflict": call.peer_name_conflict,
         "end_reason": v1::EndReason::try_from(call.end_reason).map_or_else(|_| "unknown".into(), |r| word(r.as_str_name(), "END_REASON_")),
         "end_detail": call.end_detail,
         "audio_input": call.audio_input,
@@ -174,6 +175,10 @@ fn call_line(call: &v1::Call) -> String {
     if call.recorded_by_peer {
         flags.push("RECORDED BY THE PEER");
     }
+    let impostor = format!("claims to be {0}, but is NOT the {0} you know", call.peer_name_conflict);
+    if !call.peer_name_conflict.is_empty() {
+        flags.push(&impostor);
+    }
     format!(
         "{}  {} {}  {}{}",
         call.call_id,
@@ -203,6 +208,7 @@ impl Printer {
                 "audio_input": status.audio_input,
                 "audio_output": status.audio_output,
                 "discovery_enabled": status.discovery_enabled,
+                "history_problem": status.history_problem,
             }));
         }
         let uptime = Duration::from_secs(seconds(status.uptime.as_ref()) as u64);
@@ -213,6 +219,11 @@ impl Printer {
         println!("signaling  {} (port {})", status.signaling_addresses.join(", "), status.signaling_port);
         println!("discovery  {}", if status.discovery_enabled { "mDNS on" } else { "off" });
         println!("audio      in: {}  out: {}", status.audio_input, status.audio_output);
+        if status.history_problem.is_empty() {
+            println!("history    kept");
+        } else {
+            println!("history    OFF: {}", status.history_problem);
+        }
     }
 
     /// `voicectl peers`
@@ -378,7 +389,12 @@ impl Printer {
             Kind::PeerGone(e) => println!("{at} peer gone: {} ({})", e.display_name, short(&e.device_id)),
             Kind::IncomingCall(e) => {
                 if let Some(call) = &e.call {
-                    println!("{at} incoming call from {}: {}", call.peer_display_name, call.call_id)
+                    let warning = if call.peer_name_conflict.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" !! claims to be {0}, but is NOT the {0} you know", call.peer_name_conflict)
+                    };
+                    println!("{at} incoming call from {}: {}{warning}", call.peer_display_name, call.call_id)
                 }
             }
             Kind::CallStateChanged(e) => {

@@ -70,6 +70,9 @@ pub enum Change {
         /// Why our recording stopped on its own.
         error: Option<String>,
     },
+    /// Something went wrong that the user should know of (the history database
+    /// failed); the daemon goes on.
+    Problem(String),
     /// A call was written to the history (it ended, or was refused).
     HistoryAdded(Box<voicelink_core::history::HistoryEntry>),
     /// The default audio endpoints for new calls changed.
@@ -103,7 +106,7 @@ impl State {
             }
             // Published on the settings channel, or kept by the store; the feed
             // only announces them.
-            Change::AudioDefaults { .. } | Change::HistoryAdded(_) => {}
+            Change::AudioDefaults { .. } | Change::HistoryAdded(_) | Change::Problem(_) => {}
         }
     }
 }

@@ -191,6 +191,7 @@ impl Store {
             }
             Err(problem) => {
                 error!(%problem, "history and contacts are off");
+                hub.publish(Change::Problem(problem.to_string()));
                 Store::without(problem, contacts)
             }
         }
@@ -308,6 +309,10 @@ struct Database {
     retention: Retention,
     /// Where the known devices are published (set when serving starts).
     contacts: Option<watch::Sender<Arc<Contacts>>>,
+    /// Where a failure is told, once per kind of failure (set when serving starts).
+    hub: Option<EventHub>,
+    /// The last failure told, so a full disk is not reported for every call.
+    last_failure: Option<String>,
 }
 
 impl Database {
@@ -330,7 +335,7 @@ impl Database {
         connection
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(open_error)?;
-        let mut database = Database { connection, retention, contacts: None };
+        let mut database = Database { connection, retention, contacts: None, hub: None, last_failure: None };
         database.migrate(found).map_err(open_error)?;
         info!(database = %path.display(), schema = known, "opened the history database");
         Ok(database)
@@ -418,6 +423,7 @@ impl Database {
     /// Serves requests until the daemon drops every handle.
     fn serve(mut self, mut requests: mpsc::Receiver<Request>, contacts: watch::Sender<Arc<Contacts>>, hub: &EventHub) {
         self.contacts = Some(contacts);
+        self.hub = Some(hub.clone());
         while let Some(request) = requests.blocking_recv() {
             if let Some(added) = self.handle(request) {
                 hub.publish(Change::HistoryAdded(Box::new(added)));
@@ -509,9 +515,19 @@ impl Database {
         None
     }
 
-    fn log(&self, result: rusqlite::Result<()>) {
-        if let Err(error) = result {
-            error!(%error, "cannot write to the history database; the call goes on");
+    fn log(&mut self, result: rusqlite::Result<()>) {
+        match result {
+            Ok(()) => self.last_failure = None,
+            Err(error) => {
+                let message = format!("cannot write to the history database ({error}); calls go on without history");
+                if self.last_failure.as_ref() != Some(&message) {
+                    error!(%error, "cannot write to the history database; the call goes on");
+                    if let Some(hub) = &self.hub {
+                        hub.publish(Change::Problem(message.clone()));
+                    }
+                    self.last_failure = Some(message);
+                }
+            }
         }
     }
 

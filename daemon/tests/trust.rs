@@ -123,6 +123,16 @@ async fn a_stranger_with_a_known_name_is_flagged_and_never_reached_by_that_name(
     let listed = b.ctl(&["peers"]).await;
     assert!(String::from_utf8_lossy(&listed.stdout).contains("NOT the alice you know"), "{listed:?}");
 
+    // When the impostor rings, bob is told it is not the alice he knows.
+    impostor.wait_until_it_sees(&b.device_id).await;
+    impostor.ctl_json(&["dial", &b.device_id, "--no-wait"]).await;
+    let ringing = b_events.wait_for("the impostor rings", |e| e["type"] == "incoming_call").await;
+    assert_eq!(ringing["incoming_call"]["call"]["peer_name_conflict"], "alice", "{ringing}");
+    let listed = b.ctl(&["calls"]).await;
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("NOT the alice you know"), "{listed:?}");
+    b.ctl_json(&["decline"]).await;
+    b.wait_until_no_calls().await;
+
     // Dialing the name reaches the real alice.
     let dialed = b.ctl_json(&["dial", "alice", "--no-wait"]).await;
     assert_eq!(dialed["peer_device_id"], a.device_id.as_str());

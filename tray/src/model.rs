@@ -138,14 +138,19 @@ impl Default for TrayState {
     }
 }
 
-/// The name to show for the other side of a call.
+/// The name to show for the other side of a call, with a warning when it claims
+/// a name that belongs to another device the user knows.
 pub fn caller_name(call: &v1::Call) -> String {
-    if !call.peer_display_name.is_empty() {
+    let name = if !call.peer_display_name.is_empty() {
         call.peer_display_name.clone()
     } else if !call.peer_device_id.is_empty() {
         call.peer_device_id.clone()
     } else {
         "unknown caller".to_owned()
+    };
+    match call.peer_name_conflict.as_str() {
+        "" => name,
+        known => format!("{name} (NOT the {known} you know)"),
     }
 }
 

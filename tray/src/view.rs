@@ -320,9 +320,17 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
                 menu.push(MenuEntry::Info { id: "info:peers".to_owned(), label: "No peers online".to_owned() });
             }
             for peer in online {
-                let name = if peer.display_name.is_empty() { &peer.device_id } else { &peer.display_name };
+                let name = match (peer.alias.as_str(), peer.display_name.as_str()) {
+                    ("", "") => peer.device_id.clone(),
+                    ("", name) => name.to_owned(),
+                    (alias, _) => alias.to_owned(),
+                };
+                let warning = match peer.name_conflict.as_str() {
+                    "" => String::new(),
+                    known => format!(" (NOT the {known} you know)"),
+                };
                 menu.push(MenuEntry::Action {
-                    label: format!("Call {name}"),
+                    label: format!("Call {name}{warning}"),
                     command: Command::Dial { device_id: peer.device_id.clone() },
                     enabled: true,
                 });
@@ -556,6 +564,14 @@ mod tests {
         assert_eq!(command_of(&view, "Mute"), &Command::SetMute { call_id: "c1".into(), muted: true });
         assert_eq!(command_of(&view, "Hold"), &Command::SetHold { call_id: "c1".into(), on_hold: true });
         assert!(view.ticking, "the duration runs");
+    }
+
+    #[test]
+    fn a_caller_that_claims_a_known_name_is_called_out() {
+        let mut impostor = call(CallState::Active);
+        impostor.peer_name_conflict = "alice".into();
+        let shown = view(&with_call(impostor), now());
+        assert_eq!(shown.tooltip, "In call with alice (NOT the alice you know) · 03:12");
     }
 
     #[test]

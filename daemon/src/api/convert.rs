@@ -45,6 +45,17 @@ pub(super) fn peer(record: &PeerRecord, contacts: &Contacts) -> v1::Peer {
     }
 }
 
+/// A call, with the warning its peer's name calls for: a name that belongs to
+/// another device we know.
+pub(super) fn flagged_call(record: &CallRecord, contacts: &Contacts) -> v1::Call {
+    let mut flagged = call(record);
+    if let Some(peer) = record.peer {
+        flagged.peer_name_conflict =
+            contacts.name_claimed_by_other(&peer, &record.peer_name).map(Contact::label).unwrap_or_default();
+    }
+    flagged
+}
+
 /// A known device.
 pub(super) fn contact(contact: &Contact) -> v1::Contact {
     v1::Contact {
@@ -99,7 +110,7 @@ pub(super) fn snapshot(state: &events::State, why: Resync, contacts: &Contacts) 
         sequence: state.sequence,
         kind: Some(v1::event::Kind::Snapshot(v1::Snapshot {
             peers: state.peers.values().map(|p| peer(p, contacts)).collect(),
-            calls: state.calls.values().map(call).collect(),
+            calls: state.calls.values().map(|c| flagged_call(c, contacts)).collect(),
             reason: match why {
                 Resync::Subscribed => "subscribed",
                 Resync::Lagged => "lagged",
@@ -128,15 +139,15 @@ pub(super) fn event(published: &Published, contacts: &Contacts) -> v1::Event {
             .into(),
         }),
         Change::CallStarted(record) if record.direction == Direction::Incoming => {
-            Kind::IncomingCall(v1::IncomingCall { call: Some(call(record)) })
+            Kind::IncomingCall(v1::IncomingCall { call: Some(flagged_call(record, contacts)) })
         }
         Change::CallStarted(record) => Kind::CallStateChanged(v1::CallStateChanged {
-            call: Some(call(record)),
+            call: Some(flagged_call(record, contacts)),
             previous_state: v1::CallState::Unspecified.into(),
             stats: None,
         }),
         Change::CallState { call: record, previous, stats } => Kind::CallStateChanged(v1::CallStateChanged {
-            call: Some(call(record)),
+            call: Some(flagged_call(record, contacts)),
             previous_state: state(*previous).into(),
             stats: stats.as_deref().map(call_stats),
         }),
@@ -156,6 +167,7 @@ pub(super) fn event(published: &Published, contacts: &Contacts) -> v1::Event {
             recorded_by_peer: record.recorded_by_peer,
             error: error.clone().unwrap_or_default(),
         }),
+        Change::Problem(message) => Kind::Error(v1::DaemonError { call_id: String::new(), message: message.clone() }),
         Change::HistoryAdded(entry) => Kind::HistoryAdded(v1::HistoryAdded { entry: Some(history_entry(entry)) }),
         Change::AudioDefaults { input, output } => Kind::AudioDeviceChanged(v1::AudioDeviceChanged {
             audio_input: input.to_string(),
@@ -273,6 +285,8 @@ pub(super) fn call(record: &CallRecord) -> v1::Call {
         recording: record.recording.is_some(),
         recording_file: record.recording.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         recorded_by_peer: record.recorded_by_peer,
+        // Filled in by `flagged_call`, which knows the contacts.
+        peer_name_conflict: String::new(),
         end_reason: reason.into(),
         end_detail: detail,
         audio_input: record.input.to_string(),

@@ -404,7 +404,9 @@ impl Voicelink for ControlService {
     }
 
     async fn list_calls(&self, _: Request<v1::ListCallsRequest>) -> Rpc<v1::ListCallsResponse> {
-        let calls = self.hub.state().calls.values().map(convert::call).collect();
+        let contacts = self.store.contacts();
+        let contacts = contacts.borrow();
+        let calls = self.hub.state().calls.values().map(|c| convert::flagged_call(c, &contacts)).collect();
         Ok(Response::new(v1::ListCallsResponse { calls }))
     }
 
