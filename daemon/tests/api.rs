@@ -337,3 +337,16 @@ async fn config_set_edits_the_file_keeps_its_comments_and_applies_live_keys_at_o
     assert_eq!(d.ctl_json(&["config", "get", "calls.ring_timeout_secs"]).await["value"], "30");
     assert!(!std::fs::read_to_string(&config_file).unwrap().contains("ring_timeout_secs"));
 }
+
+#[tokio::test]
+async fn a_client_that_sends_the_socket_path_as_its_authority_is_served() {
+    // As grpcurl 1.8 and grpc-java do: `:authority` is the bare path, which h2
+    // alone refuses with RST_STREAM(PROTOCOL_ERROR).
+    let Some(python) = support::example_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "").await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/bare_authority.py");
+    let out = tokio::process::Command::new(python).arg(script).arg(&d.socket).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim(), "grpc-status 0", "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use impaired::impaired_pair;
 use stats_stream::{channel, next, sample_where, watch};
-use support::{DEADLINE, Daemon, Lan, call_is, two_daemons_in, two_daemons_with};
+use support::{DEADLINE, Daemon, Lan, call_is, example_python, two_daemons_in, two_daemons_with};
 use voicelink_bench::impairment::Impairment;
 use voicelink_bench::relay::LinkConfig;
 use voicelink_proto::v1::{self, WatchStatsRequest};
@@ -234,20 +234,6 @@ async fn with_100_ms_added_one_way_the_round_trip_reads_90_to_260_ms() {
         assert_eq!(sample.packets_lost, 0, "{sample:#?}");
     }
     a.ctl_json(&["hangup"]).await;
-}
-
-/// The Python the test command sets up for the examples (scripts/setup.sh --test).
-fn example_python() -> Option<std::path::PathBuf> {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/bin/python");
-    if python.exists() {
-        return Some(python);
-    }
-    let reason = format!("{} is missing: run scripts/setup.sh --test", python.display());
-    if std::env::var_os("VOICELINK_REQUIRE_NETNS").is_some_and(|v| v == "1") {
-        panic!("{reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-    None
 }
 
 #[tokio::test]

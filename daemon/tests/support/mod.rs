@@ -460,3 +460,18 @@ pub fn call_is(event: &Value, call_id: &str, state: &str) -> bool {
     let call = &event[kind]["call"];
     call["call_id"] == call_id && call["state"] == state
 }
+
+/// The Python the test command sets up for the examples (scripts/setup.sh --test).
+#[allow(dead_code)] // used by some test files only
+pub fn example_python() -> Option<std::path::PathBuf> {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    let reason = format!("{} is missing: run scripts/setup.sh --test", python.display());
+    if std::env::var_os("VOICELINK_REQUIRE_NETNS").is_some_and(|v| v == "1") {
+        panic!("{reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    None
+}
