@@ -173,6 +173,9 @@ pub struct HistoryQuery {
     pub missed_only: bool,
     /// Only calls with this device.
     pub peer: Option<DeviceId>,
+    /// Only calls with a peer that had this name (any case): for callers that
+    /// never became known.
+    pub peer_name: Option<String>,
     /// Only calls since then.
     pub since: Option<SystemTime>,
     /// At most this many, newest first.

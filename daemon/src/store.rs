@@ -610,11 +610,19 @@ impl Database {
                AND (?2 IS NULL OR peer_id = ?2)
                AND (?3 IS NULL OR started_at >= ?3)
                AND (?4 IS NULL OR id < ?4)
+               AND (?6 IS NULL OR peer_name = ?6 COLLATE NOCASE)
              ORDER BY id DESC LIMIT ?5",
         )?;
         let limit = i64::try_from(query.limit.clamp(1, 1000)).unwrap_or(1000);
         let rows = statement.query_map(
-            params![query.missed_only, query.peer.map(|p| p.to_string()), query.since.map(millis), query.before, limit],
+            params![
+                query.missed_only,
+                query.peer.map(|p| p.to_string()),
+                query.since.map(millis),
+                query.before,
+                limit,
+                query.peer_name
+            ],
             |row| {
                 Ok((
                     row.get::<_, i64>(0)?,

@@ -82,6 +82,23 @@ async fn known_devices_blocks_do_not_disturb_and_history_hold_across_restarts() 
     // rest of bob's history is all there.
     b.stop_with(Signal::SIGKILL).await;
     a_events.wait_for("alice sees bob go", |e| call_is(e, &id, "ended")).await;
+
+    // At alice (no auto-answer): carol's call declined, then one carol gives up on.
+    let mut c_events = c.follow_events().await;
+    c.wait_until_it_sees(&a.device_id).await;
+    let declined = c.ctl_json(&["dial", "alice", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    a_events.wait_for("it rings at alice", |e| e["type"] == "incoming_call").await;
+    a.ctl_json(&["decline"]).await;
+    c_events.wait_for("declined", |e| call_is(e, &declined, "ended")).await;
+    let missed = c.ctl_json(&["dial", "alice", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    a_events
+        .wait_for("it rings again", |e| {
+            e["type"] == "incoming_call" && e["incoming_call"]["call"]["call_id"] == missed.as_str()
+        })
+        .await;
+    c.ctl_json(&["hangup"]).await;
+    a_events.wait_for("missed at alice", |e| call_is(e, &missed, "ended")).await;
+
     b.restart().await;
     let history = outcomes(&b.ctl_json(&["history"]).await);
     let expected: Vec<(String, String)> = [
@@ -97,6 +114,20 @@ async fn known_devices_blocks_do_not_disturb_and_history_hold_across_restarts() 
     assert_eq!(history, expected);
     let at_a = outcomes(&a.ctl_json(&["history", "--peer", "bob"]).await);
     assert_eq!(at_a.iter().map(|(_, o)| o.as_str()).collect::<Vec<_>>(), ["answered", "blocked", "answered"]);
+
+    // A clean restart keeps alice's history too; --missed lists the missed call
+    // and marks it seen.
+    let mut a = a;
+    drop(a_events);
+    a.stop_with(Signal::SIGTERM).await;
+    a.restart().await;
+    let carol_calls = outcomes(&a.ctl_json(&["history", "--peer", "carol"]).await);
+    assert_eq!(carol_calls.iter().map(|(_, o)| o.as_str()).collect::<Vec<_>>(), ["missed", "declined"]);
+    let out = a.ctl(&["history"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 missed call(s) not seen yet"), "{out:?}");
+    assert_eq!(outcomes(&a.ctl_json(&["history", "--missed"]).await).len(), 1);
+    let out = a.ctl(&["history"]).await;
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("not seen yet"), "{out:?}");
 }
 
 #[tokio::test]

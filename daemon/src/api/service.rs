@@ -364,9 +364,14 @@ impl Voicelink for ControlService {
 
     async fn list_history(&self, request: Request<v1::ListHistoryRequest>) -> Rpc<v1::ListHistoryResponse> {
         let r = request.into_inner();
-        let peer = match r.peer.as_str() {
-            "" => None,
-            name => Some(self.device_named(name)?),
+        // A device we know (or one online), else whoever had that name.
+        let (peer, peer_name) = match r.peer.as_str() {
+            "" => (None, None),
+            name => match self.device_named(name) {
+                Ok(device) => (Some(device), None),
+                Err(_) if name.len() <= voicelink_core::vocab::MAX_NAME_BYTES => (None, Some(name.to_owned())),
+                Err(status) => return Err(status),
+            },
         };
         let before = match r.page_token.as_str() {
             "" => None,
@@ -385,7 +390,7 @@ impl Voicelink for ControlService {
             0 => 50,
             n => n.min(1000) as usize,
         };
-        let query = HistoryQuery { missed_only: r.missed_only, peer, since, limit, before };
+        let query = HistoryQuery { missed_only: r.missed_only, peer, peer_name, since, limit, before };
         let page = self.store.history(query).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
         let next_page_token = match page.entries.last() {
             Some((id, _)) if page.entries.len() == limit => id.to_string(),
