@@ -209,6 +209,8 @@ impl Printer {
                 "audio_output": status.audio_output,
                 "discovery_enabled": status.discovery_enabled,
                 "history_problem": status.history_problem,
+                "who_may_ring": status.who_may_ring,
+                "auto_answer": status.auto_answer,
             }));
         }
         let uptime = Duration::from_secs(seconds(status.uptime.as_ref()) as u64);
@@ -219,6 +221,8 @@ impl Printer {
         println!("signaling  {} (port {})", status.signaling_addresses.join(", "), status.signaling_port);
         println!("discovery  {}", if status.discovery_enabled { "mDNS on" } else { "off" });
         println!("audio      in: {}  out: {}", status.audio_input, status.audio_output);
+        let dnd = if status.who_may_ring == "nobody" { "  (do not disturb)" } else { "" };
+        println!("calls      who may ring: {}{dnd}  auto-answer: {}", status.who_may_ring, status.auto_answer);
         if status.history_problem.is_empty() {
             println!("history    kept");
         } else {
@@ -353,6 +357,9 @@ impl Printer {
                         "error": e.error,
                     }),
                 ),
+                Kind::PolicyChanged(e) => {
+                    ("policy_changed", json!({ "who_may_ring": e.who_may_ring, "auto_answer": e.auto_answer }))
+                }
                 Kind::HistoryAdded(e) => ("history_added", json!({ "entry": e.entry.as_ref().map(history_json) })),
                 Kind::AudioDeviceChanged(e) => {
                     ("audio_device_changed", json!({ "audio_input": e.audio_input, "audio_output": e.audio_output }))
@@ -414,6 +421,9 @@ impl Printer {
                 };
                 let theirs = if e.recorded_by_peer { "; the peer IS RECORDING this call" } else { "" };
                 println!("{at} call {} {ours}{theirs}", e.call_id)
+            }
+            Kind::PolicyChanged(e) => {
+                println!("{at} who may ring: {}  auto-answer: {}", e.who_may_ring, e.auto_answer)
             }
             Kind::HistoryAdded(e) => {
                 if let Some(entry) = &e.entry {

@@ -73,6 +73,13 @@ pub enum Change {
     /// Something went wrong that the user should know of (the history database
     /// failed); the daemon goes on.
     Problem(String),
+    /// Who may ring, or auto-answer, changed.
+    Policy {
+        /// Who may ring now.
+        who_may_ring: voicelink_core::switchboard::WhoMayRing,
+        /// Which calls are answered at once now.
+        auto_answer: voicelink_core::switchboard::AutoAnswer,
+    },
     /// A call was written to the history (it ended, or was refused).
     HistoryAdded(Box<voicelink_core::history::HistoryEntry>),
     /// The default audio endpoints for new calls changed.
@@ -106,7 +113,7 @@ impl State {
             }
             // Published on the settings channel, or kept by the store; the feed
             // only announces them.
-            Change::AudioDefaults { .. } | Change::HistoryAdded(_) | Change::Problem(_) => {}
+            Change::AudioDefaults { .. } | Change::HistoryAdded(_) | Change::Problem(_) | Change::Policy { .. } => {}
         }
     }
 }

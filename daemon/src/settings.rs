@@ -206,12 +206,22 @@ where
                 if let Some(level) = &plan.log_level {
                     (self.reload.set_log_level)(level);
                 }
+                let mut policy_changed = None;
                 self.live.send_if_modified(|live| {
                     let new = LiveSettings::of(&plan.applied);
                     let changed = *live != new;
+                    if (live.calls.who_may_ring, live.calls.auto_answer)
+                        != (new.calls.who_may_ring, new.calls.auto_answer)
+                    {
+                        policy_changed = Some((new.calls.who_may_ring, new.calls.auto_answer));
+                    }
                     *live = new;
                     changed
                 });
+                if let Some((who_may_ring, auto_answer)) = policy_changed {
+                    info!(%who_may_ring, %auto_answer, "who may ring");
+                    self.hub.publish(Change::Policy { who_may_ring, auto_answer });
+                }
                 if let Some((input, output)) = plan.audio.clone() {
                     self.hub.publish(Change::AudioDefaults { input, output });
                 }

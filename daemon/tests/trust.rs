@@ -69,6 +69,9 @@ async fn known_devices_blocks_do_not_disturb_and_history_hold_across_restarts() 
     let c = Daemon::start(Some(&lan.host(2)), &dir.path().join("c"), "carol", QUIET).await;
     c.wait_until_it_sees(&b.device_id).await;
     b.ctl(&["config", "set", "calls.who_may_ring", "nobody"]).await;
+    let told = b_events.wait_for("the tray is told", |e| e["type"] == "policy_changed").await;
+    assert_eq!(told["policy_changed"]["who_may_ring"], "nobody");
+    assert_eq!(b.ctl_json(&["status"]).await["who_may_ring"], "nobody");
     let out = c.ctl(&["dial", "bob"]).await;
     assert!(stderr(&out).contains("do not disturb"), "{}", stderr(&out));
     // Known devices only: alice (known) gets through, carol does not.

@@ -431,6 +431,14 @@ async fn execute(mut client: Client, command: Command, updates: mpsc::Sender<Upd
             })
             .await
             .map(drop),
+        Command::SetWhoMayRing { value } => client
+            .set_config(v1::SetConfigRequest {
+                key: "calls.who_may_ring".to_owned(),
+                value: value.clone(),
+                unset: false,
+            })
+            .await
+            .map(drop),
         Command::SetInput { spec } => client
             .set_audio_devices(v1::SetAudioDevicesRequest { audio_input: spec.clone(), audio_output: String::new() })
             .await

@@ -48,6 +48,11 @@ pub enum Command {
         /// The new state.
         recording: bool,
     },
+    /// Who may ring (calls.who_may_ring): "nobody" is do-not-disturb.
+    SetWhoMayRing {
+        /// everyone, known, trusted or nobody.
+        value: String,
+    },
     /// Choose the daemon's audio input (an endpoint spec).
     SetInput {
         /// The spec, e.g. "default" or a device ID.
@@ -76,6 +81,7 @@ impl Command {
             Command::SetHold { call_id, on_hold: false } => format!("resume:{call_id}"),
             Command::SetRecording { call_id, recording: true } => format!("record:{call_id}"),
             Command::SetRecording { call_id, recording: false } => format!("stop-recording:{call_id}"),
+            Command::SetWhoMayRing { value } => format!("ring:{value}"),
             Command::SetInput { spec } => format!("input:{spec}"),
             Command::SetOutput { spec } => format!("output:{spec}"),
             Command::Quit => "quit".to_owned(),
@@ -102,6 +108,7 @@ impl Command {
             "resume" => Command::SetHold { call_id: arg, on_hold: false },
             "record" => Command::SetRecording { call_id: arg, recording: true },
             "stop-recording" => Command::SetRecording { call_id: arg, recording: false },
+            "ring" => Command::SetWhoMayRing { value: arg },
             "input" => Command::SetInput { spec: arg },
             "output" => Command::SetOutput { spec: arg },
             _ => return None,
@@ -121,6 +128,7 @@ impl Command {
             Command::SetHold { on_hold: false, .. } => "Resume",
             Command::SetRecording { recording: true, .. } => "Record",
             Command::SetRecording { recording: false, .. } => "Stop recording",
+            Command::SetWhoMayRing { .. } => "Do not disturb",
             Command::SetInput { .. } => "Input device",
             Command::SetOutput { .. } => "Output device",
             Command::Quit => "Quit",
@@ -145,6 +153,7 @@ mod tests {
             Command::SetHold { call_id: "c1".into(), on_hold: false },
             Command::SetRecording { call_id: "c1".into(), recording: true },
             Command::SetRecording { call_id: "c1".into(), recording: false },
+            Command::SetWhoMayRing { value: "nobody".into() },
             Command::SetInput { spec: "tone:440".into() },
             Command::SetOutput { spec: "file:/tmp/a:b.wav".into() },
             Command::Quit,

@@ -115,6 +115,11 @@ pub struct TrayState {
     pub audio_input: String,
     /// The daemon's audio output spec for new calls.
     pub audio_output: String,
+    /// Who may ring ("everyone", "known", "trusted", "nobody": do-not-disturb).
+    pub who_may_ring: String,
+    /// What to go back to when do-not-disturb is turned off: the last setting
+    /// that was not "nobody".
+    pub ring_again: String,
     /// The last thing that went wrong (a refused command, a daemon error), shown
     /// in the menu until the next command that works, the next change to a call
     /// or to the devices, or the next connection. (Peers coming and going do not
@@ -133,6 +138,8 @@ impl Default for TrayState {
             devices: None,
             audio_input: String::new(),
             audio_output: String::new(),
+            who_may_ring: String::new(),
+            ring_again: "everyone".to_owned(),
             last_error: None,
         }
     }
@@ -167,6 +174,7 @@ impl TrayState {
                 self.display_name = status.display_name;
                 self.audio_input = status.audio_input;
                 self.audio_output = status.audio_output;
+                self.set_who_may_ring(status.who_may_ring);
                 self.devices = devices;
                 self.last_error = None;
                 Vec::new()
@@ -299,6 +307,10 @@ impl TrayState {
             }
             // The tray tells of missed calls as they end (call state events).
             Kind::HistoryAdded(_) => Vec::new(),
+            Kind::PolicyChanged(change) => {
+                self.set_who_may_ring(change.who_may_ring);
+                Vec::new()
+            }
             Kind::AudioDeviceChanged(change) => {
                 self.last_error = None;
                 self.audio_input = change.audio_input;
@@ -314,6 +326,13 @@ impl TrayState {
                 Vec::new()
             }
         }
+    }
+
+    fn set_who_may_ring(&mut self, who_may_ring: String) {
+        if !who_may_ring.is_empty() && who_may_ring != "nobody" {
+            self.ring_again.clone_from(&who_may_ring);
+        }
+        self.who_may_ring = who_may_ring;
     }
 
     fn call_changed(&mut self, call: v1::Call) -> Vec<Notice> {

@@ -339,6 +339,15 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
         }
     }
 
+    if state.link == Link::Up && !state.who_may_ring.is_empty() {
+        let dnd = state.who_may_ring == "nobody";
+        let value = if dnd { state.ring_again.clone() } else { "nobody".to_owned() };
+        menu.push(MenuEntry::Check {
+            label: "Do not disturb".to_owned(),
+            command: Command::SetWhoMayRing { value },
+            checked: dnd,
+        });
+    }
     let devices = state.devices.as_ref();
     menu.push(device_menu(
         "menu:input",
@@ -564,6 +573,34 @@ mod tests {
         assert_eq!(command_of(&view, "Mute"), &Command::SetMute { call_id: "c1".into(), muted: true });
         assert_eq!(command_of(&view, "Hold"), &Command::SetHold { call_id: "c1".into(), on_hold: true });
         assert!(view.ticking, "the duration runs");
+    }
+
+    #[test]
+    fn do_not_disturb_is_a_check_item_that_gives_back_the_setting_before_it() {
+        let mut state = up();
+        let policy = |who: &str| {
+            Update::Event(Box::new(v1::Event {
+                kind: Some(v1::event::Kind::PolicyChanged(v1::PolicyChanged {
+                    who_may_ring: who.into(),
+                    auto_answer: "off".into(),
+                })),
+                ..Default::default()
+            }))
+        };
+        state.apply(policy("known"));
+        let check = |view: &View| {
+            view.menu.iter().find_map(|entry| match entry {
+                MenuEntry::Check { label, command, checked } if label == "Do not disturb" => {
+                    Some((command.clone(), *checked))
+                }
+                _ => None,
+            })
+        };
+        let off = view(&state, now());
+        assert_eq!(check(&off), Some((Command::SetWhoMayRing { value: "nobody".into() }, false)));
+        state.apply(policy("nobody"));
+        let on = view(&state, now());
+        assert_eq!(check(&on), Some((Command::SetWhoMayRing { value: "known".into() }, true)), "back to known");
     }
 
     #[test]

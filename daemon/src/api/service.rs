@@ -210,6 +210,8 @@ impl Voicelink for ControlService {
             audio_output: settings.audio_output.to_string(),
             discovery_enabled: info.discovery_enabled,
             history_problem: self.store.problem().map(ToString::to_string).unwrap_or_default(),
+            who_may_ring: settings.calls.who_may_ring.to_string(),
+            auto_answer: settings.calls.auto_answer.to_string(),
         }))
     }
 
