@@ -72,8 +72,11 @@ pub struct CallsConfig {
     /// Which calls are answered at once: off, trusted, everyone (`true` and
     /// `false` read as everyone and off).
     pub auto_answer: AutoAnswer,
-    /// Who may ring: everyone, known, trusted, nobody (do-not-disturb).
+    /// Who may ring: everyone, known, trusted, nobody.
     pub who_may_ring: WhoMayRing,
+    /// Do-not-disturb: nobody rings, whatever `who_may_ring` says (which comes
+    /// back when it is turned off).
+    pub do_not_disturb: bool,
     /// Seconds a call rings before it ends as "no answer" (5 to 600).
     pub ring_timeout_secs: Bounded<5, 600>,
     /// Opus frame length in milliseconds: 10 or 20.
@@ -98,6 +101,7 @@ impl Default for CallsConfig {
         CallsConfig {
             auto_answer: AutoAnswer::Off,
             who_may_ring: WhoMayRing::Everyone,
+            do_not_disturb: false,
             ring_timeout_secs: Bounded(30),
             frame_ms: FrameMs(20),
             bitrate_kbps: Bounded(32),

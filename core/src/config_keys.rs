@@ -162,6 +162,15 @@ pub const KEYS: &[ConfigKey] = &[
         flag: None,
     },
     ConfigKey {
+        key: "calls.do_not_disturb",
+        kind: Kind::Bool,
+        default: "false",
+        applies: Applies::Live,
+        doc: "Do-not-disturb: nobody rings (callers are told so); calls.who_may_ring applies again when it \
+              is turned off.",
+        flag: None,
+    },
+    ConfigKey {
         key: "calls.ring_timeout_secs",
         kind: Kind::Integer,
         default: "30",
@@ -410,6 +419,7 @@ mod tests {
             "history.keep_days" => "30",
             "history.keep_calls" => "500",
             "discovery.enabled" | "audio.loop_files" => "false",
+            "calls.do_not_disturb" => "true",
             _ => "true",
         }
     }

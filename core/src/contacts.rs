@@ -67,11 +67,40 @@ impl Contact {
         self.alias.clone().or_else(|| self.names.first().cloned()).unwrap_or_else(|| self.device_id.short())
     }
 
-    /// Whether `name` (compared without case) is one this device answers to.
-    fn answers_to(&self, name: &str) -> bool {
-        let matches = |candidate: &String| candidate.to_lowercase() == name.to_lowercase();
-        self.alias.as_ref().is_some_and(matches) || self.names.iter().any(matches)
+    /// Whether `name` is one this device answers to (its alias or a name it used),
+    /// compared as [`same_name`] does.
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.alias.iter().chain(&self.names).any(|candidate| same_name(candidate, name))
     }
+}
+
+/// Whether two names are the same to a person: without case, and without the
+/// invisible characters (zero-width, bidi controls) that could make a look-alike
+/// differ from the name it copies.
+pub fn same_name(a: &str, b: &str) -> bool {
+    let visible = |s: &str| -> String {
+        s.chars().filter(|c| !c.is_control() && !is_invisible(*c)).flat_map(char::to_lowercase).collect()
+    };
+    visible(a).trim() == visible(b).trim()
+}
+
+/// Format characters that show nothing: zero-width spaces and joiners, bidi
+/// marks and overrides, the BOM.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// A name from the network made safe to keep and show: control and invisible
+/// characters removed, at most `max_bytes` (cut at a character boundary).
+pub fn clean_name(name: &str, max_bytes: usize) -> String {
+    let mut clean = String::new();
+    for c in name.chars().filter(|c| !c.is_control() && !is_invisible(*c)) {
+        if clean.len() + c.len_utf8() > max_bytes {
+            break;
+        }
+        clean.push(c);
+    }
+    clean.trim().to_owned()
 }
 
 /// Every known device, by ID.
@@ -138,7 +167,7 @@ impl Contacts {
         online
             .iter()
             .filter(|(id, advertised)| {
-                advertised.eq_ignore_ascii_case(name) && self.name_claimed_by_other(id, advertised).is_none()
+                same_name(advertised, name) && self.name_claimed_by_other(id, advertised).is_none()
             })
             .map(|(id, _)| **id)
             .collect()
@@ -192,6 +221,16 @@ mod tests {
         assert_eq!(contacts.resolve("bob", [(&bob_id, "new-hostname")]), [bob_id]);
         assert_eq!(contacts.standing(&bob_id), PeerStanding::Known(Standing::Trusted));
         assert_eq!(contacts.get(&bob_id).map(Contact::label).as_deref(), Some("Bob"));
+    }
+
+    #[test]
+    fn look_alike_names_are_the_same_name_and_cleaned_names_are_safe_to_show() {
+        let contacts = Contacts::new([contact(1, "alice", Standing::Known)]);
+        let look_alike = "al\u{200B}ice";
+        assert!(contacts.name_claimed_by_other(&id(9), look_alike).is_some(), "a zero-width space hides nothing");
+        assert!(contacts.name_claimed_by_other(&id(9), "ALICE\u{202E}").is_some());
+        assert_eq!(clean_name("evil\nINFO forged line\u{1b}[31m", 63), "evilINFO forged line[31m");
+        assert_eq!(clean_name(&"é".repeat(40), 63).len(), 62, "cut at a character boundary");
     }
 
     #[test]

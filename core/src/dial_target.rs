@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::contacts::Contacts;
+use crate::contacts::{Contacts, same_name};
 use crate::switchboard::CallError;
 use crate::vocab::{DeviceId, PeerRecord};
 
@@ -54,9 +54,7 @@ pub fn resolve<'a>(
     match named.as_slice() {
         [peer] => Ok(known(peer)),
         [] if target.contains(':') => Ok(Target::Lookup { address: target.to_owned(), expected: None }),
-        [] if online.iter().any(|p| p.display_name.eq_ignore_ascii_case(target)) => {
-            Err(CallError::NameTaken(target.to_owned()))
-        }
+        [] if online.iter().any(|p| same_name(&p.display_name, target)) => Err(CallError::NameTaken(target.to_owned())),
         [] => Err(CallError::UnknownPeer(target.to_owned())),
         many => Err(CallError::Ambiguous { name: target.to_owned(), count: many.len() }),
     }

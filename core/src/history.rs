@@ -5,8 +5,9 @@
 use std::time::{Duration, SystemTime};
 
 use crate::call_record::CallRecord;
+use crate::contacts::clean_name;
 use crate::stats::CallStats;
-use crate::vocab::{CallId, DeviceId, Direction, EndReason};
+use crate::vocab::{CallId, DeviceId, Direction, EndReason, MAX_NAME_BYTES};
 
 /// How a call went, as the history shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,7 +134,7 @@ impl HistoryEntry {
         HistoryEntry {
             call_id: record.id.clone(),
             peer: record.peer,
-            peer_name: record.peer_name.clone(),
+            peer_name: clean_name(&record.peer_name, MAX_NAME_BYTES),
             direction: record.direction,
             started_at: record.started_at,
             setup: record.answered_at.and_then(|at| at.duration_since(record.started_at).ok()),
@@ -152,7 +153,7 @@ impl HistoryEntry {
         HistoryEntry {
             call_id,
             peer: Some(peer),
-            peer_name,
+            peer_name: clean_name(&peer_name, MAX_NAME_BYTES),
             direction: Direction::Incoming,
             started_at: at,
             setup: None,

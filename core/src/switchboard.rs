@@ -313,13 +313,27 @@ impl Switchboard {
         if self.calls.contains_key(&call) {
             return Incoming::Refuse(Refusal::CallIdInUse);
         }
+        // The rate limit first: a refused caller that keeps trying is refused
+        // without another history row each time.
+        let window = self.policy.request_window;
+        let recent = self.requests.entry(peer).or_default();
+        while recent.front().is_some_and(|at| now.saturating_duration_since(*at) >= window) {
+            recent.pop_front();
+        }
+        if recent.len() >= self.policy.requests_per_peer {
+            return Incoming::Refuse(Refusal::TooManyRequests);
+        }
+        recent.push_back(now);
+
         let blocked = standing == PeerStanding::Known(Standing::Blocked);
         let trusted = standing == PeerStanding::Known(Standing::Trusted);
-        // Our own call to them, still ringing: they may answer it with theirs (glare).
+        // Our own call to them, still ringing or just yielded to theirs: they may
+        // answer it with theirs (glare), whoever may ring otherwise.
         let we_call_them = self
             .calls
             .values()
-            .any(|leg| leg.peer == Some(peer) && leg.direction == Direction::Outgoing && leg.state == State::Outgoing);
+            .any(|leg| leg.peer == Some(peer) && leg.direction == Direction::Outgoing && leg.state == State::Outgoing)
+            || self.yielded.get(&peer).is_some_and(|at| now.saturating_duration_since(*at) < self.policy.glare_window);
         let refusal = match (self.policy.who_may_ring, standing) {
             _ if blocked => Some(Refusal::Blocked),
             _ if we_call_them => None,
@@ -331,15 +345,6 @@ impl Switchboard {
         if let Some(refusal) = refusal {
             return Incoming::Refuse(refusal);
         }
-        let window = self.policy.request_window;
-        let recent = self.requests.entry(peer).or_default();
-        while recent.front().is_some_and(|at| now.saturating_duration_since(*at) >= window) {
-            recent.pop_front();
-        }
-        if recent.len() >= self.policy.requests_per_peer {
-            return Incoming::Refuse(Refusal::TooManyRequests);
-        }
-        recent.push_back(now);
 
         let mut answer = match self.policy.auto_answer {
             AutoAnswer::Off => false,
@@ -617,6 +622,33 @@ mod tests {
             high.incoming(call("theirs"), id(LOW), PeerStanding::Unknown, now),
             Incoming::Ring { answer: true, hang_up: Some(ours) }
         );
+    }
+
+    #[test]
+    fn do_not_disturb_still_answers_the_twin_of_a_call_that_just_yielded() {
+        let now = Instant::now();
+        let policy = Policy { who_may_ring: WhoMayRing::Nobody, ..Policy::default() };
+        let mut low = Switchboard::new(id(LOW), policy);
+        let Ok(Dial::Place(ours)) = low.dial(Some(id(HIGH)), call("ours")) else { panic!() };
+        // The high side's glare `end` came first: ours yielded...
+        assert_eq!(low.yielded(id(HIGH), &ours, now), Some(ours.clone()));
+        low.finished(&ours);
+        // ...and its call, the one both people asked for, is answered.
+        let theirs = low.incoming(call("theirs"), id(HIGH), PeerStanding::Unknown, now + Duration::from_millis(50));
+        assert!(matches!(theirs, Incoming::Ring { .. }), "{theirs:?}");
+    }
+
+    #[test]
+    fn a_refused_caller_that_keeps_trying_hits_the_rate_limit() {
+        let now = Instant::now();
+        let mut board = Switchboard::new(id(LOW), Policy::default());
+        let blocked = PeerStanding::Known(Standing::Blocked);
+        for n in 0..Policy::default().requests_per_peer {
+            let decision = board.incoming(call(&format!("c{n}")), id(2), blocked, now);
+            assert_eq!(decision, Incoming::Refuse(Refusal::Blocked));
+        }
+        let flood = board.incoming(call("more"), id(2), blocked, now);
+        assert_eq!(flood, Incoming::Refuse(Refusal::TooManyRequests), "no history row for each attempt");
     }
 
     #[test]

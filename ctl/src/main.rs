@@ -555,10 +555,13 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
                 limit,
                 page_token: String::new(),
             };
+            let filtered = !request.peer.is_empty() || request.since.is_some();
             let page = client.list_history(request).await?.into_inner();
             printer.history(&page);
-            if missed {
-                client.mark_missed_seen(v1::MarkMissedSeenRequest {}).await?;
+            // What was shown is seen: the missed calls up to the newest listed
+            // (not when a filter may have hidden some).
+            if missed && !filtered && !page.newest_token.is_empty() {
+                client.mark_missed_seen(v1::MarkMissedSeenRequest { up_to: page.newest_token }).await?;
             }
         }
         Command::Contacts { command } => {

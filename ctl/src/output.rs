@@ -210,6 +210,7 @@ impl Printer {
                 "discovery_enabled": status.discovery_enabled,
                 "history_problem": status.history_problem,
                 "who_may_ring": status.who_may_ring,
+                "do_not_disturb": status.do_not_disturb,
                 "auto_answer": status.auto_answer,
             }));
         }
@@ -221,7 +222,7 @@ impl Printer {
         println!("signaling  {} (port {})", status.signaling_addresses.join(", "), status.signaling_port);
         println!("discovery  {}", if status.discovery_enabled { "mDNS on" } else { "off" });
         println!("audio      in: {}  out: {}", status.audio_input, status.audio_output);
-        let dnd = if status.who_may_ring == "nobody" { "  (do not disturb)" } else { "" };
+        let dnd = if status.do_not_disturb { "  DO NOT DISTURB" } else { "" };
         println!("calls      who may ring: {}{dnd}  auto-answer: {}", status.who_may_ring, status.auto_answer);
         if status.history_problem.is_empty() {
             println!("history    kept");
@@ -357,9 +358,10 @@ impl Printer {
                         "error": e.error,
                     }),
                 ),
-                Kind::PolicyChanged(e) => {
-                    ("policy_changed", json!({ "who_may_ring": e.who_may_ring, "auto_answer": e.auto_answer }))
-                }
+                Kind::PolicyChanged(e) => (
+                    "policy_changed",
+                    json!({ "who_may_ring": e.who_may_ring, "auto_answer": e.auto_answer, "do_not_disturb": e.do_not_disturb }),
+                ),
                 Kind::HistoryAdded(e) => ("history_added", json!({ "entry": e.entry.as_ref().map(history_json) })),
                 Kind::AudioDeviceChanged(e) => {
                     ("audio_device_changed", json!({ "audio_input": e.audio_input, "audio_output": e.audio_output }))
@@ -423,7 +425,8 @@ impl Printer {
                 println!("{at} call {} {ours}{theirs}", e.call_id)
             }
             Kind::PolicyChanged(e) => {
-                println!("{at} who may ring: {}  auto-answer: {}", e.who_may_ring, e.auto_answer)
+                let dnd = if e.do_not_disturb { "  DO NOT DISTURB" } else { "" };
+                println!("{at} who may ring: {}  auto-answer: {}{dnd}", e.who_may_ring, e.auto_answer)
             }
             Kind::HistoryAdded(e) => {
                 if let Some(entry) = &e.entry {

@@ -124,7 +124,13 @@ where
     };
 
     let hub = EventHub::new();
-    let store = Store::open(&data_dir, config.history.retention(), hub.clone());
+    // Opening checks the file (quick_check): not on the runtime's threads.
+    let store = {
+        let (data_dir, retention, hub) = (data_dir.clone(), config.history.retention(), hub.clone());
+        tokio::task::spawn_blocking(move || Store::open(&data_dir, retention, hub))
+            .await
+            .unwrap_or_else(|_| Store::off("the history database could not be opened (its opener panicked)"))
+    };
     let stats = StatsBoard::default();
     let settings = Arc::new(watch::Sender::new(LiveSettings::of(&config)));
     let settings_rx = settings.subscribe();
@@ -180,7 +186,7 @@ where
         Backends {
             registry: registry_tx,
             config: settings_tx,
-            store,
+            store: store.clone(),
             settings: settings.clone(),
             hub: hub.clone(),
             stats,
@@ -206,6 +212,8 @@ where
     stop.cancel();
     tasks.close();
     tasks.wait().await;
+    // The last calls' history rows are in the file before the daemon exits.
+    store.flush().await;
     drop(socket);
     info!("stopped");
     result.map_err(DaemonError::from)

@@ -79,6 +79,8 @@ pub enum Change {
         who_may_ring: voicelink_core::switchboard::WhoMayRing,
         /// Which calls are answered at once now.
         auto_answer: voicelink_core::switchboard::AutoAnswer,
+        /// Do-not-disturb is on.
+        do_not_disturb: bool,
     },
     /// A call was written to the history (it ended, or was refused).
     HistoryAdded(Box<voicelink_core::history::HistoryEntry>),

@@ -210,17 +210,16 @@ where
                 self.live.send_if_modified(|live| {
                     let new = LiveSettings::of(&plan.applied);
                     let changed = *live != new;
-                    if (live.calls.who_may_ring, live.calls.auto_answer)
-                        != (new.calls.who_may_ring, new.calls.auto_answer)
-                    {
-                        policy_changed = Some((new.calls.who_may_ring, new.calls.auto_answer));
+                    let policy = |s: &LiveSettings| (s.calls.who_may_ring, s.calls.auto_answer, s.calls.do_not_disturb);
+                    if policy(live) != policy(&new) {
+                        policy_changed = Some(policy(&new));
                     }
                     *live = new;
                     changed
                 });
-                if let Some((who_may_ring, auto_answer)) = policy_changed {
-                    info!(%who_may_ring, %auto_answer, "who may ring");
-                    self.hub.publish(Change::Policy { who_may_ring, auto_answer });
+                if let Some((who_may_ring, auto_answer, do_not_disturb)) = policy_changed {
+                    info!(%who_may_ring, %auto_answer, do_not_disturb, "who may ring");
+                    self.hub.publish(Change::Policy { who_may_ring, auto_answer, do_not_disturb });
                 }
                 if let Some((input, output)) = plan.audio.clone() {
                     self.hub.publish(Change::AudioDefaults { input, output });

@@ -44,7 +44,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE calls (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
-        call_id TEXT NOT NULL UNIQUE,
+        call_id TEXT NOT NULL,
         peer_id TEXT,
         peer_name TEXT NOT NULL,
         direction TEXT NOT NULL,
@@ -58,6 +58,7 @@ const MIGRATIONS: &[&str] = &[
         rtt_ms REAL,
         seen INTEGER NOT NULL DEFAULT 0
     );
+    CREATE INDEX calls_by_call ON calls (call_id);
     CREATE INDEX calls_by_start ON calls (started_at);
     CREATE INDEX calls_by_peer ON calls (peer_id, started_at);",
 ];
@@ -154,7 +155,12 @@ enum Request {
         reply: oneshot::Sender<Result<HistoryPage, StoreError>>,
     },
     MarkMissedSeen {
+        up_to: Option<i64>,
         reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// Answered once every request before it is carried out.
+    Flush {
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
 
@@ -165,6 +171,8 @@ pub struct Store {
     contacts: watch::Receiver<Arc<Contacts>>,
     /// Why there is no store, when there is none.
     problem: Option<StoreError>,
+    /// The last write that failed (a full disk), until one succeeds again.
+    failing: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Store {
@@ -180,12 +188,14 @@ impl Store {
                 }
                 database.trim();
                 let _ = contacts_tx.send(Arc::new(database.read_contacts().unwrap_or_default()));
+                let failing = Arc::new(std::sync::Mutex::new(None));
+                database.failing = Some(failing.clone());
                 let (requests, receiver) = mpsc::channel(256);
                 let spawned = std::thread::Builder::new()
                     .name("voicelink-store".into())
                     .spawn(move || database.serve(receiver, contacts_tx, &hub));
                 match spawned {
-                    Ok(_) => Store { requests: Some(requests), contacts, problem: None },
+                    Ok(_) => Store { requests: Some(requests), contacts, problem: None, failing },
                     Err(e) => Store::without(StoreError::Failed(e.to_string()), contacts),
                 }
             }
@@ -204,12 +214,15 @@ impl Store {
     }
 
     fn without(problem: StoreError, contacts: watch::Receiver<Arc<Contacts>>) -> Store {
-        Store { requests: None, contacts, problem: Some(problem) }
+        Store { requests: None, contacts, problem: Some(problem), failing: Arc::default() }
     }
 
-    /// Why history and contacts are off, if they are.
-    pub fn problem(&self) -> Option<&StoreError> {
-        self.problem.as_ref()
+    /// Why history and contacts are off, or why writing fails now, if so.
+    pub fn problem(&self) -> Option<String> {
+        match &self.problem {
+            Some(problem) => Some(problem.to_string()),
+            None => self.failing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone(),
+        }
     }
 
     /// The known devices now (kept current by the store's thread).
@@ -282,9 +295,18 @@ impl Store {
         self.ask(|reply| Request::History { query, reply }).await
     }
 
-    /// Marks every missed call seen; returns how many were unseen.
-    pub async fn mark_missed_seen(&self) -> Result<u64, StoreError> {
-        self.ask(|reply| Request::MarkMissedSeen { reply }).await
+    /// Marks missed calls seen (those up to row `up_to`, or all); returns how many
+    /// were unseen.
+    pub async fn mark_missed_seen(&self, up_to: Option<i64>) -> Result<u64, StoreError> {
+        self.ask(|reply| Request::MarkMissedSeen { up_to, reply }).await
+    }
+
+    /// Waits until every request sent so far is written (at shutdown: the last
+    /// calls' rows are in the file before the daemon exits).
+    pub async fn flush(&self) {
+        if self.requests.is_some() {
+            let _ = self.ask(|reply| Request::Flush { reply }).await;
+        }
     }
 }
 
@@ -313,6 +335,8 @@ struct Database {
     hub: Option<EventHub>,
     /// The last failure told, so a full disk is not reported for every call.
     last_failure: Option<String>,
+    /// Where the handles read the current failure (for `voicectl status`).
+    failing: Option<Arc<std::sync::Mutex<Option<String>>>>,
 }
 
 impl Database {
@@ -321,9 +345,14 @@ impl Database {
         let connection = Connection::open(path).map_err(open_error)?;
         connection.busy_timeout(Duration::from_secs(2)).map_err(open_error)?;
         // A damaged file is found now, not in the middle of a call.
-        let check: String = connection
-            .query_row("PRAGMA quick_check", [], |row| row.get(0))
-            .map_err(|e| StoreError::Corrupt { path: path.to_owned(), reason: e.to_string() })?;
+        let check: String = connection.query_row("PRAGMA quick_check", [], |row| row.get(0)).map_err(|e| {
+            // Only SQLite's own verdict means damage; a lock or a permission is not.
+            let damaged = matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            );
+            if damaged { StoreError::Corrupt { path: path.to_owned(), reason: e.to_string() } } else { open_error(e) }
+        })?;
         if check != "ok" {
             return Err(StoreError::Corrupt { path: path.to_owned(), reason: check });
         }
@@ -335,7 +364,8 @@ impl Database {
         connection
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(open_error)?;
-        let mut database = Database { connection, retention, contacts: None, hub: None, last_failure: None };
+        let mut database =
+            Database { connection, retention, contacts: None, hub: None, last_failure: None, failing: None };
         database.migrate(found).map_err(open_error)?;
         info!(database = %path.display(), schema = known, "opened the history database");
         Ok(database)
@@ -504,18 +534,25 @@ impl Database {
             Request::History { query, reply } => {
                 let _ = reply.send(self.history(&query).map_err(StoreError::from));
             }
-            Request::MarkMissedSeen { reply } => {
+            Request::MarkMissedSeen { up_to, reply } => {
                 let result = self.connection.execute(
-                    "UPDATE calls SET seen = 1 WHERE outcome = ?1 AND seen = 0",
-                    params![Outcome::Missed.as_str()],
+                    "UPDATE calls SET seen = 1 WHERE outcome = ?1 AND seen = 0 AND (?2 IS NULL OR id <= ?2)",
+                    params![Outcome::Missed.as_str(), up_to],
                 );
                 let _ = reply.send(result.map(|n| n as u64).map_err(StoreError::from));
+            }
+            Request::Flush { reply } => {
+                let _ = reply.send(Ok(()));
             }
         }
         None
     }
 
     fn log(&mut self, result: rusqlite::Result<()>) {
+        let failed = result.as_ref().err().map(|error| format!("writing the history fails: {error}"));
+        if let Some(failing) = &self.failing {
+            *failing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = failed;
+        }
         match result {
             Ok(()) => self.last_failure = None,
             Err(error) => {
@@ -535,8 +572,7 @@ impl Database {
         self.connection
             .execute(
                 "INSERT INTO calls (call_id, peer_id, peer_name, direction, started_at, outcome, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (call_id) DO NOTHING",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     entry.call_id.to_string(),
                     entry.peer.map(|p| p.to_string()),
@@ -551,26 +587,31 @@ impl Database {
     }
 
     fn end_call(&self, entry: &HistoryEntry) -> rusqlite::Result<()> {
-        // A refused call has no started row: the insert makes it, the update completes it.
-        self.insert_call(&HistoryEntry { outcome: None, ..entry.clone() })?;
-        self.connection
-            .execute(
-                "UPDATE calls SET peer_id = ?2, peer_name = ?3, setup_ms = ?4, talk_ms = ?5, outcome = ?6,
-                 detail = ?7, mos = ?8, loss = ?9, rtt_ms = ?10 WHERE call_id = ?1",
-                params![
-                    entry.call_id.to_string(),
-                    entry.peer.map(|p| p.to_string()),
-                    entry.peer_name,
-                    entry.setup.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-                    i64::try_from(entry.talk.as_millis()).unwrap_or(i64::MAX),
-                    entry.outcome.unwrap_or(Outcome::Failed).as_str(),
-                    entry.detail,
-                    entry.mos,
-                    entry.loss,
-                    entry.round_trip.map(|d| d.as_secs_f64() * 1000.0),
-                ],
-            )
-            .map(drop)
+        // Completes the row this call started, the newest with its ID still on
+        // (call IDs come from callers: an old row with the same ID is never touched);
+        // a refused call has none, so its row is made here.
+        let updated = self.connection.execute(
+            "UPDATE calls SET peer_id = ?2, peer_name = ?3, setup_ms = ?4, talk_ms = ?5, outcome = ?6,
+             detail = ?7, mos = ?8, loss = ?9, rtt_ms = ?10
+             WHERE id = (SELECT MAX(id) FROM calls WHERE call_id = ?1 AND outcome IS NULL)",
+            params![
+                entry.call_id.to_string(),
+                entry.peer.map(|p| p.to_string()),
+                entry.peer_name,
+                entry.setup.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                i64::try_from(entry.talk.as_millis()).unwrap_or(i64::MAX),
+                entry.outcome.unwrap_or(Outcome::Failed).as_str(),
+                entry.detail,
+                entry.mos,
+                entry.loss,
+                entry.round_trip.map(|d| d.as_secs_f64() * 1000.0),
+            ],
+        )?;
+        if updated == 0 {
+            self.insert_call(&HistoryEntry { outcome: None, ..entry.clone() })?;
+            return self.end_call(entry);
+        }
+        Ok(())
     }
 
     fn ensure_device(&self, device: DeviceId) -> rusqlite::Result<()> {
@@ -592,8 +633,12 @@ impl Database {
             params![device.to_string(), at],
         )?;
         if !name.is_empty() {
+            // A name another known device used stays that device's: a stranger that
+            // took it is never remembered by it (it stays flagged).
             self.connection.execute(
-                "INSERT INTO device_names (device_id, name, last_used) VALUES (?1, ?2, ?3)
+                "INSERT INTO device_names (device_id, name, last_used)
+                 SELECT ?1, ?2, ?3 WHERE NOT EXISTS (
+                     SELECT 1 FROM device_names WHERE device_id != ?1 AND name = ?2 COLLATE NOCASE)
                  ON CONFLICT (device_id, name) DO UPDATE SET last_used = excluded.last_used",
                 params![device.to_string(), name, at],
             )?;
@@ -734,9 +779,36 @@ mod tests {
         assert_eq!(second.entries[0].1.call_id.to_string(), "c1");
         let missed = store.history(HistoryQuery { limit: 10, missed_only: true, ..HistoryQuery::default() }).await;
         assert_eq!(missed.unwrap().entries.len(), 1);
-        assert_eq!(store.mark_missed_seen().await.unwrap(), 1);
+        assert_eq!(store.mark_missed_seen(None).await.unwrap(), 1);
         let after = store.history(HistoryQuery { limit: 10, ..HistoryQuery::default() }).await.unwrap();
         assert_eq!(after.unseen_missed, 0);
+    }
+
+    #[tokio::test]
+    async fn a_reused_call_id_never_rewrites_an_older_row_and_a_taken_name_is_not_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let (alice, impostor) = (DeviceId::from_hash([1; 32]), DeviceId::from_hash([9; 32]));
+        store.call_started(entry("same", alice, Direction::Incoming, 1));
+        store.call_ended(HistoryEntry {
+            outcome: Some(Outcome::Answered),
+            ..entry("same", alice, Direction::Incoming, 1)
+        });
+        store.call_ended(HistoryEntry {
+            outcome: Some(Outcome::Blocked),
+            ..entry("same", impostor, Direction::Incoming, 2)
+        });
+        let page = store.history(HistoryQuery { limit: 10, ..HistoryQuery::default() }).await.unwrap();
+        let outcomes: Vec<_> = page.entries.iter().map(|(_, e)| e.outcome).collect();
+        assert_eq!(outcomes, [Some(Outcome::Blocked), Some(Outcome::Answered)]);
+
+        store.met(alice, "alice".into(), SystemTime::now());
+        store.met(impostor, "Alice".into(), SystemTime::now());
+        store.flush().await;
+        let contacts = store.contacts();
+        let contacts = contacts.borrow();
+        assert_eq!(contacts.get(&impostor).map(|c| c.names.clone()), Some(vec![]), "alice's name stays hers");
+        assert!(contacts.name_claimed_by_other(&impostor, "alice").is_some(), "still flagged");
     }
 
     #[tokio::test]
@@ -761,7 +833,7 @@ mod tests {
         let path = dir.path().join(DATABASE_FILE);
         std::fs::write(&path, b"not a database at all, but the user's bytes").unwrap();
         let store = open(dir.path());
-        let problem = store.problem().map(ToString::to_string).unwrap_or_default();
+        let problem = store.problem().unwrap_or_default();
         assert!(problem.contains(&path.display().to_string()), "{problem}");
         let error = store.history(HistoryQuery::default()).await.unwrap_err().to_string();
         assert!(error.contains("unavailable"), "{error}");
@@ -773,7 +845,7 @@ mod tests {
             connection.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 99;").unwrap();
         }
         let store = open(newer.path());
-        assert!(matches!(store.problem(), Some(StoreError::Newer { found: 99, .. })), "{:?}", store.problem());
+        assert!(store.problem().is_some_and(|p| p.contains("schema 99")), "{:?}", store.problem());
         let connection = Connection::open(newer.path().join(DATABASE_FILE)).unwrap();
         let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
         assert_eq!(version, 99, "nothing was migrated or deleted");

@@ -45,7 +45,7 @@ async fn known_devices_blocks_do_not_disturb_and_history_hold_across_restarts() 
     let at_a = a.ctl_json(&["verify"]).await;
     let at_b = b.ctl_json(&["verify"]).await;
     assert_eq!(at_a["safety_number"], at_b["safety_number"]);
-    assert_eq!(at_a["safety_number"].as_str().map(str::len), Some(15));
+    assert_eq!(at_a["safety_number"].as_str().map(str::len), Some(29));
     assert_eq!(a.ctl_json(&["verify", "--confirm"]).await["verified"], true);
     a.ctl_json(&["hangup"]).await;
     a_events.wait_for("ended", |e| call_is(e, &id, "ended")).await;
@@ -68,13 +68,14 @@ async fn known_devices_blocks_do_not_disturb_and_history_hold_across_restarts() 
     // Do-not-disturb: carol (a stranger) is refused with its own reason.
     let c = Daemon::start(Some(&lan.host(2)), &dir.path().join("c"), "carol", QUIET).await;
     c.wait_until_it_sees(&b.device_id).await;
-    b.ctl(&["config", "set", "calls.who_may_ring", "nobody"]).await;
+    b.ctl(&["config", "set", "calls.do_not_disturb", "true"]).await;
     let told = b_events.wait_for("the tray is told", |e| e["type"] == "policy_changed").await;
-    assert_eq!(told["policy_changed"]["who_may_ring"], "nobody");
-    assert_eq!(b.ctl_json(&["status"]).await["who_may_ring"], "nobody");
+    assert_eq!(told["policy_changed"]["do_not_disturb"], true);
+    assert_eq!(b.ctl_json(&["status"]).await["do_not_disturb"], true);
     let out = c.ctl(&["dial", "bob"]).await;
     assert!(stderr(&out).contains("do not disturb"), "{}", stderr(&out));
     // Known devices only: alice (known) gets through, carol does not.
+    b.ctl(&["config", "set", "calls.do_not_disturb", "false"]).await;
     b.ctl(&["config", "set", "calls.who_may_ring", "known"]).await;
     let out = c.ctl(&["dial", "bob"]).await;
     assert!(stderr(&out).contains("not allowed"), "{}", stderr(&out));

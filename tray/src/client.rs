@@ -431,10 +431,10 @@ async fn execute(mut client: Client, command: Command, updates: mpsc::Sender<Upd
             })
             .await
             .map(drop),
-        Command::SetWhoMayRing { value } => client
+        Command::SetDoNotDisturb { on } => client
             .set_config(v1::SetConfigRequest {
-                key: "calls.who_may_ring".to_owned(),
-                value: value.clone(),
+                key: "calls.do_not_disturb".to_owned(),
+                value: on.to_string(),
                 unset: false,
             })
             .await

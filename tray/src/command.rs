@@ -48,10 +48,10 @@ pub enum Command {
         /// The new state.
         recording: bool,
     },
-    /// Who may ring (calls.who_may_ring): "nobody" is do-not-disturb.
-    SetWhoMayRing {
-        /// everyone, known, trusted or nobody.
-        value: String,
+    /// Do-not-disturb on or off (calls.do_not_disturb).
+    SetDoNotDisturb {
+        /// On.
+        on: bool,
     },
     /// Choose the daemon's audio input (an endpoint spec).
     SetInput {
@@ -81,7 +81,8 @@ impl Command {
             Command::SetHold { call_id, on_hold: false } => format!("resume:{call_id}"),
             Command::SetRecording { call_id, recording: true } => format!("record:{call_id}"),
             Command::SetRecording { call_id, recording: false } => format!("stop-recording:{call_id}"),
-            Command::SetWhoMayRing { value } => format!("ring:{value}"),
+            Command::SetDoNotDisturb { on: true } => "dnd:on".to_owned(),
+            Command::SetDoNotDisturb { on: false } => "dnd:off".to_owned(),
             Command::SetInput { spec } => format!("input:{spec}"),
             Command::SetOutput { spec } => format!("output:{spec}"),
             Command::Quit => "quit".to_owned(),
@@ -108,7 +109,7 @@ impl Command {
             "resume" => Command::SetHold { call_id: arg, on_hold: false },
             "record" => Command::SetRecording { call_id: arg, recording: true },
             "stop-recording" => Command::SetRecording { call_id: arg, recording: false },
-            "ring" => Command::SetWhoMayRing { value: arg },
+            "dnd" => Command::SetDoNotDisturb { on: arg == "on" },
             "input" => Command::SetInput { spec: arg },
             "output" => Command::SetOutput { spec: arg },
             _ => return None,
@@ -128,7 +129,7 @@ impl Command {
             Command::SetHold { on_hold: false, .. } => "Resume",
             Command::SetRecording { recording: true, .. } => "Record",
             Command::SetRecording { recording: false, .. } => "Stop recording",
-            Command::SetWhoMayRing { .. } => "Do not disturb",
+            Command::SetDoNotDisturb { .. } => "Do not disturb",
             Command::SetInput { .. } => "Input device",
             Command::SetOutput { .. } => "Output device",
             Command::Quit => "Quit",
@@ -153,7 +154,8 @@ mod tests {
             Command::SetHold { call_id: "c1".into(), on_hold: false },
             Command::SetRecording { call_id: "c1".into(), recording: true },
             Command::SetRecording { call_id: "c1".into(), recording: false },
-            Command::SetWhoMayRing { value: "nobody".into() },
+            Command::SetDoNotDisturb { on: true },
+            Command::SetDoNotDisturb { on: false },
             Command::SetInput { spec: "tone:440".into() },
             Command::SetOutput { spec: "file:/tmp/a:b.wav".into() },
             Command::Quit,

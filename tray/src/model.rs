@@ -115,11 +115,8 @@ pub struct TrayState {
     pub audio_input: String,
     /// The daemon's audio output spec for new calls.
     pub audio_output: String,
-    /// Who may ring ("everyone", "known", "trusted", "nobody": do-not-disturb).
-    pub who_may_ring: String,
-    /// What to go back to when do-not-disturb is turned off: the last setting
-    /// that was not "nobody".
-    pub ring_again: String,
+    /// Do-not-disturb is on; `None` before the daemon said.
+    pub do_not_disturb: Option<bool>,
     /// The last thing that went wrong (a refused command, a daemon error), shown
     /// in the menu until the next command that works, the next change to a call
     /// or to the devices, or the next connection. (Peers coming and going do not
@@ -138,8 +135,7 @@ impl Default for TrayState {
             devices: None,
             audio_input: String::new(),
             audio_output: String::new(),
-            who_may_ring: String::new(),
-            ring_again: "everyone".to_owned(),
+            do_not_disturb: None,
             last_error: None,
         }
     }
@@ -174,7 +170,7 @@ impl TrayState {
                 self.display_name = status.display_name;
                 self.audio_input = status.audio_input;
                 self.audio_output = status.audio_output;
-                self.set_who_may_ring(status.who_may_ring);
+                self.do_not_disturb = Some(status.do_not_disturb);
                 self.devices = devices;
                 self.last_error = None;
                 Vec::new()
@@ -308,7 +304,7 @@ impl TrayState {
             // The tray tells of missed calls as they end (call state events).
             Kind::HistoryAdded(_) => Vec::new(),
             Kind::PolicyChanged(change) => {
-                self.set_who_may_ring(change.who_may_ring);
+                self.do_not_disturb = Some(change.do_not_disturb);
                 Vec::new()
             }
             Kind::AudioDeviceChanged(change) => {
@@ -326,13 +322,6 @@ impl TrayState {
                 Vec::new()
             }
         }
-    }
-
-    fn set_who_may_ring(&mut self, who_may_ring: String) {
-        if !who_may_ring.is_empty() && who_may_ring != "nobody" {
-            self.ring_again.clone_from(&who_may_ring);
-        }
-        self.who_may_ring = who_may_ring;
     }
 
     fn call_changed(&mut self, call: v1::Call) -> Vec<Notice> {

@@ -339,12 +339,12 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
         }
     }
 
-    if state.link == Link::Up && !state.who_may_ring.is_empty() {
-        let dnd = state.who_may_ring == "nobody";
-        let value = if dnd { state.ring_again.clone() } else { "nobody".to_owned() };
+    if state.link == Link::Up
+        && let Some(dnd) = state.do_not_disturb
+    {
         menu.push(MenuEntry::Check {
             label: "Do not disturb".to_owned(),
-            command: Command::SetWhoMayRing { value },
+            command: Command::SetDoNotDisturb { on: !dnd },
             checked: dnd,
         });
     }
@@ -576,18 +576,18 @@ mod tests {
     }
 
     #[test]
-    fn do_not_disturb_is_a_check_item_that_gives_back_the_setting_before_it() {
+    fn do_not_disturb_is_a_check_item() {
         let mut state = up();
-        let policy = |who: &str| {
+        let policy = |on: bool| {
             Update::Event(Box::new(v1::Event {
                 kind: Some(v1::event::Kind::PolicyChanged(v1::PolicyChanged {
-                    who_may_ring: who.into(),
+                    who_may_ring: "known".into(),
                     auto_answer: "off".into(),
+                    do_not_disturb: on,
                 })),
                 ..Default::default()
             }))
         };
-        state.apply(policy("known"));
         let check = |view: &View| {
             view.menu.iter().find_map(|entry| match entry {
                 MenuEntry::Check { label, command, checked } if label == "Do not disturb" => {
@@ -596,11 +596,11 @@ mod tests {
                 _ => None,
             })
         };
-        let off = view(&state, now());
-        assert_eq!(check(&off), Some((Command::SetWhoMayRing { value: "nobody".into() }, false)));
-        state.apply(policy("nobody"));
-        let on = view(&state, now());
-        assert_eq!(check(&on), Some((Command::SetWhoMayRing { value: "known".into() }, true)), "back to known");
+        assert_eq!(check(&view(&state, now())), None, "not before the daemon said");
+        state.apply(policy(false));
+        assert_eq!(check(&view(&state, now())), Some((Command::SetDoNotDisturb { on: true }, false)));
+        state.apply(policy(true));
+        assert_eq!(check(&view(&state, now())), Some((Command::SetDoNotDisturb { on: false }, true)));
     }
 
     #[test]

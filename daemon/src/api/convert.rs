@@ -167,9 +167,10 @@ pub(super) fn event(published: &Published, contacts: &Contacts) -> v1::Event {
             recorded_by_peer: record.recorded_by_peer,
             error: error.clone().unwrap_or_default(),
         }),
-        Change::Policy { who_may_ring, auto_answer } => Kind::PolicyChanged(v1::PolicyChanged {
+        Change::Policy { who_may_ring, auto_answer, do_not_disturb } => Kind::PolicyChanged(v1::PolicyChanged {
             who_may_ring: who_may_ring.to_string(),
             auto_answer: auto_answer.to_string(),
+            do_not_disturb: *do_not_disturb,
         }),
         Change::Problem(message) => Kind::Error(v1::DaemonError { call_id: String::new(), message: message.clone() }),
         Change::HistoryAdded(entry) => Kind::HistoryAdded(v1::HistoryAdded { entry: Some(history_entry(entry)) }),

@@ -22,7 +22,7 @@ use voicelink_core::history::HistoryQuery;
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::safety_number::SafetyNumber;
 use voicelink_core::switchboard::CallError;
-use voicelink_core::vocab::{CallId, DeviceId, PROTOCOL_VERSION};
+use voicelink_core::vocab::{CallId, DeviceId, PROTOCOL_VERSION, State};
 use voicelink_core::wire::MAX_TEXT_BYTES;
 
 use super::convert;
@@ -115,7 +115,8 @@ impl ControlService {
         let online = state.peers.values().filter(|p| p.online).map(|p| (&p.device_id, p.display_name.as_str()));
         let mut meant = contacts.resolve(text, online);
         if meant.is_empty() {
-            meant = contacts.iter().filter(|c| c.label().eq_ignore_ascii_case(text)).map(|c| c.device_id).collect();
+            // A known device that is offline: by its alias or a name it used.
+            meant = contacts.iter().filter(|c| c.answers_to(text)).map(|c| c.device_id).collect();
         }
         match meant.as_slice() {
             [id] => Ok(*id),
@@ -209,9 +210,10 @@ impl Voicelink for ControlService {
             audio_input: settings.audio_input.to_string(),
             audio_output: settings.audio_output.to_string(),
             discovery_enabled: info.discovery_enabled,
-            history_problem: self.store.problem().map(ToString::to_string).unwrap_or_default(),
+            history_problem: self.store.problem().unwrap_or_default(),
             who_may_ring: settings.calls.who_may_ring.to_string(),
             auto_answer: settings.calls.auto_answer.to_string(),
+            do_not_disturb: settings.calls.do_not_disturb,
         }))
     }
 
@@ -293,7 +295,7 @@ impl Voicelink for ControlService {
 
     async fn list_contacts(&self, _: Request<v1::ListContactsRequest>) -> Rpc<v1::ListContactsResponse> {
         if let Some(problem) = self.store.problem() {
-            return Err(Status::failed_precondition(problem.to_string()));
+            return Err(Status::failed_precondition(problem));
         }
         let contacts = self.store.contacts();
         let contacts = contacts.borrow().iter().map(convert::contact).collect();
@@ -347,8 +349,11 @@ impl Voicelink for ControlService {
             };
             found.cloned().ok_or_else(|| Status::not_found("there is no such call (voicectl calls lists them)"))?
         };
-        let Some(peer) = record.peer else {
-            return Err(Status::failed_precondition("the call is not connected yet: its peer is not known"));
+        // Only a connected call's peer has proven its key.
+        let (Some(peer), State::Active | State::OnHold) = (record.peer, record.state) else {
+            return Err(Status::failed_precondition(
+                "verify a call once it is answered: before that the peer has not proven its key",
+            ));
         };
         let number = SafetyNumber::of(&self.info.device_id, &peer);
         if let Some(verified) = r.verified {
@@ -402,11 +407,19 @@ impl Voicelink for ControlService {
             entries: page.entries.iter().map(|(_, entry)| convert::history_entry(entry)).collect(),
             next_page_token,
             unseen_missed: page.unseen_missed,
+            newest_token: page.entries.first().map(|(id, _)| id.to_string()).unwrap_or_default(),
         }))
     }
 
-    async fn mark_missed_seen(&self, _: Request<v1::MarkMissedSeenRequest>) -> Rpc<v1::MarkMissedSeenResponse> {
-        let marked = self.store.mark_missed_seen().await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+    async fn mark_missed_seen(&self, request: Request<v1::MarkMissedSeenRequest>) -> Rpc<v1::MarkMissedSeenResponse> {
+        let up_to = match request.into_inner().up_to.as_str() {
+            "" => None,
+            token => {
+                Some(token.parse::<i64>().map_err(|_| Status::invalid_argument("`up_to` is not a token we gave"))?)
+            }
+        };
+        let marked =
+            self.store.mark_missed_seen(up_to).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(v1::MarkMissedSeenResponse { marked }))
     }
 

@@ -17,7 +17,7 @@ use voicelink_core::call_record::CallRecord;
 use voicelink_core::dial_target::{self, Target};
 use voicelink_core::history::HistoryEntry;
 use voicelink_core::reload::LiveSettings;
-use voicelink_core::switchboard::{CallError, Dial, Incoming, Policy, Refusal, Switchboard};
+use voicelink_core::switchboard::{CallError, Dial, Incoming, Policy, Refusal, Switchboard, WhoMayRing};
 use voicelink_core::vocab::{CallId, DeviceId, EndReason, State};
 use voicelink_core::wire::{Body, DeclineCode, EndCode, Message};
 
@@ -284,8 +284,8 @@ impl Registry {
                 // The user's own policy: nothing to warn about. It rings nowhere and
                 // reaches no media; the history keeps it.
                 info!(peer = %peer.short(), reason = refusal.message(), "a call request was refused by policy");
-                let name = caller_name.chars().take(voicelink_core::vocab::MAX_NAME_BYTES).collect();
-                let entry = HistoryEntry::refused(call_id.clone(), peer, name, reason, std::time::SystemTime::now());
+                let entry =
+                    HistoryEntry::refused(call_id.clone(), peer, caller_name, reason, std::time::SystemTime::now());
                 self.context.store.call_ended(entry);
                 let decline = Body::Decline { reason: refusal.message().to_owned(), code: Some(code) };
                 tokio::spawn(say_and_close(connection, Message::new(call_id, decline)));
@@ -329,7 +329,8 @@ impl Registry {
 
 /// The switchboard's policy from the live settings.
 fn policy(live: &LiveSettings) -> Policy {
-    Policy { auto_answer: live.calls.auto_answer, who_may_ring: live.calls.who_may_ring, ..Policy::default() }
+    let who_may_ring = if live.calls.do_not_disturb { WhoMayRing::Nobody } else { live.calls.who_may_ring };
+    Policy { auto_answer: live.calls.auto_answer, who_may_ring, ..Policy::default() }
 }
 
 /// A call command without its reply channel.
