@@ -490,40 +490,11 @@ impl Database {
                 self.publish_contacts();
             }
             Request::SetStanding { device, standing, reply } => {
-                let result = self.ensure_device(device).and_then(|()| {
-                    self.connection
-                        .execute(
-                            "UPDATE devices SET standing = ?2 WHERE device_id = ?1",
-                            params![device.to_string(), standing.as_str()],
-                        )
-                        .map(drop)
-                });
-                self.publish_contacts();
-                let _ = reply.send(result.map_err(StoreError::from));
+                self.update_device(device, "standing", &standing.as_str(), reply);
             }
-            Request::SetAlias { device, alias, reply } => {
-                let result = self.ensure_device(device).and_then(|()| {
-                    self.connection
-                        .execute(
-                            "UPDATE devices SET alias = ?2 WHERE device_id = ?1",
-                            params![device.to_string(), alias],
-                        )
-                        .map(drop)
-                });
-                self.publish_contacts();
-                let _ = reply.send(result.map_err(StoreError::from));
-            }
+            Request::SetAlias { device, alias, reply } => self.update_device(device, "alias", &alias, reply),
             Request::SetVerified { device, verified, reply } => {
-                let result = self.ensure_device(device).and_then(|()| {
-                    self.connection
-                        .execute(
-                            "UPDATE devices SET verified = ?2 WHERE device_id = ?1",
-                            params![device.to_string(), verified],
-                        )
-                        .map(drop)
-                });
-                self.publish_contacts();
-                let _ = reply.send(result.map_err(StoreError::from));
+                self.update_device(device, "verified", &verified, reply);
             }
             Request::Forget { device, reply } => {
                 let result =
@@ -612,6 +583,23 @@ impl Database {
             return self.end_call(entry);
         }
         Ok(())
+    }
+
+    /// Sets one column of a device's row (the device becomes known if it was not),
+    /// publishes the known devices, then answers.
+    fn update_device(
+        &mut self,
+        device: DeviceId,
+        column: &'static str,
+        value: &dyn rusqlite::ToSql,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    ) {
+        let sql = format!("UPDATE devices SET {column} = ?2 WHERE device_id = ?1");
+        let result = self
+            .ensure_device(device)
+            .and_then(|()| self.connection.execute(&sql, params![device.to_string(), value]).map(drop));
+        self.publish_contacts();
+        let _ = reply.send(result.map_err(StoreError::from));
     }
 
     fn ensure_device(&self, device: DeviceId) -> rusqlite::Result<()> {
