@@ -297,12 +297,18 @@ async fn follow(
                 None
             }
         };
-        Ok::<_, SessionError>((client, events, status, devices))
+        // The history may be off: then there is nothing to count.
+        let missed = v1::ListHistoryRequest { missed_only: true, limit: 1, ..Default::default() };
+        let unseen_missed = client.list_history(missed).await.map_or(0, |r| r.into_inner().unseen_missed);
+        Ok::<_, SessionError>((client, events, status, devices, unseen_missed))
     };
-    let (client, mut events, status, devices) =
+    let (client, mut events, status, devices, unseen_missed) =
         tokio::time::timeout(SETUP_TIMEOUT, setup).await.map_err(|_| SessionError::Timeout(SETUP_TIMEOUT))??;
     tracing::info!(%address, version = %status.version, name = %status.display_name, "connected to voiced");
-    updates.send(Update::Connected { status: Box::new(status), devices }).await.map_err(|_| SessionError::TrayGone)?;
+    updates
+        .send(Update::Connected { status: Box::new(status), devices, unseen_missed })
+        .await
+        .map_err(|_| SessionError::TrayGone)?;
 
     let steady = tokio::time::sleep(STEADY_AFTER);
     tokio::pin!(steady);
@@ -431,6 +437,9 @@ async fn execute(mut client: Client, command: Command, updates: mpsc::Sender<Upd
             })
             .await
             .map(drop),
+        Command::MarkMissedSeen => {
+            client.mark_missed_seen(v1::MarkMissedSeenRequest { up_to: String::new() }).await.map(drop)
+        }
         Command::SetDoNotDisturb { on } => client
             .set_config(v1::SetConfigRequest {
                 key: "calls.do_not_disturb".to_owned(),

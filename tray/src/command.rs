@@ -48,6 +48,8 @@ pub enum Command {
         /// The new state.
         recording: bool,
     },
+    /// Mark the missed calls seen.
+    MarkMissedSeen,
     /// Do-not-disturb on or off (calls.do_not_disturb).
     SetDoNotDisturb {
         /// On.
@@ -81,6 +83,7 @@ impl Command {
             Command::SetHold { call_id, on_hold: false } => format!("resume:{call_id}"),
             Command::SetRecording { call_id, recording: true } => format!("record:{call_id}"),
             Command::SetRecording { call_id, recording: false } => format!("stop-recording:{call_id}"),
+            Command::MarkMissedSeen => "missed:seen".to_owned(),
             Command::SetDoNotDisturb { on: true } => "dnd:on".to_owned(),
             Command::SetDoNotDisturb { on: false } => "dnd:off".to_owned(),
             Command::SetInput { spec } => format!("input:{spec}"),
@@ -110,6 +113,7 @@ impl Command {
             "record" => Command::SetRecording { call_id: arg, recording: true },
             "stop-recording" => Command::SetRecording { call_id: arg, recording: false },
             "dnd" => Command::SetDoNotDisturb { on: arg == "on" },
+            "missed" => Command::MarkMissedSeen,
             "input" => Command::SetInput { spec: arg },
             "output" => Command::SetOutput { spec: arg },
             _ => return None,
@@ -130,6 +134,7 @@ impl Command {
             Command::SetRecording { recording: true, .. } => "Record",
             Command::SetRecording { recording: false, .. } => "Stop recording",
             Command::SetDoNotDisturb { .. } => "Do not disturb",
+            Command::MarkMissedSeen => "Missed calls",
             Command::SetInput { .. } => "Input device",
             Command::SetOutput { .. } => "Output device",
             Command::Quit => "Quit",
@@ -156,6 +161,7 @@ mod tests {
             Command::SetRecording { call_id: "c1".into(), recording: false },
             Command::SetDoNotDisturb { on: true },
             Command::SetDoNotDisturb { on: false },
+            Command::MarkMissedSeen,
             Command::SetInput { spec: "tone:440".into() },
             Command::SetOutput { spec: "file:/tmp/a:b.wav".into() },
             Command::Quit,

@@ -39,6 +39,8 @@ pub enum Update {
         status: Box<v1::Status>,
         /// From `ListAudioDevices`; `None` when the daemon could not list them.
         devices: Option<v1::ListAudioDevicesResponse>,
+        /// Missed calls not yet seen (0 when the history is off).
+        unseen_missed: u64,
     },
     /// One event of the feed (the first of every subscription is a Snapshot).
     /// Boxed, as events are large and most updates are not events.
@@ -117,6 +119,8 @@ pub struct TrayState {
     pub audio_output: String,
     /// Do-not-disturb is on; `None` before the daemon said.
     pub do_not_disturb: Option<bool>,
+    /// Missed calls not yet seen.
+    pub unseen_missed: u64,
     /// The last thing that went wrong (a refused command, a daemon error), shown
     /// in the menu until the next command that works, the next change to a call
     /// or to the devices, or the next connection. (Peers coming and going do not
@@ -136,6 +140,7 @@ impl Default for TrayState {
             audio_input: String::new(),
             audio_output: String::new(),
             do_not_disturb: None,
+            unseen_missed: 0,
             last_error: None,
         }
     }
@@ -165,7 +170,8 @@ impl TrayState {
     /// Applies one update; returns what the desktop should be told because of it.
     pub fn apply(&mut self, update: Update) -> Vec<Notice> {
         match update {
-            Update::Connected { status, devices } => {
+            Update::Connected { status, devices, unseen_missed } => {
+                self.unseen_missed = unseen_missed;
                 self.link = Link::Up;
                 self.display_name = status.display_name;
                 self.audio_input = status.audio_input;
@@ -205,8 +211,11 @@ impl TrayState {
                 }
                 Vec::new()
             }
-            Update::CommandDone { .. } => {
+            Update::CommandDone { command } => {
                 self.last_error = None;
+                if command == Command::MarkMissedSeen {
+                    self.unseen_missed = 0;
+                }
                 Vec::new()
             }
             Update::CommandFailed { command, message } => {
@@ -301,8 +310,15 @@ impl TrayState {
                 }
                 Vec::new()
             }
-            // The tray tells of missed calls as they end (call state events).
-            Kind::HistoryAdded(_) => Vec::new(),
+            // The tray tells of missed calls as they end (call state events); here
+            // it counts them until they are seen.
+            Kind::HistoryAdded(added) => {
+                let missed = v1::CallOutcome::Missed as i32;
+                if added.entry.is_some_and(|entry| entry.outcome == missed) {
+                    self.unseen_missed += 1;
+                }
+                Vec::new()
+            }
             Kind::PolicyChanged(change) => {
                 self.do_not_disturb = Some(change.do_not_disturb);
                 Vec::new()
@@ -465,7 +481,7 @@ mod tests {
     #[test]
     fn losing_the_daemon_forgets_its_state_and_withdraws_ringing() {
         let mut state = ringing_state();
-        state.apply(Update::Connected { status: Box::default(), devices: None });
+        state.apply(Update::Connected { status: Box::default(), devices: None, unseen_missed: 0 });
         let notices = state.apply(Update::Disconnected { reason: "gone".into(), retry_in: Duration::from_secs(1) });
         assert!(matches!(&notices[..], [Notice::StoppedRinging { .. }]), "{notices:?}");
         assert!(state.calls.is_empty() && state.peers.is_empty());
@@ -533,7 +549,7 @@ mod tests {
     #[test]
     fn a_refused_command_is_shown_until_something_works() {
         let clears = [
-            Update::Connected { status: Box::default(), devices: None },
+            Update::Connected { status: Box::default(), devices: None, unseen_missed: 0 },
             Update::CommandDone { command: Command::Dial { device_id: "DEV-BOB".into() } },
             changed(call("c2", CallState::Outgoing)),
             ev(event::Kind::MuteChanged(v1::MuteChanged { call_id: "c2".into(), muted: true })),

@@ -251,7 +251,12 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
                     1 => "1 peer online".to_owned(),
                     n => format!("{n} peers online"),
                 };
-                (IconKind::Idle, format!("voicelink: idle · {peers}"))
+                let missed = match state.unseen_missed {
+                    0 => String::new(),
+                    1 => " · 1 missed call".to_owned(),
+                    n => format!(" · {n} missed calls"),
+                };
+                (IconKind::Idle, format!("voicelink: idle · {peers}{missed}"))
             }
         },
     };
@@ -339,6 +344,14 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
         }
     }
 
+    if state.link == Link::Up && state.unseen_missed > 0 {
+        let calls = if state.unseen_missed == 1 { "call" } else { "calls" };
+        menu.push(MenuEntry::Action {
+            label: format!("{} missed {calls}: mark as seen", state.unseen_missed),
+            command: Command::MarkMissedSeen,
+            enabled: true,
+        });
+    }
     if state.link == Link::Up
         && let Some(dnd) = state.do_not_disturb
     {
@@ -576,6 +589,27 @@ mod tests {
     }
 
     #[test]
+    fn missed_calls_are_counted_until_marked_seen() {
+        let mut state = up();
+        let missed = |outcome: v1::CallOutcome| {
+            Update::Event(Box::new(v1::Event {
+                kind: Some(v1::event::Kind::HistoryAdded(v1::HistoryAdded {
+                    entry: Some(v1::HistoryEntry { outcome: outcome.into(), ..Default::default() }),
+                })),
+                ..Default::default()
+            }))
+        };
+        state.apply(missed(v1::CallOutcome::Missed));
+        state.apply(missed(v1::CallOutcome::Answered));
+        state.apply(missed(v1::CallOutcome::Missed));
+        let shown = view(&state, now());
+        assert_eq!(shown.tooltip, "voicelink: idle · no peers online · 2 missed calls");
+        assert_eq!(command_of(&shown, "2 missed calls: mark as seen"), &Command::MarkMissedSeen);
+        state.apply(Update::CommandDone { command: Command::MarkMissedSeen });
+        assert!(!view(&state, now()).tooltip.contains("missed"));
+    }
+
+    #[test]
     fn do_not_disturb_is_a_check_item() {
         let mut state = up();
         let policy = |on: bool| {
@@ -738,6 +772,7 @@ mod tests {
     fn device_menus_check_the_current_choice() {
         let mut state = up();
         state.apply(Update::Connected {
+            unseen_missed: 0,
             status: Box::new(v1::Status {
                 audio_input: "hw:1".into(),
                 audio_output: "default".into(),
