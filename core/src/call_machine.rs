@@ -177,18 +177,20 @@ pub enum MediaInput {
     Failed(FailCause),
 }
 
-/// A user command that does not fit the call's state.
+/// A user command that does not fit the call (its state, or something else).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot {action} a call that is {state}")]
-pub struct InvalidCommand {
-    action: &'static str,
-    state: String,
-}
+#[error("{0}")]
+pub struct InvalidCommand(String);
 
 impl InvalidCommand {
+    /// A command the call's state does not allow.
+    fn in_state(action: &'static str, state: State) -> Self {
+        InvalidCommand(format!("cannot {action} a call that is {}", describe(state)))
+    }
+
     /// A command that failed for another reason than the state.
     pub fn because(action: &'static str, reason: String) -> Self {
-        InvalidCommand { action, state: format!("not ready: {reason}") }
+        InvalidCommand(format!("cannot {action} this call: {reason}"))
     }
 }
 
@@ -415,7 +417,7 @@ impl CallMachine {
     /// A command from the user: refused (and nothing changes) if it does not fit
     /// the state. An ended call takes every command and ignores it.
     pub fn handle_command(&mut self, command: Command, now: Instant) -> Result<(), InvalidCommand> {
-        let refuse = |action, state| Err(InvalidCommand { action, state: describe(state).to_owned() });
+        let refuse = |action, state| Err(InvalidCommand::in_state(action, state));
         match (command, self.state) {
             (_, State::Ended) => {}
             (Command::Answer, State::Incoming) => {

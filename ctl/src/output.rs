@@ -41,6 +41,16 @@ fn word(name: &str, prefix: &str) -> String {
     name.strip_prefix(prefix).unwrap_or(name).to_lowercase()
 }
 
+/// How a call went, as a word: `CALL_OUTCOME_NOT_ANSWERED` → `not_answered`.
+fn outcome_word(outcome: i32) -> String {
+    v1::CallOutcome::try_from(outcome).map_or_else(|_| "unknown".into(), |o| word(o.as_str_name(), "CALL_OUTCOME_"))
+}
+
+/// What a call from a device that took a known device's name says.
+fn impostor_warning(known: &str) -> String {
+    format!("claims to be {known}, but is NOT the {known} you know")
+}
+
 fn state_word(state: i32) -> String {
     v1::CallState::try_from(state).map_or_else(|_| format!("state-{state}"), |s| word(s.as_str_name(), "CALL_STATE_"))
 }
@@ -175,7 +185,7 @@ fn call_line(call: &v1::Call) -> String {
     if call.recorded_by_peer {
         flags.push("RECORDED BY THE PEER");
     }
-    let impostor = format!("claims to be {0}, but is NOT the {0} you know", call.peer_name_conflict);
+    let impostor = impostor_warning(&call.peer_name_conflict);
     if !call.peer_name_conflict.is_empty() {
         flags.push(&impostor);
     }
@@ -401,7 +411,7 @@ impl Printer {
                     let warning = if call.peer_name_conflict.is_empty() {
                         String::new()
                     } else {
-                        format!(" !! claims to be {0}, but is NOT the {0} you know", call.peer_name_conflict)
+                        format!(" !! {}", impostor_warning(&call.peer_name_conflict))
                     };
                     println!("{at} incoming call from {}: {}{warning}", call.peer_display_name, call.call_id)
                 }
@@ -430,10 +440,7 @@ impl Printer {
             }
             Kind::HistoryAdded(e) => {
                 if let Some(entry) = &e.entry {
-                    let outcome = v1::CallOutcome::try_from(entry.outcome).map_or_else(
-                        |_| "unknown".into(),
-                        |o| word(o.as_str_name(), "CALL_OUTCOME_").replace('_', " "),
-                    );
+                    let outcome = outcome_word(entry.outcome).replace('_', " ");
                     println!("{at} history: call {} with {} {outcome}", entry.call_id, entry.peer_display_name)
                 }
             }
@@ -575,8 +582,7 @@ impl Printer {
         }
         for entry in &page.entries {
             let direction = if entry.direction == v1::CallDirection::Incoming as i32 { "from" } else { "to" };
-            let outcome = v1::CallOutcome::try_from(entry.outcome)
-                .map_or_else(|_| "unknown".into(), |o| word(o.as_str_name(), "CALL_OUTCOME_").replace('_', " "));
+            let outcome = outcome_word(entry.outcome).replace('_', " ");
             let talk = seconds(entry.talk_time.as_ref());
             let mut line = format!(
                 "{}  {direction} {}  {outcome}",
@@ -678,7 +684,7 @@ fn history_json(entry: &v1::HistoryEntry) -> Value {
         "started_at": rfc3339(entry.started_at.as_ref()),
         "setup_time_ms": entry.setup_time.as_ref().map(|d| seconds(Some(d)) * 1000.0),
         "talk_seconds": seconds(entry.talk_time.as_ref()),
-        "outcome": v1::CallOutcome::try_from(entry.outcome).map_or_else(|_| "unknown".into(), |o| word(o.as_str_name(), "CALL_OUTCOME_")),
+        "outcome": outcome_word(entry.outcome),
         "detail": entry.detail,
         "mos": entry.mos,
         "loss": entry.loss,

@@ -99,7 +99,7 @@ pub enum StoreError {
         known: i64,
     },
     /// A read or write failed (a full disk, a lock held too long).
-    #[error("the history database failed: {0}")]
+    #[error("the history database failed: {0} (is the disk full, or the data directory not writable?)")]
     Failed(String),
     /// The store is not running (it could not open, or the daemon is stopping).
     #[error("history and contacts are unavailable: {0}")]
@@ -527,7 +527,10 @@ impl Database {
         match result {
             Ok(()) => self.last_failure = None,
             Err(error) => {
-                let message = format!("cannot write to the history database ({error}); calls go on without history");
+                let message = format!(
+                    "cannot write to the history database ({error}); calls go on without history until a write \
+                     works again: free disk space, or make the data directory writable"
+                );
                 if self.last_failure.as_ref() != Some(&message) {
                     error!(%error, "cannot write to the history database; the call goes on");
                     if let Some(hub) = &self.hub {

@@ -156,10 +156,13 @@ pub fn caller_name(call: &v1::Call) -> String {
     } else {
         "unknown caller".to_owned()
     };
-    match call.peer_name_conflict.as_str() {
-        "" => name,
-        known => format!("{name} (NOT the {known} you know)"),
-    }
+    format!("{name}{}", not_the_one_you_know(&call.peer_name_conflict))
+}
+
+/// The warning for a device that advertises the name of another device the user
+/// knows (`known`: that device's name); empty when there is no conflict.
+pub fn not_the_one_you_know(known: &str) -> String {
+    if known.is_empty() { String::new() } else { format!(" (NOT the {known} you know)") }
 }
 
 fn is_ringing_here(call: &v1::Call) -> bool {

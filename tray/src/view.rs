@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use voicelink_proto::v1::{self, CallState};
 
 use crate::command::Command;
-use crate::model::{Link, TrayState, caller_name};
+use crate::model::{Link, TrayState, caller_name, not_the_one_you_know};
 
 /// Which icon the tray shows (drawn by [`crate::icons`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -330,10 +330,7 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
                     ("", name) => name.to_owned(),
                     (alias, _) => alias.to_owned(),
                 };
-                let warning = match peer.name_conflict.as_str() {
-                    "" => String::new(),
-                    known => format!(" (NOT the {known} you know)"),
-                };
+                let warning = not_the_one_you_know(&peer.name_conflict);
                 menu.push(MenuEntry::Action {
                     label: format!("Call {name}{warning}"),
                     command: Command::Dial { device_id: peer.device_id.clone() },

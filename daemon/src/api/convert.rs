@@ -314,6 +314,6 @@ pub fn config_entry(entry: &crate::settings::ConfigEntry) -> v1::ConfigEntry {
         applies: applies.into(),
         description: entry.key.doc.to_owned(),
         default_value: entry.key.default.to_owned(),
-        overridden_by: entry.key.flag.filter(|_| entry.overridden_by.is_some()).unwrap_or_default().to_owned(),
+        overridden_by: entry.overridden_by.unwrap_or_default().to_owned(),
     }
 }
