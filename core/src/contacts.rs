@@ -174,6 +174,52 @@ impl Contacts {
     }
 }
 
+/// A peer that claims the name of another device we know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameClaim {
+    /// The peer making the claim.
+    pub peer: DeviceId,
+    /// The name it advertises.
+    pub claimed: String,
+    /// The known device the name belongs to.
+    pub known: DeviceId,
+}
+
+/// Which peers claim a known device's name, so that each claim is announced
+/// once: when it starts (a peer appears or renames itself, or the user comes to
+/// know the device whose name it took), not on every change of the peer.
+#[derive(Debug, Default)]
+pub struct NameClaims {
+    /// Peer → the known device whose name it claims, as last reported.
+    claiming: BTreeMap<DeviceId, DeviceId>,
+}
+
+impl NameClaims {
+    /// Looks at one peer advertising `name`; returns its claim if the claim is
+    /// new (not the one last reported for this peer).
+    pub fn check(&mut self, peer: DeviceId, name: &str, contacts: &Contacts) -> Option<NameClaim> {
+        match contacts.name_claimed_by_other(&peer, name) {
+            None => {
+                self.claiming.remove(&peer);
+                None
+            }
+            Some(known) => {
+                let known = known.device_id;
+                (self.claiming.insert(peer, known) != Some(known)).then(|| NameClaim {
+                    peer,
+                    claimed: name.to_owned(),
+                    known,
+                })
+            }
+        }
+    }
+
+    /// The peer is gone: a claim it makes when it comes back is new again.
+    pub fn gone(&mut self, peer: &DeviceId) {
+        self.claiming.remove(peer);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +283,25 @@ mod tests {
     fn a_blocked_devices_name_is_not_protected() {
         let contacts = Contacts::new([contact(1, "printer", Standing::Blocked)]);
         assert_eq!(contacts.name_claimed_by_other(&id(2), "printer"), None);
+    }
+
+    #[test]
+    fn a_claim_is_announced_once_and_again_only_after_it_ended() {
+        let mut contacts = Contacts::new([contact(1, "alice", Standing::Known)]);
+        let mut claims = NameClaims::default();
+        let impostor = id(9);
+        let claim = claims.check(impostor, "alice", &contacts);
+        assert_eq!(claim.map(|c| (c.peer, c.known)), Some((impostor, id(1))));
+        assert_eq!(claims.check(impostor, "alice", &contacts), None, "the same claim, already announced");
+        assert_eq!(claims.check(impostor, "mallory", &contacts), None, "no longer claims it");
+        assert!(claims.check(impostor, "Alice", &contacts).is_some(), "claims it again");
+        claims.gone(&impostor);
+        assert!(claims.check(impostor, "alice", &contacts).is_some(), "back after it left");
+
+        // A stranger's name that becomes a known device's name: claimed from then on.
+        assert_eq!(claims.check(id(7), "bob", &contacts), None);
+        contacts = Contacts::new([contact(1, "alice", Standing::Known), contact(2, "bob", Standing::Trusted)]);
+        assert_eq!(claims.check(id(7), "bob", &contacts).map(|c| c.known), Some(id(2)));
+        assert_eq!(claims.check(id(2), "bob", &contacts), None, "bob's own name");
     }
 }

@@ -219,6 +219,7 @@ impl Printer {
                 "audio_output": status.audio_output,
                 "discovery_enabled": status.discovery_enabled,
                 "history_problem": status.history_problem,
+                "history_database": status.history_database,
                 "who_may_ring": status.who_may_ring,
                 "do_not_disturb": status.do_not_disturb,
                 "auto_answer": status.auto_answer,
@@ -234,10 +235,11 @@ impl Printer {
         println!("audio      in: {}  out: {}", status.audio_input, status.audio_output);
         let dnd = if status.do_not_disturb { "  DO NOT DISTURB" } else { "" };
         println!("calls      who may ring: {}{dnd}  auto-answer: {}", status.who_may_ring, status.auto_answer);
+        let database = if status.history_database.is_empty() { "no database" } else { &status.history_database };
         if status.history_problem.is_empty() {
-            println!("history    kept");
+            println!("history    kept in {database}");
         } else {
-            println!("history    OFF: {}", status.history_problem);
+            println!("history    {database}: PROBLEM: {}", status.history_problem);
         }
     }
 
@@ -376,6 +378,10 @@ impl Printer {
                 Kind::AudioDeviceChanged(e) => {
                     ("audio_device_changed", json!({ "audio_input": e.audio_input, "audio_output": e.audio_output }))
                 }
+                Kind::NameConflict(e) => (
+                    "name_conflict",
+                    json!({ "peer": e.peer.as_ref().map(peer_json), "known_device_id": e.known_device_id }),
+                ),
                 Kind::Error(e) => ("error", json!({ "call_id": e.call_id, "message": e.message })),
             };
             return self.print_json(json!({
@@ -445,6 +451,16 @@ impl Printer {
                 }
             }
             Kind::AudioDeviceChanged(e) => println!("{at} audio in: {}  out: {}", e.audio_input, e.audio_output),
+            Kind::NameConflict(e) => {
+                if let Some(peer) = &e.peer {
+                    println!(
+                        "{at} !! peer {} {} (the one you know is {})",
+                        peer_line(peer),
+                        impostor_warning(&peer.name_conflict),
+                        short(&e.known_device_id)
+                    )
+                }
+            }
             Kind::Error(e) => println!("{at} error: {}", e.message),
         }
     }

@@ -23,6 +23,7 @@ use crate::discovery::{Discovery, OwnAdvert};
 use crate::events::EventHub;
 use crate::identity::{Identity, IdentityError};
 use crate::media::session::CodecSettings;
+use crate::name_claims;
 use crate::service_manager;
 use crate::settings::{Reload, Settings};
 use crate::signaling::SignalingListener;
@@ -155,6 +156,7 @@ where
     if let Some(discovery) = discovery {
         tasks.spawn(discovery.run(hub.clone(), settings_rx.clone(), stop.clone()));
     }
+    tasks.spawn(name_claims::run(hub.clone(), store.contacts(), stop.clone()));
     let (registry_tx, registry_rx) = mpsc::channel(64);
     let (inbox_tx, inbox_rx) = mpsc::channel(64);
     let mut context = CallContext {

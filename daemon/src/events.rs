@@ -82,6 +82,13 @@ pub enum Change {
         /// Do-not-disturb is on.
         do_not_disturb: bool,
     },
+    /// A peer began to advertise the name of another device we know.
+    NameConflict {
+        /// The peer making the claim.
+        peer: PeerRecord,
+        /// The known device whose name it advertises.
+        known: DeviceId,
+    },
     /// A call was written to the history (it ended, or was refused).
     HistoryAdded(Box<voicelink_core::history::HistoryEntry>),
     /// The default audio endpoints for new calls changed.
@@ -115,7 +122,11 @@ impl State {
             }
             // Published on the settings channel, or kept by the store; the feed
             // only announces them.
-            Change::AudioDefaults { .. } | Change::HistoryAdded(_) | Change::Problem(_) | Change::Policy { .. } => {}
+            Change::AudioDefaults { .. }
+            | Change::HistoryAdded(_)
+            | Change::Problem(_)
+            | Change::Policy { .. }
+            | Change::NameConflict { .. } => {}
         }
     }
 }

@@ -8,7 +8,7 @@
 //!    the device key on disk, the event hub, the stats board, the log filter.
 //! 3. [`audio`] (endpoints and sound cards), then [`media`] (the WebRTC peer
 //!    connection and the audio pumps), [`signaling`] (TLS, WebSocket, the
-//!    listener) and [`discovery`] (the mDNS task).
+//!    listener), [`discovery`] (the mDNS task) and [`name_claims`] (impostors).
 //! 4. [`call`]: the registry task that drives the switchboard, and a task per call.
 //! 5. [`api`] (the gRPC server) and `daemon` ([`run`]), on top.
 
@@ -23,6 +23,7 @@ pub mod identity;
 pub mod logging;
 pub mod manual;
 pub mod media;
+pub mod name_claims;
 pub mod service_manager;
 pub mod settings;
 pub mod signaling;

@@ -125,7 +125,8 @@ pub struct HistoryPage {
 enum Request {
     CallStarted(HistoryEntry),
     CallEnded(HistoryEntry),
-    /// A device completed a call with us (either way), under this name.
+    /// A device completed a call with us (either way), or the user decided
+    /// about it while it advertised this name.
     Met {
         device: DeviceId,
         name: String,
@@ -173,6 +174,8 @@ pub struct Store {
     problem: Option<StoreError>,
     /// The last write that failed (a full disk), until one succeeds again.
     failing: Arc<std::sync::Mutex<Option<String>>>,
+    /// The database file, when there is one.
+    path: Option<PathBuf>,
 }
 
 impl Store {
@@ -195,14 +198,14 @@ impl Store {
                     .name("voicelink-store".into())
                     .spawn(move || database.serve(receiver, contacts_tx, &hub));
                 match spawned {
-                    Ok(_) => Store { requests: Some(requests), contacts, problem: None, failing },
-                    Err(e) => Store::without(StoreError::Failed(e.to_string()), contacts),
+                    Ok(_) => Store { requests: Some(requests), contacts, problem: None, failing, path: Some(path) },
+                    Err(e) => Store::without(StoreError::Failed(e.to_string()), contacts, Some(path)),
                 }
             }
             Err(problem) => {
                 error!(%problem, "history and contacts are off");
                 hub.publish(Change::Problem(problem.to_string()));
-                Store::without(problem, contacts)
+                Store::without(problem, contacts, Some(path))
             }
         }
     }
@@ -210,11 +213,17 @@ impl Store {
     /// A store that keeps nothing: history and contacts off for `reason`.
     pub fn off(reason: &str) -> Store {
         let (_, contacts) = watch::channel(Arc::new(Contacts::default()));
-        Store::without(StoreError::Unavailable(reason.to_owned()), contacts)
+        Store::without(StoreError::Unavailable(reason.to_owned()), contacts, None)
     }
 
-    fn without(problem: StoreError, contacts: watch::Receiver<Arc<Contacts>>) -> Store {
-        Store { requests: None, contacts, problem: Some(problem), failing: Arc::default() }
+    fn without(problem: StoreError, contacts: watch::Receiver<Arc<Contacts>>, path: Option<PathBuf>) -> Store {
+        Store { requests: None, contacts, problem: Some(problem), failing: Arc::default(), path }
+    }
+
+    /// The database file (whether or not it could be used); `None` for a store
+    /// that was never opened.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Why history and contacts are off, or why writing fails now, if so.
@@ -265,7 +274,9 @@ impl Store {
         self.tell(Request::CallEnded(entry));
     }
 
-    /// A call with `device` was answered: it is known from now on.
+    /// A call with `device` was answered, or the user is about to decide about
+    /// it while it advertises `name`: it is known from now on, and so is the
+    /// name (unless another known device used it first).
     pub fn met(&self, device: DeviceId, name: String, at: SystemTime) {
         self.tell(Request::Met { device, name, at });
     }
@@ -715,6 +726,7 @@ impl Database {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Update;
 
     fn entry(call: &str, peer: DeviceId, direction: Direction, at: u64) -> HistoryEntry {
         HistoryEntry {
@@ -840,6 +852,85 @@ mod tests {
         let connection = Connection::open(newer.path().join(DATABASE_FILE)).unwrap();
         let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
         assert_eq!(version, 99, "nothing was migrated or deleted");
+    }
+
+    /// A tmpfs of `kib` KiB, unmounted when dropped. Mounting needs root, as
+    /// the namespace tests do.
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        fn mount(kib: u32) -> SmallDisk {
+            let dir = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "voicelink-test"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "cannot mount a small tmpfs (this test needs root)");
+            SmallDisk(dir)
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_stops_writes_with_a_clear_problem_keeps_every_row_and_writing_resumes() {
+        let disk = SmallDisk::mount(1024);
+        let hub = EventHub::new();
+        let mut feed = hub.subscribe();
+        let store = Store::open(disk.0.path(), Retention::default(), hub.clone());
+        assert_eq!(store.path(), Some(disk.0.path().join(DATABASE_FILE).as_path()));
+        let bob = DeviceId::from_hash([2; 32]);
+        let ended = |call: &str, at: u64| HistoryEntry {
+            outcome: Some(Outcome::Answered),
+            detail: "x".repeat(2000),
+            ..entry(call, bob, Direction::Outgoing, at)
+        };
+        store.call_ended(ended("before", 0));
+        store.flush().await;
+
+        // Fill the disk to the last byte.
+        let filler = disk.0.path().join("filler");
+        {
+            use std::io::Write as _;
+            let mut file = std::fs::File::create(&filler).unwrap();
+            while file.write_all(&[0; 4096]).is_ok() {}
+        }
+        for n in 1..=100 {
+            store.call_ended(ended(&format!("full{n}"), n));
+        }
+        let problem = loop {
+            match feed.next().await {
+                Some(Update::Change(published)) => match &published.change {
+                    Change::Problem(message) => break message.clone(),
+                    _ => continue,
+                },
+                Some(Update::State(..)) => continue,
+                None => panic!("the hub closed"),
+            }
+        };
+        assert!(problem.contains("full") && problem.contains("free disk space"), "{problem}");
+        store.flush().await;
+        assert!(store.problem().is_some_and(|p| p.contains("full")), "{:?}", store.problem());
+        let page = store.history(HistoryQuery::default()).await.unwrap();
+        assert!(page.entries.iter().any(|(_, e)| e.call_id.to_string() == "before"), "read while full");
+
+        // Space again: the next write works, the problem clears, nothing written before is lost.
+        std::fs::remove_file(&filler).unwrap();
+        store.call_ended(ended("after", 200));
+        store.flush().await;
+        assert_eq!(store.problem(), None);
+        let page = store.history(HistoryQuery { limit: 1000, ..HistoryQuery::default() }).await.unwrap();
+        let calls: Vec<String> = page.entries.iter().map(|(_, e)| e.call_id.to_string()).collect();
+        assert_eq!(calls.first().map(String::as_str), Some("after"));
+        assert_eq!(calls.last().map(String::as_str), Some("before"));
+        drop(store);
+        let reopened = open(disk.0.path());
+        assert_eq!(reopened.problem(), None, "the file is sound after the disk filled");
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["clock", "identity", "events", "stats", "logging", "service_manager"],
     &["audio", "store"],
-    &["media", "signaling", "discovery"],
+    &["media", "signaling", "discovery", "name_claims"],
     &["call", "settings"],
     &["api"],
     &["daemon", "main", "lib", "manual"],

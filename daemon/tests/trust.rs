@@ -104,6 +104,9 @@ async fn known_devices_blocks_do_not_disturb_and_history_hold_across_restarts() 
     a_events.wait_for("missed at alice", |e| call_is(e, &missed, "ended")).await;
 
     b.restart().await;
+    let status = b.ctl_json(&["status"]).await;
+    assert!(status["history_database"].as_str().is_some_and(|p| p.ends_with("/voicelink.db")), "{status}");
+    assert_eq!(status["history_problem"], "", "{status}");
     let history = outcomes(&b.ctl_json(&["history"]).await);
     let expected: Vec<(String, String)> = [
         ("alice", "interrupted"),
@@ -142,14 +145,27 @@ async fn a_stranger_with_a_known_name_is_flagged_and_never_reached_by_that_name(
     let answering = format!("{QUIET}[calls]\nauto_answer = true\n");
     let (mut a, b) = two_daemons_with(&lan, dir.path(), &answering, QUIET).await;
     let mut b_events = b.follow_events().await;
-    let id = b.ctl_json(&["dial", "alice", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
-    b_events.wait_for("active", |e| call_is(e, &id, "active")).await;
-    b.ctl_json(&["hangup"]).await;
-    b_events.wait_for("ended", |e| call_is(e, &id, "ended")).await;
+    // Bob trusts alice before any call with her: she is known, by her name.
+    b.wait_until_it_sees(&a.device_id).await;
+    b.ctl_json(&["contacts", "trust", "alice"]).await;
+    let known = b.ctl_json(&["contacts", "list"]).await;
+    assert_eq!(
+        (known[0]["device_id"].as_str(), known[0]["standing"].as_str()),
+        (Some(a.device_id.as_str()), Some("trusted"))
+    );
+    assert_eq!(known[0]["names"][0], "alice", "{known}");
 
     // An impostor calls itself alice, with a key of its own.
     let impostor = Daemon::start(Some(&lan.host(2)), &dir.path().join("x"), "alice", QUIET).await;
     b.wait_until_it_sees(&impostor.device_id).await;
+    // The claim is an event of its own.
+    let conflict = b_events
+        .wait_for("a name conflict", |e| {
+            e["type"] == "name_conflict" && e["name_conflict"]["peer"]["device_id"] == impostor.device_id.as_str()
+        })
+        .await;
+    assert_eq!(conflict["name_conflict"]["known_device_id"], a.device_id.as_str(), "{conflict}");
+    assert_eq!(conflict["name_conflict"]["peer"]["name_conflict"], "alice", "{conflict}");
     let peers = b.ctl_json(&["peers"]).await;
     let flagged = peers.as_array().unwrap().iter().find(|p| p["device_id"] == impostor.device_id.as_str()).unwrap();
     assert_eq!(flagged["name_conflict"], "alice", "{peers}");

@@ -95,6 +95,13 @@ pub enum Notice {
         /// Who called.
         caller: String,
     },
+    /// A peer began to advertise the name of a device we know: warn.
+    Impostor {
+        /// The name it advertises.
+        claimed: String,
+        /// What we call the device it is not.
+        known: String,
+    },
 }
 
 /// Everything the tray shows is a function of this.
@@ -273,6 +280,11 @@ impl TrayState {
                 self.peers.insert(peer.device_id.clone(), peer);
                 Vec::new()
             }
+            Kind::NameConflict(v1::NameConflict { peer: Some(peer), .. }) => {
+                let notice = Notice::Impostor { claimed: peer.display_name.clone(), known: peer.name_conflict.clone() };
+                self.peers.insert(peer.device_id.clone(), peer);
+                vec![notice]
+            }
             Kind::PeerGone(gone) => {
                 self.peers.remove(&gone.device_id);
                 Vec::new()
@@ -337,9 +349,11 @@ impl TrayState {
                 Vec::new()
             }
             // Events whose payload is missing carry nothing to apply.
-            Kind::PeerAppeared(_) | Kind::PeerChanged(_) | Kind::IncomingCall(_) | Kind::CallStateChanged(_) => {
-                Vec::new()
-            }
+            Kind::PeerAppeared(_)
+            | Kind::PeerChanged(_)
+            | Kind::NameConflict(_)
+            | Kind::IncomingCall(_)
+            | Kind::CallStateChanged(_) => Vec::new(),
         }
     }
 
@@ -489,6 +503,23 @@ mod tests {
         assert!(matches!(&notices[..], [Notice::StoppedRinging { .. }]), "{notices:?}");
         assert!(state.calls.is_empty() && state.peers.is_empty());
         assert_eq!(state.link, Link::Down { reason: "gone".into(), retry_in: Duration::from_secs(1) });
+    }
+
+    #[test]
+    fn a_name_conflict_warns_once_and_flags_the_peer() {
+        let mut state = TrayState::default();
+        let impostor = v1::Peer {
+            device_id: "DEV-EVE".into(),
+            display_name: "alice".into(),
+            name_conflict: "alice".into(),
+            ..Default::default()
+        };
+        let notices = state.apply(ev(event::Kind::NameConflict(v1::NameConflict {
+            peer: Some(impostor),
+            known_device_id: "DEV-ALICE".into(),
+        })));
+        assert_eq!(notices, [Notice::Impostor { claimed: "alice".into(), known: "alice".into() }]);
+        assert_eq!(state.peers["DEV-EVE"].name_conflict, "alice");
     }
 
     #[test]

@@ -67,6 +67,8 @@ enum Message {
     Withdraw { call_id: String },
     /// The call was missed: withdraw its ringing notification, leave a missed one.
     Missed { call_id: String, caller: String },
+    /// A peer advertises the name of a device we know: warn once.
+    Impostor { claimed: String, known: String },
     /// The tray is quitting: withdraw every ringing notification, then say so.
     CloseAll { done: oneshot::Sender<()> },
     /// `ActionInvoked(id, action_key)`.
@@ -109,6 +111,12 @@ impl Notifier {
     /// The call was missed: replace the ringing notification with one that stays.
     pub fn missed(&self, call_id: &str, caller: &str) {
         self.queue(Message::Missed { call_id: call_id.to_owned(), caller: caller.to_owned() });
+    }
+
+    /// A peer advertises `claimed`, the name of `known`, a device we know: a
+    /// notice that stays.
+    pub fn impostor(&self, claimed: &str, known: &str) {
+        self.queue(Message::Impostor { claimed: claimed.to_owned(), known: known.to_owned() });
     }
 
     /// Withdraws every ringing notification (the tray is quitting); returns
@@ -307,6 +315,17 @@ impl Notifications {
                 match shown {
                     Ok(id) => tracing::info!(call_id, notification = id, "missed-call notification shown"),
                     Err(error) => tracing::warn!(%error, call_id, "cannot show the missed-call notification"),
+                }
+            }
+            Message::Impostor { claimed, known } => {
+                let body = format!(
+                    "A new device on the network calls itself {claimed}, but it is NOT the {known} you know. \
+                     Do not trust it until you compare safety numbers (voicectl verify)."
+                );
+                let shown =
+                    self.notify(&format!("Not the {known} you know"), &body, "dialog-warning", "device", 1, &[]).await;
+                if let Err(error) = shown {
+                    tracing::warn!(%error, "cannot show the impostor notification");
                 }
             }
             Message::CloseAll { done } => {

@@ -263,6 +263,7 @@ impl Ui {
                 self.notifier.stopped_ringing(&call_id);
             }
             Notice::Missed { call_id, caller } => self.notifier.missed(&call_id, &caller),
+            Notice::Impostor { claimed, known } => self.notifier.impostor(&claimed, &known),
         }
     }
 

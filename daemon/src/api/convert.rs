@@ -172,6 +172,10 @@ pub(super) fn event(published: &Published, contacts: &Contacts) -> v1::Event {
             auto_answer: auto_answer.to_string(),
             do_not_disturb: *do_not_disturb,
         }),
+        Change::NameConflict { peer: record, known } => Kind::NameConflict(v1::NameConflict {
+            peer: Some(peer(record, contacts)),
+            known_device_id: known.to_string(),
+        }),
         Change::Problem(message) => Kind::Error(v1::DaemonError { call_id: String::new(), message: message.clone() }),
         Change::HistoryAdded(entry) => Kind::HistoryAdded(v1::HistoryAdded { entry: Some(history_entry(entry)) }),
         Change::AudioDefaults { input, output } => Kind::AudioDeviceChanged(v1::AudioDeviceChanged {

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,7 +17,7 @@ use voicelink_proto::v1::voicelink_server::Voicelink;
 use voicelink_core::audio_spec::{InputSpec, OutputSpec, SpecError};
 use voicelink_core::call_machine::Command;
 use voicelink_core::call_record::CallRecord;
-use voicelink_core::contacts::Standing;
+use voicelink_core::contacts::{Standing, clean_name};
 use voicelink_core::history::HistoryQuery;
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::safety_number::SafetyNumber;
@@ -130,6 +130,17 @@ impl ControlService {
         }
     }
 
+    /// The user decides about a device before any call with it: remember the
+    /// name it advertises now, so a stranger that takes the name later is
+    /// flagged as it would be for a device known from a call.
+    fn remember_advertised_name(&self, device: DeviceId) {
+        let already_named = self.store.contacts().borrow().get(&device).is_some_and(|c| !c.names.is_empty());
+        let advertised = self.hub.state().peers.get(&device).map(|peer| peer.display_name.clone());
+        if let (false, Some(name)) = (already_named, advertised) {
+            self.store.met(device, clean_name(&name, voicelink_core::vocab::MAX_NAME_BYTES), SystemTime::now());
+        }
+    }
+
     /// Sends a command to the call registry and waits for its answer.
     async fn ask(&self, make: impl FnOnce(Reply) -> RegistryCommand) -> Result<v1::Call, Status> {
         let (reply, answer) = oneshot::channel();
@@ -211,6 +222,7 @@ impl Voicelink for ControlService {
             audio_output: settings.audio_output.to_string(),
             discovery_enabled: info.discovery_enabled,
             history_problem: self.store.problem().unwrap_or_default(),
+            history_database: self.store.path().map(|p| p.display().to_string()).unwrap_or_default(),
             who_may_ring: settings.calls.who_may_ring.to_string(),
             auto_answer: settings.calls.auto_answer.to_string(),
             do_not_disturb: settings.calls.do_not_disturb,
@@ -306,6 +318,9 @@ impl Voicelink for ControlService {
         use v1::set_contact_request::Change as Set;
         let r = request.into_inner();
         let device = self.device_named(&r.device)?;
+        if !matches!(r.change, None | Some(Set::Forget(_))) {
+            self.remember_advertised_name(device);
+        }
         let done = match r.change {
             None => return Err(Status::invalid_argument("say what to change: alias, standing or forget")),
             Some(Set::Alias(alias)) => {
