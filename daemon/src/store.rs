@@ -934,6 +934,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_database_locked_by_another_program_fails_writes_until_it_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = EventHub::new();
+        let mut feed = hub.subscribe();
+        let store = Store::open(dir.path(), Retention::default(), hub.clone());
+        let bob = DeviceId::from_hash([2; 32]);
+        let ended =
+            |call: &str| HistoryEntry { outcome: Some(Outcome::Answered), ..entry(call, bob, Direction::Outgoing, 0) };
+        store.call_ended(ended("before"));
+        store.flush().await;
+
+        // Another program (the sqlite3 shell, say) holds the write lock.
+        let other = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        store.call_ended(ended("while-locked"));
+        let problem = loop {
+            if let Some(Update::Change(published)) = feed.next().await
+                && let Change::Problem(message) = &published.change
+            {
+                break message.clone();
+            }
+        };
+        assert!(problem.contains("locked"), "{problem}");
+        other.execute_batch("COMMIT").unwrap();
+        store.call_ended(ended("after"));
+        store.flush().await;
+        assert_eq!(store.problem(), None);
+        let page = store.history(HistoryQuery { limit: 10, ..HistoryQuery::default() }).await.unwrap();
+        let calls: Vec<String> = page.entries.iter().map(|(_, e)| e.call_id.to_string()).collect();
+        assert_eq!(calls, ["after", "before"]);
+    }
+
+    #[tokio::test]
     async fn retention_drops_the_oldest_calls() {
         let dir = tempfile::tempdir().unwrap();
         let retention = Retention { max_age: Duration::from_secs(365 * 24 * 3600), max_entries: 3 };

@@ -202,3 +202,30 @@ async fn a_stranger_with_a_known_name_is_flagged_and_never_reached_by_that_name(
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not the device you know by that name"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn a_damaged_database_is_reported_left_alone_and_calls_still_work() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let damaged = dir.path().join("b/data/voicelink.db");
+    std::fs::create_dir_all(damaged.parent().unwrap()).unwrap();
+    std::fs::write(&damaged, b"the user's bytes, not a database").unwrap();
+    let answering = format!("{QUIET}[calls]\nauto_answer = true\n");
+    let (a, b) = two_daemons_with(&lan, dir.path(), QUIET, &answering).await;
+
+    let status = b.ctl_json(&["status"]).await;
+    assert_eq!(status["history_database"], damaged.display().to_string(), "{status}");
+    assert!(status["history_problem"].as_str().is_some_and(|p| p.contains("damaged")), "{status}");
+    let shown = b.ctl(&["status"]).await;
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("PROBLEM"), "{shown:?}");
+
+    let mut a_events = a.follow_events().await;
+    let id = a.ctl_json(&["dial", "bob", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    a_events.wait_for("bob answers without a database", |e| call_is(e, &id, "active")).await;
+    a.ctl_json(&["hangup"]).await;
+    let out = b.ctl(&["history"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&damaged).unwrap(), b"the user's bytes, not a database");
+}
