@@ -109,7 +109,7 @@ impl Advert {
             _ => return Err(invalid(KEY_VERSION, format!("{version:?} is not a version number"))),
         };
         let device_id = text(id, KEY_ID)?.parse::<DeviceId>().map_err(|e| invalid(KEY_ID, e.to_string()))?;
-        let display_name = text(name, KEY_NAME)?.parse::<DisplayName>().map_err(|why| invalid(KEY_NAME, why))?;
+        let display_name = DisplayName::from_network(text(name, KEY_NAME)?).map_err(|why| invalid(KEY_NAME, why))?;
         let port = text(port, KEY_PORT)?;
         let signaling_port = match port.parse::<u16>() {
             Ok(p) if p != 0 => p,
@@ -185,7 +185,7 @@ mod tests {
             (&[("v", Some("0")), ("id", Some(&id)), ("name", Some("a")), ("port", Some("1"))], "v"),
             (&[("v", Some("1")), ("id", Some("NOTANID")), ("name", Some("a")), ("port", Some("1"))], "id"),
             (&[("v", Some("1")), ("id", Some(&id)), ("name", Some(" ")), ("port", Some("1"))], "name"),
-            (&[("v", Some("1")), ("id", Some(&id)), ("name", Some("a\u{7}")), ("port", Some("1"))], "name"),
+            (&[("v", Some("1")), ("id", Some(&id)), ("name", Some("\u{7}\u{202e}")), ("port", Some("1"))], "name"),
             (&[("v", Some("1")), ("id", Some(&id)), ("name", Some(&"x".repeat(64))), ("port", Some("1"))], "name"),
             (&[("v", Some("1")), ("id", Some(&id)), ("name", Some("a")), ("port", Some("0"))], "port"),
             (&[("v", Some("1")), ("id", Some(&id)), ("name", Some("a")), ("port", Some("65536"))], "port"),
@@ -196,6 +196,9 @@ mod tests {
                 other => panic!("{pairs:?} gave {other:?}"),
             }
         }
+        let cleaned =
+            decode(&[("v", Some("1")), ("id", Some(&id)), ("name", Some("bob\n\u{202e}")), ("port", Some("1"))]);
+        assert_eq!(cleaned.map(|a| a.display_name), Ok("bob".to_owned()), "a name is cleaned, not refused");
         assert_eq!(decode(&[("v", Some("1")), ("name", Some("a")), ("port", Some("1"))]), Err(TxtError::Missing("id")));
         assert_eq!(decode(&[("v", Some("1")), ("id", None)]), Err(TxtError::Missing("id")));
         let not_utf8 = [("v", Some(&b"1"[..])), ("id", Some(&b"\xff\xfe"[..]))];

@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
+use crate::vocab::excerpt;
+
 /// Highest tone we accept: well inside the 24 kHz Nyquist limit of 48 kHz audio.
 const MAX_TONE_HZ: u32 = 20_000;
 
@@ -52,8 +54,15 @@ pub struct SpecError {
 const INPUT_FORMS: &str = "use default, device:NAME, file:PATH.wav, tone:HZ, silence or echo";
 const OUTPUT_FORMS: &str = "use default, device:NAME, file:PATH.wav or null";
 
-/// Splits `kind:value`, refusing an empty value.
+/// The longest spec: a path as long as Linux allows (PATH_MAX) and its prefix.
+pub const MAX_SPEC_BYTES: usize = 4096 + 8;
+
+/// Splits `kind:value`, refusing an empty value and a spec longer than any path.
 fn split<'a>(given: &'a str, side: &'static str) -> Result<(&'a str, Option<&'a str>), SpecError> {
+    if given.len() > MAX_SPEC_BYTES {
+        let problem = format!("it is {} bytes long; at most {MAX_SPEC_BYTES}", given.len());
+        return Err(SpecError { side, given: excerpt(given), problem });
+    }
     match given.split_once(':') {
         None => Ok((given, None)),
         Some((kind, "")) => {
@@ -154,6 +163,9 @@ mod tests {
         assert!(error.contains("whole number"), "{error}");
         let error = "file:".parse::<OutputSpec>().unwrap_err().to_string();
         assert!(error.contains("needs a value"), "{error}");
+        let huge = format!("file:/{}.wav", "x".repeat(1 << 20));
+        let error = huge.parse::<OutputSpec>().unwrap_err().to_string();
+        assert!(error.len() < 300 && error.contains("at most 4104"), "{error}");
         // echo is an input (what we send), not an output.
         assert!("echo".parse::<OutputSpec>().is_err());
     }

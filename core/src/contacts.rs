@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use crate::device_id::DeviceId;
+use crate::vocab::clean_text;
 
 /// What the user decided about a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -74,33 +75,12 @@ impl Contact {
     }
 }
 
-/// Whether two names are the same to a person: without case, and without the
-/// invisible characters (zero-width, bidi controls) that could make a look-alike
-/// differ from the name it copies.
+/// Whether two names are the same to a person: in one Unicode form, without
+/// case, and without the invisible characters (zero-width, bidi controls) that
+/// could make a look-alike differ from the name it copies.
 pub fn same_name(a: &str, b: &str) -> bool {
-    let visible = |s: &str| -> String {
-        s.chars().filter(|c| !c.is_control() && !is_invisible(*c)).flat_map(char::to_lowercase).collect()
-    };
-    visible(a).trim() == visible(b).trim()
-}
-
-/// Format characters that show nothing: zero-width spaces and joiners, bidi
-/// marks and overrides, the BOM.
-fn is_invisible(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-}
-
-/// A name from the network made safe to keep and show: control and invisible
-/// characters removed, at most `max_bytes` (cut at a character boundary).
-pub fn clean_name(name: &str, max_bytes: usize) -> String {
-    let mut clean = String::new();
-    for c in name.chars().filter(|c| !c.is_control() && !is_invisible(*c)) {
-        if clean.len() + c.len_utf8() > max_bytes {
-            break;
-        }
-        clean.push(c);
-    }
-    clean.trim().to_owned()
+    let visible = |s: &str| -> String { clean_text(s, usize::MAX).chars().flat_map(char::to_lowercase).collect() };
+    visible(a) == visible(b)
 }
 
 /// Every known device, by ID.
@@ -275,8 +255,9 @@ mod tests {
         let look_alike = "al\u{200B}ice";
         assert!(contacts.name_claimed_by_other(&id(9), look_alike).is_some(), "a zero-width space hides nothing");
         assert!(contacts.name_claimed_by_other(&id(9), "ALICE\u{202E}").is_some());
-        assert_eq!(clean_name("evil\nINFO forged line\u{1b}[31m", 63), "evilINFO forged line[31m");
-        assert_eq!(clean_name(&"é".repeat(40), 63).len(), 62, "cut at a character boundary");
+        assert!(contacts.name_claimed_by_other(&id(9), "Ali\u{0301}ce").is_none(), "another letter");
+        let decomposed = Contacts::new([contact(1, "Zoé", Standing::Known)]);
+        assert!(decomposed.name_claimed_by_other(&id(9), "Zoe\u{0301}").is_some(), "the same name, typed another way");
     }
 
     #[test]

@@ -6,7 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::contacts::{Contacts, same_name};
 use crate::switchboard::CallError;
-use crate::vocab::{DeviceId, PeerRecord};
+use crate::vocab::{DeviceId, PeerRecord, excerpt};
+
+/// The longest dial target: `ID@host:port` with a DNS name of the longest kind
+/// (253 bytes) fits with room to spare.
+pub const MAX_TARGET_BYTES: usize = 512;
 
 /// A dial target, understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +42,10 @@ pub fn resolve<'a>(
     contacts: &Contacts,
 ) -> Result<Target, CallError> {
     let target = target.trim();
+    if target.len() > MAX_TARGET_BYTES {
+        let why = format!("it is {} bytes long; at most {MAX_TARGET_BYTES}", target.len());
+        return Err(CallError::BadTarget(excerpt(target), why));
+    }
     let bad = |why: String| CallError::BadTarget(target.to_owned(), why);
     if let Some((id, address)) = target.split_once('@') {
         let expected = id.parse::<DeviceId>().map_err(|e| bad(e.to_string()))?;
@@ -139,6 +147,13 @@ mod tests {
             Ok(Target::Lookup { address: "10.1.2.3:4444".into(), expected: None })
         );
         assert!(matches!(resolve("nonsense@host:1", [], &Contacts::default()), Err(CallError::BadTarget(..))));
+    }
+
+    #[test]
+    fn a_huge_target_is_refused_without_being_echoed() {
+        let huge = format!("{}:1", "h".repeat(1 << 20));
+        let error = resolve(&huge, [], &Contacts::default()).unwrap_err().to_string();
+        assert!(error.len() < 200 && error.contains("at most 512"), "{error}");
     }
 
     #[test]

@@ -5,9 +5,8 @@
 use std::time::{Duration, SystemTime};
 
 use crate::call_record::CallRecord;
-use crate::contacts::clean_name;
 use crate::stats::CallStats;
-use crate::vocab::{CallId, DeviceId, Direction, EndReason, MAX_NAME_BYTES};
+use crate::vocab::{CallId, DeviceId, Direction, EndReason};
 
 /// How a call went, as the history shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,7 +133,7 @@ impl HistoryEntry {
         HistoryEntry {
             call_id: record.id.clone(),
             peer: record.peer,
-            peer_name: clean_name(&record.peer_name, MAX_NAME_BYTES),
+            peer_name: record.peer_name.clone(),
             direction: record.direction,
             started_at: record.started_at,
             setup: record.answered_at.and_then(|at| at.duration_since(record.started_at).ok()),
@@ -153,7 +152,7 @@ impl HistoryEntry {
         HistoryEntry {
             call_id,
             peer: Some(peer),
-            peer_name: clean_name(&peer_name, MAX_NAME_BYTES),
+            peer_name,
             direction: Direction::Incoming,
             started_at: at,
             setup: None,

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_with::{DeserializeFromStr, SerializeDisplay};
+use unicode_normalization::UnicodeNormalization as _;
 
 pub use crate::device_id::DeviceId;
 
@@ -37,6 +38,22 @@ impl DisplayName {
     }
 }
 
+impl DisplayName {
+    /// A name a peer sent (an advert, a call request): at most
+    /// [`MAX_NAME_BYTES`] as sent, then cleaned ([`clean_text`]); what is left
+    /// must not be empty.
+    pub fn from_network(raw: &str) -> Result<Self, String> {
+        if raw.len() > MAX_NAME_BYTES {
+            return Err(format!("the name is {} bytes long; at most {MAX_NAME_BYTES} are allowed", raw.len()));
+        }
+        let name = clean_text(raw, MAX_NAME_BYTES);
+        if name.is_empty() {
+            return Err("the name is empty once control and invisible characters are removed".into());
+        }
+        Ok(DisplayName(name))
+    }
+}
+
 impl FromStr for DisplayName {
     type Err = String;
 
@@ -46,12 +63,45 @@ impl FromStr for DisplayName {
             Err("the name must not be empty".into())
         } else if name.len() > MAX_NAME_BYTES {
             Err(format!("the name is {} bytes long; at most {MAX_NAME_BYTES} fit in an mDNS record", name.len()))
-        } else if name.chars().any(char::is_control) {
-            Err("the name must not contain control characters".into())
+        } else if name.chars().any(|c| c.is_control() || is_invisible(c)) {
+            Err("the name must not contain control characters or invisible ones (zero-width, bidi controls)".into())
         } else {
-            Ok(DisplayName(name.to_owned()))
+            Ok(DisplayName(name.nfc().collect()))
         }
     }
+}
+
+/// Format characters that show nothing but can change what text looks like:
+/// zero-width spaces and joiners, bidi marks, embeddings, overrides and
+/// isolates, word joiners and invisible operators, the BOM.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// At most the first 64 characters of `text` (with "…" when cut), for an
+/// error message that shows what was given without echoing a megabyte back.
+pub fn excerpt(text: &str) -> String {
+    const SHOWN: usize = 64;
+    match text.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Text from the network made safe to keep, compare, show and log: in Unicode
+/// NFC (so a name typed two ways is one name), without control or invisible
+/// characters (no forged log lines, terminal escapes or right-to-left tricks),
+/// trimmed, and at most `max_bytes` long (cut at a character boundary).
+pub fn clean_text(raw: &str, max_bytes: usize) -> String {
+    let mut clean = String::new();
+    for c in raw.nfc().filter(|c| !c.is_control() && !is_invisible(*c)) {
+        if clean.len() + c.len_utf8() > max_bytes {
+            break;
+        }
+        clean.push(c);
+    }
+    let trimmed = clean.trim();
+    if trimmed.len() == clean.len() { clean } else { trimmed.to_owned() }
 }
 
 impl fmt::Display for DisplayName {
@@ -209,4 +259,29 @@ pub struct PeerRecord {
     pub online: bool,
     /// This device has talked to it before.
     pub known: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_the_network_loses_what_could_forge_or_disguise() {
+        assert_eq!(clean_text("evil\nINFO forged line\u{1b}[31m\0", 63), "evilINFO forged line[31m");
+        assert_eq!(clean_text("\u{202E}kcatta", 63), "kcatta", "no right-to-left override");
+        assert_eq!(clean_text("Zoe\u{0301}", 63), "Zoé", "one Unicode form");
+        assert_eq!(clean_text(&"é".repeat(40), 63).len(), 62, "cut at a character boundary");
+        assert_eq!(clean_text("  bob \u{200B}", 63), "bob");
+        assert_eq!(excerpt(&"x".repeat(1 << 20)).chars().count(), 65);
+        assert_eq!(excerpt("bob"), "bob");
+    }
+
+    #[test]
+    fn a_peers_name_is_limited_and_cleaned_a_configured_one_refused() {
+        assert_eq!(DisplayName::from_network("bob\u{202E}").map(|n| n.to_string()), Ok("bob".to_owned()));
+        assert!(DisplayName::from_network(&"x".repeat(64)).unwrap_err().contains("64 bytes"));
+        assert!(DisplayName::from_network("\u{200B}\n").unwrap_err().contains("empty"));
+        assert!("bob\u{202E}".parse::<DisplayName>().unwrap_err().contains("invisible"));
+        assert_eq!("Zoe\u{0301}".parse::<DisplayName>().map(|n| n.to_string()), Ok("Zoé".to_owned()));
+    }
 }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::vocab::CallId;
-use crate::vocab::PROTOCOL_VERSION;
+use crate::vocab::{MAX_NAME_BYTES, PROTOCOL_VERSION, clean_text};
 
 /// Largest message accepted or sent (a full SDP offer is about 2-4 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -222,9 +222,15 @@ pub enum WireError {
         /// What is wrong.
         reason: String,
     },
-    /// A text field over `MAX_TEXT_BYTES`.
-    #[error("`{0}` is longer than {MAX_TEXT_BYTES} bytes")]
-    TextTooLong(&'static str),
+    /// A text field over its limit ([`MAX_NAME_BYTES`] for names,
+    /// [`MAX_TEXT_BYTES`] for the rest).
+    #[error("`{field}` is longer than {max} bytes")]
+    TextTooLong {
+        /// The field.
+        field: &'static str,
+        /// Its limit.
+        max: usize,
+    },
 }
 
 const KNOWN_TYPES: [&str; 14] = [
@@ -264,23 +270,29 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, WireError> {
         .ok_or(WireError::Envelope("call_id"))?;
     let kind = object.get("type").and_then(|t| t.as_str()).ok_or(WireError::Envelope("type"))?.to_owned();
     if !KNOWN_TYPES.contains(&kind.as_str()) {
-        return Ok(Decoded::UnknownType { kind });
+        return Ok(Decoded::UnknownType { kind: clean_text(&kind, 64) });
     }
-    let body: Body = serde_json::from_value(serde_json::Value::Object(object))
+    let mut body: Body = serde_json::from_value(serde_json::Value::Object(object))
         .map_err(|e| WireError::Body { kind: kind.clone(), reason: e.to_string() })?;
-    check_text(&body)?;
+    clean_text_fields(&mut body)?;
     Ok(Decoded::Message(Message { v: PROTOCOL_VERSION, call_id, body }))
 }
 
-fn check_text(body: &Body) -> Result<(), WireError> {
-    let (field, text) = match body {
-        Body::CallRequest { caller_name, .. } => ("caller_name", caller_name),
-        Body::Ringing { callee_name } => ("callee_name", callee_name),
-        Body::Decline { reason, .. } => ("reason", reason),
-        Body::Error { message } => ("message", message),
+/// Refuses text over its limit and cleans what is shown to people and written
+/// to logs (no control or invisible characters: see [`clean_text`]).
+fn clean_text_fields(body: &mut Body) -> Result<(), WireError> {
+    let (field, text, max) = match body {
+        Body::CallRequest { caller_name, .. } => ("caller_name", caller_name, MAX_NAME_BYTES),
+        Body::Ringing { callee_name } => ("callee_name", callee_name, MAX_NAME_BYTES),
+        Body::Decline { reason, .. } => ("reason", reason, MAX_TEXT_BYTES),
+        Body::Error { message } => ("message", message, MAX_TEXT_BYTES),
         _ => return Ok(()),
     };
-    if text.len() > MAX_TEXT_BYTES { Err(WireError::TextTooLong(field)) } else { Ok(()) }
+    if text.len() > max {
+        return Err(WireError::TextTooLong { field, max });
+    }
+    *text = clean_text(text, max);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -382,8 +394,28 @@ mod tests {
     fn size_limits_hold() {
         let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
         assert_eq!(decode(&huge), Err(WireError::TooLarge(MAX_MESSAGE_BYTES + 1)));
-        let long_name = format!(r#"{{"v":1,"call_id":"c","type":"call_request","caller_name":"{}"}}"#, "x".repeat(300));
-        assert_eq!(decode(long_name.as_bytes()), Err(WireError::TextTooLong("caller_name")));
+        let long_name = format!(r#"{{"v":1,"call_id":"c","type":"call_request","caller_name":"{}"}}"#, "x".repeat(64));
+        assert_eq!(decode(long_name.as_bytes()), Err(WireError::TextTooLong { field: "caller_name", max: 63 }));
+        let long_reason = format!(r#"{{"v":1,"call_id":"c","type":"decline","reason":"{}"}}"#, "x".repeat(257));
+        assert_eq!(decode(long_reason.as_bytes()), Err(WireError::TextTooLong { field: "reason", max: 256 }));
+    }
+
+    #[test]
+    fn names_and_reasons_from_the_peer_are_cleaned() {
+        let forged =
+            r#"{"v":1,"call_id":"c","type":"call_request","caller_name":"eve\nINFO voiced: forged\u001b[2J\u202e"}"#;
+        let Ok(Decoded::Message(Message { body: Body::CallRequest { caller_name, .. }, .. })) =
+            decode(forged.as_bytes())
+        else {
+            panic!("not a call request")
+        };
+        assert_eq!(caller_name, "eveINFO voiced: forged[2J");
+        let decline = r#"{"v":1,"call_id":"c","type":"decline","reason":"busy\r\nnow"}"#;
+        let Ok(Decoded::Message(Message { body: Body::Decline { reason, .. }, .. })) = decode(decline.as_bytes())
+        else {
+            panic!("not a decline")
+        };
+        assert_eq!(reason, "busynow");
     }
 
     #[test]

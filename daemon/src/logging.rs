@@ -3,6 +3,17 @@
 //! check before the peer's candidates, a DTLS server name); a daemon that warns on
 //! every call teaches its users to ignore warnings. So unless the filter names those
 //! libraries itself, or asks for debug or trace everywhere, they log errors only.
+//!
+//! And every field is written escaped ([`escaped_fields`]): a name or an error
+//! from the network cannot start a new line of its own in the log (or the
+//! journal), move the terminal's cursor, or turn text right to left.
+
+use std::fmt;
+
+use tracing_subscriber::field::MakeExt as _;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::Writer;
+use voicelink_core::vocab::is_invisible;
 
 /// Log targets of the WebRTC libraries (a directive's target matches by prefix:
 /// `rtc` covers `rtc_ice`, `rtc_dtls`, …).
@@ -21,6 +32,31 @@ pub fn directives(level: &str) -> String {
     format!("{level},{}", quiet.join(","))
 }
 
+/// How the log writes an event's fields: `name=value`, the message bare, with
+/// every control and invisible character in a value escaped (`\n`, `\u{202e}`).
+pub fn escaped_fields() -> impl for<'writer> FormatFields<'writer> + Send + Sync + 'static {
+    tracing_subscriber::fmt::format::debug_fn(|writer: &mut Writer<'_>, field: &tracing::field::Field, value| {
+        if field.name() != "message" {
+            write!(writer, "{}=", field.name())?;
+        }
+        write_escaped(writer, &format!("{value:?}"))
+    })
+    .delimited(" ")
+}
+
+fn write_escaped(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        match c {
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
+            c if c.is_control() || is_invisible(c) => write!(out, "\\u{{{:x}}}", u32::from(c))?,
+            c => out.write_char(c)?,
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +67,37 @@ mod tests {
         assert_eq!(directives("warn,voicelink_daemon=debug"), "warn,voicelink_daemon=debug,webrtc=error,rtc=error");
         assert_eq!(directives("info,rtc_ice=debug"), "info,rtc_ice=debug", "named: left as asked");
         assert_eq!(directives("debug"), "debug", "debug everywhere means everywhere");
+    }
+
+    #[test]
+    fn a_field_from_the_network_cannot_forge_a_line_or_an_escape() {
+        let caller = "eve\n2026-11-30T00:00:00Z  INFO voiced is ready\u{1b}[2J\u{202e}";
+        let line = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let seen = line.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(escaped_fields())
+            .with_writer(move || Capture(seen.clone()))
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(name = %caller, quoted = caller, "call from {caller}");
+        });
+        let logged = line.lock().unwrap().clone();
+        assert_eq!(logged.lines().count(), 1, "{logged}");
+        assert!(!logged.contains('\u{1b}') && !logged.contains('\u{202e}'), "{logged}");
+        assert!(logged.contains(r"name=eve\n2026-11-30T00:00:00Z  INFO voiced is ready\u{1b}[2J\u{202e}"), "{logged}");
+    }
+
+    /// A log writer into a shared string.
+    struct Capture(std::sync::Arc<std::sync::Mutex<String>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push_str(&String::from_utf8_lossy(bytes));
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }

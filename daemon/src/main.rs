@@ -140,7 +140,10 @@ fn init_logging(level: &LogLevel, from_flag: bool) -> Box<dyn Fn(&LogLevel) + Se
     let (filter, handle) = reload::Layer::new(filter);
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let ansi = !journal && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let output = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let output = fmt::layer()
+        .fmt_fields(voicelink_daemon::logging::escaped_fields())
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let output = if journal { output.without_time().boxed() } else { output.boxed() };
     tracing_subscriber::registry().with(filter).with(output).init();
     Box::new(move |level: &LogLevel| {

@@ -200,6 +200,40 @@ async fn call_verbs_say_plainly_what_is_wrong() {
 }
 
 #[tokio::test]
+async fn megabytes_of_input_are_refused_without_being_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "").await;
+    let mut client = voicelink_proto::connect(DaemonAddress::Unix(d.socket.clone())).await.unwrap();
+    let huge = "x".repeat(1 << 20);
+    let refusals = [
+        client.dial(v1::DialRequest { target: format!("{huge}:1"), ..Default::default() }).await.map(drop),
+        client
+            .dial(v1::DialRequest {
+                target: "127.0.0.1:1".into(),
+                audio_output: format!("file:/{huge}.wav"),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        client
+            .set_config(v1::SetConfigRequest {
+                key: "audio.output".into(),
+                value: format!("file:/{huge}.wav"),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        client.set_config(v1::SetConfigRequest { key: huge.clone(), ..Default::default() }).await.map(drop),
+    ];
+    for refusal in refusals {
+        let status = refusal.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().len() < 300, "{}", status.message().len());
+    }
+    assert_eq!(d.ctl_json(&["calls"]).await, serde_json::json!([]), "the daemon is still serving");
+}
+
+#[tokio::test]
 async fn voicectl_without_a_daemon_names_the_socket_and_how_to_start_it() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nothing-here.sock");

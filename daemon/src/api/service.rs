@@ -17,12 +17,12 @@ use voicelink_proto::v1::voicelink_server::Voicelink;
 use voicelink_core::audio_spec::{InputSpec, OutputSpec, SpecError};
 use voicelink_core::call_machine::Command;
 use voicelink_core::call_record::CallRecord;
-use voicelink_core::contacts::{Standing, clean_name};
+use voicelink_core::contacts::Standing;
 use voicelink_core::history::HistoryQuery;
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::safety_number::SafetyNumber;
 use voicelink_core::switchboard::CallError;
-use voicelink_core::vocab::{CallId, DeviceId, PROTOCOL_VERSION, State};
+use voicelink_core::vocab::{CallId, DeviceId, PROTOCOL_VERSION, State, excerpt};
 use voicelink_core::wire::MAX_TEXT_BYTES;
 
 use super::convert;
@@ -137,7 +137,7 @@ impl ControlService {
         let already_named = self.store.contacts().borrow().get(&device).is_some_and(|c| !c.names.is_empty());
         let advertised = self.hub.state().peers.get(&device).map(|peer| peer.display_name.clone());
         if let (false, Some(name)) = (already_named, advertised) {
-            self.store.met(device, clean_name(&name, voicelink_core::vocab::MAX_NAME_BYTES), SystemTime::now());
+            self.store.met(device, name, SystemTime::now());
         }
     }
 
@@ -194,6 +194,9 @@ fn optional_call_id(call_id: String) -> Result<Option<CallId>, Status> {
     }
     CallId::try_from(call_id).map(Some).map_err(Status::invalid_argument)
 }
+
+/// The longest value `SetConfig` takes: an audio spec with a path.
+const MAX_CONFIG_VALUE_BYTES: usize = voicelink_core::audio_spec::MAX_SPEC_BYTES + 64;
 
 /// An optional endpoint spec from a request: empty means "the default".
 fn spec<T: std::str::FromStr<Err = SpecError>>(text: &str) -> Result<Option<T>, Status> {
@@ -574,6 +577,14 @@ impl Voicelink for ControlService {
 
     async fn set_config(&self, request: Request<v1::SetConfigRequest>) -> Rpc<v1::SetConfigResponse> {
         let r = request.into_inner();
+        // Every key is short; no value needs more than a long path (the error
+        // would otherwise echo what was sent).
+        if r.key.len() > 64 || r.value.len() > MAX_CONFIG_VALUE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "config key {:?} or its value is too long (a key is at most 64 bytes, a value {MAX_CONFIG_VALUE_BYTES})",
+                excerpt(&r.key)
+            )));
+        }
         let value = (!r.unset).then_some(r.value);
         let view = self.ask_config(|reply| SettingsCommand::Set { key: r.key, value, reply }).await?;
         Ok(Response::new(v1::SetConfigResponse {

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -361,9 +362,16 @@ async fn say_and_close(mut connection: crate::signaling::transport::Connection, 
     connection.close().await;
 }
 
+/// How long a dial's name lookup may take (a resolver that never answers
+/// otherwise leaves the dial waiting for ever).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn lookup(address: &str) -> Result<Vec<SocketAddr>, String> {
-    let addresses: Vec<SocketAddr> =
-        tokio::net::lookup_host(address).await.map_err(|e| format!("cannot resolve {address}: {e}"))?.collect();
+    let addresses: Vec<SocketAddr> = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(address))
+        .await
+        .map_err(|_| format!("cannot resolve {address}: no answer within {} s", LOOKUP_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("cannot resolve {address}: {e}"))?
+        .collect();
     if addresses.is_empty() { Err(format!("{address} resolves to no address")) } else { Ok(addresses) }
 }
 

@@ -16,7 +16,6 @@ use voicelink_core::call_machine::{
     CallMachine, CallSetup, Command, InvalidCommand, MediaCommand, MediaInput, Output, Signaling, Timeouts,
 };
 use voicelink_core::call_record::CallRecord;
-use voicelink_core::contacts::clean_name;
 use voicelink_core::history::HistoryEntry;
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::{CallMeter, CallStats, SAMPLE_PERIOD};
@@ -638,8 +637,8 @@ impl Call {
             self.record.answered_at = Some(now);
             // A completed call: the device is known from now on.
             if let Some(peer) = self.record.peer {
-                let name = clean_name(&self.record.peer_name, voicelink_core::vocab::MAX_NAME_BYTES);
-                self.context.store.met(peer, name, now);
+                // Clean already: names are cleaned where they arrive (wire, advert).
+                self.context.store.met(peer, self.record.peer_name.clone(), now);
             }
         }
         info!(call_id = %self.id, peer = %self.peer_short(), ?from, ?to, reason = ?self.record.end_reason, "call state");
