@@ -14,12 +14,14 @@
 //! - [`switchboard`]: the policy every call passes through (busy, glare, rate
 //!   limits, the only call, auto-answer, dial targets).
 //! - [`advert`] and [`peer_table`]: mDNS adverts and the peers they describe.
+//! - [`admission`]: which new signaling connections may spend a handshake slot.
 //! - [`sdp`]: the few things read from and fixed in SDP text.
 //! - [`jitter_buffer`], [`resample`], [`audio_math`], [`audio_spec`]: the audio chain's math;
 //!   [`encoder_policy`]: how much loss the encoder protects against.
 //! - [`stats`]: the per-call meter and the E-model.
 //! - [`config`] and [`reload`]: the configuration file and what a reload changes.
 
+pub mod admission;
 pub mod advert;
 pub mod audio_math;
 pub mod audio_spec;

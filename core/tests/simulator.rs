@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use voicelink_core::admission::Source;
 use voicelink_core::call_machine::{
     CallMachine, CallSetup, Command, InvalidCommand, MediaCommand, MediaInput, Output, Signaling, Timeouts,
 };
@@ -372,7 +373,9 @@ impl Sim {
         let call_id = self.connections[conn].call_id.clone();
         let peer = self.peer_of(conn, to);
         let standing = self.daemons[to].contacts.standing(&peer);
-        let decision = self.daemons[to].board.incoming(call_id.clone(), peer, standing, now);
+        let caller = self.connections[conn].ends[1 - self.side(conn, to)].node;
+        let source = Source::of(std::net::IpAddr::from([10, 0, 0, caller as u8]));
+        let decision = self.daemons[to].board.incoming(call_id.clone(), peer, source, standing, now);
         match decision {
             Incoming::Ring { answer, hang_up } => {
                 if let Some(ours) = hang_up {
@@ -399,11 +402,11 @@ impl Sim {
                     Refusal::Blocked => Some(DeclineCode::Blocked),
                     Refusal::DoNotDisturb => Some(DeclineCode::DoNotDisturb),
                     Refusal::NotAllowed => Some(DeclineCode::NotAllowed),
-                    Refusal::CallIdInUse | Refusal::TooManyRequests => None,
+                    Refusal::CallIdInUse | Refusal::TooManyRequests { .. } => None,
                 };
                 let body = match code {
-                    Some(code) => Body::Decline { reason: refusal.message().into(), code: Some(code) },
-                    None => Body::Error { message: refusal.message().into() },
+                    Some(code) => Body::Decline { reason: refusal.message(), code: Some(code) },
+                    None => Body::Error { message: refusal.message() },
                 };
                 self.send(to, conn, body);
                 self.close(to, conn);

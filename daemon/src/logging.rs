@@ -9,6 +9,7 @@
 //! journal), move the terminal's cursor, or turn text right to left.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::field::MakeExt as _;
 use tracing_subscriber::fmt::FormatFields;
@@ -30,6 +31,32 @@ pub fn directives(level: &str) -> String {
     }
     let quiet: Vec<String> = WEBRTC_TARGETS.iter().map(|target| format!("{target}=error")).collect();
     format!("{level},{}", quiet.join(","))
+}
+
+/// Counts something that may happen thousands of times a second (a flood
+/// refused) so that it is logged at most once per `every`, with how many.
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    count: u64,
+    reported: Option<Instant>,
+}
+
+impl Throttle {
+    /// At most one report per `every`.
+    pub const fn new(every: Duration) -> Self {
+        Throttle { every, count: 0, reported: None }
+    }
+
+    /// One more happened at `now`: how many to report now, if it is time.
+    pub fn note(&mut self, now: Instant) -> Option<u64> {
+        self.count += 1;
+        if self.reported.is_some_and(|at| now.saturating_duration_since(at) < self.every) {
+            return None;
+        }
+        self.reported = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
 }
 
 /// How the log writes an event's fields: `name=value`, the message bare, with
@@ -67,6 +94,17 @@ mod tests {
         assert_eq!(directives("warn,voicelink_daemon=debug"), "warn,voicelink_daemon=debug,webrtc=error,rtc=error");
         assert_eq!(directives("info,rtc_ice=debug"), "info,rtc_ice=debug", "named: left as asked");
         assert_eq!(directives("debug"), "debug", "debug everywhere means everywhere");
+    }
+
+    #[test]
+    fn a_throttle_reports_the_first_then_a_count_per_period() {
+        let mut throttle = Throttle::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert_eq!(throttle.note(start), Some(1));
+        for n in 1..=99 {
+            assert_eq!(throttle.note(start + Duration::from_millis(n * 10)), None);
+        }
+        assert_eq!(throttle.note(start + Duration::from_secs(10)), Some(100));
     }
 
     #[test]

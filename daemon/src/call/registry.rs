@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
+use voicelink_core::admission::Source;
 use voicelink_core::audio_spec::{InputSpec, OutputSpec};
 use voicelink_core::call_machine::Command;
 use voicelink_core::call_record::CallRecord;
@@ -24,6 +25,7 @@ use voicelink_core::wire::{Body, DeclineCode, EndCode, Message};
 
 use super::task::{self, CallCommand, CallContext, CallHandle, Destination};
 use crate::clock;
+use crate::logging::Throttle;
 use crate::signaling::IncomingRequest;
 
 type Reply = oneshot::Sender<Result<CallRecord, CallError>>;
@@ -107,13 +109,21 @@ pub struct Registry {
     settings: watch::Receiver<LiveSettings>,
     switchboard: Switchboard,
     calls: HashMap<CallId, CallHandle>,
+    /// Call requests refused by the rate limits, logged at most every 10 s.
+    refusals: Throttle,
 }
 
 impl Registry {
     /// A registry that starts calls with `context`.
     pub fn new(context: CallContext, settings: watch::Receiver<LiveSettings>) -> Self {
         let switchboard = Switchboard::new(context.identity.device_id, policy(&settings.borrow()));
-        Registry { context, settings, switchboard, calls: HashMap::new() }
+        Registry {
+            context,
+            settings,
+            switchboard,
+            calls: HashMap::new(),
+            refusals: Throttle::new(Duration::from_secs(10)),
+        }
     }
 
     /// Serves until the command channel closes and every call has ended.
@@ -266,19 +276,22 @@ impl Registry {
     }
 
     fn incoming(&mut self, request: IncomingRequest) {
-        let IncomingRequest { connection, call_id, caller_name, frame } = request;
+        let IncomingRequest { connection, from, call_id, caller_name, frame } = request;
         let peer = connection.peer;
         self.switchboard.set_policy(policy(&self.settings.borrow()));
         let standing = self.context.store.contacts().borrow().standing(&peer);
-        match self.switchboard.incoming(call_id.clone(), peer, standing, clock::now()) {
+        match self.switchboard.incoming(call_id.clone(), peer, Source::of(from.ip()), standing, clock::now()) {
             Incoming::Refuse(refusal) => {
                 let (code, reason) = match refusal {
                     Refusal::Blocked => (DeclineCode::Blocked, EndReason::Blocked),
                     Refusal::DoNotDisturb => (DeclineCode::DoNotDisturb, EndReason::DoNotDisturb),
                     Refusal::NotAllowed => (DeclineCode::NotAllowed, EndReason::NotAllowed),
-                    Refusal::CallIdInUse | Refusal::TooManyRequests => {
-                        warn!(peer = %peer.short(), reason = refusal.message(), "refusing a call request");
-                        tokio::spawn(connection.refuse(call_id, refusal.message()));
+                    Refusal::CallIdInUse | Refusal::TooManyRequests { .. } => {
+                        if let Some(refused) = self.refusals.note(clock::now()) {
+                            warn!(peer = %peer.short(), %from, refused, reason = refusal.message(), "refusing call requests");
+                        }
+                        let message = refusal.message();
+                        tokio::spawn(async move { connection.refuse(call_id, &message).await });
                         return;
                     }
                 };
@@ -288,7 +301,7 @@ impl Registry {
                 let entry =
                     HistoryEntry::refused(call_id.clone(), peer, caller_name, reason, std::time::SystemTime::now());
                 self.context.store.call_ended(entry);
-                let decline = Body::Decline { reason: refusal.message().to_owned(), code: Some(code) };
+                let decline = Body::Decline { reason: refusal.message(), code: Some(code) };
                 tokio::spawn(say_and_close(connection, Message::new(call_id, decline)));
             }
             Incoming::Glare => {

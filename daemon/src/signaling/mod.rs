@@ -5,16 +5,19 @@
 pub mod tls;
 pub mod transport;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use std::sync::Arc;
 use tokio::net::TcpListener;
-
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+
+use crate::clock;
+use crate::logging::Throttle;
+use voicelink_core::admission::{Admission, AdmissionPolicy, Admit, Ticket};
 
 use transport::{Connection, Endpoint};
 use voicelink_core::config::FrameMs;
@@ -24,6 +27,8 @@ use voicelink_core::wire::{Body, CallId, Decoded, Message};
 pub struct IncomingRequest {
     /// The authenticated connection.
     pub connection: Connection,
+    /// Where it came from.
+    pub from: SocketAddr,
     /// The caller's call ID.
     pub call_id: CallId,
     /// The caller's display name.
@@ -59,31 +64,48 @@ impl SignalingListener {
 
     /// Accepts until `shutdown`: each connection is authenticated (mutual TLS)
     /// and its first message must be a call request, which goes to the registry.
+    /// Handshake slots are handed out by the admission gate
+    /// (`voicelink_core::admission`), so stalled connections cannot keep callers
+    /// out, and each handshake has [`HANDSHAKE_DEADLINE`].
     pub async fn run<T>(self, endpoint: Endpoint, requests: mpsc::Sender<T>, shutdown: CancellationToken)
     where
         T: From<IncomingRequest> + Send + 'static,
     {
-        // Connections still handshaking hold a permit: a flood of them cannot use
-        // up the daemon's file descriptors.
-        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let mut gate = Admission::new(AdmissionPolicy::default());
+        let mut handshakes: HashMap<Ticket, CancellationToken> = HashMap::new();
+        let (finished, mut finished_rx) = mpsc::unbounded_channel::<Ticket>();
+        // Connections closed for want of a slot, told at most every 10 s.
+        let mut pressure = Throttle::new(Duration::from_secs(10));
         loop {
-            let permit = tokio::select! {
-                () = shutdown.cancelled() => break,
-                permit = handshakes.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some(ticket) = finished_rx.recv() => {
+                    gate.finished(ticket);
+                    handshakes.remove(&ticket);
+                }
                 accepted = self.listener.accept() => match accepted {
-                    Ok((tcp, from)) => {
-                        let (endpoint, requests) = (endpoint.clone(), requests.clone());
-                        tokio::spawn(async move {
-                            first_message(endpoint, tcp, from, requests).await;
-                            drop(permit);
-                        });
-                    }
+                    Ok((tcp, from)) => match gate.arrive(from.ip(), clock::now()) {
+                        Admit::SourceFull => {
+                            drop(tcp);
+                            under_pressure(&mut pressure, gate.pending());
+                        }
+                        Admit::Yes { ticket, evict } => {
+                            if let Some(stop) = evict.and_then(|victim| handshakes.remove(&victim)) {
+                                stop.cancel();
+                                under_pressure(&mut pressure, gate.pending());
+                            }
+                            let stop = shutdown.child_token();
+                            handshakes.insert(ticket, stop.clone());
+                            let (endpoint, requests, finished) = (endpoint.clone(), requests.clone(), finished.clone());
+                            tokio::spawn(async move {
+                                tokio::select! {
+                                    () = stop.cancelled() => {}
+                                    () = first_message(endpoint, tcp, from, requests) => {}
+                                }
+                                let _ = finished.send(ticket);
+                            });
+                        }
+                    },
                     Err(error) => {
                         // Out of file descriptors, typically: back off instead of spinning.
                         debug!(%error, "signaling accept failed");
@@ -95,13 +117,22 @@ impl SignalingListener {
     }
 }
 
-/// Connections allowed to be handshaking at once.
-const MAX_HANDSHAKES: usize = 32;
+fn under_pressure(pressure: &mut Throttle, pending: usize) {
+    if let Some(closed) = pressure.note(clock::now()) {
+        warn!(
+            closed,
+            pending, "too many signaling connections are handshaking (stalled or hostile clients?); closing some"
+        );
+    }
+}
+
 /// Pause after a failed accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// How long a new connection may take to say what it wants.
-const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new connection may take from TCP to its first message (TLS, the
+/// WebSocket upgrade, the call request): a few round trips, so seconds even
+/// under heavy loss, while a stalled client loses its slot soon.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(4);
 
 async fn first_message<T: From<IncomingRequest>>(
     endpoint: Endpoint,
@@ -110,22 +141,25 @@ async fn first_message<T: From<IncomingRequest>>(
     requests: mpsc::Sender<T>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let mut connection = match endpoint.accept(tcp, from).await {
-        Ok(connection) => connection,
-        Err(error) => {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_DEADLINE;
+    let mut connection = match tokio::time::timeout_at(deadline, endpoint.accept(tcp, from)).await {
+        Ok(Ok(connection)) => connection,
+        failed => {
+            let error =
+                failed.map_or_else(|_| "timed out".to_owned(), |e| e.err().map(|e| e.to_string()).unwrap_or_default());
             // Also what a caller that found us to be the wrong device causes: it
             // aborts the handshake. Worth a line, not an alarm.
             info!(%from, %error, "a signaling connection did not complete");
             return;
         }
     };
-    let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, connection.recv()).await;
+    let first = tokio::time::timeout_at(deadline, connection.recv()).await;
     match first {
         Ok(Ok(Some(Decoded::Message(Message {
             call_id, body: Body::CallRequest { caller_name, frame_ms }, ..
         })))) => {
             let frame = frame_ms.and_then(FrameMs::of).map(FrameMs::duration);
-            let request = IncomingRequest { connection, call_id, caller_name, frame };
+            let request = IncomingRequest { connection, from, call_id, caller_name, frame };
             let _ = requests.send(T::from(request)).await;
         }
         Ok(Ok(Some(Decoded::Message(message)))) => {

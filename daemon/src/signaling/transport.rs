@@ -23,9 +23,6 @@ use crate::identity::Identity;
 /// SYN alone may be retransmitted at 1 s and 3 s: at 20 % loss each way, 1 dial in
 /// 4 ran out of a 5 s budget in the end-to-end test.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an incoming connection may take to finish TLS and the WebSocket
-/// upgrade once TCP is up (a slot is held meanwhile).
-const ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a polite close waits for the peer's close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages per second a peer may send on average, and in a burst.
@@ -93,7 +90,7 @@ impl Endpoint {
     }
 
     /// Completes an incoming connection: TLS (the caller's certificate names it),
-    /// then the WebSocket upgrade.
+    /// then the WebSocket upgrade. The listener bounds how long it may take.
     pub async fn accept(&self, tcp: TcpStream, from: SocketAddr) -> Result<Connection, SignalingError> {
         let address = from.to_string();
         let handshake = async {
@@ -106,9 +103,7 @@ impl Endpoint {
                 .map_err(|e| handshake_error(&address, e))?;
             Ok(Connection::new(ws, peer))
         };
-        tokio::time::timeout(ACCEPT_TIMEOUT, handshake)
-            .await
-            .unwrap_or_else(|_| Err(SignalingError::Handshake { address: address.clone(), reason: "timed out".into() }))
+        handshake.await
     }
 
     /// Connects to a peer at any of `addresses` (tried in order) and checks that

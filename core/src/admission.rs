@@ -1,0 +1,213 @@
+//! The gate in front of the signaling listener: which new connections may
+//! spend a handshake slot. Pure: the listener reports each connection that
+//! arrives and each that finishes, with the time; the gate answers.
+//!
+//! The rules, so that stalled connections (a ClientHello at a byte a second)
+//! cannot shut out a real caller:
+//! - At most [`AdmissionPolicy::per_source`] handshakes at once from one source:
+//!   an IPv4 address, or an IPv6 /64 (one host can use a whole /64).
+//!   Connections beyond it are closed at once.
+//! - At most [`AdmissionPolicy::total`] in all. When every slot is taken, the
+//!   newcomer still gets one: the oldest handshake of the source holding the
+//!   most slots is dropped for it. A real caller's handshake takes a few
+//!   milliseconds on a LAN, so what is dropped is nearly always a stalled one.
+//! - Each handshake has a deadline (the listener enforces it).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// The gate's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionPolicy {
+    /// Handshakes at once from one source.
+    pub per_source: usize,
+    /// Handshakes at once in all.
+    pub total: usize,
+}
+
+impl Default for AdmissionPolicy {
+    fn default() -> Self {
+        AdmissionPolicy { per_source: 4, total: 64 }
+    }
+}
+
+/// Where a connection comes from, as the limits count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Source(IpAddr);
+
+impl Source {
+    /// The source of a connection from `address`: the IPv4 address, or the
+    /// IPv6 /64 it is in (IPv4-mapped IPv6 counts as IPv4).
+    pub fn of(address: IpAddr) -> Source {
+        match address {
+            IpAddr::V4(v4) => Source(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Source(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    Source(IpAddr::V6(prefix.into()))
+                }
+            },
+        }
+    }
+}
+
+/// A handshake slot, held from admission until [`Admission::finished`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(u64);
+
+/// What to do with a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Handshake with it; drop `evict`'s connection first if there is one.
+    Yes {
+        /// Its slot.
+        ticket: Ticket,
+        /// A handshake to drop to make room.
+        evict: Option<Ticket>,
+    },
+    /// Close it: its source already holds [`AdmissionPolicy::per_source`] slots.
+    SourceFull,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    source: Source,
+    since: Instant,
+}
+
+/// The handshakes in progress.
+#[derive(Debug, Default)]
+pub struct Admission {
+    policy: AdmissionPolicy,
+    pending: BTreeMap<Ticket, Pending>,
+    by_source: BTreeMap<Source, usize>,
+    next: u64,
+}
+
+impl Admission {
+    /// A gate with these limits (each at least 1).
+    pub fn new(policy: AdmissionPolicy) -> Self {
+        let policy = AdmissionPolicy { per_source: policy.per_source.max(1), total: policy.total.max(1) };
+        Admission { policy, ..Admission::default() }
+    }
+
+    /// A connection from `address` arrived.
+    pub fn arrive(&mut self, address: IpAddr, now: Instant) -> Admit {
+        let source = Source::of(address);
+        if self.by_source.get(&source).copied().unwrap_or(0) >= self.policy.per_source {
+            return Admit::SourceFull;
+        }
+        let evict = (self.pending.len() >= self.policy.total).then(|| self.victim()).flatten();
+        if let Some(victim) = evict {
+            self.finished(victim);
+        }
+        let ticket = Ticket(self.next);
+        self.next += 1;
+        self.pending.insert(ticket, Pending { source, since: now });
+        *self.by_source.entry(source).or_default() += 1;
+        Admit::Yes { ticket, evict }
+    }
+
+    /// The handshake is over (done, failed, timed out or evicted); its slot is free.
+    pub fn finished(&mut self, ticket: Ticket) {
+        let Some(pending) = self.pending.remove(&ticket) else { return };
+        if let Some(count) = self.by_source.get_mut(&pending.source) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_source.remove(&pending.source);
+            }
+        }
+    }
+
+    /// Handshakes in progress.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The oldest handshake of the source holding the most slots.
+    fn victim(&self) -> Option<Ticket> {
+        let most = self.by_source.values().copied().max()?;
+        self.pending
+            .iter()
+            .filter(|(_, p)| self.by_source.get(&p.source) == Some(&most))
+            .min_by_key(|(ticket, p)| (p.since, **ticket))
+            .map(|(ticket, _)| *ticket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn ticket(admit: Admit) -> Ticket {
+        match admit {
+            Admit::Yes { ticket, .. } => ticket,
+            Admit::SourceFull => panic!("refused"),
+        }
+    }
+
+    #[test]
+    fn one_source_holds_at_most_its_share() {
+        let mut gate = Admission::new(AdmissionPolicy { per_source: 2, total: 10 });
+        let now = Instant::now();
+        let first = ticket(gate.arrive(ip("10.0.0.9"), now));
+        ticket(gate.arrive(ip("10.0.0.9"), now));
+        assert_eq!(gate.arrive(ip("10.0.0.9"), now), Admit::SourceFull);
+        assert!(matches!(gate.arrive(ip("10.0.0.2"), now), Admit::Yes { evict: None, .. }), "another host");
+        gate.finished(first);
+        assert!(matches!(gate.arrive(ip("10.0.0.9"), now), Admit::Yes { .. }), "a slot came free");
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_slash_64_and_mapped_ipv4_as_ipv4() {
+        assert_eq!(Source::of(ip("2001:db8:1:2::1")), Source::of(ip("2001:db8:1:2:ffff::9")));
+        assert_ne!(Source::of(ip("2001:db8:1:2::1")), Source::of(ip("2001:db8:1:3::1")));
+        assert_eq!(Source::of(ip("::ffff:10.0.0.9")), Source::of(ip("10.0.0.9")));
+    }
+
+    #[test]
+    fn when_full_a_newcomer_displaces_the_oldest_handshake_of_the_busiest_source() {
+        let mut gate = Admission::new(AdmissionPolicy { per_source: 3, total: 4 });
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let stalled: Vec<Ticket> = (0..3).map(|n| ticket(gate.arrive(ip("10.0.0.66"), at(n)))).collect();
+        let other = ticket(gate.arrive(ip("10.0.0.7"), at(5)));
+        assert_eq!(gate.pending(), 4);
+
+        // A real caller arrives: the attacker's oldest makes room, not the other host.
+        let caller = gate.arrive(ip("10.0.0.2"), at(10));
+        assert!(matches!(caller, Admit::Yes { evict: Some(victim), .. } if victim == stalled[0]), "{caller:?}");
+        assert_eq!(gate.pending(), 4);
+        gate.finished(stalled[0]); // the listener reports the eviction: nothing changes
+        assert_eq!(gate.pending(), 4);
+        let next = gate.arrive(ip("10.0.0.3"), at(11));
+        assert!(matches!(next, Admit::Yes { evict: Some(victim), .. } if victim == stalled[1]), "{next:?}");
+        gate.finished(other);
+        assert_eq!(gate.pending(), 3);
+    }
+
+    #[test]
+    fn hundreds_of_stalled_connections_never_keep_a_caller_out() {
+        let mut gate = Admission::new(AdmissionPolicy::default());
+        let start = Instant::now();
+        // Many attacking hosts, each at its limit.
+        let mut refused = 0;
+        for n in 0..200u32 {
+            let attacker = IpAddr::from([10, 0, 1, (n % 50) as u8]);
+            if gate.arrive(attacker, start + Duration::from_millis(u64::from(n))) == Admit::SourceFull {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 0, "50 hosts × 4 slots: each arrival fits or displaces an older one");
+        assert_eq!(gate.pending(), 64);
+        let caller = gate.arrive(ip("10.0.0.2"), start + Duration::from_secs(1));
+        assert!(matches!(caller, Admit::Yes { evict: Some(_), .. }), "{caller:?}");
+    }
+}
