@@ -5,7 +5,10 @@
 //!
 //! The rules:
 //! - One call at a time: a dial while a call is live is refused, a call request
-//!   is answered "busy".
+//!   is answered "busy". Before one is answered, though, up to
+//!   [`Policy::max_ringing`] callers from different addresses may ring at once
+//!   (a caller who holds a call ringing keeps nobody else out); answering one
+//!   declines the others.
 //! - Dialing someone who is ringing us answers their call instead.
 //! - Glare (both sides dial each other at once): both compute the same survivor
 //!   from the two device IDs ([`resolve_glare`]); the loser's call yields and the
@@ -31,6 +34,9 @@ use crate::admission::Source;
 use crate::call_machine::InvalidCommand;
 use crate::contacts::{PeerStanding, Standing};
 use crate::vocab::{CallId, DeviceId, Direction, State};
+
+/// Why a call still ringing here is declined when the user answers another.
+pub const ANSWERED_ANOTHER_CALL: &str = "answered another call";
 
 /// Who may ring this device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -109,6 +115,8 @@ pub struct Policy {
     pub requests_per_source: usize,
     /// The rate limit's window.
     pub request_window: Duration,
+    /// Calls that may ring here at once, each from its own address.
+    pub max_ringing: usize,
 }
 
 impl Default for Policy {
@@ -120,6 +128,7 @@ impl Default for Policy {
             requests_per_peer: 20,
             requests_per_source: 30,
             request_window: Duration::from_secs(60),
+            max_ringing: 4,
         }
     }
 }
@@ -404,7 +413,7 @@ impl Switchboard {
             (Glare::TakeTheirs, None) if recently_yielded => answer = true,
             _ => {}
         }
-        if self.live_calls() > 0 {
+        if !self.may_ring_too(source) {
             return Incoming::Busy;
         }
         self.calls.insert(
@@ -412,6 +421,15 @@ impl Switchboard {
             Leg { peer: Some(peer), source: Some(source), direction: Direction::Incoming, state: State::Incoming },
         );
         Incoming::Ring { answer, hang_up }
+    }
+
+    /// Whether a call from `source` may ring now: nothing is live, or only calls
+    /// ringing here, fewer than the limit, none from that address.
+    fn may_ring_too(&self, source: Source) -> bool {
+        let live: Vec<&Leg> = self.calls.values().filter(|leg| leg.state != State::Ended).collect();
+        live.iter().all(|leg| leg.direction == Direction::Incoming && leg.state == State::Incoming)
+            && live.len() < self.policy.max_ringing.max(1)
+            && live.iter().all(|leg| leg.source != Some(source))
     }
 
     /// When `requester` may try again, if it has used up its `limit`.
@@ -441,8 +459,10 @@ impl Switchboard {
     }
 
     /// A call reached a new state (and, once connected, its peer is known).
-    pub fn state_changed(&mut self, call: &CallId, state: State, peer: Option<DeviceId>) {
-        let Some(leg) = self.calls.get_mut(call) else { return };
+    /// Returns the calls to decline: those still ringing here when this one
+    /// was answered.
+    pub fn state_changed(&mut self, call: &CallId, state: State, peer: Option<DeviceId>) -> Vec<CallId> {
+        let Some(leg) = self.calls.get_mut(call) else { return Vec::new() };
         let answered_here = leg.direction == Direction::Incoming
             && leg.state == State::Incoming
             && matches!(state, State::Connecting | State::Active | State::OnHold);
@@ -458,7 +478,14 @@ impl Switchboard {
                     recent.pop_back();
                 }
             }
+            return self
+                .calls
+                .iter()
+                .filter(|(id, leg)| *id != call && leg.direction == Direction::Incoming && leg.state == State::Incoming)
+                .map(|(id, _)| id.clone())
+                .collect();
         }
+        Vec::new()
     }
 
     /// A call's task finished.
@@ -509,6 +536,29 @@ mod tests {
             Incoming::Ring { answer: false, hang_up: None }
         );
         assert_eq!(board.pick(None), Ok(call("c")));
+    }
+
+    #[test]
+    fn a_ringing_caller_keeps_nobody_else_out_and_answering_one_declines_the_rest() {
+        let now = Instant::now();
+        let policy = Policy { max_ringing: 3, ..Policy::default() };
+        let mut board = Switchboard::new(id(LOW), policy);
+        let ring = |board: &mut Switchboard, name: &str, who: u8, source: u8| {
+            board.incoming(call(name), id(who), from(source), PeerStanding::Unknown, now)
+        };
+        let rings = Incoming::Ring { answer: false, hang_up: None };
+        assert_eq!(ring(&mut board, "hostile", 66, 66), rings);
+        assert_eq!(ring(&mut board, "again", 67, 66), Incoming::Busy, "one ringing call per address");
+        assert_eq!(ring(&mut board, "alice", 2, 2), rings, "another address rings too");
+        assert_eq!(ring(&mut board, "carol", 3, 3), rings);
+        assert_eq!(ring(&mut board, "dave", 4, 4), Incoming::Busy, "at most max_ringing at once");
+        assert_eq!(board.pick(None), Err(CallError::WhichCall(3)));
+        assert_eq!(board.dial(Some(id(5)), call("out")), Err(CallError::Busy));
+
+        let mut declined = board.state_changed(&call("alice"), State::Connecting, None);
+        declined.sort();
+        assert_eq!(declined, [call("carol"), call("hostile")]);
+        assert_eq!(ring(&mut board, "erin", 5, 5), Incoming::Busy, "in a call: busy as ever");
     }
 
     #[test]

@@ -15,7 +15,9 @@ use voicelink_core::call_machine::{
     CallMachine, CallSetup, Command, InvalidCommand, MediaCommand, MediaInput, Output, Signaling, Timeouts,
 };
 use voicelink_core::contacts::{Contact, Contacts, Standing};
-use voicelink_core::switchboard::{CallError, Dial, Incoming, Policy, Refusal, Switchboard, WhoMayRing};
+use voicelink_core::switchboard::{
+    ANSWERED_ANOTHER_CALL, CallError, Dial, Incoming, Policy, Refusal, Switchboard, WhoMayRing,
+};
 use voicelink_core::vocab::{CallId, DeviceId, EndReason, FailCause, State};
 use voicelink_core::wire::{Body, DeclineCode, EndCode};
 
@@ -286,7 +288,9 @@ impl Sim {
                     let daemon = &mut self.daemons[node];
                     daemon.log.push((now, call.clone(), to));
                     let peer = Some(self.peer_of(conn, node));
-                    self.daemons[node].board.state_changed(call, to, peer);
+                    for other in self.daemons[node].board.state_changed(call, to, peer) {
+                        let _ = self.command(node, &other, Command::Decline(ANSWERED_ANOTHER_CALL.into()));
+                    }
                     if to == State::Ended {
                         self.finish(node, call);
                         return;
@@ -768,6 +772,22 @@ fn a_lost_end_still_ends_the_peer_as_lost() {
     sim.settle();
     assert_eq!(sim.end_reason(A, &call), Some(EndReason::HungUpLocal));
     assert_eq!(sim.end_reason(B, &call), Some(EndReason::PeerLost));
+}
+
+#[test]
+fn two_callers_ring_at_once_and_answering_one_declines_the_other() {
+    let mut sim = Sim::new(&[1, 2, 3], Link::default(), 1);
+    let from_b = sim.dial(B, A).unwrap();
+    let from_c = sim.dial(C, A).unwrap();
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!((sim.state(A, &from_b), sim.state(A, &from_c)), (State::Incoming, State::Incoming));
+    sim.command(A, &from_c, Command::Answer).unwrap();
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.state(A, &from_c), State::Active);
+    assert_eq!(sim.end_reason(B, &from_b), Some(EndReason::Declined(ANSWERED_ANOTHER_CALL.into())));
+    assert_eq!(sim.daemons[A].live(), [(from_c.clone(), State::Active)]);
+    sim.command(A, &from_c, Command::Hangup).unwrap();
+    sim.settle();
 }
 
 #[test]

@@ -19,7 +19,9 @@ use voicelink_core::call_record::CallRecord;
 use voicelink_core::dial_target::{self, Target};
 use voicelink_core::history::HistoryEntry;
 use voicelink_core::reload::LiveSettings;
-use voicelink_core::switchboard::{CallError, Dial, Incoming, Policy, Refusal, Switchboard, WhoMayRing};
+use voicelink_core::switchboard::{
+    ANSWERED_ANOTHER_CALL, CallError, Dial, Incoming, Policy, Refusal, Switchboard, WhoMayRing,
+};
 use voicelink_core::vocab::{CallId, DeviceId, EndReason, State};
 use voicelink_core::wire::{Body, DeclineCode, EndCode, Message};
 
@@ -166,7 +168,16 @@ impl Registry {
                     self.tell(&ours, Command::Yield);
                 }
             }
-            Inbox::StateChanged { call, state, peer } => self.switchboard.state_changed(&call, state, peer),
+            Inbox::StateChanged { call, state, peer } => {
+                for other in self.switchboard.state_changed(&call, state, peer) {
+                    if let Some(handle) = self.calls.get(&other).cloned() {
+                        info!(call_id = %other, answered = %call, "declining a call that rang alongside the one answered");
+                        let command = Command::Decline(ANSWERED_ANOTHER_CALL.into());
+                        let (reply, _) = oneshot::channel();
+                        ask(handle, CallCommandParts { command, audio: None, recording_file: None }, reply);
+                    }
+                }
+            }
             Inbox::Finished(id) => {
                 self.calls.remove(&id);
                 self.switchboard.finished(&id);
