@@ -5,9 +5,11 @@
 //! - [`relay`]: a TAP device in each of two namespaces and threads that forward
 //!   Ethernet frames between them through the model; also the [`relay::Namespace`]
 //!   helper. The daemon's end-to-end tests use it as well as the bench binary.
+//! - [`hostile`]: stalled TLS clients, to measure a call beside them.
 //! - [`analysis`]: pure signal analysis for the recordings (alignment by
 //!   cross-correlation, onset of sound, levels).
 
 pub mod analysis;
+pub mod hostile;
 pub mod impairment;
 pub mod relay;

@@ -57,7 +57,7 @@ pub enum RelayError {
 }
 
 impl RelayError {
-    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RelayError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RelayError {
         let what = what.into();
         move |source| RelayError::Io { what, source }
     }
@@ -78,18 +78,23 @@ fn ip(args: &[&str]) -> Result<(), RelayError> {
 /// that namespace wherever they are used afterwards, so a test can bind a socket
 /// here and use it from its own thread.
 pub fn in_namespace<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, RelayError> {
-    let path = format!("/var/run/netns/{ns}");
+    let ns_owned = ns.to_owned();
     let handle = std::thread::Builder::new()
         .name(format!("netns-{ns}"))
         .spawn(move || -> Result<T, RelayError> {
-            let file = File::open(&path).map_err(RelayError::io(format!("open {path}")))?;
-            // Only this thread changes namespace; the process and other threads stay.
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| RelayError::Io { what: format!("setns {path}"), source: e.into() })?;
+            enter_namespace(&ns_owned)?;
             Ok(f())
         })
         .map_err(RelayError::io("spawn a thread"))?;
     handle.join().map_err(|_| RelayError::ThreadPanicked(ns.to_owned()))?
+}
+
+/// Moves the calling thread (only it) into network namespace `ns`.
+pub fn enter_namespace(ns: &str) -> Result<(), RelayError> {
+    let path = format!("/var/run/netns/{ns}");
+    let file = File::open(&path).map_err(RelayError::io(format!("open {path}")))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| RelayError::Io { what: format!("setns {path}"), source: e.into() })
 }
 
 static NEXT_NAMESPACE: AtomicUsize = AtomicUsize::new(0);

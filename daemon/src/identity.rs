@@ -133,22 +133,34 @@ impl Identity {
             path: data_dir.to_owned(),
             source,
         })?;
+        let (identity, certificate_pem) = Self::generate()?;
+        // Key first: a crash between the two writes leaves "key without certificate",
+        // which load_or_create reports instead of silently making a new identity.
+        write_private(key_path, identity.key_pem.as_bytes())?;
+        write_private(cert_path, certificate_pem.as_bytes())?;
+        Ok(identity)
+    }
+
+    /// A new identity kept only in memory (the hostile-LAN tests mint one per
+    /// call request, as an attacker would).
+    pub fn ephemeral() -> Result<Identity, IdentityError> {
+        Self::generate().map(|(identity, _)| identity)
+    }
+
+    /// A new key and its self-signed certificate (also returned as PEM).
+    fn generate() -> Result<(Identity, String), IdentityError> {
         // ECDSA P-256: the certificate doubles as the DTLS certificate, and WebRTC
         // stacks handle P-256 in both DTLS roles.
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = rcgen::CertificateParams::new(vec!["voicelink".to_owned()])?;
         params.distinguished_name.push(rcgen::DnType::CommonName, "voicelink device");
         let certificate = params.self_signed(&key)?;
-        let key_pem = key.serialize_pem();
-        // Key first: a crash between the two writes leaves "key without certificate",
-        // which load_or_create reports instead of silently making a new identity.
-        write_private(key_path, key_pem.as_bytes())?;
-        write_private(cert_path, certificate.pem().as_bytes())?;
-        Ok(Identity {
+        let identity = Identity {
             device_id: DeviceId::from_certificate_der(certificate.der()),
             certificate_der: certificate.der().to_vec(),
-            key_pem,
-        })
+            key_pem: key.serialize_pem(),
+        };
+        Ok((identity, certificate.pem()))
     }
 
     /// The private key in PKCS#8 PEM, for TLS and DTLS.

@@ -1,0 +1,138 @@
+//! A LAN with a hostile host on it: stalled TLS connections from fifty of its
+//! addresses and a flood of call requests from freshly minted keys, while two
+//! real daemons call each other. Daemons in their own network namespaces; needs
+//! root (CI runs as root).
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{Lan, call_is, two_daemons_with};
+use voicelink_bench::hostile::StalledClients;
+use voicelink_bench::relay::enter_namespace;
+use voicelink_core::wire::{Body, CallId, Decoded, Message};
+use voicelink_daemon::identity::Identity;
+use voicelink_daemon::signaling::transport::Endpoint;
+
+const QUIET: &str = "[audio]\ninput = \"silence\"\noutput = \"null\"\n";
+
+/// How a flood's call requests were answered.
+#[derive(Debug, Default)]
+struct Flood {
+    rang: usize,
+    busy: usize,
+    too_many: usize,
+    /// Anything else: no handshake slot, no answer, another error.
+    other: Vec<String>,
+}
+
+/// Sends `count` call requests to `target` from namespace `ns`, each from a key
+/// minted for it, `parallel` at a time; each hangs up as soon as it is answered.
+fn flood_of_fresh_keys(ns: &str, target: SocketAddr, count: usize, parallel: usize) -> std::thread::JoinHandle<Flood> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        enter_namespace(&ns).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let mut flood = Flood::default();
+            let mut running = tokio::task::JoinSet::new();
+            for n in 0..count {
+                if running.len() >= parallel {
+                    classify(&mut flood, running.join_next().await);
+                }
+                running.spawn(one_request(target, n));
+            }
+            while let Some(done) = running.join_next().await {
+                classify(&mut flood, Some(done));
+            }
+            flood
+        })
+    })
+}
+
+fn classify(flood: &mut Flood, done: Option<Result<Result<Body, String>, tokio::task::JoinError>>) {
+    match done {
+        Some(Ok(Ok(Body::Ringing { .. }))) => flood.rang += 1,
+        Some(Ok(Ok(Body::Busy))) => flood.busy += 1,
+        Some(Ok(Ok(Body::Error { message }))) if message.starts_with("too many call requests") => flood.too_many += 1,
+        other => flood.other.push(format!("{other:?}")),
+    }
+}
+
+async fn one_request(target: SocketAddr, n: usize) -> Result<Body, String> {
+    let identity = Identity::ephemeral().map_err(|e| e.to_string())?;
+    let endpoint = Endpoint::new(Arc::new(identity)).map_err(|e| e.to_string())?;
+    let mut connection = endpoint.connect(&[target], None).await.map_err(|e| e.to_string())?;
+    let request = Body::CallRequest { caller_name: format!("spam {n}"), frame_ms: None };
+    connection.send(&Message::new(CallId::random(), request)).await.map_err(|e| e.to_string())?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), connection.recv()).await;
+    connection.close().await;
+    match answer {
+        Ok(Ok(Some(Decoded::Message(message)))) => Ok(message.body),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[tokio::test]
+async fn a_real_call_rings_and_connects_beside_stalled_connections_and_a_flood_of_fresh_keys() {
+    require_netns!();
+    let lan = Lan::new(3, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_daemons_with(&lan, dir.path(), QUIET, QUIET).await;
+    let port = b.ctl_json(&["status"]).await["signaling_port"].as_u64().unwrap() as u16;
+    let target = SocketAddr::new(IpAddr::from([10, 77, 0, 2]), port);
+
+    // The hostile host takes fifty addresses and holds four stalled handshakes
+    // from each: 200, where the daemon has 64 slots.
+    let hostile = lan.host(2);
+    let sources: Vec<IpAddr> = (100..150).map(|n| IpAddr::from([10, 77, 0, n])).collect();
+    for source in &sources {
+        let added = Command::new("ip")
+            .args(["-n", &hostile, "addr", "add", &format!("{source}/24"), "dev", "eth0", "noprefixroute"])
+            .status()
+            .unwrap();
+        assert!(added.success());
+    }
+    let stalled = StalledClients::start(&hostile, target, sources, 4).unwrap();
+    let counts = stalled.wait_until(Duration::from_secs(30), |c| c.opened >= 200 && c.closed_by_server >= 100);
+    assert!(counts.opened >= 200 && counts.closed_by_server >= 100, "{counts:?}");
+
+    // And a thousand call requests, each from a key minted for it.
+    let flood = flood_of_fresh_keys(&hostile, target, 1000, 4);
+
+    // Alice calls bob meanwhile: it rings, and bob answers it.
+    let mut a_events = a.follow_events().await;
+    let mut b_events = b.follow_events().await;
+    let id = a.ctl_json(&["dial", "bob", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    let ringing = b_events
+        .wait_for("alice's call rings at bob", |e| {
+            e["type"] == "incoming_call" && e["incoming_call"]["call"]["peer_device_id"] == a.device_id.as_str()
+        })
+        .await;
+    let at_b = ringing["incoming_call"]["call"]["call_id"].as_str().unwrap().to_owned();
+    b.ctl_json(&["answer", &at_b]).await;
+    a_events.wait_for("alice's call is active", |e| call_is(e, &id, "active")).await;
+
+    let flood = tokio::task::spawn_blocking(move || flood.join().unwrap()).await.unwrap();
+    drop(stalled);
+    // One address may ring 30 times a minute, whatever keys it mints; the rest
+    // are refused, saying when to retry.
+    // (The rest never got a handshake slot: four at a time per address.)
+    let summary = format!("rang {}, busy {}, too many {}", flood.rang, flood.busy, flood.too_many);
+    assert!((1..=30).contains(&(flood.rang + flood.busy)), "{summary}; {:?}", flood.other.first());
+    assert!(flood.too_many >= 500, "{summary}; {:?}", flood.other.first());
+    a.ctl_json(&["hangup"]).await;
+    a_events.wait_for("the call ends", |e| call_is(e, &id, "ended")).await;
+
+    // Alice still sees bob online at his real port, and bob's log tells of the
+    // flood a few times, not a thousand.
+    let peers = a.ctl_json(&["peers"]).await;
+    let bob = peers.as_array().unwrap().iter().find(|p| p["device_id"] == b.device_id.as_str()).unwrap();
+    assert_eq!((bob["online"].as_bool(), bob["signaling_port"].as_u64()), (Some(true), Some(u64::from(port))));
+    let log = b.log_text();
+    let told = log.matches("refusing call requests").count() + log.matches("closing some").count();
+    assert!((1..=20).contains(&told), "{told} flood lines");
+}
