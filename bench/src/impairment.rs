@@ -206,6 +206,10 @@ pub struct Profile {
     /// The callee's daemon is killed (SIGKILL) this long after the call became
     /// active: how soon, and how, the caller notices.
     pub kill_callee_after: Option<Duration>,
+    /// Stalled TLS clients held against the callee's signaling port throughout
+    /// ([`crate::hostile::StalledClients`], four from each of its loopback
+    /// addresses 127.0.0.2 and up): a hostile LAN.
+    pub stalled_clients: usize,
 }
 
 /// The Gilbert-Elliott parameters of the "bursty" profile: P(bad) = 0.02 / (0.02 +
@@ -225,6 +229,15 @@ pub fn profiles() -> Vec<Profile> {
             each_direction: clean,
             outage: None,
             kill_callee_after: None,
+            stalled_clients: 0,
+        },
+        Profile {
+            name: "stalled200",
+            description: "clean, with 200 stalled TLS handshakes from 50 addresses held against the callee",
+            each_direction: clean,
+            outage: None,
+            kill_callee_after: None,
+            stalled_clients: 200,
         },
         Profile {
             name: "delay30_jitter10",
@@ -232,6 +245,7 @@ pub fn profiles() -> Vec<Profile> {
             each_direction: Impairment { delay: ms(30), jitter: ms(10), loss: Loss::None },
             outage: None,
             kill_callee_after: None,
+            stalled_clients: 0,
         },
         Profile {
             name: "loss5",
@@ -239,6 +253,7 @@ pub fn profiles() -> Vec<Profile> {
             each_direction: Impairment::random_loss(0.05),
             outage: None,
             kill_callee_after: None,
+            stalled_clients: 0,
         },
         Profile {
             name: "loss15",
@@ -246,6 +261,7 @@ pub fn profiles() -> Vec<Profile> {
             each_direction: Impairment::random_loss(0.15),
             outage: None,
             kill_callee_after: None,
+            stalled_clients: 0,
         },
         Profile {
             name: "bursty",
@@ -253,6 +269,7 @@ pub fn profiles() -> Vec<Profile> {
             each_direction: Impairment { loss: BURSTY, ..clean },
             outage: None,
             kill_callee_after: None,
+            stalled_clients: 0,
         },
         Profile {
             name: "delay100",
@@ -260,6 +277,7 @@ pub fn profiles() -> Vec<Profile> {
             each_direction: Impairment::delay(ms(100)),
             outage: None,
             kill_callee_after: None,
+            stalled_clients: 0,
         },
         Profile {
             name: "outage3s",
@@ -267,6 +285,7 @@ pub fn profiles() -> Vec<Profile> {
             each_direction: clean,
             outage: Some(Outage { after: Duration::from_secs(6), length: Duration::from_secs(3) }),
             kill_callee_after: None,
+            stalled_clients: 0,
         },
         Profile {
             name: "outage10s",
@@ -274,6 +293,7 @@ pub fn profiles() -> Vec<Profile> {
             each_direction: clean,
             outage: Some(Outage { after: Duration::from_secs(4), length: Duration::from_secs(10) }),
             kill_callee_after: None,
+            stalled_clients: 0,
         },
         Profile {
             name: "outage30s",
@@ -281,6 +301,7 @@ pub fn profiles() -> Vec<Profile> {
             each_direction: clean,
             outage: Some(Outage { after: Duration::from_secs(3), length: Duration::from_secs(30) }),
             kill_callee_after: None,
+            stalled_clients: 0,
         },
         Profile {
             name: "killed",
@@ -288,6 +309,7 @@ pub fn profiles() -> Vec<Profile> {
             each_direction: clean,
             outage: None,
             kill_callee_after: Some(Duration::from_secs(5)),
+            stalled_clients: 0,
         },
     ]
 }

@@ -2,6 +2,7 @@
 //! follow one stream), print for people or, with `--json`, for scripts.
 
 mod complete;
+mod follow;
 mod manual;
 mod output;
 
@@ -15,6 +16,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use voicelink_proto::{Client, ConnectError, DaemonAddress, v1};
 
+use follow::Feed;
 use output::Printer;
 
 /// Control the voicelink daemon (voiced): list peers, place and answer calls,
@@ -153,7 +155,8 @@ enum Command {
         #[arg(long)]
         reject: bool,
     },
-    /// Follow the event feed: the current state first, then every change
+    /// Follow the event feed: the current state first, then every change (when
+    /// voiced restarts: a line on stderr, then its new state and changes)
     Events,
     /// Call statistics: one sample of each call, or with --follow a line per call
     /// every interval and a summary when a call ends (--json: one object per sample)
@@ -353,7 +356,7 @@ async fn run(cli: Cli) -> ExitCode {
             .exit(),
         (None, _) => DaemonAddress::Unix(cli.socket.unwrap_or_else(voicelink_proto::default_socket_path)),
     };
-    let client = match voicelink_proto::connect(address).await {
+    let client = match voicelink_proto::connect(address.clone()).await {
         Ok(client) => client,
         Err(error) => {
             eprintln!("voicectl: {error}");
@@ -372,7 +375,15 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     let printer = Printer { json: cli.json };
-    match execute(client, cli.command, &printer).await {
+    let outcome = match cli.command {
+        Command::Events => follow::follow(&address, client, Feed::Events, &printer).await.map_err(Failure::from),
+        Command::Stats { call, follow: true, interval } => {
+            let feed = Feed::Stats { call, interval: Duration::from_millis(interval) };
+            follow::follow(&address, client, feed, &printer).await.map_err(Failure::from)
+        }
+        command => execute(client, command, &printer).await,
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Interrupted) => ExitCode::from(exit::INTERRUPTED),
         Err(Failure::Status(status)) => {
@@ -591,38 +602,26 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
             printer.verification(&client.verify_peer(request).await?.into_inner());
         }
         Command::Calls => printer.calls(&client.list_calls(v1::ListCallsRequest {}).await?.into_inner().calls),
-        Command::Events => {
-            let mut stream = client.watch_events(v1::WatchEventsRequest {}).await?.into_inner();
-            while let Some(event) = stream.next().await {
-                printer.event(&event?);
-            }
-        }
-        Command::Stats { call, follow, interval } => {
-            // Without --follow one round is wanted: the first sample of each call
-            // comes at once, and the longest interval keeps the next round away.
-            let interval = if follow { Duration::from_millis(interval) } else { Duration::from_secs(10) };
-            let interval = prost_types::Duration::try_from(interval).ok();
+        Command::Events | Command::Stats { follow: true, .. } => unreachable!("followed across restarts"),
+        Command::Stats { call, follow: false, .. } => {
+            // One round is wanted: the first sample of each call comes at once,
+            // and the longest interval keeps the next round away.
+            let interval = prost_types::Duration::try_from(Duration::from_secs(10)).ok();
             let mut stream = client
                 .watch_stats(v1::WatchStatsRequest { call_id: call.unwrap_or_default(), interval })
                 .await?
                 .into_inner();
-            if follow {
-                while let Some(sample) = stream.next().await {
-                    printer.stats(&sample?);
+            let mut printed = std::collections::HashSet::new();
+            // The round arrives back to back; a pause means it is over.
+            while let Ok(Some(sample)) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+                let sample = sample?;
+                if !printed.insert(sample.call_id.clone()) {
+                    break;
                 }
-            } else {
-                let mut printed = std::collections::HashSet::new();
-                // The round arrives back to back; a pause means it is over.
-                while let Ok(Some(sample)) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
-                    let sample = sample?;
-                    if !printed.insert(sample.call_id.clone()) {
-                        break;
-                    }
-                    printer.stats(&sample);
-                }
-                if printed.is_empty() && !printer.json {
-                    println!("no calls");
-                }
+                printer.stats(&sample);
+            }
+            if printed.is_empty() && !printer.json {
+                println!("no calls");
             }
         }
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled before connecting"),

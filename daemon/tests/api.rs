@@ -234,6 +234,42 @@ async fn megabytes_of_input_are_refused_without_being_echoed() {
 }
 
 #[tokio::test]
+async fn streaming_commands_say_the_daemon_went_away_and_follow_it_back() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(dir.path(), "").await;
+    let mut events = tokio::process::Command::new(voicectl_bin())
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["--json", "events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(events.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    assert!(first.contains(r#""type":"snapshot""#), "{first}");
+
+    d.stop_with(nix::sys::signal::Signal::SIGTERM).await;
+    d.restart().await;
+    // The feed starts over with a snapshot of the daemon that came back.
+    loop {
+        let line = lines.next_line().await.unwrap().expect("voicectl events kept following");
+        if line.contains(r#""type":"snapshot""#) {
+            break;
+        }
+    }
+    events.start_kill().unwrap();
+    let mut said = String::new();
+    let mut stderr = events.stderr.take().unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut said).await.unwrap();
+    assert!(said.contains("voiced went away (voiced is stopping); waiting for it to come back"), "{said}");
+    assert!(said.contains("voiced is back"), "{said}");
+    assert!(!said.contains("h2 protocol error"), "{said}");
+}
+
+#[tokio::test]
 async fn voicectl_without_a_daemon_names_the_socket_and_how_to_start_it() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nothing-here.sock");
@@ -308,13 +344,19 @@ fn print_config_shows_flags_over_the_file() {
 async fn sigterm_stops_cleanly_and_tells_systemd() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = daemon(dir.path(), "").await;
-    let mut events = d.follow_events().await;
+    let mut client = voicelink_proto::connect(DaemonAddress::Unix(d.socket.clone())).await.unwrap();
+    let mut events = client.watch_events(v1::WatchEventsRequest {}).await.unwrap().into_inner();
+    assert!(matches!(events.next().await, Some(Ok(_))), "the snapshot");
     let status = d.stop_with(nix::sys::signal::Signal::SIGTERM).await;
     assert!(status.success(), "{status:?}");
     d.notified("STOPPING=1").await;
     assert!(!d.socket.exists(), "the socket is removed");
-    // The open event stream ended instead of holding the shutdown up.
-    assert!(events.ended().await, "the event stream should end with the daemon");
+    // The open event stream was told, instead of holding the shutdown up.
+    let last = events.next().await;
+    assert!(
+        matches!(&last, Some(Err(status)) if status.code() == tonic::Code::Unavailable && status.message() == "voiced is stopping"),
+        "{last:?}"
+    );
 }
 
 #[tokio::test]

@@ -23,6 +23,15 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("voicelink_v1_descriptor");
 }
 
+/// Whether a failed call or stream means the daemon went away (it stopped,
+/// restarted or died) rather than that it refused: `UNAVAILABLE`, which the
+/// daemon sends on its streams as it stops, or a failure of the connection
+/// itself (a status made on this side from an I/O or HTTP/2 error carries that
+/// error as its source; a status the daemon sent carries none).
+pub fn daemon_went_away(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable || std::error::Error::source(status).is_some()
+}
+
 /// Environment variable that names the daemon's socket for clients.
 pub const SOCKET_ENV: &str = "VOICELINK_SOCKET";
 

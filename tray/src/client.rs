@@ -182,23 +182,12 @@ impl SessionError {
             SessionError::Rpc(status) if status.code() == Code::Unavailable => "voiced is not running".to_owned(),
             SessionError::Timeout(_) => "voiced is not answering".to_owned(),
             // Broken under us: the daemon died, or stopped answering pings.
-            SessionError::Rpc(status) if is_transport_failure(status) => "lost the connection to voiced".to_owned(),
+            SessionError::Rpc(status) if voicelink_proto::daemon_went_away(status) => {
+                "lost the connection to voiced".to_owned()
+            }
             other => other.to_string(),
         }
     }
-}
-
-/// Whether a failed call failed in the transport (an I/O error somewhere in its
-/// causes) rather than being refused by the daemon.
-fn is_transport_failure(status: &tonic::Status) -> bool {
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
-        if error.is::<io::Error>() {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
 }
 
 /// How often the stats feed samples a call: the verdict is read by people.

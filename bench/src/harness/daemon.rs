@@ -2,6 +2,7 @@
 //! its own config and files, awaited by its sd_notify READY=1, reached over its
 //! gRPC socket, measured through /proc, and stopped with SIGTERM.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+use voicelink_bench::hostile::StalledClients;
 use voicelink_proto::v1::{Event, GetStatusRequest, WatchEventsRequest, event};
 use voicelink_proto::{Client, DaemonAddress};
 
@@ -36,6 +38,28 @@ pub struct Daemon {
     pub client: Client,
     child: Option<Child>,
     pid: i32,
+}
+
+/// Starts `count` stalled TLS clients against `daemon` (in namespace `netns`),
+/// four from each loopback address from 127.0.0.2 up, and waits until they are
+/// all connected once; `None` when `count` is 0.
+pub async fn stall(daemon: &Daemon, netns: &str, count: usize) -> Result<Option<StalledClients>> {
+    if count == 0 {
+        return Ok(None);
+    }
+    let status = daemon.client.clone().get_status(GetStatusRequest {}).await?.into_inner();
+    let port = u16::try_from(status.signaling_port).context("the signaling port")?;
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    let sources: Vec<IpAddr> = (0..count.div_ceil(4)).map(|n| IpAddr::from([127, 0, 0, 2 + n as u8])).collect();
+    let netns = netns.to_owned();
+    let clients = tokio::task::spawn_blocking(move || -> Result<StalledClients> {
+        let clients = StalledClients::start(&netns, target, sources, 4)?;
+        let counts = clients.wait_until(DEADLINE, |c| c.opened >= count as u64);
+        tracing::info!(?counts, "stalled clients are in place");
+        Ok(clients)
+    })
+    .await??;
+    Ok(Some(clients))
 }
 
 impl Daemon {

@@ -512,6 +512,25 @@ becomes active.\n",
                 if t.failures.is_empty() { "-".to_owned() } else { t.failures.join("; ") },
             );
         }
+        let median = |name: &str| {
+            report.profiles.iter().find(|p| p.name == name).and_then(|p| p.setup_trials.as_ref()).and_then(|t| {
+                let setup: Vec<f64> = t
+                    .dial_to_ringing_ms
+                    .iter()
+                    .zip(&t.answer_to_active_ms)
+                    .map(|(ring, active)| ring + active)
+                    .collect();
+                SetupTrials::quantile(&setup, 0.5)
+            })
+        };
+        if let (Some(clean), Some(stalled)) = (median("clean"), median("stalled200")) {
+            let _ = writeln!(
+                out,
+                "\nWith 200 stalled TLS handshakes held against the callee (stalled200), dial → ringing plus \
+answer → active takes {stalled:.0} ms (median) against {clean:.0} ms on the clean link: {:.2}× (goal: at most 2×).",
+                stalled / clean
+            );
+        }
     }
     out
 }

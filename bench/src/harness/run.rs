@@ -12,7 +12,7 @@ use voicelink_bench::relay::{Direction, ImpairedLink, LinkConfig, Namespace};
 use voicelink_proto::Client;
 use voicelink_proto::v1::{AnswerRequest, CallState, CallStats, DialRequest, HangupRequest, WatchStatsRequest};
 
-use super::daemon::{DEADLINE, Daemon, DaemonSpec, event_call, proc_sample, shows_peer_online};
+use super::daemon::{DEADLINE, Daemon, DaemonSpec, event_call, proc_sample, shows_peer_online, stall};
 use super::report::{Applied, DirectionLoss, Latency, Outcome, ProcessUse, ProfileResult, Reported, SideStats};
 use super::speech::{self, CALL_RATE, Material};
 
@@ -73,7 +73,9 @@ pub async fn run_profile(settings: &RunSettings, material: &Material, profile: &
         },
     )
     .await?;
+    let stalled = stall(&callee, ns_callee.name(), profile.stalled_clients).await?;
     let outcome = call(settings, material, profile, &link, &caller, &callee, &caller_heard, &mut result).await;
+    drop(stalled);
     // Stopped before the analysis: after SIGTERM the recordings are complete.
     let stopped = (caller.stop().await, callee.stop().await);
     let timeline = match outcome {

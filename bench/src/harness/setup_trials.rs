@@ -9,7 +9,7 @@ use voicelink_bench::impairment::Profile;
 use voicelink_bench::relay::{Direction, ImpairedLink, LinkConfig, Namespace};
 use voicelink_proto::v1::{AnswerRequest, CallState, DialRequest, HangupRequest};
 
-use super::daemon::{DEADLINE, Daemon, DaemonSpec, event_call, shows_peer_online};
+use super::daemon::{DEADLINE, Daemon, DaemonSpec, event_call, shows_peer_online, stall};
 use super::report::SetupTrials;
 use super::run::{RunSettings, is_state, signed_ms};
 
@@ -35,7 +35,9 @@ pub async fn run(settings: &RunSettings, profile: &Profile, calls: usize) -> Res
         DaemonSpec { name: "callee", netns: ns_callee.name(), dir: &callee_dir, extra_config: audio("tone:880") };
     let mut caller = Daemon::start(&settings.voiced, caller_spec).await?;
     let mut callee = Daemon::start(&settings.voiced, callee_spec).await?;
+    let stalled = stall(&callee, ns_callee.name(), profile.stalled_clients).await?;
     let outcome = trials(settings, profile, &link, &caller, &callee, calls).await;
+    drop(stalled);
     let stopped = (caller.stop().await, callee.stop().await);
     stopped.0?;
     stopped.1?;

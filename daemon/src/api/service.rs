@@ -198,6 +198,12 @@ fn optional_call_id(call_id: String) -> Result<Option<CallId>, Status> {
 /// The longest value `SetConfig` takes: an audio spec with a path.
 const MAX_CONFIG_VALUE_BYTES: usize = voicelink_core::audio_spec::MAX_SPEC_BYTES + 64;
 
+/// Tells a stream's client the daemon is stopping (so it knows the stream did
+/// not just end), if its buffer has room.
+fn stopping<T>(stream: &mpsc::Sender<Result<T, Status>>) {
+    let _ = stream.try_send(Err(Status::unavailable("voiced is stopping")));
+}
+
 /// An optional endpoint spec from a request: empty means "the default".
 fn spec<T: std::str::FromStr<Err = SpecError>>(text: &str) -> Result<Option<T>, Status> {
     if text.trim().is_empty() {
@@ -460,7 +466,10 @@ impl Voicelink for ControlService {
         tokio::spawn(async move {
             loop {
                 let update = tokio::select! {
-                    () = shutdown.cancelled() => break,
+                    () = shutdown.cancelled() => {
+                        stopping(&sender);
+                        break;
+                    }
                     () = sender.closed() => break,
                     update = subscription.next() => match update {
                         Some(update) => update,
@@ -498,7 +507,10 @@ impl Voicelink for ControlService {
         tokio::spawn(async move {
             loop {
                 let stats = tokio::select! {
-                    () = shutdown.cancelled() => break,
+                    () = shutdown.cancelled() => {
+                        stopping(&sender);
+                        break;
+                    }
                     () = sender.closed() => break,
                     stats = subscription.next() => match stats {
                         Some(stats) => stats,

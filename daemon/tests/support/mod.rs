@@ -350,11 +350,6 @@ impl EventFollower {
         event
     }
 
-    /// Whether the stream ends (rather than delivering another event).
-    pub async fn ended(&mut self) -> bool {
-        matches!(tokio::time::timeout(DEADLINE, self.lines.next_line()).await, Ok(Ok(None)))
-    }
-
     /// An event already seen that matches, or the next one that does.
     pub async fn seen_or_wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
         match self.seen.iter().find(|e| matches(e)) {
