@@ -60,21 +60,72 @@ impl Entry {
     }
 }
 
+/// The most peers the table holds: a LAN flooded with fake adverts costs at
+/// most this much memory, events and liveness checks. When full, the peer
+/// offline longest makes room; with none offline, a newcomer is turned away.
+pub const MAX_PEERS: usize = 256;
+/// The most mDNS instances one device may be advertised under.
+pub const MAX_INSTANCES_PER_PEER: usize = 4;
+
 /// Peers by device ID, with the mDNS instances that advertise them.
 #[derive(Debug)]
 pub struct PeerTable {
     own_id: DeviceId,
     offline_retention: Duration,
+    max_peers: usize,
     peers: BTreeMap<DeviceId, Entry>,
     /// mDNS instance full name → device, to handle removals (which carry no TXT).
     instances: BTreeMap<String, DeviceId>,
+    /// Adverts ignored because the table was full, in all.
+    turned_away: u64,
 }
 
 impl PeerTable {
     /// An empty table that ignores `own_id` and forgets peers offline longer than
     /// `offline_retention`.
     pub fn new(own_id: DeviceId, offline_retention: Duration) -> Self {
-        PeerTable { own_id, offline_retention, peers: BTreeMap::new(), instances: BTreeMap::new() }
+        Self::with_capacity(own_id, offline_retention, MAX_PEERS)
+    }
+
+    /// As [`PeerTable::new`], holding at most `max_peers` peers.
+    pub fn with_capacity(own_id: DeviceId, offline_retention: Duration, max_peers: usize) -> Self {
+        PeerTable {
+            own_id,
+            offline_retention,
+            max_peers,
+            peers: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            turned_away: 0,
+        }
+    }
+
+    /// How many adverts were ignored because the table was full, in all (the
+    /// discovery task logs when this grows).
+    pub fn turned_away(&self) -> u64 {
+        self.turned_away
+    }
+
+    /// Whether an advert for `device` under `instance` fits: a new peer needs a
+    /// place (the peer offline longest gives up its own, announced in
+    /// `changes`), a new instance of a known peer needs to be under the limit.
+    fn fits(&mut self, device: DeviceId, instance: &str, changes: &mut Vec<PeerChange>) -> bool {
+        if let Some(entry) = self.peers.get(&device) {
+            return entry.instances.contains_key(instance) || entry.instances.len() < MAX_INSTANCES_PER_PEER;
+        }
+        if self.peers.len() < self.max_peers {
+            return true;
+        }
+        let longest_offline = self.peers.iter().filter_map(|(id, e)| e.offline_since.map(|at| (at, *id))).min();
+        let Some((_, leaving)) = longest_offline else { return false };
+        if let Some(entry) = self.peers.remove(&leaving) {
+            self.instances.retain(|_, id| *id != leaving);
+            changes.push(PeerChange::Gone {
+                device_id: leaving,
+                display_name: entry.record.display_name,
+                reason: GoneReason::Expired,
+            });
+        }
+        true
     }
 
     /// An instance resolved (or re-resolved) to `advert` at `addresses`.
@@ -93,6 +144,10 @@ impl PeerTable {
             return self.instance_removed(instance, Removal::Goodbye, now).into_iter().collect();
         }
         let mut changes = Vec::new();
+        if !self.fits(advert.device_id, instance, &mut changes) {
+            self.turned_away += 1;
+            return changes;
+        }
         // The instance may have moved to another device ID (a reinstall): detach it.
         if let Some(previous) = self.instances.insert(instance.to_owned(), advert.device_id)
             && previous != advert.device_id
@@ -245,6 +300,37 @@ mod tests {
 
     fn table() -> (PeerTable, Clock) {
         (PeerTable::new(id("me"), RETENTION), Clock(Instant::now()))
+    }
+
+    #[test]
+    fn a_flood_of_adverts_is_capped_and_the_longest_offline_makes_room() {
+        let mut clock = Clock(Instant::now());
+        let mut t = PeerTable::with_capacity(id("me"), RETENTION, 3);
+        let wall = SystemTime::now();
+        for n in 0..3 {
+            let seed = format!("p{n}");
+            assert_eq!(t.resolved(&seed, &advert(&seed, "x"), [], clock.now(), wall).len(), 1);
+        }
+        // Full of online peers: a fourth is turned away, and counted.
+        assert_eq!(t.resolved("p3", &advert("p3", "x"), [], clock.now(), wall), vec![]);
+        assert_eq!((t.peers().count(), t.turned_away()), (3, 1));
+
+        // Two go offline; the one offline longest gives up its place.
+        t.instance_removed("p1", Removal::Lost, clock.now());
+        clock.advance(Duration::from_secs(1));
+        t.instance_removed("p2", Removal::Lost, clock.now());
+        let changes = t.resolved("p3", &advert("p3", "x"), [], clock.now(), wall);
+        assert!(
+            matches!(&changes[..], [PeerChange::Gone { device_id, reason: GoneReason::Expired, .. }, PeerChange::Appeared(_)] if *device_id == id("p1")),
+            "{changes:?}"
+        );
+
+        // One device under many instance names: only the first few count.
+        for n in 0..10 {
+            t.resolved(&format!("p0-{n}"), &advert("p0", "x"), [ip(&format!("10.0.0.{n}"))], clock.now(), wall);
+        }
+        let p0 = t.peers().find(|p| p.device_id == id("p0")).map(|p| p.addresses.len());
+        assert_eq!(p0, Some(MAX_INSTANCES_PER_PEER - 1), "p0 itself, then three more instances");
     }
 
     #[test]

@@ -136,3 +136,75 @@ async fn a_real_call_rings_and_connects_beside_stalled_connections_and_a_flood_o
     let told = log.matches("refusing call requests").count() + log.matches("closing some").count();
     assert!((1..=20).contains(&told), "{told} flood lines");
 }
+
+#[tokio::test]
+async fn five_hundred_fake_peers_are_capped_and_the_real_one_stays_reachable() {
+    use voicelink_core::advert::{Advert, PROTOCOL_VERSION, SERVICE_TYPE};
+    use voicelink_core::peer_table::MAX_PEERS;
+    use voicelink_core::vocab::DeviceId;
+
+    require_netns!();
+    let lan = Lan::new(3, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_daemons_with(&lan, dir.path(), QUIET, QUIET).await;
+
+    // The hostile host advertises 500 devices that do not exist.
+    let hostile = lan.host(2);
+    let (registered, registering) = std::sync::mpsc::channel();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let flooder = std::thread::spawn(move || {
+        enter_namespace(&hostile).unwrap();
+        let mdns = mdns_sd::ServiceDaemon::new().unwrap();
+        for n in 0..500u32 {
+            let advert = Advert {
+                protocol_version: PROTOCOL_VERSION,
+                device_id: DeviceId::from_certificate_der(format!("fake {n}").as_bytes()),
+                display_name: format!("fake {n}"),
+                signaling_port: 4444,
+                leaving: false,
+            };
+            let instance = format!("fake{n}");
+            let info =
+                mdns_sd::ServiceInfo::new(SERVICE_TYPE, &instance, "fakes.local.", (), 4444, &advert.to_txt()[..])
+                    .unwrap()
+                    .enable_addr_auto();
+            // mdns-sd's command queue is bounded: wait for room.
+            loop {
+                match mdns.register(info.clone()) {
+                    Err(mdns_sd::Error::Again) => std::thread::sleep(Duration::from_millis(10)),
+                    registered => break registered.unwrap(),
+                }
+            }
+        }
+        registered.send(()).unwrap();
+        let _ = stopped.recv();
+        let _ = mdns.shutdown();
+    });
+    registering.recv().unwrap();
+
+    // Alice's table fills to its cap and says so once in a while.
+    let mut a_events = a.follow_events().await;
+    let seen = std::cell::RefCell::new(std::collections::HashSet::new());
+    a_events
+        .wait_for("alice's table to fill", |e| {
+            if e["type"] == "peer_appeared" {
+                seen.borrow_mut()
+                    .insert(e["peer_appeared"]["peer"]["device_id"].as_str().unwrap_or_default().to_owned());
+            }
+            seen.borrow().len() >= MAX_PEERS - 1
+        })
+        .await;
+    let peers = a.ctl_json(&["peers", "--all"]).await;
+    assert!(peers.as_array().unwrap().len() <= MAX_PEERS, "{} peers", peers.as_array().unwrap().len());
+    let bob = peers.as_array().unwrap().iter().find(|p| p["device_id"] == b.device_id.as_str()).unwrap();
+    assert_eq!(bob["online"], true);
+    // Bob is still reachable by name.
+    let mut b_events = b.follow_events().await;
+    a.ctl_json(&["dial", "bob", "--no-wait"]).await;
+    b_events.wait_for("alice's call rings at bob", |e| e["type"] == "incoming_call").await;
+    a.ctl_json(&["hangup"]).await;
+    let told = a.log_text().matches("too many peers advertised on the LAN").count();
+    assert!((1..=10).contains(&told), "{told} lines");
+    stop.send(()).unwrap();
+    flooder.join().unwrap();
+}

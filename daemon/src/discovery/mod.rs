@@ -17,15 +17,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use voicelink_core::advert::{Advert, PROTOCOL_VERSION, SERVICE_TYPE};
-use voicelink_core::peer_table::{PeerChange, PeerTable, Removal};
+use voicelink_core::peer_table::{MAX_PEERS, PeerChange, PeerTable, Removal};
 
 use crate::clock;
 use crate::events::{Change, EventHub};
+use crate::logging::Throttle;
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::vocab::DeviceId;
 
-/// How often every online peer is asked to confirm it is still there.
+/// How often online peers are asked to confirm they are still there.
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(3);
+/// Peers asked per round, in turn: however many adverts a LAN floods us with,
+/// our own queries stay at a few a second.
+const VERIFY_PER_ROUND: usize = 8;
 /// How long a peer has to answer a verification.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(1);
 /// A removal this long after a verification was sent is still that verification's.
@@ -78,6 +82,10 @@ impl Discovery {
         let mut table = PeerTable::new(own.device_id, OFFLINE_RETENTION);
         // Instance full name → when its last verification was sent.
         let mut verifying: HashMap<String, Instant> = HashMap::new();
+        // Where the next liveness round starts among the online instances.
+        let mut next_to_verify = 0;
+        let mut turned_away = Throttle::new(Duration::from_secs(10));
+        let mut turned_away_total = 0;
         let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -95,12 +103,16 @@ impl Discovery {
                 _ = liveness.tick() => {
                     let now = clock::now();
                     verifying.retain(|_, sent| now.duration_since(*sent) < VERIFY_WINDOW);
-                    for instance in table.online_instances() {
+                    let online: Vec<&str> = table.online_instances().collect();
+                    let round = online.len().min(VERIFY_PER_ROUND);
+                    for n in 0..round {
+                        let instance = online[(next_to_verify + n) % online.len()];
                         if let Err(error) = mdns.verify(instance.to_owned(), VERIFY_TIMEOUT) {
-                            debug!(%instance, %error, "cannot verify a peer");
+                            debug!(instance = ?instance, %error, "cannot verify a peer");
                         }
                         verifying.insert(instance.to_owned(), now);
                     }
+                    next_to_verify = if online.is_empty() { 0 } else { (next_to_verify + round) % online.len() };
                     Vec::new()
                 }
                 () = clock::sleep_until(expiry), if expiry.is_some() => table.expire(clock::now()),
@@ -116,6 +128,13 @@ impl Discovery {
                     Vec::new()
                 }
             };
+            let before = turned_away_total;
+            turned_away_total = table.turned_away();
+            if turned_away_total > before
+                && let Some(adverts) = turned_away.note(clock::now())
+            {
+                warn!(adverts, peers = MAX_PEERS, "too many peers advertised on the LAN; ignoring the newest");
+            }
             for change in changes {
                 log_change(&change);
                 hub.publish(Change::Peer(change));
