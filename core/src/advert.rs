@@ -1,6 +1,15 @@
 //! What a daemon says about itself in its mDNS TXT record, and how a record read
 //! from the network is checked. Pure: no sockets, so every malformed record can be
 //! tested.
+//!
+//! mDNS has no authentication, so an advert may carry a proof ([`AdvertProof`]):
+//! the device's certificate (whose hash is its device ID), the time the advert
+//! was made, and a signature by the device key over [`Advert::signed_payload`].
+//! Checking the signature needs a crypto library, so it is done at the edge
+//! (the discovery task); what a checked or unchecked advert may change is the
+//! peer table's policy.
+
+use data_encoding::BASE64URL_NOPAD;
 
 pub use crate::vocab::PROTOCOL_VERSION;
 use crate::vocab::{DeviceId, DisplayName};
@@ -16,6 +25,28 @@ const KEY_PORT: &str = "port";
 /// Present (`bye=1`) in the last announcement a daemon makes before its goodbye, so
 /// peers remove it at once instead of taking the goodbye for a lost peer.
 const KEY_LEAVING: &str = "bye";
+/// The proof: when the advert was made (Unix milliseconds), the certificate in
+/// chunks `c0`, `c1`, … (base64url without padding), and the signature.
+const KEY_TIME: &str = "t";
+const KEY_CERT_PREFIX: &str = "c";
+const KEY_SIGNATURE: &str = "sig";
+/// Characters of the certificate per TXT string (each string is at most 255 bytes).
+const CERT_CHUNK: usize = 200;
+/// Chunks a certificate may take (a voicelink certificate needs 2 or 3).
+const MAX_CERT_CHUNKS: usize = 8;
+
+/// What proves an advert came from the device it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvertProof {
+    /// When the advert was made, in Unix milliseconds: a device's adverts only
+    /// move forward, so an older one replayed is ignored.
+    pub time_ms: u64,
+    /// The device's certificate (DER); its hash must be the device ID.
+    pub certificate: Vec<u8>,
+    /// The device key's ECDSA P-256 SHA-256 signature (ASN.1 DER) over
+    /// [`Advert::signed_payload`].
+    pub signature: Vec<u8>,
+}
 
 /// A daemon's advertisement, as sent and as understood on receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +61,8 @@ pub struct Advert {
     pub signaling_port: u16,
     /// It is shutting down cleanly.
     pub leaving: bool,
+    /// The signature, when the advert carries one.
+    pub proof: Option<AdvertProof>,
 }
 
 /// Why a TXT record was not taken as a voicelink advertisement.
@@ -66,7 +99,28 @@ impl Advert {
         if self.leaving {
             txt.push((KEY_LEAVING.to_owned(), "1".to_owned()));
         }
+        if let Some(proof) = &self.proof {
+            txt.push((KEY_TIME.to_owned(), proof.time_ms.to_string()));
+            let certificate = BASE64URL_NOPAD.encode(&proof.certificate);
+            for (n, chunk) in certificate.as_bytes().chunks(CERT_CHUNK).enumerate() {
+                txt.push((format!("{KEY_CERT_PREFIX}{n}"), String::from_utf8_lossy(chunk).into_owned()));
+            }
+            txt.push((KEY_SIGNATURE.to_owned(), BASE64URL_NOPAD.encode(&proof.signature)));
+        }
         txt
+    }
+
+    /// The bytes a device signs (and a peer checks) for this advert made at
+    /// `time_ms`: every field a peer acts on, one per line, in this order.
+    pub fn signed_payload(&self, time_ms: u64) -> Vec<u8> {
+        format!(
+            "voicelink-advert/1\nid={}\nname={}\nport={}\nbye={}\nt={time_ms}\n",
+            self.device_id,
+            self.display_name,
+            self.signaling_port,
+            u8::from(self.leaving)
+        )
+        .into_bytes()
     }
 
     /// Reads an advertisement from TXT properties (key, value-if-any). Unknown keys
@@ -77,10 +131,22 @@ impl Advert {
         let mut name = None;
         let mut port = None;
         let mut leaving = false;
+        let mut time = None;
+        let mut signature = None;
+        let mut chunks: [Option<&'a [u8]>; MAX_CERT_CHUNKS] = [None; MAX_CERT_CHUNKS];
         for (key, value) in properties {
+            let key = key.to_ascii_lowercase();
+            if let Some(n) = key.strip_prefix(KEY_CERT_PREFIX).and_then(|n| n.parse::<usize>().ok()) {
+                if let Some(chunk) = chunks.get_mut(n).filter(|chunk| chunk.is_none()) {
+                    *chunk = value;
+                }
+                continue;
+            }
             // DNS-SD keys are case-insensitive; the first occurrence wins (RFC 6763 6.4).
-            let slot = match key.to_ascii_lowercase().as_str() {
+            let slot = match key.as_str() {
                 KEY_VERSION => &mut version,
+                KEY_TIME => &mut time,
+                KEY_SIGNATURE => &mut signature,
                 KEY_ID => &mut id,
                 KEY_NAME => &mut name,
                 KEY_PORT => &mut port,
@@ -121,8 +187,22 @@ impl Advert {
             display_name: display_name.as_str().to_owned(),
             signaling_port,
             leaving,
+            proof: proof(time, &chunks, signature),
         })
     }
+}
+
+/// The proof, if the record carries a whole one (a broken proof counts as none:
+/// the advert is then unsigned).
+fn proof(time: Option<&[u8]>, chunks: &[Option<&[u8]>], signature: Option<&[u8]>) -> Option<AdvertProof> {
+    let time_ms = std::str::from_utf8(time?).ok()?.parse().ok()?;
+    let mut certificate = Vec::new();
+    for chunk in chunks.iter().map_while(|chunk| *chunk) {
+        certificate.extend_from_slice(chunk);
+    }
+    let certificate = BASE64URL_NOPAD.decode(&certificate).ok().filter(|c| !c.is_empty())?;
+    let signature = BASE64URL_NOPAD.decode(signature?).ok()?;
+    Some(AdvertProof { time_ms, certificate, signature })
 }
 
 #[cfg(test)]
@@ -136,6 +216,7 @@ mod tests {
             display_name: "alice".into(),
             signaling_port: 4711,
             leaving: false,
+            proof: None,
         }
     }
 
@@ -153,6 +234,22 @@ mod tests {
         assert_eq!(round_trip(&advert()), Ok(advert()));
         let leaving = Advert { leaving: true, ..advert() };
         assert_eq!(round_trip(&leaving), Ok(leaving));
+    }
+
+    #[test]
+    fn a_proof_round_trips_in_txt_strings_that_fit() {
+        let proof = AdvertProof { time_ms: 1_800_000_000_123, certificate: vec![7; 400], signature: vec![9; 72] };
+        let signed = Advert { proof: Some(proof), ..advert() };
+        assert!(signed.to_txt().iter().all(|(k, v)| k.len() + 1 + v.len() <= 255));
+        assert_eq!(round_trip(&signed), Ok(signed.clone()));
+        // A chunk missing: the advert stands, unsigned.
+        let txt: Vec<(String, String)> = signed.to_txt().into_iter().filter(|(k, _)| k != "c1").collect();
+        let parsed = Advert::from_txt(txt.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes())))).unwrap();
+        assert_ne!(parsed.proof.map(|p| p.certificate), Some(vec![7; 400]));
+        assert_eq!(
+            String::from_utf8(advert().signed_payload(5)).unwrap(),
+            format!("voicelink-advert/1\nid={}\nname=alice\nport=4711\nbye=0\nt=5\n", advert().device_id)
+        );
     }
 
     #[test]

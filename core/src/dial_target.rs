@@ -106,6 +106,7 @@ mod tests {
             last_seen: SystemTime::UNIX_EPOCH,
             online,
             known: false,
+            signed: true,
         }
     }
 

@@ -1,5 +1,14 @@
 //! The table of peers seen on the LAN. Pure: mDNS observations and the time go in,
 //! changes to announce come out, so merging and expiry are tested without a network.
+//!
+//! What an advert may change depends on whether it is signed (the discovery task
+//! checks the signature and says so): once a device's advert was signed, only a
+//! signed advert at least as new changes its name, port or addresses, takes its
+//! mDNS instance, or says it is leaving; an unsigned or older one is ignored (a
+//! neighbour cannot forge or replay it). An mDNS goodbye (records with TTL 0)
+//! carries no signature and is still taken as a goodbye: mdns-sd forgets the
+//! instance either way, and gives no means to ask it again. Old, unsigned peers
+//! work as before, marked as such ([`PeerRecord::signed`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -48,6 +57,8 @@ pub enum Removal {
 #[derive(Debug)]
 struct Entry {
     record: PeerRecord,
+    /// The time of the newest signed advert, once one was seen.
+    signed_at: Option<u64>,
     /// mDNS instance full name → the addresses it resolved to.
     instances: BTreeMap<String, BTreeSet<IpAddr>>,
     /// Set while offline.
@@ -64,6 +75,8 @@ impl Entry {
 /// most this much memory, events and liveness checks. When full, the peer
 /// offline longest makes room; with none offline, a newcomer is turned away.
 pub const MAX_PEERS: usize = 256;
+/// The most addresses a signed device keeps per instance (see `resolved`).
+const MAX_ADDRESSES_PER_INSTANCE: usize = 8;
 /// The most mDNS instances one device may be advertised under.
 pub const MAX_INSTANCES_PER_PEER: usize = 4;
 
@@ -78,6 +91,8 @@ pub struct PeerTable {
     instances: BTreeMap<String, DeviceId>,
     /// Adverts ignored because the table was full, in all.
     turned_away: u64,
+    /// Adverts ignored as forged or replayed, in all.
+    disbelieved: u64,
 }
 
 impl PeerTable {
@@ -96,6 +111,7 @@ impl PeerTable {
             peers: BTreeMap::new(),
             instances: BTreeMap::new(),
             turned_away: 0,
+            disbelieved: 0,
         }
     }
 
@@ -103,6 +119,12 @@ impl PeerTable {
     /// discovery task logs when this grows).
     pub fn turned_away(&self) -> u64 {
         self.turned_away
+    }
+
+    /// How many adverts were ignored as forged or replayed (unsigned or older
+    /// than what a signed device last said), in all.
+    pub fn disbelieved(&self) -> u64 {
+        self.disbelieved
     }
 
     /// Whether an advert for `device` under `instance` fits: a new peer needs a
@@ -128,20 +150,42 @@ impl PeerTable {
         true
     }
 
-    /// An instance resolved (or re-resolved) to `advert` at `addresses`.
+    /// Whether an advert for `device` under `instance`, signed (and checked)
+    /// at `signed_at` or not at all, may change the table.
+    fn believed(&self, device: DeviceId, instance: &str, signed_at: Option<u64>) -> bool {
+        let holder = self.instances.get(instance).filter(|holder| **holder != device);
+        let holder_signed = holder.is_some_and(|holder| self.peers.get(holder).is_some_and(|e| e.signed_at.is_some()));
+        match (signed_at, self.peers.get(&device).and_then(|e| e.signed_at)) {
+            // Never an unsigned advert over a signed one, nor an older one.
+            (None, Some(_)) => false,
+            (Some(at), Some(newest)) if at < newest => false,
+            // An instance a signed device holds is taken only by a signed advert.
+            (None, None) => !holder_signed,
+            _ => true,
+        }
+    }
+
+    /// An instance resolved (or re-resolved) to `advert` at `addresses`;
+    /// `signed_at` is the time of its proof when the signature checked out.
     pub fn resolved(
         &mut self,
         instance: &str,
         advert: &Advert,
+        signed_at: Option<u64>,
         addresses: impl IntoIterator<Item = IpAddr>,
         now: Instant,
         wall_now: SystemTime,
     ) -> Vec<PeerChange> {
-        if advert.device_id == self.own_id {
+        if advert.device_id == self.own_id || !self.believed(advert.device_id, instance, signed_at) {
+            if advert.device_id != self.own_id {
+                self.disbelieved += 1;
+            }
             return Vec::new();
         }
         if advert.leaving {
-            return self.instance_removed(instance, Removal::Goodbye, now).into_iter().collect();
+            let device_id = self.instances.get(instance).copied().filter(|id| *id == advert.device_id);
+            self.instances.remove(instance);
+            return device_id.and_then(|id| self.detach(instance, id, Removal::Goodbye, now)).into_iter().collect();
         }
         let mut changes = Vec::new();
         if !self.fits(advert.device_id, instance, &mut changes) {
@@ -166,9 +210,11 @@ impl PeerTable {
                     last_seen: wall_now,
                     online: true,
                     known: false,
+                    signed: signed_at.is_some(),
                 };
                 let entry = Entry {
                     record: record.clone(),
+                    signed_at,
                     instances: BTreeMap::from([(instance.to_owned(), addresses)]),
                     offline_since: None,
                 };
@@ -177,6 +223,16 @@ impl PeerTable {
             }
             Some(entry) => {
                 let before = entry.record.clone();
+                // mDNS addresses are not signed: a neighbour can answer for a
+                // signed device's host name. So a signed device keeps the
+                // addresses it had beside the new ones (a dial tries them all).
+                let kept = entry.instances.get(instance).filter(|_| signed_at.is_some());
+                let addresses = match kept {
+                    Some(kept) if kept.len() + addresses.len() <= MAX_ADDRESSES_PER_INSTANCE => {
+                        kept.union(&addresses).copied().collect()
+                    }
+                    _ => addresses,
+                };
                 entry.instances.insert(instance.to_owned(), addresses);
                 entry.refresh_addresses();
                 let record = &mut entry.record;
@@ -185,6 +241,8 @@ impl PeerTable {
                 record.protocol_version = advert.protocol_version;
                 record.online = true;
                 record.last_seen = wall_now;
+                record.signed = signed_at.is_some();
+                entry.signed_at = signed_at.max(entry.signed_at);
                 entry.offline_since = None;
                 let changed = PeerRecord { last_seen: before.last_seen, ..record.clone() } != before;
                 changed.then(|| PeerChange::Changed(record.clone()))
@@ -281,6 +339,7 @@ mod tests {
             display_name: name.into(),
             signaling_port: 4000,
             leaving: false,
+            proof: None,
         }
     }
 
@@ -303,23 +362,61 @@ mod tests {
     }
 
     #[test]
+    fn once_signed_only_a_newer_signed_advert_changes_a_peer_or_says_it_left() {
+        let (mut t, clock) = table();
+        let wall = SystemTime::now();
+        let now = clock.now();
+        let bob = advert("b", "bob");
+        assert!(
+            matches!(&t.resolved("b", &bob, Some(10), [ip("10.0.0.2")], now, wall)[..], [PeerChange::Appeared(p)] if p.signed)
+        );
+
+        // Forged: another port, unsigned; a replayed older signed advert; a bye.
+        let forged = Advert { signaling_port: 6666, ..bob.clone() };
+        assert_eq!(t.resolved("b", &forged, None, [ip("10.0.0.66")], now, wall), vec![]);
+        assert_eq!(t.resolved("b", &forged, Some(9), [ip("10.0.0.66")], now, wall), vec![]);
+        let bye = Advert { leaving: true, ..bob.clone() };
+        assert_eq!(t.resolved("b", &bye, None, [], now, wall), vec![]);
+        assert_eq!(t.resolved("b", &bye, Some(9), [], now, wall), vec![]);
+        // An impostor device taking bob's instance name, unsigned: ignored too.
+        assert_eq!(t.resolved("b", &advert("x", "bob"), None, [ip("10.0.0.66")], now, wall), vec![]);
+        assert_eq!(t.disbelieved(), 5);
+        let peer = t.peers().next().cloned().unwrap();
+        assert_eq!((peer.signaling_port, peer.addresses.len(), peer.online), (4000, 1, true), "nothing forged stuck");
+
+        // Bob's own signed advert, resolved at a neighbour's address (mDNS
+        // addresses are not signed): his own address stays beside it.
+        t.resolved("b", &bob, Some(10), [ip("10.0.0.66")], now, wall);
+        let peer = t.peers().next().cloned().unwrap();
+        assert_eq!(peer.addresses, BTreeSet::from([ip("10.0.0.2"), ip("10.0.0.66")]));
+
+        // Bob himself: moved, then leaving, each newer and signed.
+        let moved = Advert { signaling_port: 5000, ..bob.clone() };
+        assert!(
+            matches!(&t.resolved("b", &moved, Some(11), [ip("10.0.0.2")], now, wall)[..], [PeerChange::Changed(p)] if p.signaling_port == 5000)
+        );
+        let gone = t.resolved("b", &Advert { leaving: true, ..moved }, Some(12), [], now, wall);
+        assert!(matches!(&gone[..], [PeerChange::Gone { reason: GoneReason::Goodbye, .. }]), "{gone:?}");
+    }
+
+    #[test]
     fn a_flood_of_adverts_is_capped_and_the_longest_offline_makes_room() {
         let mut clock = Clock(Instant::now());
         let mut t = PeerTable::with_capacity(id("me"), RETENTION, 3);
         let wall = SystemTime::now();
         for n in 0..3 {
             let seed = format!("p{n}");
-            assert_eq!(t.resolved(&seed, &advert(&seed, "x"), [], clock.now(), wall).len(), 1);
+            assert_eq!(t.resolved(&seed, &advert(&seed, "x"), None, [], clock.now(), wall).len(), 1);
         }
         // Full of online peers: a fourth is turned away, and counted.
-        assert_eq!(t.resolved("p3", &advert("p3", "x"), [], clock.now(), wall), vec![]);
+        assert_eq!(t.resolved("p3", &advert("p3", "x"), None, [], clock.now(), wall), vec![]);
         assert_eq!((t.peers().count(), t.turned_away()), (3, 1));
 
         // Two go offline; the one offline longest gives up its place.
         t.instance_removed("p1", Removal::Lost, clock.now());
         clock.advance(Duration::from_secs(1));
         t.instance_removed("p2", Removal::Lost, clock.now());
-        let changes = t.resolved("p3", &advert("p3", "x"), [], clock.now(), wall);
+        let changes = t.resolved("p3", &advert("p3", "x"), None, [], clock.now(), wall);
         assert!(
             matches!(&changes[..], [PeerChange::Gone { device_id, reason: GoneReason::Expired, .. }, PeerChange::Appeared(_)] if *device_id == id("p1")),
             "{changes:?}"
@@ -327,7 +424,7 @@ mod tests {
 
         // One device under many instance names: only the first few count.
         for n in 0..10 {
-            t.resolved(&format!("p0-{n}"), &advert("p0", "x"), [ip(&format!("10.0.0.{n}"))], clock.now(), wall);
+            t.resolved(&format!("p0-{n}"), &advert("p0", "x"), None, [ip(&format!("10.0.0.{n}"))], clock.now(), wall);
         }
         let p0 = t.peers().find(|p| p.device_id == id("p0")).map(|p| p.addresses.len());
         assert_eq!(p0, Some(MAX_INSTANCES_PER_PEER - 1), "p0 itself, then three more instances");
@@ -337,39 +434,43 @@ mod tests {
     fn a_new_peer_appears_and_a_repeat_sighting_changes_nothing() {
         let (mut t, clock) = table();
         let wall = SystemTime::UNIX_EPOCH;
-        let change = t.resolved("a._voicelink", &advert("a", "alice"), [ip("10.0.0.1")], clock.now(), wall);
+        let change = t.resolved("a._voicelink", &advert("a", "alice"), None, [ip("10.0.0.1")], clock.now(), wall);
         let [PeerChange::Appeared(record)] = &change[..] else { panic!("{change:?}") };
         assert_eq!(record.display_name, "alice");
         assert!(record.online && !record.known);
 
         let later = wall + Duration::from_secs(5);
-        assert_eq!(t.resolved("a._voicelink", &advert("a", "alice"), [ip("10.0.0.1")], clock.now(), later), vec![]);
+        assert_eq!(
+            t.resolved("a._voicelink", &advert("a", "alice"), None, [ip("10.0.0.1")], clock.now(), later),
+            vec![]
+        );
         assert_eq!(t.peers().next().unwrap().last_seen, later, "last_seen still moves");
     }
 
     #[test]
     fn the_daemon_never_lists_itself() {
         let (mut t, clock) = table();
-        assert_eq!(t.resolved("me._voicelink", &advert("me", "me"), [], clock.now(), SystemTime::now()), vec![]);
+        assert_eq!(t.resolved("me._voicelink", &advert("me", "me"), None, [], clock.now(), SystemTime::now()), vec![]);
         assert_eq!(t.peers().count(), 0);
     }
 
     #[test]
     fn a_rename_or_new_port_is_a_change() {
         let (mut t, clock) = table();
-        t.resolved("a", &advert("a", "alice"), [], clock.now(), SystemTime::now());
-        let renamed = t.resolved("a", &advert("a", "alice-laptop"), [], clock.now(), SystemTime::now());
+        t.resolved("a", &advert("a", "alice"), None, [], clock.now(), SystemTime::now());
+        let renamed = t.resolved("a", &advert("a", "alice-laptop"), None, [], clock.now(), SystemTime::now());
         assert!(matches!(&renamed[..], [PeerChange::Changed(r)] if r.display_name == "alice-laptop"));
         let moved = Advert { signaling_port: 5000, ..advert("a", "alice-laptop") };
-        let changed = t.resolved("a", &moved, [], clock.now(), SystemTime::now());
+        let changed = t.resolved("a", &moved, None, [], clock.now(), SystemTime::now());
         assert!(matches!(&changed[..], [PeerChange::Changed(r)] if r.signaling_port == 5000));
     }
 
     #[test]
     fn one_device_on_two_interfaces_or_instances_is_one_peer() {
         let (mut t, clock) = table();
-        t.resolved("a", &advert("a", "alice"), [ip("10.0.0.1"), ip("fd00::1")], clock.now(), SystemTime::now());
-        let second = t.resolved("a-2", &advert("a", "alice"), [ip("192.168.1.5")], clock.now(), SystemTime::now());
+        t.resolved("a", &advert("a", "alice"), None, [ip("10.0.0.1"), ip("fd00::1")], clock.now(), SystemTime::now());
+        let second =
+            t.resolved("a-2", &advert("a", "alice"), None, [ip("192.168.1.5")], clock.now(), SystemTime::now());
         let [PeerChange::Changed(record)] = &second[..] else { panic!("{second:?}") };
         assert_eq!(record.addresses, BTreeSet::from([ip("10.0.0.1"), ip("fd00::1"), ip("192.168.1.5")]));
         assert_eq!(t.peers().count(), 1);
@@ -384,7 +485,7 @@ mod tests {
     #[test]
     fn goodbye_removes_at_once() {
         let (mut t, clock) = table();
-        t.resolved("a", &advert("a", "alice"), [], clock.now(), SystemTime::now());
+        t.resolved("a", &advert("a", "alice"), None, [], clock.now(), SystemTime::now());
         let change = t.instance_removed("a", Removal::Goodbye, clock.now());
         assert_eq!(
             change,
@@ -397,9 +498,9 @@ mod tests {
     #[test]
     fn a_leaving_announcement_is_a_goodbye() {
         let (mut t, clock) = table();
-        t.resolved("a", &advert("a", "alice"), [], clock.now(), SystemTime::now());
+        t.resolved("a", &advert("a", "alice"), None, [], clock.now(), SystemTime::now());
         let leaving = Advert { leaving: true, ..advert("a", "alice") };
-        let change = t.resolved("a", &leaving, [], clock.now(), SystemTime::now());
+        let change = t.resolved("a", &leaving, None, [], clock.now(), SystemTime::now());
         assert!(matches!(&change[..], [PeerChange::Gone { reason: GoneReason::Goodbye, .. }]), "{change:?}");
         assert_eq!(t.instance_removed("a", Removal::Goodbye, clock.now()), None, "the goodbye that follows is a no-op");
     }
@@ -407,8 +508,8 @@ mod tests {
     #[test]
     fn a_lost_peer_goes_offline_then_expires_unless_it_returns() {
         let (mut t, mut clock) = table();
-        t.resolved("a", &advert("a", "alice"), [], clock.now(), SystemTime::now());
-        t.resolved("b", &advert("b", "bob"), [], clock.now(), SystemTime::now());
+        t.resolved("a", &advert("a", "alice"), None, [], clock.now(), SystemTime::now());
+        t.resolved("b", &advert("b", "bob"), None, [], clock.now(), SystemTime::now());
         assert_eq!(t.next_expiry(), None);
 
         let change = t.instance_removed("a", Removal::Lost, clock.now());
@@ -420,7 +521,7 @@ mod tests {
         assert!(matches!(change, Some(PeerChange::Changed(_))));
         clock.advance(Duration::from_secs(1));
         // b comes back before expiry.
-        let back = t.resolved("b", &advert("b", "bob"), [], clock.now(), SystemTime::now());
+        let back = t.resolved("b", &advert("b", "bob"), None, [], clock.now(), SystemTime::now());
         assert!(matches!(&back[..], [PeerChange::Changed(r)] if r.online), "{back:?}");
 
         clock.advance(RETENTION - Duration::from_secs(2));
@@ -438,8 +539,8 @@ mod tests {
     #[test]
     fn an_instance_that_changes_device_moves_its_addresses() {
         let (mut t, clock) = table();
-        t.resolved("host", &advert("old", "box"), [ip("10.0.0.9")], clock.now(), SystemTime::now());
-        let change = t.resolved("host", &advert("new", "box"), [ip("10.0.0.9")], clock.now(), SystemTime::now());
+        t.resolved("host", &advert("old", "box"), None, [ip("10.0.0.9")], clock.now(), SystemTime::now());
+        let change = t.resolved("host", &advert("new", "box"), None, [ip("10.0.0.9")], clock.now(), SystemTime::now());
         let [PeerChange::Changed(old), PeerChange::Appeared(new)] = &change[..] else { panic!("{change:?}") };
         assert!(old.device_id == id("old") && !old.online);
         assert!(new.device_id == id("new") && new.online);

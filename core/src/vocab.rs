@@ -259,6 +259,10 @@ pub struct PeerRecord {
     pub online: bool,
     /// This device has talked to it before.
     pub known: bool,
+    /// Its adverts are signed by its device key (checked): nobody else can
+    /// change its name, port or addresses, or say it left. False for an old
+    /// peer whose adverts anyone on the LAN could forge.
+    pub signed: bool,
 }
 
 #[cfg(test)]

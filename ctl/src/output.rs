@@ -74,6 +74,7 @@ fn peer_json(peer: &v1::Peer) -> Value {
         "verified": peer.verified,
         "alias": peer.alias,
         "name_conflict": peer.name_conflict,
+        "advert_signed": peer.advert_signed,
     })
 }
 
@@ -254,7 +255,7 @@ impl Printer {
         }
         let name_width = peers.iter().map(|p| p.display_name.chars().count()).max().unwrap_or(4).max(4);
         println!("{:name_width$}  DEVICE   STATUS   PORT   LAST SEEN          ADDRESSES", "NAME");
-        let mut impostors = false;
+        let (mut impostors, mut unsigned) = (false, false);
         for peer in peers {
             let mut marks = Vec::new();
             if !peer.name_conflict.is_empty() {
@@ -272,6 +273,10 @@ impl Printer {
             if peer.known && marks.is_empty() {
                 marks.push("known".to_owned());
             }
+            if !peer.advert_signed {
+                unsigned = true;
+                marks.push("unverified advert".to_owned());
+            }
             println!(
                 "{:name_width$}  {}  {:7}  {:5}  {:17}  {}{}",
                 peer.display_name,
@@ -287,6 +292,12 @@ impl Printer {
             println!(
                 "!! marks a device that uses the name of another device you know, with a different key: it is \
                  not that device (a new install, or an impostor). Dialing the name reaches the one you know."
+            );
+        }
+        if unsigned {
+            println!(
+                "\"unverified advert\": an older voicelink that does not sign its adverts; anyone on the LAN could \
+                 forge its name, port or departure."
             );
         }
     }

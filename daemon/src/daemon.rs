@@ -145,7 +145,7 @@ where
             signaling_port: signaling_address.port(),
         };
         // Without mDNS the daemon is still useful (dial by address), so keep running.
-        Discovery::start(own)
+        Discovery::start(own, &identity)
             .inspect_err(|error| warn!(%error, "LAN discovery is unavailable; peers must be dialed by address"))
             .ok()
     } else {

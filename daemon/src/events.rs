@@ -250,6 +250,7 @@ mod tests {
             last_seen: SystemTime::UNIX_EPOCH,
             online: true,
             known: false,
+            signed: true,
         }
     }
 

@@ -162,6 +162,7 @@ async fn five_hundred_fake_peers_are_capped_and_the_real_one_stays_reachable() {
                 display_name: format!("fake {n}"),
                 signaling_port: 4444,
                 leaving: false,
+                proof: None,
             };
             let instance = format!("fake{n}");
             let info =
@@ -207,4 +208,106 @@ async fn five_hundred_fake_peers_are_capped_and_the_real_one_stays_reachable() {
     assert!((1..=10).contains(&told), "{told} lines");
     stop.send(()).unwrap();
     flooder.join().unwrap();
+}
+
+/// Registers adverts from namespace `ns` with mdns-sd, as a hostile host would.
+struct Spoofer {
+    mdns: mdns_sd::ServiceDaemon,
+}
+
+impl Spoofer {
+    fn start(ns: &str) -> Spoofer {
+        let ns = ns.to_owned();
+        // mdns-sd opens its sockets on the thread that makes it: in the namespace.
+        let mdns = std::thread::spawn(move || {
+            enter_namespace(&ns).unwrap();
+            mdns_sd::ServiceDaemon::new().unwrap()
+        })
+        .join()
+        .unwrap();
+        Spoofer { mdns }
+    }
+
+    fn advertise(&self, instance: &str, advert: &voicelink_core::advert::Advert) {
+        let txt = advert.to_txt();
+        let info = mdns_sd::ServiceInfo::new(
+            voicelink_core::advert::SERVICE_TYPE,
+            instance,
+            "spoof.local.",
+            (),
+            advert.signaling_port,
+            &txt[..],
+        )
+        .unwrap()
+        .enable_addr_auto();
+        self.mdns.register(info).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn forged_adverts_neither_move_nor_remove_a_peer_that_signs_its_own() {
+    use voicelink_core::advert::{Advert, PROTOCOL_VERSION};
+    use voicelink_core::vocab::DeviceId;
+
+    require_netns!();
+    let lan = Lan::new(3, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_daemons_with(&lan, dir.path(), QUIET, QUIET).await;
+    let port = b.ctl_json(&["status"]).await["signaling_port"].as_u64().unwrap();
+    let bob: DeviceId = b.device_id.parse().unwrap();
+    let mut a_events = a.follow_events().await;
+    let spoofer = Spoofer::start(&lan.host(2));
+    let fake = |device: DeviceId, name: &str, port: u16, leaving: bool| Advert {
+        protocol_version: PROTOCOL_VERSION,
+        device_id: device,
+        display_name: name.into(),
+        signaling_port: port,
+        leaving,
+        proof: None,
+    };
+    // A marker peer after each forgery: once alice lists it, she has read the forgery.
+    let marker = |n: u32| DeviceId::from_certificate_der(format!("marker {n}").as_bytes());
+
+    // Bob's instance and device, another port; then his "bye".
+    for (n, leaving) in [(0, false), (1, true)] {
+        spoofer.advertise(&bob.short(), &fake(bob, "bob", 6666, leaving));
+        spoofer.advertise(&format!("marker{n}"), &fake(marker(n), &format!("marker {n}"), 1, false));
+        let marker_id = marker(n).to_string();
+        a_events
+            .wait_for("the marker", |e| {
+                e["type"] == "peer_appeared" && e["peer_appeared"]["peer"]["device_id"] == marker_id.as_str()
+            })
+            .await;
+        let peers = a.ctl_json(&["peers", "--all"]).await;
+        let seen = peers.as_array().unwrap().iter().find(|p| p["device_id"] == b.device_id.as_str()).unwrap();
+        assert_eq!(
+            (seen["signaling_port"].as_u64(), seen["advert_signed"].as_bool()),
+            (Some(port), Some(true)),
+            "{seen}"
+        );
+        // Not gone; and online (a liveness check that timed out on this
+        // loaded machine may show bob offline until his next answer).
+        if seen["online"] == false {
+            let bob_id = b.device_id.clone();
+            a_events
+                .wait_for("bob online again", |e| {
+                    e["type"] == "peer_changed"
+                        && e["peer_changed"]["peer"]["device_id"] == bob_id.as_str()
+                        && e["peer_changed"]["peer"]["online"] == true
+                })
+                .await;
+        }
+        let marked = peers.as_array().unwrap().iter().find(|p| p["device_id"] == marker_id.as_str()).unwrap();
+        assert_eq!(marked["advert_signed"], false, "{marked}");
+    }
+    let listed = a.ctl(&["peers"]).await;
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("unverified advert"), "{listed:?}");
+
+    // Bob is still reached by name, and alice's log tells of the forgeries.
+    let mut b_events = b.follow_events().await;
+    a.ctl_json(&["dial", "bob", "--no-wait"]).await;
+    b_events.wait_for("alice's call rings at bob", |e| e["type"] == "incoming_call").await;
+    a.ctl_json(&["hangup"]).await;
+    assert!(a.log_text().contains("ignored mDNS adverts that a peer's key did not sign"));
+    let _ = spoofer.mdns.shutdown();
 }

@@ -42,6 +42,7 @@ pub(super) fn peer(record: &PeerRecord, contacts: &Contacts) -> v1::Peer {
             .name_claimed_by_other(&record.device_id, &record.display_name)
             .map(Contact::label)
             .unwrap_or_default(),
+        advert_signed: record.signed,
     }
 }
 

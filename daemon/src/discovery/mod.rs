@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
+use mdns_sd::{DaemonEvent, ServiceDaemon, ServiceEvent, ServiceInfo};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -21,7 +21,9 @@ use voicelink_core::peer_table::{MAX_PEERS, PeerChange, PeerTable, Removal};
 
 use crate::clock;
 use crate::events::{Change, EventHub};
+use crate::identity::Identity;
 use crate::logging::Throttle;
+use proof::{AdvertSigner, SigningError};
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::vocab::DeviceId;
 
@@ -36,13 +38,24 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(1);
 const VERIFY_WINDOW: Duration = Duration::from_millis(2500);
 /// How long an offline peer stays listed.
 const OFFLINE_RETENTION: Duration = Duration::from_secs(600);
+/// How far apart mdns-sd's announcements on different interfaces may be (it
+/// jitters each by up to 50 ms).
+const ANNOUNCE_SPREAD: Duration = Duration::from_millis(200);
 /// How long shutdown waits for mdns-sd to send the goodbye.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
+pub mod proof;
+
 /// Why discovery could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start mDNS discovery: {0}")]
-pub struct DiscoveryError(#[from] mdns_sd::Error);
+pub enum DiscoveryError {
+    /// The mDNS responder failed.
+    #[error("cannot start mDNS discovery: {0}")]
+    Mdns(#[from] mdns_sd::Error),
+    /// Our adverts cannot be signed.
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+}
 
 /// What this daemon advertises.
 #[derive(Debug, Clone)]
@@ -61,24 +74,26 @@ pub struct Discovery {
     events: mdns_sd::Receiver<ServiceEvent>,
     own: OwnAdvert,
     fullname: String,
+    signer: AdvertSigner,
 }
 
 impl Discovery {
     /// Starts the mDNS daemon, registers this device and starts browsing.
-    pub fn start(own: OwnAdvert) -> Result<Discovery, DiscoveryError> {
+    pub fn start(own: OwnAdvert, identity: &Identity) -> Result<Discovery, DiscoveryError> {
+        let mut signer = AdvertSigner::new(identity)?;
         let mdns = ServiceDaemon::new()?;
-        let info = service_info(&own, false)?;
+        let info = service_info(&own, false, &mut signer)?;
         let fullname = info.get_fullname().to_owned();
         mdns.register(info)?;
         let events = mdns.browse(SERVICE_TYPE)?;
         info!(instance = %fullname, port = own.signaling_port, "advertising on the LAN by mDNS");
-        Ok(Discovery { mdns, events, own, fullname })
+        Ok(Discovery { mdns, events, own, fullname, signer })
     }
 
     /// Runs until `shutdown`, then says goodbye. A new display name on `settings`
     /// is advertised at once.
     pub async fn run(self, hub: EventHub, mut settings: watch::Receiver<LiveSettings>, shutdown: CancellationToken) {
-        let Discovery { mdns, events, mut own, fullname } = self;
+        let Discovery { mdns, events, mut own, fullname, mut signer } = self;
         let mut table = PeerTable::new(own.device_id, OFFLINE_RETENTION);
         // Instance full name → when its last verification was sent.
         let mut verifying: HashMap<String, Instant> = HashMap::new();
@@ -86,6 +101,8 @@ impl Discovery {
         let mut next_to_verify = 0;
         let mut turned_away = Throttle::new(Duration::from_secs(10));
         let mut turned_away_total = 0;
+        let mut disbelieved = Throttle::new(Duration::from_secs(10));
+        let mut disbelieved_total = 0;
         let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -120,7 +137,9 @@ impl Discovery {
                     let name = settings.borrow_and_update().display_name.to_string();
                     if name != own.display_name {
                         own.display_name = name;
-                        match service_info(&own, false).and_then(|info| mdns.register(info)) {
+                        let registered = service_info(&own, false, &mut signer)
+                            .and_then(|info| mdns.register(info).map_err(DiscoveryError::from));
+                        match registered {
                             Ok(()) => info!(name = %own.display_name, "now advertising a new name"),
                             Err(error) => warn!(%error, "cannot advertise the new name"),
                         }
@@ -128,6 +147,13 @@ impl Discovery {
                     Vec::new()
                 }
             };
+            let before = disbelieved_total;
+            disbelieved_total = table.disbelieved();
+            if disbelieved_total > before
+                && let Some(adverts) = disbelieved.note(clock::now())
+            {
+                warn!(adverts, "ignored mDNS adverts that a peer's key did not sign (forged, or replayed)");
+            }
             let before = turned_away_total;
             turned_away_total = table.turned_away();
             if turned_away_total > before
@@ -140,18 +166,19 @@ impl Discovery {
                 hub.publish(Change::Peer(change));
             }
         }
-        say_goodbye(&mdns, &own, &fullname).await;
+        say_goodbye(&mdns, &own, &fullname, &mut signer).await;
     }
 }
 
-fn service_info(own: &OwnAdvert, leaving: bool) -> Result<ServiceInfo, mdns_sd::Error> {
-    let advert = Advert {
+fn service_info(own: &OwnAdvert, leaving: bool, signer: &mut AdvertSigner) -> Result<ServiceInfo, DiscoveryError> {
+    let advert = signer.sign(Advert {
         protocol_version: PROTOCOL_VERSION,
         device_id: own.device_id,
         display_name: own.display_name.clone(),
         signaling_port: own.signaling_port,
         leaving,
-    };
+        proof: None,
+    })?;
     // The instance name is the short device ID: unique on a LAN and stable across
     // renames. The host name is ours alone so it never clashes with the machine's.
     let short = own.device_id.short();
@@ -168,7 +195,9 @@ fn handle_event(table: &mut PeerTable, verifying: &HashMap<String, Instant>, eve
             match Advert::from_txt(properties) {
                 Ok(advert) => {
                     let addresses = service.addresses.iter().map(|a| a.to_ip_addr());
-                    table.resolved(&service.fullname, &advert, addresses, now, SystemTime::now())
+                    let signed_at = proof::checked_time(&advert);
+                    debug!(instance = %service.fullname, leaving = advert.leaving, ?signed_at, "mDNS advert");
+                    table.resolved(&service.fullname, &advert, signed_at, addresses, now, SystemTime::now())
                 }
                 Err(error) => {
                     debug!(instance = %service.fullname, %error, "skipping an mDNS record that is not a usable voicelink advertisement");
@@ -200,9 +229,36 @@ fn log_change(change: &PeerChange) {
 }
 
 /// Announces `bye=1`, then unregisters (the mDNS goodbye) and stops mdns-sd.
-async fn say_goodbye(mdns: &ServiceDaemon, own: &OwnAdvert, fullname: &str) {
-    match service_info(own, true).and_then(|info| mdns.register(info)) {
-        Ok(()) => {}
+async fn say_goodbye(mdns: &ServiceDaemon, own: &OwnAdvert, fullname: &str, signer: &mut AdvertSigner) {
+    // The signed `bye=1` must be on the wire before the goodbye. mdns-sd sends
+    // a re-registered service with its next announcement (about a second on),
+    // and tells its monitors. Commands run in order, so a monitor made after the
+    // registration hears only announcements of the new record.
+    match service_info(own, true, signer).and_then(|info| mdns.register(info).map_err(DiscoveryError::from)) {
+        Ok(()) => {
+            // Each interface announces on its own timer, within
+            // `ANNOUNCE_SPREAD` of the first: wait for the first, then that long.
+            let announcements = |monitor: mdns_sd::Receiver<DaemonEvent>| async move {
+                while let Ok(event) = monitor.recv_async().await {
+                    if matches!(&event, DaemonEvent::Announce(name, _) if name == fullname) {
+                        return true;
+                    }
+                }
+                false
+            };
+            match mdns.monitor() {
+                Ok(monitor) => match tokio::time::timeout(GOODBYE_TIMEOUT, announcements(monitor.clone())).await {
+                    Ok(true) => {
+                        let _ = tokio::time::timeout(ANNOUNCE_SPREAD, async {
+                            while announcements(monitor.clone()).await {}
+                        })
+                        .await;
+                    }
+                    _ => debug!("the leaving advert was not announced in time; peers may take us for lost"),
+                },
+                Err(error) => debug!(%error, "cannot follow mDNS announcements"),
+            }
+        }
         Err(error) => debug!(%error, "cannot announce that we are leaving"),
     }
     match mdns.unregister(fullname) {

@@ -130,9 +130,11 @@ fn under_pressure(pressure: &mut Throttle, pending: usize) {
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How long a new connection may take from TCP to its first message (TLS, the
-/// WebSocket upgrade, the call request): a few round trips, so seconds even
-/// under heavy loss, while a stalled client loses its slot soon.
-pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(4);
+/// WebSocket upgrade, the call request): a few round trips, but at 20 % loss
+/// each way TCP's retransmissions stretch them past 4 s (seen in the
+/// heavy-loss test). A stalled client holding a slot that long costs nothing:
+/// the gate displaces it when a newcomer needs the room.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(8);
 
 async fn first_message<T: From<IncomingRequest>>(
     endpoint: Endpoint,
