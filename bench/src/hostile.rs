@@ -126,7 +126,10 @@ async fn stall(
         let socket = if source.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
         let connected = match socket.and_then(|s| s.bind(SocketAddr::new(source, 0)).map(|()| s)) {
             Ok(socket) => tokio::time::timeout(Duration::from_secs(2), socket.connect(target)).await,
-            Err(_) => return,
+            Err(error) => {
+                tracing::warn!(%source, %error, "a stalled client cannot use its source address");
+                return;
+            }
         };
         let Ok(Ok(mut stream)) = connected else {
             tokio::time::sleep(RECONNECT).await;

@@ -4,9 +4,9 @@
 //!
 //! The rules, so that stalled connections (a ClientHello at a byte a second)
 //! cannot shut out a real caller:
-//! - At most [`AdmissionPolicy::per_source`] handshakes at once from one source:
-//!   an IPv4 address, or an IPv6 /64 (one host can use a whole /64).
-//!   Connections beyond it are closed at once.
+//! - At most [`AdmissionPolicy::per_source`] handshakes at once from one source
+//!   address (IPv4-mapped IPv6 counts as IPv4). Connections beyond it are
+//!   closed at once. (Not per IPv6 /64: every host on a LAN shares its /64.)
 //! - At most [`AdmissionPolicy::total`] in all. When every slot is taken, the
 //!   newcomer still gets one: the oldest handshake of the source holding the
 //!   most slots is dropped for it. A real caller's handshake takes a few
@@ -37,18 +37,12 @@ impl Default for AdmissionPolicy {
 pub struct Source(IpAddr);
 
 impl Source {
-    /// The source of a connection from `address`: the IPv4 address, or the
-    /// IPv6 /64 it is in (IPv4-mapped IPv6 counts as IPv4).
+    /// The source of a connection from `address` (IPv4-mapped IPv6 counts as
+    /// the IPv4 address).
     pub fn of(address: IpAddr) -> Source {
         match address {
-            IpAddr::V4(v4) => Source(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Source(IpAddr::V4(v4)),
-                None => {
-                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                    Source(IpAddr::V6(prefix.into()))
-                }
-            },
+            IpAddr::V6(v6) => Source(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)),
+            v4 => Source(v4),
         }
     }
 }
@@ -166,9 +160,8 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_host_counts_as_its_slash_64_and_mapped_ipv4_as_ipv4() {
-        assert_eq!(Source::of(ip("2001:db8:1:2::1")), Source::of(ip("2001:db8:1:2:ffff::9")));
-        assert_ne!(Source::of(ip("2001:db8:1:2::1")), Source::of(ip("2001:db8:1:3::1")));
+    fn ipv6_hosts_on_one_lan_are_separate_sources_and_mapped_ipv4_is_ipv4() {
+        assert_ne!(Source::of(ip("fe80::1")), Source::of(ip("fe80::2")), "one /64 is a whole LAN");
         assert_eq!(Source::of(ip("::ffff:10.0.0.9")), Source::of(ip("10.0.0.9")));
     }
 

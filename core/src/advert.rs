@@ -114,7 +114,8 @@ impl Advert {
     /// `time_ms`: every field a peer acts on, one per line, in this order.
     pub fn signed_payload(&self, time_ms: u64) -> Vec<u8> {
         format!(
-            "voicelink-advert/1\nid={}\nname={}\nport={}\nbye={}\nt={time_ms}\n",
+            "voicelink-advert/1\nv={}\nid={}\nname={}\nport={}\nbye={}\nt={time_ms}\n",
+            self.protocol_version,
             self.device_id,
             self.display_name,
             self.signaling_port,
@@ -248,7 +249,7 @@ mod tests {
         assert_ne!(parsed.proof.map(|p| p.certificate), Some(vec![7; 400]));
         assert_eq!(
             String::from_utf8(advert().signed_payload(5)).unwrap(),
-            format!("voicelink-advert/1\nid={}\nname=alice\nport=4711\nbye=0\nt=5\n", advert().device_id)
+            format!("voicelink-advert/1\nv=1\nid={}\nname=alice\nport=4711\nbye=0\nt=5\n", advert().device_id)
         );
     }
 

@@ -5,7 +5,7 @@
 //! checks the signature and says so): once a device's advert was signed, only a
 //! signed advert at least as new changes its name, port or addresses, takes its
 //! mDNS instance, or says it is leaving; an unsigned or older one is ignored (a
-//! neighbour cannot forge or replay it). An mDNS goodbye (records with TTL 0)
+//! neighbour cannot forge or replay one). An mDNS goodbye (records with TTL 0)
 //! carries no signature and is still taken as a goodbye: mdns-sd forgets the
 //! instance either way, and gives no means to ask it again. Old, unsigned peers
 //! work as before, marked as such ([`PeerRecord::signed`]).
@@ -93,6 +93,17 @@ pub struct PeerTable {
     turned_away: u64,
     /// Adverts ignored as forged or replayed, in all.
     disbelieved: u64,
+    /// Signed devices no longer in the table → the time of their newest signed
+    /// advert, so a replay or forgery does not bring them back.
+    departed: BTreeMap<DeviceId, u64>,
+}
+
+/// Departed signed devices remembered.
+const MAX_DEPARTED: usize = 256;
+
+/// The instance label of an mDNS full name (`MFZWI3D._voicelink._udp.local.`).
+fn instance_of(fullname: &str) -> &str {
+    fullname.split('.').next().unwrap_or_default()
 }
 
 impl PeerTable {
@@ -112,6 +123,7 @@ impl PeerTable {
             instances: BTreeMap::new(),
             turned_away: 0,
             disbelieved: 0,
+            departed: BTreeMap::new(),
         }
     }
 
@@ -139,7 +151,7 @@ impl PeerTable {
         }
         let longest_offline = self.peers.iter().filter_map(|(id, e)| e.offline_since.map(|at| (at, *id))).min();
         let Some((_, leaving)) = longest_offline else { return false };
-        if let Some(entry) = self.peers.remove(&leaving) {
+        if let Some(entry) = self.remove(&leaving) {
             self.instances.retain(|_, id| *id != leaving);
             changes.push(PeerChange::Gone {
                 device_id: leaving,
@@ -153,16 +165,42 @@ impl PeerTable {
     /// Whether an advert for `device` under `instance`, signed (and checked)
     /// at `signed_at` or not at all, may change the table.
     fn believed(&self, device: DeviceId, instance: &str, signed_at: Option<u64>) -> bool {
+        // A signed device's instance is never taken by another device, and a
+        // signed advert counts only under its device's own instance name (the
+        // name is not signed: a replay under other names would plant addresses).
         let holder = self.instances.get(instance).filter(|holder| **holder != device);
-        let holder_signed = holder.is_some_and(|holder| self.peers.get(holder).is_some_and(|e| e.signed_at.is_some()));
-        match (signed_at, self.peers.get(&device).and_then(|e| e.signed_at)) {
-            // Never an unsigned advert over a signed one, nor an older one.
+        if holder.is_some_and(|holder| self.peers.get(holder).is_some_and(|e| e.signed_at.is_some())) {
+            return false;
+        }
+        if signed_at.is_some() && !instance_of(instance).eq_ignore_ascii_case(&device.short()) {
+            return false;
+        }
+        // Once signed, never an unsigned advert for it, nor an older one; once
+        // it has left, only a newer one (its own return) brings it back.
+        let newest = match (self.peers.get(&device), self.departed.get(&device)) {
+            (Some(entry), _) => entry.signed_at,
+            (None, Some(left_at)) => Some(left_at.saturating_add(1)),
+            (None, None) => None,
+        };
+        match (signed_at, newest) {
             (None, Some(_)) => false,
-            (Some(at), Some(newest)) if at < newest => false,
-            // An instance a signed device holds is taken only by a signed advert.
-            (None, None) => !holder_signed,
+            (Some(at), Some(newest)) => at >= newest,
             _ => true,
         }
+    }
+
+    /// Removes a peer, remembering how new its last signed advert was.
+    fn remove(&mut self, device: &DeviceId) -> Option<Entry> {
+        let entry = self.peers.remove(device)?;
+        if let Some(at) = entry.signed_at {
+            if self.departed.len() >= MAX_DEPARTED {
+                if let Some(oldest) = self.departed.iter().min_by_key(|(_, at)| **at).map(|(id, _)| *id) {
+                    self.departed.remove(&oldest);
+                }
+            }
+            self.departed.insert(*device, at);
+        }
+        Some(entry)
     }
 
     /// An instance resolved (or re-resolved) to `advert` at `addresses`;
@@ -183,9 +221,14 @@ impl PeerTable {
             return Vec::new();
         }
         if advert.leaving {
-            let device_id = self.instances.get(instance).copied().filter(|id| *id == advert.device_id);
+            if self.instances.get(instance) != Some(&advert.device_id) {
+                return Vec::new();
+            }
+            if let Some(entry) = self.peers.get_mut(&advert.device_id) {
+                entry.signed_at = entry.signed_at.max(signed_at);
+            }
             self.instances.remove(instance);
-            return device_id.and_then(|id| self.detach(instance, id, Removal::Goodbye, now)).into_iter().collect();
+            return self.detach(instance, advert.device_id, Removal::Goodbye, now).into_iter().collect();
         }
         let mut changes = Vec::new();
         if !self.fits(advert.device_id, instance, &mut changes) {
@@ -228,10 +271,11 @@ impl PeerTable {
                 // addresses it had beside the new ones (a dial tries them all).
                 let kept = entry.instances.get(instance).filter(|_| signed_at.is_some());
                 let addresses = match kept {
-                    Some(kept) if kept.len() + addresses.len() <= MAX_ADDRESSES_PER_INSTANCE => {
-                        kept.union(&addresses).copied().collect()
+                    Some(kept) => {
+                        let room = MAX_ADDRESSES_PER_INSTANCE.saturating_sub(kept.len());
+                        kept.iter().copied().chain(addresses.difference(kept).copied().take(room)).collect()
                     }
-                    _ => addresses,
+                    None => addresses,
                 };
                 entry.instances.insert(instance.to_owned(), addresses);
                 entry.refresh_addresses();
@@ -269,7 +313,7 @@ impl PeerTable {
         }
         match removal {
             Removal::Goodbye => {
-                let entry = self.peers.remove(&device_id)?;
+                let entry = self.remove(&device_id)?;
                 Some(PeerChange::Gone {
                     device_id,
                     display_name: entry.record.display_name,
@@ -296,7 +340,7 @@ impl PeerTable {
             .collect();
         expired
             .into_iter()
-            .filter_map(|id| self.peers.remove(&id))
+            .filter_map(|id| self.remove(&id))
             .map(|entry| PeerChange::Gone {
                 device_id: entry.record.device_id,
                 display_name: entry.record.display_name,
@@ -367,36 +411,51 @@ mod tests {
         let wall = SystemTime::now();
         let now = clock.now();
         let bob = advert("b", "bob");
+        let home = format!("{}._voicelink._udp.local.", id("b").short());
+        let home = home.as_str();
         assert!(
-            matches!(&t.resolved("b", &bob, Some(10), [ip("10.0.0.2")], now, wall)[..], [PeerChange::Appeared(p)] if p.signed)
+            matches!(&t.resolved(home, &bob, Some(10), [ip("10.0.0.2")], now, wall)[..], [PeerChange::Appeared(p)] if p.signed)
         );
 
         // Forged: another port, unsigned; a replayed older signed advert; a bye.
         let forged = Advert { signaling_port: 6666, ..bob.clone() };
-        assert_eq!(t.resolved("b", &forged, None, [ip("10.0.0.66")], now, wall), vec![]);
-        assert_eq!(t.resolved("b", &forged, Some(9), [ip("10.0.0.66")], now, wall), vec![]);
+        assert_eq!(t.resolved(home, &forged, None, [ip("10.0.0.66")], now, wall), vec![]);
+        assert_eq!(t.resolved(home, &forged, Some(9), [ip("10.0.0.66")], now, wall), vec![]);
         let bye = Advert { leaving: true, ..bob.clone() };
-        assert_eq!(t.resolved("b", &bye, None, [], now, wall), vec![]);
-        assert_eq!(t.resolved("b", &bye, Some(9), [], now, wall), vec![]);
-        // An impostor device taking bob's instance name, unsigned: ignored too.
-        assert_eq!(t.resolved("b", &advert("x", "bob"), None, [ip("10.0.0.66")], now, wall), vec![]);
-        assert_eq!(t.disbelieved(), 5);
-        let peer = t.peers().next().cloned().unwrap();
+        assert_eq!(t.resolved(home, &bye, None, [], now, wall), vec![]);
+        assert_eq!(t.resolved(home, &bye, Some(9), [], now, wall), vec![]);
+        // Another device taking bob's instance, unsigned or signed by its own key.
+        assert_eq!(t.resolved(home, &advert("x", "bob"), None, [ip("10.0.0.66")], now, wall), vec![]);
+        assert_eq!(t.resolved(home, &advert("x", "bob"), Some(99), [ip("10.0.0.66")], now, wall), vec![]);
+        // Bob's current advert replayed under another instance name.
+        assert_eq!(
+            t.resolved("elsewhere._voicelink._udp.local.", &bob, Some(10), [ip("10.0.0.66")], now, wall),
+            vec![]
+        );
+        assert_eq!(t.disbelieved(), 7);
+        let peer = t.peers().find(|p| p.device_id == id("b")).cloned().unwrap();
         assert_eq!((peer.signaling_port, peer.addresses.len(), peer.online), (4000, 1, true), "nothing forged stuck");
 
-        // Bob's own signed advert, resolved at a neighbour's address (mDNS
-        // addresses are not signed): his own address stays beside it.
-        t.resolved("b", &bob, Some(10), [ip("10.0.0.66")], now, wall);
-        let peer = t.peers().next().cloned().unwrap();
-        assert_eq!(peer.addresses, BTreeSet::from([ip("10.0.0.2"), ip("10.0.0.66")]));
+        // Bob's own signed advert, resolved at planted addresses (mDNS addresses
+        // are not signed): his own address stays beside them, up to the limit.
+        let planted: Vec<IpAddr> = (60..70).map(|n| ip(&format!("10.0.0.{n}"))).collect();
+        t.resolved(home, &bob, Some(10), planted, now, wall);
+        let peer = t.peers().find(|p| p.device_id == id("b")).cloned().unwrap();
+        assert!(peer.addresses.contains(&ip("10.0.0.2")) && peer.addresses.len() == MAX_ADDRESSES_PER_INSTANCE);
 
         // Bob himself: moved, then leaving, each newer and signed.
         let moved = Advert { signaling_port: 5000, ..bob.clone() };
-        assert!(
-            matches!(&t.resolved("b", &moved, Some(11), [ip("10.0.0.2")], now, wall)[..], [PeerChange::Changed(p)] if p.signaling_port == 5000)
-        );
-        let gone = t.resolved("b", &Advert { leaving: true, ..moved }, Some(12), [], now, wall);
+        let changed = t.resolved(home, &moved, Some(11), [ip("10.0.0.2")], now, wall);
+        assert!(matches!(&changed[..], [PeerChange::Changed(p)] if p.signaling_port == 5000));
+        let gone = t.resolved(home, &Advert { leaving: true, ..moved.clone() }, Some(12), [], now, wall);
         assert!(matches!(&gone[..], [PeerChange::Gone { reason: GoneReason::Goodbye, .. }]), "{gone:?}");
+        // Gone, and not brought back by a replay or a forgery.
+        assert_eq!(t.resolved(home, &moved, Some(11), [ip("10.0.0.66")], now, wall), vec![]);
+        assert_eq!(t.resolved(home, &moved, None, [ip("10.0.0.66")], now, wall), vec![]);
+        assert!(matches!(
+            &t.resolved(home, &moved, Some(13), [ip("10.0.0.2")], now, wall)[..],
+            [PeerChange::Appeared(_)]
+        ));
     }
 
     #[test]

@@ -242,7 +242,7 @@ impl Refusal {
         match self {
             Refusal::CallIdInUse => "that call ID is in use".into(),
             Refusal::TooManyRequests { retry_after } => {
-                format!("too many call requests; try again in {} s", retry_after.as_secs().max(1))
+                format!("too many call requests; try again in {} s", retry_after.as_millis().div_ceil(1000).max(1))
             }
             Refusal::Blocked => "this device does not take your calls".into(),
             Refusal::DoNotDisturb => "do not disturb".into(),
@@ -263,6 +263,9 @@ struct Leg {
     peer: Option<DeviceId>,
     /// Where an incoming call's request came from.
     source: Option<Source>,
+    /// An incoming call the user (or auto-answer) answered, before its state
+    /// says so: no other call may ring from then on.
+    answering: bool,
     direction: Direction,
     state: State,
 }
@@ -333,8 +336,8 @@ impl Switchboard {
         if self.live_calls() > 0 {
             return Err(CallError::Busy);
         }
-        self.calls
-            .insert(new_id.clone(), Leg { peer, source: None, direction: Direction::Outgoing, state: State::Outgoing });
+        let leg = Leg { peer, source: None, answering: false, direction: Direction::Outgoing, state: State::Outgoing };
+        self.calls.insert(new_id.clone(), leg);
         Ok(Dial::Place(new_id))
     }
 
@@ -418,16 +421,45 @@ impl Switchboard {
         }
         self.calls.insert(
             call,
-            Leg { peer: Some(peer), source: Some(source), direction: Direction::Incoming, state: State::Incoming },
+            Leg {
+                peer: Some(peer),
+                source: Some(source),
+                answering: answer,
+                direction: Direction::Incoming,
+                state: State::Incoming,
+            },
         );
         Incoming::Ring { answer, hang_up }
+    }
+
+    /// The user answers `call` (a command, or a dial to the peer ringing us):
+    /// from now on nothing else rings. Returns the calls ringing beside it, to
+    /// decline ([`ANSWERED_ANOTHER_CALL`]).
+    pub fn answering(&mut self, call: &CallId) -> Vec<CallId> {
+        let Some(leg) = self.calls.get_mut(call) else { return Vec::new() };
+        if leg.direction != Direction::Incoming || leg.state != State::Incoming {
+            return Vec::new();
+        }
+        leg.answering = true;
+        self.ringing_beside(call)
+    }
+
+    /// Incoming calls still ringing here, other than `call`.
+    fn ringing_beside(&self, call: &CallId) -> Vec<CallId> {
+        self.calls
+            .iter()
+            .filter(|(id, leg)| {
+                *id != call && leg.direction == Direction::Incoming && leg.state == State::Incoming && !leg.answering
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Whether a call from `source` may ring now: nothing is live, or only calls
     /// ringing here, fewer than the limit, none from that address.
     fn may_ring_too(&self, source: Source) -> bool {
         let live: Vec<&Leg> = self.calls.values().filter(|leg| leg.state != State::Ended).collect();
-        live.iter().all(|leg| leg.direction == Direction::Incoming && leg.state == State::Incoming)
+        live.iter().all(|leg| leg.direction == Direction::Incoming && leg.state == State::Incoming && !leg.answering)
             && live.len() < self.policy.max_ringing.max(1)
             && live.iter().all(|leg| leg.source != Some(source))
     }
@@ -435,7 +467,7 @@ impl Switchboard {
     /// When `requester` may try again, if it has used up its `limit`.
     fn over_limit(&mut self, requester: Requester, limit: usize, now: Instant) -> Option<Duration> {
         let window = self.policy.request_window;
-        let recent = self.requests.entry(requester).or_default();
+        let recent = self.requests.get_mut(&requester)?;
         while recent.front().is_some_and(|at| now.saturating_duration_since(*at) >= window) {
             recent.pop_front();
         }
@@ -460,7 +492,7 @@ impl Switchboard {
 
     /// A call reached a new state (and, once connected, its peer is known).
     /// Returns the calls to decline: those still ringing here when this one
-    /// was answered.
+    /// was answered, if [`Switchboard::answering`] did not already.
     pub fn state_changed(&mut self, call: &CallId, state: State, peer: Option<DeviceId>) -> Vec<CallId> {
         let Some(leg) = self.calls.get_mut(call) else { return Vec::new() };
         let answered_here = leg.direction == Direction::Incoming
@@ -478,12 +510,11 @@ impl Switchboard {
                     recent.pop_back();
                 }
             }
-            return self
-                .calls
-                .iter()
-                .filter(|(id, leg)| *id != call && leg.direction == Direction::Incoming && leg.state == State::Incoming)
-                .map(|(id, _)| id.clone())
-                .collect();
+            // Those beside it were declined when it was answered, unless the
+            // answer did not pass through `answering`.
+            if !self.calls.get(call).is_some_and(|leg| leg.answering) {
+                return self.ringing_beside(call);
+            }
         }
         Vec::new()
     }
@@ -555,10 +586,24 @@ mod tests {
         assert_eq!(board.pick(None), Err(CallError::WhichCall(3)));
         assert_eq!(board.dial(Some(id(5)), call("out")), Err(CallError::Busy));
 
-        let mut declined = board.state_changed(&call("alice"), State::Connecting, None);
+        // Answered: the others are declined at once, and nothing else rings
+        // while the answer is on its way.
+        let mut declined = board.answering(&call("alice"));
         declined.sort();
         assert_eq!(declined, [call("carol"), call("hostile")]);
-        assert_eq!(ring(&mut board, "erin", 5, 5), Incoming::Busy, "in a call: busy as ever");
+        assert_eq!(ring(&mut board, "erin", 5, 5), Incoming::Busy, "answering: busy");
+        assert_eq!(board.state_changed(&call("alice"), State::Connecting, None), Vec::<CallId>::new());
+        assert_eq!(ring(&mut board, "frank", 6, 6), Incoming::Busy, "in a call: busy as ever");
+    }
+
+    #[test]
+    fn an_auto_answered_call_keeps_the_next_caller_out() {
+        let now = Instant::now();
+        let policy = Policy { auto_answer: AutoAnswer::Everyone, ..Policy::default() };
+        let mut board = Switchboard::new(id(LOW), policy);
+        let first = board.incoming(call("a"), id(2), from(2), PeerStanding::Unknown, now);
+        assert_eq!(first, Incoming::Ring { answer: true, hang_up: None });
+        assert_eq!(board.incoming(call("b"), id(3), from(3), PeerStanding::Unknown, now), Incoming::Busy);
     }
 
     #[test]

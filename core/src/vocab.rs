@@ -58,7 +58,7 @@ impl FromStr for DisplayName {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let name = s.trim();
+        let name: String = s.trim().nfc().collect();
         if name.is_empty() {
             Err("the name must not be empty".into())
         } else if name.len() > MAX_NAME_BYTES {
@@ -66,7 +66,7 @@ impl FromStr for DisplayName {
         } else if name.chars().any(|c| c.is_control() || is_invisible(c)) {
             Err("the name must not contain control characters or invisible ones (zero-width, bidi controls)".into())
         } else {
-            Ok(DisplayName(name.nfc().collect()))
+            Ok(DisplayName(name))
         }
     }
 }
@@ -93,8 +93,9 @@ pub fn excerpt(text: &str) -> String {
 /// characters (no forged log lines, terminal escapes or right-to-left tricks),
 /// trimmed, and at most `max_bytes` long (cut at a character boundary).
 pub fn clean_text(raw: &str, max_bytes: usize) -> String {
+    let visible: String = raw.chars().filter(|c| !c.is_control() && !is_invisible(*c)).collect();
     let mut clean = String::new();
-    for c in raw.nfc().filter(|c| !c.is_control() && !is_invisible(*c)) {
+    for c in visible.nfc() {
         if clean.len() + c.len_utf8() > max_bytes {
             break;
         }

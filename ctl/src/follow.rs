@@ -50,8 +50,8 @@ pub async fn follow(
     }
 }
 
-/// One subscription, printed until it ends. An event feed only ends when the
-/// daemon stops, so its end counts as the daemon going away.
+/// One subscription, printed until it ends. An event feed, or every call's
+/// stats, only ends when the daemon stops: that end counts as it going away.
 async fn stream_once(client: &mut Client, feed: &Feed, printer: &Printer) -> Result<(), tonic::Status> {
     match feed {
         Feed::Events => {
@@ -70,7 +70,11 @@ async fn stream_once(client: &mut Client, feed: &Feed, printer: &Printer) -> Res
             while let Some(sample) = stream.next().await {
                 printer.stats(&sample?);
             }
-            Ok(())
+            // One call's feed ends with the call; every call's, only with the daemon.
+            match call {
+                Some(_) => Ok(()),
+                None => Err(tonic::Status::unavailable("the stats feed ended")),
+            }
         }
     }
 }

@@ -50,8 +50,13 @@ impl Throttle {
 
     /// One more happened at `now`: how many to report now, if it is time.
     pub fn note(&mut self, now: Instant) -> Option<u64> {
-        self.count += 1;
-        if self.reported.is_some_and(|at| now.saturating_duration_since(at) < self.every) {
+        self.note_many(1, now)
+    }
+
+    /// `n` more happened at `now` (none: nothing to report).
+    pub fn note_many(&mut self, n: u64, now: Instant) -> Option<u64> {
+        self.count += n;
+        if self.count == 0 || self.reported.is_some_and(|at| now.saturating_duration_since(at) < self.every) {
             return None;
         }
         self.reported = Some(now);

@@ -282,7 +282,10 @@ impl TrayState {
             }
             Kind::NameConflict(v1::NameConflict { peer: Some(peer), .. }) => {
                 let notice = Notice::Impostor { claimed: peer.display_name.clone(), known: peer.name_conflict.clone() };
-                self.peers.insert(peer.device_id.clone(), peer);
+                // Only a peer still listed: the claim may come after it left.
+                if let Some(listed) = self.peers.get_mut(&peer.device_id) {
+                    *listed = peer;
+                }
                 vec![notice]
             }
             Kind::PeerGone(gone) => {
@@ -514,12 +517,19 @@ mod tests {
             name_conflict: "alice".into(),
             ..Default::default()
         };
+        let listed = v1::Peer { name_conflict: String::new(), ..impostor.clone() };
+        state.apply(ev(event::Kind::PeerAppeared(v1::PeerAppeared { peer: Some(listed) })));
         let notices = state.apply(ev(event::Kind::NameConflict(v1::NameConflict {
             peer: Some(impostor),
             known_device_id: "DEV-ALICE".into(),
         })));
         assert_eq!(notices, [Notice::Impostor { claimed: "alice".into(), known: "alice".into() }]);
         assert_eq!(state.peers["DEV-EVE"].name_conflict, "alice");
+        // A claim that arrives after the peer left lists no ghost.
+        state.apply(ev(event::Kind::PeerGone(v1::PeerGone { device_id: "DEV-EVE".into(), ..Default::default() })));
+        let late = v1::Peer { device_id: "DEV-EVE".into(), name_conflict: "alice".into(), ..Default::default() };
+        state.apply(ev(event::Kind::NameConflict(v1::NameConflict { peer: Some(late), ..Default::default() })));
+        assert!(state.peers.is_empty());
     }
 
     #[test]

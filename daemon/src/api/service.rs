@@ -327,9 +327,6 @@ impl Voicelink for ControlService {
         use v1::set_contact_request::Change as Set;
         let r = request.into_inner();
         let device = self.device_named(&r.device)?;
-        if !matches!(r.change, None | Some(Set::Forget(_))) {
-            self.remember_advertised_name(device);
-        }
         let done = match r.change {
             None => return Err(Status::invalid_argument("say what to change: alias, standing or forget")),
             Some(Set::Alias(alias)) => {
@@ -340,10 +337,14 @@ impl Voicelink for ControlService {
                         voicelink_core::vocab::MAX_NAME_BYTES
                     )));
                 }
+                self.remember_advertised_name(device);
                 self.store.set_alias(device, Some(alias).filter(|a| !a.is_empty())).await
             }
             Some(Set::Standing(word)) => match Standing::parse(&word) {
-                Some(standing) => self.store.set_standing(device, standing).await,
+                Some(standing) => {
+                    self.remember_advertised_name(device);
+                    self.store.set_standing(device, standing).await
+                }
                 None => {
                     let shown: String = word.chars().take(32).collect();
                     return Err(Status::invalid_argument(format!(

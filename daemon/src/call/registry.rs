@@ -169,14 +169,8 @@ impl Registry {
                 }
             }
             Inbox::StateChanged { call, state, peer } => {
-                for other in self.switchboard.state_changed(&call, state, peer) {
-                    if let Some(handle) = self.calls.get(&other).cloned() {
-                        info!(call_id = %other, answered = %call, "declining a call that rang alongside the one answered");
-                        let command = Command::Decline(ANSWERED_ANOTHER_CALL.into());
-                        let (reply, _) = oneshot::channel();
-                        ask(handle, CallCommandParts { command, audio: None, recording_file: None }, reply);
-                    }
-                }
+                let beside = self.switchboard.state_changed(&call, state, peer);
+                self.decline_beside(&call, beside);
             }
             Inbox::Finished(id) => {
                 self.calls.remove(&id);
@@ -202,6 +196,10 @@ impl Registry {
                     .and_then(|id| self.calls.get(&id).cloned().ok_or_else(|| CallError::NoSuchCall(id.to_string())));
                 match handle {
                     Ok(handle) => {
+                        if input == Command::Answer {
+                            let beside = self.switchboard.answering(&handle.id);
+                            self.decline_beside(&handle.id, beside);
+                        }
                         let audio = self.with_defaults(audio);
                         ask(handle, CallCommandParts { command: input, audio, recording_file }, reply);
                     }
@@ -265,6 +263,8 @@ impl Registry {
             Ok(Dial::AnswerTheirs(theirs)) => match self.calls.get(&theirs).cloned() {
                 Some(handle) => {
                     info!(call_id = %theirs, target, "dialing a peer that is calling us: answering its call");
+                    let beside = self.switchboard.answering(&theirs);
+                    self.decline_beside(&theirs, beside);
                     let command = CallCommandParts {
                         command: Command::Answer,
                         audio: self.with_defaults(audio),
@@ -338,8 +338,18 @@ impl Registry {
                 self.calls.insert(call_id.clone(), handle);
                 if answer {
                     self.tell(&call_id, Command::Answer);
+                    let beside = self.switchboard.answering(&call_id);
+                    self.decline_beside(&call_id, beside);
                 }
             }
+        }
+    }
+
+    /// Declines the calls that rang beside `answered`.
+    fn decline_beside(&self, answered: &CallId, beside: Vec<CallId>) {
+        for other in beside {
+            info!(call_id = %other, answered = %answered, "declining a call that rang alongside the one answered");
+            self.tell(&other, Command::Decline(ANSWERED_ANOTHER_CALL.into()));
         }
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Liveness: mDNS only notices a peer that vanished without a goodbye when its
 //! records expire (about two minutes). The task therefore asks mdns-sd to verify
-//! every online peer every few seconds; a peer that does not answer is removed from
+//! online peers every few seconds (a few each round, in turn); a peer that does not answer is removed from
 //! the cache, which we see as a removal while a verification is outstanding. A daemon
 //! that shuts down cleanly first re-announces itself with `bye=1` and then sends the
 //! mDNS goodbye, so its peers can tell "left" from "lost" without guessing.
@@ -147,19 +147,18 @@ impl Discovery {
                     Vec::new()
                 }
             };
-            let before = disbelieved_total;
-            disbelieved_total = table.disbelieved();
-            if disbelieved_total > before
-                && let Some(adverts) = disbelieved.note(clock::now())
-            {
+            let now = clock::now();
+            let new = table.disbelieved() - std::mem::replace(&mut disbelieved_total, table.disbelieved());
+            if let Some(adverts) = disbelieved.note_many(new, now) {
                 warn!(adverts, "ignored mDNS adverts that a peer's key did not sign (forged, or replayed)");
             }
-            let before = turned_away_total;
-            turned_away_total = table.turned_away();
-            if turned_away_total > before
-                && let Some(adverts) = turned_away.note(clock::now())
-            {
-                warn!(adverts, peers = MAX_PEERS, "too many peers advertised on the LAN; ignoring the newest");
+            let new = table.turned_away() - std::mem::replace(&mut turned_away_total, table.turned_away());
+            if let Some(adverts) = turned_away.note_many(new, now) {
+                warn!(
+                    adverts,
+                    peers = MAX_PEERS,
+                    "too many peers or instances advertised on the LAN; ignoring the newest"
+                );
             }
             for change in changes {
                 log_change(&change);

@@ -132,8 +132,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a new connection may take from TCP to its first message (TLS, the
 /// WebSocket upgrade, the call request): a few round trips, but at 20 % loss
 /// each way TCP's retransmissions stretch them past 4 s (seen in the
-/// heavy-loss test). A stalled client holding a slot that long costs nothing:
-/// the gate displaces it when a newcomer needs the room.
+/// heavy-loss test). A stalled client holding a slot that long costs little:
+/// once every slot is taken, the gate displaces the oldest for a newcomer.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(8);
 
 async fn first_message<T: From<IncomingRequest>>(
