@@ -3,10 +3,12 @@
 //!
 //! Liveness: mDNS only notices a peer that vanished without a goodbye when its
 //! records expire (about two minutes). The task therefore asks mdns-sd to verify
-//! online peers every few seconds (a few each round, in turn); a peer that does not answer is removed from
-//! the cache, which we see as a removal while a verification is outstanding. A daemon
-//! that shuts down cleanly first re-announces itself with `bye=1` and then sends the
-//! mDNS goodbye, so its peers can tell "left" from "lost" without guessing.
+//! online peers every few seconds (a few each round, in turn); a peer that does
+//! not answer is removed from the cache, which we see as a removal while a
+//! verification is outstanding. A daemon that shuts down cleanly first
+//! re-announces itself with a signed `bye=1` (and waits until mdns-sd has sent
+//! it) and then sends the mDNS goodbye, so its peers can tell "left" from "lost"
+//! without guessing.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::clock;
 use crate::logging::Throttle;
@@ -147,11 +147,14 @@ async fn first_message<T: From<IncomingRequest>>(
     let mut connection = match tokio::time::timeout_at(deadline, endpoint.accept(tcp, from)).await {
         Ok(Ok(connection)) => connection,
         failed => {
-            let error =
-                failed.map_or_else(|_| "timed out".to_owned(), |e| e.err().map(|e| e.to_string()).unwrap_or_default());
-            // Also what a caller that found us to be the wrong device causes: it
-            // aborts the handshake. Worth a line, not an alarm.
-            info!(%from, %error, "a signaling connection did not complete");
+            let error = match failed {
+                Ok(Err(error)) => error.to_string(),
+                _ => "timed out".to_owned(),
+            };
+            // Also what a caller that found us to be the wrong device causes (it
+            // aborts the handshake), and a stalled client: a debug line, since a
+            // flood of them is summed up by the listener's warning.
+            debug!(%from, %error, "a signaling connection did not complete");
             return;
         }
     };
