@@ -854,6 +854,20 @@ mod tests {
         assert_eq!(version, 99, "nothing was migrated or deleted");
     }
 
+    /// The next problem the store publishes.
+    async fn next_problem(feed: &mut crate::events::Subscription) -> String {
+        loop {
+            match feed.next().await {
+                Some(Update::Change(published)) => match &published.change {
+                    Change::Problem(message) => return message.clone(),
+                    _ => continue,
+                },
+                Some(Update::State(..)) => continue,
+                None => panic!("the hub closed"),
+            }
+        }
+    }
+
     /// A tmpfs of `kib` KiB, unmounted when dropped. Mounting needs root, as
     /// the namespace tests do.
     struct SmallDisk(tempfile::TempDir);
@@ -907,16 +921,7 @@ mod tests {
         for n in 1..=100 {
             store.call_ended(ended(&format!("full{n}"), n));
         }
-        let problem = loop {
-            match feed.next().await {
-                Some(Update::Change(published)) => match &published.change {
-                    Change::Problem(message) => break message.clone(),
-                    _ => continue,
-                },
-                Some(Update::State(..)) => continue,
-                None => panic!("the hub closed"),
-            }
-        };
+        let problem = next_problem(&mut feed).await;
         assert!(problem.contains("full") && problem.contains("free disk space"), "{problem}");
         store.flush().await;
         assert!(store.problem().is_some_and(|p| p.contains("full")), "{:?}", store.problem());
@@ -953,16 +958,7 @@ mod tests {
         let other = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         store.call_ended(ended("while-locked"));
-        let problem = loop {
-            match feed.next().await {
-                Some(Update::Change(published)) => match &published.change {
-                    Change::Problem(message) => break message.clone(),
-                    _ => continue,
-                },
-                Some(Update::State(..)) => continue,
-                None => panic!("the hub closed"),
-            }
-        };
+        let problem = next_problem(&mut feed).await;
         assert!(problem.contains("locked"), "{problem}");
         other.execute_batch("COMMIT").unwrap();
         store.call_ended(ended("after"));

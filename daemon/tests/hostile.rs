@@ -13,6 +13,8 @@ use std::time::Duration;
 use support::{Lan, call_is, two_daemons_with};
 use voicelink_bench::hostile::StalledClients;
 use voicelink_bench::relay::enter_namespace;
+use voicelink_core::advert::{Advert, PROTOCOL_VERSION, SERVICE_TYPE};
+use voicelink_core::vocab::DeviceId;
 use voicelink_core::wire::{Body, CallId, Decoded, Message};
 use voicelink_daemon::identity::Identity;
 use voicelink_daemon::signaling::transport::Endpoint;
@@ -73,6 +75,52 @@ async fn one_request(target: SocketAddr, n: usize) -> Result<Body, String> {
     match answer {
         Ok(Ok(Some(Decoded::Message(message)))) => Ok(message.body),
         other => Err(format!("{other:?}")),
+    }
+}
+
+/// Registers adverts from namespace `ns` with mdns-sd, as a hostile host would.
+struct Spoofer {
+    mdns: mdns_sd::ServiceDaemon,
+}
+
+impl Spoofer {
+    fn start(ns: &str) -> Spoofer {
+        let ns = ns.to_owned();
+        // mdns-sd opens its sockets on the thread that makes it: in the namespace.
+        let mdns = std::thread::spawn(move || {
+            enter_namespace(&ns).unwrap();
+            mdns_sd::ServiceDaemon::new().unwrap()
+        })
+        .join()
+        .unwrap();
+        Spoofer { mdns }
+    }
+
+    fn advertise(&self, instance: &str, advert: &Advert) {
+        let txt = advert.to_txt();
+        let info =
+            mdns_sd::ServiceInfo::new(SERVICE_TYPE, instance, "spoof.local.", (), advert.signaling_port, &txt[..])
+                .unwrap()
+                .enable_addr_auto();
+        // mdns-sd's command queue is bounded: wait for room.
+        loop {
+            match self.mdns.register(info.clone()) {
+                Err(mdns_sd::Error::Again) => std::thread::sleep(Duration::from_millis(10)),
+                registered => break registered.unwrap(),
+            }
+        }
+    }
+}
+
+/// An unsigned advert, as anyone on the LAN can send.
+fn unsigned(device: DeviceId, name: &str, port: u16, leaving: bool) -> Advert {
+    Advert {
+        protocol_version: PROTOCOL_VERSION,
+        device_id: device,
+        display_name: name.into(),
+        signaling_port: port,
+        leaving,
+        proof: None,
     }
 }
 
@@ -139,9 +187,7 @@ async fn a_real_call_rings_and_connects_beside_stalled_connections_and_a_flood_o
 
 #[tokio::test]
 async fn five_hundred_fake_peers_are_capped_and_the_real_one_stays_reachable() {
-    use voicelink_core::advert::{Advert, PROTOCOL_VERSION, SERVICE_TYPE};
     use voicelink_core::peer_table::MAX_PEERS;
-    use voicelink_core::vocab::DeviceId;
 
     require_netns!();
     let lan = Lan::new(3, 1);
@@ -149,39 +195,11 @@ async fn five_hundred_fake_peers_are_capped_and_the_real_one_stays_reachable() {
     let (a, b) = two_daemons_with(&lan, dir.path(), QUIET, QUIET).await;
 
     // The hostile host advertises 500 devices that do not exist.
-    let hostile = lan.host(2);
-    let (registered, registering) = std::sync::mpsc::channel();
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let flooder = std::thread::spawn(move || {
-        enter_namespace(&hostile).unwrap();
-        let mdns = mdns_sd::ServiceDaemon::new().unwrap();
-        for n in 0..500u32 {
-            let advert = Advert {
-                protocol_version: PROTOCOL_VERSION,
-                device_id: DeviceId::from_certificate_der(format!("fake {n}").as_bytes()),
-                display_name: format!("fake {n}"),
-                signaling_port: 4444,
-                leaving: false,
-                proof: None,
-            };
-            let instance = format!("fake{n}");
-            let info =
-                mdns_sd::ServiceInfo::new(SERVICE_TYPE, &instance, "fakes.local.", (), 4444, &advert.to_txt()[..])
-                    .unwrap()
-                    .enable_addr_auto();
-            // mdns-sd's command queue is bounded: wait for room.
-            loop {
-                match mdns.register(info.clone()) {
-                    Err(mdns_sd::Error::Again) => std::thread::sleep(Duration::from_millis(10)),
-                    registered => break registered.unwrap(),
-                }
-            }
-        }
-        registered.send(()).unwrap();
-        let _ = stopped.recv();
-        let _ = mdns.shutdown();
-    });
-    registering.recv().unwrap();
+    let spoofer = Spoofer::start(&lan.host(2));
+    for n in 0..500u32 {
+        let fake = DeviceId::from_certificate_der(format!("fake {n}").as_bytes());
+        spoofer.advertise(&format!("fake{n}"), &unsigned(fake, &format!("fake {n}"), 4444, false));
+    }
 
     // Alice's table fills to its cap and says so once in a while.
     let mut a_events = a.follow_events().await;
@@ -206,49 +224,11 @@ async fn five_hundred_fake_peers_are_capped_and_the_real_one_stays_reachable() {
     a.ctl_json(&["hangup"]).await;
     let told = a.log_text().matches("too many peers or instances advertised on the LAN").count();
     assert!((1..=10).contains(&told), "{told} lines");
-    stop.send(()).unwrap();
-    flooder.join().unwrap();
-}
-
-/// Registers adverts from namespace `ns` with mdns-sd, as a hostile host would.
-struct Spoofer {
-    mdns: mdns_sd::ServiceDaemon,
-}
-
-impl Spoofer {
-    fn start(ns: &str) -> Spoofer {
-        let ns = ns.to_owned();
-        // mdns-sd opens its sockets on the thread that makes it: in the namespace.
-        let mdns = std::thread::spawn(move || {
-            enter_namespace(&ns).unwrap();
-            mdns_sd::ServiceDaemon::new().unwrap()
-        })
-        .join()
-        .unwrap();
-        Spoofer { mdns }
-    }
-
-    fn advertise(&self, instance: &str, advert: &voicelink_core::advert::Advert) {
-        let txt = advert.to_txt();
-        let info = mdns_sd::ServiceInfo::new(
-            voicelink_core::advert::SERVICE_TYPE,
-            instance,
-            "spoof.local.",
-            (),
-            advert.signaling_port,
-            &txt[..],
-        )
-        .unwrap()
-        .enable_addr_auto();
-        self.mdns.register(info).unwrap();
-    }
+    let _ = spoofer.mdns.shutdown();
 }
 
 #[tokio::test]
 async fn forged_adverts_neither_move_nor_remove_a_peer_that_signs_its_own() {
-    use voicelink_core::advert::{Advert, PROTOCOL_VERSION};
-    use voicelink_core::vocab::DeviceId;
-
     require_netns!();
     let lan = Lan::new(3, 1);
     let dir = tempfile::tempdir().unwrap();
@@ -257,21 +237,13 @@ async fn forged_adverts_neither_move_nor_remove_a_peer_that_signs_its_own() {
     let bob: DeviceId = b.device_id.parse().unwrap();
     let mut a_events = a.follow_events().await;
     let spoofer = Spoofer::start(&lan.host(2));
-    let fake = |device: DeviceId, name: &str, port: u16, leaving: bool| Advert {
-        protocol_version: PROTOCOL_VERSION,
-        device_id: device,
-        display_name: name.into(),
-        signaling_port: port,
-        leaving,
-        proof: None,
-    };
     // A marker peer after each forgery: once alice lists it, she has read the forgery.
     let marker = |n: u32| DeviceId::from_certificate_der(format!("marker {n}").as_bytes());
 
     // Bob's instance and device, another port; then his "bye".
     for (n, leaving) in [(0, false), (1, true)] {
-        spoofer.advertise(&bob.short(), &fake(bob, "bob", 6666, leaving));
-        spoofer.advertise(&format!("marker{n}"), &fake(marker(n), &format!("marker {n}"), 1, false));
+        spoofer.advertise(&bob.short(), &unsigned(bob, "bob", 6666, leaving));
+        spoofer.advertise(&format!("marker{n}"), &unsigned(marker(n), &format!("marker {n}"), 1, false));
         let marker_id = marker(n).to_string();
         a_events
             .wait_for("the marker", |e| {
