@@ -8,6 +8,10 @@ IN_CI := $(if $(filter true 1,$(CI)),1,)
 export VOICELINK_REQUIRE_NETNS ?= $(if $(IN_CI),1,0)
 # Likewise the tray's desktop test (Xvfb, xfce4-panel, dunst): it must run in CI.
 export VOICELINK_REQUIRE_DESKTOP ?= $(if $(IN_CI),1,0)
+# A fresh clone builds once: incremental caches would only double the disk it needs.
+ifeq ($(IN_CI),1)
+export CARGO_INCREMENTAL ?= 0
+endif
 
 VOICED_ARGS ?=
 
