@@ -91,13 +91,13 @@ fi
 # The examples' Python: grpcio, grpcio-tools (stubs from our .proto) and
 # grpcio-reflection (no .proto at all) in a venv under target/, for the tests that
 # run examples/stats_csv.py and examples/call_api.py; h2 for the test that speaks
-# HTTP/2 as grpcurl does.
+# HTTP/2 as grpcurl does; zeroconf for the peer advertised by another mDNS stack.
 if [ $want_test_tools = 1 ]; then
     venv="$(dirname "$0")/../target/test-venv"
-    if ! "$venv/bin/python" -c "import grpc, grpc_tools, grpc_reflection, h2" >/dev/null 2>&1; then
-        echo "setup: making the examples' venv $venv (grpcio, grpcio-tools, grpcio-reflection, h2)"
+    if ! "$venv/bin/python" -c "import grpc, grpc_tools, grpc_reflection, h2, zeroconf" >/dev/null 2>&1; then
+        echo "setup: making the tests' venv $venv (grpcio, grpcio-tools, grpcio-reflection, h2, zeroconf)"
         /usr/bin/python3 -m venv "$venv"
-        "$venv/bin/pip" install --quiet grpcio grpcio-tools grpcio-reflection h2
+        "$venv/bin/pip" install --quiet grpcio grpcio-tools grpcio-reflection h2 zeroconf
     fi
 fi
 # The bench's Python: PESQ (ITU-T P.862.2 wideband, PyPI `pesq`) and numpy, in a

@@ -35,6 +35,8 @@ pub mod dial_target;
 pub mod encoder_policy;
 pub mod history;
 pub mod jitter_buffer;
+pub mod liveness;
+pub mod peer_events;
 pub mod peer_table;
 pub mod reload;
 pub mod resample;

@@ -5,10 +5,11 @@
 //! checks the signature and says so): once a device's advert was signed, only a
 //! signed advert at least as new changes its name, port or addresses, takes its
 //! mDNS instance, or says it is leaving; an unsigned or older one is ignored (a
-//! neighbour cannot forge or replay one). An mDNS goodbye (records with TTL 0)
-//! carries no signature and is still taken as a goodbye: mdns-sd forgets the
-//! instance either way, and gives no means to ask it again. Old, unsigned peers
-//! work as before, marked as such ([`PeerRecord::signed`]).
+//! neighbour cannot forge or replay one). A device leaves the table by its `bye`
+//! advert alone. mDNS forgetting an instance (records with TTL 0, which anyone
+//! can forge, or a failed liveness check) only takes the peer offline; the
+//! discovery task then asks the LAN again, and a device still there answers.
+//! Old, unsigned peers work as before, marked as such ([`PeerRecord::signed`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -45,12 +46,12 @@ pub enum PeerChange {
     },
 }
 
-/// Why mDNS stopped listing an instance.
+/// Why an instance stopped advertising a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removal {
-    /// The instance sent a goodbye.
+enum Removal {
+    /// The device said it leaves (`bye`).
     Goodbye,
-    /// The instance stopped answering (failed verification or TTL expiry).
+    /// mDNS forgot the instance, or it now advertises another device.
     Lost,
 }
 
@@ -221,13 +222,19 @@ impl PeerTable {
             return Vec::new();
         }
         if advert.leaving {
-            if self.instances.get(instance) != Some(&advert.device_id) {
+            // From the instance it holds, or, while it is offline (holding
+            // none: mDNS forgot them), from wherever it says goodbye now.
+            let holds = self.instances.get(instance) == Some(&advert.device_id);
+            let offline = self.peers.get(&advert.device_id).is_some_and(|e| e.instances.is_empty());
+            if !holds && !offline {
                 return Vec::new();
             }
             if let Some(entry) = self.peers.get_mut(&advert.device_id) {
                 entry.signed_at = entry.signed_at.max(signed_at);
             }
-            self.instances.remove(instance);
+            if holds {
+                self.instances.remove(instance);
+            }
             return self.detach(instance, advert.device_id, Removal::Goodbye, now).into_iter().collect();
         }
         let mut changes = Vec::new();
@@ -296,10 +303,12 @@ impl PeerTable {
         changes
     }
 
-    /// mDNS stopped listing an instance.
-    pub fn instance_removed(&mut self, instance: &str, removal: Removal, now: Instant) -> Option<PeerChange> {
+    /// mDNS stopped listing an instance: an mDNS goodbye, or no answer to a
+    /// liveness check. Either takes the peer offline (when it was its last
+    /// instance), never out of the table: a goodbye carries no signature.
+    pub fn instance_removed(&mut self, instance: &str, now: Instant) -> Option<PeerChange> {
         let device_id = self.instances.remove(instance)?;
-        self.detach(instance, device_id, removal, now)
+        self.detach(instance, device_id, Removal::Lost, now)
     }
 
     fn detach(&mut self, instance: &str, device_id: DeviceId, removal: Removal, now: Instant) -> Option<PeerChange> {
@@ -472,9 +481,9 @@ mod tests {
         assert_eq!((t.peers().count(), t.turned_away()), (3, 1));
 
         // Two go offline; the one offline longest gives up its place.
-        t.instance_removed("p1", Removal::Lost, clock.now());
+        t.instance_removed("p1", clock.now());
         clock.advance(Duration::from_secs(1));
-        t.instance_removed("p2", Removal::Lost, clock.now());
+        t.instance_removed("p2", clock.now());
         let changes = t.resolved("p3", &advert("p3", "x"), None, [], clock.now(), wall);
         assert!(
             matches!(&changes[..], [PeerChange::Gone { device_id, reason: GoneReason::Expired, .. }, PeerChange::Appeared(_)] if *device_id == id("p1")),
@@ -535,23 +544,22 @@ mod tests {
         assert_eq!(t.peers().count(), 1);
 
         // Losing one instance only drops its addresses; the peer stays online.
-        let change = t.instance_removed("a-2", Removal::Lost, clock.now());
+        let change = t.instance_removed("a-2", clock.now());
         let Some(PeerChange::Changed(record)) = change else { panic!("{change:?}") };
         assert!(record.online);
         assert_eq!(record.addresses, BTreeSet::from([ip("10.0.0.1"), ip("fd00::1")]));
     }
 
     #[test]
-    fn goodbye_removes_at_once() {
+    fn an_mdns_goodbye_only_takes_a_peer_offline_as_anyone_can_forge_one() {
         let (mut t, clock) = table();
         t.resolved("a", &advert("a", "alice"), None, [], clock.now(), SystemTime::now());
-        let change = t.instance_removed("a", Removal::Goodbye, clock.now());
-        assert_eq!(
-            change,
-            Some(PeerChange::Gone { device_id: id("a"), display_name: "alice".into(), reason: GoneReason::Goodbye })
-        );
-        assert_eq!(t.peers().count(), 0);
-        assert_eq!(t.instance_removed("a", Removal::Goodbye, clock.now()), None, "a second goodbye is ignored");
+        let change = t.instance_removed("a", clock.now());
+        assert!(matches!(change, Some(PeerChange::Changed(ref r)) if !r.online), "{change:?}");
+        assert_eq!(t.instance_removed("a", clock.now()), None, "a second goodbye is ignored");
+        // Alice answers the requery: online again.
+        let back = t.resolved("a", &advert("a", "alice"), None, [], clock.now(), SystemTime::now());
+        assert!(matches!(&back[..], [PeerChange::Changed(r)] if r.online), "{back:?}");
     }
 
     #[test]
@@ -561,7 +569,29 @@ mod tests {
         let leaving = Advert { leaving: true, ..advert("a", "alice") };
         let change = t.resolved("a", &leaving, None, [], clock.now(), SystemTime::now());
         assert!(matches!(&change[..], [PeerChange::Gone { reason: GoneReason::Goodbye, .. }]), "{change:?}");
-        assert_eq!(t.instance_removed("a", Removal::Goodbye, clock.now()), None, "the goodbye that follows is a no-op");
+        assert_eq!(t.instance_removed("a", clock.now()), None, "the mDNS goodbye that follows is a no-op");
+
+        // Bob was offline (a liveness check missed) when he said he leaves.
+        t.resolved("b", &advert("b", "bob"), None, [], clock.now(), SystemTime::now());
+        t.instance_removed("b", clock.now());
+        let leaving = Advert { leaving: true, ..advert("b", "bob") };
+        let change = t.resolved("b", &leaving, None, [], clock.now(), SystemTime::now());
+        assert!(matches!(&change[..], [PeerChange::Gone { reason: GoneReason::Goodbye, .. }]), "{change:?}");
+        // And online, a bye under another device's instance changes nothing.
+        t.resolved("c", &advert("c", "carol"), None, [], clock.now(), SystemTime::now());
+        t.resolved("d", &advert("d", "dave"), None, [], clock.now(), SystemTime::now());
+        assert_eq!(
+            t.resolved(
+                "d",
+                &Advert { leaving: true, ..advert("c", "carol") },
+                None,
+                [],
+                clock.now(),
+                SystemTime::now()
+            ),
+            vec![]
+        );
+        assert_eq!(t.peers().filter(|p| p.online).count(), 2);
     }
 
     #[test]
@@ -571,12 +601,12 @@ mod tests {
         t.resolved("b", &advert("b", "bob"), None, [], clock.now(), SystemTime::now());
         assert_eq!(t.next_expiry(), None);
 
-        let change = t.instance_removed("a", Removal::Lost, clock.now());
+        let change = t.instance_removed("a", clock.now());
         assert!(matches!(change, Some(PeerChange::Changed(ref r)) if !r.online), "{change:?}");
         assert_eq!(t.online_instances().collect::<Vec<_>>(), ["b"], "offline peers are not verified");
         assert_eq!(t.next_expiry(), Some(clock.now() + RETENTION));
 
-        let change = t.instance_removed("b", Removal::Lost, clock.now());
+        let change = t.instance_removed("b", clock.now());
         assert!(matches!(change, Some(PeerChange::Changed(_))));
         clock.advance(Duration::from_secs(1));
         // b comes back before expiry.
@@ -608,6 +638,6 @@ mod tests {
     #[test]
     fn removal_of_an_unknown_instance_is_ignored() {
         let (mut t, clock) = table();
-        assert_eq!(t.instance_removed("nobody", Removal::Lost, clock.now()), None);
+        assert_eq!(t.instance_removed("nobody", clock.now()), None);
     }
 }

@@ -40,12 +40,14 @@ pub struct Throttle {
     every: Duration,
     count: u64,
     reported: Option<Instant>,
+    /// The last total given to `note_total`.
+    total: u64,
 }
 
 impl Throttle {
     /// At most one report per `every`.
     pub const fn new(every: Duration) -> Self {
-        Throttle { every, count: 0, reported: None }
+        Throttle { every, count: 0, reported: None, total: 0 }
     }
 
     /// One more happened at `now`: how many to report now, if it is time.
@@ -53,8 +55,14 @@ impl Throttle {
         self.note_many(1, now)
     }
 
+    /// A running count (one a pure core keeps) stands at `total` at `now`.
+    pub fn note_total(&mut self, total: u64, now: Instant) -> Option<u64> {
+        let new = total.saturating_sub(std::mem::replace(&mut self.total, total));
+        self.note_many(new, now)
+    }
+
     /// `n` more happened at `now` (none: nothing to report).
-    pub fn note_many(&mut self, n: u64, now: Instant) -> Option<u64> {
+    fn note_many(&mut self, n: u64, now: Instant) -> Option<u64> {
         self.count += n;
         if self.count == 0 || self.reported.is_some_and(|at| now.saturating_duration_since(at) < self.every) {
             return None;
@@ -110,6 +118,13 @@ mod tests {
             assert_eq!(throttle.note(start + Duration::from_millis(n * 10)), None);
         }
         assert_eq!(throttle.note(start + Duration::from_secs(10)), Some(100));
+
+        // A running total: what it grew by since the last report.
+        let mut totals = Throttle::new(Duration::from_secs(10));
+        assert_eq!(totals.note_total(0, start), None, "nothing yet");
+        assert_eq!(totals.note_total(5, start), Some(5));
+        assert_eq!(totals.note_total(7, start + Duration::from_secs(1)), None);
+        assert_eq!(totals.note_total(7, start + Duration::from_secs(10)), Some(2));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{Lan, call_is, two_daemons_with};
+use support::{Lan, about, call_is, two_daemons_with};
 use voicelink_bench::hostile::StalledClients;
 use voicelink_bench::relay::enter_namespace;
 use voicelink_core::advert::{Advert, PROTOCOL_VERSION, SERVICE_TYPE};
@@ -76,6 +76,108 @@ async fn one_request(target: SocketAddr, n: usize) -> Result<Body, String> {
         Ok(Ok(Some(Decoded::Message(message)))) => Ok(message.body),
         other => Err(format!("{other:?}")),
     }
+}
+
+#[tokio::test]
+async fn a_flood_of_mdns_queries_is_not_amplified() {
+    require_netns!();
+    let lan = Lan::new(3, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _b) = two_daemons_with(&lan, dir.path(), QUIET, QUIET).await;
+    let alice: DeviceId = a.device_id.parse().unwrap();
+    let names = [
+        ("_voicelink._udp.local".to_owned(), 12), // PTR: every voicelink device
+        (format!("{}._voicelink._udp.local", alice.short()), 33), // SRV
+        (format!("{}._voicelink._udp.local", alice.short()), 255), // ANY
+        (format!("voicelink-{}.local", alice.short().to_lowercase()), 1), // A
+    ];
+    let queries: Vec<Vec<u8>> = names.iter().map(|(name, qtype)| mdns_query(name, *qtype)).collect();
+
+    // 1,000 queries for alice's records in about a second, from one host: first
+    // as an mDNS querier (from port 5353), then as a "legacy" one (any other port).
+    const FLOOD: usize = 1000;
+    let mut sent = Vec::new();
+    for port in [5353, 0] {
+        let socket = mdns_socket(&lan.host(2), port);
+        let before = udp_sent(&lan.host(0));
+        for n in 0..FLOOD {
+            socket.send_to(&queries[n % queries.len()], "224.0.0.251:5353").unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sent.push(udp_sent(&lan.host(0)) - before);
+    }
+    eprintln!("alice sent {sent:?} UDP datagrams for {FLOOD} queries from port 5353 and from another");
+
+    // RFC 6762 §6: a record is multicast at most once a second per interface, so
+    // alice sends a few packets a second, whatever the flood (her own liveness
+    // checks of bob included). A legacy query is answered by unicast to its
+    // sender (§6.7): one answer each, never more.
+    assert!(sent[0] < (FLOOD / 20) as u64, "{} multicast answers to {FLOOD} queries", sent[0]);
+    assert!(sent[1] <= FLOOD as u64 + 10, "{} answers to {FLOOD} legacy queries", sent[1]);
+}
+
+/// A UDP socket in namespace `ns` on `port` (5353 beside a responder there too).
+fn mdns_socket(ns: &str, port: u16) -> std::net::UdpSocket {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        enter_namespace(&ns).unwrap();
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into()).unwrap();
+        std::net::UdpSocket::from(socket)
+    })
+    .join()
+    .unwrap()
+}
+
+/// `name` in DNS wire form, uncompressed.
+fn dns_name(name: &str) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for label in name.split('.') {
+        wire.push(label.len() as u8);
+        wire.extend(label.as_bytes());
+    }
+    wire.push(0);
+    wire
+}
+
+/// An mDNS goodbye (RFC 6762 §10.1): `instance`'s PTR record with TTL 0.
+fn mdns_goodbye(instance: &str) -> Vec<u8> {
+    let mut packet = vec![0, 0, 0x84, 0, 0, 0, 0, 1, 0, 0, 0, 0]; // a response, one answer
+    packet.extend(dns_name("_voicelink._udp.local"));
+    packet.extend(12u16.to_be_bytes()); // PTR
+    packet.extend(1u16.to_be_bytes()); // class IN
+    packet.extend(0u32.to_be_bytes()); // TTL 0: goodbye
+    let target = dns_name(&format!("{instance}._voicelink._udp.local"));
+    packet.extend((target.len() as u16).to_be_bytes());
+    packet.extend(target);
+    packet
+}
+
+/// A multicast DNS query (RFC 6762 §18) for `name`, of record type `qtype`.
+fn mdns_query(name: &str, qtype: u16) -> Vec<u8> {
+    let mut packet = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]; // ID 0, one question
+    packet.extend(dns_name(name));
+    packet.extend(qtype.to_be_bytes());
+    packet.extend(1u16.to_be_bytes()); // class IN
+    packet
+}
+
+/// UDP datagrams namespace `ns` has sent, over IPv4 and IPv6.
+fn udp_sent(ns: &str) -> u64 {
+    let read = |file: &str| {
+        let out = Command::new("ip").args(["netns", "exec", ns, "cat", file]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let snmp = read("/proc/net/snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:")).map(|l| l.split_whitespace().collect::<Vec<_>>());
+    let (header, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let column = header.iter().position(|h| *h == "OutDatagrams").unwrap();
+    let v4: u64 = values[column].parse().unwrap();
+    let snmp6 = read("/proc/net/snmp6");
+    let v6 = snmp6.lines().find_map(|l| l.strip_prefix("Udp6OutDatagrams")).unwrap().trim().parse::<u64>().unwrap();
+    v4 + v6
 }
 
 /// Registers adverts from namespace `ns` with mdns-sd, as a hostile host would.
@@ -274,6 +376,21 @@ async fn forged_adverts_neither_move_nor_remove_a_peer_that_signs_its_own() {
     }
     let listed = a.ctl(&["peers"]).await;
     assert!(String::from_utf8_lossy(&listed.stdout).contains("unverified advert"), "{listed:?}");
+
+    // A raw mDNS goodbye for bob's instance, then a marker: bob is not removed,
+    // nor even shown offline (mdns-sd asks before the record expires, and bob
+    // answers; were he forgotten, the daemon's own query would find him).
+    let before = a_events.seen.len();
+    mdns_socket(&lan.host(2), 5353).send_to(&mdns_goodbye(&bob.short()), "224.0.0.251:5353").unwrap();
+    spoofer.advertise("marker2", &unsigned(marker(2), "marker 2", 1, false));
+    let marker_id = marker(2).to_string();
+    a_events.wait_for("the marker", |e| e["type"] == "peer_appeared" && about(e, &marker_id)).await;
+    let bob_id = b.device_id.clone();
+    let hidden = |e: &serde_json::Value| {
+        e["type"] != "peer_appeared" && about(e, &bob_id) && e["peer_changed"]["peer"]["online"] != true
+    };
+    assert_eq!(a_events.seen[before..].iter().find(|e| hidden(e)), None, "bob hid by a forged goodbye");
+    a_events.none_for(Duration::from_secs(3), "bob hid by a forged goodbye", hidden).await;
 
     // Bob is still reached by name, and alice's log tells of the forgeries.
     let mut b_events = b.follow_events().await;

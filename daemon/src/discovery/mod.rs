@@ -1,17 +1,18 @@
 //! LAN discovery: the task that advertises this daemon by mDNS (mdns-sd), browses
 //! for the others, owns the peer table and publishes its changes.
 //!
-//! Liveness: mDNS only notices a peer that vanished without a goodbye when its
-//! records expire (about two minutes). The task therefore asks mdns-sd to verify
-//! online peers every few seconds (a few each round, in turn); a peer that does
-//! not answer is removed from the cache, which we see as a removal while a
-//! verification is outstanding. A daemon that shuts down cleanly first
-//! re-announces itself with a signed `bye=1` (and waits until mdns-sd has sent
-//! it) and then sends the mDNS goodbye, so its peers can tell "left" from "lost"
-//! without guessing.
+//! Liveness ([`voicelink_core::liveness`]): online peers are asked every few
+//! seconds to confirm they are still there (a few each round, in turn); one that
+//! does not answer is removed from mdns-sd's cache, which we see as a removal
+//! while its verification runs. A peer that goes offline that way, or by an
+//! unsigned mDNS goodbye, makes us query the LAN again at once, and mdns-sd
+//! checks our interfaces every second: when a link comes back it announces us
+//! and queries again (RFC 6762 §8.3), so peers are back within about a second
+//! of the link. A daemon that shuts down cleanly first re-announces itself with
+//! a signed `bye=1` (and waits until mdns-sd has sent it) and then sends the
+//! mDNS goodbye, so its peers can tell "left" from "lost" without guessing.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use mdns_sd::{DaemonEvent, ServiceDaemon, ServiceEvent, ServiceInfo};
 use tokio::sync::watch;
@@ -19,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use voicelink_core::advert::{Advert, PROTOCOL_VERSION, SERVICE_TYPE};
-use voicelink_core::peer_table::{MAX_PEERS, PeerChange, PeerTable, Removal};
+use voicelink_core::liveness::{self, Liveness};
+use voicelink_core::peer_events::{self, PeerEventPacer};
+use voicelink_core::peer_table::{MAX_PEERS, PeerChange, PeerTable};
 
 use crate::clock;
 use crate::events::{Change, EventHub};
@@ -29,15 +32,6 @@ use proof::{AdvertSigner, SigningError};
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::vocab::DeviceId;
 
-/// How often online peers are asked to confirm they are still there.
-const LIVENESS_INTERVAL: Duration = Duration::from_secs(3);
-/// Peers asked per round, in turn: however many adverts a LAN floods us with,
-/// our own queries stay at a few a second.
-const VERIFY_PER_ROUND: usize = 8;
-/// How long a peer has to answer a verification.
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(1);
-/// A removal this long after a verification was sent is still that verification's.
-const VERIFY_WINDOW: Duration = Duration::from_millis(2500);
 /// How long an offline peer stays listed.
 const OFFLINE_RETENTION: Duration = Duration::from_secs(600);
 /// How far apart mdns-sd's announcements on different interfaces may be (it
@@ -45,6 +39,9 @@ const OFFLINE_RETENTION: Duration = Duration::from_secs(600);
 const ANNOUNCE_SPREAD: Duration = Duration::from_millis(200);
 /// How long shutdown waits for mdns-sd to send the goodbye.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often mdns-sd looks for interfaces that came up or went down, in seconds
+/// (its default is 5): a link that returns is announced on within a second.
+const INTERFACE_CHECK_SECS: u32 = 1;
 
 pub mod proof;
 
@@ -84,6 +81,7 @@ impl Discovery {
     pub fn start(own: OwnAdvert, identity: &Identity) -> Result<Discovery, DiscoveryError> {
         let mut signer = AdvertSigner::new(identity)?;
         let mdns = ServiceDaemon::new()?;
+        mdns.set_ip_check_interval(INTERFACE_CHECK_SECS)?;
         let info = service_info(&own, false, &mut signer)?;
         let fullname = info.get_fullname().to_owned();
         mdns.register(info)?;
@@ -95,46 +93,63 @@ impl Discovery {
     /// Runs until `shutdown`, then says goodbye. A new display name on `settings`
     /// is advertised at once.
     pub async fn run(self, hub: EventHub, mut settings: watch::Receiver<LiveSettings>, shutdown: CancellationToken) {
-        let Discovery { mdns, events, mut own, fullname, mut signer } = self;
+        let Discovery { mdns, mut events, mut own, fullname, mut signer } = self;
         let mut table = PeerTable::new(own.device_id, OFFLINE_RETENTION);
-        // Instance full name → when its last verification was sent.
-        let mut verifying: HashMap<String, Instant> = HashMap::new();
-        // Where the next liveness round starts among the online instances.
-        let mut next_to_verify = 0;
+        let mut liveness = Liveness::new();
+        // A requery replaces the browse's channel; the old one is read until
+        // mdns-sd lets go of it, so no removal sent meanwhile is missed.
+        let mut retiring: Option<mdns_sd::Receiver<ServiceEvent>> = None;
+        let mut pacer = PeerEventPacer::new(clock::now());
         let mut turned_away = Throttle::new(Duration::from_secs(10));
-        let mut turned_away_total = 0;
         let mut disbelieved = Throttle::new(Duration::from_secs(10));
-        let mut disbelieved_total = 0;
-        let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
-        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut held_back = Throttle::new(Duration::from_secs(10));
+        let mut rounds = tokio::time::interval(liveness::ROUND);
+        rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             let expiry = table.next_expiry();
+            let requery_at = liveness.requery_at(clock::now());
+            let release_at = pacer.next_release();
             let changes = tokio::select! {
                 () = shutdown.cancelled() => break,
                 event = events.recv_async() => match event {
-                    Ok(event) => handle_event(&mut table, &verifying, event),
+                    Ok(event) => handle_event(&mut table, event),
                     Err(_) => {
                         warn!("the mDNS daemon stopped; peers will no longer be discovered");
                         break;
                     }
                 },
-                _ = liveness.tick() => {
-                    let now = clock::now();
-                    verifying.retain(|_, sent| now.duration_since(*sent) < VERIFY_WINDOW);
+                Some(event) = next_retiring(&retiring), if retiring.is_some() => match event {
+                    Ok(event) => handle_event(&mut table, event),
+                    Err(_) => {
+                        retiring = None;
+                        Vec::new()
+                    }
+                },
+                _ = rounds.tick() => {
                     let online: Vec<&str> = table.online_instances().collect();
-                    let round = online.len().min(VERIFY_PER_ROUND);
-                    for n in 0..round {
-                        let instance = online[(next_to_verify + n) % online.len()];
-                        if let Err(error) = mdns.verify(instance.to_owned(), VERIFY_TIMEOUT) {
+                    for instance in liveness.round(&online) {
+                        if let Err(error) = mdns.verify(instance.clone(), liveness::VERIFY_TIMEOUT) {
                             debug!(instance = ?instance, %error, "cannot verify a peer");
                         }
-                        verifying.insert(instance.to_owned(), now);
                     }
-                    next_to_verify = if online.is_empty() { 0 } else { (next_to_verify + round) % online.len() };
+                    Vec::new()
+                }
+                () = clock::sleep_until(requery_at), if requery_at.is_some() => {
+                    if liveness.requery_due(clock::now()) {
+                        match mdns.browse(SERVICE_TYPE) {
+                            Ok(fresh) => {
+                                debug!("a peer went offline; asking the LAN again");
+                                retiring = Some(std::mem::replace(&mut events, fresh));
+                            }
+                            Err(error) => debug!(%error, "cannot query the LAN again"),
+                        }
+                    }
                     Vec::new()
                 }
                 () = clock::sleep_until(expiry), if expiry.is_some() => table.expire(clock::now()),
+                // The changes that waited are released below.
+                () = clock::sleep_until(release_at), if release_at.is_some() => Vec::new(),
                 Ok(()) = settings.changed() => {
                     let name = settings.borrow_and_update().display_name.to_string();
                     if name != own.display_name {
@@ -150,12 +165,10 @@ impl Discovery {
                 }
             };
             let now = clock::now();
-            let new = table.disbelieved() - std::mem::replace(&mut disbelieved_total, table.disbelieved());
-            if let Some(adverts) = disbelieved.note_many(new, now) {
+            if let Some(adverts) = disbelieved.note_total(table.disbelieved(), now) {
                 warn!(adverts, "ignored mDNS adverts that a peer's key did not sign (forged, or replayed)");
             }
-            let new = table.turned_away() - std::mem::replace(&mut turned_away_total, table.turned_away());
-            if let Some(adverts) = turned_away.note_many(new, now) {
+            if let Some(adverts) = turned_away.note_total(table.turned_away(), now) {
                 warn!(
                     adverts,
                     peers = MAX_PEERS,
@@ -163,8 +176,22 @@ impl Discovery {
                 );
             }
             for change in changes {
-                log_change(&change);
-                hub.publish(Change::Peer(change));
+                if matches!(&change, PeerChange::Changed(peer) if !peer.online) {
+                    liveness.peer_lost();
+                }
+                if let Some(change) = pacer.offer(change, now) {
+                    publish(&hub, change);
+                }
+            }
+            for change in pacer.release(now) {
+                publish(&hub, change);
+            }
+            if let Some(changes) = held_back.note_total(pacer.held(), now) {
+                warn!(
+                    changes,
+                    per_second = peer_events::PER_SECOND,
+                    "peers on the LAN change faster than discovery reports them; their changes wait and merge"
+                );
             }
         }
         say_goodbye(&mdns, &own, &fullname, &mut signer).await;
@@ -188,7 +215,14 @@ fn service_info(own: &OwnAdvert, leaving: bool, signer: &mut AdvertSigner) -> Re
     Ok(ServiceInfo::new(SERVICE_TYPE, &short, &host, (), own.signaling_port, &txt[..])?.enable_addr_auto())
 }
 
-fn handle_event(table: &mut PeerTable, verifying: &HashMap<String, Instant>, event: ServiceEvent) -> Vec<PeerChange> {
+/// The next event on the channel a requery replaced (`None` when there is none).
+async fn next_retiring(
+    retiring: &Option<mdns_sd::Receiver<ServiceEvent>>,
+) -> Option<Result<ServiceEvent, mdns_sd::RecvError>> {
+    Some(retiring.as_ref()?.recv_async().await)
+}
+
+fn handle_event(table: &mut PeerTable, event: ServiceEvent) -> Vec<PeerChange> {
     let now = clock::now();
     match event {
         ServiceEvent::ServiceResolved(service) => {
@@ -206,19 +240,14 @@ fn handle_event(table: &mut PeerTable, verifying: &HashMap<String, Instant>, eve
                 }
             }
         }
-        ServiceEvent::ServiceRemoved(_, instance) => {
-            let removal = match verifying.get(&instance) {
-                Some(sent) if now.duration_since(*sent) < VERIFY_WINDOW => Removal::Lost,
-                _ => Removal::Goodbye,
-            };
-            table.instance_removed(&instance, removal, now).into_iter().collect()
-        }
+        ServiceEvent::ServiceRemoved(_, instance) => table.instance_removed(&instance, now).into_iter().collect(),
         _ => Vec::new(),
     }
 }
 
-fn log_change(change: &PeerChange) {
-    match change {
+/// Logs a change and tells the daemon.
+fn publish(hub: &EventHub, change: PeerChange) {
+    match &change {
         PeerChange::Appeared(peer) => info!(peer = %peer.device_id.short(), name = %peer.display_name, "peer appeared"),
         PeerChange::Changed(peer) => {
             info!(peer = %peer.device_id.short(), name = %peer.display_name, online = peer.online, "peer changed")
@@ -227,6 +256,14 @@ fn log_change(change: &PeerChange) {
             info!(peer = %device_id.short(), name = %display_name, ?reason, "peer gone")
         }
     }
+    hub.publish(Change::Peer(change));
+}
+
+/// Whether mdns-sd's list of the addresses it announced on (`[10.0.0.2, ::1]`)
+/// holds one that is not loopback.
+fn beyond_loopback(addresses: &str) -> bool {
+    let list = addresses.trim_start_matches('[').trim_end_matches(']');
+    list.split(", ").filter_map(|a| a.parse::<std::net::IpAddr>().ok()).any(|ip| !ip.is_loopback())
 }
 
 /// Announces `bye=1`, then unregisters (the mDNS goodbye) and stops mdns-sd.
@@ -239,9 +276,11 @@ async fn say_goodbye(mdns: &ServiceDaemon, own: &OwnAdvert, fullname: &str, sign
         Ok(()) => {
             // Each interface announces on its own timer, within
             // `ANNOUNCE_SPREAD` of the first: wait for the first, then that long.
+            // Loopback does not count: it announces at once, while the LAN
+            // interfaces may first probe the changed record (750 ms).
             let announcements = |monitor: mdns_sd::Receiver<DaemonEvent>| async move {
                 while let Ok(event) = monitor.recv_async().await {
-                    if matches!(&event, DaemonEvent::Announce(name, _) if name == fullname) {
+                    if matches!(&event, DaemonEvent::Announce(name, on) if name == fullname && beyond_loopback(on)) {
                         return true;
                     }
                 }
@@ -274,4 +313,19 @@ async fn say_goodbye(mdns: &ServiceDaemon, own: &OwnAdvert, fullname: &str, sign
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, status.recv_async()).await;
     }
     info!("stopped advertising");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_announcement_on_loopback_alone_does_not_count() {
+        assert!(!beyond_loopback("[127.0.0.1]"));
+        assert!(!beyond_loopback("[::1, 127.0.0.1]"));
+        assert!(beyond_loopback("[10.77.0.2]"));
+        assert!(beyond_loopback("[fe80::1, fd77::2]"));
+        assert!(!beyond_loopback("[]"));
+        assert!(!beyond_loopback("not a list"));
+    }
 }

@@ -115,6 +115,20 @@ impl Lan {
         format!("{}h{h}", self.prefix)
     }
 
+    /// Pulls host `h`'s cable on link `l` (`plugged: false`): its interface stays
+    /// up and configured, without carrier. `true` plugs it back.
+    pub fn set_cable(&self, h: usize, l: usize, plugged: bool) {
+        let state = if plugged { "up" } else { "down" };
+        ip(&["-n", &self.bridge_ns(), "link", "set", &format!("v{h}l{l}"), state]);
+    }
+
+    /// Switches link `l` off (`on: false`): every host keeps its carrier, and
+    /// nothing crosses the link. `true` switches it back on.
+    pub fn set_switch(&self, l: usize, on: bool) {
+        let state = if on { "up" } else { "down" };
+        ip(&["-n", &self.bridge_ns(), "link", "set", &format!("br{l}"), state]);
+    }
+
     fn bridge_ns(&self) -> String {
         format!("{}br", self.prefix)
     }
@@ -355,6 +369,17 @@ impl EventFollower {
         match self.seen.iter().find(|e| matches(e)) {
             Some(event) => event.clone(),
             None => self.wait_for(what, matches).await,
+        }
+    }
+
+    /// Reads every event for `window` (an observation, not a wait for
+    /// something); panics at the first that matches.
+    pub async fn none_for(&mut self, window: Duration, what: &str, matches: impl Fn(&Value) -> bool) {
+        let end = tokio::time::Instant::now() + window;
+        while let Ok(line) = tokio::time::timeout_at(end, self.lines.next_line()).await {
+            let event: Value = serde_json::from_str(&line.unwrap().expect("voicectl events ended")).unwrap();
+            assert!(!matches(&event), "{what}: {event:#}\nseen before: {:#?}", self.seen);
+            self.seen.push(event);
         }
     }
 
