@@ -12,12 +12,13 @@
 //!   repeated question at most once a second and delay answers by up to 120 ms
 //!   (500 ms for long known-answer lists), so one of the two is answered in time
 //!   even when the record was multicast just before the first.
-//! - **Requery**: a peer that mDNS forgets (no answer to a verification, or an
-//!   mDNS goodbye, which anyone can forge) may be behind a link that glitched.
-//!   The LAN is asked again at once (a PTR query, whose known-answer list keeps
-//!   everyone still listed quiet), then at mdns-sd's doubling pace; a new loss
-//!   starts that over, never sooner than [`REQUERY_SPACING`] after the last
-//!   (RFC 6762 §5.2).
+//! - **Requery**: a peer that mDNS forgets (no answer to a verification) may be
+//!   behind a link that dropped without any interface noticing (a switch, an
+//!   access point). The LAN is asked again ([`ptr_query`], sent by the task) at
+//!   once, then 1 s, 2 s, 4 s… apart, doubling up to an hour, as RFC 6762 §5.2
+//!   asks of a continuing query; a new loss starts over, never sooner than
+//!   [`REQUERY_SPACING`] after the last query, and the queries stop once every
+//!   peer is online again.
 
 use std::time::{Duration, Instant};
 
@@ -28,8 +29,10 @@ pub const ROUND: Duration = Duration::from_secs(4);
 pub const VERIFY_PER_ROUND: usize = 8;
 /// How long a peer has to answer a verification (mdns-sd asks twice meanwhile).
 pub const VERIFY_TIMEOUT: Duration = Duration::from_millis(2500);
-/// The least time between two requeries of the LAN.
+/// The least time between two requeries of the LAN, and the first interval.
 pub const REQUERY_SPACING: Duration = Duration::from_secs(1);
+/// The longest interval between requeries (RFC 6762 §5.2).
+pub const REQUERY_MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// The liveness schedule of one discovery task.
 #[derive(Debug, Default)]
@@ -38,8 +41,10 @@ pub struct Liveness {
     next_to_verify: usize,
     /// When the LAN was last requeried.
     last_requery: Option<Instant>,
-    /// Set while a requery is wanted and not yet sent.
-    requery_wanted: bool,
+    /// When it is to be requeried next, while a peer is missing.
+    next_requery: Option<Instant>,
+    /// The interval after the next requery.
+    interval: Duration,
 }
 
 impl Liveness {
@@ -61,26 +66,49 @@ impl Liveness {
         (0..count).map(|n| online[(start + n) % online.len()].to_owned()).collect()
     }
 
-    /// A peer went offline (mDNS forgot it): ask the LAN again.
-    pub fn peer_lost(&mut self) {
-        self.requery_wanted = true;
-    }
-
-    /// When the wanted requery may go out (`now` at the earliest), if one is wanted.
-    pub fn requery_at(&self, now: Instant) -> Option<Instant> {
+    /// A peer went offline (mDNS forgot it) at `now`: ask the LAN again, at
+    /// once and then at a doubling interval.
+    pub fn peer_lost(&mut self, now: Instant) {
         let earliest = self.last_requery.map_or(now, |last| (last + REQUERY_SPACING).max(now));
-        self.requery_wanted.then_some(earliest)
+        self.next_requery = Some(self.next_requery.map_or(earliest, |next| next.min(earliest)));
+        self.interval = REQUERY_SPACING;
     }
 
-    /// Whether to requery now; if so, it counts as sent.
+    /// Every peer is online again: no more requeries.
+    pub fn all_online(&mut self) {
+        self.next_requery = None;
+    }
+
+    /// When the next requery is due, while a peer is missing.
+    pub fn requery_at(&self) -> Option<Instant> {
+        self.next_requery
+    }
+
+    /// Whether to requery now; if so, it counts as sent and the next is scheduled.
     pub fn requery_due(&mut self, now: Instant) -> bool {
-        let due = self.requery_wanted && self.last_requery.is_none_or(|last| now >= last + REQUERY_SPACING);
+        let due = self.next_requery.is_some_and(|next| now >= next);
         if due {
-            self.requery_wanted = false;
             self.last_requery = Some(now);
+            self.next_requery = Some(now + self.interval);
+            self.interval = (self.interval * 2).min(REQUERY_MAX_INTERVAL);
         }
         due
     }
+}
+
+/// The mDNS question "which instances of `service` are there?" (a PTR query,
+/// RFC 6762 §5 and §18: ID 0, no flags, one question, unicast-response bit
+/// clear so that answers are multicast and every cache on the LAN hears them).
+pub fn ptr_query(service: &str) -> Vec<u8> {
+    let mut packet = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in service.split('.').filter(|label| !label.is_empty()) {
+        packet.push(label.len() as u8);
+        packet.extend(label.as_bytes());
+    }
+    packet.push(0);
+    packet.extend(12u16.to_be_bytes()); // PTR
+    packet.extend(1u16.to_be_bytes()); // class IN
+    packet
 }
 
 #[cfg(test)]
@@ -106,29 +134,59 @@ mod tests {
     }
 
     #[test]
-    fn a_loss_requeries_at_once_and_losses_in_a_row_no_more_than_once_a_second() {
+    fn a_loss_requeries_at_once_then_at_a_doubling_interval_until_all_are_back() {
         let start = Instant::now();
+        let after = |secs: u64| start + Duration::from_secs(secs);
         let mut liveness = Liveness::new();
-        assert_eq!(liveness.requery_at(start), None, "nothing lost, nothing to ask");
+        assert_eq!(liveness.requery_at(), None, "nothing lost, nothing to ask");
         assert!(!liveness.requery_due(start));
 
-        liveness.peer_lost();
-        assert_eq!(liveness.requery_at(start), Some(start));
-        assert!(liveness.requery_due(start));
-        assert_eq!(liveness.requery_at(start), None, "sent");
+        liveness.peer_lost(start);
+        assert_eq!(liveness.requery_at(), Some(start));
+        let mut sent = Vec::new();
+        for secs in 0..20 {
+            if liveness.requery_due(after(secs)) {
+                sent.push(secs);
+            }
+        }
+        assert_eq!(sent, [0, 1, 3, 7, 15]);
 
-        // Two more losses 100 ms later: one requery, a second after the first.
-        let soon = start + Duration::from_millis(100);
-        liveness.peer_lost();
-        liveness.peer_lost();
-        assert_eq!(liveness.requery_at(soon), Some(start + REQUERY_SPACING));
-        assert!(!liveness.requery_due(soon));
-        assert!(liveness.requery_due(start + REQUERY_SPACING));
-        assert!(!liveness.requery_due(start + REQUERY_SPACING * 5), "nothing lost since");
+        // Another loss starts over, a second after the last query at the soonest.
+        liveness.peer_lost(after(15));
+        assert_eq!(liveness.requery_at(), Some(after(16)));
+        assert!(liveness.requery_due(after(16)));
+        assert_eq!(liveness.requery_at(), Some(after(17)));
 
-        // Long after, a loss is asked about at once again.
-        let later = start + Duration::from_secs(60);
-        liveness.peer_lost();
-        assert_eq!(liveness.requery_at(later), Some(later));
+        // Everyone is back: quiet.
+        liveness.all_online();
+        assert_eq!(liveness.requery_at(), None);
+        assert!(!liveness.requery_due(after(100)));
+    }
+
+    #[test]
+    fn the_requery_interval_stops_doubling_at_an_hour() {
+        let start = Instant::now();
+        let mut liveness = Liveness::new();
+        liveness.peer_lost(start);
+        let mut now = start;
+        let mut last = start;
+        let mut intervals = Vec::new();
+        while intervals.len() < 15 {
+            now = liveness.requery_at().unwrap();
+            assert!(liveness.requery_due(now));
+            intervals.push(now - last);
+            last = now;
+        }
+        assert_eq!(intervals[1], REQUERY_SPACING);
+        assert_eq!(*intervals.last().unwrap(), REQUERY_MAX_INTERVAL);
+        assert!(now > start);
+    }
+
+    #[test]
+    fn the_ptr_query_is_one_question_for_the_service() {
+        let packet = ptr_query("_voicelink._udp.local.");
+        assert_eq!(packet[..12], [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&packet[12..23], b"\x0a_voicelink");
+        assert_eq!(&packet[packet.len() - 11..], b"\x05local\x00\x00\x0c\x00\x01");
     }
 }

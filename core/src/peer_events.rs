@@ -19,6 +19,9 @@ pub const BURST: f64 = 300.0;
 /// Changes a second, held to once the burst is spent.
 pub const PER_SECOND: f64 = 20.0;
 
+/// A whole token, give or take floating-point rounding.
+const ONE_TOKEN: f64 = 1.0 - 1e-9;
+
 /// Paces peer changes; merges those of a peer that wait.
 #[derive(Debug)]
 pub struct PeerEventPacer {
@@ -73,7 +76,8 @@ impl PeerEventPacer {
             }
             return None;
         }
-        if self.tokens >= 1.0 {
+        // Nothing overtakes a change that waits.
+        if self.waiting.is_empty() && self.tokens >= ONE_TOKEN {
             self.tokens -= 1.0;
             return Some(change);
         }
@@ -87,7 +91,7 @@ impl PeerEventPacer {
     pub fn release(&mut self, now: Instant) -> Vec<PeerChange> {
         self.refill(now);
         let mut released = Vec::new();
-        while self.tokens >= 1.0 {
+        while self.tokens >= ONE_TOKEN {
             let Some(device) = self.order.pop_front() else { break };
             if let Some(change) = self.waiting.remove(&device) {
                 self.tokens -= 1.0;
@@ -102,8 +106,9 @@ impl PeerEventPacer {
         if self.waiting.is_empty() {
             return None;
         }
+        // Rounded up to the millisecond, so the token is there when woken.
         let short = (1.0 - self.tokens).max(0.0);
-        Some(self.refilled + Duration::from_secs_f64(short / PER_SECOND))
+        Some(self.refilled + Duration::from_millis((short / PER_SECOND * 1000.0).ceil() as u64))
     }
 
     /// Changes that had to wait, in all (for the log).

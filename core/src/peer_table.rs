@@ -6,7 +6,7 @@
 //! signed advert at least as new changes its name, port or addresses, takes its
 //! mDNS instance, or says it is leaving; an unsigned or older one is ignored (a
 //! neighbour cannot forge or replay one). A device leaves the table by its `bye`
-//! advert alone. mDNS forgetting an instance (records with TTL 0, which anyone
+//! advert, or by staying offline past the retention time. mDNS forgetting an instance (records with TTL 0, which anyone
 //! can forge, or a failed liveness check) only takes the peer offline; the
 //! discovery task then asks the LAN again, and a device still there answers.
 //! Old, unsigned peers work as before, marked as such ([`PeerRecord::signed`]).

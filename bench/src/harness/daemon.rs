@@ -222,6 +222,16 @@ pub fn shows_peer_online(event: &Event, device_id: &str) -> bool {
     }
 }
 
+/// Whether the peer `device_id` is online, if the event says (it appears or changes).
+pub fn peer_online(event: &Event, device_id: &str) -> Option<bool> {
+    let peer = match event.kind.as_ref()? {
+        event::Kind::PeerAppeared(e) => e.peer.as_ref()?,
+        event::Kind::PeerChanged(e) => e.peer.as_ref()?,
+        _ => return None,
+    };
+    (peer.device_id == device_id).then_some(peer.online)
+}
+
 /// CPU time and memory of a process, from /proc.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcSample {

@@ -224,6 +224,18 @@ pub struct Outcome {
     pub audio_back_after_ms: Option<f64>,
     /// For a killed callee: how long after the kill the caller's call ended.
     pub ended_after_kill_ms: Option<f64>,
+    /// For an outage: what the caller's peer list showed of the callee.
+    pub peer_in_outage: Option<PeerInOutage>,
+}
+
+/// What the caller's peer list showed of the callee through an outage.
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct PeerInOutage {
+    /// It was shown offline (a liveness check fell in the outage).
+    pub went_offline: bool,
+    /// How long after the link came back it was shown online again (before the
+    /// call ended), if it went offline.
+    pub back_online_after_ms: Option<f64>,
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -451,6 +463,16 @@ Each run also writes `bench/results/benchmarks.json` for tools (not committed).\
         }
         if let Some(back) = outcome.audio_back_after_ms {
             let _ = write!(ended, ", {} after the link came back", ms(Some(back)));
+        }
+        match outcome.peer_in_outage {
+            Some(PeerInOutage { went_offline: false, .. }) => ended.push_str("; the peer never showed offline"),
+            Some(PeerInOutage { back_online_after_ms: Some(back), .. }) => {
+                let _ = write!(ended, "; the peer showed offline, online again {} after the link", ms(Some(back)));
+            }
+            Some(PeerInOutage { back_online_after_ms: None, .. }) => {
+                ended.push_str("; the peer showed offline until the end")
+            }
+            None => {}
         }
         if let Some(noticed) = outcome.ended_after_kill_ms {
             let _ = write!(ended, "; {} after the callee was killed", ms(Some(noticed)));

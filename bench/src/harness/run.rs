@@ -10,10 +10,12 @@ use voicelink_bench::analysis;
 use voicelink_bench::impairment::{Loss, Profile};
 use voicelink_bench::relay::{Direction, ImpairedLink, LinkConfig, Namespace};
 use voicelink_proto::Client;
-use voicelink_proto::v1::{AnswerRequest, CallState, CallStats, DialRequest, HangupRequest, WatchStatsRequest};
+use voicelink_proto::v1::{AnswerRequest, CallState, CallStats, DialRequest, Event, HangupRequest, WatchStatsRequest};
 
-use super::daemon::{DEADLINE, Daemon, DaemonSpec, event_call, proc_sample, shows_peer_online, stall};
-use super::report::{Applied, DirectionLoss, Latency, Outcome, ProcessUse, ProfileResult, Reported, SideStats};
+use super::daemon::{DEADLINE, Daemon, DaemonSpec, event_call, peer_online, proc_sample, shows_peer_online, stall};
+use super::report::{
+    Applied, DirectionLoss, Latency, Outcome, PeerInOutage, ProcessUse, ProfileResult, Reported, SideStats,
+};
 use super::speech::{self, CALL_RATE, Material};
 
 /// Settings shared by every profile.
@@ -138,6 +140,19 @@ fn applied(profile: &Profile) -> Applied {
         outage_after_s: profile.outage.map(|o| o.after.as_secs_f64()),
         outage_length_s: profile.outage.map(|o| o.length.as_secs_f64()),
     }
+}
+
+/// What the caller's peer list showed of the callee from the time the link went
+/// `down` until the call ended: whether it went offline, and when it was back
+/// online, in ms after the link was `back`.
+fn peer_through_outage(seen: &[(Instant, Event)], callee: &str, down: Instant, back: Instant) -> PeerInOutage {
+    let mut shown =
+        seen.iter().filter(|(at, _)| *at >= down).filter_map(|(at, e)| Some((*at, peer_online(e, callee)?)));
+    if !shown.any(|(_, online)| !online) {
+        return PeerInOutage { went_offline: false, back_online_after_ms: None };
+    }
+    let back_online = shown.find(|(_, online)| *online).map(|(at, _)| signed_ms(at, back));
+    PeerInOutage { went_offline: true, back_online_after_ms: back_online }
 }
 
 pub(super) fn signed_ms(later: Instant, earlier: Instant) -> f64 {
@@ -283,6 +298,11 @@ async fn call(
         // into that time), so any RTP delivered since arrived after it came back.
         result.outcome.audio_after_outage = Some(!link.is_down() && link.counters().a_to_b.rtp_forwarded > before);
         result.outcome.audio_back_after_ms = audio_back;
+    }
+    if let Some(outage) = profile.outage {
+        let down = caller_active_at + outage.after;
+        result.outcome.peer_in_outage =
+            Some(peer_through_outage(&caller_events.seen, &callee.device_id, down, down + outage.length));
     }
 
     let caller_ended = match ended_early {
@@ -530,5 +550,37 @@ fn pesq(settings: &RunSettings, reference: &Path, degraded: &Path) -> Result<f64
     match answer["pesq_wb"].as_f64() {
         Some(score) => Ok(score),
         None => bail!("{}", answer["error"].as_str().unwrap_or("no score")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use voicelink_proto::v1::{Peer, PeerChanged, event};
+
+    fn changed(device_id: &str, online: bool) -> Event {
+        let peer = Peer { device_id: device_id.into(), online, ..Peer::default() };
+        Event { kind: Some(event::Kind::PeerChanged(PeerChanged { peer: Some(peer) })), ..Event::default() }
+    }
+
+    #[test]
+    fn an_outage_reports_whether_the_peer_showed_offline_and_when_it_was_back() {
+        let down = Instant::now();
+        let at = |ms: u64| down + Duration::from_millis(ms);
+        let back = at(3000);
+        let seen = vec![
+            (at(0), changed("bob", true)),
+            (at(1000), changed("carol", false)),
+            (at(2500), changed("bob", false)),
+            (at(3400), changed("bob", true)),
+        ];
+        let shown = peer_through_outage(&seen, "bob", down, back);
+        assert!(shown.went_offline);
+        assert_eq!(shown.back_online_after_ms.map(f64::round), Some(400.0));
+
+        let quiet = peer_through_outage(&seen[..2], "bob", down, back);
+        assert!(!quiet.went_offline && quiet.back_online_after_ms.is_none());
+        let still_offline = peer_through_outage(&seen[..3], "bob", down, back);
+        assert!(still_offline.went_offline && still_offline.back_online_after_ms.is_none());
     }
 }

@@ -1,16 +1,17 @@
 //! LAN discovery: the task that advertises this daemon by mDNS (mdns-sd), browses
 //! for the others, owns the peer table and publishes its changes.
 //!
-//! Liveness ([`voicelink_core::liveness`]): online peers are asked every few
-//! seconds to confirm they are still there (a few each round, in turn); one that
-//! does not answer is removed from mdns-sd's cache, which we see as a removal
-//! while its verification runs. A peer that goes offline that way, or by an
-//! unsigned mDNS goodbye, makes us query the LAN again at once, and mdns-sd
-//! checks our interfaces every second: when a link comes back it announces us
-//! and queries again (RFC 6762 §8.3), so peers are back within about a second
-//! of the link. A daemon that shuts down cleanly first re-announces itself with
-//! a signed `bye=1` (and waits until mdns-sd has sent it) and then sends the
-//! mDNS goodbye, so its peers can tell "left" from "lost" without guessing.
+//! Liveness ([`voicelink_core::liveness`] says when): online peers are asked
+//! every few seconds to confirm they are still there (a few each round, in
+//! turn); one that does not answer is removed from mdns-sd's cache, which we see
+//! as a removal, and it goes offline. Each loss makes us ask the LAN again
+//! (`requery.rs`) at once, then at a doubling interval. mdns-sd checks our
+//! interfaces every second: when a link comes back it announces us and queries
+//! again (RFC 6762 §8.3), so after a pulled cable peers are back within about a
+//! second, and after a silent outage at the next requery. A daemon that shuts
+//! down cleanly first re-announces itself with a signed `bye=1` (and waits until
+//! mdns-sd has sent it) and then sends the mDNS goodbye, so its peers can tell
+//! "left" from "lost" without guessing.
 
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +30,7 @@ use crate::events::{Change, EventHub};
 use crate::identity::Identity;
 use crate::logging::Throttle;
 use proof::{AdvertSigner, SigningError};
+use requery::requery_lan;
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::vocab::DeviceId;
 
@@ -44,6 +46,7 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 const INTERFACE_CHECK_SECS: u32 = 1;
 
 pub mod proof;
+mod requery;
 
 /// Why discovery could not start.
 #[derive(Debug, thiserror::Error)]
@@ -96,9 +99,7 @@ impl Discovery {
         let Discovery { mdns, mut events, mut own, fullname, mut signer } = self;
         let mut table = PeerTable::new(own.device_id, OFFLINE_RETENTION);
         let mut liveness = Liveness::new();
-        // A requery replaces the browse's channel; the old one is read until
-        // mdns-sd lets go of it, so no removal sent meanwhile is missed.
-        let mut retiring: Option<mdns_sd::Receiver<ServiceEvent>> = None;
+        let mut last_browse = clock::now();
         let mut pacer = PeerEventPacer::new(clock::now());
         let mut turned_away = Throttle::new(Duration::from_secs(10));
         let mut disbelieved = Throttle::new(Duration::from_secs(10));
@@ -108,23 +109,24 @@ impl Discovery {
 
         loop {
             let expiry = table.next_expiry();
-            let requery_at = liveness.requery_at(clock::now());
+            let requery_at = liveness.requery_at();
             let release_at = pacer.next_release();
             let changes = tokio::select! {
                 () = shutdown.cancelled() => break,
                 event = events.recv_async() => match event {
                     Ok(event) => handle_event(&mut table, event),
-                    Err(_) => {
-                        warn!("the mDNS daemon stopped; peers will no longer be discovered");
-                        break;
-                    }
-                },
-                Some(event) = next_retiring(&retiring), if retiring.is_some() => match event {
-                    Ok(event) => handle_event(&mut table, event),
-                    Err(_) => {
-                        retiring = None;
-                        Vec::new()
-                    }
+                    // mdns-sd drops a browse whose channel is full (a flood read
+                    // too slowly): browse again, unless mdns-sd itself stopped.
+                    Err(_) => match browse_again(&mdns, &mut last_browse).await {
+                        Some(fresh) => {
+                            events = fresh;
+                            Vec::new()
+                        }
+                        None => {
+                            warn!("the mDNS daemon stopped; peers will no longer be discovered");
+                            break;
+                        }
+                    },
                 },
                 _ = rounds.tick() => {
                     let online: Vec<&str> = table.online_instances().collect();
@@ -137,13 +139,8 @@ impl Discovery {
                 }
                 () = clock::sleep_until(requery_at), if requery_at.is_some() => {
                     if liveness.requery_due(clock::now()) {
-                        match mdns.browse(SERVICE_TYPE) {
-                            Ok(fresh) => {
-                                debug!("a peer went offline; asking the LAN again");
-                                retiring = Some(std::mem::replace(&mut events, fresh));
-                            }
-                            Err(error) => debug!(%error, "cannot query the LAN again"),
-                        }
+                        let interfaces = requery_lan();
+                        debug!(interfaces, "a peer is offline; asked the LAN again");
                     }
                     Vec::new()
                 }
@@ -177,7 +174,7 @@ impl Discovery {
             }
             for change in changes {
                 if matches!(&change, PeerChange::Changed(peer) if !peer.online) {
-                    liveness.peer_lost();
+                    liveness.peer_lost(now);
                 }
                 if let Some(change) = pacer.offer(change, now) {
                     publish(&hub, change);
@@ -185,6 +182,9 @@ impl Discovery {
             }
             for change in pacer.release(now) {
                 publish(&hub, change);
+            }
+            if liveness.requery_at().is_some() && table.peers().all(|peer| peer.online) {
+                liveness.all_online();
             }
             if let Some(changes) = held_back.note_total(pacer.held(), now) {
                 warn!(
@@ -215,11 +215,15 @@ fn service_info(own: &OwnAdvert, leaving: bool, signer: &mut AdvertSigner) -> Re
     Ok(ServiceInfo::new(SERVICE_TYPE, &short, &host, (), own.signaling_port, &txt[..])?.enable_addr_auto())
 }
 
-/// The next event on the channel a requery replaced (`None` when there is none).
-async fn next_retiring(
-    retiring: &Option<mdns_sd::Receiver<ServiceEvent>>,
-) -> Option<Result<ServiceEvent, mdns_sd::RecvError>> {
-    Some(retiring.as_ref()?.recv_async().await)
+/// Starts the browse again, a second after the last start at the soonest (its
+/// first answers replay mdns-sd's cache, which a flood may keep large); `None`
+/// when mdns-sd has stopped.
+async fn browse_again(mdns: &ServiceDaemon, last: &mut std::time::Instant) -> Option<mdns_sd::Receiver<ServiceEvent>> {
+    clock::sleep_until(Some(*last + Duration::from_secs(1))).await;
+    *last = clock::now();
+    let fresh = mdns.browse(SERVICE_TYPE).ok()?;
+    warn!("mDNS events came faster than they were read, and mdns-sd dropped them; browsing again");
+    Some(fresh)
 }
 
 fn handle_event(table: &mut PeerTable, event: ServiceEvent) -> Vec<PeerChange> {
@@ -259,11 +263,15 @@ fn publish(hub: &EventHub, change: PeerChange) {
     hub.publish(Change::Peer(change));
 }
 
-/// Whether mdns-sd's list of the addresses it announced on (`[10.0.0.2, ::1]`)
-/// holds one that is not loopback.
-fn beyond_loopback(addresses: &str) -> bool {
-    let list = addresses.trim_start_matches('[').trim_end_matches(']');
-    list.split(", ").filter_map(|a| a.parse::<std::net::IpAddr>().ok()).any(|ip| !ip.is_loopback())
+/// Whether mdns-sd announced on more than loopback, by what its `Announce` event
+/// says: the addresses at registration (`[10.0.0.2, ::1]`), or the host and
+/// interface after a probe or on the second announcement (`host.local.:eth0`).
+fn beyond_loopback(on: &str, loopback_interfaces: &[String]) -> bool {
+    if let Some(list) = on.strip_prefix('[') {
+        let list = list.trim_end_matches(']');
+        return list.split(", ").filter_map(|a| a.parse::<std::net::IpAddr>().ok()).any(|ip| !ip.is_loopback());
+    }
+    on.rsplit_once(':').is_some_and(|(_, interface)| !loopback_interfaces.iter().any(|lo| lo == interface))
 }
 
 /// Announces `bye=1`, then unregisters (the mDNS goodbye) and stops mdns-sd.
@@ -278,9 +286,14 @@ async fn say_goodbye(mdns: &ServiceDaemon, own: &OwnAdvert, fullname: &str, sign
             // `ANNOUNCE_SPREAD` of the first: wait for the first, then that long.
             // Loopback does not count: it announces at once, while the LAN
             // interfaces may first probe the changed record (750 ms).
+            let loopback: Vec<String> = if_addrs::get_if_addrs()
+                .map(|all| all.into_iter().filter(|i| i.is_loopback()).map(|i| i.name).collect())
+                .unwrap_or_default();
+            let loopback = &loopback;
             let announcements = |monitor: mdns_sd::Receiver<DaemonEvent>| async move {
                 while let Ok(event) = monitor.recv_async().await {
-                    if matches!(&event, DaemonEvent::Announce(name, on) if name == fullname && beyond_loopback(on)) {
+                    if matches!(&event, DaemonEvent::Announce(name, on) if name == fullname && beyond_loopback(on, loopback))
+                    {
                         return true;
                     }
                 }
@@ -321,11 +334,14 @@ mod tests {
 
     #[test]
     fn an_announcement_on_loopback_alone_does_not_count() {
-        assert!(!beyond_loopback("[127.0.0.1]"));
-        assert!(!beyond_loopback("[::1, 127.0.0.1]"));
-        assert!(beyond_loopback("[10.77.0.2]"));
-        assert!(beyond_loopback("[fe80::1, fd77::2]"));
-        assert!(!beyond_loopback("[]"));
-        assert!(!beyond_loopback("not a list"));
+        let lo = ["lo".to_owned()];
+        assert!(!beyond_loopback("[127.0.0.1]", &lo));
+        assert!(!beyond_loopback("[::1, 127.0.0.1]", &lo));
+        assert!(beyond_loopback("[10.77.0.2]", &lo));
+        assert!(beyond_loopback("[fe80::1, fd77::2]", &lo));
+        assert!(!beyond_loopback("[]", &lo));
+        assert!(!beyond_loopback("voicelink-abc.local.:lo", &lo));
+        assert!(beyond_loopback("voicelink-abc.local.:eth0", &lo));
+        assert!(!beyond_loopback("no interface", &lo));
     }
 }
