@@ -15,10 +15,10 @@
 //! - **Requery**: a peer that mDNS forgets (no answer to a verification) may be
 //!   behind a link that dropped without any interface noticing (a switch, an
 //!   access point). The LAN is asked again ([`ptr_query`], sent by the task) at
-//!   once, then 1 s, 2 s, 4 s… apart, doubling up to an hour, as RFC 6762 §5.2
+//!   once, then 1 s, 2 s, 4 s… apart, doubling (up to an hour), as RFC 6762 §5.2
 //!   asks of a continuing query; a new loss starts over, never sooner than
 //!   [`REQUERY_SPACING`] after the last query, and the queries stop once every
-//!   peer is online again.
+//!   peer is online again or forgotten.
 
 use std::time::{Duration, Instant};
 

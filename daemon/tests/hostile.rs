@@ -115,8 +115,8 @@ async fn a_flood_of_mdns_queries_is_not_amplified() {
     // RFC 6762 §6: a record is multicast at most once a second per interface, so
     // alice sends a few packets a second, whatever the flood (her own liveness
     // checks of bob included). A legacy query is answered by unicast to its
-    // sender (§6.7): one answer each, never more.
-    // (The bounds leave room for what alice sends meanwhile on her own.)
+    // sender (§6.7): one answer each. (The bounds leave room for what alice
+    // sends meanwhile on her own.)
     assert!(sent[0] < (FLOOD / 10) as u64, "{} multicast answers to {FLOOD} queries", sent[0]);
     assert!(sent[1] < (FLOOD * 3 / 2) as u64, "{} answers to {FLOOD} legacy queries", sent[1]);
 }

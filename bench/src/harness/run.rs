@@ -299,7 +299,7 @@ async fn call(
         result.outcome.audio_after_outage = Some(!link.is_down() && link.counters().a_to_b.rtp_forwarded > before);
         result.outcome.audio_back_after_ms = audio_back;
     }
-    if let Some(outage) = profile.outage {
+    if let (Some(outage), Some(_)) = (profile.outage, at_outage) {
         let down = caller_active_at + outage.after;
         result.outcome.peer_in_outage =
             Some(peer_through_outage(&caller_events.seen, &callee.device_id, down, down + outage.length));

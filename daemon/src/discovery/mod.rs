@@ -99,7 +99,9 @@ impl Discovery {
         let Discovery { mdns, mut events, mut own, fullname, mut signer } = self;
         let mut table = PeerTable::new(own.device_id, OFFLINE_RETENTION);
         let mut liveness = Liveness::new();
-        let mut last_browse = clock::now();
+        // Set while mdns-sd has dropped the browse: when to browse again.
+        let mut browse_again_at: Option<std::time::Instant> = None;
+        let mut browse_dropped = Throttle::new(Duration::from_secs(10));
         let mut pacer = PeerEventPacer::new(clock::now());
         let mut turned_away = Throttle::new(Duration::from_secs(10));
         let mut disbelieved = Throttle::new(Duration::from_secs(10));
@@ -113,21 +115,36 @@ impl Discovery {
             let release_at = pacer.next_release();
             let changes = tokio::select! {
                 () = shutdown.cancelled() => break,
-                event = events.recv_async() => match event {
+                event = events.recv_async(), if browse_again_at.is_none() => match event {
                     Ok(event) => handle_event(&mut table, event),
                     // mdns-sd drops a browse whose channel is full (a flood read
-                    // too slowly): browse again, unless mdns-sd itself stopped.
-                    Err(_) => match browse_again(&mdns, &mut last_browse).await {
-                        Some(fresh) => {
-                            events = fresh;
-                            Vec::new()
+                    // too slowly): browse again in a second.
+                    Err(_) => {
+                        let now = clock::now();
+                        if let Some(times) = browse_dropped.note(now) {
+                            warn!(times, "mDNS events came faster than they were read, and mdns-sd dropped them; browsing again");
                         }
-                        None => {
+                        browse_again_at = Some(now + Duration::from_secs(1));
+                        Vec::new()
+                    }
+                },
+                () = clock::sleep_until(browse_again_at), if browse_again_at.is_some() => {
+                    match mdns.browse(SERVICE_TYPE) {
+                        Ok(fresh) => {
+                            events = fresh;
+                            browse_again_at = None;
+                        }
+                        Err(mdns_sd::Error::DaemonShutdown) => {
                             warn!("the mDNS daemon stopped; peers will no longer be discovered");
                             break;
                         }
-                    },
-                },
+                        Err(error) => {
+                            debug!(%error, "cannot browse again yet");
+                            browse_again_at = Some(clock::now() + Duration::from_secs(1));
+                        }
+                    }
+                    Vec::new()
+                }
                 _ = rounds.tick() => {
                     let online: Vec<&str> = table.online_instances().collect();
                     for instance in liveness.round(&online) {
@@ -215,17 +232,6 @@ fn service_info(own: &OwnAdvert, leaving: bool, signer: &mut AdvertSigner) -> Re
     Ok(ServiceInfo::new(SERVICE_TYPE, &short, &host, (), own.signaling_port, &txt[..])?.enable_addr_auto())
 }
 
-/// Starts the browse again, a second after the last start at the soonest (its
-/// first answers replay mdns-sd's cache, which a flood may keep large); `None`
-/// when mdns-sd has stopped.
-async fn browse_again(mdns: &ServiceDaemon, last: &mut std::time::Instant) -> Option<mdns_sd::Receiver<ServiceEvent>> {
-    clock::sleep_until(Some(*last + Duration::from_secs(1))).await;
-    *last = clock::now();
-    let fresh = mdns.browse(SERVICE_TYPE).ok()?;
-    warn!("mDNS events came faster than they were read, and mdns-sd dropped them; browsing again");
-    Some(fresh)
-}
-
 fn handle_event(table: &mut PeerTable, event: ServiceEvent) -> Vec<PeerChange> {
     let now = clock::now();
     match event {
@@ -271,7 +277,8 @@ fn beyond_loopback(on: &str, loopback_interfaces: &[String]) -> bool {
         let list = list.trim_end_matches(']');
         return list.split(", ").filter_map(|a| a.parse::<std::net::IpAddr>().ok()).any(|ip| !ip.is_loopback());
     }
-    on.rsplit_once(':').is_some_and(|(_, interface)| !loopback_interfaces.iter().any(|lo| lo == interface))
+    // The host name ends in a dot; an interface name may hold a colon (`lo:1`).
+    on.split_once(".:").is_some_and(|(_, interface)| !loopback_interfaces.iter().any(|lo| lo == interface))
 }
 
 /// Announces `bye=1`, then unregisters (the mDNS goodbye) and stops mdns-sd.
@@ -343,5 +350,6 @@ mod tests {
         assert!(!beyond_loopback("voicelink-abc.local.:lo", &lo));
         assert!(beyond_loopback("voicelink-abc.local.:eth0", &lo));
         assert!(!beyond_loopback("no interface", &lo));
+        assert!(!beyond_loopback("voicelink-abc.local.:lo:1", &["lo:1".to_owned()]));
     }
 }

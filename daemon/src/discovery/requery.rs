@@ -69,7 +69,12 @@ pub fn requery_lan() -> usize {
     };
     let question = ptr_query(SERVICE_TYPE);
     let mut asked: Vec<(u32, bool)> = Vec::new();
-    for interface in interfaces.iter().filter(|i| i.is_oper_up() && !i.is_loopback() && !i.is_p2p()) {
+    // The interfaces mdns-sd uses: up, not loopback, not point-to-point, and not
+    // Apple's peer-to-peer Wi-Fi (awdl, llw).
+    let usable = |i: &&if_addrs::Interface| {
+        i.is_oper_up() && !i.is_loopback() && !i.is_p2p() && !i.name.starts_with("awdl") && !i.name.starts_with("llw")
+    };
+    for interface in interfaces.iter().filter(usable) {
         let index = interface.index.unwrap_or(0);
         let ip = interface.ip();
         if asked.contains(&(index, ip.is_ipv4())) {
