@@ -96,19 +96,31 @@ impl Liveness {
     }
 }
 
-/// The mDNS question "which instances of `service` are there?" (a PTR query,
-/// RFC 6762 §5 and §18: ID 0, no flags, one question, unicast-response bit
-/// clear so that answers are multicast and every cache on the LAN hears them).
+/// The mDNS question "which instances of `service` are there?" (a PTR query).
 pub fn ptr_query(service: &str) -> Vec<u8> {
+    mdns_query(service, 12)
+}
+
+/// An mDNS query for `name`'s records of type `qtype` (RFC 6762 §5 and §18: ID 0,
+/// no flags, one question, unicast-response bit clear so that answers are
+/// multicast and every cache on the LAN hears them).
+pub fn mdns_query(name: &str, qtype: u16) -> Vec<u8> {
     let mut packet = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in service.split('.').filter(|label| !label.is_empty()) {
-        packet.push(label.len() as u8);
-        packet.extend(label.as_bytes());
-    }
-    packet.push(0);
-    packet.extend(12u16.to_be_bytes()); // PTR
+    packet.extend(dns_name(name));
+    packet.extend(qtype.to_be_bytes());
     packet.extend(1u16.to_be_bytes()); // class IN
     packet
+}
+
+/// `name` in DNS wire form (labels, uncompressed; a trailing dot or none).
+pub fn dns_name(name: &str) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for label in name.split('.').filter(|label| !label.is_empty()) {
+        wire.push(label.len() as u8);
+        wire.extend(label.as_bytes());
+    }
+    wire.push(0);
+    wire
 }
 
 #[cfg(test)]

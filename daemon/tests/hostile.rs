@@ -10,10 +10,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{Lan, about, call_is, two_daemons_with};
+use support::{Lan, about, call_is, shows_online, two_daemons_with};
 use voicelink_bench::hostile::StalledClients;
 use voicelink_bench::relay::enter_namespace;
 use voicelink_core::advert::{Advert, PROTOCOL_VERSION, SERVICE_TYPE};
+use voicelink_core::liveness::{dns_name, mdns_query};
 use voicelink_core::vocab::DeviceId;
 use voicelink_core::wire::{Body, CallId, Decoded, Message};
 use voicelink_daemon::identity::Identity;
@@ -136,17 +137,6 @@ fn mdns_socket(ns: &str, port: u16) -> std::net::UdpSocket {
     .unwrap()
 }
 
-/// `name` in DNS wire form, uncompressed.
-fn dns_name(name: &str) -> Vec<u8> {
-    let mut wire = Vec::new();
-    for label in name.split('.') {
-        wire.push(label.len() as u8);
-        wire.extend(label.as_bytes());
-    }
-    wire.push(0);
-    wire
-}
-
 /// An mDNS goodbye (RFC 6762 §10.1): `instance`'s PTR record with TTL 0.
 fn mdns_goodbye(instance: &str) -> Vec<u8> {
     let mut packet = vec![0, 0, 0x84, 0, 0, 0, 0, 1, 0, 0, 0, 0]; // a response, one answer
@@ -157,15 +147,6 @@ fn mdns_goodbye(instance: &str) -> Vec<u8> {
     let target = dns_name(&format!("{instance}._voicelink._udp.local"));
     packet.extend((target.len() as u16).to_be_bytes());
     packet.extend(target);
-    packet
-}
-
-/// A multicast DNS query (RFC 6762 §18) for `name`, of record type `qtype`.
-fn mdns_query(name: &str, qtype: u16) -> Vec<u8> {
-    let mut packet = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]; // ID 0, one question
-    packet.extend(dns_name(name));
-    packet.extend(qtype.to_be_bytes());
-    packet.extend(1u16.to_be_bytes()); // class IN
     packet
 }
 
@@ -391,9 +372,7 @@ async fn forged_adverts_neither_move_nor_remove_a_peer_that_signs_its_own() {
     let marker_id = marker(2).to_string();
     a_events.wait_for("the marker", |e| e["type"] == "peer_appeared" && about(e, &marker_id)).await;
     let bob_id = b.device_id.clone();
-    let shows_bob = |e: &serde_json::Value, online: bool| {
-        e["type"] == "peer_changed" && about(e, &bob_id) && e["peer_changed"]["peer"]["online"] == online
-    };
+    let shows_bob = |e: &serde_json::Value, online: bool| shows_online(e, &bob_id) == Some(online);
     let offline = a_events.seen.iter().rposition(|e| shows_bob(e, false)).filter(|at| *at >= before);
     if offline.is_some_and(|at| !a_events.seen[at..].iter().any(|e| shows_bob(e, true))) {
         a_events.wait_for("bob online again", |e| shows_bob(e, true)).await;

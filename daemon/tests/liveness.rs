@@ -8,12 +8,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Lan, about, example_python, two_daemons_with};
+use support::{Lan, about, example_python, shows_online, two_daemons_with};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use voicelink_core::vocab::DeviceId;
 
 fn online_is(device_id: &str, online: bool) -> impl Fn(&Value) -> bool + '_ {
-    move |e| e["type"] == "peer_changed" && about(e, device_id) && e["peer_changed"]["peer"]["online"] == online
+    move |e| shows_online(e, device_id) == Some(online)
 }
 
 /// How the link between two daemons drops.

@@ -407,6 +407,16 @@ pub fn about(event: &Value, device_id: &str) -> bool {
     body["peer"]["device_id"] == device_id || body["device_id"] == device_id
 }
 
+/// Whether the event shows the peer `device_id` online (it appears or changes),
+/// if it is about that peer at all.
+pub fn shows_online(event: &Value, device_id: &str) -> Option<bool> {
+    let kind = event["type"].as_str()?;
+    let peer = &event[kind]["peer"];
+    (matches!(kind, "peer_appeared" | "peer_changed") && peer["device_id"] == device_id)
+        .then(|| peer["online"].as_bool())
+        .flatten()
+}
+
 /// What a stretch of a recording holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Heard {
