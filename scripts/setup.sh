@@ -29,9 +29,10 @@ packages=(build-essential pkg-config cmake libasound2-dev ca-certificates curl g
 # so no GTK or libappindicator. Plain setup installs it because `make run` and
 # `make test` build the whole workspace.
 packages+=(libglib2.0-dev)
-# Tests: iproute2 makes the network namespaces the end-to-end tests run in; a
-# user-mode PulseAudio with a null sink gives the sound-card path real devices.
-[ $want_test_tools = 1 ] && packages+=(iproute2 pulseaudio pulseaudio-utils libasound2-plugins)
+# Tests: iproute2 makes the network namespaces the end-to-end tests run in
+# (nftables filters their traffic); a user-mode PulseAudio with a null sink gives
+# the sound-card path real devices.
+[ $want_test_tools = 1 ] && packages+=(iproute2 nftables pulseaudio pulseaudio-utils libasound2-plugins)
 # Tests, the tray's desktop end-to-end test: a virtual X server (xvfb), a
 # StatusNotifierItem host (xfce4-panel's Status Tray plugin, and xfconf, whose
 # xfconfd gives the panel its settings), a notification daemon and its CLI (dunst,

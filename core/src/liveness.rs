@@ -19,8 +19,21 @@
 //!   asks of a continuing query; a new loss starts over, never sooner than
 //!   [`REQUERY_SPACING`] after the last query, and the queries stop once every
 //!   peer is online again or forgotten.
+//! - **Probes**: the doubling leaves gaps of 16 s, 32 s… while a lost peer is
+//!   most likely to return (a switch or access point that rebooted). So for its
+//!   first [`PROBE_WINDOW`] offline, each lost peer is also asked directly: the
+//!   same question sent by unicast to port 5353 of its last addresses every
+//!   [`PROBE_INTERVAL`] (RFC 6762 §5.5). That is one small packet a second to
+//!   one host, not to the group, so the multicast pacing does not bind it; a
+//!   responder answers it like any query from port 5353, by multicast, and every
+//!   cache on the LAN (ours included) learns the peer is back. At most
+//!   [`MAX_PROBED`] peers are probed at once, the most recently lost: a LAN that
+//!   loses 500 fake peers does not make us spray a victim's address.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+use crate::vocab::DeviceId;
 
 /// How often a verification round starts.
 pub const ROUND: Duration = Duration::from_secs(4);
@@ -33,6 +46,23 @@ pub const VERIFY_TIMEOUT: Duration = Duration::from_millis(2500);
 pub const REQUERY_SPACING: Duration = Duration::from_secs(1);
 /// The longest interval between requeries (RFC 6762 §5.2).
 pub const REQUERY_MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often a lost peer is probed directly.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long after its loss a peer is probed: outages of a switch, an access
+/// point or a Wi-Fi roam are shorter.
+pub const PROBE_WINDOW: Duration = Duration::from_secs(60);
+/// The most peers probed at once.
+pub const MAX_PROBED: usize = 8;
+/// The most addresses probed per peer.
+pub const MAX_PROBED_ADDRESSES: usize = 4;
+
+/// A peer being probed.
+#[derive(Debug)]
+struct Lost {
+    device_id: DeviceId,
+    addresses: Vec<IpAddr>,
+    since: Instant,
+}
 
 /// The liveness schedule of one discovery task.
 #[derive(Debug, Default)]
@@ -45,6 +75,10 @@ pub struct Liveness {
     next_requery: Option<Instant>,
     /// The interval after the next requery.
     interval: Duration,
+    /// Lost peers still probed, the most recently lost last.
+    probed: Vec<Lost>,
+    /// When they are probed next.
+    next_probe: Option<Instant>,
 }
 
 impl Liveness {
@@ -66,22 +100,47 @@ impl Liveness {
         (0..count).map(|n| online[(start + n) % online.len()].to_owned()).collect()
     }
 
-    /// A peer went offline (mDNS forgot it) at `now`: ask the LAN again, at
-    /// once and then at a doubling interval.
-    pub fn peer_lost(&mut self, now: Instant) {
+    /// A peer last seen at `addresses` went offline (mDNS forgot it) at `now`:
+    /// ask the LAN again, at once and then at a doubling interval, and probe the
+    /// peer from a second on.
+    pub fn peer_lost(&mut self, device_id: DeviceId, addresses: impl IntoIterator<Item = IpAddr>, now: Instant) {
         let earliest = self.last_requery.map_or(now, |last| (last + REQUERY_SPACING).max(now));
         self.next_requery = Some(self.next_requery.map_or(earliest, |next| next.min(earliest)));
         self.interval = REQUERY_SPACING;
+
+        self.probed.retain(|lost| lost.device_id != device_id);
+        let addresses: Vec<IpAddr> = addresses.into_iter().take(MAX_PROBED_ADDRESSES).collect();
+        if addresses.is_empty() {
+            return;
+        }
+        if self.probed.len() == MAX_PROBED {
+            self.probed.remove(0);
+        }
+        self.probed.push(Lost { device_id, addresses, since: now });
+        self.next_probe.get_or_insert(now + PROBE_INTERVAL);
     }
 
-    /// Every peer is online again: no more requeries.
+    /// A peer is online again, or gone for good: no more probes for it.
+    pub fn peer_back(&mut self, device_id: &DeviceId) {
+        self.probed.retain(|lost| &lost.device_id != device_id);
+        if self.probed.is_empty() {
+            self.next_probe = None;
+        }
+    }
+
+    /// Every peer is online again: no more requeries or probes.
     pub fn all_online(&mut self) {
         self.next_requery = None;
+        self.probed.clear();
+        self.next_probe = None;
     }
 
-    /// When the next requery is due, while a peer is missing.
-    pub fn requery_at(&self) -> Option<Instant> {
-        self.next_requery
+    /// When the next requery or probe is due, while a peer is missing.
+    pub fn ask_at(&self) -> Option<Instant> {
+        match (self.next_requery, self.next_probe) {
+            (Some(requery), Some(probe)) => Some(requery.min(probe)),
+            (requery, probe) => requery.or(probe),
+        }
     }
 
     /// Whether to requery now; if so, it counts as sent and the next is scheduled.
@@ -93,6 +152,18 @@ impl Liveness {
             self.interval = (self.interval * 2).min(REQUERY_MAX_INTERVAL);
         }
         due
+    }
+
+    /// The addresses to probe now (none when no probe is due); the next probe
+    /// is scheduled, and peers lost longer than [`PROBE_WINDOW`] ago are no
+    /// longer probed.
+    pub fn probes_due(&mut self, now: Instant) -> Vec<IpAddr> {
+        if self.next_probe.is_none_or(|next| now < next) {
+            return Vec::new();
+        }
+        self.probed.retain(|lost| now.saturating_duration_since(lost.since) < PROBE_WINDOW);
+        self.next_probe = (!self.probed.is_empty()).then_some(now + PROBE_INTERVAL);
+        self.probed.iter().flat_map(|lost| lost.addresses.iter().copied()).collect()
     }
 }
 
@@ -127,6 +198,14 @@ pub fn dns_name(name: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn id(seed: &str) -> DeviceId {
+        DeviceId::from_certificate_der(seed.as_bytes())
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("P{i}._voicelink._udp.local.")).collect()
     }
@@ -150,11 +229,11 @@ mod tests {
         let start = Instant::now();
         let after = |secs: u64| start + Duration::from_secs(secs);
         let mut liveness = Liveness::new();
-        assert_eq!(liveness.requery_at(), None, "nothing lost, nothing to ask");
+        assert_eq!(liveness.ask_at(), None, "nothing lost, nothing to ask");
         assert!(!liveness.requery_due(start));
 
-        liveness.peer_lost(start);
-        assert_eq!(liveness.requery_at(), Some(start));
+        liveness.peer_lost(id("bob"), [], start);
+        assert_eq!(liveness.ask_at(), Some(start));
         let mut sent = Vec::new();
         for secs in 0..20 {
             if liveness.requery_due(after(secs)) {
@@ -164,14 +243,14 @@ mod tests {
         assert_eq!(sent, [0, 1, 3, 7, 15]);
 
         // Another loss starts over, a second after the last query at the soonest.
-        liveness.peer_lost(after(15));
-        assert_eq!(liveness.requery_at(), Some(after(16)));
+        liveness.peer_lost(id("carol"), [], after(15));
+        assert_eq!(liveness.ask_at(), Some(after(16)));
         assert!(liveness.requery_due(after(16)));
-        assert_eq!(liveness.requery_at(), Some(after(17)));
+        assert_eq!(liveness.ask_at(), Some(after(17)));
 
         // Everyone is back: quiet.
         liveness.all_online();
-        assert_eq!(liveness.requery_at(), None);
+        assert_eq!(liveness.ask_at(), None);
         assert!(!liveness.requery_due(after(100)));
     }
 
@@ -179,12 +258,12 @@ mod tests {
     fn the_requery_interval_stops_doubling_at_an_hour() {
         let start = Instant::now();
         let mut liveness = Liveness::new();
-        liveness.peer_lost(start);
+        liveness.peer_lost(id("bob"), [], start);
         let mut now = start;
         let mut last = start;
         let mut intervals = Vec::new();
         while intervals.len() < 15 {
-            now = liveness.requery_at().unwrap();
+            now = liveness.ask_at().unwrap();
             assert!(liveness.requery_due(now));
             intervals.push(now - last);
             last = now;
@@ -192,6 +271,63 @@ mod tests {
         assert_eq!(intervals[1], REQUERY_SPACING);
         assert_eq!(*intervals.last().unwrap(), REQUERY_MAX_INTERVAL);
         assert!(now > start);
+    }
+
+    #[test]
+    fn a_lost_peer_is_probed_every_second_for_a_minute_until_it_is_back() {
+        let start = Instant::now();
+        let mut liveness = Liveness::new();
+        liveness.peer_lost(id("bob"), [ip(2), ip(3)], start);
+        // The LAN is asked at once; bob's addresses a second later, and every
+        // second after that.
+        assert_eq!(liveness.ask_at(), Some(start));
+        assert!(liveness.requery_due(start));
+        assert!(liveness.probes_due(start).is_empty());
+        assert_eq!(liveness.ask_at(), Some(start + PROBE_INTERVAL));
+        let mut probed = 0;
+        let mut now = start;
+        while let Some(next) = liveness.ask_at() {
+            now = next;
+            liveness.requery_due(now);
+            let addresses = liveness.probes_due(now);
+            if !addresses.is_empty() {
+                assert_eq!(addresses, [ip(2), ip(3)]);
+                probed += 1;
+            }
+            if now > start + PROBE_WINDOW * 2 {
+                break;
+            }
+        }
+        // Probed through the window, then only the doubling requeries remain.
+        assert_eq!(probed, PROBE_WINDOW.as_secs() - 1);
+        assert!(liveness.ask_at().is_some_and(|next| next > start + PROBE_WINDOW * 2));
+        assert!(liveness.probes_due(now + PROBE_INTERVAL).is_empty());
+
+        // Carol is lost and comes back: her probes stop.
+        liveness.peer_lost(id("carol"), [ip(4)], now);
+        assert_eq!(liveness.probes_due(now + PROBE_INTERVAL), [ip(4)]);
+        liveness.peer_back(&id("carol"));
+        assert!(liveness.probes_due(now + PROBE_INTERVAL * 2).is_empty());
+        liveness.all_online();
+        assert_eq!(liveness.ask_at(), None);
+    }
+
+    #[test]
+    fn only_the_most_recently_lost_peers_are_probed() {
+        let start = Instant::now();
+        let mut liveness = Liveness::new();
+        for n in 0..MAX_PROBED + 2 {
+            let many = (0..10).map(|last| IpAddr::from([10, 0, n as u8, last]));
+            liveness.peer_lost(id(&n.to_string()), many, start);
+        }
+        // A peer lost again moves to the back of the line, once.
+        liveness.peer_lost(id("5"), [ip(5)], start);
+        liveness.peer_lost(id("nowhere"), [], start);
+        let probed = liveness.probes_due(start + PROBE_INTERVAL);
+        assert_eq!(probed.len(), (MAX_PROBED - 1) * MAX_PROBED_ADDRESSES + 1);
+        assert!(!probed.contains(&IpAddr::from([10, 0, 0, 0])), "the first lost made room");
+        assert!(!probed.contains(&IpAddr::from([10, 0, 1, 0])));
+        assert_eq!(probed.last(), Some(&ip(5)));
     }
 
     #[test]

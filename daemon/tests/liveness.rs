@@ -23,6 +23,11 @@ enum Glitch {
     Cable,
     /// The switch stops forwarding: nobody's interface notices anything.
     Switch,
+    /// As `Switch`, and once it forwards again no multicast question leaves
+    /// either host until both are back: only the probes of each lost peer (by
+    /// unicast) can find it, as they do when the outage outlasts the short
+    /// intervals of the multicast requeries.
+    SwitchAndNoMulticastQuestions,
 }
 
 #[tokio::test]
@@ -35,6 +40,11 @@ async fn peers_are_back_soon_after_a_silent_outage_of_the_switch() {
     back_after(Glitch::Switch).await;
 }
 
+#[tokio::test]
+async fn lost_peers_are_asked_directly_until_they_answer() {
+    back_after(Glitch::SwitchAndNoMulticastQuestions).await;
+}
+
 async fn back_after(glitch: Glitch) {
     require_netns!();
     let lan = Lan::new(2, 1);
@@ -44,7 +54,12 @@ async fn back_after(glitch: Glitch) {
     let mut b_events = b.follow_events().await;
     let set_link = |up: bool| match glitch {
         Glitch::Cable => lan.set_cable(1, 0, up),
-        Glitch::Switch => lan.set_switch(0, up),
+        Glitch::Switch | Glitch::SwitchAndNoMulticastQuestions => lan.set_switch(0, up),
+    };
+    let questions_pass = |pass: bool| {
+        if let Glitch::SwitchAndNoMulticastQuestions = glitch {
+            (0..2).for_each(|h| lan.set_multicast_mdns_queries(h, pass));
+        }
     };
 
     // The link is down until each side has noticed (a missed liveness check, or
@@ -52,6 +67,7 @@ async fn back_after(glitch: Glitch) {
     set_link(false);
     a_events.wait_for("bob offline at alice", online_is(&b.device_id, false)).await;
     b_events.wait_for("alice offline at bob", online_is(&a.device_id, false)).await;
+    questions_pass(false);
     set_link(true);
     let restored = Instant::now();
 
@@ -62,6 +78,8 @@ async fn back_after(glitch: Glitch) {
     let at_alice = restored.elapsed();
     b_events.wait_for("alice online again at bob", online_is(&a.device_id, true)).await;
     eprintln!("{glitch:?}: back at alice after {at_alice:?}, at bob after {:?}", restored.elapsed());
+    // Liveness checks are multicast questions.
+    questions_pass(true);
 
     // And bob can be called by name at once.
     a.ctl_json(&["dial", "bob", "--no-wait"]).await;

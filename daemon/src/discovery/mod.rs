@@ -5,10 +5,11 @@
 //! every few seconds to confirm they are still there (a few each round, in
 //! turn); one that does not answer is removed from mdns-sd's cache, which we see
 //! as a removal, and it goes offline. Each loss makes us ask the LAN again
-//! (`requery.rs`) at once, then at a doubling interval. mdns-sd checks our
+//! (`requery.rs`) at once, then at a doubling interval, and ask the lost peer
+//! itself, by unicast, every second for a minute. mdns-sd checks our
 //! interfaces every second: when a link comes back it announces us and queries
 //! again (RFC 6762 §8.3), so after a pulled cable peers are back within about a
-//! second, and after a silent outage at the next requery. A daemon that shuts
+//! second, and after a silent outage at the next probe. A daemon that shuts
 //! down cleanly first re-announces itself with a signed `bye=1` (and waits until
 //! mdns-sd has sent it) and then sends the mDNS goodbye, so its peers can tell
 //! "left" from "lost" without guessing.
@@ -30,7 +31,7 @@ use crate::events::{Change, EventHub};
 use crate::identity::Identity;
 use crate::logging::Throttle;
 use proof::{AdvertSigner, SigningError};
-use requery::requery_lan;
+use requery::{probe, requery_lan};
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::vocab::DeviceId;
 
@@ -111,7 +112,7 @@ impl Discovery {
 
         loop {
             let expiry = table.next_expiry();
-            let requery_at = liveness.requery_at();
+            let ask_at = liveness.ask_at();
             let release_at = pacer.next_release();
             let changes = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -154,10 +155,16 @@ impl Discovery {
                     }
                     Vec::new()
                 }
-                () = clock::sleep_until(requery_at), if requery_at.is_some() => {
-                    if liveness.requery_due(clock::now()) {
+                () = clock::sleep_until(ask_at), if ask_at.is_some() => {
+                    let now = clock::now();
+                    if liveness.requery_due(now) {
                         let interfaces = requery_lan();
                         debug!(interfaces, "a peer is offline; asked the LAN again");
+                    }
+                    let lost_at = liveness.probes_due(now);
+                    if !lost_at.is_empty() {
+                        let sent = probe(&lost_at);
+                        debug!(sent, addresses = lost_at.len(), "asked lost peers directly");
                     }
                     Vec::new()
                 }
@@ -190,8 +197,13 @@ impl Discovery {
                 );
             }
             for change in changes {
-                if matches!(&change, PeerChange::Changed(peer) if !peer.online) {
-                    liveness.peer_lost(now);
+                match &change {
+                    PeerChange::Changed(peer) if !peer.online => {
+                        liveness.peer_lost(peer.device_id, peer.addresses.iter().copied(), now)
+                    }
+                    PeerChange::Changed(peer) => liveness.peer_back(&peer.device_id),
+                    PeerChange::Gone { device_id, .. } => liveness.peer_back(device_id),
+                    PeerChange::Appeared(_) => {}
                 }
                 if let Some(change) = pacer.offer(change, now) {
                     publish(&hub, change);
@@ -200,7 +212,7 @@ impl Discovery {
             for change in pacer.release(now) {
                 publish(&hub, change);
             }
-            if liveness.requery_at().is_some() && table.peers().all(|peer| peer.online) {
+            if liveness.ask_at().is_some() && table.peers().all(|peer| peer.online) {
                 liveness.all_online();
             }
             if let Some(changes) = held_back.note_total(pacer.held(), now) {

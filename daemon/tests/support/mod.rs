@@ -129,6 +129,32 @@ impl Lan {
         ip(&["-n", &self.bridge_ns(), "link", "set", &format!("br{l}"), state]);
     }
 
+    /// Stops host `h` from multicasting mDNS questions (`pass: false`): its
+    /// answers and unicast questions still go out. `true` lets them pass again.
+    pub fn set_multicast_mdns_queries(&self, h: usize, pass: bool) {
+        let host = self.host(h);
+        let nft = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &host, "nft"])
+                .args(args)
+                .output()
+                .expect("run nft (scripts/setup.sh --test installs nftables)");
+            assert!(out.status.success(), "nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        };
+        if pass {
+            nft(&["delete", "table", "inet", "no_mdns_queries"]);
+            return;
+        }
+        nft(&["add", "table", "inet", "no_mdns_queries"]);
+        nft(&["add", "chain", "inet", "no_mdns_queries", "out", "{ type filter hook output priority 0; }"]);
+        // The top bit of the DNS flags (8 bytes into the UDP header, then 2) is
+        // clear in a question.
+        for group in ["ip daddr 224.0.0.251", "ip6 daddr ff02::fb"] {
+            let rule = format!("add rule inet no_mdns_queries out {group} udp dport 5353 @th,80,1 0 drop");
+            nft(&rule.split(' ').collect::<Vec<_>>());
+        }
+    }
+
     fn bridge_ns(&self) -> String {
         format!("{}br", self.prefix)
     }
