@@ -1,6 +1,13 @@
-//! The receive-side jitter buffer. Pure: packets go in with their arrival time,
-//! one decision per frame comes out (play this packet, recover it from the next
-//! one's FEC, conceal it, or play silence), driven by the playout clock's `now`.
+//! The receive-side jitter buffer. Pure: packets go in with their arrival time
+//! and duration, decisions come out in order (play this packet, recover it from
+//! the next one's FEC, conceal it, or play silence), each for a stretch of
+//! samples, driven by the playout clock's `now`.
+//!
+//! A peer may send packets of any length Opus allows (2.5 to 120 ms) whatever
+//! it announced, and change it mid-call: the buffer follows the stream's RTP
+//! timestamps, so a packet plays for as long as it lasts and a gap is
+//! concealed in stretches of the stream's own packet length. The player asks
+//! for decisions until it has samples for its frame.
 //!
 //! Adaptive: the target delay follows the measured interarrival jitter (RFC 3550
 //! estimator), between a floor of one frame and a ceiling; when the buffer holds
@@ -20,21 +27,37 @@ const MAX_TARGET: Duration = Duration::from_millis(300);
 const MAX_CONCEALED_RUN: u32 = 5;
 /// Packets further ahead than this are garbage, not jitter.
 const MAX_AHEAD_FRAMES: u64 = 500;
+/// The shortest Opus frame (2.5 ms), the unit of concealment.
+const MIN_OPUS_SAMPLES: u64 = 120;
+/// The longest Opus packet (120 ms).
+pub const MAX_PACKET_SAMPLES: u32 = 5760;
 /// A stream silent this long (the peer muted or held) starts afresh: its
 /// sequence numbers may have moved further than a 16-bit counter can tell.
 const RESYNC_GAP: Duration = Duration::from_secs(1);
 
-/// What to play for the next frame.
+/// What to play next, and for how many samples (48 kHz).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Playout {
-    /// Decode this packet.
-    Frame(Bytes),
-    /// The frame was lost; decode its in-band FEC copy from this (the next) packet.
-    Fec(Bytes),
-    /// The frame was lost and cannot be recovered: ask the decoder to conceal (PLC).
-    Conceal,
-    /// Nothing to play (not started, or the peer sends nothing).
-    Silence,
+    /// Decode this packet, `samples` long.
+    Frame(Bytes, u32),
+    /// A packet `samples` long was lost; decode its in-band FEC copy from this
+    /// (the next) packet.
+    Fec(Bytes, u32),
+    /// Lost and cannot be recovered: ask the decoder to conceal (PLC) this many
+    /// samples (a multiple of 2.5 ms).
+    Conceal(u32),
+    /// Nothing to play for this many samples (not started, or the peer sends
+    /// nothing).
+    Silence(u32),
+}
+
+impl Playout {
+    /// How many samples it lasts.
+    pub fn samples(&self) -> u32 {
+        match *self {
+            Playout::Frame(_, n) | Playout::Fec(_, n) | Playout::Conceal(n) | Playout::Silence(n) => n,
+        }
+    }
 }
 
 /// What happened to a pushed packet.
@@ -70,6 +93,7 @@ pub struct JitterStats {
 #[derive(Debug)]
 struct Buffered {
     ts: u64,
+    samples: u64,
     payload: Bytes,
 }
 
@@ -107,8 +131,11 @@ pub struct JitterBuffer {
     packets: BTreeMap<u64, Buffered>,
     seq: Unwrapper,
     ts: Unwrapper,
-    /// Extended timestamp of the next frame to play; set by the first packet.
+    /// Extended timestamp of the next sample to play; set by the first packet.
     next_ts: Option<u64>,
+    /// The length of the stream's packets (the last one pushed): how much a
+    /// lost packet is taken to have held.
+    packet_ts: u64,
     /// Sequence number of the last packet played (or assumed lost).
     last_seq: u64,
     /// Playout starts when this instant passes.
@@ -134,6 +161,7 @@ impl JitterBuffer {
             seq: Unwrapper::default(),
             ts: Unwrapper::default(),
             next_ts: None,
+            packet_ts: (frame.as_micros() as u64 * CLOCK_RATE) / 1_000_000,
             last_seq: 0,
             start_at: None,
             started: false,
@@ -148,15 +176,19 @@ impl JitterBuffer {
 
     /// The delay the buffer aims for now.
     pub fn target_delay(&self) -> Duration {
-        // Three times the jitter covers nearly all of it for the usual shapes.
-        let wanted = self.frame + Duration::from_secs_f64(3.0 * self.jitter);
-        wanted.clamp(self.min_target, MAX_TARGET)
+        // At least a frame, and a packet: the next one must be there when one
+        // is lost, for its FEC. Three times the jitter covers nearly all of it
+        // for the usual shapes.
+        let floor = self.min_target.max(self.ts_duration(self.packet_ts));
+        let wanted = floor + Duration::from_secs_f64(3.0 * self.jitter);
+        wanted.clamp(floor, MAX_TARGET.max(floor))
     }
 
-    /// The delay buffered now: from the next frame to play to the newest held.
+    /// The delay buffered now: from the next sample to play to the end of the
+    /// newest packet held.
     pub fn current_delay(&self) -> Duration {
-        match (self.next_ts, self.packets.values().map(|p| p.ts).max()) {
-            (Some(next), Some(newest)) if newest >= next => self.ts_duration(newest - next) + self.frame,
+        match (self.next_ts, self.packets.values().map(|p| p.ts + p.samples).max()) {
+            (Some(next), Some(end)) if end > next => self.ts_duration(end - next),
             _ => Duration::ZERO,
         }
     }
@@ -175,10 +207,15 @@ impl JitterBuffer {
         Duration::from_micros(ts * 1_000_000 / CLOCK_RATE)
     }
 
-    /// A packet arrived.
-    pub fn push(&mut self, seq: u16, ts: u32, payload: Bytes, arrival: Instant) -> Pushed {
+    /// A packet of `samples` (its decoded length at 48 kHz, 120 to
+    /// [`MAX_PACKET_SAMPLES`]) arrived.
+    pub fn push(&mut self, seq: u16, ts: u32, samples: u32, payload: Bytes, arrival: Instant) -> Pushed {
         if self.last_arrival.replace(arrival).is_some_and(|last| arrival.saturating_duration_since(last) > RESYNC_GAP) {
             self.restart();
+        }
+        if !(MIN_OPUS_SAMPLES..=u64::from(MAX_PACKET_SAMPLES)).contains(&u64::from(samples)) {
+            self.stats.discarded += 1;
+            return Pushed::Discarded;
         }
         let seq = self.seq.unwrap(u64::from(seq), 16);
         let ts = self.ts.unwrap(u64::from(ts), 32);
@@ -200,7 +237,8 @@ impl JitterBuffer {
             self.stats.discarded += 1;
             return Pushed::Duplicate;
         }
-        self.packets.insert(seq, Buffered { ts, payload });
+        self.packet_ts = u64::from(samples);
+        self.packets.insert(seq, Buffered { ts, samples: u64::from(samples), payload });
         Pushed::Accepted
     }
 
@@ -225,33 +263,37 @@ impl JitterBuffer {
         }
     }
 
-    /// What to play for the frame due now. Call once per frame.
+    /// What to play next, at the frame due `now`. The player calls it until it
+    /// has its frame's samples.
     pub fn pop(&mut self, now: Instant) -> Playout {
-        let Some(next_ts) = self.next_ts else { return Playout::Silence };
+        let Some(next_ts) = self.next_ts else { return self.silence() };
         if !self.started {
             // Wait until the target delay has built up after the first packet.
             match self.start_at {
                 Some(at) if now >= at.max(at + self.target_delay().saturating_sub(self.min_target)) => {
                     self.started = true
                 }
-                _ => return Playout::Silence,
+                _ => return self.silence(),
             }
         }
-        // Too much buffered: drop the oldest frame to bring the latency down.
+        // Too much buffered: drop the oldest packet (or gap) to bring the latency down.
         if self.current_delay() > self.target_delay() + 2 * self.frame {
-            self.advance(next_ts);
-            if let Some((&seq, _)) = self.packets.first_key_value() {
-                if self.packets[&seq].ts == next_ts {
+            let dropped = match self.packets.first_key_value() {
+                Some((&seq, packet)) if packet.ts == next_ts => {
+                    let samples = packet.samples;
                     self.packets.remove(&seq);
                     self.last_seq = seq;
+                    samples
                 }
-            }
+                _ => self.packet_ts,
+            };
+            self.next_ts = Some(next_ts + dropped);
             self.stats.discarded += 1;
             return self.pop(now);
         }
 
-        // A packet whose time is already past (one that does not fall on this
-        // buffer's frame grid) can never play: drop it rather than let it block.
+        // A packet whose time is already past (one that does not fall where the
+        // stream left off) can never play: drop it rather than let it block.
         while let Some((&seq, packet)) = self.packets.first_key_value() {
             if packet.ts >= next_ts {
                 break;
@@ -263,45 +305,52 @@ impl JitterBuffer {
         let Some((&seq, packet)) = self.packets.first_key_value() else {
             return self.missing(next_ts, None);
         };
-        let (packet_ts, payload) = (packet.ts, packet.payload.clone());
+        let (packet_ts, samples, payload) = (packet.ts, packet.samples, packet.payload.clone());
         if packet_ts == next_ts {
             self.packets.remove(&seq);
             self.last_seq = seq;
-            self.advance(next_ts);
+            self.next_ts = Some(next_ts + samples);
             self.concealed_run = 0;
             self.stats.played += 1;
-            return Playout::Frame(payload);
+            return Playout::Frame(payload, samples as u32);
         }
         if seq == self.last_seq + 1 {
             // The next packet in sequence is for a later time: the sender was silent
             // (DTX), nothing was lost.
-            self.advance(next_ts);
-            return Playout::Silence;
+            let gap = (packet_ts - next_ts).min(self.frame_ts);
+            self.next_ts = Some(next_ts + gap);
+            return Playout::Silence(gap as u32);
         }
-        self.missing(next_ts, (packet_ts == next_ts + self.frame_ts).then_some(payload))
+        self.missing(next_ts, Some((packet_ts, payload)))
     }
 
-    fn missing(&mut self, next_ts: u64, following: Option<Bytes>) -> Playout {
-        self.advance(next_ts);
+    /// Silence for one frame, before the stream starts.
+    fn silence(&self) -> Playout {
+        Playout::Silence(self.frame_ts as u32)
+    }
+
+    /// Nothing to play at `next_ts`; `following` is the next packet held, if any.
+    fn missing(&mut self, next_ts: u64, following: Option<(u64, Bytes)>) -> Playout {
+        // One lost packet of the stream's length, or less if the next one starts
+        // sooner, in whole Opus frames.
+        let gap = following.as_ref().map_or(self.packet_ts, |(ts, _)| ts - next_ts).min(self.packet_ts);
+        let lost = (gap / MIN_OPUS_SAMPLES).max(1) * MIN_OPUS_SAMPLES;
+        self.next_ts = Some(next_ts + lost);
         self.last_seq += 1;
-        if let Some(payload) = following {
+        if let Some((_, payload)) = following.filter(|(ts, _)| *ts == next_ts + lost) {
             self.stats.fec_recovered += 1;
             self.concealed_run = 0;
-            return Playout::Fec(payload);
+            return Playout::Fec(payload, lost as u32);
         }
         if self.concealed_run >= MAX_CONCEALED_RUN {
-            return Playout::Silence;
+            return Playout::Silence(lost as u32);
         }
         if self.concealed_run == 0 {
             self.stats.concealment_events += 1;
         }
         self.concealed_run += 1;
         self.stats.concealed_frames += 1;
-        Playout::Conceal
-    }
-
-    fn advance(&mut self, next_ts: u64) {
-        self.next_ts = Some(next_ts + self.frame_ts);
+        Playout::Conceal(lost as u32)
     }
 }
 
@@ -334,6 +383,7 @@ mod tests {
                 jb.push(
                     1000u16.wrapping_add(i),
                     5000u32.wrapping_add(u32::from(i) * TS),
+                    TS,
                     payload(i),
                     t0 + Duration::from_millis(at),
                 );
@@ -351,10 +401,11 @@ mod tests {
         played
             .iter()
             .map(|p| match p {
-                Playout::Frame(b) => format!("F{}", u16::from_be_bytes([b[0], b[1]])),
-                Playout::Fec(b) => format!("R{}", u16::from_be_bytes([b[0], b[1]]) - 1),
-                Playout::Conceal => "C".into(),
-                Playout::Silence => "-".into(),
+                Playout::Frame(b, TS) => format!("F{}", u16::from_be_bytes([b[0], b[1]])),
+                Playout::Fec(b, TS) => format!("R{}", u16::from_be_bytes([b[0], b[1]]) - 1),
+                Playout::Conceal(TS) => "C".into(),
+                Playout::Silence(TS) => "-".into(),
+                other => format!("{other:?}"),
             })
             .collect()
     }
@@ -441,7 +492,7 @@ mod tests {
         for i in 0..6u16 {
             let seq = 65533u16.wrapping_add(i);
             let ts = (u32::MAX - 2 * TS).wrapping_add(u32::from(i) * TS);
-            assert_eq!(jb.push(seq, ts, payload(i), t0 + FRAME * u32::from(i)), Pushed::Accepted);
+            assert_eq!(jb.push(seq, ts, TS, payload(i), t0 + FRAME * u32::from(i)), Pushed::Accepted);
             played.push(jb.pop(t0 + FRAME * (u32::from(i) + 1)));
         }
         assert_eq!(frames_of(&played), ["F0", "F1", "F2", "F3", "F4", "F5"]);
@@ -451,37 +502,113 @@ mod tests {
     fn a_stream_back_after_a_long_silence_starts_afresh() {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(FRAME);
-        assert_eq!(jb.push(100, 960, payload(0), t0), Pushed::Accepted);
-        assert_eq!(jb.pop(t0 + FRAME), Playout::Frame(payload(0)));
+        assert_eq!(jb.push(100, 960, TS, payload(0), t0), Pushed::Accepted);
+        assert_eq!(jb.pop(t0 + FRAME), Playout::Frame(payload(0), TS));
         // Minutes on hold: the sequence number moved by more than half its range.
         let back = t0 + Duration::from_secs(600);
-        assert_eq!(jb.push(100u16.wrapping_sub(1000), 5_000_000, payload(1), back), Pushed::Accepted);
-        assert_eq!(jb.pop(back + FRAME), Playout::Frame(payload(1)));
+        assert_eq!(jb.push(100u16.wrapping_sub(1000), 5_000_000, TS, payload(1), back), Pushed::Accepted);
+        assert_eq!(jb.pop(back + FRAME), Playout::Frame(payload(1), TS));
+    }
+
+    /// A player of `frame` samples: asks until it has a frame, as the play pump
+    /// does; returns what it was told, per frame.
+    fn play_frames(jb: &mut JitterBuffer, frame: u32, queued: &mut u32, now: Instant) -> Vec<Playout> {
+        let mut told = Vec::new();
+        while *queued < frame {
+            let playout = jb.pop(now);
+            *queued += playout.samples();
+            told.push(playout);
+        }
+        *queued -= frame;
+        told
     }
 
     #[test]
-    fn packets_off_the_frame_grid_do_not_block_the_buffer() {
-        // 10 ms packets into a 20 ms buffer: every other one is off the grid.
+    fn packets_longer_or_shorter_than_the_players_frame_all_play() {
         let t0 = Instant::now();
-        let mut jb = JitterBuffer::new(FRAME);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // 20 ms packets to a 10 ms player: one packet every other frame.
+        let mut jb = JitterBuffer::new(Duration::from_millis(10));
+        let mut queued = 0;
         let mut played = Vec::new();
-        for i in 0..20u16 {
-            jb.push(i, u32::from(i) * 480, payload(i), t0 + Duration::from_millis(u64::from(i) * 10));
+        for i in 0..40u16 {
+            let at = u64::from(i) * 10;
+            if i % 2 == 0 {
+                let n = i / 2;
+                assert_eq!(jb.push(n, u32::from(n) * 960, 960, payload(n), ms(at)), Pushed::Accepted);
+            }
+            played.extend(play_frames(&mut jb, 480, &mut queued, ms(at + 10)));
+        }
+        let frames: Vec<_> = played.iter().filter(|p| matches!(p, Playout::Frame(_, 960))).collect();
+        assert_eq!(frames.len(), 20, "{played:?}");
+        assert_eq!(jb.stats().concealed_frames, 0);
+
+        // 10 ms packets to a 20 ms player: two a frame.
+        let mut jb = JitterBuffer::new(FRAME);
+        let mut queued = 0;
+        let mut played = Vec::new();
+        for i in 0..40u16 {
+            jb.push(i, u32::from(i) * 480, 480, payload(i), ms(u64::from(i) * 10));
             if i % 2 == 1 {
-                played.push(jb.pop(t0 + Duration::from_millis(u64::from(i) * 10 + 10)));
+                played.extend(play_frames(&mut jb, 960, &mut queued, ms(u64::from(i) * 10 + 10)));
             }
         }
-        assert!(played.iter().filter(|p| matches!(p, Playout::Frame(_))).count() >= 5, "{played:?}");
+        let frames = played.iter().filter(|p| matches!(p, Playout::Frame(_, 480))).count();
+        assert_eq!(frames, 40, "{played:?}");
+        assert_eq!(jb.stats().concealed_frames, 0);
+    }
+
+    #[test]
+    fn a_lost_long_packet_is_concealed_or_recovered_for_its_own_length() {
+        // 40 ms packets to a 20 ms player, each arriving on time; packets 1, 3
+        // and 4 are lost.
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(FRAME);
+        let mut queued = 0;
+        let mut told = Vec::new();
+        for ms in 0..=300u64 {
+            if ms % 40 == 1 && [0, 2, 5, 6].contains(&(ms / 40)) {
+                let n = (ms / 40) as u16;
+                jb.push(n, u32::from(n) * 1920, 1920, payload(n), t0 + Duration::from_millis(ms));
+            }
+            if ms % 20 == 0 && ms > 0 {
+                told.extend(play_frames(&mut jb, 960, &mut queued, t0 + Duration::from_millis(ms)));
+            }
+        }
+        // The buffer holds a whole packet, so the next one's FEC is there in time.
+        assert_eq!(jb.target_delay(), Duration::from_millis(40));
+        assert_eq!(
+            told,
+            [
+                Playout::Silence(960),
+                Playout::Silence(960),
+                Playout::Frame(payload(0), 1920),
+                Playout::Fec(payload(2), 1920),
+                Playout::Frame(payload(2), 1920),
+                Playout::Conceal(1920),
+                Playout::Fec(payload(5), 1920),
+                Playout::Frame(payload(5), 1920),
+                Playout::Frame(payload(6), 1920),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_packet_of_no_legal_opus_length_is_discarded() {
+        let mut jb = JitterBuffer::new(FRAME);
+        assert_eq!(jb.push(1, 0, 0, payload(0), Instant::now()), Pushed::Discarded);
+        assert_eq!(jb.push(1, 0, MAX_PACKET_SAMPLES + 1, payload(0), Instant::now()), Pushed::Discarded);
+        assert_eq!(jb.push(1, 0, MAX_PACKET_SAMPLES, payload(0), Instant::now()), Pushed::Accepted);
     }
 
     #[test]
     fn duplicates_and_garbage_are_dropped() {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(FRAME);
-        assert_eq!(jb.push(1, 960, payload(0), t0), Pushed::Accepted);
-        assert_eq!(jb.push(2, 1920, payload(1), t0), Pushed::Accepted);
-        assert_eq!(jb.push(2, 1920, payload(1), t0), Pushed::Duplicate);
-        assert_eq!(jb.push(3, 960 + 10_000_000, payload(2), t0), Pushed::Discarded);
+        assert_eq!(jb.push(1, 960, TS, payload(0), t0), Pushed::Accepted);
+        assert_eq!(jb.push(2, 1920, TS, payload(1), t0), Pushed::Accepted);
+        assert_eq!(jb.push(2, 1920, TS, payload(1), t0), Pushed::Duplicate);
+        assert_eq!(jb.push(3, 960 + 10_000_000, TS, payload(2), t0), Pushed::Discarded);
         assert_eq!(jb.stats().discarded, 2);
     }
 }

@@ -32,6 +32,36 @@ pub fn without_unusable_candidates(sdp: &str) -> String {
     out
 }
 
+/// The payload type the SDP's audio section gives Opus (`a=rtpmap:<pt>
+/// opus/48000[/2]`, any case): the first such format in the `m=audio` line's
+/// order, which is the sender's preference. `None` when the audio section
+/// offers no Opus.
+pub fn opus_payload_type(sdp: &str) -> Option<u8> {
+    let mut formats: Vec<u8> = Vec::new();
+    let mut opus: Vec<u8> = Vec::new();
+    let mut in_audio = false;
+    for line in sdp.lines().map(str::trim) {
+        if let Some(media) = line.strip_prefix("m=") {
+            if in_audio {
+                break; // Only the first audio section.
+            }
+            let mut fields = media.split_whitespace();
+            in_audio = fields.next() == Some("audio");
+            // m=audio <port> <proto> <fmt>...
+            formats = fields.skip(2).filter_map(|f| f.parse().ok()).collect();
+        } else if let Some(map) = line.strip_prefix("a=rtpmap:").filter(|_| in_audio) {
+            let (pt, encoding) = map.split_once(' ').unwrap_or((map, ""));
+            let mut encoding = encoding.trim().split('/');
+            let is_opus = encoding.next().is_some_and(|name| name.eq_ignore_ascii_case("opus"))
+                && encoding.next() == Some("48000");
+            if let (true, Ok(pt)) = (is_opus, pt.parse()) {
+                opus.push(pt);
+            }
+        }
+    }
+    formats.into_iter().find(|pt| opus.contains(pt))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +91,22 @@ mod tests {
             without_unusable_candidates(sdp),
             "v=0\r\na=candidate:1 1 udp 1 10.0.0.2 5000 typ host\r\na=end-of-candidates\r\n"
         );
+    }
+
+    #[test]
+    fn opus_is_found_on_whatever_payload_type_the_audio_section_gives_it() {
+        let ours = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert_eq!(opus_payload_type(ours), Some(111));
+        let firefox = "m=audio 9 UDP/TLS/RTP/SAVPF 109 9 0 8 101\r\na=rtpmap:109 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n";
+        assert_eq!(opus_payload_type(firefox), Some(109));
+        // The m-line's order wins; the encoding name is case-insensitive.
+        let two = "m=audio 9 RTP/SAVPF 96 97\na=rtpmap:97 opus/48000/2\na=rtpmap:96 OPUS/48000\n";
+        assert_eq!(opus_payload_type(two), Some(96));
+        // Not Opus at 48 kHz, not listed on the m-line, or not in the audio section.
+        assert_eq!(opus_payload_type("m=audio 9 RTP/SAVPF 0\na=rtpmap:0 PCMU/8000\n"), None);
+        assert_eq!(opus_payload_type("m=audio 9 RTP/SAVPF 0\na=rtpmap:111 opus/48000/2\n"), None);
+        assert_eq!(opus_payload_type("m=video 9 RTP/SAVPF 111\na=rtpmap:111 opus/48000/2\n"), None);
+        assert_eq!(opus_payload_type("m=audio 9 RTP/SAVPF 111\na=rtpmap:111 opus/16000\n"), None);
+        assert_eq!(opus_payload_type(""), None);
     }
 }

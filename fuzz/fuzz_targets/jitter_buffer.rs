@@ -1,6 +1,7 @@
-//! Any packet pattern (sequence numbers, timestamps, arrival times, wraps,
-//! duplicates, garbage): the jitter buffer never panics and never plays a frame
-//! twice.
+//! Any packet pattern (sequence numbers, timestamps, packet lengths, arrival
+//! times, wraps, duplicates, garbage): the jitter buffer never panics, never
+//! plays a packet twice, and every answer lasts at least a sample (the player
+//! asks until it has a frame).
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -22,10 +23,14 @@ fuzz_target!(|data: &[u8]| {
         now += Duration::from_millis(u64::from(chunk[6]));
         // The payload names the packet so a repeat play is visible.
         let payload = bytes::Bytes::copy_from_slice(&[chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5]]);
-        buffer.push(seq, ts, payload, now);
+        // Every Opus length, and two that are not.
+        let samples = [0, 120, 240, 480, 960, 1920, 5760, 9999][usize::from(chunk[7] / 4 % 8)];
+        buffer.push(seq, ts, samples, payload, now);
         for _ in 0..(chunk[7] % 4) {
             now += Duration::from_millis(20);
-            if let Playout::Frame(frame) = buffer.pop(now) {
+            let playout = buffer.pop(now);
+            assert!(playout.samples() > 0, "{playout:?} lasts no time");
+            if let Playout::Frame(frame, _) = playout {
                 assert!(played.insert(frame), "a packet was played twice");
             }
         }

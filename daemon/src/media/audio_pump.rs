@@ -4,13 +4,14 @@
 //! clock (paused in tests) and never read the wall clock. An echo call hands
 //! what the player heard to the sender through a lock-free ring.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 use voicelink_core::audio_math::samples_per_frame;
 use voicelink_core::encoder_policy::ExpectedLoss;
-use voicelink_core::jitter_buffer::{JitterBuffer, Playout};
+use voicelink_core::jitter_buffer::{JitterBuffer, MAX_PACKET_SAMPLES, Playout};
 use voicelink_core::stats::level_dbfs;
 use voicelink_core::stats::meter::PlayoutStats;
 
@@ -139,7 +140,9 @@ pub struct PlayPump {
 
 impl PlayPump {
     /// Every frame: take what arrived, run the jitter buffer, decode, and hand the
-    /// frame to the output (silence while the play gate is closed).
+    /// frame to the output (silence while the play gate is closed). Packets may
+    /// be longer or shorter than our frame: what they decode to queues up, and
+    /// the buffer is asked again until a frame's worth is there.
     pub async fn run(
         self,
         mut packets: mpsc::Receiver<ReceivedPacket>,
@@ -153,7 +156,9 @@ impl PlayPump {
         let PlayPump { mut decoder, stats, mut echo, frame, recording } = self;
         let mut jitter = JitterBuffer::new(frame);
         let samples = samples_per_frame(frame);
-        let mut pcm = vec![0i16; samples];
+        let mut pcm = vec![0i16; MAX_PACKET_SAMPLES as usize];
+        let mut queued: VecDeque<i16> = VecDeque::with_capacity(pcm.len() + samples);
+        let mut frame_pcm = vec![0i16; samples];
         let silence = vec![0i16; samples];
         let mut tick = frame_ticker(frame);
         loop {
@@ -162,19 +167,28 @@ impl PlayPump {
                 break;
             }
             while let Ok(packet) = packets.try_recv() {
-                jitter.push(packet.sequence, packet.timestamp, packet.payload, packet.arrival);
+                // Not a valid Opus packet: it plays as lost.
+                if let Ok(length) = opus::packet::get_nb_samples(&packet.payload, 48_000) {
+                    let length = u32::try_from(length).unwrap_or(u32::MAX);
+                    jitter.push(packet.sequence, packet.timestamp, length, packet.payload, packet.arrival);
+                }
             }
-            let decoded = match jitter.pop(now) {
-                Playout::Frame(payload) => decoder.decode(&payload, &mut pcm, false),
-                Playout::Fec(next) => decoder.decode(&next, &mut pcm, true),
-                Playout::Conceal => decoder.decode(&[], &mut pcm, false),
-                Playout::Silence => Ok(0),
-            };
-            let heard = match decoded {
-                Ok(n) if n == samples => &pcm[..],
-                _ => &silence[..],
-            };
-            let heard = if control.gates.borrow().play { heard } else { &silence[..] };
+            while queued.len() < samples {
+                let playout = jitter.pop(now);
+                let out = &mut pcm[..playout.samples() as usize];
+                let decoded = match &playout {
+                    Playout::Frame(payload, _) => decoder.decode(payload, out, false),
+                    Playout::Fec(next, _) => decoder.decode(next, out, true),
+                    Playout::Conceal(_) => decoder.decode(&[], out, false),
+                    Playout::Silence(_) => Ok(0),
+                };
+                match decoded {
+                    Ok(n) if n == out.len() => queued.extend(out.iter()),
+                    _ => queued.extend(std::iter::repeat_n(0, out.len())),
+                }
+            }
+            frame_pcm.iter_mut().zip(queued.drain(..samples)).for_each(|(to, from)| *to = from);
+            let heard = if control.gates.borrow().play { &frame_pcm[..] } else { &silence[..] };
             stats.send_replace(PlayoutStats {
                 jitter: jitter.stats(),
                 current_delay: jitter.current_delay(),

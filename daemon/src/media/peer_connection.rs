@@ -1,12 +1,13 @@
 //! The WebRTC peer connection (webrtc-rs) of one call: the only file that imports
-//! webrtc. Opus is negotiated on payload type 111, the device certificate is the
+//! webrtc. Opus is offered on payload type 111 and sent on whichever payload type
+//! the peer's description gives it (only packets of that type are played); the device certificate is the
 //! DTLS certificate, and the peer's DTLS fingerprint must be its device ID. What
 //! crosses this file's boundary is ours: [`ConnectionEvent`] (candidates, connected,
 //! failed with a [`FailCause`]), [`ReceivedPacket`] and [`OutboundTrack`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -38,8 +39,8 @@ use webrtc::rtp_transceiver::RtpSender;
 use super::rtcp_monitor::{MONITOR_SLOT, RtcpMonitor, SharedView};
 use crate::identity::Identity;
 
-/// Opus payload type we offer.
-const OPUS_PT: u8 = 111;
+/// The payload type we offer Opus on.
+pub const OFFERED_OPUS_PT: u8 = 111;
 
 /// How long an offer or answer waits for host candidates to be gathered, so they
 /// are in its SDP (a peer that does not trickle connects, and ICE has pairs to
@@ -77,6 +78,9 @@ pub enum ConnectionError {
     /// The peer's DTLS certificate is not its device certificate.
     #[error("the peer's media certificate does not belong to device {0}")]
     Fingerprint(DeviceId),
+    /// The peer's description has no Opus audio.
+    #[error("the peer's media description offers no Opus audio at 48 kHz (voicelink speaks only Opus)")]
+    NoOpus,
 }
 
 impl ConnectionError {
@@ -84,7 +88,7 @@ impl ConnectionError {
     pub fn cause(&self) -> FailCause {
         match self {
             ConnectionError::Fingerprint(_) => FailCause::IdentityMismatch(self.to_string()),
-            ConnectionError::WebRtc(_) => FailCause::Protocol(self.to_string()),
+            ConnectionError::WebRtc(_) | ConnectionError::NoOpus => FailCause::Protocol(self.to_string()),
         }
     }
 }
@@ -128,6 +132,8 @@ pub struct ReceivedPacket {
 pub struct OutboundTrack {
     track: Arc<TrackLocalStaticSample>,
     ssrc: u32,
+    /// Opus's payload type in the peer's description.
+    payload_type: Arc<AtomicU8>,
 }
 
 impl OutboundTrack {
@@ -136,7 +142,8 @@ impl OutboundTrack {
         let mut sample = Sample::new(now);
         sample.data = Bytes::copy_from_slice(payload);
         sample.duration = duration;
-        if let Err(error) = self.track.sample_writer(self.ssrc, OPUS_PT).write_sample(&sample).await {
+        let payload_type = self.payload_type.load(Ordering::Relaxed);
+        if let Err(error) = self.track.sample_writer(self.ssrc, payload_type).write_sample(&sample).await {
             debug!(%error, "cannot send an audio frame");
         }
     }
@@ -159,6 +166,8 @@ struct Handler {
     disconnected: AtomicBool,
     /// Candidate gathering is complete.
     gathered: watch::Sender<bool>,
+    /// Opus's payload type: packets of any other type are not played.
+    opus_pt: Arc<AtomicU8>,
 }
 
 #[async_trait::async_trait]
@@ -218,10 +227,14 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let packets = self.packets.clone();
+        let opus_pt = Arc::clone(&self.opus_pt);
         // The callback runs on the connection's driver: the loop gets its own task.
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
                 match event {
+                    // Comfort noise, DTMF and the like would only confuse the decoder.
+                    TrackRemoteEvent::OnRtpPacket(packet)
+                        if packet.header.payload_type != opus_pt.load(Ordering::Relaxed) => {}
                     // A full queue drops the packet (the player is behind anyway).
                     TrackRemoteEvent::OnRtpPacket(packet) => {
                         let received = ReceivedPacket {
@@ -252,6 +265,8 @@ pub struct Connection {
     peer: DeviceId,
     /// Our audio's sender: the way to the ICE transport and its selected pair.
     sender: Arc<dyn RtpSender>,
+    /// Opus's payload type: ours until the peer's description gives its own.
+    opus_pt: Arc<AtomicU8>,
 }
 
 fn opus_codec() -> RTCRtpCodec {
@@ -287,10 +302,22 @@ impl Connection {
         settings: &NetworkSettings,
         rtcp: SharedView,
     ) -> Result<(Self, OutboundTrack, mpsc::Receiver<ReceivedPacket>), ConnectionError> {
+        Self::offering_opus_on(OFFERED_OPUS_PT, identity, peer, settings, rtcp).await
+    }
+
+    /// As [`Self::new`], offering Opus on payload type `opus_pt` (as other
+    /// WebRTC stacks do: Firefox uses 109, many use 96).
+    pub async fn offering_opus_on(
+        opus_pt: u8,
+        identity: &Identity,
+        peer: DeviceId,
+        settings: &NetworkSettings,
+        rtcp: SharedView,
+    ) -> Result<(Self, OutboundTrack, mpsc::Receiver<ReceivedPacket>), ConnectionError> {
         let mut media_engine = MediaEngine::default();
         media_engine
             .register_codec(
-                RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: OPUS_PT },
+                RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: opus_pt },
                 RtpCodecKind::Audio,
             )
             .map_err(webrtc_error)?;
@@ -328,12 +355,14 @@ impl Connection {
         let (events_tx, events) = mpsc::channel(256);
         let (packets_tx, packets) = mpsc::channel(512);
         let (gathered_tx, gathered) = watch::channel(false);
+        let opus_pt = Arc::new(AtomicU8::new(opus_pt));
         let handler = Arc::new(Handler {
             events: events_tx,
             packets: packets_tx,
             ice_connected: AtomicBool::new(false),
             disconnected: AtomicBool::new(false),
             gathered: gathered_tx,
+            opus_pt: Arc::clone(&opus_pt),
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
@@ -366,9 +395,18 @@ impl Connection {
             .map_err(webrtc_error)?,
         );
         let sender = pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await.map_err(webrtc_error)?;
-        let connection =
-            Connection { pc, events, gathered, early_candidates: Vec::new(), have_remote: false, peer, sender };
-        Ok((connection, OutboundTrack { track, ssrc }, packets))
+        let outbound = OutboundTrack { track, ssrc, payload_type: Arc::clone(&opus_pt) };
+        let connection = Connection {
+            pc,
+            events,
+            gathered,
+            early_candidates: Vec::new(),
+            have_remote: false,
+            peer,
+            sender,
+            opus_pt,
+        };
+        Ok((connection, outbound, packets))
     }
 
     /// The selected pair and its STUN round trip. The pair comes from the ICE
@@ -442,7 +480,10 @@ impl Connection {
         if sdp::fingerprint(&description.sdp).as_deref() != Some(&self.peer.as_bytes()[..]) {
             return Err(ConnectionError::Fingerprint(self.peer));
         }
+        // We send Opus on the payload type the peer gave it (RFC 3264 §6.1).
+        let opus_pt = sdp::opus_payload_type(&description.sdp).ok_or(ConnectionError::NoOpus)?;
         self.pc.set_remote_description(description).await.map_err(webrtc_error)?;
+        self.opus_pt.store(opus_pt, Ordering::Relaxed);
         self.have_remote = true;
         for candidate in std::mem::take(&mut self.early_candidates) {
             self.add_candidate(candidate).await;
