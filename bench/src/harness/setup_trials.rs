@@ -1,13 +1,15 @@
 //! Setup reliability: many short calls over one profile's link, counting how many
 //! connect and how long each takes from the answer to "active". One call per
 //! profile says little about a failure that strikes one call in ten; this does.
+//! Then as many calls again with the callee answering by itself
+//! (`calls.auto_answer`), timed from the dial to "active", when audio starts.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use voicelink_bench::impairment::Profile;
 use voicelink_bench::relay::{Direction, ImpairedLink, LinkConfig, Namespace};
-use voicelink_proto::v1::{AnswerRequest, CallState, DialRequest, HangupRequest};
+use voicelink_proto::v1::{AnswerRequest, CallState, DialRequest, HangupRequest, SetConfigRequest};
 
 use super::daemon::{DEADLINE, Daemon, DaemonSpec, event_call, shows_peer_online, stall};
 use super::report::SetupTrials;
@@ -61,15 +63,7 @@ async fn trials(
     let mut result = SetupTrials { calls, ..SetupTrials::default() };
     for trial in 0..calls {
         let dialed = Instant::now();
-        let call = caller
-            .client
-            .clone()
-            .dial(DialRequest { target: callee.device_id.clone(), ..DialRequest::default() })
-            .await?
-            .into_inner()
-            .call
-            .ok_or_else(|| anyhow!("Dial returned no call"))?;
-        let call_id = call.call_id;
+        let call_id = dial(caller, callee).await?;
         // The call may end before it rings (refused, unreachable): a result too.
         let rang = tokio::select! {
             rang = callee_events.wait_for("the incoming call", DEADLINE, |e| is_state(e, None, CallState::Incoming)) => rang?,
@@ -115,5 +109,44 @@ async fn trials(
             .await?;
         tracing::info!(profile = profile.name, trial, failed = result.failed, "setup trial done");
     }
+
+    // The callee answers by itself: dial → active is the whole wait for audio.
+    let auto_answer = SetConfigRequest { key: "calls.auto_answer".into(), value: "everyone".into(), unset: false };
+    callee.client.clone().set_config(auto_answer).await?;
+    for trial in 0..calls {
+        let dialed = Instant::now();
+        let call_id = dial(caller, callee).await?;
+        let (at, first) = caller_events
+            .wait_for("the call to become active or end", ACTIVE_DEADLINE, |e| {
+                is_state(e, Some(&call_id), CallState::Active) || is_state(e, Some(&call_id), CallState::Ended)
+            })
+            .await?;
+        if is_state(&first, Some(&call_id), CallState::Active) {
+            result.auto_answer_dial_to_active_ms.push(signed_ms(at, dialed));
+            caller.client.clone().hangup(HangupRequest { call_id: call_id.clone() }).await?;
+        } else {
+            let reason =
+                event_call(&first).map(|c| format!("{:?} ({})", c.end_reason(), c.end_detail)).unwrap_or_default();
+            tracing::warn!(profile = profile.name, trial, %reason, "an auto-answered call did not connect");
+            result.auto_answer_failed += 1;
+        }
+        caller_events.seen_or_wait_for("the call to end", DEADLINE, |e| is_state(e, Some(&call_id), CallState::Ended)).await?;
+        callee_events
+            .wait_for("the callee's call to end", DEADLINE, |e| is_state(e, None, CallState::Ended))
+            .await?;
+    }
     Ok(result)
+}
+
+/// Dials the callee; returns the call's ID at the caller.
+async fn dial(caller: &Daemon, callee: &Daemon) -> Result<String> {
+    let call = caller
+        .client
+        .clone()
+        .dial(DialRequest { target: callee.device_id.clone(), ..DialRequest::default() })
+        .await?
+        .into_inner()
+        .call
+        .ok_or_else(|| anyhow!("Dial returned no call"))?;
+    Ok(call.call_id)
 }
