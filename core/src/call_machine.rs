@@ -112,12 +112,17 @@ pub enum Output {
     RecordingStopped(Option<String>),
     /// The peer started or stopped recording (show it before confirming).
     PeerRecording(bool),
+    /// Speaker mute changed.
+    SpeakerMuteChanged(bool),
     /// Whether audio may be sent and played now.
     Audio {
         /// Send captured audio to the peer.
         send: bool,
         /// Play what the peer sends.
         play: bool,
+        /// What is played reaches the speaker (not muted there). A recording
+        /// keeps what is played either way.
+        speaker: bool,
     },
 }
 
@@ -132,6 +137,9 @@ pub enum Command {
     Hangup,
     /// Mute or unmute.
     SetMute(bool),
+    /// Mute or unmute the speaker: the peer is not heard here, and hears
+    /// nothing of it.
+    SetSpeakerMute(bool),
     /// Hold or resume.
     SetHold(bool),
     /// Record the call, or stop. Recording starts once the peer confirms that its
@@ -248,6 +256,7 @@ pub struct CallMachine {
     state: State,
     setup: CallSetup,
     muted: bool,
+    speaker_muted: bool,
     held_here: bool,
     held_there: bool,
     recording: Recording,
@@ -267,7 +276,7 @@ pub struct CallMachine {
     offered: bool,
     /// Told to yield to glare: the peer closing the connection now is expected.
     yielding: bool,
-    audio: (bool, bool),
+    audio: (bool, bool, bool),
     timer: Option<(Instant, Timer)>,
     end_reason: Option<EndReason>,
     answered_at: Option<Instant>,
@@ -295,6 +304,7 @@ impl CallMachine {
             state,
             setup,
             muted: false,
+            speaker_muted: false,
             held_here: false,
             held_there: false,
             recording: Recording::Off,
@@ -307,7 +317,7 @@ impl CallMachine {
             offered_at: None,
             offered: false,
             yielding: false,
-            audio: (false, false),
+            audio: (false, false, true),
             timer: Some((ring, Timer::Ring)),
             end_reason: None,
             answered_at: None,
@@ -333,6 +343,11 @@ impl CallMachine {
     /// Muted here.
     pub fn muted(&self) -> bool {
         self.muted
+    }
+
+    /// The speaker is muted here.
+    pub fn speaker_muted(&self) -> bool {
+        self.speaker_muted
     }
 
     /// Held by either side.
@@ -440,6 +455,13 @@ impl CallMachine {
                 if muted != self.muted {
                     self.muted = muted;
                     self.outputs.push_back(Output::MuteChanged(muted));
+                    self.update_audio();
+                }
+            }
+            (Command::SetSpeakerMute(muted), _) => {
+                if muted != self.speaker_muted {
+                    self.speaker_muted = muted;
+                    self.outputs.push_back(Output::SpeakerMuteChanged(muted));
                     self.update_audio();
                 }
             }
@@ -674,9 +696,9 @@ impl CallMachine {
     /// A fresh media session starts with the call's audio gates as they are (the
     /// other side may have answered already, its old session connected).
     fn replace_media(&mut self) {
-        let (send, play) = self.audio;
+        let (send, play, speaker) = self.audio;
         self.outputs.push_back(Output::Media(MediaCommand::Replace));
-        self.outputs.push_back(Output::Audio { send, play });
+        self.outputs.push_back(Output::Audio { send, play, speaker });
     }
 
     /// The peer stopped answering (keepalives unanswered, media silent too long).
@@ -741,10 +763,10 @@ impl CallMachine {
         // Audio keeps flowing while reconnecting, so it is heard again the moment
         // the link returns.
         let talking = self.state == State::Active || (self.state == State::Reconnecting && !self.on_hold());
-        let audio = (talking && !self.muted, talking);
+        let audio = (talking && !self.muted, talking, !self.speaker_muted);
         if audio != self.audio {
             self.audio = audio;
-            self.outputs.push_back(Output::Audio { send: audio.0, play: audio.1 });
+            self.outputs.push_back(Output::Audio { send: audio.0, play: audio.1, speaker: audio.2 });
         }
     }
 }
@@ -792,7 +814,7 @@ mod tests {
     }
 
     fn audio(send: bool, play: bool) -> Output {
-        Output::Audio { send, play }
+        Output::Audio { send, play, speaker: true }
     }
 
     /// A call answered with media already up (the usual case: ICE and DTLS finish
@@ -1011,6 +1033,28 @@ mod tests {
         assert_eq!(drain(&mut m), [], "muting twice changes nothing");
         m.handle_command(Command::SetMute(false), now).unwrap();
         assert_eq!(drain(&mut m), [Output::MuteChanged(false), audio(true, true)]);
+    }
+
+    #[test]
+    fn the_speaker_mutes_apart_from_the_microphone_and_stays_muted_through_hold() {
+        let now = Instant::now();
+        let mut m = active_outgoing(now);
+        m.handle_command(Command::SetSpeakerMute(true), now).unwrap();
+        assert_eq!(
+            drain(&mut m),
+            [Output::SpeakerMuteChanged(true), Output::Audio { send: true, play: true, speaker: false }]
+        );
+        assert!(m.speaker_muted() && !m.muted());
+        m.handle_command(Command::SetSpeakerMute(true), now).unwrap();
+        assert!(drain(&mut m).is_empty(), "muting twice changes nothing");
+        m.handle_command(Command::SetHold(true), now).unwrap();
+        let held = drain(&mut m);
+        assert!(held.contains(&Output::Audio { send: false, play: false, speaker: false }), "{held:?}");
+        m.handle_command(Command::SetHold(false), now).unwrap();
+        let resumed = drain(&mut m);
+        assert!(resumed.contains(&Output::Audio { send: true, play: true, speaker: false }), "{resumed:?}");
+        m.handle_command(Command::SetSpeakerMute(false), now).unwrap();
+        assert_eq!(drain(&mut m), [Output::SpeakerMuteChanged(false), audio(true, true)]);
     }
 
     #[test]

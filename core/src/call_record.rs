@@ -25,6 +25,8 @@ pub struct CallRecord {
     pub answered_at: Option<SystemTime>,
     /// Muted here.
     pub muted: bool,
+    /// The speaker is muted here (the peer is not heard).
+    pub speaker_muted: bool,
     /// Held by either side.
     pub on_hold: bool,
     /// Held by us.
@@ -65,6 +67,7 @@ impl CallRecord {
             started_at,
             answered_at: None,
             muted: false,
+            speaker_muted: false,
             on_hold: false,
             held_here: false,
             held_by_peer: false,

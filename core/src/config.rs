@@ -214,11 +214,18 @@ pub struct AudioConfig {
     pub output: OutputSpec,
     /// A `file:` input starts again at its end (otherwise silence follows).
     pub loop_files: bool,
+    /// How loud calls play, in per cent (100: as received).
+    pub output_volume: Bounded<0, 200>,
 }
 
 impl Default for AudioConfig {
     fn default() -> Self {
-        AudioConfig { input: InputSpec::Default, output: OutputSpec::Default, loop_files: true }
+        AudioConfig {
+            input: InputSpec::Default,
+            output: OutputSpec::Default,
+            loop_files: true,
+            output_volume: Bounded(100),
+        }
     }
 }
 

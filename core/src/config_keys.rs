@@ -144,6 +144,15 @@ pub const KEYS: &[ConfigKey] = &[
         flag: None,
     },
     ConfigKey {
+        key: "audio.output_volume",
+        kind: Kind::Integer,
+        default: "100",
+        applies: Applies::Live,
+        doc: "How loud calls play, in per cent of what is received (0-200; above 100 amplifies, clipping \
+              at full scale). Calls in progress follow at once; recordings keep what was received.",
+        flag: None,
+    },
+    ConfigKey {
         key: "calls.auto_answer",
         kind: Kind::Text,
         default: "\"off\"",
@@ -409,6 +418,7 @@ mod tests {
             "signaling.port" => "47000",
             "audio.input" => "tone:440",
             "audio.output" => "null",
+            "audio.output_volume" => "50",
             "calls.ring_timeout_secs" => "45",
             "calls.auto_answer" => "trusted",
             "calls.who_may_ring" => "nobody",

@@ -19,6 +19,8 @@ pub struct LiveSettings {
     pub audio_output: OutputSpec,
     /// Loop `file:` inputs of new calls.
     pub loop_files: bool,
+    /// How loud calls play, in per cent: calls in progress follow at once.
+    pub output_volume: u32,
     /// Call policy and codec settings: `auto_answer` at once, the rest for new calls.
     pub calls: CallsConfig,
 }
@@ -31,6 +33,7 @@ impl LiveSettings {
             audio_input: config.audio.input.clone(),
             audio_output: config.audio.output.clone(),
             loop_files: config.audio.loop_files,
+            output_volume: config.audio.output_volume.0,
             calls: config.calls.clone(),
         }
     }

@@ -296,7 +296,7 @@ impl Sim {
                         return;
                     }
                 }
-                Output::Audio { send, play } => {
+                Output::Audio { send, play, .. } => {
                     let answered = machine.answered_at().is_some();
                     if (send || play) && !answered {
                         self.daemons[node].audio_before_answer = true;
@@ -309,7 +309,11 @@ impl Sim {
                     let what = if on { "shown" } else { "unshown" };
                     self.daemons[node].recordings.push((now, call.clone(), what));
                 }
-                Output::RemoteRinging | Output::PeerNamed(_) | Output::MuteChanged(_) | Output::HoldChanged(_) => {}
+                Output::RemoteRinging
+                | Output::PeerNamed(_)
+                | Output::MuteChanged(_)
+                | Output::SpeakerMuteChanged(_)
+                | Output::HoldChanged(_) => {}
             }
         }
     }

@@ -104,6 +104,22 @@ enum Command {
         #[arg(add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
     },
+    /// Turn a call's speaker off (the peer is not heard here; a recording keeps
+    /// it) or on again
+    Speaker {
+        /// off or on
+        state: Switch,
+        /// The call
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
+        call: Option<String>,
+    },
+    /// Show or set how loud calls play, in per cent (0-200; the config key
+    /// audio.output_volume, applied at once)
+    Volume {
+        /// The new volume
+        #[arg(value_parser = clap::value_parser!(u32).range(0..=200))]
+        percent: Option<u32>,
+    },
     /// Put a call on hold (no audio either way)
     Hold {
         /// The call
@@ -278,6 +294,18 @@ enum ConfigCommand {
         key: String,
     },
 }
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    /// Off.
+    Off,
+    /// On.
+    On,
+}
+
+/// The config key of the output volume.
+const OUTPUT_VOLUME: &str = "audio.output_volume";
 
 /// Exit codes, so scripts can tell failures apart.
 mod exit {
@@ -505,6 +533,27 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
                 .call
                 .as_ref(),
         ),
+        Command::Speaker { state, call } => printer.call(
+            client
+                .set_speaker_mute(v1::SetSpeakerMuteRequest {
+                    call_id: call.unwrap_or_default(),
+                    muted: state == Switch::Off,
+                })
+                .await?
+                .into_inner()
+                .call
+                .as_ref(),
+        ),
+        Command::Volume { percent: None } => {
+            let request = v1::GetConfigRequest { key: OUTPUT_VOLUME.into() };
+            let response = client.get_config(request).await?.into_inner();
+            printer.config(&response.entries, &response.path, false);
+        }
+        Command::Volume { percent: Some(percent) } => {
+            let request = v1::SetConfigRequest { key: OUTPUT_VOLUME.into(), value: percent.to_string(), unset: false };
+            let response = client.set_config(request).await?.into_inner();
+            printer.config_set(response.entry.as_ref(), &response.path);
+        }
         Command::Unmute { call } => printer.call(
             client
                 .set_mute(v1::SetMuteRequest { call_id: call.unwrap_or_default(), muted: false })

@@ -148,6 +148,7 @@ fn call_json(call: &v1::Call) -> Value {
         "started_at": rfc3339(call.started_at.as_ref()),
         "answered_at": rfc3339(call.answered_at.as_ref()),
         "muted": call.muted,
+        "speaker_muted": call.speaker_muted,
         "on_hold": call.on_hold,
         "held_here": call.held_here,
         "held_by_peer": call.held_by_peer,
@@ -176,6 +177,9 @@ fn call_line(call: &v1::Call) -> String {
     let mut flags = Vec::new();
     if call.muted {
         flags.push("muted");
+    }
+    if call.speaker_muted {
+        flags.push("speaker off");
     }
     if call.on_hold {
         flags.push("on hold");
@@ -367,6 +371,9 @@ impl Printer {
                     }),
                 ),
                 Kind::MuteChanged(e) => ("mute_changed", json!({ "call_id": e.call_id, "muted": e.muted })),
+                Kind::SpeakerMuteChanged(e) => {
+                    ("speaker_mute_changed", json!({ "call_id": e.call_id, "muted": e.muted }))
+                }
                 Kind::HoldChanged(e) => (
                     "hold_changed",
                     json!({ "call_id": e.call_id, "on_hold": e.on_hold, "held_here": e.held_here, "held_by_peer": e.held_by_peer }),
@@ -439,6 +446,9 @@ impl Printer {
                 }
             }
             Kind::MuteChanged(e) => println!("{at} call {} {}", e.call_id, if e.muted { "muted" } else { "unmuted" }),
+            Kind::SpeakerMuteChanged(e) => {
+                println!("{at} call {} speaker {}", e.call_id, if e.muted { "off" } else { "on" })
+            }
             Kind::HoldChanged(e) => {
                 println!("{at} call {} {}", e.call_id, if e.on_hold { "on hold" } else { "resumed" })
             }

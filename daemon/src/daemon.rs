@@ -172,6 +172,7 @@ where
         store: store.clone(),
         inbox: inbox_tx.clone(),
         shutdown: stop.clone(),
+        settings: settings_rx.clone(),
     };
     context.apply(&settings.borrow());
     let registry = Registry::new(context, settings_rx.clone());

@@ -61,6 +61,8 @@ pub enum Change {
     },
     /// A call was muted or unmuted here.
     CallMuted(CallRecord),
+    /// A call's speaker was muted or unmuted.
+    CallSpeakerMuted(CallRecord),
     /// A call was put on hold or resumed (by either side).
     CallHeld(CallRecord),
     /// Our recording of a call started or stopped, or the peer's did.
@@ -112,6 +114,7 @@ impl State {
             Change::CallStarted(call)
             | Change::CallState { call, .. }
             | Change::CallMuted(call)
+            | Change::CallSpeakerMuted(call)
             | Change::CallHeld(call)
             | Change::CallRecording { call, .. } => {
                 if call.state == CallState::Ended {

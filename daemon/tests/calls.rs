@@ -487,3 +487,71 @@ async fn a_recording_holds_both_sides_and_the_peer_is_shown_it() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("never replaces"), "{again:?}");
     a.ctl_json(&["hangup"]).await;
 }
+
+/// The RMS level of each 200 ms window of a 48 kHz WAV channel (`channels`
+/// interleaved).
+fn window_levels(path: &std::path::Path, channel: usize, channels: usize) -> Vec<f64> {
+    let mut reader = hound::WavReader::open(path).unwrap();
+    let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).skip(channel).step_by(channels).collect();
+    samples
+        .chunks_exact(9600)
+        .map(|w| (w.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / w.len() as f64).sqrt())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_speaker_can_be_turned_off_and_down_without_touching_the_recording() {
+    require_netns!();
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (speaker, recorded) = (dir.path().join("bob-speaker.wav"), dir.path().join("bob-recorded.wav"));
+    let bob_audio = format!("{}[calls]\nauto_answer = true\n", audio("silence", &speaker));
+    let (a, b) = two_daemons_with(&lan, dir.path(), &audio("tone:440", &dir.path().join("a.wav")), &bob_audio).await;
+    let mut a_events = a.follow_events().await;
+    let mut b_events = b.follow_events().await;
+    let id = a.ctl_json(&["dial", "bob", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    b_events.wait_for("active at bob", |e| call_is(e, &id, "active")).await;
+    b.ctl_json(&["record", "start", "--file", recorded.to_str().unwrap()]).await;
+    a_events
+        .wait_for("alice is shown bob records", |e| {
+            e["type"] == "recording_changed" && e["recording_changed"]["recorded_by_peer"] == true
+        })
+        .await;
+
+    // Full volume, half volume, speaker off, speaker on again.
+    talk_for(Duration::from_secs(2)).await;
+    let set = b.ctl_json(&["volume", "50"]).await;
+    assert_eq!(set["value"], "50", "{set}");
+    talk_for(Duration::from_secs(2)).await;
+    let off = b.ctl_json(&["speaker", "off"]).await;
+    assert_eq!((off["speaker_muted"].as_bool(), off["muted"].as_bool()), (Some(true), Some(false)), "{off}");
+    b_events
+        .wait_for("speaker off", |e| e["type"] == "speaker_mute_changed" && e["speaker_mute_changed"]["muted"] == true)
+        .await;
+    let calls = b.ctl(&["calls"]).await;
+    assert!(String::from_utf8_lossy(&calls.stdout).contains("speaker off"), "{calls:?}");
+    talk_for(Duration::from_secs(2)).await;
+    let on = b.ctl_json(&["speaker", "on"]).await;
+    assert_eq!(on["speaker_muted"], false, "{on}");
+    talk_for(Duration::from_secs(1)).await;
+    a.ctl_json(&["hangup"]).await;
+    b_events.wait_for("ended at bob", |e| call_is(e, &id, "ended")).await;
+
+    // The speaker: the tone, then at half its level, then nothing, then the tone.
+    let levels = window_levels(&speaker, 0, 1);
+    let loud: Vec<f64> = levels.iter().copied().filter(|&l| l > 100.0).collect();
+    let full = loud.iter().copied().fold(0.0, f64::max);
+    let halves = loud.iter().filter(|&&l| (l / full - 0.5).abs() < 0.05).count();
+    assert!(halves >= 7, "{halves} windows at half the level: {levels:.0?}");
+    let heard = listen(&speaker, &[440]);
+    let after_half = heard.iter().skip_while(|h| **h != Heard::Tone(440)).copied().collect::<Vec<_>>();
+    assert!(longest_run(&after_half, Heard::Silence) >= 7, "the speaker off: {heard:?}");
+    assert_eq!(heard.iter().rev().find(|h| **h != Heard::Silence), Some(&Heard::Tone(440)), "on again: {heard:?}");
+    // The recording kept what bob heard all along, at its own level.
+    let (_, right) = listen_stereo(&recorded, &[440]);
+    assert!(longest_run(&right, Heard::Tone(440)) >= right.len() - 3, "recorded: {right:?}");
+    let recorded_levels = window_levels(&recorded, 1, 2);
+    let spread = recorded_levels.iter().copied().fold(0.0, f64::max)
+        / recorded_levels[2..recorded_levels.len() - 2].iter().copied().fold(f64::MAX, f64::min);
+    assert!(spread < 1.2, "the recording's level moved with the volume: {recorded_levels:.0?}");
+}

@@ -415,6 +415,10 @@ async fn execute(mut client: Client, command: Command, updates: mpsc::Sender<Upd
         Command::SetMute { call_id, muted } => {
             client.set_mute(v1::SetMuteRequest { call_id: call_id.clone(), muted: *muted }).await.map(drop)
         }
+        Command::SetSpeakerMute { call_id, muted } => client
+            .set_speaker_mute(v1::SetSpeakerMuteRequest { call_id: call_id.clone(), muted: *muted })
+            .await
+            .map(drop),
         Command::SetHold { call_id, on_hold } => {
             client.set_hold(v1::SetHoldRequest { call_id: call_id.clone(), on_hold: *on_hold }).await.map(drop)
         }

@@ -34,6 +34,13 @@ pub enum Command {
         /// The new state.
         muted: bool,
     },
+    /// Mute or unmute a call's speaker.
+    SetSpeakerMute {
+        /// The call.
+        call_id: String,
+        /// The new state.
+        muted: bool,
+    },
     /// Hold or resume a call.
     SetHold {
         /// The call.
@@ -79,6 +86,8 @@ impl Command {
             Command::Hangup { call_id } => format!("hangup:{call_id}"),
             Command::SetMute { call_id, muted: true } => format!("mute:{call_id}"),
             Command::SetMute { call_id, muted: false } => format!("unmute:{call_id}"),
+            Command::SetSpeakerMute { call_id, muted: true } => format!("speaker-off:{call_id}"),
+            Command::SetSpeakerMute { call_id, muted: false } => format!("speaker-on:{call_id}"),
             Command::SetHold { call_id, on_hold: true } => format!("hold:{call_id}"),
             Command::SetHold { call_id, on_hold: false } => format!("resume:{call_id}"),
             Command::SetRecording { call_id, recording: true } => format!("record:{call_id}"),
@@ -108,6 +117,8 @@ impl Command {
             "hangup" => Command::Hangup { call_id: arg },
             "mute" => Command::SetMute { call_id: arg, muted: true },
             "unmute" => Command::SetMute { call_id: arg, muted: false },
+            "speaker-off" => Command::SetSpeakerMute { call_id: arg, muted: true },
+            "speaker-on" => Command::SetSpeakerMute { call_id: arg, muted: false },
             "hold" => Command::SetHold { call_id: arg, on_hold: true },
             "resume" => Command::SetHold { call_id: arg, on_hold: false },
             "record" => Command::SetRecording { call_id: arg, recording: true },
@@ -129,6 +140,8 @@ impl Command {
             Command::Hangup { .. } => "Hang up",
             Command::SetMute { muted: true, .. } => "Mute",
             Command::SetMute { muted: false, .. } => "Unmute",
+            Command::SetSpeakerMute { muted: true, .. } => "Mute speaker",
+            Command::SetSpeakerMute { muted: false, .. } => "Unmute speaker",
             Command::SetHold { on_hold: true, .. } => "Hold",
             Command::SetHold { on_hold: false, .. } => "Resume",
             Command::SetRecording { recording: true, .. } => "Record",
@@ -155,6 +168,8 @@ mod tests {
             Command::Hangup { call_id: "c1".into() },
             Command::SetMute { call_id: "c1".into(), muted: true },
             Command::SetMute { call_id: "c1".into(), muted: false },
+            Command::SetSpeakerMute { call_id: "c1".into(), muted: true },
+            Command::SetSpeakerMute { call_id: "c1".into(), muted: false },
             Command::SetHold { call_id: "c1".into(), on_hold: true },
             Command::SetHold { call_id: "c1".into(), on_hold: false },
             Command::SetRecording { call_id: "c1".into(), recording: true },

@@ -307,6 +307,13 @@ impl TrayState {
                 }
                 Vec::new()
             }
+            Kind::SpeakerMuteChanged(change) => {
+                self.last_error = None;
+                if let Some(call) = self.calls.get_mut(&change.call_id) {
+                    call.speaker_muted = change.muted;
+                }
+                Vec::new()
+            }
             Kind::HoldChanged(change) => {
                 self.last_error = None;
                 if let Some(call) = self.calls.get_mut(&change.call_id) {

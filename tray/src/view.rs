@@ -302,6 +302,11 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
                 command: Command::SetMute { call_id: id.clone(), muted: !call.muted },
                 enabled: live,
             });
+            menu.push(MenuEntry::Action {
+                label: if call.speaker_muted { "Unmute speaker" } else { "Mute speaker" }.to_owned(),
+                command: Command::SetSpeakerMute { call_id: id.clone(), muted: !call.speaker_muted },
+                enabled: live,
+            });
             // Only a hold placed here can be resumed here; a call the peer holds
             // can still be held here too.
             let held_here = Hold::of(call).here;
@@ -565,7 +570,7 @@ mod tests {
             assert_eq!(view.icon, IconKind::InCall, "{state:?}");
             assert_eq!(view.tooltip, words);
             assert_eq!(actions(&view), ["Hang up", "Quit tray"], "{state:?}");
-            assert_eq!(disabled_actions(&view), ["Mute", "Hold", "Record"], "{state:?}");
+            assert_eq!(disabled_actions(&view), ["Mute", "Mute speaker", "Hold", "Record"], "{state:?}");
             assert!(!view.ticking, "no duration before the answer");
         }
     }
@@ -578,7 +583,7 @@ mod tests {
         assert_eq!(view.icon, IconKind::InCall);
         assert_eq!(view.tooltip, "In call with alice · 03:12 · good");
         assert!(infos(&view).contains(&"In call with alice · 03:12 · good"), "the call line");
-        assert_eq!(actions(&view), ["Hang up", "Mute", "Hold", "Record", "Quit tray"]);
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Mute speaker", "Hold", "Record", "Quit tray"]);
         assert_eq!(command_of(&view, "Hang up"), &Command::Hangup { call_id: "c1".into() });
         assert_eq!(command_of(&view, "Mute"), &Command::SetMute { call_id: "c1".into(), muted: true });
         assert_eq!(command_of(&view, "Hold"), &Command::SetHold { call_id: "c1".into(), on_hold: true });
@@ -673,7 +678,7 @@ mod tests {
         let view = view(&with_call(c), now());
         assert_eq!(view.icon, IconKind::Muted);
         assert_eq!(view.tooltip, "In call with alice · 03:12 · muted");
-        assert_eq!(actions(&view), ["Hang up", "Unmute", "Hold", "Record", "Quit tray"]);
+        assert_eq!(actions(&view), ["Hang up", "Unmute", "Mute speaker", "Hold", "Record", "Quit tray"]);
         assert_eq!(command_of(&view, "Unmute"), &Command::SetMute { call_id: "c1".into(), muted: false });
     }
 
@@ -682,7 +687,7 @@ mod tests {
         let view = view(&with_call(call(CallState::OnHold)), now());
         assert_eq!(view.icon, IconKind::OnHold);
         assert_eq!(view.tooltip, "alice on hold · 03:12");
-        assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Record", "Quit tray"]);
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Mute speaker", "Resume", "Record", "Quit tray"]);
         assert_eq!(command_of(&view, "Resume"), &Command::SetHold { call_id: "c1".into(), on_hold: false });
     }
 
@@ -693,7 +698,7 @@ mod tests {
         let view = view(&with_call(c), now());
         assert_eq!(view.icon, IconKind::OnHold);
         assert_eq!(view.tooltip, "alice on hold · 03:12");
-        assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Record", "Quit tray"]);
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Mute speaker", "Resume", "Record", "Quit tray"]);
     }
 
     #[test]
@@ -705,7 +710,7 @@ mod tests {
         assert_eq!(view.icon, IconKind::OnHold);
         assert_eq!(view.tooltip, "alice put the call on hold · 03:12");
         assert!(infos(&view).contains(&"alice put the call on hold · 03:12"), "the call line: {:?}", infos(&view));
-        assert_eq!(actions(&view), ["Hang up", "Mute", "Hold", "Record", "Quit tray"]);
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Mute speaker", "Hold", "Record", "Quit tray"]);
         assert_eq!(command_of(&view, "Hold"), &Command::SetHold { call_id: "c1".into(), on_hold: true });
     }
 
@@ -716,7 +721,7 @@ mod tests {
         let view = view(&with_call(c), now());
         assert_eq!(view.icon, IconKind::OnHold);
         assert_eq!(view.tooltip, "alice on hold (both sides) · 03:12");
-        assert_eq!(actions(&view), ["Hang up", "Mute", "Resume", "Record", "Quit tray"]);
+        assert_eq!(actions(&view), ["Hang up", "Mute", "Mute speaker", "Resume", "Record", "Quit tray"]);
         assert_eq!(command_of(&view, "Resume"), &Command::SetHold { call_id: "c1".into(), on_hold: false });
     }
 
@@ -729,7 +734,7 @@ mod tests {
             let view = view(&with_call(c), now());
             assert_eq!(view.tooltip, "Call with alice · state unknown · 03:12", "{raw}");
             assert_eq!(actions(&view), ["Hang up", "Quit tray"], "{raw}");
-            assert_eq!(disabled_actions(&view), ["Mute", "Hold", "Record"], "{raw}");
+            assert_eq!(disabled_actions(&view), ["Mute", "Mute speaker", "Hold", "Record"], "{raw}");
         }
     }
 
@@ -755,7 +760,10 @@ mod tests {
         let view = view(&state, now());
         assert_eq!(view.icon, IconKind::Ringing);
         assert_eq!(view.tooltip, "bob is calling");
-        assert_eq!(actions(&view), ["Answer bob", "Decline bob", "Hang up", "Mute", "Hold", "Record", "Quit tray"]);
+        assert_eq!(
+            actions(&view),
+            ["Answer bob", "Decline bob", "Hang up", "Mute", "Mute speaker", "Hold", "Record", "Quit tray"]
+        );
         assert_eq!(command_of(&view, "Hang up"), &Command::Hangup { call_id: "c1".into() });
     }
 

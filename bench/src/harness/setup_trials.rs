@@ -130,10 +130,10 @@ async fn trials(
             tracing::warn!(profile = profile.name, trial, %reason, "an auto-answered call did not connect");
             result.auto_answer_failed += 1;
         }
-        caller_events.seen_or_wait_for("the call to end", DEADLINE, |e| is_state(e, Some(&call_id), CallState::Ended)).await?;
-        callee_events
-            .wait_for("the callee's call to end", DEADLINE, |e| is_state(e, None, CallState::Ended))
+        caller_events
+            .seen_or_wait_for("the call to end", DEADLINE, |e| is_state(e, Some(&call_id), CallState::Ended))
             .await?;
+        callee_events.wait_for("the callee's call to end", DEADLINE, |e| is_state(e, None, CallState::Ended)).await?;
     }
     Ok(result)
 }

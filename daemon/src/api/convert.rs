@@ -155,6 +155,10 @@ pub(super) fn event(published: &Published, contacts: &Contacts) -> v1::Event {
         Change::CallMuted(record) => {
             Kind::MuteChanged(v1::MuteChanged { call_id: record.id.to_string(), muted: record.muted })
         }
+        Change::CallSpeakerMuted(record) => Kind::SpeakerMuteChanged(v1::SpeakerMuteChanged {
+            call_id: record.id.to_string(),
+            muted: record.speaker_muted,
+        }),
         Change::CallHeld(record) => Kind::HoldChanged(v1::HoldChanged {
             call_id: record.id.to_string(),
             on_hold: record.on_hold,
@@ -289,6 +293,7 @@ pub(super) fn call(record: &CallRecord) -> v1::Call {
         started_at: Some(timestamp(record.started_at)),
         answered_at: record.answered_at.map(timestamp),
         muted: record.muted,
+        speaker_muted: record.speaker_muted,
         on_hold: record.on_hold,
         held_here: record.held_here,
         held_by_peer: record.held_by_peer,

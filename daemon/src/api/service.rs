@@ -284,6 +284,12 @@ impl Voicelink for ControlService {
         Ok(Response::new(v1::SetMuteResponse { call: Some(call) }))
     }
 
+    async fn set_speaker_mute(&self, request: Request<v1::SetSpeakerMuteRequest>) -> Rpc<v1::SetSpeakerMuteResponse> {
+        let r = request.into_inner();
+        let call = self.call_command(r.call_id, Command::SetSpeakerMute(r.muted), Default::default()).await?;
+        Ok(Response::new(v1::SetSpeakerMuteResponse { call: Some(call) }))
+    }
+
     async fn set_hold(&self, request: Request<v1::SetHoldRequest>) -> Rpc<v1::SetHoldResponse> {
         let r = request.into_inner();
         let call = self.call_command(r.call_id, Command::SetHold(r.on_hold), Default::default()).await?;

@@ -439,6 +439,7 @@ mod tests {
         let (inbox, inbox_rx) = mpsc::channel(16);
         let hub = EventHub::new();
         let shutdown = CancellationToken::new();
+        let (settings, _) = watch::channel(LiveSettings::of(&voicelink_core::config::Config::default()));
         let context = CallContext {
             endpoint: Endpoint::new(identity.clone()).unwrap(),
             identity,
@@ -452,8 +453,8 @@ mod tests {
             store: crate::store::Store::off("the registry tests keep no history"),
             inbox,
             shutdown: shutdown.clone(),
+            settings: settings.subscribe(),
         };
-        let (settings, _) = watch::channel(LiveSettings::of(&voicelink_core::config::Config::default()));
         let (commands, commands_rx) = mpsc::channel(16);
         tokio::spawn(Registry::new(context, settings.subscribe()).run(commands_rx, inbox_rx));
         Running { commands, hub, shutdown, _settings: settings }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use voicelink_core::audio_spec::{InputSpec, OutputSpec};
@@ -88,6 +88,8 @@ pub struct CallContext {
     pub inbox: mpsc::Sender<Inbox>,
     /// The daemon is stopping: hang up.
     pub shutdown: CancellationToken,
+    /// The config in force: a call's player follows its output volume.
+    pub settings: watch::Receiver<LiveSettings>,
 }
 
 impl CallContext {
@@ -308,7 +310,9 @@ impl Call {
         let source =
             open_input(&self.record.input, self.context.loop_files).map_err(|e| FailCause::Audio(e.to_string()))?;
         let sink = open_output(&self.record.output).map_err(|e| FailCause::Audio(e.to_string()))?;
-        media.attach_audio(source, sink, self.recording.clone()).map_err(|e| FailCause::Audio(e.to_string()))?;
+        media
+            .attach_audio(source, sink, self.recording.clone(), self.context.settings.clone())
+            .map_err(|e| FailCause::Audio(e.to_string()))?;
         self.audio_attached = true;
         Ok(())
     }
@@ -607,6 +611,10 @@ impl Call {
                     self.record.muted = muted;
                     self.context.hub.publish(Change::CallMuted(self.record.clone()));
                 }
+                Output::SpeakerMuteChanged(muted) => {
+                    self.record.speaker_muted = muted;
+                    self.context.hub.publish(Change::CallSpeakerMuted(self.record.clone()));
+                }
                 Output::HoldChanged(on_hold) => {
                     self.record.on_hold = on_hold;
                     self.record.held_here = self.machine.held_here();
@@ -620,9 +628,9 @@ impl Call {
                     self.record.recorded_by_peer = on;
                     self.context.hub.publish(Change::CallRecording { call: self.record.clone(), error: None });
                 }
-                Output::Audio { send, play } => {
+                Output::Audio { send, play, speaker } => {
                     if let Some(media) = self.media.as_ref() {
-                        media.set_gates(Gates { send, play });
+                        media.set_gates(Gates { send, play, speaker });
                     }
                 }
             }

@@ -12,6 +12,7 @@ use tracing::warn;
 use voicelink_core::audio_math::samples_per_frame;
 use voicelink_core::encoder_policy::ExpectedLoss;
 use voicelink_core::jitter_buffer::{JitterBuffer, MAX_PACKET_SAMPLES, Playout};
+use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::level_dbfs;
 use voicelink_core::stats::meter::PlayoutStats;
 
@@ -21,12 +22,22 @@ use super::rtcp_monitor::SharedView;
 use crate::audio::endpoints::{EchoFeed, NullSink, Sink, Source};
 
 /// Whether audio may flow.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gates {
     /// Send captured audio.
     pub send: bool,
     /// Play received audio.
     pub play: bool,
+    /// What is played reaches the output (the speaker is not muted); a
+    /// recording takes it either way.
+    pub speaker: bool,
+}
+
+impl Default for Gates {
+    /// Closed until the call says otherwise; the speaker is not muted.
+    fn default() -> Self {
+        Gates { send: false, play: false, speaker: true }
+    }
 }
 
 /// What both pumps watch: the gates, and whether media is connected. Dropping
@@ -136,6 +147,8 @@ pub struct PlayPump {
     pub frame: Duration,
     /// Where a recording takes what is played.
     pub recording: RecordingTap,
+    /// The config in force, for its output volume (read every frame).
+    pub settings: watch::Receiver<LiveSettings>,
 }
 
 impl PlayPump {
@@ -153,12 +166,13 @@ impl PlayPump {
             let _ = output.finish();
             return;
         }
-        let PlayPump { mut decoder, stats, mut echo, frame, recording } = self;
+        let PlayPump { mut decoder, stats, mut echo, frame, recording, settings } = self;
         let mut jitter = JitterBuffer::new(frame);
         let samples = samples_per_frame(frame);
         let mut pcm = vec![0i16; MAX_PACKET_SAMPLES as usize];
         let mut queued: VecDeque<i16> = VecDeque::with_capacity(pcm.len() + samples);
         let mut frame_pcm = vec![0i16; samples];
+        let mut speaker_pcm = vec![0i16; samples];
         let silence = vec![0i16; samples];
         let mut tick = frame_ticker(frame);
         loop {
@@ -188,7 +202,8 @@ impl PlayPump {
                 }
             }
             frame_pcm.iter_mut().zip(queued.drain(..samples)).for_each(|(to, from)| *to = from);
-            let heard = if control.gates.borrow().play { &frame_pcm[..] } else { &silence[..] };
+            let gates = *control.gates.borrow();
+            let heard = if gates.play { &frame_pcm[..] } else { &silence[..] };
             stats.send_replace(PlayoutStats {
                 jitter: jitter.stats(),
                 current_delay: jitter.current_delay(),
@@ -200,7 +215,20 @@ impl PlayPump {
                 echo.push(heard);
             }
             recording.heard(heard);
-            if let Err(error) = output.write(heard) {
+            // The speaker's mute and volume change only what the output gets.
+            let volume = settings.borrow().output_volume;
+            let to_speaker = match (gates.speaker, volume) {
+                (false, _) | (_, 0) => &silence[..],
+                (true, 100) => heard,
+                (true, percent) => {
+                    let gain = f64::from(percent) / 100.0;
+                    for (to, &from) in speaker_pcm.iter_mut().zip(heard) {
+                        *to = (f64::from(from) * gain).clamp(f64::from(i16::MIN), f64::from(i16::MAX)) as i16;
+                    }
+                    &speaker_pcm[..]
+                }
+            };
+            if let Err(error) = output.write(to_speaker) {
                 warn!(%error, "the audio output failed; the call goes on without it");
                 output = Box::new(NullSink);
             }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 use voicelink_core::encoder_policy::ExpectedLoss;
+use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::meter::{MediaSample, PlayoutStats};
 use voicelink_core::stats::{CodecInfo, SILENCE_DBFS};
 use voicelink_core::vocab::DeviceId;
@@ -144,12 +145,14 @@ impl MediaSession {
     }
 
     /// Starts the audio pumps with these endpoints (once; later calls are ignored);
-    /// they hand what they send and play to `recording`.
+    /// they hand what they send and play to `recording`; the player follows the
+    /// output volume of `settings`.
     pub fn attach_audio(
         &mut self,
         input: Input,
         output: Box<dyn Sink>,
         recording: RecordingTap,
+        settings: watch::Receiver<LiveSettings>,
     ) -> Result<(), MediaError> {
         let Some(PendingAudio { track, packets }) = self.audio.take() else { return Ok(()) };
         let (source, echo_feed): (Box<dyn Source>, _) = match input {
@@ -172,7 +175,7 @@ impl MediaSession {
             rtcp: self.rtcp.clone(),
             recording: recording.clone(),
         };
-        let player = PlayPump { decoder, stats: self.playout.clone(), echo: echo_feed, frame, recording };
+        let player = PlayPump { decoder, stats: self.playout.clone(), echo: echo_feed, frame, recording, settings };
         self.pumps =
             vec![tokio::spawn(sender.run(source, control.clone())), tokio::spawn(player.run(packets, output, control))];
         Ok(())
