@@ -130,6 +130,50 @@ impl fmt::Display for OutputSpec {
     }
 }
 
+/// What an incoming call rings with.
+#[derive(Debug, Clone, PartialEq, SerializeDisplay, DeserializeFromStr)]
+pub enum RingtoneSpec {
+    /// The built-in chime.
+    Builtin,
+    /// A WAV file (any rate, mono or more channels), looped.
+    File(PathBuf),
+    /// Silence: nothing rings.
+    Off,
+}
+
+const RINGTONE_FORMS: &str = "use builtin, file:PATH.wav or off";
+
+impl FromStr for RingtoneSpec {
+    type Err = SpecError;
+
+    fn from_str(given: &str) -> Result<Self, Self::Err> {
+        match split(given.trim(), "ringtone")? {
+            ("builtin", None) => Ok(RingtoneSpec::Builtin),
+            ("off", None) => Ok(RingtoneSpec::Off),
+            ("file", Some(path)) => Ok(RingtoneSpec::File(path.into())),
+            _ => Err(SpecError { side: "ringtone", given: excerpt(given), problem: RINGTONE_FORMS.into() }),
+        }
+    }
+}
+
+impl fmt::Display for RingtoneSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RingtoneSpec::Builtin => f.write_str("builtin"),
+            RingtoneSpec::File(path) => write!(f, "file:{}", path.display()),
+            RingtoneSpec::Off => f.write_str("off"),
+        }
+    }
+}
+
+impl OutputSpec {
+    /// A sound card (the default one or a named one), where ringing is heard;
+    /// not a file or nothing.
+    pub fn is_sound_card(&self) -> bool {
+        matches!(self, OutputSpec::Default | OutputSpec::Device(_))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +212,19 @@ mod tests {
         assert!(error.len() < 300 && error.contains("at most 4104"), "{error}");
         // echo is an input (what we send), not an output.
         assert!("echo".parse::<OutputSpec>().is_err());
+    }
+
+    #[test]
+    fn ringtones_are_builtin_a_file_or_off() {
+        assert_eq!("builtin".parse(), Ok(RingtoneSpec::Builtin));
+        assert_eq!(" off ".parse(), Ok(RingtoneSpec::Off));
+        assert_eq!("file:/a/ring.wav".parse(), Ok(RingtoneSpec::File("/a/ring.wav".into())));
+        let error = "loud".parse::<RingtoneSpec>().unwrap_err().to_string();
+        assert!(error.contains("use builtin, file:PATH.wav or off"), "{error}");
+        for spec in ["builtin", "off", "file:/x.wav"] {
+            assert_eq!(spec.parse::<RingtoneSpec>().unwrap().to_string(), spec);
+        }
+        assert!(OutputSpec::Default.is_sound_card() && OutputSpec::Device("hw".into()).is_sound_card());
+        assert!(!OutputSpec::Null.is_sound_card() && !OutputSpec::File("a.wav".into()).is_sound_card());
     }
 }

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
-use crate::audio_spec::{InputSpec, OutputSpec};
+use crate::audio_spec::{InputSpec, OutputSpec, RingtoneSpec};
 use crate::switchboard::{AutoAnswer, WhoMayRing};
 pub use crate::vocab::DisplayName;
 
@@ -216,6 +216,12 @@ pub struct AudioConfig {
     pub loop_files: bool,
     /// How loud calls play, in per cent (100: as received).
     pub output_volume: Bounded<0, 200>,
+    /// What an incoming call rings with (on a sound card only).
+    pub ringtone: RingtoneSpec,
+    /// The caller hears a ringing tone while the peer rings (on a sound card).
+    pub ringback: bool,
+    /// How loud ringing is, in per cent.
+    pub ring_volume: Bounded<0, 100>,
 }
 
 impl Default for AudioConfig {
@@ -225,6 +231,9 @@ impl Default for AudioConfig {
             output: OutputSpec::Default,
             loop_files: true,
             output_volume: Bounded(100),
+            ringtone: RingtoneSpec::Builtin,
+            ringback: true,
+            ring_volume: Bounded(50),
         }
     }
 }

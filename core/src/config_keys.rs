@@ -153,6 +153,33 @@ pub const KEYS: &[ConfigKey] = &[
         flag: None,
     },
     ConfigKey {
+        key: "audio.ringtone",
+        kind: Kind::Text,
+        default: "\"builtin\"",
+        applies: Applies::NewCalls,
+        doc: "What an incoming call rings with on the sound card: builtin (a chime), file:PATH.wav (looped) \
+              or off. Nothing rings on a file or null output, for a call answered at once, or with \
+              do-not-disturb (such calls are declined).",
+        flag: None,
+    },
+    ConfigKey {
+        key: "audio.ringback",
+        kind: Kind::Bool,
+        default: "true",
+        applies: Applies::NewCalls,
+        doc: "While the peer rings, the caller hears a ringing tone (425 Hz, 1 s in 5) on the sound card, \
+              made here: nothing is sent before the answer.",
+        flag: None,
+    },
+    ConfigKey {
+        key: "audio.ring_volume",
+        kind: Kind::Integer,
+        default: "50",
+        applies: Applies::NewCalls,
+        doc: "How loud the ringtone and the ringing tone are, in per cent (0-100).",
+        flag: None,
+    },
+    ConfigKey {
         key: "calls.auto_answer",
         kind: Kind::Text,
         default: "\"off\"",
@@ -419,6 +446,8 @@ mod tests {
             "audio.input" => "tone:440",
             "audio.output" => "null",
             "audio.output_volume" => "50",
+            "audio.ringtone" => "off",
+            "audio.ring_volume" => "20",
             "calls.ring_timeout_secs" => "45",
             "calls.auto_answer" => "trusted",
             "calls.who_may_ring" => "nobody",
@@ -428,7 +457,7 @@ mod tests {
             "calls.reconnect_timeout_secs" => "60",
             "history.keep_days" => "30",
             "history.keep_calls" => "500",
-            "discovery.enabled" | "audio.loop_files" => "false",
+            "discovery.enabled" | "audio.loop_files" | "audio.ringback" => "false",
             "calls.do_not_disturb" => "true",
             _ => "true",
         }

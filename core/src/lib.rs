@@ -40,6 +40,7 @@ pub mod peer_events;
 pub mod peer_table;
 pub mod reload;
 pub mod resample;
+pub mod ring_tones;
 pub mod safety_number;
 pub mod sdp;
 pub mod stats;

@@ -4,7 +4,7 @@
 //! who it is need a restart, and the plan keeps the old values
 //! for those so that what the daemon reports stays true.
 
-use crate::audio_spec::{InputSpec, OutputSpec};
+use crate::audio_spec::{InputSpec, OutputSpec, RingtoneSpec};
 use crate::config::{CallsConfig, Config, DisplayName, LogLevel};
 
 /// The settings a reload can change while the daemon runs, as published to the
@@ -21,6 +21,8 @@ pub struct LiveSettings {
     pub loop_files: bool,
     /// How loud calls play, in per cent: calls in progress follow at once.
     pub output_volume: u32,
+    /// How new calls ring.
+    pub ringing: Ringing,
     /// Call policy and codec settings: `auto_answer` at once, the rest for new calls.
     pub calls: CallsConfig,
 }
@@ -34,9 +36,26 @@ impl LiveSettings {
             audio_output: config.audio.output.clone(),
             loop_files: config.audio.loop_files,
             output_volume: config.audio.output_volume.0,
+            ringing: Ringing {
+                ringtone: config.audio.ringtone.clone(),
+                ringback: config.audio.ringback,
+                volume: config.audio.ring_volume.0,
+            },
             calls: config.calls.clone(),
         }
     }
+}
+
+/// How calls ring: the ringtone of incoming calls and the ringing tone a caller
+/// hears, both on a sound card only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ringing {
+    /// What an incoming call rings with.
+    pub ringtone: RingtoneSpec,
+    /// The caller hears a ringing tone while the peer rings.
+    pub ringback: bool,
+    /// How loud, in per cent.
+    pub volume: u32,
 }
 
 /// The changes a new config asks for.

@@ -173,6 +173,7 @@ where
         inbox: inbox_tx.clone(),
         shutdown: stop.clone(),
         settings: settings_rx.clone(),
+        ringing: settings.borrow().ringing.clone(),
     };
     context.apply(&settings.borrow());
     let registry = Registry::new(context, settings_rx.clone());

@@ -555,3 +555,93 @@ async fn the_speaker_can_be_turned_off_and_down_without_touching_the_recording()
         / recorded_levels[2..recorded_levels.len() - 2].iter().copied().fold(f64::MAX, f64::min);
     assert!(spread < 1.2, "the recording's level moved with the volume: {recorded_levels:.0?}");
 }
+
+/// What the sound server's null sink plays over the next `seconds` (48 kHz mono).
+async fn sink_plays(server: &str, seconds: f64) -> Vec<i16> {
+    let server = server.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut parec = std::process::Command::new("parec")
+            .args(["--server", &server, "--device=vsink.monitor", "--format=s16le", "--rate=48000", "--channels=1"])
+            .arg("--raw")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run parec (pulseaudio-utils)");
+        let mut bytes = vec![0u8; (seconds * 48_000.0) as usize * 2];
+        parec.stdout.take().unwrap().read_exact(&mut bytes).unwrap();
+        let _ = parec.kill();
+        let _ = parec.wait();
+        bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect::<Vec<i16>>()
+    })
+    .await
+    .unwrap()
+}
+
+/// How much of the loudest 50 ms of `samples` is the tone `hz`.
+fn loudest_share(samples: &[i16], hz: f64) -> f64 {
+    let loudest = samples
+        .chunks_exact(2400)
+        .max_by_key(|w| w.iter().map(|&s| i64::from(s).pow(2)).sum::<i64>())
+        .unwrap_or_default();
+    voicelink_daemon::audio::endpoints::tone_share(loudest, hz)
+}
+
+fn peak(samples: &[i16]) -> i32 {
+    samples.iter().map(|&s| i32::from(s).abs()).max().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn ringing_is_heard_on_the_sound_card_and_stops_when_the_call_is_declined() {
+    require_netns!();
+    let pulse = match start_pulse() {
+        Ok(pulse) => pulse,
+        Err(reason) if std::env::var_os("VOICELINK_REQUIRE_NETNS").is_some_and(|v| v == "1") => panic!("{reason}"),
+        Err(reason) => {
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+    let server = format!("unix:{}", pulse.socket.display());
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    // Alice on the sound server's default devices; bob on no sound card at all.
+    let a =
+        Daemon::start_with_env(Some(&lan.host(0)), &dir.path().join("a"), "alice", "", &[("PULSE_SERVER", &server)])
+            .await;
+    let b = Daemon::start(
+        Some(&lan.host(1)),
+        &dir.path().join("b"),
+        "bob",
+        "[audio]\ninput = \"silence\"\noutput = \"null\"\n",
+    )
+    .await;
+    let (mut a_events, mut b_events) = (a.follow_events().await, b.follow_events().await);
+    a_events.seen_or_wait_for("alice sees bob", |e| support::about(e, &b.device_id)).await;
+    b_events.seen_or_wait_for("bob sees alice", |e| support::about(e, &a.device_id)).await;
+    let quiet = sink_plays(&server, 0.5).await;
+    assert!(peak(&quiet) < 50, "the sink is quiet before any call: peak {}", peak(&quiet));
+
+    // Alice calls bob: while he rings, she hears the ringing tone (425 Hz).
+    let id = a.ctl_json(&["dial", "bob", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    b_events.wait_for("bob rings", |e| e["type"] == "incoming_call").await;
+    let ringback = sink_plays(&server, 1.0).await;
+    assert!(peak(&ringback) > 1000, "alice hears the ringing tone: peak {}", peak(&ringback));
+    assert!(loudest_share(&ringback, 425.0) > 0.8, "425 Hz: {}", loudest_share(&ringback, 425.0));
+    b.ctl_json(&["decline"]).await;
+    a_events.wait_for("alice's call ends", |e| call_is(e, &id, "ended")).await;
+    let after = sink_plays(&server, 1.0).await;
+    assert!(peak(&after) < 50, "the ringing tone stopped with the call: peak {}", peak(&after));
+
+    // Bob calls alice: her ringtone plays until she declines.
+    let id = b.ctl_json(&["dial", "alice", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    a_events.wait_for("alice rings", |e| e["type"] == "incoming_call").await;
+    let ringtone = sink_plays(&server, 2.5).await;
+    assert!(peak(&ringtone) > 1000, "alice's ringtone: peak {}", peak(&ringtone));
+    let share = loudest_share(&ringtone, 1318.5).max(loudest_share(&ringtone, 1046.5));
+    assert!(share > 0.6, "the chime's notes: {share}");
+    a.ctl_json(&["decline"]).await;
+    a_events.wait_for("alice's call ends", |e| call_is(e, &id, "ended")).await;
+    let after = sink_plays(&server, 1.0).await;
+    assert!(peak(&after) < 50, "the ringtone stopped at the decline: peak {}", peak(&after));
+    drop(pulse);
+}

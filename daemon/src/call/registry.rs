@@ -334,7 +334,8 @@ impl Registry {
                 if let Some(frame) = frame {
                     context.codec.frame = frame;
                 }
-                let handle = task::incoming(context, connection, call_id.clone(), caller_name, input, output);
+                let handle =
+                    task::incoming(context, connection, call_id.clone(), caller_name, (input, output), !answer);
                 self.calls.insert(call_id.clone(), handle);
                 if answer {
                     self.tell(&call_id, Command::Answer);
@@ -454,6 +455,7 @@ mod tests {
             inbox,
             shutdown: shutdown.clone(),
             settings: settings.subscribe(),
+            ringing: settings.borrow().ringing.clone(),
         };
         let (commands, commands_rx) = mpsc::channel(16);
         tokio::spawn(Registry::new(context, settings.subscribe()).run(commands_rx, inbox_rx));

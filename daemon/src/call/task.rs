@@ -17,13 +17,15 @@ use voicelink_core::call_machine::{
 };
 use voicelink_core::call_record::CallRecord;
 use voicelink_core::history::HistoryEntry;
-use voicelink_core::reload::LiveSettings;
+use voicelink_core::reload::{LiveSettings, Ringing};
+use voicelink_core::ring_tones::Ring;
 use voicelink_core::stats::{CallMeter, CallStats, SAMPLE_PERIOD};
 use voicelink_core::vocab::{CallId, DeviceId, Direction, FailCause, State};
 use voicelink_core::wire::{Body, Decoded, Message};
 
 use super::registry::Inbox;
 use crate::audio::endpoints::WavSink;
+use crate::audio::ringer::Ringer;
 use crate::audio::{open_input, open_output};
 use crate::clock;
 use crate::events::{Change, EventHub};
@@ -90,6 +92,8 @@ pub struct CallContext {
     pub shutdown: CancellationToken,
     /// The config in force: a call's player follows its output volume.
     pub settings: watch::Receiver<LiveSettings>,
+    /// How a new call rings.
+    pub ringing: Ringing,
 }
 
 impl CallContext {
@@ -115,6 +119,7 @@ impl CallContext {
             },
         };
         self.loop_files = live.loop_files;
+        self.ringing = live.ringing.clone();
     }
 
     fn setup(&self) -> CallSetup {
@@ -151,6 +156,8 @@ struct Call {
     pending_recording: Option<PendingRecording>,
     /// Why our recording stopped on its own, for the event that says so.
     recording_error: Option<String>,
+    /// The ringtone or ringing tone, while the call rings.
+    ringer: Option<Ringer>,
 }
 
 /// A recording the peer has been told of: its file is open, nothing is written yet.
@@ -190,8 +197,8 @@ pub fn incoming(
     connection: Connection,
     id: CallId,
     caller_name: String,
-    input: InputSpec,
-    output: OutputSpec,
+    (input, output): (InputSpec, OutputSpec),
+    rings: bool,
 ) -> CallHandle {
     let peer = Some(connection.peer);
     let machine = CallMachine::incoming(clock::now(), context.setup());
@@ -199,7 +206,7 @@ pub fn incoming(
         CallRecord::new(id.clone(), peer, caller_name, Direction::Incoming, (input, output), SystemTime::now());
     let (handle, commands) = handle(&id);
     let call = Call::published(id, context, machine, record, Some(connection));
-    tokio::spawn(call.run_incoming(commands));
+    tokio::spawn(call.run_incoming(commands, rings));
     handle
 }
 
@@ -237,6 +244,7 @@ impl Call {
             recording: RecordingTap::default(),
             pending_recording: None,
             recording_error: None,
+            ringer: None,
         }
     }
 
@@ -277,8 +285,12 @@ impl Call {
         self.run(commands).await;
     }
 
-    async fn run_incoming(mut self, commands: mpsc::Receiver<CallCommand>) {
+    /// An incoming call; it `rings` here unless it is answered at once.
+    async fn run_incoming(mut self, commands: mpsc::Receiver<CallCommand>, rings: bool) {
         info!(call_id = %self.id, peer = %self.peer_short(), name = %self.record.peer_name, "incoming call");
+        if rings {
+            self.ringer = Ringer::start(Ring::Incoming, &self.context.ringing, &self.record.output);
+        }
         // Media is negotiated while it rings; the endpoints open on answer.
         if let Err(cause) = self.start_media().await {
             self.machine.handle_media(MediaInput::Failed(cause), clock::now());
@@ -599,7 +611,12 @@ impl Call {
                 Output::Send(body) => self.send(body).await,
                 Output::Media(command) => self.media_command(command).await,
                 Output::StateChanged { from, to } => self.state_changed(from, to).await,
-                Output::RemoteRinging => debug!(call_id = %self.id, "the peer is ringing"),
+                Output::RemoteRinging => {
+                    debug!(call_id = %self.id, "the peer is ringing");
+                    if self.record.state == State::Outgoing && self.ringer.is_none() {
+                        self.ringer = Ringer::start(Ring::Ringback, &self.context.ringing, &self.record.output);
+                    }
+                }
                 Output::PeerNamed(name) => self.record.peer_name = name,
                 Output::Yield => {
                     // The registry decides, and ends this call if it agrees.
@@ -638,6 +655,11 @@ impl Call {
     }
 
     async fn state_changed(&mut self, from: State, to: State) {
+        // Ringing stops the moment the call is answered, declined or cancelled
+        // (and its output is closed before the call's own opens).
+        if let Some(ringer) = self.ringer.take() {
+            ringer.stop().await;
+        }
         self.record.state = to;
         self.record.end_reason = self.machine.end_reason().cloned();
         if to == State::Active && self.record.answered_at.is_none() {
