@@ -189,6 +189,19 @@ enum Command {
     },
     /// Audio devices the daemon can use
     Devices,
+    /// The live level of an audio input outside any call, to check that the
+    /// microphone works (until Ctrl-C, or --count readings)
+    Level {
+        /// The input, e.g. device:NAME (default: the daemon's default input)
+        #[arg(long)]
+        input: Option<String>,
+        /// Stop after this many readings
+        #[arg(long)]
+        count: Option<u64>,
+        /// Milliseconds between readings (100 to 10000)
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(100..=10_000))]
+        interval: u64,
+    },
     /// Read and change the daemon's config (the file is edited, comments kept, and
     /// the change applied at once where it can be)
     #[command(subcommand)]
@@ -686,6 +699,27 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
             let request = v1::SetConfigRequest { key, value: String::new(), unset: true };
             let response = client.set_config(request).await?.into_inner();
             printer.config_set(response.entry.as_ref(), &response.path);
+        }
+        Command::Level { input, count, interval } => {
+            let mut interrupted = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|e| tonic::Status::internal(format!("cannot watch for Ctrl-C: {e}")))?;
+            let request = v1::WatchInputLevelRequest {
+                input: input.unwrap_or_default(),
+                interval: prost_types::Duration::try_from(Duration::from_millis(interval)).ok(),
+            };
+            let mut levels = client.watch_input_level(request).await?.into_inner();
+            let mut read = 0;
+            while count.is_none_or(|count| read < count) {
+                let level = tokio::select! {
+                    level = levels.next() => level,
+                    _ = interrupted.recv() => return Err(Failure::Interrupted),
+                };
+                let Some(level) = level else {
+                    return Err(tonic::Status::unavailable("the daemon stopped").into());
+                };
+                printer.input_level(&level?);
+                read += 1;
+            }
         }
         Command::Devices => {
             printer.devices(&client.list_audio_devices(v1::ListAudioDevicesRequest {}).await?.into_inner())

@@ -315,6 +315,21 @@ impl Printer {
         }
     }
 
+    /// `voicectl level`: one reading, with a bar from -60 to 0 dBFS.
+    pub fn input_level(&self, level: &v1::InputLevel) {
+        if self.json {
+            return self.print_json(json!({
+                "input": level.input,
+                "level_dbfs": level.level_dbfs,
+                "peak_dbfs": level.peak_dbfs,
+            }));
+        }
+        const WIDTH: f64 = 30.0;
+        let filled = (((level.level_dbfs + 60.0) / 60.0).clamp(0.0, 1.0) * WIDTH).round() as usize;
+        let bar = format!("{}{}", "#".repeat(filled), ".".repeat(WIDTH as usize - filled));
+        println!("{:>6.1} dBFS  peak {:>6.1}  {bar}", level.level_dbfs.max(-99.9), level.peak_dbfs.max(-99.9));
+    }
+
     /// A verb that returns nothing.
     pub fn done(&self, what: &str) {
         if self.json {

@@ -426,3 +426,34 @@ async fn a_client_that_sends_the_socket_path_as_its_authority_is_served() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.trim(), "grpc-status 0", "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn the_microphone_check_reads_an_inputs_level_outside_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), "[audio]\ninput = \"tone:440\"\n").await;
+    // The default input: a tone at -12 dBFS peak, so -15 dBFS RMS.
+    let out = d.ctl(&["--json", "level", "--count", "5"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let readings: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(readings.len(), 5, "{readings:?}");
+    for reading in &readings {
+        assert_eq!(reading["input"], "tone:440");
+        let (level, peak) = (reading["level_dbfs"].as_f64().unwrap(), reading["peak_dbfs"].as_f64().unwrap());
+        assert!((level + 15.05).abs() < 0.3 && (peak + 12.04).abs() < 0.3, "{reading}");
+    }
+    // Another input, and the text form's bar.
+    let out = d.ctl(&["level", "--input", "silence", "--count", "2", "--interval", "200"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.lines().all(|l| l.contains("-99.9 dBFS") && l.ends_with(&".".repeat(30))), "{text}");
+    // What cannot be measured says why.
+    let echo = d.ctl(&["level", "--input", "echo"]).await;
+    assert_eq!(echo.status.code(), Some(1));
+    assert!(stderr(&echo).contains("echo has no level outside a call"), "{}", stderr(&echo));
+    let missing = d.ctl(&["level", "--input", "device:no-such-microphone"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("no-such-microphone"), "{}", stderr(&missing));
+    let wrong = d.ctl(&["level", "--input", "loud"]).await;
+    assert!(stderr(&wrong).contains("invalid audio input"), "{}", stderr(&wrong));
+}

@@ -639,6 +639,15 @@ async fn ringing_is_heard_on_the_sound_card_and_stops_when_the_call_is_declined(
     assert!(peak(&ringtone) > 1000, "alice's ringtone: peak {}", peak(&ringtone));
     let share = loudest_share(&ringtone, 1318.5).max(loudest_share(&ringtone, 1046.5));
     assert!(share > 0.6, "the chime's notes: {share}");
+    // The microphone check on a real device: alice's default input is the sink's
+    // monitor, which carries her ringtone.
+    let out = a.ctl(&["--json", "level", "--count", "25"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let loudest = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["peak_dbfs"].as_f64())
+        .fold(f64::MIN, f64::max);
+    assert!(loudest > -40.0, "the microphone check hears the ringtone: peak {loudest} dBFS");
     a.ctl_json(&["decline"]).await;
     a_events.wait_for("alice's call ends", |e| call_is(e, &id, "ended")).await;
     let after = sink_plays(&server, 1.0).await;

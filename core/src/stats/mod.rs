@@ -171,6 +171,44 @@ pub fn level_dbfs(samples: &[i16]) -> f64 {
     if rms <= 0.0 { SILENCE_DBFS } else { (20.0 * rms.log10()).max(SILENCE_DBFS) }
 }
 
+/// The level of a stream of samples over a stretch of time (the microphone
+/// check): frames go in, a reading comes out and the next stretch starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LevelMeter {
+    energy: f64,
+    samples: u64,
+    peak: u16,
+}
+
+/// One reading of a [`LevelMeter`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LevelReading {
+    /// RMS over the stretch, dBFS ([`SILENCE_DBFS`] for digital silence).
+    pub level_dbfs: f64,
+    /// The loudest sample, dBFS.
+    pub peak_dbfs: f64,
+}
+
+impl LevelMeter {
+    /// Adds a frame.
+    pub fn add(&mut self, frame: &[i16]) {
+        self.energy += frame.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>();
+        self.samples += frame.len() as u64;
+        self.peak = frame.iter().map(|s| s.unsigned_abs()).fold(self.peak, u16::max);
+    }
+
+    /// The reading since the last one; starts a new stretch.
+    pub fn take(&mut self) -> LevelReading {
+        let dbfs = |amplitude: f64| {
+            if amplitude <= 0.0 { SILENCE_DBFS } else { (20.0 * (amplitude / 32_768.0).log10()).max(SILENCE_DBFS) }
+        };
+        let rms = if self.samples == 0 { 0.0 } else { (self.energy / self.samples as f64).sqrt() };
+        let reading = LevelReading { level_dbfs: dbfs(rms), peak_dbfs: dbfs(f64::from(self.peak)) };
+        *self = LevelMeter::default();
+        reading
+    }
+}
+
 /// One side's RTCP reception report on a stream.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reception {
@@ -218,5 +256,25 @@ mod tests {
         assert!(level_dbfs(&full).abs() < 0.01);
         let half: Vec<i16> = full.iter().map(|s| s / 2).collect();
         assert!((level_dbfs(&half) + 6.02).abs() < 0.05);
+    }
+
+    #[test]
+    fn a_level_meter_reads_rms_and_peak_over_its_stretch_then_starts_anew() {
+        let mut meter = LevelMeter::default();
+        assert_eq!(meter.take(), LevelReading { level_dbfs: SILENCE_DBFS, peak_dbfs: SILENCE_DBFS });
+        // Half scale for one frame, silence for three: RMS -6 dB - 6 dB (a quarter
+        // of the energy), peak -6 dB.
+        let half: Vec<i16> = (0..480).map(|i| if i % 2 == 0 { 16_384 } else { -16_384 }).collect();
+        meter.add(&half);
+        for _ in 0..3 {
+            meter.add(&[0; 480]);
+        }
+        let reading = meter.take();
+        assert!((reading.level_dbfs + 12.04).abs() < 0.05, "{reading:?}");
+        assert!((reading.peak_dbfs + 6.02).abs() < 0.05, "{reading:?}");
+        meter.add(&[0; 480]);
+        assert_eq!(meter.take().peak_dbfs, SILENCE_DBFS, "a new stretch");
+        meter.add(&[i16::MIN]);
+        assert!(meter.take().peak_dbfs.abs() < 0.01, "full scale, the most negative sample included");
     }
 }

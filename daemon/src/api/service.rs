@@ -26,6 +26,7 @@ use voicelink_core::vocab::{CallId, DeviceId, PROTOCOL_VERSION, State, excerpt};
 use voicelink_core::wire::MAX_TEXT_BYTES;
 
 use super::convert;
+use crate::audio::input_level::{self, LevelError};
 use crate::call::registry::RegistryCommand;
 use crate::events::{EventHub, Update};
 use crate::settings::{ConfigView, SettingsCommand, SettingsError};
@@ -181,10 +182,15 @@ const STATS_BUFFER: usize = 4;
 const STATS_INTERVALS: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(10);
 
 fn stats_interval(requested: Option<prost_types::Duration>) -> Result<Duration, Status> {
-    let Some(requested) = requested else { return Ok(Duration::from_secs(1)) };
+    interval_or(requested, Duration::from_secs(1))
+}
+
+/// The interval a client asked for (100 ms to 10 s), or `default`.
+fn interval_or(requested: Option<prost_types::Duration>, default: Duration) -> Result<Duration, Status> {
+    let Some(requested) = requested else { return Ok(default) };
     Duration::try_from(requested).ok().filter(|interval| STATS_INTERVALS.contains(interval)).ok_or_else(|| {
         let millis = i128::from(requested.seconds) * 1000 + i128::from(requested.nanos) / 1_000_000;
-        Status::invalid_argument(format!("a stats interval must be between 100 ms and 10 s (asked for {millis} ms)"))
+        Status::invalid_argument(format!("an interval must be between 100 ms and 10 s (asked for {millis} ms)"))
     })
 }
 
@@ -532,6 +538,43 @@ impl Voicelink for ControlService {
                         sent = sender.send(sample) => if sent.is_err() { break },
                     }
                 } else if let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(sample) {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    type WatchInputLevelStream = ReceiverStream<Result<v1::InputLevel, Status>>;
+
+    async fn watch_input_level(
+        &self,
+        request: Request<v1::WatchInputLevelRequest>,
+    ) -> Rpc<Self::WatchInputLevelStream> {
+        let request = request.into_inner();
+        let interval = interval_or(request.interval, Duration::from_millis(100))?;
+        let input = spec::<InputSpec>(&request.input)?.unwrap_or_else(|| self.settings.borrow().audio_input.clone());
+        let name = input.to_string();
+        // Opening a sound card blocks.
+        let source = tokio::task::spawn_blocking(move || input_level::open(&input))
+            .await
+            .map_err(|e| Status::internal(format!("opening the input failed: {e}")))?
+            .map_err(|error| match error {
+                LevelError::Echo => Status::invalid_argument(error.to_string()),
+                LevelError::Endpoint(_) => Status::failed_precondition(error.to_string()),
+            })?;
+        let (readings_tx, mut readings) = mpsc::channel(STATS_BUFFER);
+        tokio::spawn(input_level::watch(source, interval, readings_tx, self.shutdown.clone()));
+        let (sender, receiver) = mpsc::channel(STATS_BUFFER);
+        // Ends when the client goes away; the meter then sees its channel close.
+        tokio::spawn(async move {
+            while let Some(reading) = readings.recv().await {
+                let level = v1::InputLevel {
+                    input: name.clone(),
+                    level_dbfs: reading.level_dbfs,
+                    peak_dbfs: reading.peak_dbfs,
+                };
+                if sender.send(Ok(level)).await.is_err() {
                     break;
                 }
             }

@@ -2,6 +2,7 @@
 
 pub mod device;
 pub mod endpoints;
+pub mod input_level;
 pub mod ringer;
 
 use voicelink_core::audio_spec::{InputSpec, OutputSpec};
