@@ -10,8 +10,11 @@
 //! for decisions until it has samples for its frame.
 //!
 //! Adaptive: the target delay follows the measured interarrival jitter (RFC 3550
-//! estimator), between a floor of one frame and a ceiling; when the buffer holds
-//! more than the target plus two frames, a frame is dropped to cut the latency.
+//! estimator), between a floor of one frame and one packet and a ceiling; when
+//! the buffer holds more than the target plus two frames (or a packet, if that
+//! is longer), a packet is dropped to cut the latency. A packet is late when its
+//! time has been played, whatever its sequence number: a sender that paused
+//! (DTX) resumes with numbers that concealment here has counted past.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -22,9 +25,10 @@ use bytes::Bytes;
 const CLOCK_RATE: u64 = 48_000;
 /// The most delay the buffer will add, whatever the jitter.
 const MAX_TARGET: Duration = Duration::from_millis(300);
-/// After this many concealed frames in a row the peer is taken to be silent
-/// (muted, DTX without a packet, or gone): play silence, stop counting loss.
-const MAX_CONCEALED_RUN: u32 = 5;
+/// After this much concealment in a row (100 ms, in samples) the peer is taken
+/// to be silent (muted, DTX without a packet, or gone): play silence, stop
+/// counting loss.
+const MAX_CONCEALED_RUN: u64 = 4800;
 /// Packets further ahead than this are garbage, not jitter.
 const MAX_AHEAD_FRAMES: u64 = 500;
 /// The shortest Opus frame (2.5 ms), the unit of concealment.
@@ -80,8 +84,10 @@ pub struct JitterStats {
     pub late: u64,
     /// Packets dropped: duplicates, garbage, and frames cut to reduce latency.
     pub discarded: u64,
-    /// Frames concealed by PLC.
+    /// Concealments by PLC (each one lost packet's length, or less).
     pub concealed_frames: u64,
+    /// Samples concealed by PLC.
+    pub concealed_samples: u64,
     /// Runs of concealed frames.
     pub concealment_events: u64,
     /// Frames recovered from FEC.
@@ -146,7 +152,8 @@ pub struct JitterBuffer {
     last_transit: Option<f64>,
     epoch: Option<Instant>,
     last_arrival: Option<Instant>,
-    concealed_run: u32,
+    /// Samples concealed in a row.
+    concealed_run: u64,
     stats: JitterStats,
 }
 
@@ -225,7 +232,9 @@ impl JitterBuffer {
             ts
         });
         self.update_jitter(ts, arrival);
-        if ts < next_ts || seq <= self.last_seq {
+        // Late is by time alone: a sender that paused (DTX, a stall) resumes
+        // with sequence numbers that concealment here has already counted past.
+        if ts < next_ts {
             self.stats.late += 1;
             return Pushed::Late;
         }
@@ -276,8 +285,11 @@ impl JitterBuffer {
                 _ => return self.silence(),
             }
         }
-        // Too much buffered: drop the oldest packet (or gap) to bring the latency down.
-        if self.current_delay() > self.target_delay() + 2 * self.frame {
+        // Too much buffered: drop the oldest packets (or gaps) to bring the
+        // latency down, keeping at least two frames or a packet beyond the target.
+        let mut next_ts = next_ts;
+        let slack = (2 * self.frame).max(self.ts_duration(self.packet_ts));
+        while self.current_delay() > self.target_delay() + slack {
             let dropped = match self.packets.first_key_value() {
                 Some((&seq, packet)) if packet.ts == next_ts => {
                     let samples = packet.samples;
@@ -285,11 +297,12 @@ impl JitterBuffer {
                     self.last_seq = seq;
                     samples
                 }
+                Some((_, packet)) if packet.ts > next_ts => (packet.ts - next_ts).min(self.packet_ts),
                 _ => self.packet_ts,
             };
-            self.next_ts = Some(next_ts + dropped);
+            next_ts += dropped;
+            self.next_ts = Some(next_ts);
             self.stats.discarded += 1;
-            return self.pop(now);
         }
 
         // A packet whose time is already past (one that does not fall where the
@@ -332,9 +345,14 @@ impl JitterBuffer {
     /// Nothing to play at `next_ts`; `following` is the next packet held, if any.
     fn missing(&mut self, next_ts: u64, following: Option<(u64, Bytes)>) -> Playout {
         // One lost packet of the stream's length, or less if the next one starts
-        // sooner, in whole Opus frames.
+        // sooner, in whole Opus frames (the decoder conceals no less); a sliver
+        // shorter than one is silence, so the next packet still plays.
         let gap = following.as_ref().map_or(self.packet_ts, |(ts, _)| ts - next_ts).min(self.packet_ts);
-        let lost = (gap / MIN_OPUS_SAMPLES).max(1) * MIN_OPUS_SAMPLES;
+        let lost = gap / MIN_OPUS_SAMPLES * MIN_OPUS_SAMPLES;
+        if lost == 0 {
+            self.next_ts = Some(next_ts + gap);
+            return Playout::Silence(gap as u32);
+        }
         self.next_ts = Some(next_ts + lost);
         self.last_seq += 1;
         if let Some((_, payload)) = following.filter(|(ts, _)| *ts == next_ts + lost) {
@@ -348,8 +366,9 @@ impl JitterBuffer {
         if self.concealed_run == 0 {
             self.stats.concealment_events += 1;
         }
-        self.concealed_run += 1;
+        self.concealed_run += lost;
         self.stats.concealed_frames += 1;
+        self.stats.concealed_samples += lost;
         Playout::Conceal(lost as u32)
     }
 }
@@ -457,7 +476,8 @@ mod tests {
         let arrivals = [(0, 1), (1, 21)];
         let (played, jb) = run(&arrivals, 12);
         assert_eq!(frames_of(&played), ["-", "F0", "F1", "C", "C", "C", "C", "C", "-", "-", "-", "-"]);
-        assert_eq!(jb.stats().concealed_frames, u64::from(MAX_CONCEALED_RUN));
+        assert_eq!(jb.stats().concealed_frames, 5);
+        assert_eq!(jb.stats().concealed_samples, MAX_CONCEALED_RUN, "100 ms");
     }
 
     #[test]
@@ -591,6 +611,35 @@ mod tests {
                 Playout::Frame(payload(6), 1920),
             ]
         );
+    }
+
+    #[test]
+    fn a_stream_that_pauses_and_resumes_plays_on() {
+        // Three packets, then 300 ms with nothing (DTX, a stalled sender), then
+        // the stream goes on where the sender's clock is.
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(FRAME);
+        for n in 0..3u16 {
+            jb.push(n, u32::from(n) * TS, TS, payload(n), t0 + FRAME * u32::from(n));
+        }
+        let mut told: Vec<Playout> = (1..=18).map(|n| jb.pop(t0 + FRAME * n)).collect();
+        assert_eq!(jb.push(3, 18 * TS, TS, payload(3), t0 + FRAME * 18), Pushed::Accepted);
+        told.extend((19..=22).map(|n| jb.pop(t0 + FRAME * n)));
+        assert!(told.contains(&Playout::Frame(payload(3), TS)), "{told:?}");
+        assert_eq!(told.iter().filter(|p| matches!(p, Playout::Frame(..))).count(), 4);
+    }
+
+    #[test]
+    fn a_gap_shorter_than_an_opus_frame_is_silence_and_the_next_packet_plays() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(FRAME);
+        jb.push(0, 0, 960, payload(0), t0);
+        // The next packet starts 1000 samples later: 40 off the 2.5 ms grid.
+        jb.push(2, 1000, 960, payload(2), t0);
+        let later = t0 + FRAME * 10;
+        assert_eq!(jb.pop(later), Playout::Frame(payload(0), 960));
+        assert_eq!(jb.pop(later), Playout::Silence(40));
+        assert_eq!(jb.pop(later), Playout::Frame(payload(2), 960));
     }
 
     #[test]

@@ -100,9 +100,9 @@ impl Liveness {
         (0..count).map(|n| online[(start + n) % online.len()].to_owned()).collect()
     }
 
-    /// A peer last seen at `addresses` went offline (mDNS forgot it) at `now`:
-    /// ask the LAN again, at once and then at a doubling interval, and probe the
-    /// peer from a second on.
+    /// A peer last seen at `addresses` (those on our links: the task filters)
+    /// went offline (mDNS forgot it) at `now`: ask the LAN again, at once and
+    /// then at a doubling interval, and probe the peer from a second on.
     pub fn peer_lost(&mut self, device_id: DeviceId, addresses: impl IntoIterator<Item = IpAddr>, now: Instant) {
         let earliest = self.last_requery.map_or(now, |last| (last + REQUERY_SPACING).max(now));
         self.next_requery = Some(self.next_requery.map_or(earliest, |next| next.min(earliest)));
@@ -163,7 +163,14 @@ impl Liveness {
         }
         self.probed.retain(|lost| now.saturating_duration_since(lost.since) < PROBE_WINDOW);
         self.next_probe = (!self.probed.is_empty()).then_some(now + PROBE_INTERVAL);
-        self.probed.iter().flat_map(|lost| lost.addresses.iter().copied()).collect()
+        // Peers that claim one address get one probe there.
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        for &address in self.probed.iter().flat_map(|lost| &lost.addresses) {
+            if !addresses.contains(&address) {
+                addresses.push(address);
+            }
+        }
+        addresses
     }
 }
 
@@ -324,6 +331,10 @@ mod tests {
         liveness.peer_lost(id("5"), [ip(5)], start);
         liveness.peer_lost(id("nowhere"), [], start);
         let probed = liveness.probes_due(start + PROBE_INTERVAL);
+        let mut unique = probed.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), probed.len(), "each address once");
         assert_eq!(probed.len(), (MAX_PROBED - 1) * MAX_PROBED_ADDRESSES + 1);
         assert!(!probed.contains(&IpAddr::from([10, 0, 0, 0])), "the first lost made room");
         assert!(!probed.contains(&IpAddr::from([10, 0, 1, 0])));

@@ -95,7 +95,8 @@ impl ReloadPlan {
         keep!(history.keep_days, "history.keep_days");
         keep!(history.keep_calls, "history.keep_calls");
 
-        let audio = (current.audio != new.audio).then(|| (new.audio.input.clone(), new.audio.output.clone()));
+        let endpoints = |c: &Config| (c.audio.input.clone(), c.audio.output.clone());
+        let audio = (endpoints(current) != endpoints(new)).then(|| endpoints(new));
         ReloadPlan {
             display_name: (current.name != new.name).then(|| new.name.clone()),
             audio,

@@ -9,6 +9,7 @@
 //! journal), move the terminal's cursor, or turn text right to left.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing_subscriber::field::MakeExt as _;
@@ -95,6 +96,55 @@ fn write_escaped(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
         }
     }
     Ok(())
+}
+
+/// Where the C libraries under cpal write: ALSA, and the JACK, OSS and
+/// PulseAudio plugins it loads, print their complaints straight to file
+/// descriptor 2 (two dozen lines on a machine without a sound card, at start
+/// and whenever devices are probed). While this lives, descriptor 2 is a pipe
+/// whose lines are logged at debug (target `voiced::audio_libraries`); our own
+/// log and a panic go to the real stderr ([`LibraryStderr::original`]).
+/// Dropping it puts the real stderr back.
+pub struct LibraryStderr {
+    original: Arc<std::fs::File>,
+}
+
+impl LibraryStderr {
+    /// Routes descriptor 2 through the pipe.
+    pub fn route() -> std::io::Result<LibraryStderr> {
+        use std::io::{BufRead, Write};
+        use std::os::fd::AsFd;
+
+        let original = Arc::new(std::fs::File::from(std::io::stderr().as_fd().try_clone_to_owned()?));
+        let (read, write) = nix::unistd::pipe()?;
+        let panics = Arc::clone(&original);
+        std::panic::set_hook(Box::new(move |info| {
+            let backtrace = std::backtrace::Backtrace::capture();
+            let _ = writeln!(&*panics, "{info}\n{backtrace}");
+        }));
+        nix::unistd::dup2_stderr(&write)?;
+        drop(write);
+        std::thread::Builder::new().name("voicelink-stderr".into()).spawn(move || {
+            for line in std::io::BufReader::new(std::fs::File::from(read)).lines() {
+                let Ok(line) = line else { break };
+                if !line.trim().is_empty() {
+                    tracing::debug!(target: "voiced::audio_libraries", %line, "a library wrote to stderr");
+                }
+            }
+        })?;
+        Ok(LibraryStderr { original })
+    }
+
+    /// The real stderr, for the daemon's own log.
+    pub fn original(&self) -> Arc<std::fs::File> {
+        Arc::clone(&self.original)
+    }
+}
+
+impl Drop for LibraryStderr {
+    fn drop(&mut self) {
+        let _ = nix::unistd::dup2_stderr(&*self.original);
+    }
 }
 
 #[cfg(test)]

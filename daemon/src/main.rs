@@ -1,7 +1,9 @@
 //! `voiced`: parse the command line, read the config, run the daemon.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
@@ -105,7 +107,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         print!("{}", config.to_effective_toml());
         return Ok(());
     }
-    let set_log_level = init_logging(log_flag.as_ref().unwrap_or(&config.log_level), log_flag.is_some());
+    // The audio libraries' stderr noise goes to the log at debug; ours to stderr.
+    let library_stderr = voicelink_daemon::logging::LibraryStderr::route();
+    let stderr = match &library_stderr {
+        Ok(routed) => routed.original(),
+        Err(_) => {
+            Arc::new(std::fs::File::from(std::io::stderr().as_fd().try_clone_to_owned().context("cannot use stderr")?))
+        }
+    };
+    let set_log_level = init_logging(log_flag.as_ref().unwrap_or(&config.log_level), log_flag.is_some(), stderr);
+    if let Err(error) = &library_stderr {
+        tracing::debug!(%error, "cannot keep the audio libraries' messages off stderr");
+    }
     if let Some(source) = &source {
         tracing::info!(config = %source.display(), "read the config file");
     }
@@ -131,7 +144,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// `--log-level` wins, then `RUST_LOG`, then the config file. Under systemd the
 /// journal adds its own timestamps, so ours are left out. Returns how to change the
 /// filter on reload; a filter fixed by the flag or RUST_LOG stays.
-fn init_logging(level: &LogLevel, from_flag: bool) -> Box<dyn Fn(&LogLevel) + Send> {
+fn init_logging(level: &LogLevel, from_flag: bool, stderr: Arc<std::fs::File>) -> Box<dyn Fn(&LogLevel) + Send> {
     let from_env = std::env::var("RUST_LOG").ok().filter(|_| !from_flag);
     let fixed = from_flag || from_env.is_some();
     let filter = from_env
@@ -139,11 +152,9 @@ fn init_logging(level: &LogLevel, from_flag: bool) -> Box<dyn Fn(&LogLevel) + Se
         .unwrap_or_else(|| EnvFilter::new(voicelink_daemon::logging::directives(level.as_str())));
     let (filter, handle) = reload::Layer::new(filter);
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let ansi = !journal && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let output = fmt::layer()
-        .fmt_fields(voicelink_daemon::logging::escaped_fields())
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let ansi = !journal && std::io::IsTerminal::is_terminal(&*stderr);
+    let output =
+        fmt::layer().fmt_fields(voicelink_daemon::logging::escaped_fields()).with_writer(stderr).with_ansi(ansi);
     let output = if journal { output.without_time().boxed() } else { output.boxed() };
     tracing_subscriber::registry().with(filter).with(output).init();
     Box::new(move |level: &LogLevel| {

@@ -457,3 +457,31 @@ async fn the_microphone_check_reads_an_inputs_level_outside_any_call() {
     let wrong = d.ctl(&["level", "--input", "loud"]).await;
     assert!(stderr(&wrong).contains("invalid audio input"), "{}", stderr(&wrong));
 }
+
+#[tokio::test]
+async fn without_a_sound_card_nothing_clockless_is_offered_and_the_libraries_noise_stays_off_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    // Default audio: the daemon probes the sound cards at start, and again here.
+    let d = daemon(dir.path(), "").await;
+    let devices = d.ctl_json(&["devices"]).await;
+    for device in devices["inputs"].as_array().unwrap().iter().chain(devices["outputs"].as_array().unwrap()) {
+        let id = device["id"].as_str().unwrap();
+        assert!(id.starts_with("device:") && id != "device:null", "{device}");
+        assert!(
+            !id.contains(' ') || id.contains("CARD="),
+            "the ID is the device's name, not its description: {device}"
+        );
+    }
+    // The level check of `default`: a clear error on a machine without one.
+    let level = d.ctl(&["level", "--count", "1"]).await;
+    if !level.status.success() {
+        assert!(stderr(&level).contains("cannot be used"), "{}", stderr(&level));
+    }
+    // ALSA, its JACK and OSS plugins and PulseAudio's client complain on stderr
+    // when there is no sound card; the daemon's output keeps only its own lines.
+    let log = d.log_text();
+    for noise in ["ALSA lib", "jack server", "JackShm", "Cannot connect to server"] {
+        assert!(!log.contains(noise), "{noise:?} reached the daemon's output:\n{log}");
+    }
+    assert!(log.contains("voiced is ready"), "our own lines still do:\n{log}");
+}

@@ -86,7 +86,8 @@ async fn call_from(foreign: Foreign) {
         .await;
 
     // The daemon played the foreign peer's tone, and the foreign peer (which
-    // plays only packets of the payload type it offered) heard the daemon's.
+    // plays only packets of the Opus payload types in its offer and the
+    // daemon's answer) heard the daemon's.
     let at_daemon = listen(&wav, &[FOREIGN_TONE, DAEMON_TONE]);
     let at_foreign = classify(&heard.pcm, &[FOREIGN_TONE, DAEMON_TONE]);
     eprintln!("{foreign:?}: the daemon heard {at_daemon:?}; the foreign peer {at_foreign:?}");

@@ -121,7 +121,8 @@ async fn trials(
                 is_state(e, Some(&call_id), CallState::Active) || is_state(e, Some(&call_id), CallState::Ended)
             })
             .await?;
-        if is_state(&first, Some(&call_id), CallState::Active) {
+        let answered = is_state(&first, Some(&call_id), CallState::Active);
+        if answered {
             result.auto_answer_dial_to_active_ms.push(signed_ms(at, dialed));
             caller.client.clone().hangup(HangupRequest { call_id: call_id.clone() }).await?;
         } else {
@@ -133,7 +134,15 @@ async fn trials(
         caller_events
             .seen_or_wait_for("the call to end", DEADLINE, |e| is_state(e, Some(&call_id), CallState::Ended))
             .await?;
-        callee_events.wait_for("the callee's call to end", DEADLINE, |e| is_state(e, None, CallState::Ended)).await?;
+        // A call that failed may never have reached the callee: then there is
+        // nothing to wait for, and no reason to give up the profile.
+        let callee_ended = |e: &_| is_state(e, Some(&call_id), CallState::Ended);
+        let wait = if answered { DEADLINE } else { Duration::from_secs(5) };
+        if let Err(error) = callee_events.seen_or_wait_for("the callee's call to end", wait, callee_ended).await {
+            if answered {
+                return Err(error);
+            }
+        }
     }
     Ok(result)
 }

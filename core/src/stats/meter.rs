@@ -176,7 +176,7 @@ impl CallMeter {
         };
         stats.jitter_buffer_delay = playout.current_delay;
         stats.jitter_buffer_target_delay = playout.target_delay;
-        stats.concealed_samples = playout.jitter.concealed_frames.saturating_mul(playout.samples_per_frame);
+        stats.concealed_samples = playout.jitter.concealed_samples;
         stats.concealment_events = playout.jitter.concealment_events;
         stats.packets_recovered_fec = playout.jitter.fec_recovered;
         stats.late_packets = playout.jitter.late;

@@ -589,7 +589,7 @@ impl Voicelink for ControlService {
             .map_err(|e| Status::internal(format!("listing devices failed: {e}")))?;
         let convert = |d: crate::audio::device::DeviceInfo| v1::AudioDevice {
             id: format!("device:{}", d.name),
-            description: d.id,
+            description: d.description,
             is_default: d.is_default,
             sample_rates: d.sample_rates,
         };

@@ -20,10 +20,11 @@ const MAX_CAPTURE_BACKLOG_MS: u32 = 200;
 /// A device as listed by the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
-    /// What `device:NAME` takes.
+    /// What `device:NAME` takes: the host's own name for the device (ALSA's PCM
+    /// name, such as `pulse` or `hw:CARD=PCH,DEV=0`).
     pub name: String,
-    /// cpal's ID for it (host:id).
-    pub id: String,
+    /// What the host says the device is, for people.
+    pub description: String,
     /// The system's default for its direction.
     pub is_default: bool,
     /// Sample rates it accepts (the ends of its ranges).
@@ -45,8 +46,14 @@ fn is_real(name: &str) -> bool {
     !name.eq_ignore_ascii_case("null")
 }
 
+/// The device's name on its host: cpal's ID (`alsa:pulse`) without the host.
 fn name_of(device: &cpal::Device) -> Option<String> {
-    device.description().ok().map(|d| d.name().to_owned())
+    let id = device.id().ok()?.to_string();
+    Some(id.split_once(':').map_or(id.clone(), |(_, name)| name.to_owned()))
+}
+
+fn description_of(device: &cpal::Device) -> String {
+    device.description().map(|d| d.name().to_owned()).unwrap_or_default()
 }
 
 /// Lists the devices of the default host. Blocking (ALSA probes each device).
@@ -67,7 +74,7 @@ pub fn list() -> DeviceList {
         let default = if input { &default_in } else { &default_out };
         Some(DeviceInfo {
             is_default: default.as_deref() == Some(name.as_str()),
-            id: device.id().map(|id| id.to_string()).unwrap_or_default(),
+            description: description_of(&device),
             name,
             sample_rates,
         })
@@ -100,7 +107,7 @@ fn find(name: Option<&str>, input: bool) -> Result<cpal::Device, EndpointError> 
             for device in devices {
                 let Some(name) = name_of(&device).filter(|n| is_real(n)) else { continue };
                 let id = device.id().map(|id| id.to_string()).unwrap_or_default();
-                if name == wanted || id == wanted {
+                if [&name, &id, &description_of(&device)].iter().any(|n| n.as_str() == wanted) {
                     return Ok(device);
                 }
                 names.push(name);
@@ -115,7 +122,14 @@ fn find(name: Option<&str>, input: bool) -> Result<cpal::Device, EndpointError> 
 
 /// The device's configuration closest to 48 kHz in a format we handle.
 fn choose(device: &cpal::Device, input: bool) -> Result<(StreamConfig, SampleFormat), EndpointError> {
-    let error = |e: String| EndpointError::Unavailable(format!("the device cannot be configured: {e}"));
+    let name = name_of(device).unwrap_or_default();
+    let direction = if input { "capture" } else { "playback" };
+    // `default` without a sound card or a running sound server lands here.
+    let error = |e: String| {
+        EndpointError::Unavailable(format!(
+            "the {direction} device {name:?} cannot be used (no sound card, or no sound server running?): {e}"
+        ))
+    };
     let ranges: Vec<cpal::SupportedStreamConfigRange> = if input {
         device.supported_input_configs().map_err(|e| error(e.to_string()))?.collect()
     } else {

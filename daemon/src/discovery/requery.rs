@@ -131,6 +131,13 @@ pub fn probe(peers: &[IpAddr]) -> usize {
     sent
 }
 
+/// Those of `addresses` that are on one of our links (the only ones worth
+/// probing: a peer's docker or VPN addresses are not).
+pub fn on_our_links(addresses: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
+    let interfaces = usable_interfaces();
+    addresses.into_iter().filter(|&a| interfaces.iter().any(|i| on_link(&i.addr, a))).collect()
+}
+
 fn is_link_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(ip) => ip.is_link_local(),

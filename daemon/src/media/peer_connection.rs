@@ -166,8 +166,11 @@ struct Handler {
     disconnected: AtomicBool,
     /// Candidate gathering is complete.
     gathered: watch::Sender<bool>,
-    /// Opus's payload type: packets of any other type are not played.
+    /// Opus's payload type in the peer's description, and the one we offered:
+    /// packets of any other type are not played. A peer sends on the type our
+    /// description gave (RFC 3264), which most answerers copy from the offer.
     opus_pt: Arc<AtomicU8>,
+    offered_pt: u8,
 }
 
 #[async_trait::async_trait]
@@ -228,13 +231,15 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let packets = self.packets.clone();
         let opus_pt = Arc::clone(&self.opus_pt);
+        let offered_pt = self.offered_pt;
         // The callback runs on the connection's driver: the loop gets its own task.
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
                 match event {
                     // Comfort noise, DTMF and the like would only confuse the decoder.
                     TrackRemoteEvent::OnRtpPacket(packet)
-                        if packet.header.payload_type != opus_pt.load(Ordering::Relaxed) => {}
+                        if packet.header.payload_type != opus_pt.load(Ordering::Relaxed)
+                            && packet.header.payload_type != offered_pt => {}
                     // A full queue drops the packet (the player is behind anyway).
                     TrackRemoteEvent::OnRtpPacket(packet) => {
                         let received = ReceivedPacket {
@@ -363,6 +368,7 @@ impl Connection {
             disconnected: AtomicBool::new(false),
             gathered: gathered_tx,
             opus_pt: Arc::clone(&opus_pt),
+            offered_pt: opus_pt.load(Ordering::Relaxed),
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
@@ -482,8 +488,8 @@ impl Connection {
         }
         // We send Opus on the payload type the peer gave it (RFC 3264 §6.1).
         let opus_pt = sdp::opus_payload_type(&description.sdp).ok_or(ConnectionError::NoOpus)?;
-        self.pc.set_remote_description(description).await.map_err(webrtc_error)?;
         self.opus_pt.store(opus_pt, Ordering::Relaxed);
+        self.pc.set_remote_description(description).await.map_err(webrtc_error)?;
         self.have_remote = true;
         for candidate in std::mem::take(&mut self.early_candidates) {
             self.add_candidate(candidate).await;
