@@ -591,7 +591,7 @@ fn peak(samples: &[i16]) -> i32 {
 }
 
 #[tokio::test]
-async fn ringing_is_heard_on_the_sound_card_and_stops_when_the_call_is_declined() {
+async fn ringing_is_heard_on_the_sound_card_and_stops_when_the_call_is_declined_or_answered() {
     require_netns!();
     let pulse = match start_pulse() {
         Ok(pulse) => pulse,
@@ -652,5 +652,72 @@ async fn ringing_is_heard_on_the_sound_card_and_stops_when_the_call_is_declined(
     a_events.wait_for("alice's call ends", |e| call_is(e, &id, "ended")).await;
     let after = sink_plays(&server, 1.0).await;
     assert!(peak(&after) < 50, "the ringtone stopped at the decline: peak {}", peak(&after));
+
+    // Once more, answered: the ringtone stops, and the call (bob sends silence)
+    // plays nothing.
+    let id = b.ctl_json(&["dial", "alice", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    a_events.wait_for("alice rings again", |e| e["type"] == "incoming_call").await;
+    assert!(peak(&sink_plays(&server, 0.8).await) > 1000, "ringing");
+    a.ctl_json(&["answer"]).await;
+    a_events.wait_for("alice's call is active", |e| call_is(e, &id, "active")).await;
+    let answered = sink_plays(&server, 1.0).await;
+    assert!(peak(&answered) < 50, "the ringtone stopped at the answer: peak {}", peak(&answered));
+    a.ctl_json(&["hangup"]).await;
     drop(pulse);
+}
+
+#[tokio::test]
+async fn a_call_goes_on_when_its_sound_card_is_unplugged() {
+    require_netns!();
+    let pulse = match start_pulse() {
+        Ok(pulse) => pulse,
+        Err(reason) if std::env::var_os("VOICELINK_REQUIRE_NETNS").is_some_and(|v| v == "1") => panic!("{reason}"),
+        Err(reason) => {
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+    let server = format!("unix:{}", pulse.socket.display());
+    let pactl = |args: &[&str]| {
+        let out = std::process::Command::new("pactl").args(["-s", &server]).args(args).output().unwrap();
+        assert!(out.status.success(), "pactl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // A headset: a second sink, the default when the call starts.
+    let headset = pactl(&["load-module", "module-null-sink", "sink_name=headset"]);
+    pactl(&["set-default-sink", "headset"]);
+    let lan = Lan::new(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start_with_env(
+        Some(&lan.host(0)),
+        &dir.path().join("a"),
+        "alice",
+        "[audio]\ninput = \"silence\"\n[calls]\nauto_answer = true\n",
+        &[("PULSE_SERVER", &server)],
+    )
+    .await;
+    let b = Daemon::start(
+        Some(&lan.host(1)),
+        &dir.path().join("b"),
+        "bob",
+        "[audio]\ninput = \"tone:880\"\noutput = \"null\"\n",
+    )
+    .await;
+    let mut b_events = b.follow_events().await;
+    b_events.seen_or_wait_for("bob sees alice", |e| support::about(e, &a.device_id)).await;
+    let call = b.ctl_json(&["dial", "alice"]).await;
+    assert_eq!(call["state"], "active");
+    assert!(peak(&sink_plays(&server, 0.5).await) < 50, "bob's tone plays on the headset, not the speakers");
+
+    // The headset is unplugged: the sound server moves the stream to what is
+    // left, and the call goes on there.
+    pactl(&["unload-module", &headset]);
+    let after = sink_plays(&server, 1.0).await;
+    assert!(
+        loudest_share(&after, 880.0) > 0.8 && peak(&after) > 1000,
+        "bob's tone on the speakers: peak {}",
+        peak(&after)
+    );
+    assert_eq!(a.ctl_json(&["calls"]).await[0]["state"], "active");
+    b.ctl_json(&["hangup"]).await;
 }
