@@ -322,18 +322,26 @@ fn start_pulse() -> Result<Pulse, String> {
     Err("pulseaudio did not come up".into())
 }
 
-#[tokio::test]
-async fn the_sound_card_path_carries_audio_both_ways_through_a_sound_server() {
-    require_netns!();
-    let pulse = match start_pulse() {
-        Ok(pulse) => pulse,
+/// A sound server and its address, or `None` (and why, on stderr) where it
+/// cannot run; where namespace tests are required, that is a failure.
+fn pulse_or_skip() -> Option<(Pulse, String)> {
+    match start_pulse() {
+        Ok(pulse) => {
+            let server = format!("unix:{}", pulse.socket.display());
+            Some((pulse, server))
+        }
         Err(reason) if std::env::var_os("VOICELINK_REQUIRE_NETNS").is_some_and(|v| v == "1") => panic!("{reason}"),
         Err(reason) => {
             eprintln!("SKIPPED: {reason}");
-            return;
+            None
         }
-    };
-    let server = format!("unix:{}", pulse.socket.display());
+    }
+}
+
+#[tokio::test]
+async fn the_sound_card_path_carries_audio_both_ways_through_a_sound_server() {
+    require_netns!();
+    let Some((_pulse, server)) = pulse_or_skip() else { return };
     let lan = Lan::new(2, 1);
     let dir = tempfile::tempdir().unwrap();
     let b_wav = dir.path().join("bob-heard.wav");
@@ -593,15 +601,7 @@ fn peak(samples: &[i16]) -> i32 {
 #[tokio::test]
 async fn ringing_is_heard_on_the_sound_card_and_stops_when_the_call_is_declined_or_answered() {
     require_netns!();
-    let pulse = match start_pulse() {
-        Ok(pulse) => pulse,
-        Err(reason) if std::env::var_os("VOICELINK_REQUIRE_NETNS").is_some_and(|v| v == "1") => panic!("{reason}"),
-        Err(reason) => {
-            eprintln!("SKIPPED: {reason}");
-            return;
-        }
-    };
-    let server = format!("unix:{}", pulse.socket.display());
+    let Some((_pulse, server)) = pulse_or_skip() else { return };
     let lan = Lan::new(2, 1);
     let dir = tempfile::tempdir().unwrap();
     // Alice on the sound server's default devices; bob on no sound card at all.
@@ -663,21 +663,12 @@ async fn ringing_is_heard_on_the_sound_card_and_stops_when_the_call_is_declined_
     let answered = sink_plays(&server, 1.0).await;
     assert!(peak(&answered) < 50, "the ringtone stopped at the answer: peak {}", peak(&answered));
     a.ctl_json(&["hangup"]).await;
-    drop(pulse);
 }
 
 #[tokio::test]
 async fn a_call_goes_on_when_its_sound_card_is_unplugged() {
     require_netns!();
-    let pulse = match start_pulse() {
-        Ok(pulse) => pulse,
-        Err(reason) if std::env::var_os("VOICELINK_REQUIRE_NETNS").is_some_and(|v| v == "1") => panic!("{reason}"),
-        Err(reason) => {
-            eprintln!("SKIPPED: {reason}");
-            return;
-        }
-    };
-    let server = format!("unix:{}", pulse.socket.display());
+    let Some((_pulse, server)) = pulse_or_skip() else { return };
     let pactl = |args: &[&str]| {
         let out = std::process::Command::new("pactl").args(["-s", &server]).args(args).output().unwrap();
         assert!(out.status.success(), "pactl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
