@@ -100,8 +100,8 @@ impl Liveness {
         (0..count).map(|n| online[(start + n) % online.len()].to_owned()).collect()
     }
 
-    /// A peer last seen at `addresses` (those on our links: the task filters)
-    /// went offline (mDNS forgot it) at `now`: ask the LAN again, at once and
+    /// A peer last seen at `addresses` (those on our links first: the task
+    /// orders them) went offline (mDNS forgot it) at `now`: ask the LAN again, at once and
     /// then at a doubling interval, and probe the peer from a second on.
     pub fn peer_lost(&mut self, device_id: DeviceId, addresses: impl IntoIterator<Item = IpAddr>, now: Instant) {
         let earliest = self.last_requery.map_or(now, |last| (last + REQUERY_SPACING).max(now));

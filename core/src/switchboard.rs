@@ -444,6 +444,12 @@ impl Switchboard {
         self.ringing_beside(call)
     }
 
+    /// Whether another incoming call rings here beside `call` (only the first
+    /// of calls ringing together plays the ringtone).
+    pub fn rings_beside(&self, call: &CallId) -> bool {
+        !self.ringing_beside(call).is_empty()
+    }
+
     /// Incoming calls still ringing here, other than `call`.
     fn ringing_beside(&self, call: &CallId) -> Vec<CallId> {
         self.calls

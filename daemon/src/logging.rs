@@ -116,22 +116,34 @@ impl LibraryStderr {
         use std::os::fd::AsFd;
 
         let original = Arc::new(std::fs::File::from(std::io::stderr().as_fd().try_clone_to_owned()?));
-        let (read, write) = nix::unistd::pipe()?;
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // The reader runs before descriptor 2 is switched: nothing written there
+        // is ever stuck in a pipe nobody reads.
+        std::thread::Builder::new().name("voicelink-stderr".into()).spawn(move || {
+            let mut reader = std::io::BufReader::new(std::fs::File::from(read));
+            let mut line = Vec::new();
+            // Any bytes (a description in the locale's encoding): read until
+            // the pipe closes, never stop at a line that is not UTF-8.
+            while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                let text = String::from_utf8_lossy(&line[..line.len().min(4096)]);
+                if !text.trim().is_empty() {
+                    tracing::debug!(target: "voiced::audio_libraries", line = %text.trim_end(), "a library wrote to stderr");
+                }
+                line.clear();
+            }
+        })?;
         let panics = Arc::clone(&original);
         std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
             let backtrace = std::backtrace::Backtrace::capture();
-            let _ = writeln!(&*panics, "{info}\n{backtrace}");
+            let backtrace = match backtrace.status() {
+                std::backtrace::BacktraceStatus::Captured => format!("\n{backtrace}"),
+                _ => String::new(),
+            };
+            let _ = writeln!(&*panics, "thread '{}' {info}{backtrace}", thread.name().unwrap_or("<unnamed>"));
         }));
         nix::unistd::dup2_stderr(&write)?;
         drop(write);
-        std::thread::Builder::new().name("voicelink-stderr".into()).spawn(move || {
-            for line in std::io::BufReader::new(std::fs::File::from(read)).lines() {
-                let Ok(line) = line else { break };
-                if !line.trim().is_empty() {
-                    tracing::debug!(target: "voiced::audio_libraries", %line, "a library wrote to stderr");
-                }
-            }
-        })?;
         Ok(LibraryStderr { original })
     }
 

@@ -104,13 +104,31 @@ fn find(name: Option<&str>, input: bool) -> Result<cpal::Device, EndpointError> 
             let devices =
                 devices.map_err(|e| EndpointError::Unavailable(format!("cannot list {direction} devices: {e}")))?;
             let mut names = Vec::new();
+            let mut described = Vec::new();
             for device in devices {
                 let Some(name) = name_of(&device).filter(|n| is_real(n)) else { continue };
                 let id = device.id().map(|id| id.to_string()).unwrap_or_default();
-                if [&name, &id, &description_of(&device)].iter().any(|n| n.as_str() == wanted) {
+                if name == wanted || id == wanted {
                     return Ok(device);
                 }
+                if description_of(&device) == wanted {
+                    described.push((name.clone(), device));
+                }
                 names.push(name);
+            }
+            // A description names a device only when it is the only one so described
+            // (ALSA gives hw, plughw, front… of one card the same one).
+            match described.len() {
+                1 => return Ok(described.remove(0).1),
+                0 => {}
+                _ => {
+                    let candidates: Vec<String> = described.into_iter().map(|(name, _)| name).collect();
+                    return Err(EndpointError::Unavailable(format!(
+                        "{wanted:?} describes {} {direction} devices; name one: {}",
+                        candidates.len(),
+                        candidates.join(", ")
+                    )));
+                }
             }
             Err(EndpointError::Unavailable(format!(
                 "no {direction} device is called {wanted:?}; there are: {}",

@@ -51,7 +51,9 @@ pub async fn watch(
     let mut frame = vec![0i16; samples_per_frame(FRAME)];
     let mut meter = LevelMeter::default();
     let mut tick = tokio::time::interval(FRAME);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    // After a stall, read on rather than catch up: the catching-up reads would
+    // find the capture ring empty and pull the reading toward silence.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let frames_per_reading = (interval.as_millis() / FRAME.as_millis()).max(1);
     let mut frames = 0;
     loop {

@@ -89,21 +89,24 @@ async fn ring_until(sound: Sound, output: OutputSpec, volume: u32, stop: Cancell
         };
         open_output(&output).map(|sink| (source, sink))
     });
-    let (mut source, mut sink) = tokio::select! {
-        () = stop.cancelled() => return,
-        opened = opened => match opened {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(error)) => {
-                debug!(%error, "cannot open the output to ring on");
-                return;
-            }
-            Err(_) => return,
-        },
+    // Stopped or not, the open is waited for: the call opens the output next
+    // and must find it closed again.
+    let (mut source, mut sink) = match opened.await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(error)) => {
+            debug!(%error, "cannot open the output to ring on");
+            return;
+        }
+        Err(_) => return,
     };
+    if stop.is_cancelled() {
+        let _ = tokio::task::spawn_blocking(move || drop(sink)).await;
+        return;
+    }
     let gain = f64::from(volume) / 100.0;
     let mut frame = vec![0i16; samples_per_frame(FRAME)];
     let mut tick = tokio::time::interval(FRAME);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             () = stop.cancelled() => break,

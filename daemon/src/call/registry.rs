@@ -334,8 +334,9 @@ impl Registry {
                 if let Some(frame) = frame {
                     context.codec.frame = frame;
                 }
-                let handle =
-                    task::incoming(context, connection, call_id.clone(), caller_name, (input, output), !answer);
+                // One ringtone at a time: a call that rings beside another rings silently.
+                let rings = !answer && !self.switchboard.rings_beside(&call_id);
+                let handle = task::incoming(context, connection, call_id.clone(), caller_name, (input, output), rings);
                 self.calls.insert(call_id.clone(), handle);
                 if answer {
                     self.tell(&call_id, Command::Answer);

@@ -31,7 +31,7 @@ use crate::events::{Change, EventHub};
 use crate::identity::Identity;
 use crate::logging::Throttle;
 use proof::{AdvertSigner, SigningError};
-use requery::{on_our_links, probe, requery_lan};
+use requery::{on_our_links_first, probe, requery_lan};
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::vocab::DeviceId;
 
@@ -199,7 +199,7 @@ impl Discovery {
             for change in changes {
                 match &change {
                     PeerChange::Changed(peer) if !peer.online => {
-                        liveness.peer_lost(peer.device_id, on_our_links(peer.addresses.iter().copied()), now)
+                        liveness.peer_lost(peer.device_id, on_our_links_first(peer.addresses.iter().copied()), now)
                     }
                     PeerChange::Changed(peer) => liveness.peer_back(&peer.device_id),
                     PeerChange::Gone { device_id, .. } => liveness.peer_back(device_id),

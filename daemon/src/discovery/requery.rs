@@ -131,11 +131,14 @@ pub fn probe(peers: &[IpAddr]) -> usize {
     sent
 }
 
-/// Those of `addresses` that are on one of our links (the only ones worth
-/// probing: a peer's docker or VPN addresses are not).
-pub fn on_our_links(addresses: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
+/// `addresses` with those on one of our links first (a peer's docker or VPN
+/// addresses are not worth probing, but when our own link is down none is on
+/// it, and the probes must still have somewhere to go once it is back).
+pub fn on_our_links_first(addresses: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
     let interfaces = usable_interfaces();
-    addresses.into_iter().filter(|&a| interfaces.iter().any(|i| on_link(&i.addr, a))).collect()
+    let mut addresses: Vec<IpAddr> = addresses.into_iter().collect();
+    addresses.sort_by_key(|&a| !interfaces.iter().any(|i| on_link(&i.addr, a)));
+    addresses
 }
 
 fn is_link_local(ip: IpAddr) -> bool {

@@ -166,11 +166,13 @@ struct Handler {
     disconnected: AtomicBool,
     /// Candidate gathering is complete.
     gathered: watch::Sender<bool>,
-    /// Opus's payload type in the peer's description, and the one we offered:
-    /// packets of any other type are not played. A peer sends on the type our
-    /// description gave (RFC 3264), which most answerers copy from the offer.
+    /// Opus's payload type in the peer's description, and, when we made the
+    /// offer, the one we offered: packets of any other type are not played. A
+    /// peer sends on the type our description gave (RFC 3264), which most
+    /// answerers copy from the offer.
     opus_pt: Arc<AtomicU8>,
     offered_pt: u8,
+    offered: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -232,6 +234,7 @@ impl PeerConnectionEventHandler for Handler {
         let packets = self.packets.clone();
         let opus_pt = Arc::clone(&self.opus_pt);
         let offered_pt = self.offered_pt;
+        let offered = Arc::clone(&self.offered);
         // The callback runs on the connection's driver: the loop gets its own task.
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
@@ -239,7 +242,7 @@ impl PeerConnectionEventHandler for Handler {
                     // Comfort noise, DTMF and the like would only confuse the decoder.
                     TrackRemoteEvent::OnRtpPacket(packet)
                         if packet.header.payload_type != opus_pt.load(Ordering::Relaxed)
-                            && packet.header.payload_type != offered_pt => {}
+                            && !(offered.load(Ordering::Relaxed) && packet.header.payload_type == offered_pt) => {}
                     // A full queue drops the packet (the player is behind anyway).
                     TrackRemoteEvent::OnRtpPacket(packet) => {
                         let received = ReceivedPacket {
@@ -272,6 +275,8 @@ pub struct Connection {
     sender: Arc<dyn RtpSender>,
     /// Opus's payload type: ours until the peer's description gives its own.
     opus_pt: Arc<AtomicU8>,
+    /// We made the offer (so the peer may send on the type we offered).
+    offered: Arc<AtomicBool>,
 }
 
 fn opus_codec() -> RTCRtpCodec {
@@ -361,6 +366,7 @@ impl Connection {
         let (packets_tx, packets) = mpsc::channel(512);
         let (gathered_tx, gathered) = watch::channel(false);
         let opus_pt = Arc::new(AtomicU8::new(opus_pt));
+        let offered = Arc::new(AtomicBool::new(false));
         let handler = Arc::new(Handler {
             events: events_tx,
             packets: packets_tx,
@@ -369,6 +375,7 @@ impl Connection {
             gathered: gathered_tx,
             opus_pt: Arc::clone(&opus_pt),
             offered_pt: opus_pt.load(Ordering::Relaxed),
+            offered: Arc::clone(&offered),
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
@@ -411,6 +418,7 @@ impl Connection {
             peer,
             sender,
             opus_pt,
+            offered,
         };
         Ok((connection, outbound, packets))
     }
@@ -454,6 +462,7 @@ impl Connection {
     /// Caller: the offer to send.
     pub async fn create_offer(&mut self) -> Result<String, ConnectionError> {
         let offer = self.pc.create_offer(None).await.map_err(webrtc_error)?;
+        self.offered.store(true, Ordering::Relaxed);
         self.set_local(offer).await
     }
 
@@ -488,8 +497,11 @@ impl Connection {
         }
         // We send Opus on the payload type the peer gave it (RFC 3264 §6.1).
         let opus_pt = sdp::opus_payload_type(&description.sdp).ok_or(ConnectionError::NoOpus)?;
-        self.opus_pt.store(opus_pt, Ordering::Relaxed);
-        self.pc.set_remote_description(description).await.map_err(webrtc_error)?;
+        let before = self.opus_pt.swap(opus_pt, Ordering::Relaxed);
+        if let Err(error) = self.pc.set_remote_description(description).await {
+            self.opus_pt.store(before, Ordering::Relaxed);
+            return Err(webrtc_error(error));
+        }
         self.have_remote = true;
         for candidate in std::mem::take(&mut self.early_candidates) {
             self.add_candidate(candidate).await;
