@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use voicelink_core::audio_math::samples_per_frame;
+use voicelink_core::audio_math::{samples_per_frame, scale_into};
 use voicelink_core::audio_spec::{OutputSpec, RingtoneSpec};
 use voicelink_core::reload::Ringing;
 use voicelink_core::ring_tones::{Ring, RingTone};
@@ -103,8 +103,8 @@ async fn ring_until(sound: Sound, output: OutputSpec, volume: u32, stop: Cancell
         let _ = tokio::task::spawn_blocking(move || drop(sink)).await;
         return;
     }
-    let gain = f64::from(volume) / 100.0;
     let mut frame = vec![0i16; samples_per_frame(FRAME)];
+    let mut scaled = frame.clone();
     let mut tick = tokio::time::interval(FRAME);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -112,10 +112,8 @@ async fn ring_until(sound: Sound, output: OutputSpec, volume: u32, stop: Cancell
             () = stop.cancelled() => break,
             _ = tick.tick() => {
                 source.fill(&mut frame);
-                for sample in &mut frame {
-                    *sample = (f64::from(*sample) * gain) as i16;
-                }
-                if let Err(error) = sink.write(&frame) {
+                scale_into(&frame, volume, &mut scaled);
+                if let Err(error) = sink.write(&scaled) {
                     debug!(%error, "the output stopped taking the ringing");
                     break;
                 }

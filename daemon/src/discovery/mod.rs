@@ -31,7 +31,7 @@ use crate::events::{Change, EventHub};
 use crate::identity::Identity;
 use crate::logging::Throttle;
 use proof::{AdvertSigner, SigningError};
-use requery::{on_our_links_first, probe, requery_lan};
+use requery::{OurLinks, probe, requery_lan};
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::vocab::DeviceId;
 
@@ -196,10 +196,13 @@ impl Discovery {
                     "too many peers or instances advertised on the LAN; ignoring the newest"
                 );
             }
+            // Listed once for however many peers this batch loses (a flood's may be many).
+            let mut links: Option<OurLinks> = None;
             for change in changes {
                 match &change {
                     PeerChange::Changed(peer) if !peer.online => {
-                        liveness.peer_lost(peer.device_id, on_our_links_first(peer.addresses.iter().copied()), now)
+                        let addresses = links.get_or_insert_with(OurLinks::list).first(peer.addresses.iter().copied());
+                        liveness.peer_lost(peer.device_id, addresses, now)
                     }
                     PeerChange::Changed(peer) => liveness.peer_back(&peer.device_id),
                     PeerChange::Gone { device_id, .. } => liveness.peer_back(device_id),

@@ -131,14 +131,23 @@ pub fn probe(peers: &[IpAddr]) -> usize {
     sent
 }
 
-/// `addresses` with those on one of our links first (a peer's docker or VPN
-/// addresses are not worth probing, but when our own link is down none is on
-/// it, and the probes must still have somewhere to go once it is back).
-pub fn on_our_links_first(addresses: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
-    let interfaces = usable_interfaces();
-    let mut addresses: Vec<IpAddr> = addresses.into_iter().collect();
-    addresses.sort_by_key(|&a| !interfaces.iter().any(|i| on_link(&i.addr, a)));
-    addresses
+/// Our links, as listed once for a batch of lost peers.
+pub struct OurLinks(Vec<if_addrs::Interface>);
+
+impl OurLinks {
+    /// Lists the interfaces mdns-sd uses.
+    pub fn list() -> OurLinks {
+        OurLinks(usable_interfaces())
+    }
+
+    /// `addresses` with those on one of our links first (a peer's docker or VPN
+    /// addresses are not worth probing, but when our own link is down none is
+    /// on it, and the probes must still have somewhere to go once it is back).
+    pub fn first(&self, addresses: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
+        let mut addresses: Vec<IpAddr> = addresses.into_iter().collect();
+        addresses.sort_by_key(|&a| !self.0.iter().any(|i| on_link(&i.addr, a)));
+        addresses
+    }
 }
 
 fn is_link_local(ip: IpAddr) -> bool {

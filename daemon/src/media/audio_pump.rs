@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
-use voicelink_core::audio_math::samples_per_frame;
+use voicelink_core::audio_math::{samples_per_frame, scale_into};
 use voicelink_core::encoder_policy::ExpectedLoss;
 use voicelink_core::jitter_buffer::{JitterBuffer, MAX_PACKET_SAMPLES, Playout};
 use voicelink_core::reload::LiveSettings;
@@ -221,10 +221,7 @@ impl PlayPump {
                 (false, _) | (_, 0) => &silence[..],
                 (true, 100) => heard,
                 (true, percent) => {
-                    let gain = f64::from(percent) / 100.0;
-                    for (to, &from) in speaker_pcm.iter_mut().zip(heard) {
-                        *to = (f64::from(from) * gain).clamp(f64::from(i16::MIN), f64::from(i16::MAX)) as i16;
-                    }
+                    scale_into(heard, percent, &mut speaker_pcm);
                     &speaker_pcm[..]
                 }
             };
