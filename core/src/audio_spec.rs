@@ -29,6 +29,14 @@ pub enum InputSpec {
     Echo,
 }
 
+impl InputSpec {
+    /// A microphone (the default one or a named one): what voice processing is
+    /// for; not a file, a tone, silence or the echo of the peer.
+    pub fn is_sound_card(&self) -> bool {
+        matches!(self, InputSpec::Default | InputSpec::Device(_))
+    }
+}
+
 /// Where a call's incoming audio goes.
 #[derive(Debug, Clone, PartialEq, SerializeDisplay, DeserializeFromStr)]
 pub enum OutputSpec {
@@ -226,5 +234,11 @@ mod tests {
         }
         assert!(OutputSpec::Default.is_sound_card() && OutputSpec::Device("hw".into()).is_sound_card());
         assert!(!OutputSpec::Null.is_sound_card() && !OutputSpec::File("a.wav".into()).is_sound_card());
+        assert!(InputSpec::Default.is_sound_card() && InputSpec::Device("usb".into()).is_sound_card());
+        assert!(
+            ![InputSpec::Tone(440), InputSpec::Silence, InputSpec::Echo, InputSpec::File("a.wav".into())]
+                .iter()
+                .any(InputSpec::is_sound_card)
+        );
     }
 }

@@ -222,6 +222,12 @@ pub struct AudioConfig {
     pub ringback: bool,
     /// How loud ringing is, in per cent.
     pub ring_volume: Bounded<0, 100>,
+    /// Remove the speaker's echo from a sound card's microphone.
+    pub echo_cancellation: bool,
+    /// Attenuate steady background noise on a sound card's microphone.
+    pub noise_suppression: bool,
+    /// Bring a sound card's microphone to a steady speech level.
+    pub gain_control: bool,
 }
 
 impl Default for AudioConfig {
@@ -234,6 +240,9 @@ impl Default for AudioConfig {
             ringtone: RingtoneSpec::Builtin,
             ringback: true,
             ring_volume: Bounded(50),
+            echo_cancellation: true,
+            noise_suppression: true,
+            gain_control: true,
         }
     }
 }

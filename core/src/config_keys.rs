@@ -180,6 +180,33 @@ pub const KEYS: &[ConfigKey] = &[
         flag: None,
     },
     ConfigKey {
+        key: "audio.echo_cancellation",
+        kind: Kind::Bool,
+        default: "true",
+        applies: Applies::Live,
+        doc: "Remove what the speaker plays from what a sound card's microphone hears (WebRTC's AEC3). \
+              Files, tones and echo inputs are never processed. Calls in progress follow at once.",
+        flag: None,
+    },
+    ConfigKey {
+        key: "audio.noise_suppression",
+        kind: Kind::Bool,
+        default: "true",
+        applies: Applies::Live,
+        doc: "Attenuate steady background noise (fans, hum) on a sound card's microphone. Calls in \
+              progress follow at once.",
+        flag: None,
+    },
+    ConfigKey {
+        key: "audio.gain_control",
+        kind: Kind::Bool,
+        default: "true",
+        applies: Applies::Live,
+        doc: "Bring a quiet or loud sound-card microphone to a steady speech level. Calls in progress \
+              follow at once.",
+        flag: None,
+    },
+    ConfigKey {
         key: "calls.auto_answer",
         kind: Kind::Text,
         default: "\"off\"",
@@ -457,7 +484,12 @@ mod tests {
             "calls.reconnect_timeout_secs" => "60",
             "history.keep_days" => "30",
             "history.keep_calls" => "500",
-            "discovery.enabled" | "audio.loop_files" | "audio.ringback" => "false",
+            "discovery.enabled"
+            | "audio.loop_files"
+            | "audio.ringback"
+            | "audio.echo_cancellation"
+            | "audio.noise_suppression"
+            | "audio.gain_control" => "false",
             "calls.do_not_disturb" => "true",
             _ => "true",
         }

@@ -17,7 +17,8 @@
 //! - [`admission`]: which new signaling connections may spend a handshake slot.
 //! - [`sdp`]: the few things read from and fixed in SDP text.
 //! - [`jitter_buffer`], [`resample`], [`audio_math`], [`audio_spec`]: the audio chain's math;
-//!   [`encoder_policy`]: how much loss the encoder protects against.
+//!   [`encoder_policy`]: how much loss the encoder protects against; [`voice_processing`]:
+//!   echo cancellation, noise suppression and gain control on the capture path.
 //! - [`stats`]: the per-call meter and the E-model.
 //! - [`config`] and [`reload`]: the configuration file and what a reload changes.
 
@@ -46,4 +47,5 @@ pub mod sdp;
 pub mod stats;
 pub mod switchboard;
 pub mod vocab;
+pub mod voice_processing;
 pub mod wire;

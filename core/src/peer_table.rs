@@ -194,10 +194,10 @@ impl PeerTable {
     fn remove(&mut self, device: &DeviceId) -> Option<Entry> {
         let entry = self.peers.remove(device)?;
         if let Some(at) = entry.signed_at {
-            if self.departed.len() >= MAX_DEPARTED {
-                if let Some(oldest) = self.departed.iter().min_by_key(|(_, at)| **at).map(|(id, _)| *id) {
-                    self.departed.remove(&oldest);
-                }
+            if self.departed.len() >= MAX_DEPARTED
+                && let Some(oldest) = self.departed.iter().min_by_key(|(_, at)| **at).map(|(id, _)| *id)
+            {
+                self.departed.remove(&oldest);
             }
             self.departed.insert(*device, at);
         }

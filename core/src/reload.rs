@@ -6,6 +6,7 @@
 
 use crate::audio_spec::{InputSpec, OutputSpec, RingtoneSpec};
 use crate::config::{CallsConfig, Config, DisplayName, LogLevel};
+use crate::voice_processing::ProcessingChoice;
 
 /// The settings a reload can change while the daemon runs, as published to the
 /// tasks that use them (on a `watch` channel: only the latest value matters).
@@ -23,6 +24,9 @@ pub struct LiveSettings {
     pub output_volume: u32,
     /// How new calls ring.
     pub ringing: Ringing,
+    /// Which voice processing stages a sound card's microphone gets: calls in
+    /// progress follow at once.
+    pub processing: ProcessingChoice,
     /// Call policy and codec settings: `auto_answer` at once, the rest for new calls.
     pub calls: CallsConfig,
 }
@@ -40,6 +44,11 @@ impl LiveSettings {
                 ringtone: config.audio.ringtone.clone(),
                 ringback: config.audio.ringback,
                 volume: config.audio.ring_volume.0,
+            },
+            processing: ProcessingChoice {
+                echo_cancellation: config.audio.echo_cancellation,
+                noise_suppression: config.audio.noise_suppression,
+                gain_control: config.audio.gain_control,
             },
             calls: config.calls.clone(),
         }

@@ -338,14 +338,50 @@ fn pulse_or_skip() -> Option<(Pulse, String)> {
     }
 }
 
+/// Four seconds of something like speech (48 kHz mono): syllables of shaped
+/// noise, three a second, with pauses, which noise suppression keeps.
+fn write_babble(path: &std::path::Path) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(path, spec).unwrap();
+    let (mut state, mut smooth) = (0x2545_f491_u32, 0.0f64);
+    for i in 0..48_000 * 4 {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let white = f64::from(state) / f64::from(u32::MAX) * 2.0 - 1.0;
+        smooth = 0.6 * smooth + 0.4 * white;
+        let t = f64::from(i) / 48_000.0;
+        // Every fourth syllable is a pause.
+        let syllable = (t * 3.0) as u32;
+        let envelope = if syllable % 4 == 3 { 0.0 } else { (std::f64::consts::PI * (t * 3.0).fract()).sin() };
+        writer.write_sample((smooth * envelope * 16_000.0) as i16).unwrap();
+    }
+    writer.finalize().unwrap();
+}
+
+/// The level of each 200 ms window of a mono WAV, in dB (full scale is about 90).
+fn window_db(path: &std::path::Path) -> Vec<f64> {
+    window_levels(path, 0, 1).iter().map(|rms| 20.0 * rms.max(1.0).log10()).collect()
+}
+
+/// The level of windows together (their mean power), in dB.
+fn mean_db(windows: &[f64]) -> f64 {
+    10.0 * (windows.iter().map(|db| 10f64.powf(db / 10.0)).sum::<f64>() / windows.len() as f64).log10()
+}
+
 #[tokio::test]
-async fn the_sound_card_path_carries_audio_both_ways_through_a_sound_server() {
+async fn a_microphone_that_hears_the_speaker_sends_no_echo_back() {
     require_netns!();
     let Some((_pulse, server)) = pulse_or_skip() else { return };
     let lan = Lan::new(2, 1);
     let dir = tempfile::tempdir().unwrap();
-    let b_wav = dir.path().join("bob-heard.wav");
-    // Alice uses the default devices (ALSA → PulseAudio null sink) and answers at once.
+    // Alice uses the default devices (ALSA → PulseAudio null sink), whose
+    // microphone is the speaker's monitor: a perfect echo path. She answers at once.
     let a = Daemon::start_with_env(
         Some(&lan.host(0)),
         &dir.path().join("a"),
@@ -359,20 +395,47 @@ async fn the_sound_card_path_carries_audio_both_ways_through_a_sound_server() {
     assert!(!names.is_empty(), "cpal sees the sound server's devices: {devices:#}");
     assert!(!names.contains(&"device:null"), "ALSA's clockless null device is never offered: {names:?}");
 
-    let b = Daemon::start(Some(&lan.host(1)), &dir.path().join("b"), "bob", &audio("tone:880", &b_wav)).await;
+    let babble = dir.path().join("babble.wav");
+    write_babble(&babble);
+    let b =
+        Daemon::start(Some(&lan.host(1)), &dir.path().join("b"), "bob", &audio("silence", &dir.path().join("b.wav")))
+            .await;
     let mut b_events = b.follow_events().await;
     b_events.wait_for("bob sees alice", |e| support::about(e, &a.device_id)).await;
-    let call = b.ctl_json(&["dial", "alice"]).await;
-    assert_eq!(call["state"], "active");
-    talk_for(Duration::from_secs(4)).await;
-    b.ctl_json(&["hangup"]).await;
-    let id = call["call_id"].as_str().unwrap().to_owned();
-    b_events.seen_or_wait_for("ended", |e| call_is(e, &id, "ended")).await;
-
-    // Bob's 880 Hz went to alice, out of her "speaker" (the null sink), into her
-    // "microphone" (its monitor), and back to bob: both directions through cpal.
-    let heard = listen(&b_wav, &[880]);
-    assert!(heard.iter().filter(|h| **h == Heard::Tone(880)).count() >= 5, "bob heard: {heard:?}\n{}", a.log_text());
+    // Bob talks; what comes back to him is alice's echo. With voice processing
+    // on (the default for a sound card), then off.
+    let input = format!("file:{}", babble.display());
+    let mut heard = Vec::new();
+    for (phase, seconds) in [("on", 6), ("off", 4)] {
+        if phase == "off" {
+            for key in ["audio.echo_cancellation", "audio.noise_suppression", "audio.gain_control"] {
+                let out = a.ctl(&["config", "set", key, "false"]).await;
+                assert!(out.status.success(), "{out:?}");
+            }
+        }
+        let wav = dir.path().join(format!("bob-hears-{phase}.wav"));
+        let output = format!("file:{}", wav.display());
+        let call = b.ctl_json(&["dial", "alice", "--input", &input, "--output", &output]).await;
+        assert_eq!(call["state"], "active", "{call}");
+        talk_for(Duration::from_secs(seconds)).await;
+        b.ctl_json(&["hangup"]).await;
+        let id = call["call_id"].as_str().unwrap().to_owned();
+        b_events.seen_or_wait_for("ended", |e| call_is(e, &id, "ended")).await;
+        heard.push(window_db(&wav));
+    }
+    // Off, bob's voice went to alice, out of her "speaker", into her
+    // "microphone" and back: both directions through cpal (the sound server
+    // takes a second or two to start the streams). On, it is removed once the
+    // canceller has converged: the last two seconds count.
+    let (on, off) = (&heard[0], &heard[1]);
+    let returned = mean_db(&off[off.len() - 10..off.len() - 1]);
+    assert!(returned > 60.0, "with processing off bob hears himself: {off:.0?}\n{}", a.log_text());
+    let cancelled = mean_db(&on[on.len() - 10..on.len() - 1]);
+    assert!(
+        returned - cancelled >= 25.0,
+        "the echo is only {:.1} dB quieter: on {on:.0?}, off {off:.0?}",
+        returned - cancelled
+    );
 }
 
 #[tokio::test]
@@ -565,24 +628,26 @@ async fn the_speaker_can_be_turned_off_and_down_without_touching_the_recording()
 }
 
 /// What the sound server's null sink plays over the next `seconds` (48 kHz mono).
-async fn sink_plays(server: &str, seconds: f64) -> Vec<i16> {
+fn sink_plays(server: &str, seconds: f64) -> impl Future<Output = Vec<i16>> + Send + 'static {
     let server = server.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut parec = std::process::Command::new("parec")
-            .args(["--server", &server, "--device=vsink.monitor", "--format=s16le", "--rate=48000", "--channels=1"])
-            .arg("--raw")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("run parec (pulseaudio-utils)");
-        let mut bytes = vec![0u8; (seconds * 48_000.0) as usize * 2];
-        parec.stdout.take().unwrap().read_exact(&mut bytes).unwrap();
-        let _ = parec.kill();
-        let _ = parec.wait();
-        bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect::<Vec<i16>>()
-    })
-    .await
-    .unwrap()
+    async move {
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut parec = std::process::Command::new("parec")
+                .args(["--server", &server, "--device=vsink.monitor", "--format=s16le", "--rate=48000", "--channels=1"])
+                .arg("--raw")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("run parec (pulseaudio-utils)");
+            let mut bytes = vec![0u8; (seconds * 48_000.0) as usize * 2];
+            parec.stdout.take().unwrap().read_exact(&mut bytes).unwrap();
+            let _ = parec.kill();
+            let _ = parec.wait();
+            bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect::<Vec<i16>>()
+        })
+        .await
+        .unwrap()
+    }
 }
 
 /// How much of the tone `hz` the clearest 50 ms of `samples` holds (among
@@ -622,10 +687,12 @@ async fn ringing_is_heard_on_the_sound_card_and_stops_when_the_call_is_declined_
     let quiet = sink_plays(&server, 0.5).await;
     assert!(peak(&quiet) < 50, "the sink is quiet before any call: peak {}", peak(&quiet));
 
-    // Alice calls bob: while he rings, she hears the ringing tone (425 Hz).
+    // Alice calls bob: while he rings, she hears the ringing tone (425 Hz), which
+    // starts with the call (1 s on, 4 s off): listened to from before the dial.
+    let listening = tokio::spawn(sink_plays(&server, 2.5));
     let id = a.ctl_json(&["dial", "bob", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
     b_events.wait_for("bob rings", |e| e["type"] == "incoming_call").await;
-    let ringback = sink_plays(&server, 1.0).await;
+    let ringback = listening.await.unwrap();
     assert!(peak(&ringback) > 1000, "alice hears the ringing tone: peak {}", peak(&ringback));
     assert!(best_share(&ringback, 425.0) > 0.8, "425 Hz: {}", best_share(&ringback, 425.0));
     b.ctl_json(&["decline"]).await;

@@ -138,10 +138,10 @@ async fn trials(
         // nothing to wait for, and no reason to give up the profile.
         let callee_ended = |e: &_| is_state(e, Some(&call_id), CallState::Ended);
         let wait = if answered { DEADLINE } else { Duration::from_secs(5) };
-        if let Err(error) = callee_events.seen_or_wait_for("the callee's call to end", wait, callee_ended).await {
-            if answered {
-                return Err(error);
-            }
+        if let Err(error) = callee_events.seen_or_wait_for("the callee's call to end", wait, callee_ended).await
+            && answered
+        {
+            return Err(error);
         }
     }
     Ok(result)

@@ -9,13 +9,25 @@ use std::thread::JoinHandle;
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{SampleFormat, SizedSample, StreamConfig};
 
-use super::endpoints::{EndpointError, SAMPLE_RATE, Sink, Source};
+use super::endpoints::{EchoReference, EndpointError, SAMPLE_RATE, Sink, Source};
 use voicelink_core::resample::Resampler;
 
 /// Ring capacity, in seconds of audio.
 const RING_SECONDS: u32 = 1;
 /// Captured audio buffered beyond this is dropped (a clock drifting ahead).
 const MAX_CAPTURE_BACKLOG_MS: u32 = 200;
+/// The cushion the speaker keeps beyond what the device asks for next: playing
+/// (re)starts once this much waits, so the pumps' scheduling jitter does not
+/// chop the sound.
+const PLAYBACK_CUSHION_MS: u32 = 40;
+/// Audio waiting for the speaker beyond the device's request and twice the
+/// cushion is dropped, down to the cushion: the ring fills while a stream
+/// starts, and a device whose clock runs slow would otherwise add latency
+/// without end (and put the echo out of the echo canceller's reach, ~600 ms).
+const MAX_PLAYBACK_BACKLOG_MS: u32 = 2 * PLAYBACK_CUSHION_MS;
+/// The period asked of the device: short, as voice needs; the device's own
+/// limits win.
+const DEVICE_PERIOD_MS: u32 = 10;
 
 /// A device as listed by the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +177,12 @@ fn choose(device: &cpal::Device, input: bool) -> Result<(StreamConfig, SampleFor
         SAMPLE_RATE.clamp(best.min_sample_rate(), best.max_sample_rate())
     };
     let config = best.with_sample_rate(rate);
-    Ok((config.config(), config.sample_format()))
+    let mut stream = config.config();
+    // Without this, ALSA's pulse plugin buffers most of a second.
+    if let cpal::SupportedBufferSize::Range { min, max } = config.buffer_size() {
+        stream.buffer_size = cpal::BufferSize::Fixed((rate * DEVICE_PERIOD_MS / 1000).clamp(*min, *max));
+    }
+    Ok((stream, config.sample_format()))
 }
 
 /// Runs a stream on its own thread until the handle is dropped.
@@ -312,6 +329,10 @@ pub struct Playback {
     resampler: Resampler,
     input: Vec<f32>,
     converted: Vec<f32>,
+    /// Samples that may wait in the ring.
+    max_backlog: usize,
+    /// What the device played, until the echo canceller takes it.
+    played: Option<PlayedTap>,
     _stream: StreamThread,
 }
 
@@ -322,19 +343,28 @@ impl Playback {
         let (config, format) = choose(&device, false)?;
         let rate = config.sample_rate;
         let channels = usize::from(config.channels.max(1));
-        let (producer, mut consumer) = rtrb::RingBuffer::<f32>::new((rate * RING_SECONDS) as usize);
+        let (producer, consumer) = rtrb::RingBuffer::<f32>::new((rate * RING_SECONDS) as usize);
+        let max_backlog = (rate * MAX_PLAYBACK_BACKLOG_MS / 1000) as usize;
+        let (played, played_tap) = rtrb::RingBuffer::<f32>::new((rate * RING_SECONDS) as usize);
+        let mut speaker = SpeakerRing {
+            ring: consumer,
+            played,
+            playing: false,
+            cushion: (rate * PLAYBACK_CUSHION_MS / 1000) as usize,
+            max_backlog,
+        };
         let stream = StreamThread::spawn(move || {
             let error = |e: cpal::Error| tracing::warn!(%e, "playback stream error");
             let result = match format {
                 SampleFormat::F32 => device.build_output_stream::<f32, _, _>(
                     config,
-                    move |data, _| pop_mono(&mut consumer, data, channels),
+                    move |data, _| speaker.pop(data, channels),
                     error,
                     None,
                 ),
                 _ => device.build_output_stream::<i16, _, _>(
                     config,
-                    move |data, _| pop_mono(&mut consumer, data, channels),
+                    move |data, _| speaker.pop(data, channels),
                     error,
                     None,
                 ),
@@ -346,24 +376,88 @@ impl Playback {
             resampler: Resampler::new(SAMPLE_RATE, rate),
             input: Vec::new(),
             converted: Vec::new(),
+            max_backlog,
+            played: Some(PlayedTap {
+                ring: played_tap,
+                resampler: Resampler::new(rate, SAMPLE_RATE),
+                scratch: Vec::new(),
+                converted: Vec::new(),
+                pcm: Vec::new(),
+            }),
             _stream: stream,
         })
     }
 }
 
-/// The audio callback: one mono sample to every channel; silence on underrun.
-fn pop_mono<T>(consumer: &mut rtrb::Consumer<f32>, data: &mut [T], channels: usize)
-where
-    T: SizedSample + cpal::Sample + cpal::FromSample<f32>,
-{
-    for frame in data.chunks_mut(channels) {
-        let sample = consumer.pop().unwrap_or(0.0);
-        frame.fill(T::from_sample(sample));
+/// The device's end of the playback ring.
+struct SpeakerRing {
+    ring: rtrb::Consumer<f32>,
+    /// Every sample handed to the device, silence included: the echo reference.
+    played: rtrb::Producer<f32>,
+    /// Playing, rather than waiting for the cushion to fill.
+    playing: bool,
+    cushion: usize,
+    max_backlog: usize,
+}
+
+impl SpeakerRing {
+    /// The audio callback: one mono sample to every channel. Silence while the
+    /// cushion fills after a start or an underrun; a backlog is cut to the cushion.
+    fn pop<T>(&mut self, data: &mut [T], channels: usize)
+    where
+        T: SizedSample + cpal::Sample + cpal::FromSample<f32>,
+    {
+        let need = data.len() / channels.max(1);
+        let queued = self.ring.slots();
+        if queued > need + self.max_backlog
+            && let Ok(chunk) = self.ring.read_chunk(queued - need - self.cushion)
+        {
+            chunk.commit_all();
+        }
+        if !self.playing && self.ring.slots() >= need + self.cushion {
+            self.playing = true;
+        }
+        for frame in data.chunks_mut(channels) {
+            let sample = if self.playing { self.ring.pop().ok() } else { None };
+            if sample.is_none() {
+                self.playing = false;
+            }
+            let sample = sample.unwrap_or(0.0);
+            frame.fill(T::from_sample(sample));
+            // Nobody reading (no echo canceller): dropped.
+            let _ = self.played.push(sample);
+        }
+    }
+}
+
+/// What a sound card played, converted back to 48 kHz mono on the reader's side.
+struct PlayedTap {
+    ring: rtrb::Consumer<f32>,
+    resampler: Resampler,
+    scratch: Vec<f32>,
+    converted: Vec<f32>,
+    pcm: Vec<i16>,
+}
+
+impl EchoReference for PlayedTap {
+    fn drain(&mut self, take: &mut dyn FnMut(&[i16])) {
+        self.scratch.clear();
+        if let Ok(chunk) = self.ring.read_chunk(self.ring.slots()) {
+            self.scratch.extend(chunk);
+        }
+        self.converted.clear();
+        self.resampler.push(&self.scratch, &mut self.converted);
+        self.pcm.clear();
+        self.pcm.extend(self.converted.iter().map(|&s| (s.clamp(-1.0, 1.0) * 32767.0) as i16));
+        take(&self.pcm);
     }
 }
 
 impl Sink for Playback {
     fn write(&mut self, frame: &[i16]) -> Result<(), EndpointError> {
+        if !self.ready() {
+            return Ok(());
+        }
         // Buffers are reused: this runs on every audio frame.
         self.input.clear();
         self.input.extend(frame.iter().map(|&s| f32::from(s) / 32768.0));
@@ -378,6 +472,14 @@ impl Sink for Playback {
 
     fn finish(&mut self) -> Result<(), EndpointError> {
         Ok(())
+    }
+
+    fn echo_reference(&mut self) -> Option<Box<dyn EchoReference>> {
+        self.played.take().map(|tap| Box::new(tap) as Box<dyn EchoReference>)
+    }
+
+    fn ready(&self) -> bool {
+        self.ring.buffer().capacity() - self.ring.slots() < self.max_backlog
     }
 }
 

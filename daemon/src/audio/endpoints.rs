@@ -47,6 +47,24 @@ pub trait Sink: Send {
     fn write(&mut self, frame: &[i16]) -> Result<(), EndpointError>;
     /// Completes the output (a WAV file's header); called once at the end.
     fn finish(&mut self) -> Result<(), EndpointError>;
+    /// Whether a frame written now would be heard soon. Not while a sound
+    /// card's stream stalls with its backlog full (starting one takes a second
+    /// or two through some sound servers): it then drops what it is given, so
+    /// that the stall does not become latency.
+    fn ready(&self) -> bool {
+        true
+    }
+    /// What this output plays, as it plays it: the echo canceller's reference.
+    /// A sound card's only (taken once); nothing else is heard in the room.
+    fn echo_reference(&mut self) -> Option<Box<dyn EchoReference>> {
+        None
+    }
+}
+
+/// What a speaker played, in 48 kHz mono samples, in order.
+pub trait EchoReference: Send {
+    /// Everything played since the last call, handed to `take` (in pieces).
+    fn drain(&mut self, take: &mut dyn FnMut(&[i16]));
 }
 
 /// A sine tone at -12 dBFS.

@@ -111,6 +111,11 @@ async fn ring_until(sound: Sound, output: OutputSpec, volume: u32, stop: Cancell
         tokio::select! {
             () = stop.cancelled() => break,
             _ = tick.tick() => {
+                // Paced by the device while its stream starts: the first ring is
+                // heard whole.
+                if !sink.ready() {
+                    continue;
+                }
                 source.fill(&mut frame);
                 scale_into(&frame, volume, &mut scaled);
                 if let Err(error) = sink.write(&scaled) {

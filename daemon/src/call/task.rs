@@ -323,7 +323,13 @@ impl Call {
             open_input(&self.record.input, self.context.loop_files).map_err(|e| FailCause::Audio(e.to_string()))?;
         let sink = open_output(&self.record.output).map_err(|e| FailCause::Audio(e.to_string()))?;
         media
-            .attach_audio(source, sink, self.recording.clone(), self.context.settings.clone())
+            .attach_audio(
+                source,
+                self.record.input.is_sound_card(),
+                sink,
+                self.recording.clone(),
+                self.context.settings.clone(),
+            )
             .map_err(|e| FailCause::Audio(e.to_string()))?;
         self.audio_attached = true;
         Ok(())

@@ -15,11 +15,12 @@ use voicelink_core::jitter_buffer::{JitterBuffer, MAX_PACKET_SAMPLES, Playout};
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::level_dbfs;
 use voicelink_core::stats::meter::PlayoutStats;
+use voicelink_core::voice_processing::{ProcessingStats, VoiceProcessor};
 
 use super::peer_connection::{OutboundTrack, ReceivedPacket};
 use super::recording::RecordingTap;
 use super::rtcp_monitor::SharedView;
-use crate::audio::endpoints::{EchoFeed, NullSink, Sink, Source};
+use crate::audio::endpoints::{EchoFeed, EchoReference, NullSink, Sink, Source};
 
 /// Whether audio may flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,34 @@ fn frame_ticker(frame: Duration) -> tokio::time::Interval {
 /// How often the sender looks for a new receiver report from the peer.
 const LOSS_CHECK: Duration = Duration::from_millis(500);
 
+/// The sender's voice processing (a microphone's only): echo cancellation, noise
+/// suppression and gain control, with what the speaker played as the echo
+/// reference and the config saying which stages run.
+pub struct CaptureProcessing {
+    processor: VoiceProcessor,
+    /// None when the output is no sound card: nothing is played in the room.
+    far_end: Option<Box<dyn EchoReference>>,
+    settings: watch::Receiver<LiveSettings>,
+}
+
+impl CaptureProcessing {
+    /// Processing that follows `settings` (live), with the output's `far_end`.
+    pub fn new(far_end: Option<Box<dyn EchoReference>>, settings: watch::Receiver<LiveSettings>) -> Self {
+        let processor = VoiceProcessor::new(settings.borrow().processing);
+        CaptureProcessing { processor, far_end, settings }
+    }
+
+    /// Cleans one captured frame, after handing over what was played since the last.
+    fn process(&mut self, pcm: &mut [i16]) {
+        self.processor.set_choice(self.settings.borrow().processing);
+        let processor = &mut self.processor;
+        if let Some(far_end) = self.far_end.as_mut() {
+            far_end.drain(&mut |played| processor.far_end(played));
+        }
+        processor.near_end(pcm);
+    }
+}
+
 /// The sending half: the encoder, where frames go, and where their level is shown.
 pub struct SendPump {
     /// Encodes each frame.
@@ -85,6 +114,8 @@ pub struct SendPump {
     pub rtcp: SharedView,
     /// Where a recording takes what is sent.
     pub recording: RecordingTap,
+    /// A microphone's voice processing.
+    pub processing: Option<CaptureProcessing>,
 }
 
 impl SendPump {
@@ -93,7 +124,7 @@ impl SendPump {
         if !control.started().await {
             return;
         }
-        let SendPump { mut encoder, track, level, frame, rtcp, recording } = self;
+        let SendPump { mut encoder, track, level, frame, rtcp, recording, mut processing } = self;
         let mut pcm = vec![0i16; samples_per_frame(frame)];
         let mut packet = vec![0u8; 1500];
         let mut tick = frame_ticker(frame);
@@ -103,7 +134,7 @@ impl SendPump {
         loop {
             let now = tick.tick().await.into_std();
             if control.stopped() {
-                return;
+                break;
             }
             if now >= next_loss_check {
                 next_loss_check = now + LOSS_CHECK;
@@ -120,6 +151,10 @@ impl SendPump {
             // The source advances in real time whether or not we send (a file
             // keeps playing while muted, like a live microphone).
             source.fill(&mut pcm);
+            // Processed even while muted, so the echo canceller stays converged.
+            if let Some(processing) = processing.as_mut() {
+                processing.process(&mut pcm);
+            }
             // A closed gate sends silence rather than nothing: Opus codes it in a
             // few bytes, and the stream stays continuous, so the peer's RTCP does
             // not count a mute as lost packets.
@@ -130,6 +165,11 @@ impl SendPump {
             recording.sent(&pcm);
             let Ok(len) = encoder.encode(&pcm, &mut packet) else { continue };
             track.send(&packet[..len], frame, now).await;
+        }
+        if let Some(processing) = processing {
+            let ProcessingStats { erle_db, echo_delay_ms } = processing.processor.stats();
+            let choice = processing.processor.choice();
+            tracing::debug!(?erle_db, ?echo_delay_ms, ?choice, "voice processing at the end of the call");
         }
     }
 }

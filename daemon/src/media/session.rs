@@ -13,7 +13,7 @@ use voicelink_core::stats::meter::{MediaSample, PlayoutStats};
 use voicelink_core::stats::{CodecInfo, SILENCE_DBFS};
 use voicelink_core::vocab::DeviceId;
 
-use super::audio_pump::{Gates, PlayPump, PumpControl, SendPump};
+use super::audio_pump::{CaptureProcessing, Gates, PlayPump, PumpControl, SendPump};
 use super::peer_connection::{
     Connection, ConnectionError, ConnectionEvent, IceReading, NetworkSettings, OutboundTrack, ReceivedPacket,
 };
@@ -146,11 +146,13 @@ impl MediaSession {
 
     /// Starts the audio pumps with these endpoints (once; later calls are ignored);
     /// they hand what they send and play to `recording`; the player follows the
-    /// output volume of `settings`.
+    /// output volume of `settings`, and a `microphone` input gets the voice
+    /// processing `settings` turns on.
     pub fn attach_audio(
         &mut self,
         input: Input,
-        output: Box<dyn Sink>,
+        microphone: bool,
+        mut output: Box<dyn Sink>,
         recording: RecordingTap,
         settings: watch::Receiver<LiveSettings>,
     ) -> Result<(), MediaError> {
@@ -162,6 +164,7 @@ impl MediaSession {
                 (Box::new(source), Some(feed))
             }
         };
+        let processing = microphone.then(|| CaptureProcessing::new(output.echo_reference(), settings.clone()));
         let codec_error = |e: opus::Error| MediaError::Codec(e.to_string());
         let encoder = encoder(&self.settings).map_err(codec_error)?;
         let decoder = opus::Decoder::new(48_000, opus::Channels::Mono).map_err(codec_error)?;
@@ -174,6 +177,7 @@ impl MediaSession {
             frame,
             rtcp: self.rtcp.clone(),
             recording: recording.clone(),
+            processing,
         };
         let player = PlayPump { decoder, stats: self.playout.clone(), echo: echo_feed, frame, recording, settings };
         self.pumps =
