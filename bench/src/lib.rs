@@ -6,10 +6,12 @@
 //!   Ethernet frames between them through the model; also the [`relay::Namespace`]
 //!   helper. The daemon's end-to-end tests use it as well as the bench binary.
 //! - [`hostile`]: stalled TLS clients, to measure a call beside them.
+//! - [`echo_room`]: the echo bench's simulated room and its measures.
 //! - [`analysis`]: pure signal analysis for the recordings (alignment by
 //!   cross-correlation, onset of sound, levels).
 
 pub mod analysis;
+pub mod echo_room;
 pub mod hostile;
 pub mod impairment;
 pub mod relay;

@@ -56,6 +56,12 @@ struct Args {
     /// Keep the recordings and logs (in a folder named at the end).
     #[arg(long)]
     keep: bool,
+    /// Leave out the echo bench (the capture processing on a simulated room).
+    #[arg(long, conflicts_with = "echo_only")]
+    skip_echo: bool,
+    /// Run only the echo bench and print its table (no root, no daemon, nothing written).
+    #[arg(long)]
+    echo_only: bool,
 }
 
 #[tokio::main]
@@ -68,11 +74,13 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    if let Some(reason) = voicelink_bench::relay::netns_unavailable() {
-        bail!("the bench cannot run: {reason}");
-    }
-    if !args.voiced.exists() {
-        bail!("{} does not exist: build it first (cargo build --release --workspace)", args.voiced.display());
+    if !args.echo_only {
+        if let Some(reason) = voicelink_bench::relay::netns_unavailable() {
+            bail!("the bench cannot run: {reason}");
+        }
+        if !args.voiced.exists() {
+            bail!("{} does not exist: build it first (cargo build --release --workspace)", args.voiced.display());
+        }
     }
     let profiles = select(&args.profiles)?;
     let work = tempfile::Builder::new().prefix("voicelink-bench-").tempdir()?;
@@ -89,6 +97,17 @@ async fn main() -> Result<()> {
     };
 
     let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    // First, while the machine is otherwise quiet: its CPU figure is a timing.
+    let echo = if args.skip_echo {
+        Vec::new()
+    } else {
+        tracing::info!("echo bench");
+        harness::echo::run_all(&settings, &material)?
+    };
+    if args.echo_only {
+        print!("{}", harness::report::echo_markdown(&echo));
+        return Ok(());
+    }
     let mut results = Vec::new();
     for profile in &profiles {
         tracing::info!(profile = profile.name, "running");
@@ -130,6 +149,7 @@ async fn main() -> Result<()> {
         call_seconds: settings.call.as_secs_f64(),
         ring_seconds: settings.ring.as_secs_f64(),
         profiles: results,
+        echo,
     };
     std::fs::create_dir_all(&args.out)?;
     let json = args.out.join("benchmarks.json");

@@ -2,6 +2,7 @@
 //! the report.
 
 pub mod daemon;
+pub mod echo;
 pub mod report;
 pub mod run;
 pub mod setup_trials;

@@ -18,6 +18,8 @@ pub struct Report {
     /// How long the callee rang before the bench answered.
     pub ring_seconds: f64,
     pub profiles: Vec<ProfileResult>,
+    /// The echo bench, one entry per canceller measured.
+    pub echo: Vec<super::echo::EchoResult>,
 }
 
 /// Where it ran.
@@ -507,6 +509,10 @@ length, ± one 20 ms frame).\n\
 - CPU is utime + stime from /proc (10 ms ticks): over the idle window 0.00 % means under 0.2 %.\n\
 - Timing figures are from one run on a shared 2-core machine; treat them as indications, not limits."
     );
+    if !report.echo.is_empty() {
+        out.push('\n');
+        out.push_str(&echo_markdown(&report.echo));
+    }
     let trials: Vec<(&str, &SetupTrials)> =
         report.profiles.iter().filter_map(|p| p.setup_trials.as_ref().map(|t| (p.name.as_str(), t))).collect();
     if !trials.is_empty() {
@@ -563,6 +569,57 @@ answer → active takes {stalled:.0} ms (median) against {clean:.0} ms on the cl
                 stalled / clean
             );
         }
+    }
+    out
+}
+
+/// The echo bench's section.
+pub fn echo_markdown(results: &[super::echo::EchoResult]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Echo cancellation, noise suppression, gain control
+"
+    );
+    let _ = writeln!(
+        out,
+        "The capture chain a microphone gets in a call, run on a simulated room (`bench/src/echo_room.rs`, \
+no sound card): the far end's speech through a loudspeaker's soft clipping, a room (direct path and a \
+diffuse tail, RT60 0.25 s) and 60 ms of delay, into the microphone about 4 dB below what was played. \
+At 12 s the echo path changes (another room, RT60 0.35 s, 140 ms, drifting by 0.1 %). Double talk: \
+the near end (another voice) speaks over the far end after 6 s of far end alone. Noise: a fan at \
+-40 dBFS with nobody speaking. ERLE is over 100 ms windows in which the far end is heard; converged: \
+five such windows in a row at 20 dB or better. Goals (issue #12): ERLE ≥ 30 dB, convergence ≤ 1 s, \
+double-talk PESQ-WB within 0.3 of the near end alone, the whole chain ≤ 1 % of a core.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| chain | ERLE | ERLE after the path change (drifting) | converged after | after the change | double talk PESQ-WB | near end alone | unprocessed | fan noise in → out | CPU per 10 ms |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let db = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1} dB"));
+    let s = |v: Option<f64>| v.map_or("not within the scene".into(), |v| format!("{v:.1} s"));
+    let score = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.2}"));
+    for r in results {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} → {:.1} dBFS | {:.0} µs ({:.2} % of a core) |",
+            r.canceller,
+            db(r.erle_db),
+            db(r.erle_after_change_db),
+            s(r.convergence_s),
+            s(r.reconvergence_s),
+            score(r.double_talk_pesq),
+            score(r.near_alone_pesq),
+            score(r.unprocessed_pesq),
+            r.noise_in_dbfs,
+            r.noise_out_dbfs,
+            r.cpu_us_per_chunk,
+            r.cpu_us_per_chunk / 100.0,
+        );
+    }
+    for note in results.iter().flat_map(|r| &r.notes) {
+        let _ = writeln!(out, "\n- {note}");
     }
     out
 }

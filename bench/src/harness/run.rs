@@ -536,7 +536,7 @@ fn analyse(
 }
 
 /// Runs the PESQ script in the bench venv.
-fn pesq(settings: &RunSettings, reference: &Path, degraded: &Path) -> Result<f64> {
+pub(crate) fn pesq(settings: &RunSettings, reference: &Path, degraded: &Path) -> Result<f64> {
     let output = std::process::Command::new(&settings.python)
         .arg(&settings.pesq_script)
         .arg(reference)

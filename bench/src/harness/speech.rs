@@ -18,6 +18,13 @@ It is easy to tell the depth of a well. These days a chicken leg is a rare dish.
 /// moment of the answer, and is found by its level.
 const MARKER_SECONDS: f64 = 2.0;
 const MARKER_HZ: f64 = 440.0;
+/// The echo bench's near end: another voice, other sentences (list 2).
+const NEAR_TEXT: &str = "The juice of lemons makes fine punch. The box was thrown beside the parked truck. \
+The hogs were fed chopped corn and garbage. Four hours of steady work faced us. A large size in stockings is hard to sell.";
+
+/// sox effects that trim espeak's leading and trailing silence.
+const TRIM: [&str; 10] = ["silence", "1", "0.01", "0.1%", "reverse", "silence", "1", "0.01", "0.1%", "reverse"];
+
 /// Quiet between the marker and the speech.
 const GAP_SECONDS: f64 = 0.5;
 
@@ -50,9 +57,8 @@ pub fn prepare(dir: &Path) -> Result<Material> {
     let reference_16k = dir.join("speech-16k.wav");
     run(Command::new("espeak-ng").args(["-v", "en-us", "-s", "150", "-w"]).arg(&raw).arg(TEXT))?;
     // Trim espeak's leading and trailing silence so the speech fills its span.
-    let trim = ["silence", "1", "0.01", "0.1%", "reverse", "silence", "1", "0.01", "0.1%", "reverse"];
-    run(Command::new("sox").arg(&raw).args(["-r", "48000", "-c", "1", "-b", "16"]).arg(&speech_48k).args(trim))?;
-    run(Command::new("sox").arg(&raw).args(["-r", "16000", "-c", "1", "-b", "16"]).arg(&reference_16k).args(trim))?;
+    run(Command::new("sox").arg(&raw).args(["-r", "48000", "-c", "1", "-b", "16"]).arg(&speech_48k).args(TRIM))?;
+    run(Command::new("sox").arg(&raw).args(["-r", "16000", "-c", "1", "-b", "16"]).arg(&reference_16k).args(TRIM))?;
 
     let speech = read_wav(&speech_48k)?;
     if speech.is_empty() {
@@ -69,6 +75,15 @@ pub fn prepare(dir: &Path) -> Result<Material> {
     let call_input = dir.join("call-input.wav");
     write_wav(&call_input, CALL_RATE, &samples)?;
     Ok(Material { call_input, call_input_samples: samples, speech_offset, speech_len: speech.len(), reference_16k })
+}
+
+/// The echo bench's near-end talker at 48 kHz (made in `dir`).
+pub fn near_end(dir: &Path) -> Result<Vec<f32>> {
+    let raw = dir.join("near-raw.wav");
+    let near = dir.join("near-48k.wav");
+    run(Command::new("espeak-ng").args(["-v", "en-gb+f3", "-s", "140", "-w"]).arg(&raw).arg(NEAR_TEXT))?;
+    run(Command::new("sox").arg(&raw).args(["-r", "48000", "-c", "1", "-b", "16"]).arg(&near).args(TRIM))?;
+    read_wav(&near)
 }
 
 /// Reads a mono 16-bit WAV as -1.0..1.0 (other channel counts are mixed down).
