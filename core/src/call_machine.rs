@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::vocab::{Direction, DisplayName, EndReason, FailCause, State};
+use crate::voice_processing::ProcessingChange;
 use crate::wire::{Body, DeclineCode, EndCode};
 
 /// Timeouts the machine enforces.
@@ -114,6 +115,9 @@ pub enum Output {
     PeerRecording(bool),
     /// Speaker mute changed.
     SpeakerMuteChanged(bool),
+    /// The user changed the call's voice processing (the caller knows what
+    /// is in force, and applies it).
+    ProcessingChanged(ProcessingChange),
     /// Whether audio may be sent and played now.
     Audio {
         /// Send captured audio to the peer.
@@ -140,6 +144,8 @@ pub enum Command {
     /// Mute or unmute the speaker: the peer is not heard here, and hears
     /// nothing of it.
     SetSpeakerMute(bool),
+    /// Turn voice processing stages on or off for this call.
+    SetProcessing(ProcessingChange),
     /// Hold or resume.
     SetHold(bool),
     /// Record the call, or stop. Recording starts once the peer confirms that its
@@ -465,6 +471,7 @@ impl CallMachine {
                     self.update_audio();
                 }
             }
+            (Command::SetProcessing(change), _) => self.outputs.push_back(Output::ProcessingChanged(change)),
             (Command::SetHold(hold), State::Active | State::OnHold | State::Reconnecting) => {
                 if !hold && !self.held_here && self.held_there {
                     return Err(InvalidCommand::because(
@@ -1033,6 +1040,19 @@ mod tests {
         assert_eq!(drain(&mut m), [], "muting twice changes nothing");
         m.handle_command(Command::SetMute(false), now).unwrap();
         assert_eq!(drain(&mut m), [Output::MuteChanged(false), audio(true, true)]);
+    }
+
+    #[test]
+    fn voice_processing_changes_are_passed_on_until_the_call_ends() {
+        let now = Instant::now();
+        let mut m = active_outgoing(now);
+        let change = ProcessingChange { echo_cancellation: Some(false), ..Default::default() };
+        m.handle_command(Command::SetProcessing(change), now).unwrap();
+        assert_eq!(drain(&mut m), [Output::ProcessingChanged(change)]);
+        m.handle_command(Command::Hangup, now).unwrap();
+        drain(&mut m);
+        m.handle_command(Command::SetProcessing(change), now).unwrap();
+        assert_eq!(drain(&mut m), []);
     }
 
     #[test]

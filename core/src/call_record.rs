@@ -27,6 +27,8 @@ pub struct CallRecord {
     pub muted: bool,
     /// The speaker is muted here (the peer is not heard).
     pub speaker_muted: bool,
+    /// The voice processing this call was given (None: the config's).
+    pub processing: Option<crate::voice_processing::ProcessingChoice>,
     /// Held by either side.
     pub on_hold: bool,
     /// Held by us.
@@ -68,6 +70,7 @@ impl CallRecord {
             answered_at: None,
             muted: false,
             speaker_muted: false,
+            processing: None,
             on_hold: false,
             held_here: false,
             held_by_peer: false,

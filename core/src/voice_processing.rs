@@ -55,6 +55,28 @@ impl ProcessingChoice {
     }
 }
 
+/// A change to some stages of a call's processing; the others keep their value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProcessingChange {
+    /// Turn echo cancellation on or off.
+    pub echo_cancellation: Option<bool>,
+    /// Turn noise suppression on or off.
+    pub noise_suppression: Option<bool>,
+    /// Turn gain control on or off.
+    pub gain_control: Option<bool>,
+}
+
+impl ProcessingChange {
+    /// `choice` with this change made.
+    pub fn applied_to(self, choice: ProcessingChoice) -> ProcessingChoice {
+        ProcessingChoice {
+            echo_cancellation: self.echo_cancellation.unwrap_or(choice.echo_cancellation),
+            noise_suppression: self.noise_suppression.unwrap_or(choice.noise_suppression),
+            gain_control: self.gain_control.unwrap_or(choice.gain_control),
+        }
+    }
+}
+
 /// What the echo canceller reports about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct ProcessingStats {
@@ -227,6 +249,16 @@ mod tests {
             processor.near_end(near);
         }
         assert_eq!(out, whole);
+    }
+
+    #[test]
+    fn a_change_touches_only_the_stages_it_names() {
+        let change = ProcessingChange { noise_suppression: Some(false), ..Default::default() };
+        assert_eq!(
+            change.applied_to(ProcessingChoice::ALL),
+            ProcessingChoice { echo_cancellation: true, noise_suppression: false, gain_control: true }
+        );
+        assert_eq!(ProcessingChange::default().applied_to(ProcessingChoice::default()), ProcessingChoice::default());
     }
 
     #[test]

@@ -313,6 +313,7 @@ impl Sim {
                 | Output::PeerNamed(_)
                 | Output::MuteChanged(_)
                 | Output::SpeakerMuteChanged(_)
+                | Output::ProcessingChanged(_)
                 | Output::HoldChanged(_) => {}
             }
         }

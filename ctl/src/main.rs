@@ -113,6 +113,23 @@ enum Command {
         #[arg(add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
     },
+    /// Turn a call's echo cancellation, noise suppression or gain control off or
+    /// on (a microphone's only; the config's audio.* keys set the default)
+    #[command(group(clap::ArgGroup::new("stage").required(true).multiple(true).args(["echo", "noise", "gain"])))]
+    Processing {
+        /// Echo cancellation: off or on
+        #[arg(long)]
+        echo: Option<Switch>,
+        /// Noise suppression: off or on
+        #[arg(long)]
+        noise: Option<Switch>,
+        /// Automatic gain control: off or on
+        #[arg(long)]
+        gain: Option<Switch>,
+        /// The call
+        #[arg(add = ArgValueCompleter::new(complete::call_ids))]
+        call: Option<String>,
+    },
     /// Show or set how loud calls play, in per cent (0-200; the config key
     /// audio.output_volume, applied at once)
     Volume {
@@ -557,6 +574,16 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
                 .call
                 .as_ref(),
         ),
+        Command::Processing { echo, noise, gain, call } => {
+            let on = |switch: Option<Switch>| switch.map(|s| s == Switch::On);
+            let request = v1::SetAudioProcessingRequest {
+                call_id: call.unwrap_or_default(),
+                echo_cancellation: on(echo),
+                noise_suppression: on(noise),
+                gain_control: on(gain),
+            };
+            printer.call(client.set_audio_processing(request).await?.into_inner().call.as_ref())
+        }
         Command::Volume { percent: None } => {
             let request = v1::GetConfigRequest { key: OUTPUT_VOLUME.into() };
             let response = client.get_config(request).await?.into_inner();

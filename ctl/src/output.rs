@@ -138,6 +138,23 @@ fn stats_json(stats: &v1::CallStats) -> Value {
     })
 }
 
+fn processing_json(p: &v1::AudioProcessing) -> Value {
+    json!({
+        "echo_cancellation": p.echo_cancellation,
+        "noise_suppression": p.noise_suppression,
+        "gain_control": p.gain_control,
+    })
+}
+
+/// The stages a call's own processing leaves off, for people.
+fn processing_off(p: &v1::AudioProcessing) -> String {
+    let off: Vec<&str> = [(p.echo_cancellation, "echo"), (p.noise_suppression, "noise"), (p.gain_control, "gain")]
+        .into_iter()
+        .filter_map(|(on, name)| (!on).then_some(name))
+        .collect();
+    if off.is_empty() { "processing on".to_owned() } else { format!("{} processing off", off.join("+")) }
+}
+
 fn call_json(call: &v1::Call) -> Value {
     json!({
         "call_id": call.call_id,
@@ -149,6 +166,7 @@ fn call_json(call: &v1::Call) -> Value {
         "answered_at": rfc3339(call.answered_at.as_ref()),
         "muted": call.muted,
         "speaker_muted": call.speaker_muted,
+        "processing": call.processing.as_ref().map(processing_json),
         "on_hold": call.on_hold,
         "held_here": call.held_here,
         "held_by_peer": call.held_by_peer,
@@ -180,6 +198,10 @@ fn call_line(call: &v1::Call) -> String {
     }
     if call.speaker_muted {
         flags.push("speaker off");
+    }
+    let processing = call.processing.as_ref().map(processing_off).unwrap_or_default();
+    if !processing.is_empty() {
+        flags.push(&processing);
     }
     if call.on_hold {
         flags.push("on hold");
@@ -389,6 +411,10 @@ impl Printer {
                 Kind::SpeakerMuteChanged(e) => {
                     ("speaker_mute_changed", json!({ "call_id": e.call_id, "muted": e.muted }))
                 }
+                Kind::AudioProcessingChanged(e) => (
+                    "audio_processing_changed",
+                    json!({ "call_id": e.call_id, "processing": e.processing.as_ref().map(processing_json) }),
+                ),
                 Kind::HoldChanged(e) => (
                     "hold_changed",
                     json!({ "call_id": e.call_id, "on_hold": e.on_hold, "held_here": e.held_here, "held_by_peer": e.held_by_peer }),
@@ -466,6 +492,10 @@ impl Printer {
             }
             Kind::HoldChanged(e) => {
                 println!("{at} call {} {}", e.call_id, if e.on_hold { "on hold" } else { "resumed" })
+            }
+            Kind::AudioProcessingChanged(e) => {
+                let what = e.processing.as_ref().map_or_else(|| "processing as configured".into(), processing_off);
+                println!("{at} call {} {what}", e.call_id)
             }
             Kind::RecordingChanged(e) => {
                 let ours = match (e.recording, e.error.is_empty()) {

@@ -63,6 +63,8 @@ pub enum Change {
     CallMuted(CallRecord),
     /// A call's speaker was muted or unmuted.
     CallSpeakerMuted(CallRecord),
+    /// A call's voice processing was changed.
+    CallProcessing(CallRecord),
     /// A call was put on hold or resumed (by either side).
     CallHeld(CallRecord),
     /// Our recording of a call started or stopped, or the peer's did.
@@ -115,6 +117,7 @@ impl State {
             | Change::CallState { call, .. }
             | Change::CallMuted(call)
             | Change::CallSpeakerMuted(call)
+            | Change::CallProcessing(call)
             | Change::CallHeld(call)
             | Change::CallRecording { call, .. } => {
                 if call.state == CallState::Ended {

@@ -314,6 +314,12 @@ impl TrayState {
                 }
                 Vec::new()
             }
+            Kind::AudioProcessingChanged(change) => {
+                if let Some(call) = self.calls.get_mut(&change.call_id) {
+                    call.processing = change.processing;
+                }
+                Vec::new()
+            }
             Kind::HoldChanged(change) => {
                 self.last_error = None;
                 if let Some(call) = self.calls.get_mut(&change.call_id) {

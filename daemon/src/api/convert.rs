@@ -10,6 +10,7 @@ use voicelink_core::history::{HistoryEntry, Outcome};
 use voicelink_core::peer_table::{GoneReason, PeerChange};
 use voicelink_core::stats::CallStats;
 use voicelink_core::vocab::{Direction, EndReason, PeerRecord, State};
+use voicelink_core::voice_processing::ProcessingChoice;
 
 use crate::events::{self, Change, Published, Resync};
 
@@ -159,6 +160,10 @@ pub(super) fn event(published: &Published, contacts: &Contacts) -> v1::Event {
             call_id: record.id.to_string(),
             muted: record.speaker_muted,
         }),
+        Change::CallProcessing(record) => Kind::AudioProcessingChanged(v1::AudioProcessingChanged {
+            call_id: record.id.to_string(),
+            processing: record.processing.map(processing),
+        }),
         Change::CallHeld(record) => Kind::HoldChanged(v1::HoldChanged {
             call_id: record.id.to_string(),
             on_hold: record.on_hold,
@@ -278,6 +283,11 @@ pub(super) fn call_stats(stats: &CallStats) -> v1::CallStats {
     }
 }
 
+fn processing(choice: ProcessingChoice) -> v1::AudioProcessing {
+    let ProcessingChoice { echo_cancellation, noise_suppression, gain_control } = choice;
+    v1::AudioProcessing { echo_cancellation, noise_suppression, gain_control }
+}
+
 pub(super) fn call(record: &CallRecord) -> v1::Call {
     let (reason, detail) = end_reason(record.end_reason.as_ref());
     v1::Call {
@@ -294,6 +304,7 @@ pub(super) fn call(record: &CallRecord) -> v1::Call {
         answered_at: record.answered_at.map(timestamp),
         muted: record.muted,
         speaker_muted: record.speaker_muted,
+        processing: record.processing.map(processing),
         on_hold: record.on_hold,
         held_here: record.held_here,
         held_by_peer: record.held_by_peer,

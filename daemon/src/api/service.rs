@@ -23,6 +23,7 @@ use voicelink_core::reload::LiveSettings;
 use voicelink_core::safety_number::SafetyNumber;
 use voicelink_core::switchboard::CallError;
 use voicelink_core::vocab::{CallId, DeviceId, PROTOCOL_VERSION, State, excerpt};
+use voicelink_core::voice_processing::ProcessingChange;
 use voicelink_core::wire::MAX_TEXT_BYTES;
 
 use super::convert;
@@ -294,6 +295,20 @@ impl Voicelink for ControlService {
         let r = request.into_inner();
         let call = self.call_command(r.call_id, Command::SetSpeakerMute(r.muted), Default::default()).await?;
         Ok(Response::new(v1::SetSpeakerMuteResponse { call: Some(call) }))
+    }
+
+    async fn set_audio_processing(
+        &self,
+        request: Request<v1::SetAudioProcessingRequest>,
+    ) -> Rpc<v1::SetAudioProcessingResponse> {
+        let r = request.into_inner();
+        let change = ProcessingChange {
+            echo_cancellation: r.echo_cancellation,
+            noise_suppression: r.noise_suppression,
+            gain_control: r.gain_control,
+        };
+        let call = self.call_command(r.call_id, Command::SetProcessing(change), Default::default()).await?;
+        Ok(Response::new(v1::SetAudioProcessingResponse { call: Some(call) }))
     }
 
     async fn set_hold(&self, request: Request<v1::SetHoldRequest>) -> Rpc<v1::SetHoldResponse> {

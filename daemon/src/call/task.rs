@@ -309,6 +309,9 @@ impl Call {
         let media = MediaSession::new(&self.context.identity, peer, self.context.codec.clone())
             .await
             .map_err(|e| FailCause::Protocol(e.to_string()))?;
+        if let Some(choice) = self.record.processing {
+            media.set_processing(choice);
+        }
         self.media = Some(media);
         if self.machine.direction() == Direction::Outgoing || self.audio_attached {
             self.attach_audio()?;
@@ -637,6 +640,15 @@ impl Call {
                 Output::SpeakerMuteChanged(muted) => {
                     self.record.speaker_muted = muted;
                     self.context.hub.publish(Change::CallSpeakerMuted(self.record.clone()));
+                }
+                Output::ProcessingChanged(change) => {
+                    let before = self.record.processing.unwrap_or_else(|| self.context.settings.borrow().processing);
+                    let choice = change.applied_to(before);
+                    self.record.processing = Some(choice);
+                    if let Some(media) = self.media.as_ref() {
+                        media.set_processing(choice);
+                    }
+                    self.context.hub.publish(Change::CallProcessing(self.record.clone()));
                 }
                 Output::HoldChanged(on_hold) => {
                     self.record.on_hold = on_hold;

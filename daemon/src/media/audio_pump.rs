@@ -15,7 +15,7 @@ use voicelink_core::jitter_buffer::{JitterBuffer, MAX_PACKET_SAMPLES, Playout};
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::level_dbfs;
 use voicelink_core::stats::meter::PlayoutStats;
-use voicelink_core::voice_processing::{ProcessingStats, VoiceProcessor};
+use voicelink_core::voice_processing::{ProcessingChoice, ProcessingStats, VoiceProcessor};
 
 use super::peer_connection::{OutboundTrack, ReceivedPacket};
 use super::recording::RecordingTap;
@@ -79,19 +79,32 @@ pub struct CaptureProcessing {
     processor: VoiceProcessor,
     /// None when the output is no sound card: nothing is played in the room.
     far_end: Option<Box<dyn EchoReference>>,
+    /// The call's own choice, which overrides the config's.
+    call_choice: watch::Receiver<Option<ProcessingChoice>>,
     settings: watch::Receiver<LiveSettings>,
 }
 
 impl CaptureProcessing {
-    /// Processing that follows `settings` (live), with the output's `far_end`.
-    pub fn new(far_end: Option<Box<dyn EchoReference>>, settings: watch::Receiver<LiveSettings>) -> Self {
-        let processor = VoiceProcessor::new(settings.borrow().processing);
-        CaptureProcessing { processor, far_end, settings }
+    /// Processing that follows the call's choice, else `settings` (both live),
+    /// with the output's `far_end`.
+    pub fn new(
+        far_end: Option<Box<dyn EchoReference>>,
+        call_choice: watch::Receiver<Option<ProcessingChoice>>,
+        settings: watch::Receiver<LiveSettings>,
+    ) -> Self {
+        let mut processing =
+            CaptureProcessing { processor: VoiceProcessor::new(Default::default()), far_end, call_choice, settings };
+        processing.processor.set_choice(processing.choice());
+        processing
+    }
+
+    fn choice(&self) -> ProcessingChoice {
+        self.call_choice.borrow().unwrap_or_else(|| self.settings.borrow().processing)
     }
 
     /// Cleans one captured frame, after handing over what was played since the last.
     fn process(&mut self, pcm: &mut [i16]) {
-        self.processor.set_choice(self.settings.borrow().processing);
+        self.processor.set_choice(self.choice());
         let processor = &mut self.processor;
         if let Some(far_end) = self.far_end.as_mut() {
             far_end.drain(&mut |played| processor.far_end(played));

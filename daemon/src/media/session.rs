@@ -12,6 +12,7 @@ use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::meter::{MediaSample, PlayoutStats};
 use voicelink_core::stats::{CodecInfo, SILENCE_DBFS};
 use voicelink_core::vocab::DeviceId;
+use voicelink_core::voice_processing::ProcessingChoice;
 
 use super::audio_pump::{CaptureProcessing, Gates, PlayPump, PumpControl, SendPump};
 use super::peer_connection::{
@@ -84,6 +85,8 @@ pub struct MediaSession {
     settings: CodecSettings,
     gates: watch::Sender<Gates>,
     connected: watch::Sender<bool>,
+    /// The call's own voice processing (None: the config's).
+    processing: watch::Sender<Option<ProcessingChoice>>,
     audio: Option<PendingAudio>,
     pumps: Vec<tokio::task::JoinHandle<()>>,
     /// Packet counts and RTCP, kept by the interceptor.
@@ -108,6 +111,7 @@ impl MediaSession {
             settings,
             gates: watch::Sender::new(Gates::default()),
             connected: watch::Sender::new(false),
+            processing: watch::Sender::new(None),
             audio: Some(PendingAudio { track, packets }),
             pumps: Vec::new(),
             rtcp,
@@ -164,7 +168,8 @@ impl MediaSession {
                 (Box::new(source), Some(feed))
             }
         };
-        let processing = microphone.then(|| CaptureProcessing::new(output.echo_reference(), settings.clone()));
+        let processing = microphone
+            .then(|| CaptureProcessing::new(output.echo_reference(), self.processing.subscribe(), settings.clone()));
         let codec_error = |e: opus::Error| MediaError::Codec(e.to_string());
         let encoder = encoder(&self.settings).map_err(codec_error)?;
         let decoder = opus::Decoder::new(48_000, opus::Channels::Mono).map_err(codec_error)?;
@@ -192,6 +197,11 @@ impl MediaSession {
             self.connected.send_replace(true);
         }
         event
+    }
+
+    /// Gives the call its own voice processing.
+    pub fn set_processing(&self, choice: ProcessingChoice) {
+        self.processing.send_replace(Some(choice));
     }
 
     /// Opens or closes the audio gates.
