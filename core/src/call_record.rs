@@ -27,8 +27,9 @@ pub struct CallRecord {
     pub muted: bool,
     /// The speaker is muted here (the peer is not heard).
     pub speaker_muted: bool,
-    /// The voice processing this call was given (None: the config's).
-    pub processing: Option<crate::voice_processing::ProcessingChoice>,
+    /// The stages this call was given its own setting for (the others follow
+    /// the config).
+    pub processing: crate::voice_processing::ProcessingChange,
     /// Held by either side.
     pub on_hold: bool,
     /// Held by us.
@@ -70,7 +71,7 @@ impl CallRecord {
             answered_at: None,
             muted: false,
             speaker_muted: false,
-            processing: None,
+            processing: Default::default(),
             on_hold: false,
             held_here: false,
             held_by_peer: false,

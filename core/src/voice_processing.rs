@@ -6,7 +6,7 @@
 //! Both sides are 48 kHz mono 16-bit, in any whole number of 10 ms chunks (the
 //! call's 10 or 20 ms frames). Pure computation, no clock: the caller hands the
 //! far end over before the near-end frame it may have reached, and AEC3 finds the
-//! delay between them (up to about half a second) itself.
+//! delay between them (up to about 600 ms) itself.
 
 use sonora::config::{
     AdaptiveDigital, EchoCanceller, GainController2, HighPassFilter, NoiseSuppression, NoiseSuppressionLevel,
@@ -67,6 +67,20 @@ pub struct ProcessingChange {
 }
 
 impl ProcessingChange {
+    /// This change, then `later` (whose stages win).
+    pub fn then(self, later: ProcessingChange) -> ProcessingChange {
+        ProcessingChange {
+            echo_cancellation: later.echo_cancellation.or(self.echo_cancellation),
+            noise_suppression: later.noise_suppression.or(self.noise_suppression),
+            gain_control: later.gain_control.or(self.gain_control),
+        }
+    }
+
+    /// Whether it names no stage.
+    pub fn is_empty(&self) -> bool {
+        *self == ProcessingChange::default()
+    }
+
     /// `choice` with this change made.
     pub fn applied_to(self, choice: ProcessingChoice) -> ProcessingChoice {
         ProcessingChoice {
@@ -116,7 +130,8 @@ impl VoiceProcessor {
         self.choice
     }
 
-    /// Turns stages on or off; a stage that keeps running keeps what it learnt.
+    /// Turns stages on or off. sonora then starts every stage afresh: the echo
+    /// canceller converges again (within about a second of far-end speech).
     pub fn set_choice(&mut self, choice: ProcessingChoice) {
         if choice != self.choice {
             self.choice = choice;
@@ -259,6 +274,13 @@ mod tests {
             ProcessingChoice { echo_cancellation: true, noise_suppression: false, gain_control: true }
         );
         assert_eq!(ProcessingChange::default().applied_to(ProcessingChoice::default()), ProcessingChoice::default());
+        let echo_on = ProcessingChange { echo_cancellation: Some(true), ..Default::default() };
+        let both = change.then(echo_on).then(ProcessingChange { noise_suppression: Some(true), ..Default::default() });
+        assert_eq!(
+            both,
+            ProcessingChange { echo_cancellation: Some(true), noise_suppression: Some(true), gain_control: None }
+        );
+        assert!(ProcessingChange::default().is_empty() && !both.is_empty());
     }
 
     #[test]

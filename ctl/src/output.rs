@@ -146,13 +146,14 @@ fn processing_json(p: &v1::AudioProcessing) -> Value {
     })
 }
 
-/// The stages a call's own processing leaves off, for people.
-fn processing_off(p: &v1::AudioProcessing) -> String {
-    let off: Vec<&str> = [(p.echo_cancellation, "echo"), (p.noise_suppression, "noise"), (p.gain_control, "gain")]
+/// The stages a call has its own setting for, for people ("echo off, gain on");
+/// empty when it follows the config.
+fn processing_words(p: &v1::AudioProcessing) -> String {
+    let set: Vec<String> = [(p.echo_cancellation, "echo"), (p.noise_suppression, "noise"), (p.gain_control, "gain")]
         .into_iter()
-        .filter_map(|(on, name)| (!on).then_some(name))
+        .filter_map(|(on, name)| on.map(|on| format!("{name} {}", if on { "on" } else { "off" })))
         .collect();
-    if off.is_empty() { "processing on".to_owned() } else { format!("{} processing off", off.join("+")) }
+    set.join(", ")
 }
 
 fn call_json(call: &v1::Call) -> Value {
@@ -199,7 +200,7 @@ fn call_line(call: &v1::Call) -> String {
     if call.speaker_muted {
         flags.push("speaker off");
     }
-    let processing = call.processing.as_ref().map(processing_off).unwrap_or_default();
+    let processing = call.processing.as_ref().map(processing_words).unwrap_or_default();
     if !processing.is_empty() {
         flags.push(&processing);
     }
@@ -494,8 +495,9 @@ impl Printer {
                 println!("{at} call {} {}", e.call_id, if e.on_hold { "on hold" } else { "resumed" })
             }
             Kind::AudioProcessingChanged(e) => {
-                let what = e.processing.as_ref().map_or_else(|| "processing as configured".into(), processing_off);
-                println!("{at} call {} {what}", e.call_id)
+                let what = e.processing.as_ref().map(processing_words).unwrap_or_default();
+                let what = if what.is_empty() { "processing as configured".to_owned() } else { what };
+                println!("{at} call {} processing: {what}", e.call_id)
             }
             Kind::RecordingChanged(e) => {
                 let ours = match (e.recording, e.error.is_empty()) {

@@ -185,9 +185,9 @@ where
     }
 
     /// Re-reads the config and applies what can change live. A config that does not
-    /// read is refused and the current one stays. Calls in progress follow only
-    /// the output volume: new audio and call settings apply to calls that start
-    /// afterwards.
+    /// read is refused and the current one stays. Calls in progress follow the
+    /// output volume and the voice processing keys; other audio and call
+    /// settings apply to calls that start afterwards.
     fn reload(&mut self) {
         let monotonic = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| i128::from(t.tv_sec()) * 1_000_000 + i128::from(t.tv_nsec()) / 1_000)

@@ -419,6 +419,12 @@ async fn a_microphone_that_hears_the_speaker_sends_no_echo_back() {
         let output = format!("file:{}", wav.display());
         let call = b.ctl_json(&["dial", "alice", "--input", &input, "--output", &output]).await;
         assert_eq!(call["state"], "active", "{call}");
+        if phase == "on" {
+            // Bob's input is a file: nothing to process.
+            let refused = b.ctl(&["processing", "--echo", "off"]).await;
+            let stderr = String::from_utf8_lossy(&refused.stderr);
+            assert!(!refused.status.success() && stderr.contains("only a microphone's is processed"), "{stderr}");
+        }
         talk_for(Duration::from_secs(5)).await;
         if phase != "on" {
             let on = ["processing", "--echo", "on", "--noise", "on", "--gain", "on"];

@@ -10,7 +10,7 @@ use voicelink_core::history::{HistoryEntry, Outcome};
 use voicelink_core::peer_table::{GoneReason, PeerChange};
 use voicelink_core::stats::CallStats;
 use voicelink_core::vocab::{Direction, EndReason, PeerRecord, State};
-use voicelink_core::voice_processing::ProcessingChoice;
+use voicelink_core::voice_processing::ProcessingChange;
 
 use crate::events::{self, Change, Published, Resync};
 
@@ -162,7 +162,7 @@ pub(super) fn event(published: &Published, contacts: &Contacts) -> v1::Event {
         }),
         Change::CallProcessing(record) => Kind::AudioProcessingChanged(v1::AudioProcessingChanged {
             call_id: record.id.to_string(),
-            processing: record.processing.map(processing),
+            processing: Some(processing(record.processing)),
         }),
         Change::CallHeld(record) => Kind::HoldChanged(v1::HoldChanged {
             call_id: record.id.to_string(),
@@ -283,8 +283,8 @@ pub(super) fn call_stats(stats: &CallStats) -> v1::CallStats {
     }
 }
 
-fn processing(choice: ProcessingChoice) -> v1::AudioProcessing {
-    let ProcessingChoice { echo_cancellation, noise_suppression, gain_control } = choice;
+fn processing(change: ProcessingChange) -> v1::AudioProcessing {
+    let ProcessingChange { echo_cancellation, noise_suppression, gain_control } = change;
     v1::AudioProcessing { echo_cancellation, noise_suppression, gain_control }
 }
 
@@ -304,7 +304,7 @@ pub(super) fn call(record: &CallRecord) -> v1::Call {
         answered_at: record.answered_at.map(timestamp),
         muted: record.muted,
         speaker_muted: record.speaker_muted,
-        processing: record.processing.map(processing),
+        processing: Some(processing(record.processing)),
         on_hold: record.on_hold,
         held_here: record.held_here,
         held_by_peer: record.held_by_peer,

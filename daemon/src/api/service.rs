@@ -307,6 +307,11 @@ impl Voicelink for ControlService {
             noise_suppression: r.noise_suppression,
             gain_control: r.gain_control,
         };
+        if change.is_empty() {
+            return Err(Status::invalid_argument(
+                "name at least one stage to turn on or off: echo_cancellation, noise_suppression, gain_control",
+            ));
+        }
         let call = self.call_command(r.call_id, Command::SetProcessing(change), Default::default()).await?;
         Ok(Response::new(v1::SetAudioProcessingResponse { call: Some(call) }))
     }

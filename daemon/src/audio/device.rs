@@ -3,6 +3,8 @@
 //! touches a lock-free ring buffer, and the media tasks convert between the
 //! device's rate and channels and 48 kHz mono on their side of the ring.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 
@@ -20,11 +22,16 @@ const MAX_CAPTURE_BACKLOG_MS: u32 = 200;
 /// (re)starts once this much waits, so the pumps' scheduling jitter does not
 /// chop the sound.
 const PLAYBACK_CUSHION_MS: u32 = 40;
-/// Audio waiting for the speaker beyond the device's request and twice the
-/// cushion is dropped, down to the cushion: the ring fills while a stream
-/// starts, and a device whose clock runs slow would otherwise add latency
-/// without end (and put the echo out of the echo canceller's reach, ~600 ms).
+/// Audio waiting for the speaker beyond the device's request: writes stop at
+/// this much (a stream that stalls, as one does while it starts, drops what it
+/// is given rather than queueing it), and a callback that finds this much cuts
+/// it back to the cushion. Without it a device whose clock runs slow, or one
+/// that starts late, adds latency without end, and puts the echo out of the echo
+/// canceller's reach (about 600 ms).
 const MAX_PLAYBACK_BACKLOG_MS: u32 = 2 * PLAYBACK_CUSHION_MS;
+/// What the echo canceller is handed at most in one go: what the device played
+/// longer ago is older than any echo it can cancel.
+const PLAYED_KEPT_MS: u32 = 200;
 /// The period asked of the device: short, as voice needs; the device's own
 /// limits win.
 const DEVICE_PERIOD_MS: u32 = 10;
@@ -329,8 +336,10 @@ pub struct Playback {
     resampler: Resampler,
     input: Vec<f32>,
     converted: Vec<f32>,
-    /// Samples that may wait in the ring.
+    /// Samples that may wait in the ring beyond the device's request.
     max_backlog: usize,
+    /// The device's last request, in frames.
+    device_need: Arc<AtomicUsize>,
     /// What the device played, until the echo canceller takes it.
     played: Option<PlayedTap>,
     _stream: StreamThread,
@@ -346,9 +355,11 @@ impl Playback {
         let (producer, consumer) = rtrb::RingBuffer::<f32>::new((rate * RING_SECONDS) as usize);
         let max_backlog = (rate * MAX_PLAYBACK_BACKLOG_MS / 1000) as usize;
         let (played, played_tap) = rtrb::RingBuffer::<f32>::new((rate * RING_SECONDS) as usize);
+        let device_need = Arc::new(AtomicUsize::new(0));
         let mut speaker = SpeakerRing {
             ring: consumer,
             played,
+            need: device_need.clone(),
             playing: false,
             cushion: (rate * PLAYBACK_CUSHION_MS / 1000) as usize,
             max_backlog,
@@ -377,8 +388,10 @@ impl Playback {
             input: Vec::new(),
             converted: Vec::new(),
             max_backlog,
+            device_need,
             played: Some(PlayedTap {
                 ring: played_tap,
+                keep: (rate * PLAYED_KEPT_MS / 1000) as usize,
                 resampler: Resampler::new(rate, SAMPLE_RATE),
                 scratch: Vec::new(),
                 converted: Vec::new(),
@@ -394,6 +407,8 @@ struct SpeakerRing {
     ring: rtrb::Consumer<f32>,
     /// Every sample handed to the device, silence included: the echo reference.
     played: rtrb::Producer<f32>,
+    /// What the device asked for last, in frames (the writer's limit grows by it).
+    need: Arc<AtomicUsize>,
     /// Playing, rather than waiting for the cushion to fill.
     playing: bool,
     cushion: usize,
@@ -408,8 +423,9 @@ impl SpeakerRing {
         T: SizedSample + cpal::Sample + cpal::FromSample<f32>,
     {
         let need = data.len() / channels.max(1);
+        self.need.store(need, Ordering::Relaxed);
         let queued = self.ring.slots();
-        if queued > need + self.max_backlog
+        if queued >= need + self.max_backlog
             && let Ok(chunk) = self.ring.read_chunk(queued - need - self.cushion)
         {
             chunk.commit_all();
@@ -433,6 +449,8 @@ impl SpeakerRing {
 /// What a sound card played, converted back to 48 kHz mono on the reader's side.
 struct PlayedTap {
     ring: rtrb::Consumer<f32>,
+    /// The most recent audio kept for a drain, at the device rate.
+    keep: usize,
     resampler: Resampler,
     scratch: Vec<f32>,
     converted: Vec<f32>,
@@ -441,6 +459,14 @@ struct PlayedTap {
 
 impl EchoReference for PlayedTap {
     fn drain(&mut self, take: &mut dyn FnMut(&[i16])) {
+        // Played before the canceller started (the output opens first), or while
+        // the sender stalled: too old to be the echo of anything still coming.
+        let stale = self.ring.slots().saturating_sub(self.keep);
+        if stale > 0
+            && let Ok(chunk) = self.ring.read_chunk(stale)
+        {
+            chunk.commit_all();
+        }
         self.scratch.clear();
         if let Ok(chunk) = self.ring.read_chunk(self.ring.slots()) {
             self.scratch.extend(chunk);
@@ -479,7 +505,8 @@ impl Sink for Playback {
     }
 
     fn ready(&self) -> bool {
-        self.ring.buffer().capacity() - self.ring.slots() < self.max_backlog
+        let queued = self.ring.buffer().capacity() - self.ring.slots();
+        queued < self.device_need.load(Ordering::Relaxed) + self.max_backlog
     }
 }
 
@@ -494,6 +521,60 @@ mod tests {
         // Listing works (and lists no null device) with or without a sound card.
         let devices = list();
         assert!(devices.inputs.iter().chain(&devices.outputs).all(|d| is_real(&d.name)));
+    }
+
+    /// A speaker ring of `cushion` and `max_backlog` samples, its writer, and the
+    /// played tap's reader.
+    fn speaker(cushion: usize, max_backlog: usize) -> (SpeakerRing, rtrb::Producer<f32>, rtrb::Consumer<f32>) {
+        let (writer, ring) = rtrb::RingBuffer::new(1000);
+        let (played, tap) = rtrb::RingBuffer::new(1000);
+        let need = Arc::new(AtomicUsize::new(0));
+        (SpeakerRing { ring, played, need, playing: false, cushion, max_backlog }, writer, tap)
+    }
+
+    fn write(writer: &mut rtrb::Producer<f32>, from: usize, count: usize) {
+        for sample in from..from + count {
+            writer.push(sample as f32).unwrap();
+        }
+    }
+
+    /// One callback of `frames` stereo frames; the left channel.
+    fn callback(speaker: &mut SpeakerRing, frames: usize) -> Vec<f32> {
+        let mut data = vec![-1.0f32; frames * 2];
+        speaker.pop(&mut data, 2);
+        assert!(data.chunks(2).all(|f| f[0] == f[1]), "both channels get the sample");
+        data.iter().step_by(2).copied().collect()
+    }
+
+    #[test]
+    fn the_speaker_plays_from_a_cushion_and_waits_for_it_again_after_an_underrun() {
+        let (mut speaker, mut writer, mut tap) = speaker(4, 8);
+        write(&mut writer, 1, 5);
+        assert_eq!(callback(&mut speaker, 2), [0.0; 2], "5 queued: less than the request and the cushion");
+        write(&mut writer, 6, 1);
+        assert_eq!(callback(&mut speaker, 2), [1.0, 2.0]);
+        assert_eq!(callback(&mut speaker, 2), [3.0, 4.0]);
+        // Two left for a request of three: the underrun plays silence, and
+        // playing waits for the cushion again.
+        assert_eq!(callback(&mut speaker, 3), [5.0, 6.0, 0.0]);
+        write(&mut writer, 7, 3);
+        assert_eq!(callback(&mut speaker, 2), [0.0; 2]);
+        write(&mut writer, 10, 3);
+        assert_eq!(callback(&mut speaker, 2), [7.0, 8.0]);
+        // The tap got every sample the device took, silence included.
+        let played: Vec<f32> = std::iter::from_fn(|| tap.pop().ok()).collect();
+        assert_eq!(played, [0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, 0.0, 7.0, 8.0]);
+    }
+
+    #[test]
+    fn a_backlog_is_cut_to_the_cushion_keeping_the_newest() {
+        let (mut speaker, mut writer, _tap) = speaker(4, 8);
+        // A stream that stalled while its writer went on: the request plus the
+        // whole backlog wait.
+        write(&mut writer, 1, 10);
+        assert_eq!(callback(&mut speaker, 2), [5.0, 6.0], "cut to request + cushion: 5..10 left");
+        assert_eq!(speaker.ring.slots(), 4);
+        assert_eq!(speaker.need.load(Ordering::Relaxed), 2);
     }
 
     #[test]

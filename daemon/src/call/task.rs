@@ -309,9 +309,7 @@ impl Call {
         let media = MediaSession::new(&self.context.identity, peer, self.context.codec.clone())
             .await
             .map_err(|e| FailCause::Protocol(e.to_string()))?;
-        if let Some(choice) = self.record.processing {
-            media.set_processing(choice);
-        }
+        media.set_processing(self.record.processing);
         self.media = Some(media);
         if self.machine.direction() == Direction::Outgoing || self.audio_attached {
             self.attach_audio()?;
@@ -467,6 +465,11 @@ impl Call {
 
     async fn command(&mut self, command: CallCommand) {
         let CallCommand { command, audio, recording_file, reply } = command;
+        if matches!(command, Command::SetProcessing(_)) && !self.record.input.is_sound_card() {
+            let reason = format!("its input is {}, and only a microphone's is processed", self.record.input);
+            let _ = reply.send(Err(InvalidCommand::because("change the voice processing of", reason)));
+            return;
+        }
         if command == Command::SetRecording(true) {
             let busy = match (&self.pending_recording, &self.record.recording) {
                 (Some(_), _) => Some("a recording is waiting for the peer's confirmation".to_owned()),
@@ -642,11 +645,9 @@ impl Call {
                     self.context.hub.publish(Change::CallSpeakerMuted(self.record.clone()));
                 }
                 Output::ProcessingChanged(change) => {
-                    let before = self.record.processing.unwrap_or_else(|| self.context.settings.borrow().processing);
-                    let choice = change.applied_to(before);
-                    self.record.processing = Some(choice);
+                    self.record.processing = self.record.processing.then(change);
                     if let Some(media) = self.media.as_ref() {
-                        media.set_processing(choice);
+                        media.set_processing(self.record.processing);
                     }
                     self.context.hub.publish(Change::CallProcessing(self.record.clone()));
                 }

@@ -15,7 +15,7 @@ use voicelink_core::jitter_buffer::{JitterBuffer, MAX_PACKET_SAMPLES, Playout};
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::level_dbfs;
 use voicelink_core::stats::meter::PlayoutStats;
-use voicelink_core::voice_processing::{ProcessingChoice, ProcessingStats, VoiceProcessor};
+use voicelink_core::voice_processing::{ProcessingChange, ProcessingChoice, ProcessingStats, VoiceProcessor};
 
 use super::peer_connection::{OutboundTrack, ReceivedPacket};
 use super::recording::RecordingTap;
@@ -79,8 +79,8 @@ pub struct CaptureProcessing {
     processor: VoiceProcessor,
     /// None when the output is no sound card: nothing is played in the room.
     far_end: Option<Box<dyn EchoReference>>,
-    /// The call's own choice, which overrides the config's.
-    call_choice: watch::Receiver<Option<ProcessingChoice>>,
+    /// The call's own choice, for the stages it names.
+    call_choice: watch::Receiver<ProcessingChange>,
     settings: watch::Receiver<LiveSettings>,
 }
 
@@ -89,7 +89,7 @@ impl CaptureProcessing {
     /// with the output's `far_end`.
     pub fn new(
         far_end: Option<Box<dyn EchoReference>>,
-        call_choice: watch::Receiver<Option<ProcessingChoice>>,
+        call_choice: watch::Receiver<ProcessingChange>,
         settings: watch::Receiver<LiveSettings>,
     ) -> Self {
         let mut processing =
@@ -99,7 +99,7 @@ impl CaptureProcessing {
     }
 
     fn choice(&self) -> ProcessingChoice {
-        self.call_choice.borrow().unwrap_or_else(|| self.settings.borrow().processing)
+        self.call_choice.borrow().applied_to(self.settings.borrow().processing)
     }
 
     /// Cleans one captured frame, after handing over what was played since the last.

@@ -12,7 +12,7 @@ use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::meter::{MediaSample, PlayoutStats};
 use voicelink_core::stats::{CodecInfo, SILENCE_DBFS};
 use voicelink_core::vocab::DeviceId;
-use voicelink_core::voice_processing::ProcessingChoice;
+use voicelink_core::voice_processing::ProcessingChange;
 
 use super::audio_pump::{CaptureProcessing, Gates, PlayPump, PumpControl, SendPump};
 use super::peer_connection::{
@@ -85,8 +85,8 @@ pub struct MediaSession {
     settings: CodecSettings,
     gates: watch::Sender<Gates>,
     connected: watch::Sender<bool>,
-    /// The call's own voice processing (None: the config's).
-    processing: watch::Sender<Option<ProcessingChoice>>,
+    /// The call's own voice processing, over the config's.
+    processing: watch::Sender<ProcessingChange>,
     audio: Option<PendingAudio>,
     pumps: Vec<tokio::task::JoinHandle<()>>,
     /// Packet counts and RTCP, kept by the interceptor.
@@ -111,7 +111,7 @@ impl MediaSession {
             settings,
             gates: watch::Sender::new(Gates::default()),
             connected: watch::Sender::new(false),
-            processing: watch::Sender::new(None),
+            processing: watch::Sender::new(ProcessingChange::default()),
             audio: Some(PendingAudio { track, packets }),
             pumps: Vec::new(),
             rtcp,
@@ -199,9 +199,9 @@ impl MediaSession {
         event
     }
 
-    /// Gives the call its own voice processing.
-    pub fn set_processing(&self, choice: ProcessingChoice) {
-        self.processing.send_replace(Some(choice));
+    /// Gives the call its own voice processing, for the stages `change` names.
+    pub fn set_processing(&self, change: ProcessingChange) {
+        self.processing.send_replace(change);
     }
 
     /// Opens or closes the audio gates.
