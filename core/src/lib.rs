@@ -16,7 +16,7 @@
 //! - [`advert`] and [`peer_table`]: mDNS adverts and the peers they describe.
 //! - [`admission`]: which new signaling connections may spend a handshake slot.
 //! - [`sdp`]: the few things read from and fixed in SDP text.
-//! - [`jitter_buffer`], [`resample`], [`audio_math`], [`audio_spec`]: the audio chain's math;
+//! - [`jitter_buffer`], [`resample`], [`clock_drift`], [`audio_math`], [`audio_spec`]: the audio chain's math;
 //!   [`encoder_policy`]: how much loss the encoder protects against; [`voice_processing`]:
 //!   echo cancellation, noise suppression and gain control on the capture path.
 //! - [`stats`]: the per-call meter and the E-model.
@@ -28,6 +28,7 @@ pub mod audio_math;
 pub mod audio_spec;
 pub mod call_machine;
 pub mod call_record;
+pub mod clock_drift;
 pub mod config;
 pub mod config_keys;
 pub mod contacts;

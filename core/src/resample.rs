@@ -5,7 +5,9 @@
 /// Converts a stream from one rate to another, chunk by chunk.
 #[derive(Debug, Clone)]
 pub struct Resampler {
-    /// Input samples per output sample.
+    /// Input samples per output sample, for the nominal rates.
+    nominal: f64,
+    /// Input samples per output sample, now.
     step: f64,
     /// Position of the next output sample, in input samples, where 0 is `previous`.
     position: f64,
@@ -16,7 +18,14 @@ pub struct Resampler {
 impl Resampler {
     /// From `from` Hz to `to` Hz.
     pub fn new(from: u32, to: u32) -> Self {
-        Resampler { step: f64::from(from) / f64::from(to), position: 1.0, previous: 0.0 }
+        let step = f64::from(from) / f64::from(to);
+        Resampler { nominal: step, step, position: 1.0, previous: 0.0 }
+    }
+
+    /// Produces `factor` times as many samples as the nominal rates say (a
+    /// clock drift correction, within a fraction of a per cent of 1).
+    pub fn set_factor(&mut self, factor: f64) {
+        self.step = self.nominal / factor;
     }
 
     /// Converts `input` and appends the output samples it completes.
@@ -76,6 +85,15 @@ mod tests {
                 assert!(tone_share(&pcm, 440.0) > 0.9, "{from}->{to}: {}", tone_share(&pcm, 440.0));
             }
         }
+    }
+
+    #[test]
+    fn a_factor_makes_more_or_fewer_samples() {
+        let mut resampler = Resampler::new(48_000, 48_000);
+        resampler.set_factor(1.001);
+        let mut output = Vec::new();
+        resampler.push(&tone(48_000, 440.0, 480_000), &mut output);
+        assert!((output.len() as i64 - 480_480).abs() <= 1, "{}", output.len());
     }
 
     #[test]

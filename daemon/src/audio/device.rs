@@ -12,6 +12,7 @@ use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{SampleFormat, SizedSample, StreamConfig};
 
 use super::endpoints::{EchoReference, EndpointError, SAMPLE_RATE, Sink, Source};
+use voicelink_core::clock_drift::DriftCorrector;
 use voicelink_core::resample::Resampler;
 
 /// Ring capacity, in seconds of audio.
@@ -250,6 +251,8 @@ pub struct Capture {
     scratch: Vec<f32>,
     max_backlog: usize,
     max_backlog_48k: usize,
+    /// The first frame was read (what came before it was cut).
+    started: bool,
     _stream: StreamThread,
 }
 
@@ -286,6 +289,7 @@ impl Capture {
             scratch: Vec::new(),
             max_backlog: (rate * MAX_CAPTURE_BACKLOG_MS / 1000) as usize,
             max_backlog_48k: (SAMPLE_RATE * MAX_CAPTURE_BACKLOG_MS / 1000) as usize,
+            started: false,
             _stream: stream,
         })
     }
@@ -320,6 +324,16 @@ impl Source for Capture {
             self.scratch.extend(chunk);
         }
         self.resampler.push(&self.scratch, &mut self.converted);
+        // What the stream delivered before the call first read it is old: keep
+        // a frame and two device periods. (The microphone's clock drift is not
+        // corrected here by resampling: bending the microphone's clock under
+        // the echo canceller made it lose the echo. It belongs after it.)
+        if !self.started {
+            self.started = true;
+            let keep = frame.len() + 2 * (SAMPLE_RATE * DEVICE_PERIOD_MS / 1000) as usize;
+            let early = self.converted.len().saturating_sub(keep);
+            self.converted.drain(..early);
+        }
         // Keep the latency bounded: what the device produced beyond the
         // backlog limit (a start-up burst, or its clock running fast) is dropped.
         let excess = self.converted.len().saturating_sub(self.max_backlog_48k + frame.len());
@@ -340,6 +354,8 @@ pub struct Playback {
     max_backlog: usize,
     /// The device's last request, in frames.
     device_need: Arc<AtomicUsize>,
+    /// Holds the ring at the cushion and a device period, whatever the clocks.
+    drift: DriftCorrector,
     /// What the device played, until the echo canceller takes it.
     played: Option<PlayedTap>,
     _stream: StreamThread,
@@ -389,6 +405,7 @@ impl Playback {
             converted: Vec::new(),
             max_backlog,
             device_need,
+            drift: DriftCorrector::new(((PLAYBACK_CUSHION_MS + DEVICE_PERIOD_MS) * rate / 1000) as usize),
             played: Some(PlayedTap {
                 ring: played_tap,
                 keep: (rate * PLAYED_KEPT_MS / 1000) as usize,
@@ -488,6 +505,14 @@ impl Sink for Playback {
         self.input.clear();
         self.input.extend(frame.iter().map(|&s| f32::from(s) / 32768.0));
         self.converted.clear();
+        // The device's clock is not the pump's: slightly more or fewer samples
+        // keep the ring at its target instead of running dry or growing.
+        // Not before the stream's first request: an empty ring then says
+        // nothing about the clocks.
+        if self.device_need.load(Ordering::Relaxed) > 0 {
+            let queued = self.ring.buffer().capacity() - self.ring.slots();
+            self.resampler.set_factor(self.drift.observe(queued));
+        }
         self.resampler.push(&self.input, &mut self.converted);
         // A full ring means the device is behind: drop rather than block.
         if let Ok(chunk) = self.ring.write_chunk_uninit(self.converted.len().min(self.ring.slots())) {
