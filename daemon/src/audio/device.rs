@@ -311,18 +311,8 @@ where
 
 impl Source for Capture {
     fn fill(&mut self, frame: &mut [i16]) {
-        let available = self.ring.slots();
         // Behind the device clock: skip the oldest to keep latency bounded.
-        let skip = available.saturating_sub(self.max_backlog);
-        if skip > 0
-            && let Ok(chunk) = self.ring.read_chunk(skip)
-        {
-            chunk.commit_all();
-        }
-        self.scratch.clear();
-        if let Ok(chunk) = self.ring.read_chunk(self.ring.slots()) {
-            self.scratch.extend(chunk);
-        }
+        take_newest(&mut self.ring, self.max_backlog, &mut self.scratch);
         self.resampler.push(&self.scratch, &mut self.converted);
         // What the stream delivered before the call first read it is old: keep
         // a frame and two device periods. (The microphone's clock drift is not
@@ -341,6 +331,21 @@ impl Source for Capture {
         for sample in frame {
             *sample = self.converted.pop_front().map_or(0, |s| (s.clamp(-1.0, 1.0) * 32767.0) as i16);
         }
+    }
+}
+
+/// Replaces `into` with what `ring` holds, at most its newest `keep` samples
+/// (the older ones are skipped).
+fn take_newest(ring: &mut rtrb::Consumer<f32>, keep: usize, into: &mut Vec<f32>) {
+    let stale = ring.slots().saturating_sub(keep);
+    if stale > 0
+        && let Ok(chunk) = ring.read_chunk(stale)
+    {
+        chunk.commit_all();
+    }
+    into.clear();
+    if let Ok(chunk) = ring.read_chunk(ring.slots()) {
+        into.extend(chunk);
     }
 }
 
@@ -478,16 +483,7 @@ impl EchoReference for PlayedTap {
     fn drain(&mut self, take: &mut dyn FnMut(&[i16])) {
         // Played before the canceller started (the output opens first), or while
         // the sender stalled: too old to be the echo of anything still coming.
-        let stale = self.ring.slots().saturating_sub(self.keep);
-        if stale > 0
-            && let Ok(chunk) = self.ring.read_chunk(stale)
-        {
-            chunk.commit_all();
-        }
-        self.scratch.clear();
-        if let Ok(chunk) = self.ring.read_chunk(self.ring.slots()) {
-            self.scratch.extend(chunk);
-        }
+        take_newest(&mut self.ring, self.keep, &mut self.scratch);
         self.converted.clear();
         self.resampler.push(&self.scratch, &mut self.converted);
         self.pcm.clear();

@@ -92,10 +92,8 @@ impl CaptureProcessing {
         call_choice: watch::Receiver<ProcessingChange>,
         settings: watch::Receiver<LiveSettings>,
     ) -> Self {
-        let mut processing =
-            CaptureProcessing { processor: VoiceProcessor::new(Default::default()), far_end, call_choice, settings };
-        processing.processor.set_choice(processing.choice());
-        processing
+        let choice = call_choice.borrow().applied_to(settings.borrow().processing);
+        CaptureProcessing { processor: VoiceProcessor::new(choice), far_end, call_choice, settings }
     }
 
     fn choice(&self) -> ProcessingChoice {
