@@ -19,6 +19,7 @@
 //! - [`jitter_buffer`], [`resample`], [`clock_drift`], [`audio_math`], [`audio_spec`]: the audio chain's math;
 //!   [`encoder_policy`]: how much loss the encoder protects against; [`voice_processing`]:
 //!   echo cancellation, noise suppression and gain control on the capture path.
+//! - [`device_follow`]: which sound device an open endpoint moves to as devices come and go.
 //! - [`stats`]: the per-call meter and the E-model.
 //! - [`config`] and [`reload`]: the configuration file and what a reload changes.
 
@@ -32,6 +33,7 @@ pub mod clock_drift;
 pub mod config;
 pub mod config_keys;
 pub mod contacts;
+pub mod device_follow;
 pub mod device_id;
 pub mod dial_target;
 pub mod encoder_policy;

@@ -438,6 +438,17 @@ impl Printer {
                 Kind::AudioDeviceChanged(e) => {
                     ("audio_device_changed", json!({ "audio_input": e.audio_input, "audio_output": e.audio_output }))
                 }
+                Kind::AudioDevicesChanged(e) => (
+                    "audio_devices_changed",
+                    json!({
+                        "inputs": e.inputs.iter().map(device_json).collect::<Vec<_>>(),
+                        "outputs": e.outputs.iter().map(device_json).collect::<Vec<_>>(),
+                    }),
+                ),
+                Kind::CallAudioDeviceMoved(e) => (
+                    "call_audio_device_moved",
+                    json!({ "call_id": e.call_id, "direction": e.direction, "device": e.device, "reason": e.reason }),
+                ),
                 Kind::NameConflict(e) => (
                     "name_conflict",
                     json!({ "peer": e.peer.as_ref().map(peer_json), "known_device_id": e.known_device_id }),
@@ -519,6 +530,22 @@ impl Printer {
                 }
             }
             Kind::AudioDeviceChanged(e) => println!("{at} audio in: {}  out: {}", e.audio_input, e.audio_output),
+            Kind::AudioDevicesChanged(e) => {
+                let default = |list: &[v1::AudioDevice]| {
+                    list.iter().find(|d| d.is_default).map_or("none".to_owned(), |d| d.id.clone())
+                };
+                println!(
+                    "{at} sound devices: {} inputs (default {}), {} outputs (default {})",
+                    e.inputs.len(),
+                    default(&e.inputs),
+                    e.outputs.len(),
+                    default(&e.outputs)
+                )
+            }
+            Kind::CallAudioDeviceMoved(e) => {
+                let device = if e.device.is_empty() { "no device" } else { e.device.as_str() };
+                println!("{at} call {} {} now on {device}: {}", e.call_id, e.direction, e.reason)
+            }
             Kind::NameConflict(e) => {
                 if let Some(peer) = &e.peer {
                     println!(
@@ -575,8 +602,6 @@ impl Printer {
 
     /// `voicectl devices`
     pub fn devices(&self, devices: &v1::ListAudioDevicesResponse) {
-        let device_json =
-            |d: &v1::AudioDevice| json!({ "id": d.id, "description": d.description, "is_default": d.is_default });
         if self.json {
             return self.print_json(json!({
                 "inputs": devices.inputs.iter().map(device_json).collect::<Vec<_>>(),
@@ -779,4 +804,8 @@ fn history_json(entry: &v1::HistoryEntry) -> Value {
 /// "2026-11-30 08:12" in UTC.
 fn clock_and_date(ts: Option<&prost_types::Timestamp>) -> String {
     time(ts).map(|t| humantime::format_rfc3339_seconds(t).to_string()[..16].replace('T', " ")).unwrap_or_default()
+}
+
+fn device_json(device: &v1::AudioDevice) -> Value {
+    json!({ "id": device.id, "description": device.description, "is_default": device.is_default })
 }

@@ -17,10 +17,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::{self, Backends, ControlService, ControlSocket, DaemonInfo, TcpApi};
+use crate::audio::device_watch::{self, Devices};
 use crate::call::registry::Registry;
 use crate::call::task::CallContext;
 use crate::discovery::{Discovery, OwnAdvert};
-use crate::events::EventHub;
+use crate::events::{Change, EventHub};
 use crate::identity::{Identity, IdentityError};
 use crate::media::session::CodecSettings;
 use crate::name_claims;
@@ -157,6 +158,9 @@ where
         tasks.spawn(discovery.run(hub.clone(), settings_rx.clone(), stop.clone()));
     }
     tasks.spawn(name_claims::run(hub.clone(), store.contacts(), stop.clone()));
+    let (devices, watching) = device_watch::start(stop.clone()).await;
+    tasks.spawn(watching);
+    tasks.spawn(announce_devices(devices.clone(), hub.clone()));
     let (registry_tx, registry_rx) = mpsc::channel(64);
     let (inbox_tx, inbox_rx) = mpsc::channel(64);
     let mut context = CallContext {
@@ -174,13 +178,14 @@ where
         shutdown: stop.clone(),
         settings: settings_rx.clone(),
         ringing: settings.borrow().ringing.clone(),
+        devices: devices.clone(),
     };
     context.apply(&settings.borrow());
     let registry = Registry::new(context, settings_rx.clone());
     tasks.spawn(registry.run(registry_rx, inbox_rx));
     tasks.spawn(signaling.run(endpoint, inbox_tx, stop.clone()));
 
-    log_audio_fallbacks(&config).await;
+    log_audio_fallbacks(&config, &devices.borrow());
     let (settings_tx, settings_rx_commands) = mpsc::channel(8);
     let config_task = Settings::new(config.clone(), reload, settings.clone(), hub.clone());
     tasks.spawn(config_task.run(settings_rx_commands, stop.clone()));
@@ -223,16 +228,24 @@ where
     result.map_err(DaemonError::from)
 }
 
+/// Publishes every change of the sound devices (the first list is no change).
+async fn announce_devices(mut devices: Devices, hub: EventHub) {
+    while devices.changed().await.is_ok() {
+        let list = devices.borrow_and_update().clone();
+        info!(inputs = list.inputs.len(), outputs = list.outputs.len(), "the sound devices changed");
+        hub.publish(Change::AudioDevices(list));
+    }
+}
+
 /// Says at start what calls will use where a sound card was asked for and there
 /// is none.
-async fn log_audio_fallbacks(config: &Config) {
+fn log_audio_fallbacks(config: &Config, devices: &crate::audio::device::DeviceList) {
     use voicelink_core::audio_spec::{InputSpec, OutputSpec};
     let wants_input = config.audio.input == InputSpec::Default;
     let wants_output = config.audio.output == OutputSpec::Default;
     if !wants_input && !wants_output {
         return;
     }
-    let devices = tokio::task::spawn_blocking(crate::audio::device::list).await.unwrap_or_default();
     let has = |list: &[crate::audio::device::DeviceInfo]| list.iter().any(|d| d.is_default) || !list.is_empty();
     if wants_input && !has(&devices.inputs) {
         warn!("no capture device found: calls will send silence (set --audio-input tone:HZ, file:PATH.wav or echo)");

@@ -95,6 +95,15 @@ pub enum Change {
     },
     /// A call was written to the history (it ended, or was refused).
     HistoryAdded(Box<voicelink_core::history::HistoryEntry>),
+    /// A sound device came or went, or the system default changed.
+    AudioDevices(Arc<voicelink_core::device_follow::DeviceList>),
+    /// A call's sound device moved (and the call goes on).
+    CallDeviceMoved {
+        /// The call.
+        call_id: voicelink_core::vocab::CallId,
+        /// Where and why.
+        moved: voicelink_core::device_follow::DeviceMoved,
+    },
     /// The default audio endpoints for new calls changed.
     AudioDefaults {
         /// Input spec.
@@ -129,6 +138,8 @@ impl State {
             // Published on the settings channel, or kept by the store; the feed
             // only announces them.
             Change::AudioDefaults { .. }
+            | Change::AudioDevices(_)
+            | Change::CallDeviceMoved { .. }
             | Change::HistoryAdded(_)
             | Change::Problem(_)
             | Change::Policy { .. }

@@ -445,6 +445,7 @@ async fn a_microphone_that_hears_the_speaker_sends_no_echo_back() {
     // takes a second or two to start the streams). On, it is removed: the last
     // two seconds of each part count.
     let (on, off_then_on) = (&heard[0], &heard[1]);
+    eprintln!("bob hears, in dB per 200 ms: on {on:.0?}; off, then on {off_then_on:.0?}");
     let returned = mean_db(&off_then_on[15..24]);
     assert!(returned > 60.0, "with processing off bob hears himself: {off_then_on:.0?}\n{}", a.log_text());
     for (what, windows) in [
@@ -454,8 +455,9 @@ async fn a_microphone_that_hears_the_speaker_sends_no_echo_back() {
         let cancelled = mean_db(windows);
         assert!(
             returned - cancelled >= 25.0,
-            "{what}, the echo is only {:.1} dB quieter: on {on:.0?}, off then on {off_then_on:.0?}",
-            returned - cancelled
+            "{what}, the echo is only {:.1} dB quieter: on {on:.0?}, off then on {off_then_on:.0?}\n{}",
+            returned - cancelled,
+            a.log_text()
         );
     }
 }
@@ -651,12 +653,17 @@ async fn the_speaker_can_be_turned_off_and_down_without_touching_the_recording()
 
 /// What the sound server's null sink plays over the next `seconds` (48 kHz mono).
 fn sink_plays(server: &str, seconds: f64) -> impl Future<Output = Vec<i16>> + Send + 'static {
-    let server = server.to_owned();
+    sink_plays_on(server, "vsink", seconds)
+}
+
+/// What the sound server's sink `sink` plays over the next `seconds`.
+fn sink_plays_on(server: &str, sink: &str, seconds: f64) -> impl Future<Output = Vec<i16>> + Send + 'static {
+    let (server, monitor) = (server.to_owned(), format!("--device={sink}.monitor"));
     async move {
         tokio::task::spawn_blocking(move || {
             use std::io::Read;
             let mut parec = std::process::Command::new("parec")
-                .args(["--server", &server, "--device=vsink.monitor", "--format=s16le", "--rate=48000", "--channels=1"])
+                .args(["--server", &server, &monitor, "--format=s16le", "--rate=48000", "--channels=1"])
                 .arg("--raw")
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -756,7 +763,7 @@ async fn ringing_is_heard_on_the_sound_card_and_stops_when_the_call_is_declined_
 }
 
 #[tokio::test]
-async fn a_call_goes_on_when_its_sound_card_is_unplugged() {
+async fn a_call_follows_its_sound_card_when_it_is_unplugged_and_plugged_in_again_and_when_the_default_changes() {
     require_netns!();
     let Some((_pulse, server)) = pulse_or_skip() else { return };
     let pactl = |args: &[&str]| {
@@ -764,19 +771,23 @@ async fn a_call_goes_on_when_its_sound_card_is_unplugged() {
         assert!(out.status.success(), "pactl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    // A headset: a second sink, the default when the call starts.
-    let headset = pactl(&["load-module", "module-null-sink", "sink_name=headset"]);
-    pactl(&["set-default-sink", "headset"]);
+    let plug_headset = || pactl(&["load-module", "module-null-sink", "sink_name=headset"]);
+    // A headset beside the speakers (vsink, the default); alice chose it, its
+    // speaker and its "microphone" (the sink's monitor).
+    let headset = plug_headset();
     let lan = Lan::new(2, 1);
     let dir = tempfile::tempdir().unwrap();
     let a = Daemon::start_with_env(
         Some(&lan.host(0)),
         &dir.path().join("a"),
         "alice",
-        "[audio]\ninput = \"silence\"\n[calls]\nauto_answer = true\n",
+        "[audio]\ninput = \"device:headset.monitor\"\noutput = \"device:headset\"\n[calls]\nauto_answer = true\n",
         &[("PULSE_SERVER", &server)],
     )
     .await;
+    let outputs = a.ctl_json(&["devices"]).await["outputs"].clone();
+    let ids: Vec<&str> = outputs.as_array().unwrap().iter().filter_map(|d| d["id"].as_str()).collect();
+    assert!(ids.contains(&"device:headset") && ids.contains(&"device:vsink"), "the sound server's sinks: {outputs:#}");
     let b = Daemon::start(
         Some(&lan.host(1)),
         &dir.path().join("b"),
@@ -784,21 +795,63 @@ async fn a_call_goes_on_when_its_sound_card_is_unplugged() {
         "[audio]\ninput = \"tone:880\"\noutput = \"null\"\n",
     )
     .await;
+    let mut a_events = a.follow_events().await;
     let mut b_events = b.follow_events().await;
     b_events.seen_or_wait_for("bob sees alice", |e| support::about(e, &a.device_id)).await;
     let call = b.ctl_json(&["dial", "alice"]).await;
     assert_eq!(call["state"], "active");
-    assert!(peak(&sink_plays(&server, 0.5).await) < 50, "bob's tone plays on the headset, not the speakers");
+    let id = call["call_id"].as_str().unwrap().to_owned();
+    let tone_on = |samples: &[i16]| best_share(samples, 880.0) > 0.8 && peak(samples) > 1000;
+    assert!(tone_on(&sink_plays_on(&server, "headset", 1.0).await), "bob's tone plays on the headset");
+    assert!(peak(&sink_plays(&server, 0.5).await) < 50, "and not on the speakers");
 
-    // The headset is unplugged: the sound server moves the stream to what is
-    // left, and the call goes on there.
+    // Unplugged: the call goes on on the speakers, and says so.
+    let moved = |direction: &'static str, device: &'static str, reason: &'static str| {
+        let id = id.clone();
+        move |e: &serde_json::Value| {
+            let m = &e["call_audio_device_moved"];
+            e["type"] == "call_audio_device_moved"
+                && m["call_id"] == id.as_str()
+                && m["direction"] == direction
+                && m["device"] == device
+                && m["reason"].as_str().is_some_and(|r| r.contains(reason))
+        }
+    };
     pactl(&["unload-module", &headset]);
-    let after = sink_plays(&server, 1.0).await;
-    assert!(
-        best_share(&after, 880.0) > 0.8 && peak(&after) > 1000,
-        "bob's tone on the speakers: peak {}",
-        peak(&after)
-    );
+    let listed =
+        a_events.wait_for("the device list without the headset", |e| e["type"] == "audio_devices_changed").await;
+    let outputs = listed["audio_devices_changed"]["outputs"].as_array().unwrap().clone();
+    assert!(outputs.iter().all(|d| d["id"] != "device:headset"), "{outputs:#?}");
+    let unplugged = "headset was unplugged";
+    a_events.seen_or_wait_for("the call moved to the speakers", moved("output", "device:vsink", unplugged)).await;
+    let to_default_source = moved("input", "device:vsink.monitor", "headset.monitor was unplugged");
+    a_events.seen_or_wait_for("and to the default microphone", to_default_source).await;
+    assert!(tone_on(&sink_plays(&server, 1.0).await), "bob's tone on the speakers");
     assert_eq!(a.ctl_json(&["calls"]).await[0]["state"], "active");
+
+    // Plugged in again: back on the headset, and the speakers are quiet.
+    plug_headset();
+    let back = "the chosen device is back";
+    a_events.seen_or_wait_for("the call is back on the headset", moved("output", "device:headset", back)).await;
+    a_events.seen_or_wait_for("and on its microphone", moved("input", "device:headset.monitor", back)).await;
+    assert!(tone_on(&sink_plays_on(&server, "headset", 1.0).await), "bob's tone on the headset again");
+    let speakers = sink_plays(&server, 1.0).await;
+    assert!(peak(&speakers[24_000..]) < 50, "the speakers are quiet again: peak {}", peak(&speakers[24_000..]));
+    b.ctl_json(&["hangup"]).await;
+    a_events.wait_for("the call ended", |e| call_is(e, &id, "ended")).await;
+
+    // A call on the default follows the default.
+    let out = a.ctl(&["config", "set", "audio.output", "default"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let call = b.ctl_json(&["dial", "alice"]).await;
+    let id = call["call_id"].as_str().unwrap().to_owned();
+    assert!(tone_on(&sink_plays(&server, 1.0).await), "bob's tone on the default, the speakers");
+    pactl(&["set-default-sink", "headset"]);
+    let moved_to_default = |e: &serde_json::Value| {
+        let m = &e["call_audio_device_moved"];
+        m["call_id"] == id.as_str() && m["device"] == "device:headset" && m["reason"] == "the system default changed"
+    };
+    a_events.wait_for("the call followed the default", moved_to_default).await;
+    assert!(tone_on(&sink_plays_on(&server, "headset", 1.0).await), "bob's tone on the new default");
     b.ctl_json(&["hangup"]).await;
 }

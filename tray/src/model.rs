@@ -364,6 +364,9 @@ impl TrayState {
                 self.last_error = Some(error.message);
                 Vec::new()
             }
+            // The devices and where a call plays are for the CLI and the log;
+            // the menu shows the configured endpoints.
+            Kind::AudioDevicesChanged(_) | Kind::CallAudioDeviceMoved(_) => Vec::new(),
             // Events whose payload is missing carry nothing to apply.
             Kind::PeerAppeared(_)
             | Kind::PeerChanged(_)

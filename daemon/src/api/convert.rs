@@ -6,6 +6,7 @@ use voicelink_proto::v1;
 
 use voicelink_core::call_record::CallRecord;
 use voicelink_core::contacts::{Contact, Contacts, Standing};
+use voicelink_core::device_follow::DeviceInfo;
 use voicelink_core::history::{HistoryEntry, Outcome};
 use voicelink_core::peer_table::{GoneReason, PeerChange};
 use voicelink_core::stats::CallStats;
@@ -192,8 +193,28 @@ pub(super) fn event(published: &Published, contacts: &Contacts) -> v1::Event {
             audio_input: input.to_string(),
             audio_output: output.to_string(),
         }),
+        Change::AudioDevices(list) => Kind::AudioDevicesChanged(v1::AudioDevicesChanged {
+            inputs: list.inputs.iter().map(audio_device).collect(),
+            outputs: list.outputs.iter().map(audio_device).collect(),
+        }),
+        Change::CallDeviceMoved { call_id, moved } => Kind::CallAudioDeviceMoved(v1::CallAudioDeviceMoved {
+            call_id: call_id.to_string(),
+            direction: moved.direction.word().into(),
+            device: moved.device.as_ref().map(|name| format!("device:{name}")).unwrap_or_default(),
+            reason: moved.reason.to_string(),
+        }),
     };
     v1::Event { time: Some(timestamp(published.time)), sequence: published.sequence, kind: Some(kind) }
+}
+
+/// A sound device as the API lists it.
+pub fn audio_device(device: &DeviceInfo) -> v1::AudioDevice {
+    v1::AudioDevice {
+        id: format!("device:{}", device.name),
+        description: device.description.clone(),
+        is_default: device.is_default,
+        sample_rates: device.sample_rates.clone(),
+    }
 }
 
 fn state(state: State) -> v1::CallState {

@@ -607,15 +607,9 @@ impl Voicelink for ControlService {
         let devices = tokio::task::spawn_blocking(crate::audio::device::list)
             .await
             .map_err(|e| Status::internal(format!("listing devices failed: {e}")))?;
-        let convert = |d: crate::audio::device::DeviceInfo| v1::AudioDevice {
-            id: format!("device:{}", d.name),
-            description: d.description,
-            is_default: d.is_default,
-            sample_rates: d.sample_rates,
-        };
         Ok(Response::new(v1::ListAudioDevicesResponse {
-            inputs: devices.inputs.into_iter().map(convert).collect(),
-            outputs: devices.outputs.into_iter().map(convert).collect(),
+            inputs: devices.inputs.iter().map(convert::audio_device).collect(),
+            outputs: devices.outputs.iter().map(convert::audio_device).collect(),
             virtual_endpoints: ["default", "tone:HZ", "file:PATH.wav", "silence", "echo", "null"]
                 .map(String::from)
                 .to_vec(),

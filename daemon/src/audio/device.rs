@@ -33,32 +33,14 @@ const MAX_PLAYBACK_BACKLOG_MS: u32 = 2 * PLAYBACK_CUSHION_MS;
 /// What the echo canceller is handed at most in one go: what the device played
 /// longer ago is older than any echo it can cancel.
 const PLAYED_KEPT_MS: u32 = 200;
-/// The period asked of the device: short, as voice needs; the device's own
-/// limits win.
-const DEVICE_PERIOD_MS: u32 = 10;
+/// The period asked of the device; the device's own limits win. A sound
+/// server's stream buffers two (cpal's PulseAudio host): at 10 ms, on a busy
+/// 2-core machine, its threads missed their turn, the stream underran, the echo
+/// path moved and the echo canceller lost the echo in 2 calls of 3; at 20 ms
+/// in none of 7.
+const DEVICE_PERIOD_MS: u32 = 20;
 
-/// A device as listed by the API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceInfo {
-    /// What `device:NAME` takes: the host's own name for the device (ALSA's PCM
-    /// name, such as `pulse` or `hw:CARD=PCH,DEV=0`).
-    pub name: String,
-    /// What the host says the device is, for people.
-    pub description: String,
-    /// The system's default for its direction.
-    pub is_default: bool,
-    /// Sample rates it accepts (the ends of its ranges).
-    pub sample_rates: Vec<u32>,
-}
-
-/// Capture and playback devices.
-#[derive(Debug, Clone, Default)]
-pub struct DeviceList {
-    /// Capture devices.
-    pub inputs: Vec<DeviceInfo>,
-    /// Playback devices.
-    pub outputs: Vec<DeviceInfo>,
-}
+pub use voicelink_core::device_follow::{DeviceInfo, DeviceList};
 
 /// ALSA's `null` device opens but has no clock: its callbacks spin at full CPU.
 /// It is not a device anyone means.
@@ -70,6 +52,31 @@ fn is_real(name: &str) -> bool {
 fn name_of(device: &cpal::Device) -> Option<String> {
     let id = device.id().ok()?.to_string();
     Some(id.split_once(':').map_or(id.clone(), |(_, name)| name.to_owned()))
+}
+
+/// The host every device comes from: PulseAudio's (or PipeWire's pulse server)
+/// where one runs, else the platform's own. Asked once: asking connects.
+fn default_host_id() -> cpal::HostId {
+    static HOST: std::sync::OnceLock<cpal::HostId> = std::sync::OnceLock::new();
+    *HOST.get_or_init(|| cpal::default_host().id())
+}
+
+/// The devices come from a PulseAudio (or PipeWire pulse) server.
+#[cfg(target_os = "linux")]
+pub fn host_is_pulse() -> bool {
+    default_host_id() == cpal::HostId::PulseAudio
+}
+
+/// The devices come from bare ALSA.
+#[cfg(target_os = "linux")]
+pub fn host_is_alsa() -> bool {
+    default_host_id() == cpal::HostId::Alsa
+}
+
+/// Not on this platform.
+#[cfg(not(target_os = "linux"))]
+pub fn host_is_alsa() -> bool {
+    false
 }
 
 fn description_of(device: &cpal::Device) -> String {
@@ -253,6 +260,8 @@ pub struct Capture {
     max_backlog_48k: usize,
     /// The first frame was read (what came before it was cut).
     started: bool,
+    /// The host's name for the device.
+    device_name: String,
     _stream: StreamThread,
 }
 
@@ -260,6 +269,7 @@ impl Capture {
     /// Opens `name` (the default device when `None`).
     pub fn open(name: Option<&str>) -> Result<Self, EndpointError> {
         let device = find(name, true)?;
+        let device_name = name_of(&device).unwrap_or_default();
         let (config, format) = choose(&device, true)?;
         let rate = config.sample_rate;
         let channels = usize::from(config.channels.max(1));
@@ -290,8 +300,14 @@ impl Capture {
             max_backlog: (rate * MAX_CAPTURE_BACKLOG_MS / 1000) as usize,
             max_backlog_48k: (SAMPLE_RATE * MAX_CAPTURE_BACKLOG_MS / 1000) as usize,
             started: false,
+            device_name,
             _stream: stream,
         })
+    }
+
+    /// The host's name for the device (what `device:NAME` takes).
+    pub fn device_name(&self) -> &str {
+        &self.device_name
     }
 }
 
@@ -363,6 +379,8 @@ pub struct Playback {
     drift: DriftCorrector,
     /// What the device played, until the echo canceller takes it.
     played: Option<PlayedTap>,
+    /// The host's name for the device.
+    device_name: String,
     _stream: StreamThread,
 }
 
@@ -370,6 +388,7 @@ impl Playback {
     /// Opens `name` (the default device when `None`).
     pub fn open(name: Option<&str>) -> Result<Self, EndpointError> {
         let device = find(name, false)?;
+        let device_name = name_of(&device).unwrap_or_default();
         let (config, format) = choose(&device, false)?;
         let rate = config.sample_rate;
         let channels = usize::from(config.channels.max(1));
@@ -419,8 +438,14 @@ impl Playback {
                 converted: Vec::new(),
                 pcm: Vec::new(),
             }),
+            device_name,
             _stream: stream,
         })
+    }
+
+    /// The host's name for the device (what `device:NAME` takes).
+    pub fn device_name(&self) -> &str {
+        &self.device_name
     }
 }
 

@@ -14,6 +14,7 @@ use voicelink_core::audio_spec::{OutputSpec, RingtoneSpec};
 use voicelink_core::reload::Ringing;
 use voicelink_core::ring_tones::{Ring, RingTone};
 
+use super::device_watch::Devices;
 use super::endpoints::{Source, WavSource};
 use super::open_output;
 
@@ -27,10 +28,10 @@ pub struct Ringer {
 }
 
 impl Ringer {
-    /// Starts ringing on `output` as `ringing` says, if there is anything to
+    /// Starts ringing on `output` (following its device in `devices`) as `ringing` says, if there is anything to
     /// hear: `None` for a file or null output, a ringtone or ringing tone that
     /// is off, or a volume of 0.
-    pub fn start(ring: Ring, ringing: &Ringing, output: &OutputSpec) -> Option<Ringer> {
+    pub fn start(ring: Ring, ringing: &Ringing, output: &OutputSpec, devices: &Devices) -> Option<Ringer> {
         let wanted = match ring {
             Ring::Incoming => ringing.ringtone != RingtoneSpec::Off,
             Ring::Ringback => ringing.ringback,
@@ -43,7 +44,7 @@ impl Ringer {
             (Ring::Incoming, RingtoneSpec::File(path)) => Sound::File(path.clone()),
             _ => Sound::Builtin(ring),
         };
-        let task = tokio::spawn(ring_until(sound, output.clone(), ringing.volume, stop.clone()));
+        let task = tokio::spawn(ring_until(sound, output.clone(), devices.clone(), ringing.volume, stop.clone()));
         Some(Ringer { stop, task: Some(task) })
     }
 
@@ -74,7 +75,7 @@ enum Sound {
     File(std::path::PathBuf),
 }
 
-async fn ring_until(sound: Sound, output: OutputSpec, volume: u32, stop: CancellationToken) {
+async fn ring_until(sound: Sound, output: OutputSpec, devices: Devices, volume: u32, stop: CancellationToken) {
     // Opening a device or reading a file blocks: not on the runtime's threads.
     let opened = tokio::task::spawn_blocking(move || {
         let source: Box<dyn Source> = match sound {
@@ -87,7 +88,7 @@ async fn ring_until(sound: Sound, output: OutputSpec, volume: u32, stop: Cancell
                 }
             },
         };
-        open_output(&output).map(|sink| (source, sink))
+        open_output(&output, &devices, None).map(|sink| (source, sink))
     });
     // Stopped or not, the open is waited for: the call opens the output next
     // and must find it closed again.

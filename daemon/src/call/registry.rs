@@ -457,6 +457,7 @@ mod tests {
             shutdown: shutdown.clone(),
             settings: settings.subscribe(),
             ringing: settings.borrow().ringing.clone(),
+            devices: crate::audio::device_watch::fixed(Default::default()),
         };
         let (commands, commands_rx) = mpsc::channel(16);
         tokio::spawn(Registry::new(context, settings.subscribe()).run(commands_rx, inbox_rx));

@@ -16,6 +16,7 @@ use voicelink_core::call_machine::{
     CallMachine, CallSetup, Command, InvalidCommand, MediaCommand, MediaInput, Output, Signaling, Timeouts,
 };
 use voicelink_core::call_record::CallRecord;
+use voicelink_core::device_follow::DeviceMoved;
 use voicelink_core::history::HistoryEntry;
 use voicelink_core::reload::{LiveSettings, Ringing};
 use voicelink_core::ring_tones::Ring;
@@ -24,6 +25,7 @@ use voicelink_core::vocab::{CallId, DeviceId, Direction, FailCause, State};
 use voicelink_core::wire::{Body, Decoded, Message};
 
 use super::registry::Inbox;
+use crate::audio::device_watch::Devices;
 use crate::audio::endpoints::WavSink;
 use crate::audio::ringer::Ringer;
 use crate::audio::{open_input, open_output};
@@ -94,6 +96,8 @@ pub struct CallContext {
     pub settings: watch::Receiver<LiveSettings>,
     /// How a new call rings.
     pub ringing: Ringing,
+    /// The sound devices as they come and go.
+    pub devices: Devices,
 }
 
 impl CallContext {
@@ -158,6 +162,8 @@ struct Call {
     recording_error: Option<String>,
     /// The ringtone or ringing tone, while the call rings.
     ringer: Option<Ringer>,
+    /// Where the audio endpoints tell of their device moves.
+    device_moves: (mpsc::UnboundedSender<DeviceMoved>, mpsc::UnboundedReceiver<DeviceMoved>),
 }
 
 /// A recording the peer has been told of: its file is open, nothing is written yet.
@@ -245,6 +251,7 @@ impl Call {
             pending_recording: None,
             recording_error: None,
             ringer: None,
+            device_moves: mpsc::unbounded_channel(),
         }
     }
 
@@ -289,7 +296,8 @@ impl Call {
     async fn run_incoming(mut self, commands: mpsc::Receiver<CallCommand>, rings: bool) {
         info!(call_id = %self.id, peer = %self.peer_short(), name = %self.record.peer_name, "incoming call");
         if rings {
-            self.ringer = Ringer::start(Ring::Incoming, &self.context.ringing, &self.record.output);
+            self.ringer =
+                Ringer::start(Ring::Incoming, &self.context.ringing, &self.record.output, &self.context.devices);
         }
         // Media is negotiated while it rings; the endpoints open on answer.
         if let Err(cause) = self.start_media().await {
@@ -320,9 +328,10 @@ impl Call {
     /// Opens the call's audio endpoints onto its media session.
     fn attach_audio(&mut self) -> Result<(), FailCause> {
         let Some(media) = self.media.as_mut() else { return Ok(()) };
-        let source =
-            open_input(&self.record.input, self.context.loop_files).map_err(|e| FailCause::Audio(e.to_string()))?;
-        let sink = open_output(&self.record.output).map_err(|e| FailCause::Audio(e.to_string()))?;
+        let (devices, moves) = (&self.context.devices, Some(self.device_moves.0.clone()));
+        let source = open_input(&self.record.input, self.context.loop_files, devices, moves.clone())
+            .map_err(|e| FailCause::Audio(e.to_string()))?;
+        let sink = open_output(&self.record.output, devices, moves).map_err(|e| FailCause::Audio(e.to_string()))?;
         media
             .attach_audio(
                 source,
@@ -411,6 +420,9 @@ impl Call {
                 message = recv(&mut self.connection) => self.signal(message).await,
                 event = next_event(&mut self.media) => self.media_event(event),
                 () = clock::sleep_until(self.machine.poll_timeout()) => self.machine.handle_timeout(clock::now()),
+                Some(moved) = self.device_moves.1.recv() => {
+                    self.context.hub.publish(Change::CallDeviceMoved { call_id: self.id.clone(), moved });
+                }
                 _ = keepalive.tick() => {
                     if let Some(connection) = self.connection.as_mut() && connection.ping().await.is_err() {
                         self.machine.peer_lost(clock::now());
@@ -626,7 +638,12 @@ impl Call {
                 Output::RemoteRinging => {
                     debug!(call_id = %self.id, "the peer is ringing");
                     if self.record.state == State::Outgoing && self.ringer.is_none() {
-                        self.ringer = Ringer::start(Ring::Ringback, &self.context.ringing, &self.record.output);
+                        self.ringer = Ringer::start(
+                            Ring::Ringback,
+                            &self.context.ringing,
+                            &self.record.output,
+                            &self.context.devices,
+                        );
                     }
                 }
                 Output::PeerNamed(name) => self.record.peer_name = name,
