@@ -325,28 +325,39 @@ where
     }
 }
 
-impl Source for Capture {
-    fn fill(&mut self, frame: &mut [i16]) {
-        // Behind the device clock: skip the oldest to keep latency bounded.
+impl Capture {
+    /// Moves what the device delivered into the 48 kHz queue. Latency stays
+    /// bounded: what the stream delivered before the call first looked is old
+    /// (the call starts on the newest device period), and a backlog beyond
+    /// [`MAX_CAPTURE_BACKLOG_MS`] (a reader that stalled) is dropped.
+    fn pull(&mut self) {
         take_newest(&mut self.ring, self.max_backlog, &mut self.scratch);
         self.resampler.push(&self.scratch, &mut self.converted);
-        // What the stream delivered before the call first read it is old: keep
-        // a frame and two device periods. (The microphone's clock drift is not
-        // corrected here by resampling: bending the microphone's clock under
-        // the echo canceller made it lose the echo. It belongs after it.)
-        if !self.started {
+        if !self.started && !self.converted.is_empty() {
             self.started = true;
-            let keep = frame.len() + 2 * (SAMPLE_RATE * DEVICE_PERIOD_MS / 1000) as usize;
+            let keep = (SAMPLE_RATE * DEVICE_PERIOD_MS / 1000) as usize;
             let early = self.converted.len().saturating_sub(keep);
             self.converted.drain(..early);
         }
-        // Keep the latency bounded: what the device produced beyond the
-        // backlog limit (a start-up burst, or its clock running fast) is dropped.
-        let excess = self.converted.len().saturating_sub(self.max_backlog_48k + frame.len());
+        let excess = self.converted.len().saturating_sub(self.max_backlog_48k);
         self.converted.drain(..excess);
+    }
+}
+
+impl Source for Capture {
+    fn fill(&mut self, frame: &mut [i16]) {
+        self.pull();
         for sample in frame {
             *sample = self.converted.pop_front().map_or(0, |s| (s.clamp(-1.0, 1.0) * 32767.0) as i16);
         }
+    }
+
+    /// The device paces the sender: its clock, not ours, says when a frame is
+    /// there, so the two never drift apart (and the echo canceller sees the
+    /// microphone's samples as the device made them).
+    fn ready_samples(&mut self) -> Option<usize> {
+        self.pull();
+        Some(self.converted.len())
     }
 }
 

@@ -39,6 +39,12 @@ pub enum EndpointError {
 pub trait Source: Send {
     /// Fills `frame` with the next samples.
     fn fill(&mut self, frame: &mut [i16]);
+    /// For a source its device paces (a microphone): the 48 kHz samples ready
+    /// now; the sender takes a frame whenever one is there. `None` (files,
+    /// tones, silence): the sender's own clock paces it, a frame per frame period.
+    fn ready_samples(&mut self) -> Option<usize> {
+        None
+    }
 }
 
 /// Something that consumes incoming audio.

@@ -160,11 +160,16 @@ impl FollowingCapture {
 
 impl Source for FollowingCapture {
     fn fill(&mut self, frame: &mut [i16]) {
-        self.0.poll();
         match self.0.current.as_mut() {
             Some(capture) => capture.fill(frame),
             None => frame.fill(0),
         }
+    }
+
+    /// The device's pace while there is one; with none, the sender's (silence).
+    fn ready_samples(&mut self) -> Option<usize> {
+        self.0.poll();
+        self.0.current.as_mut().and_then(Source::ready_samples)
     }
 }
 

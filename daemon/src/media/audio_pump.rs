@@ -5,7 +5,7 @@
 //! what the player heard to the sender through a lock-free ring.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
@@ -71,6 +71,44 @@ fn frame_ticker(frame: Duration) -> tokio::time::Interval {
 
 /// How often the sender looks for a new receiver report from the peer.
 const LOSS_CHECK: Duration = Duration::from_millis(500);
+/// How often, per frame, the sender looks whether a microphone has a frame
+/// ready: a frame waits at most a quarter of its length to be sent.
+const POLLS_PER_FRAME: u32 = 4;
+
+/// When the sender takes its next frame. A source paced by its device (a
+/// microphone) is taken from whenever a frame's worth has arrived, so the sender
+/// runs on the device's clock: the drift between the two clocks never becomes a
+/// shortage (gaps) or a backlog (latency), and nothing is resampled under the
+/// echo canceller. Any other source is taken from once per frame period of the
+/// sender's clock, catching up after a stall.
+struct SendClock {
+    frame: Duration,
+    /// When a source the sender paces gives its next frame.
+    next: Instant,
+}
+
+impl SendClock {
+    fn new(frame: Duration, now: Instant) -> Self {
+        SendClock { frame, next: now }
+    }
+
+    /// Whether a frame is to be taken now, given the samples the source has
+    /// ready (`None`: it has no pace of its own).
+    fn due(&mut self, now: Instant, ready: Option<usize>, frame_samples: usize) -> bool {
+        match ready {
+            Some(ready) => {
+                // Should the device go, the sender's pace takes over a frame later.
+                self.next = now + self.frame;
+                ready >= frame_samples
+            }
+            None if now >= self.next => {
+                self.next += self.frame;
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// The sender's voice processing (a microphone's only): echo cancellation, noise
 /// suppression and gain control, with what the speaker played as the echo
@@ -130,20 +168,29 @@ pub struct SendPump {
 }
 
 impl SendPump {
-    /// Every frame: read the source, and if the send gate is open, encode and send.
+    /// Every frame (see [`SendClock`]): read the source, and if the send gate is
+    /// open, encode and send.
     pub async fn run(self, mut source: Box<dyn Source>, mut control: PumpControl) {
         if !control.started().await {
             return;
         }
-        let SendPump { mut encoder, track, level, frame, rtcp, recording, mut processing } = self;
-        let mut pcm = vec![0i16; samples_per_frame(frame)];
-        let mut packet = vec![0u8; 1500];
-        let mut tick = frame_ticker(frame);
+        let SendPump { encoder, track, level, frame, rtcp, recording, processing } = self;
+        let mut coder = FrameCoder {
+            encoder,
+            processing,
+            level,
+            recording,
+            pcm: vec![0i16; samples_per_frame(frame)],
+            packet: vec![0u8; 1500],
+        };
+        let mut poll = tokio::time::interval(frame / POLLS_PER_FRAME);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut loss = ExpectedLoss::default();
         let mut last_report = None;
         let mut next_loss_check = crate::clock::now();
+        let mut clock = SendClock::new(frame, next_loss_check);
         loop {
-            let now = tick.tick().await.into_std();
+            let now = poll.tick().await.into_std();
             if control.stopped() {
                 break;
             }
@@ -154,34 +201,57 @@ impl SendPump {
                     last_report = report;
                     let before = loss.percent();
                     loss.report(report.map_or(0.0, |r| r.fraction_lost));
-                    if loss.percent() != before && encoder.set_packet_loss_perc(loss.percent()).is_err() {
+                    if loss.percent() != before && coder.encoder.set_packet_loss_perc(loss.percent()).is_err() {
                         tracing::debug!(percent = loss.percent(), "the encoder refused an expected loss");
                     }
                 }
             }
-            // The source advances in real time whether or not we send (a file
-            // keeps playing while muted, like a live microphone).
-            source.fill(&mut pcm);
-            // Processed even while muted, so the echo canceller stays converged.
-            if let Some(processing) = processing.as_mut() {
-                processing.process(&mut pcm);
+            while clock.due(now, source.ready_samples(), coder.pcm.len()) {
+                let send = control.gates.borrow().send;
+                if let Some(payload) = coder.next(source.as_mut(), send) {
+                    track.send(payload, frame, now).await;
+                }
             }
-            // A closed gate sends silence rather than nothing: Opus codes it in a
-            // few bytes, and the stream stays continuous, so the peer's RTCP does
-            // not count a mute as lost packets.
-            if !control.gates.borrow().send {
-                pcm.fill(0);
-            }
-            level.send_replace(level_dbfs(&pcm));
-            recording.sent(&pcm);
-            let Ok(len) = encoder.encode(&pcm, &mut packet) else { continue };
-            track.send(&packet[..len], frame, now).await;
         }
-        if let Some(processing) = processing {
+        if let Some(processing) = coder.processing {
             let ProcessingStats { erle_db, echo_delay_ms } = processing.processor.stats();
             let choice = processing.processor.choice();
             tracing::debug!(?erle_db, ?echo_delay_ms, ?choice, "voice processing at the end of the call");
         }
+    }
+}
+
+/// One frame from source to Opus: processing, the send gate, the level and the
+/// recording on the way.
+struct FrameCoder {
+    encoder: opus::Encoder,
+    processing: Option<CaptureProcessing>,
+    level: watch::Sender<f64>,
+    recording: RecordingTap,
+    pcm: Vec<i16>,
+    packet: Vec<u8>,
+}
+
+impl FrameCoder {
+    /// Takes the source's next frame and encodes it (silence unless `send`).
+    fn next(&mut self, source: &mut dyn Source, send: bool) -> Option<&[u8]> {
+        // The source advances in real time whether or not we send (a file
+        // keeps playing while muted, like a live microphone).
+        source.fill(&mut self.pcm);
+        // Processed even while muted, so the echo canceller stays converged.
+        if let Some(processing) = self.processing.as_mut() {
+            processing.process(&mut self.pcm);
+        }
+        // A closed gate sends silence rather than nothing: Opus codes it in a
+        // few bytes, and the stream stays continuous, so the peer's RTCP does
+        // not count a mute as lost packets.
+        if !send {
+            self.pcm.fill(0);
+        }
+        self.level.send_replace(level_dbfs(&self.pcm));
+        self.recording.sent(&self.pcm);
+        let len = self.encoder.encode(&self.pcm, &mut self.packet).ok()?;
+        Some(&self.packet[..len])
     }
 }
 
@@ -284,5 +354,70 @@ impl PlayPump {
         if let Err(error) = output.finish() {
             warn!(%error, "cannot complete the audio output");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME: Duration = Duration::from_millis(20);
+    const FRAME_SAMPLES: usize = 960;
+
+    /// Ten minutes of a microphone whose clock runs `ppm` parts per million off
+    /// ours, delivering 20 ms periods, polled as the sender polls: what the
+    /// sender took (frames) and the most that ever waited for it (samples).
+    fn ten_minutes_of_a_microphone(ppm: f64) -> (usize, usize, usize) {
+        let start = Instant::now();
+        let poll = FRAME / POLLS_PER_FRAME;
+        let period = FRAME.as_secs_f64() / (1.0 + ppm / 1e6);
+        let mut clock = SendClock::new(FRAME, start);
+        let (mut taken, mut most_waiting) = (0usize, 0usize);
+        let mut delivered = 0;
+        for step in 0..(600.0 / poll.as_secs_f64()) as u32 {
+            let elapsed = poll * step;
+            delivered = (elapsed.as_secs_f64() / period) as usize * FRAME_SAMPLES;
+            most_waiting = most_waiting.max(delivered - taken);
+            while clock.due(start + elapsed, Some(delivered - taken), FRAME_SAMPLES) {
+                assert!(delivered - taken >= FRAME_SAMPLES, "a frame is only taken whole");
+                taken += FRAME_SAMPLES;
+            }
+        }
+        (taken / FRAME_SAMPLES, delivered / FRAME_SAMPLES, most_waiting)
+    }
+
+    #[test]
+    fn a_microphone_off_our_clock_by_a_thousandth_neither_runs_dry_nor_piles_up() {
+        for ppm in [-1000.0, 0.0, 1000.0] {
+            let (sent, delivered, most_waiting) = ten_minutes_of_a_microphone(ppm);
+            // Every frame the device made went out, and none that it did not:
+            // no gap filled with silence, nothing dropped.
+            assert!(delivered - sent <= 1, "{ppm} ppm: {sent} frames sent of {delivered}");
+            // Nothing waits longer than a period and a poll: latency does not grow.
+            assert!(most_waiting < 2 * FRAME_SAMPLES, "{ppm} ppm: {most_waiting} samples waited");
+        }
+        // A sender on its own clock would have sent 30,000 frames whatever the
+        // device did: 30 short of a fast one over ten minutes (or 30 frames of
+        // silence more than a slow one made).
+        let (sent, _, _) = ten_minutes_of_a_microphone(1000.0);
+        assert!(sent >= 30_029, "{sent}");
+    }
+
+    #[test]
+    fn a_source_without_a_pace_gets_a_frame_per_period_and_catches_up_after_a_stall() {
+        let start = Instant::now();
+        let mut clock = SendClock::new(FRAME, start);
+        let frames_at = |clock: &mut SendClock, at: Duration| {
+            std::iter::from_fn(|| clock.due(start + at, None, FRAME_SAMPLES).then_some(())).count()
+        };
+        assert_eq!(frames_at(&mut clock, Duration::ZERO), 1);
+        assert_eq!(frames_at(&mut clock, Duration::from_millis(5)), 0);
+        assert_eq!(frames_at(&mut clock, Duration::from_millis(20)), 1);
+        // A stall of 100 ms: the five frames it missed go at once.
+        assert_eq!(frames_at(&mut clock, Duration::from_millis(120)), 5);
+        // A device that appears takes over; one that goes hands back a frame later.
+        assert!(!clock.due(start + Duration::from_millis(125), Some(100), FRAME_SAMPLES));
+        assert_eq!(frames_at(&mut clock, Duration::from_millis(130)), 0);
+        assert_eq!(frames_at(&mut clock, Duration::from_millis(145)), 1);
     }
 }
