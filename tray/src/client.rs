@@ -193,6 +193,9 @@ impl SessionError {
 /// How often the stats feed samples a call: the verdict is read by people.
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long the microphone check runs: long enough to say a few words.
+const MICROPHONE_CHECK: Duration = Duration::from_secs(20);
+
 /// Runs until the tray goes away (either channel closes): connect, follow the
 /// feed, and reconnect with back-off whenever the daemon is gone.
 pub async fn run(address: DaemonAddress, updates: mpsc::Sender<Update>, mut commands: mpsc::Receiver<Command>) {
@@ -240,12 +243,17 @@ struct SessionTasks {
     commands: JoinSet<()>,
     /// The stats feed of each live call.
     stats: HashMap<String, JoinHandle<()>>,
+    /// The microphone check, while it runs.
+    input_level: Option<JoinHandle<()>>,
 }
 
 impl Drop for SessionTasks {
     fn drop(&mut self) {
         // The JoinSet aborts its tasks when dropped; the handles must be told.
         for (_, task) in self.stats.drain() {
+            task.abort();
+        }
+        if let Some(task) = self.input_level.take() {
             task.abort();
         }
     }
@@ -310,8 +318,22 @@ async fn follow(
                 updates.send(Update::Event(Box::new(event))).await.map_err(|_| SessionError::TrayGone)?;
             }
             command = commands.recv() => {
-                let command = command.ok_or(SessionError::TrayGone)?;
-                tasks.commands.spawn(execute(client.clone(), command, updates.clone()));
+                match command.ok_or(SessionError::TrayGone)? {
+                    Command::CheckMicrophone { on } => {
+                        if let Some(task) = tasks.input_level.take() {
+                            task.abort();
+                        }
+                        if on {
+                            tasks.input_level = Some(tokio::spawn(check_microphone(client.clone(), updates.clone())));
+                        } else {
+                            tracing::info!("microphone check stopped");
+                            updates.send(Update::InputLevel(None)).await.map_err(|_| SessionError::TrayGone)?;
+                        }
+                    }
+                    command => {
+                        tasks.commands.spawn(execute(client.clone(), command, updates.clone()));
+                    }
+                }
             }
             // Finished commands are collected so the set does not grow.
             Some(_) = tasks.commands.join_next(), if !tasks.commands.is_empty() => {}
@@ -398,6 +420,32 @@ fn log_stats_refusal(call_id: &str, status: &tonic::Status) {
     }
 }
 
+/// The microphone check: the daemon's default input's level, ten readings a
+/// second, for [`MICROPHONE_CHECK`] (or until stopped).
+async fn check_microphone(mut client: Client, updates: mpsc::Sender<Update>) {
+    let command = Command::CheckMicrophone { on: true };
+    let request = v1::WatchInputLevelRequest { input: String::new(), interval: None };
+    let mut stream = match client.watch_input_level(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            let _ = updates.send(Update::CommandFailed { command, message: status.message().to_owned() }).await;
+            return;
+        }
+    };
+    let until = tokio::time::Instant::now() + MICROPHONE_CHECK;
+    let mut first = true;
+    while let Ok(Ok(Some(reading))) = tokio::time::timeout_at(until, stream.message()).await {
+        if std::mem::take(&mut first) {
+            tracing::info!(input = %reading.input, peak_dbfs = reading.peak_dbfs, "microphone check: first reading");
+        }
+        if updates.send(Update::InputLevel(Some(reading))).await.is_err() {
+            return;
+        }
+    }
+    tracing::info!("microphone check stopped");
+    let _ = updates.send(Update::InputLevel(None)).await;
+}
+
 /// Runs one command against the daemon and reports how it went
 /// ([`Update::CommandDone`] or [`Update::CommandFailed`]).
 async fn execute(mut client: Client, command: Command, updates: mpsc::Sender<Update>) {
@@ -449,8 +497,8 @@ async fn execute(mut client: Client, command: Command, updates: mpsc::Sender<Upd
             .set_audio_devices(v1::SetAudioDevicesRequest { audio_input: String::new(), audio_output: spec.clone() })
             .await
             .map(drop),
-        // The UI handles Quit itself; nothing to ask the daemon.
-        Command::Quit => Ok(()),
+        // The UI handles Quit itself, and the session the microphone check.
+        Command::Quit | Command::CheckMicrophone { .. } => Ok(()),
     };
     let update = match result {
         Ok(()) => {

@@ -72,6 +72,11 @@ pub enum Command {
         /// The spec.
         spec: String,
     },
+    /// Show the default input's level for a while (the microphone check), or stop.
+    CheckMicrophone {
+        /// Start (true) or stop.
+        on: bool,
+    },
     /// Leave the tray (the daemon keeps running).
     Quit,
 }
@@ -97,6 +102,8 @@ impl Command {
             Command::SetDoNotDisturb { on: false } => "dnd:off".to_owned(),
             Command::SetInput { spec } => format!("input:{spec}"),
             Command::SetOutput { spec } => format!("output:{spec}"),
+            Command::CheckMicrophone { on: true } => "mic-check:on".to_owned(),
+            Command::CheckMicrophone { on: false } => "mic-check:off".to_owned(),
             Command::Quit => "quit".to_owned(),
         }
     }
@@ -127,6 +134,7 @@ impl Command {
             "missed" => Command::MarkMissedSeen,
             "input" => Command::SetInput { spec: arg },
             "output" => Command::SetOutput { spec: arg },
+            "mic-check" => Command::CheckMicrophone { on: arg == "on" },
             _ => return None,
         })
     }
@@ -150,6 +158,7 @@ impl Command {
             Command::MarkMissedSeen => "Missed calls",
             Command::SetInput { .. } => "Input device",
             Command::SetOutput { .. } => "Output device",
+            Command::CheckMicrophone { .. } => "Microphone check",
             Command::Quit => "Quit",
         }
     }
@@ -179,6 +188,8 @@ mod tests {
             Command::MarkMissedSeen,
             Command::SetInput { spec: "tone:440".into() },
             Command::SetOutput { spec: "file:/tmp/a:b.wav".into() },
+            Command::CheckMicrophone { on: true },
+            Command::CheckMicrophone { on: false },
             Command::Quit,
         ];
         for command in all {

@@ -54,6 +54,8 @@ pub enum Update {
         /// When the next attempt is made.
         retry_in: Duration,
     },
+    /// A reading of the microphone check; `None` when it stopped.
+    InputLevel(Option<v1::InputLevel>),
     /// A menu or notification action was done by the daemon.
     CommandDone {
         /// What was asked.
@@ -133,6 +135,8 @@ pub struct TrayState {
     /// or to the devices, or the next connection. (Peers coming and going do not
     /// clear it: they say nothing about what went wrong.)
     pub last_error: Option<String>,
+    /// The microphone check's last reading, while it runs.
+    pub input_level: Option<v1::InputLevel>,
 }
 
 impl Default for TrayState {
@@ -149,6 +153,7 @@ impl Default for TrayState {
             do_not_disturb: None,
             unseen_missed: 0,
             last_error: None,
+            input_level: None,
         }
     }
 }
@@ -209,6 +214,7 @@ impl TrayState {
                 self.peers.clear();
                 self.quality.clear();
                 self.devices = None;
+                self.input_level = None;
                 notices
             }
             Update::Stats(stats) => {
@@ -219,6 +225,10 @@ impl TrayState {
                 if summary.is_none() && self.calls.contains_key(&call_id) && !quality.is_empty() {
                     self.quality.insert(call_id, quality);
                 }
+                Vec::new()
+            }
+            Update::InputLevel(reading) => {
+                self.input_level = reading;
                 Vec::new()
             }
             Update::CommandDone { command } => {
@@ -364,9 +374,18 @@ impl TrayState {
                 self.last_error = Some(error.message);
                 Vec::new()
             }
-            // The devices and where a call plays are for the CLI and the log;
-            // the menu shows the configured endpoints.
-            Kind::AudioDevicesChanged(_) | Kind::CallAudioDeviceMoved(_) => Vec::new(),
+            // A device plugged in or unplugged: the menu offers what is there now
+            // (the endpoints that need no device stay as listed).
+            Kind::AudioDevicesChanged(change) => {
+                self.last_error = None;
+                let devices = self.devices.get_or_insert_with(Default::default);
+                devices.inputs = change.inputs;
+                devices.outputs = change.outputs;
+                Vec::new()
+            }
+            // Where a call plays is for the CLI and the log; the menu shows the
+            // configured endpoints.
+            Kind::CallAudioDeviceMoved(_) => Vec::new(),
             // Events whose payload is missing carry nothing to apply.
             Kind::PeerAppeared(_)
             | Kind::PeerChanged(_)
@@ -634,5 +653,29 @@ mod tests {
         assert_eq!(state.last_error.as_deref(), Some("Answer: no such call"));
         state.apply(ev(event::Kind::Error(v1::DaemonError { call_id: String::new(), message: "disk full".into() })));
         assert_eq!(state.last_error.as_deref(), Some("disk full"), "a daemon error replaces it");
+    }
+
+    #[test]
+    fn a_device_plugged_in_is_offered_at_once() {
+        let device = |id: &str| v1::AudioDevice { id: id.into(), ..Default::default() };
+        let mut state = TrayState::default();
+        state.apply(Update::Connected {
+            status: Box::default(),
+            devices: Some(v1::ListAudioDevicesResponse {
+                inputs: vec![device("device:mic")],
+                outputs: vec![device("device:speakers")],
+                virtual_endpoints: vec!["silence".into()],
+            }),
+            unseen_missed: 0,
+        });
+        state.apply(ev(event::Kind::AudioDevicesChanged(v1::AudioDevicesChanged {
+            inputs: vec![device("device:mic"), device("device:headset.monitor")],
+            outputs: vec![device("device:speakers"), device("device:headset")],
+        })));
+        let devices = state.devices.unwrap();
+        let ids: Vec<&str> = devices.outputs.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["device:speakers", "device:headset"]);
+        assert_eq!(devices.inputs.len(), 2);
+        assert_eq!(devices.virtual_endpoints, ["silence"]);
     }
 }

@@ -378,6 +378,24 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
         &state.audio_output,
         |spec| Command::SetOutput { spec },
     ));
+    // The microphone check is for before a call; a call shows its own level.
+    if state.link == Link::Up && state.calls.is_empty() {
+        match &state.input_level {
+            Some(reading) => {
+                menu.push(MenuEntry::Info { id: "info:mic-level".to_owned(), label: level_bar(reading.peak_dbfs) });
+                menu.push(MenuEntry::Action {
+                    label: "Stop the microphone check".to_owned(),
+                    command: Command::CheckMicrophone { on: false },
+                    enabled: true,
+                });
+            }
+            None => menu.push(MenuEntry::Action {
+                label: "Check the microphone".to_owned(),
+                command: Command::CheckMicrophone { on: true },
+                enabled: true,
+            }),
+        }
+    }
     if let Some(error) = &state.last_error {
         menu.push(MenuEntry::Info { id: "info:error".to_owned(), label: format!("Last error: {error}") });
     }
@@ -386,6 +404,14 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
 
     let ticking = state.link == Link::Up && others.iter().any(|c| c.answered_at.is_some());
     View { icon, tooltip, menu, ticking }
+}
+
+/// The microphone check's reading as a bar: a block per 6 dB from -60 dBFS.
+pub fn level_bar(peak_dbfs: f64) -> String {
+    const BLOCKS: usize = 10;
+    let lit = ((peak_dbfs + 60.0) / 6.0).clamp(0.0, BLOCKS as f64) as usize;
+    let level = if peak_dbfs <= -100.0 { "silence".to_owned() } else { format!("{peak_dbfs:.0} dBFS") };
+    format!("Microphone {}{} {level}", "\u{25AE}".repeat(lit), "\u{25AF}".repeat(BLOCKS - lit))
 }
 
 fn format_retry(retry_in: Duration) -> String {
@@ -517,7 +543,7 @@ mod tests {
         let view = view(&state, now());
         assert_eq!(view.icon, IconKind::Idle);
         assert_eq!(view.tooltip, "voicelink: idle · 2 peers online");
-        assert_eq!(actions(&view), ["Call bob", "Call zed", "Quit tray"]);
+        assert_eq!(actions(&view), ["Call bob", "Call zed", "Check the microphone", "Quit tray"]);
         assert_eq!(command_of(&view, "Call bob"), &Command::Dial { device_id: "D1".into() });
     }
 
@@ -527,7 +553,7 @@ mod tests {
         assert_eq!(view.icon, IconKind::Idle);
         assert_eq!(view.tooltip, "voicelink: idle · no peers online");
         assert!(infos(&view).contains(&"No peers online"));
-        assert_eq!(actions(&view), ["Quit tray"]);
+        assert_eq!(actions(&view), ["Check the microphone", "Quit tray"]);
     }
 
     #[test]
@@ -826,6 +852,20 @@ mod tests {
                 ("hw:2".into(), false, Command::SetOutput { spec: "hw:2".into() }),
             ]
         );
+    }
+
+    #[test]
+    fn the_microphone_check_shows_a_level_bar_while_it_runs() {
+        let mut state = up();
+        let idle = view(&state, now());
+        assert_eq!(command_of(&idle, "Check the microphone"), &Command::CheckMicrophone { on: true });
+        state.input_level = Some(v1::InputLevel { peak_dbfs: -24.0, ..Default::default() });
+        let checking = view(&state, now());
+        let bar = format!("Microphone {}{} -24 dBFS", "\u{25AE}".repeat(6), "\u{25AF}".repeat(4));
+        assert!(infos(&checking).contains(&bar.as_str()), "{:?}", infos(&checking));
+        assert_eq!(command_of(&checking, "Stop the microphone check"), &Command::CheckMicrophone { on: false });
+        assert_eq!(level_bar(-127.0), format!("Microphone {} silence", "\u{25AF}".repeat(10)));
+        assert_eq!(level_bar(3.0), format!("Microphone {} 3 dBFS", "\u{25AE}".repeat(10)));
     }
 
     #[test]

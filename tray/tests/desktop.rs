@@ -161,9 +161,31 @@ impl Item {
         }
     }
 
+    /// Whether a menu item's label starts with `prefix`.
+    async fn menu_shows(&self, desktop: &Desktop, prefix: &str) -> bool {
+        let (_, layout) = self.layout(desktop).await;
+        layout.iter().any(|line| line.contains(&format!("string \"{prefix}")))
+    }
+
     /// The dbusmenu ID of the menu item labelled `label`, from the item's menu
     /// as the host reads it (`GetLayout`).
     async fn menu_item(&self, desktop: &Desktop, label: &str) -> (String, i32) {
+        let (menu_path, layout) = self.layout(desktop).await;
+        // Each item is a struct that starts with its ID (int32), then its
+        // properties: the label is the first string after the ID.
+        let mut id = None;
+        for line in &layout {
+            if let Some(number) = line.strip_prefix("int32 ") {
+                id = number.parse().ok();
+            } else if line.ends_with(&format!("string \"{label}\"")) {
+                return (menu_path, id.unwrap_or_else(|| panic!("an ID before {label:?}: {layout:#?}")));
+            }
+        }
+        panic!("no menu item {label:?} in {layout:#?}");
+    }
+
+    /// The menu's object path and its layout's lines, as the host reads it.
+    async fn layout(&self, desktop: &Desktop) -> (String, Vec<String>) {
         let menu = property(desktop, &self.name, &self.path, "org.kde.StatusNotifierItem", "Menu").await;
         let menu_path = menu
             .iter()
@@ -178,17 +200,7 @@ impl Item {
             &["int32:0", "int32:-1", "array:string:label"],
         )
         .await;
-        // Each item is a struct that starts with its ID (int32), then its
-        // properties: the label is the first string after the ID.
-        let mut id = None;
-        for line in &layout {
-            if let Some(number) = line.strip_prefix("int32 ") {
-                id = number.parse().ok();
-            } else if line.ends_with(&format!("string \"{label}\"")) {
-                return (menu_path, id.unwrap_or_else(|| panic!("an ID before {label:?}: {layout:#?}")));
-            }
-        }
-        panic!("no menu item {label:?} in {layout:#?}");
+        (menu_path, layout)
     }
 
     /// Clicks the menu item labelled `label`, as the host does when the person
@@ -234,7 +246,9 @@ async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answe
     let dir = tempfile::tempdir().unwrap();
     let quiet = "[audio]\ninput = \"silence\"\noutput = \"null\"\n";
     let alice = Daemon::start(Some(&lan.host(0)), &dir.path().join("alice"), "alice", quiet).await;
-    let bob = Daemon::start(Some(&lan.host(1)), &dir.path().join("bob"), "bob", quiet).await;
+    // Bob's "microphone" is a tone, for the microphone check to show.
+    let tone = "[audio]\ninput = \"tone:440\"\noutput = \"null\"\n";
+    let bob = Daemon::start(Some(&lan.host(1)), &dir.path().join("bob"), "bob", tone).await;
     let desktop = Desktop::start(&dir.path().join("desktop")).await;
 
     // What the tray asks the notification server, and when its item registers
@@ -282,6 +296,16 @@ async fn an_incoming_call_rings_in_the_tray_and_answering_the_notification_answe
     assert_eq!(Desktop::count_in_tray(&idle, RINGING_ORANGE, 12), 0, "no ringing icon while idle");
     assert_eq!(displayed_notifications(&desktop).await, 0);
     save_screenshot(&artifacts.join("idle.png"), "tray-idle.png");
+
+    // The microphone check: bob's input as a level bar in the menu, until stopped.
+    item.click(&desktop, "Check the microphone").await;
+    // The tone's peak is -12 dBFS: seven blocks of ten.
+    tray.wait_for_line("the check's first reading", &["microphone check", "peak_dbfs=-12.0"]).await;
+    let bar = format!("Microphone {}{} -12 dBFS", "\u{25AE}".repeat(7), "\u{25AF}".repeat(3));
+    desktop.poll("the level bar in the menu", || item.menu_shows(&desktop, &bar)).await;
+    item.click(&desktop, "Stop the microphone check").await;
+    tray.wait_for_line("the check stopped", &["microphone check stopped"]).await;
+    desktop.poll("the check offered again", || item.menu_shows(&desktop, "Check the microphone")).await;
 
     // Alice calls bob: the tray rings and a notification is raised.
     let dialed = alice_api.dial(v1::DialRequest { target: "bob".into(), ..Default::default() }).await.unwrap();
