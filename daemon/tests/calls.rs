@@ -724,6 +724,18 @@ async fn ringing_is_heard_on_the_sound_card_and_stops_when_the_call_is_declined_
     let ringback = listening.await.unwrap();
     assert!(peak(&ringback) > 1000, "alice hears the ringing tone: peak {}", peak(&ringback));
     assert!(best_share(&ringback, 425.0) > 0.8, "425 Hz: {}", best_share(&ringback, 425.0));
+    // Nothing of it goes to bob: alice's microphone (the sink's monitor) hears
+    // the ringing tone, but once media is up (negotiated while he rings) what
+    // she sends is silence until he answers.
+    let mut sending = serde_json::Value::Null;
+    for _ in 0..100 {
+        sending = a.ctl_json(&["stats", &id]).await;
+        if sending["packets_sent"].as_u64().is_some_and(|n| n > 0) {
+            break;
+        }
+    }
+    assert!(sending["packets_sent"].as_u64().is_some_and(|n| n > 0), "media is up while bob rings: {sending:#}");
+    assert!(sending["audio_level_out_dbfs"].as_f64().is_some_and(|db| db <= -100.0), "silence is sent: {sending:#}");
     b.ctl_json(&["decline"]).await;
     a_events.wait_for("alice's call ends", |e| call_is(e, &id, "ended")).await;
     let after = sink_plays(&server, 1.0).await;
