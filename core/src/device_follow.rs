@@ -189,7 +189,8 @@ mod tests {
         let moved = follow(&named("headset"), Some("speakers"), back).unwrap();
         assert_eq!(moved, DeviceMove { to: Some("headset".into()), reason: MoveReason::Returned });
         // A named device stays put whatever the default does.
-        let other_default = Present { names: &with, default: Some("speakers") };
+        let three = names(&["speakers", "headset", "hdmi"]);
+        let other_default = Present { names: &three, default: Some("hdmi") };
         assert_eq!(follow(&named("headset"), Some("headset"), other_default), None);
     }
 

@@ -199,6 +199,7 @@ where
             settings: settings.clone(),
             hub: hub.clone(),
             stats,
+            devices: devices.clone(),
         },
         stop.clone(),
     );

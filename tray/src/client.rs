@@ -315,6 +315,15 @@ async fn follow(
             message = events.message() => {
                 let event = message?.ok_or(SessionError::FeedEnded)?;
                 follow_stats(&client, &event, updates, &mut tasks.stats);
+                // A call takes the microphone: the check ends.
+                let call_started = matches!(event.kind, Some(event::Kind::IncomingCall(_)))
+                    || matches!(&event.kind, Some(event::Kind::CallStateChanged(change))
+                        if change.call.as_ref().is_some_and(|c| c.state() != CallState::Ended));
+                if call_started && let Some(task) = tasks.input_level.take() {
+                    task.abort();
+                    tracing::info!("microphone check stopped");
+                    updates.send(Update::InputLevel(None)).await.map_err(|_| SessionError::TrayGone)?;
+                }
                 updates.send(Update::Event(Box::new(event))).await.map_err(|_| SessionError::TrayGone)?;
             }
             command = commands.recv() => {

@@ -27,6 +27,7 @@ use voicelink_core::voice_processing::ProcessingChange;
 use voicelink_core::wire::MAX_TEXT_BYTES;
 
 use super::convert;
+use crate::audio::device_watch::Devices;
 use crate::audio::input_level::{self, LevelError};
 use crate::call::registry::RegistryCommand;
 use crate::events::{EventHub, Update};
@@ -62,6 +63,7 @@ pub struct ControlService {
     settings_tx: Arc<watch::Sender<LiveSettings>>,
     hub: EventHub,
     stats: StatsBoard,
+    devices: Devices,
     shutdown: CancellationToken,
 }
 
@@ -79,14 +81,27 @@ pub struct Backends {
     pub hub: EventHub,
     /// Calls' statistics.
     pub stats: StatsBoard,
+    /// The sound devices, as last listed.
+    pub devices: Devices,
 }
 
 impl ControlService {
     /// A service answering from `backends`; its streams end when `shutdown` fires.
     pub fn new(info: DaemonInfo, backends: Backends, shutdown: CancellationToken) -> Self {
-        let Backends { registry, config, store, settings: settings_tx, hub, stats } = backends;
+        let Backends { registry, config, store, settings: settings_tx, hub, stats, devices } = backends;
         let settings = settings_tx.subscribe();
-        ControlService { info: Arc::new(info), registry, config, store, settings, settings_tx, hub, stats, shutdown }
+        ControlService {
+            info: Arc::new(info),
+            registry,
+            config,
+            store,
+            settings,
+            settings_tx,
+            hub,
+            stats,
+            devices,
+            shutdown,
+        }
     }
 
     /// Sends a request to the config task and waits for its answer.
@@ -603,10 +618,8 @@ impl Voicelink for ControlService {
     }
 
     async fn list_audio_devices(&self, _: Request<v1::ListAudioDevicesRequest>) -> Rpc<v1::ListAudioDevicesResponse> {
-        // Probing devices blocks (ALSA opens each one).
-        let devices = tokio::task::spawn_blocking(crate::audio::device::list)
-            .await
-            .map_err(|e| Status::internal(format!("listing devices failed: {e}")))?;
+        // As the device watch last listed them (listing blocks: ALSA opens each one).
+        let devices = self.devices.borrow().clone();
         Ok(Response::new(v1::ListAudioDevicesResponse {
             inputs: devices.inputs.iter().map(convert::audio_device).collect(),
             outputs: devices.outputs.iter().map(convert::audio_device).collect(),

@@ -90,12 +90,17 @@ pub fn list() -> DeviceList {
     let default_out = host.default_output_device().and_then(|d| name_of(&d));
     let describe = |device: cpal::Device, input: bool| -> Option<DeviceInfo> {
         let name = name_of(&device).filter(|n| is_real(n))?;
-        let rates: Vec<u32> = if input {
-            device.supported_input_configs().ok()?.flat_map(|r| [r.min_sample_rate(), r.max_sample_rate()]).collect()
+        let ranges = if input {
+            device.supported_input_configs().map(|r| r.collect::<Vec<_>>())
         } else {
-            device.supported_output_configs().ok()?.flat_map(|r| [r.min_sample_rate(), r.max_sample_rate()]).collect()
+            device.supported_output_configs().map(|r| r.collect())
         };
-        let mut sample_rates = rates;
+        let mut sample_rates: Vec<u32> = match ranges {
+            Ok(ranges) => ranges.iter().flat_map(|r| [r.min_sample_rate(), r.max_sample_rate()]).collect(),
+            // In use (a call holds ALSA's hw: device): still there, its rates unknown.
+            Err(error) if error.kind() == cpal::ErrorKind::DeviceBusy => Vec::new(),
+            Err(_) => return None,
+        };
         sample_rates.sort_unstable();
         sample_rates.dedup();
         let default = if input { &default_in } else { &default_out };

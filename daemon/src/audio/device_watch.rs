@@ -141,6 +141,9 @@ mod pulse {
     use pulseaudio::protocol::{self, Command, SubscriptionMask};
     use tokio::sync::mpsc;
 
+    /// How long each step of the handshake may take.
+    const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
     /// Why the subscription could not be made.
     #[derive(Debug, thiserror::Error)]
     pub enum SubscribeError {
@@ -163,6 +166,9 @@ mod pulse {
         pub fn start(signals: mpsc::UnboundedSender<()>) -> Result<Self, SubscribeError> {
             let path = pulseaudio::socket_path_from_env().ok_or(SubscribeError::NoServer)?;
             let socket = UnixStream::connect(path).map_err(SubscribeError::Connect)?;
+            // A server that accepts and never answers must not hold up the daemon.
+            socket.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(SubscribeError::Connect)?;
+            socket.set_write_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(SubscribeError::Connect)?;
             let mut reader = BufReader::new(socket.try_clone().map_err(SubscribeError::Connect)?);
             let cookie =
                 pulseaudio::cookie_path_from_env().and_then(|path| std::fs::read(path).ok()).unwrap_or_default();
@@ -182,6 +188,8 @@ mod pulse {
             let mask = SubscriptionMask::SINK | SubscriptionMask::SOURCE | SubscriptionMask::SERVER;
             protocol::write_command_message(reader.get_mut(), 2, &Command::Subscribe(mask), version)?;
             protocol::read_ack_message(&mut reader)?;
+            // Events come when they come.
+            socket.set_read_timeout(None).map_err(SubscribeError::Connect)?;
             std::thread::Builder::new()
                 .name("voicelink-devices".into())
                 .spawn(move || {

@@ -9,6 +9,8 @@
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -50,14 +52,30 @@ impl Opened for Playback {
     }
 }
 
+/// After a move that could not be made, when the policy is asked again.
+const RETRY: Duration = Duration::from_secs(1);
+/// An open that takes longer than this is given up (its thread is left to end).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A device being opened for a move.
+struct Opening<E> {
+    planned: DeviceMove,
+    since: Instant,
+    result: std_mpsc::Receiver<Result<E, EndpointError>>,
+}
+
 /// One endpoint, the device it wants, and the move under way.
 struct Follower<E: Opened> {
     wanted: WantedDevice,
     /// Open now; `None`: no device (silence).
     current: Option<E>,
     devices: Devices,
-    /// A device being opened, and the move it carries out.
-    opening: Option<(DeviceMove, std_mpsc::Receiver<Result<E, EndpointError>>)>,
+    opening: Option<Opening<E>>,
+    /// The policy is asked again at this time, list change or not (a move failed).
+    retry_at: Option<Instant>,
+    /// Threads opening or closing devices: joined on drop, so nothing of this
+    /// endpoint is still open once it is gone.
+    threads: Vec<JoinHandle<()>>,
     reports: MoveReports,
 }
 
@@ -65,15 +83,23 @@ impl<E: Opened> Follower<E> {
     /// Opens the device `wanted` names. A named device must open; the default
     /// may be missing (the endpoint waits for one).
     fn open(wanted: WantedDevice, devices: Devices, reports: MoveReports) -> Result<Self, EndpointError> {
-        let current = match &wanted {
-            WantedDevice::Named(name) => Some(E::open(Some(name))?),
-            WantedDevice::Default => E::open(None)
-                .inspect_err(|error| {
-                    warn!(%error, direction = E::DIRECTION.word(), "no sound device yet; waiting for one");
-                })
-                .ok(),
+        let (wanted, current) = match wanted {
+            // By the host's name from now on, however it was named (its
+            // description, or its ID with the host): that is what lists show.
+            WantedDevice::Named(name) => {
+                let opened = E::open(Some(&name))?;
+                (WantedDevice::Named(opened.device_name().to_owned()), Some(opened))
+            }
+            WantedDevice::Default => {
+                let opened = E::open(None)
+                    .inspect_err(|error| {
+                        warn!(%error, direction = E::DIRECTION.word(), "no sound device yet; waiting for one");
+                    })
+                    .ok();
+                (WantedDevice::Default, opened)
+            }
         };
-        Ok(Follower { wanted, current, devices, opening: None, reports })
+        Ok(Follower { wanted, current, devices, opening: None, retry_at: None, threads: Vec::new(), reports })
     }
 
     fn in_use(&self) -> Option<&str> {
@@ -83,47 +109,71 @@ impl<E: Opened> Follower<E> {
     /// Finishes a move whose device has opened, and starts one the device list
     /// asks for. True when the endpoint was replaced.
     fn poll(&mut self) -> bool {
+        let now = Instant::now();
+        self.threads.retain(|thread| !thread.is_finished());
         let mut replaced = false;
-        if let Some((planned, opened)) = self.opening.take() {
-            match opened.try_recv() {
-                Err(std_mpsc::TryRecvError::Empty) => self.opening = Some((planned, opened)),
-                Err(std_mpsc::TryRecvError::Disconnected) => {}
-                Ok(Ok(endpoint)) => {
-                    close_elsewhere(self.current.replace(endpoint));
-                    replaced = true;
-                    self.report(planned);
+        if let Some(opening) = self.opening.take() {
+            match opening.result.try_recv() {
+                Err(std_mpsc::TryRecvError::Empty) if now.duration_since(opening.since) < OPEN_TIMEOUT => {
+                    self.opening = Some(opening);
                 }
-                Ok(Err(error)) => warn!(
-                    %error,
-                    direction = E::DIRECTION.word(),
-                    "cannot move to the sound device; staying where it was"
-                ),
+                Ok(Ok(endpoint)) => {
+                    let old = self.current.replace(endpoint);
+                    self.close_elsewhere(old);
+                    replaced = true;
+                    self.report(opening.planned);
+                }
+                Ok(Err(error)) => {
+                    warn!(%error, direction = E::DIRECTION.word(), "cannot move to the sound device; trying again");
+                    self.retry_at = Some(now + RETRY);
+                }
+                Err(_) => {
+                    warn!(direction = E::DIRECTION.word(), "the sound device did not open; trying again");
+                    self.retry_at = Some(now + RETRY);
+                }
             }
         }
-        if self.opening.is_none() && self.devices.has_changed().unwrap_or(false) {
+        let retry = self.retry_at.is_some_and(|at| now >= at);
+        if self.opening.is_none() && (self.devices.has_changed().unwrap_or(false) || retry) {
+            self.retry_at = None;
             let list = self.devices.borrow_and_update().clone();
             let (names, default) = list.present(E::DIRECTION);
             let present = Present { names: &names, default: default.as_deref() };
             if let Some(planned) = follow(&self.wanted, self.in_use(), present) {
                 match planned.to.clone() {
                     None => {
-                        close_elsewhere(self.current.take());
+                        let old = self.current.take();
+                        self.close_elsewhere(old);
                         replaced = true;
                         self.report(planned);
                     }
                     Some(name) => {
-                        let (done, opened) = std_mpsc::channel();
+                        let (done, result) = std_mpsc::channel();
                         let spawned = std::thread::Builder::new()
                             .name("voicelink-device-open".into())
                             .spawn(move || drop(done.send(E::open(Some(&name)))));
-                        if spawned.is_ok() {
-                            self.opening = Some((planned, opened));
+                        match spawned {
+                            Ok(thread) => {
+                                self.threads.push(thread);
+                                self.opening = Some(Opening { planned, since: now, result });
+                            }
+                            Err(_) => self.retry_at = Some(now + RETRY),
                         }
                     }
                 }
             }
         }
         replaced
+    }
+
+    /// Closes a device stream on a thread of its own: closing waits for its
+    /// audio thread, which is no work for the pump's.
+    fn close_elsewhere(&mut self, endpoint: Option<E>) {
+        if let Some(endpoint) = endpoint {
+            let closing =
+                std::thread::Builder::new().name("voicelink-device-close".into()).spawn(move || drop(endpoint));
+            self.threads.extend(closing.ok());
+        }
     }
 
     fn report(&self, planned: DeviceMove) {
@@ -140,11 +190,15 @@ impl<E: Opened> Follower<E> {
     }
 }
 
-/// Closes a device stream on a thread of its own: closing waits for its audio
-/// thread, which is no work for the pump's.
-fn close_elsewhere<E: Send + 'static>(endpoint: Option<E>) {
-    if let Some(endpoint) = endpoint {
-        let _ = std::thread::Builder::new().name("voicelink-device-close".into()).spawn(move || drop(endpoint));
+impl<E: Opened> Drop for Follower<E> {
+    fn drop(&mut self) {
+        drop(self.current.take());
+        // A device still opening is dropped on its thread once open (its
+        // receiver is gone): waited for too.
+        drop(self.opening.take());
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -194,14 +248,10 @@ impl Sink for FollowingPlayback {
         if self.follower.poll() {
             self.tap.replace(self.follower.current.as_mut().and_then(Sink::echo_reference));
         }
-        let Some(playback) = self.follower.current.as_mut() else { return Ok(()) };
-        if let Err(error) = playback.write(frame) {
-            // The list will say where to go; until then, nothing plays.
-            warn!(%error, "the sound device failed; waiting for another");
-            close_elsewhere(self.follower.current.take());
-            self.tap.replace(None);
+        match self.follower.current.as_mut() {
+            Some(playback) => playback.write(frame),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn finish(&mut self) -> Result<(), EndpointError> {

@@ -320,18 +320,32 @@ impl Call {
         media.set_processing(self.record.processing);
         self.media = Some(media);
         if self.machine.direction() == Direction::Outgoing || self.audio_attached {
-            self.attach_audio()?;
+            self.attach_audio().await?;
         }
         Ok(())
     }
 
     /// Opens the call's audio endpoints onto its media session.
-    fn attach_audio(&mut self) -> Result<(), FailCause> {
+    async fn attach_audio(&mut self) -> Result<(), FailCause> {
+        if self.media.is_none() {
+            return Ok(());
+        }
+        // Opening a sound card blocks (a sound server's handshake, ALSA's
+        // probing): not on the runtime's threads.
+        let (input, output) = (self.record.input.clone(), self.record.output.clone());
+        let (loop_files, devices, moves) =
+            (self.context.loop_files, self.context.devices.clone(), self.device_moves.0.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            let source = open_input(&input, loop_files, &devices, Some(moves.clone()))?;
+            let sink = open_output(&output, &devices, Some(moves))?;
+            Ok::<_, crate::audio::endpoints::EndpointError>((source, sink))
+        })
+        .await;
+        let (source, sink) = match opened {
+            Ok(result) => result.map_err(|e| FailCause::Audio(e.to_string()))?,
+            Err(_) => return Err(FailCause::Audio("opening the audio endpoints failed (the opener panicked)".into())),
+        };
         let Some(media) = self.media.as_mut() else { return Ok(()) };
-        let (devices, moves) = (&self.context.devices, Some(self.device_moves.0.clone()));
-        let source = open_input(&self.record.input, self.context.loop_files, devices, moves.clone())
-            .map_err(|e| FailCause::Audio(e.to_string()))?;
-        let sink = open_output(&self.record.output, devices, moves).map_err(|e| FailCause::Audio(e.to_string()))?;
         media
             .attach_audio(
                 source,
@@ -526,9 +540,14 @@ impl Call {
             self.record.output = output;
         }
         if answering && self.machine.state() == State::Incoming {
+            // The ringtone's stream closes first: a device may take one stream
+            // at a time (ALSA's hw:).
+            if let Some(ringer) = self.ringer.take() {
+                ringer.stop().await;
+            }
             // Open the audio endpoints before accepting, so a bad one fails the
             // call instead of answering into silence.
-            if let Err(cause) = self.attach_audio() {
+            if let Err(cause) = self.attach_audio().await {
                 let _ = reply.send(Err(InvalidCommand::because("answer", cause.to_string())));
                 self.machine.handle_media(MediaInput::Failed(cause), clock::now());
                 return;

@@ -75,15 +75,20 @@ const LOSS_CHECK: Duration = Duration::from_millis(500);
 /// ready: a frame waits at most a quarter of its length to be sent.
 const POLLS_PER_FRAME: u32 = 4;
 
+/// How long the sender waits for a late microphone before it sends silence in
+/// its place (a stream that stalls, or starts slowly, or died).
+const STALL_FRAMES: u32 = 3;
+
 /// When the sender takes its next frame. A source paced by its device (a
 /// microphone) is taken from whenever a frame's worth has arrived, so the sender
 /// runs on the device's clock: the drift between the two clocks never becomes a
 /// shortage (gaps) or a backlog (latency), and nothing is resampled under the
-/// echo canceller. Any other source is taken from once per frame period of the
-/// sender's clock, catching up after a stall.
+/// echo canceller. Any other source, or a device [`STALL_FRAMES`] late, is taken
+/// from once per frame period of the sender's clock (catching up after a
+/// stall): the stream to the peer never stops.
 struct SendClock {
     frame: Duration,
-    /// When a source the sender paces gives its next frame.
+    /// When the next frame is due by the sender's clock.
     next: Instant,
 }
 
@@ -96,16 +101,17 @@ impl SendClock {
     /// ready (`None`: it has no pace of its own).
     fn due(&mut self, now: Instant, ready: Option<usize>, frame_samples: usize) -> bool {
         match ready {
-            Some(ready) => {
-                // Should the device go, the sender's pace takes over a frame later.
+            Some(ready) if ready >= frame_samples => {
                 self.next = now + self.frame;
-                ready >= frame_samples
+                true
             }
-            None if now >= self.next => {
+            // A device a little late: wait for it.
+            Some(_) if now < self.next + self.frame * STALL_FRAMES => false,
+            _ if now >= self.next => {
                 self.next += self.frame;
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 }
@@ -416,8 +422,27 @@ mod tests {
         // A stall of 100 ms: the five frames it missed go at once.
         assert_eq!(frames_at(&mut clock, Duration::from_millis(120)), 5);
         // A device that appears takes over; one that goes hands back a frame later.
-        assert!(!clock.due(start + Duration::from_millis(125), Some(100), FRAME_SAMPLES));
+        assert!(clock.due(start + Duration::from_millis(125), Some(FRAME_SAMPLES), FRAME_SAMPLES));
         assert_eq!(frames_at(&mut clock, Duration::from_millis(130)), 0);
         assert_eq!(frames_at(&mut clock, Duration::from_millis(145)), 1);
+    }
+
+    #[test]
+    fn a_microphone_that_stalls_is_replaced_by_the_senders_clock_until_it_is_back() {
+        let start = Instant::now();
+        let mut clock = SendClock::new(FRAME, start);
+        let poll = FRAME / POLLS_PER_FRAME;
+        // The device delivers nothing for a second (a stream starting, or dead).
+        let mut taken = 0;
+        for step in 0..(1000 / poll.as_millis() as u32) {
+            while clock.due(start + poll * step, Some(0), FRAME_SAMPLES) {
+                taken += 1;
+            }
+        }
+        // Fifty frames in a second, less the wait for a late device.
+        assert!((44..=50).contains(&taken), "{taken} frames of silence in a second");
+        // Back: frames go as it delivers them.
+        assert!(clock.due(start + Duration::from_secs(1), Some(FRAME_SAMPLES), FRAME_SAMPLES));
+        assert!(!clock.due(start + Duration::from_millis(1005), Some(0), FRAME_SAMPLES));
     }
 }
