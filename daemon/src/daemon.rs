@@ -249,10 +249,14 @@ fn log_audio_fallbacks(config: &Config, devices: &crate::audio::device::DeviceLi
     }
     let has = |list: &[crate::audio::device::DeviceInfo]| list.iter().any(|d| d.is_default) || !list.is_empty();
     if wants_input && !has(&devices.inputs) {
-        warn!("no capture device found: calls will send silence (set --audio-input tone:HZ, file:PATH.wav or echo)");
+        warn!(
+            "no capture device found: calls will send silence until one is plugged in (or set --audio-input tone:HZ, file:PATH.wav or echo)"
+        );
     }
     if wants_output && !has(&devices.outputs) {
-        warn!("no playback device found: calls will discard what they hear (set --audio-output file:PATH.wav)");
+        warn!(
+            "no playback device found: calls will discard what they hear until one is plugged in (or set --audio-output file:PATH.wav)"
+        );
     }
 }
 

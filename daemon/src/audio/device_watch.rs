@@ -25,7 +25,8 @@ const POLL: Duration = Duration::from_secs(2);
 /// The devices as last listed; the receiver sees every change.
 pub type Devices = watch::Receiver<Arc<DeviceList>>;
 
-/// A list that never changes, for endpoints opened where no watch runs.
+/// A list that never changes (tests that open no device).
+#[cfg(test)]
 pub fn fixed(list: DeviceList) -> Devices {
     watch::Sender::new(Arc::new(list)).subscribe()
 }
