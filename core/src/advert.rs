@@ -249,7 +249,7 @@ mod tests {
         assert_ne!(parsed.proof.map(|p| p.certificate), Some(vec![7; 400]));
         assert_eq!(
             String::from_utf8(advert().signed_payload(5)).unwrap(),
-            format!("voicelink-advert/1\nv=1\nid={}\nname=alice\nport=4711\nbye=0\nt=5\n", advert().device_id)
+            format!("voicelink-advert/1\nv=2\nid={}\nname=alice\nport=4711\nbye=0\nt=5\n", advert().device_id)
         );
     }
 

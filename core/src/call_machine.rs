@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::vocab::{Direction, DisplayName, EndReason, FailCause, State};
 use crate::voice_processing::ProcessingChange;
-use crate::wire::{Body, DeclineCode, EndCode};
+use crate::wire::{Body, DeclineCode, EndCode, GroupPart, Participant};
+use crate::vocab::CallId;
 
 /// Timeouts the machine enforces.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +65,8 @@ pub struct CallSetup {
     pub frame_ms: u32,
     /// Ring and connect timeouts.
     pub timeouts: Timeouts,
+    /// A caller's leg of a group call: what its `call_request` says of it.
+    pub group: Option<GroupPart>,
 }
 
 /// Work for the media layer.
@@ -107,6 +110,13 @@ pub enum Output {
     MuteChanged(bool),
     /// Hold changed (either side).
     HoldChanged(bool),
+    /// A participant of a group call named who else is in it.
+    Participants {
+        /// The group call.
+        group: CallId,
+        /// Who.
+        participants: Vec<Participant>,
+    },
     /// The peer confirmed it shows our recording: start writing.
     RecordingStarted,
     /// Stop writing our recording; with a reason when it never started.
@@ -153,6 +163,13 @@ pub enum Command {
     SetRecording(bool),
     /// End a call that was told to yield to glare (the peer already knows).
     Yield,
+    /// Tell the peer, a participant of the group call, who else is in it.
+    ShareParticipants {
+        /// The group call.
+        group: CallId,
+        /// Who, the peer excluded.
+        participants: Vec<Participant>,
+    },
 }
 
 /// What happened to the signaling connection.
@@ -502,6 +519,9 @@ impl CallMachine {
             }
             (Command::Yield, State::Outgoing) if self.yielding => self.end(EndReason::Cancelled, None),
             (Command::Yield, state) => return refuse("yield", state),
+            (Command::ShareParticipants { group, participants }, _) => {
+                self.outputs.push_back(Output::Send(Body::Participants { group, participants }));
+            }
         }
         Ok(())
     }
@@ -526,7 +546,9 @@ impl CallMachine {
                     Some(DeclineCode::Blocked) => EndReason::Blocked,
                     Some(DeclineCode::DoNotDisturb) => EndReason::DoNotDisturb,
                     Some(DeclineCode::NotAllowed) => EndReason::NotAllowed,
-                    Some(DeclineCode::Other) | None => EndReason::Declined(reason),
+                    Some(DeclineCode::GroupFull | DeclineCode::NotInvited | DeclineCode::Other) | None => {
+                        EndReason::Declined(reason)
+                    }
                 };
                 self.end(reason, None)
             }
@@ -586,6 +608,9 @@ impl CallMachine {
                 self.recording = Recording::On;
                 self.outputs.push_back(Output::RecordingStarted);
             }
+            (Body::Participants { group, participants }, _, _) => {
+                self.outputs.push_back(Output::Participants { group, participants });
+            }
             (Body::Error { message }, _, _) => self.end(EndReason::Failed(FailCause::Protocol(message)), None),
             _ => {}
         }
@@ -605,8 +630,11 @@ impl CallMachine {
         }
         match event {
             Signaling::Connected if self.direction == Direction::Outgoing => {
-                let request =
-                    Body::CallRequest { caller_name: self.setup.own_name.clone(), frame_ms: Some(self.setup.frame_ms) };
+                let request = Body::CallRequest {
+                    caller_name: self.setup.own_name.clone(),
+                    frame_ms: Some(self.setup.frame_ms),
+                    group: self.setup.group.clone(),
+                };
                 self.outputs.push_back(Output::Send(request));
                 self.awaiting_answer = true;
                 self.outputs.push_back(Output::Media(MediaCommand::CreateOffer));
@@ -791,7 +819,7 @@ mod tests {
     };
 
     fn setup() -> CallSetup {
-        CallSetup { own_name: "me".into(), frame_ms: 20, timeouts: T }
+        CallSetup { own_name: "me".into(), frame_ms: 20, timeouts: T, group: None }
     }
 
     /// Any input, for tables of cases.
@@ -1223,7 +1251,7 @@ mod tests {
         assert_eq!(
             drain(&mut m),
             [
-                Output::Send(Body::CallRequest { caller_name: "me".into(), frame_ms: Some(20) }),
+                Output::Send(Body::CallRequest { caller_name: "me".into(), frame_ms: Some(20), group: None }),
                 Output::Media(MediaCommand::CreateOffer)
             ]
         );

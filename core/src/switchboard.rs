@@ -23,8 +23,17 @@
 //!   told why ([`Refusal`]); a call of ours to that peer still settles glare.
 //! - Auto-answer ([`AutoAnswer`]) answers every call that rings, or trusted
 //!   devices' only.
+//! - Group calls are a full mesh of ordinary calls ("legs") that share a group
+//!   ID. Anyone in an answered call may add a peer ([`Switchboard::add`]); the
+//!   invitation rings as usual, and once it is answered the invitee joins every
+//!   participant it was told of ([`Switchboard::joins_due`]). A join rings
+//!   nobody: it is answered at once if a participant introduced the joiner
+//!   ([`Switchboard::introduce`]), and refused otherwise; identity is still
+//!   each leg's own TLS. At most [`MAX_PARTICIPANTS`] people, this device
+//!   included. Two participants inviting the same peer at once ring it once:
+//!   answering one invitation answers the other.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use std::fmt;
@@ -34,6 +43,10 @@ use crate::admission::Source;
 use crate::call_machine::InvalidCommand;
 use crate::contacts::{PeerStanding, Standing};
 use crate::vocab::{CallId, DeviceId, Direction, State};
+use crate::wire::{DeclineCode, GroupPart};
+
+/// Most people in one group call, this device included.
+pub const MAX_PARTICIPANTS: usize = 6;
 
 /// Why a call still ringing here is declined when the user answers another.
 pub const ANSWERED_ANOTHER_CALL: &str = "answered another call";
@@ -166,8 +179,20 @@ pub enum CallError {
     #[error("cannot dial {0:?}: {1}")]
     BadTarget(String, String),
     /// Already in a call.
-    #[error("already in a call: hang up first (one call at a time)")]
+    #[error("already in a call: hang up first, or add the peer to it (voicectl add)")]
     Busy,
+    /// A peer may be added to an answered call only.
+    #[error("a peer can be added to an answered call only")]
+    NotAnswered,
+    /// The peer is in the call (or invited) already.
+    #[error("{0} is in the call already")]
+    AlreadyInCall(String),
+    /// The group call is full.
+    #[error("the call has {MAX_PARTICIPANTS} participants, the most a call can have")]
+    GroupFull,
+    /// The peer's voicelink predates group calls.
+    #[error("{0} runs a voicelink too old for group calls (protocol {1}; 2 is needed)")]
+    TooOld(String, u32),
     /// The call refused the command.
     #[error(transparent)]
     Invalid(#[from] InvalidCommand),
@@ -234,9 +259,27 @@ pub enum Refusal {
     DoNotDisturb,
     /// Only known (or trusted) devices may ring, and the caller is not one.
     NotAllowed,
+    /// A group call would have more than [`MAX_PARTICIPANTS`] people.
+    GroupFull,
+    /// A join to a group call we are not in, or that nobody in it introduced
+    /// the caller to.
+    NotInvited,
 }
 
 impl Refusal {
+    /// The code a refusal is declined with; `None` for those answered with
+    /// an `error` (the request itself was wrong or too many).
+    pub fn decline_code(self) -> Option<DeclineCode> {
+        match self {
+            Refusal::Blocked => Some(DeclineCode::Blocked),
+            Refusal::DoNotDisturb => Some(DeclineCode::DoNotDisturb),
+            Refusal::NotAllowed => Some(DeclineCode::NotAllowed),
+            Refusal::GroupFull => Some(DeclineCode::GroupFull),
+            Refusal::NotInvited => Some(DeclineCode::NotInvited),
+            Refusal::CallIdInUse | Refusal::TooManyRequests { .. } => None,
+        }
+    }
+
     /// The message the caller is sent.
     pub fn message(self) -> String {
         match self {
@@ -247,6 +290,8 @@ impl Refusal {
             Refusal::Blocked => "this device does not take your calls".into(),
             Refusal::DoNotDisturb => "do not disturb".into(),
             Refusal::NotAllowed => "this device takes calls only from devices it knows".into(),
+            Refusal::GroupFull => format!("the call would have more than {MAX_PARTICIPANTS} participants"),
+            Refusal::NotInvited => "nobody in that call invited you".into(),
         }
     }
 }
@@ -268,6 +313,29 @@ struct Leg {
     answering: bool,
     direction: Direction,
     state: State,
+    /// The group call it is a leg of.
+    group: Option<CallId>,
+    /// An invitation to a group call, not yet answered and joined to the
+    /// participants it named.
+    invitation: bool,
+}
+
+impl Leg {
+    fn new(peer: Option<DeviceId>, direction: Direction, group: Option<CallId>) -> Leg {
+        let state = match direction {
+            Direction::Outgoing => State::Outgoing,
+            Direction::Incoming => State::Incoming,
+        };
+        Leg { peer, source: None, answering: false, direction, state, group, invitation: false }
+    }
+
+    fn live(&self) -> bool {
+        self.state != State::Ended
+    }
+
+    fn answered(&self) -> bool {
+        matches!(self.state, State::Connecting | State::Active | State::OnHold | State::Reconnecting)
+    }
 }
 
 /// The policy's state: the calls whose tasks are running, recent glare yields
@@ -281,12 +349,22 @@ pub struct Switchboard {
     yielded: HashMap<DeviceId, Instant>,
     /// Recent call requests by peer and by source address.
     requests: HashMap<Requester, VecDeque<Instant>>,
+    /// For each group call: the devices its participants introduced, who may
+    /// join it here without ringing.
+    introduced: HashMap<CallId, BTreeSet<DeviceId>>,
 }
 
 impl Switchboard {
     /// A switchboard for the device `own_id`.
     pub fn new(own_id: DeviceId, policy: Policy) -> Self {
-        Switchboard { own_id, policy, calls: BTreeMap::new(), yielded: HashMap::new(), requests: HashMap::new() }
+        Switchboard {
+            own_id,
+            policy,
+            calls: BTreeMap::new(),
+            yielded: HashMap::new(),
+            requests: HashMap::new(),
+            introduced: HashMap::new(),
+        }
     }
 
     /// Changes the settings (a reload); calls already live are not affected.
@@ -313,7 +391,15 @@ impl Switchboard {
                 Err(CallError::NoSuchCall(id.to_string()))
             };
         }
-        let mut live = self.calls.iter().filter(|(_, leg)| leg.state != State::Ended).map(|(id, _)| id);
+        let live: Vec<(&CallId, &Leg)> = self.calls.iter().filter(|(_, leg)| leg.live()).collect();
+        // The legs of one group call are one call to the user.
+        if let Some((first, leg)) = live.first()
+            && leg.group.is_some()
+            && live.iter().all(|(_, other)| other.group == leg.group)
+        {
+            return Ok((*first).clone());
+        }
+        let mut live = live.into_iter().map(|(id, _)| id);
         match (live.next(), live.count()) {
             (None, _) => Err(CallError::NoCall),
             (Some(only), 0) => Ok(only.clone()),
@@ -336,9 +422,122 @@ impl Switchboard {
         if self.live_calls() > 0 {
             return Err(CallError::Busy);
         }
-        let leg = Leg { peer, source: None, answering: false, direction: Direction::Outgoing, state: State::Outgoing };
-        self.calls.insert(new_id.clone(), leg);
+        self.calls.insert(new_id.clone(), Leg::new(peer, Direction::Outgoing, None));
         Ok(Dial::Place(new_id))
+    }
+
+    /// The group call `call` belongs to, if it is a leg of one.
+    pub fn group_of(&self, call: &CallId) -> Option<&CallId> {
+        self.calls.get(call)?.group.as_ref()
+    }
+
+    /// The live legs of `group`, with their peers.
+    fn legs_of<'a>(&'a self, group: &'a CallId) -> impl Iterator<Item = (&'a CallId, &'a Leg)> + 'a {
+        self.calls.iter().filter(move |(_, leg)| leg.live() && leg.group.as_ref() == Some(group))
+    }
+
+    /// The calls a command for `call` goes to: every live leg of its group
+    /// call, or just `call`.
+    pub fn legs_with(&self, call: &CallId) -> Vec<CallId> {
+        match self.group_of(call) {
+            Some(group) => self.legs_of(group).map(|(id, _)| id.clone()).collect(),
+            None => vec![call.clone()],
+        }
+    }
+
+    /// The peers of the group's live legs: who we are in the call with, or
+    /// are inviting or joining.
+    pub fn participants(&self, group: &CallId) -> Vec<DeviceId> {
+        self.legs_of(group).filter_map(|(_, leg)| leg.peer).collect()
+    }
+
+    /// The user adds `peer` to the answered call `call` (which becomes a group
+    /// call if it is not one yet); `new_id` is the invitation's ID. Returns the
+    /// group call's ID.
+    pub fn add(&mut self, call: &CallId, peer: DeviceId, new_id: CallId) -> Result<CallId, CallError> {
+        let leg = self.calls.get(call).ok_or_else(|| CallError::NoSuchCall(call.to_string()))?;
+        if !leg.answered() {
+            return Err(CallError::NotAnswered);
+        }
+        let (group, was_group) = match &leg.group {
+            Some(group) => (group.clone(), true),
+            None => (call.clone(), false),
+        };
+        self.set_group(call, Some(group.clone()));
+        match self.new_leg(&group, peer, new_id) {
+            Ok(()) => Ok(group),
+            Err(error) => {
+                if !was_group {
+                    self.set_group(call, None);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn set_group(&mut self, call: &CallId, group: Option<CallId>) {
+        if let Some(leg) = self.calls.get_mut(call) {
+            leg.group = group;
+        }
+    }
+
+    /// A participant to join once our invitation is answered: `new_id` is the
+    /// leg's ID.
+    pub fn join(&mut self, group: &CallId, peer: DeviceId, new_id: CallId) -> Result<(), CallError> {
+        self.new_leg(group, peer, new_id)
+    }
+
+    fn new_leg(&mut self, group: &CallId, peer: DeviceId, new_id: CallId) -> Result<(), CallError> {
+        if peer == self.own_id || self.legs_of(group).any(|(_, leg)| leg.peer == Some(peer)) {
+            return Err(CallError::AlreadyInCall(peer.short()));
+        }
+        if 1 + self.legs_of(group).count() >= MAX_PARTICIPANTS {
+            return Err(CallError::GroupFull);
+        }
+        self.calls.insert(new_id, Leg::new(Some(peer), Direction::Outgoing, Some(group.clone())));
+        Ok(())
+    }
+
+    /// The peer of our call `call` named who else is in (or invited to) the
+    /// group call `group`: they may join here. The first time, this makes
+    /// `call` a leg of that group (the peer added someone to our call).
+    /// Ignored for a call we do not have, or one of another group.
+    pub fn introduce(&mut self, call: &CallId, group: &CallId, participants: impl IntoIterator<Item = DeviceId>) {
+        let Some(leg) = self.calls.get_mut(call).filter(|leg| leg.live()) else { return };
+        match &leg.group {
+            None => leg.group = Some(group.clone()),
+            Some(ours) if ours == group => {}
+            Some(_) => return,
+        }
+        let own_id = self.own_id;
+        self.introduced.entry(group.clone()).or_default().extend(participants.into_iter().filter(|p| *p != own_id));
+    }
+
+    /// Once an invitation to a group call is answered here: the group, and the
+    /// participants it named that we have no leg with yet, to join. Empty
+    /// before the answer and after the first time.
+    pub fn joins_due(&mut self, call: &CallId) -> Option<(CallId, Vec<DeviceId>)> {
+        let leg = self.calls.get_mut(call)?;
+        if !leg.invitation || !leg.answered() {
+            return None;
+        }
+        leg.invitation = false;
+        let group = leg.group.clone()?;
+        let inviter = leg.peer;
+        let with: BTreeSet<DeviceId> = self.participants(&group).into_iter().collect();
+        let named = self.introduced.get(&group).into_iter().flatten();
+        let due = named.filter(|p| Some(**p) != inviter && !with.contains(p)).copied().collect();
+        Some((group, due))
+    }
+
+    /// Other invitations to the same group call ringing here beside `call`:
+    /// one answer answers them all.
+    pub fn same_invitation(&self, call: &CallId) -> Vec<CallId> {
+        let Some(group) = self.group_of(call) else { return Vec::new() };
+        self.legs_of(group)
+            .filter(|(id, leg)| *id != call && leg.invitation && leg.state == State::Incoming && !leg.answering)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// A call request from `peer` arrived from `source` on a new, authenticated
@@ -349,6 +548,7 @@ impl Switchboard {
         peer: DeviceId,
         source: Source,
         standing: PeerStanding,
+        group: Option<&GroupPart>,
         now: Instant,
     ) -> Incoming {
         if self.calls.contains_key(&call) {
@@ -371,6 +571,18 @@ impl Switchboard {
 
         let blocked = standing == PeerStanding::Known(Standing::Blocked);
         let trusted = standing == PeerStanding::Known(Standing::Trusted);
+        if let Some(group) = group {
+            if blocked {
+                return Incoming::Refuse(Refusal::Blocked);
+            }
+            if group.join {
+                return self.join_request(call, peer, source, &group.id);
+            }
+            // The inviter, those it names, and us.
+            if group.participants.len() + 2 > MAX_PARTICIPANTS {
+                return Incoming::Refuse(Refusal::GroupFull);
+            }
+        }
         // Our own call to them, still ringing or just yielded to theirs: they may
         // answer it with theirs (glare), whoever may ring otherwise.
         let we_call_them = self
@@ -419,17 +631,52 @@ impl Switchboard {
         if !self.may_ring_too(source) {
             return Incoming::Busy;
         }
-        self.calls.insert(
-            call,
-            Leg {
-                peer: Some(peer),
-                source: Some(source),
-                answering: answer,
-                direction: Direction::Incoming,
-                state: State::Incoming,
-            },
-        );
+        let mut leg = Leg::new(Some(peer), Direction::Incoming, group.map(|g| g.id.clone()));
+        leg.source = Some(source);
+        leg.answering = answer;
+        leg.invitation = group.is_some();
+        if let Some(group) = group {
+            let own_id = self.own_id;
+            let named = group.participants.iter().map(|p| p.device_id).filter(|p| *p != own_id && *p != peer);
+            self.introduced.entry(group.id.clone()).or_default().extend(named);
+        }
+        self.calls.insert(call, leg);
         Incoming::Ring { answer, hang_up }
+    }
+
+    /// A participant of `group` joins: answered at once if a participant
+    /// introduced it. Two joiners that dial each other at once settle it like
+    /// glare.
+    fn join_request(&mut self, call: CallId, peer: DeviceId, source: Source, group: &CallId) -> Incoming {
+        let in_the_call = self.legs_of(group).any(|(_, leg)| leg.answered());
+        let introduced = self.introduced.get(group).is_some_and(|devices| devices.contains(&peer));
+        if !in_the_call || !introduced {
+            return Incoming::Refuse(Refusal::NotInvited);
+        }
+        let mut hang_up = None;
+        let ours = self
+            .legs_of(group)
+            .find(|(_, leg)| leg.peer == Some(peer))
+            .map(|(id, leg)| (id.clone(), leg.direction == Direction::Outgoing && leg.state == State::Outgoing));
+        match ours {
+            Some((ours, true)) => match resolve_glare(&self.own_id, &peer) {
+                Glare::KeepOurs => return Incoming::Glare,
+                Glare::TakeTheirs => {
+                    self.calls.remove(&ours);
+                    hang_up = Some(ours);
+                }
+            },
+            Some((_, false)) => return Incoming::Refuse(Refusal::CallIdInUse),
+            None if 1 + self.legs_of(group).count() >= MAX_PARTICIPANTS => {
+                return Incoming::Refuse(Refusal::GroupFull);
+            }
+            None => {}
+        }
+        let mut leg = Leg::new(Some(peer), Direction::Incoming, Some(group.clone()));
+        leg.source = Some(source);
+        leg.answering = true;
+        self.calls.insert(call, leg);
+        Incoming::Ring { answer: true, hang_up }
     }
 
     /// The user answers `call` (a command, or a dial to the peer ringing us):
@@ -455,7 +702,11 @@ impl Switchboard {
         self.calls
             .iter()
             .filter(|(id, leg)| {
-                *id != call && leg.direction == Direction::Incoming && leg.state == State::Incoming && !leg.answering
+                *id != call
+                    && leg.direction == Direction::Incoming
+                    && leg.state == State::Incoming
+                    && !leg.answering
+                    && (leg.group.is_none() || leg.group.as_ref() != self.group_of(call))
             })
             .map(|(id, _)| id.clone())
             .collect()
@@ -527,7 +778,12 @@ impl Switchboard {
 
     /// A call's task finished.
     pub fn finished(&mut self, call: &CallId) {
-        self.calls.remove(call);
+        let group = self.calls.remove(call).and_then(|leg| leg.group);
+        if let Some(group) = group
+            && !self.calls.values().any(|leg| leg.group.as_ref() == Some(&group))
+        {
+            self.introduced.remove(&group);
+        }
     }
 
     /// Forgets glare and rate-limit records older than their windows, so a
@@ -565,11 +821,11 @@ mod tests {
         let mut board = Switchboard::new(id(LOW), Policy::default());
         assert_eq!(board.dial(Some(id(2)), call("a")), Ok(Dial::Place(call("a"))));
         assert_eq!(board.dial(Some(id(3)), call("b")), Err(CallError::Busy));
-        assert_eq!(board.incoming(call("c"), id(3), from(3), PeerStanding::Unknown, now), Incoming::Busy);
+        assert_eq!(board.incoming(call("c"), id(3), from(3), PeerStanding::Unknown, None, now), Incoming::Busy);
         // Over but its task not yet finished: no longer counts.
         board.state_changed(&call("a"), State::Ended, None);
         assert_eq!(
-            board.incoming(call("c"), id(3), from(3), PeerStanding::Unknown, now),
+            board.incoming(call("c"), id(3), from(3), PeerStanding::Unknown, None, now),
             Incoming::Ring { answer: false, hang_up: None }
         );
         assert_eq!(board.pick(None), Ok(call("c")));
@@ -581,7 +837,7 @@ mod tests {
         let policy = Policy { max_ringing: 3, ..Policy::default() };
         let mut board = Switchboard::new(id(LOW), policy);
         let ring = |board: &mut Switchboard, name: &str, who: u8, source: u8| {
-            board.incoming(call(name), id(who), from(source), PeerStanding::Unknown, now)
+            board.incoming(call(name), id(who), from(source), PeerStanding::Unknown, None, now)
         };
         let rings = Incoming::Ring { answer: false, hang_up: None };
         assert_eq!(ring(&mut board, "hostile", 66, 66), rings);
@@ -607,16 +863,16 @@ mod tests {
         let now = Instant::now();
         let policy = Policy { auto_answer: AutoAnswer::Everyone, ..Policy::default() };
         let mut board = Switchboard::new(id(LOW), policy);
-        let first = board.incoming(call("a"), id(2), from(2), PeerStanding::Unknown, now);
+        let first = board.incoming(call("a"), id(2), from(2), PeerStanding::Unknown, None, now);
         assert_eq!(first, Incoming::Ring { answer: true, hang_up: None });
-        assert_eq!(board.incoming(call("b"), id(3), from(3), PeerStanding::Unknown, now), Incoming::Busy);
+        assert_eq!(board.incoming(call("b"), id(3), from(3), PeerStanding::Unknown, None, now), Incoming::Busy);
     }
 
     #[test]
     fn dialing_someone_who_rings_us_answers_them() {
         let now = Instant::now();
         let mut board = Switchboard::new(id(LOW), Policy::default());
-        board.incoming(call("theirs"), id(2), from(2), PeerStanding::Unknown, now);
+        board.incoming(call("theirs"), id(2), from(2), PeerStanding::Unknown, None, now);
         assert_eq!(board.dial(Some(id(2)), call("ours")), Ok(Dial::AnswerTheirs(call("theirs"))));
         assert_eq!(board.dial(Some(id(3)), call("ours")), Err(CallError::Busy));
     }
@@ -627,12 +883,12 @@ mod tests {
         // The low side keeps its own call and tells the other to yield.
         let mut low = Switchboard::new(id(LOW), Policy::default());
         low.dial(Some(id(HIGH)), call("from-low")).unwrap();
-        assert_eq!(low.incoming(call("from-high"), id(HIGH), from(HIGH), PeerStanding::Unknown, now), Incoming::Glare);
+        assert_eq!(low.incoming(call("from-high"), id(HIGH), from(HIGH), PeerStanding::Unknown, None, now), Incoming::Glare);
         // The high side hangs its own up and answers the low side's at once.
         let mut high = Switchboard::new(id(HIGH), Policy::default());
         high.dial(Some(id(LOW)), call("from-high")).unwrap();
         assert_eq!(
-            high.incoming(call("from-low"), id(LOW), from(LOW), PeerStanding::Unknown, now),
+            high.incoming(call("from-low"), id(LOW), from(LOW), PeerStanding::Unknown, None, now),
             Incoming::Ring { answer: true, hang_up: Some(call("from-high")) }
         );
         assert_eq!(high.pick(None), Ok(call("from-low")));
@@ -646,7 +902,7 @@ mod tests {
         assert_eq!(high.yielded(id(LOW), &call("from-high"), now), Some(call("from-high")));
         high.state_changed(&call("from-high"), State::Ended, None);
         assert_eq!(
-            high.incoming(call("from-low"), id(LOW), from(LOW), PeerStanding::Unknown, now + Duration::from_secs(1)),
+            high.incoming(call("from-low"), id(LOW), from(LOW), PeerStanding::Unknown, None, now + Duration::from_secs(1)),
             Incoming::Ring { answer: true, hang_up: None }
         );
         // After the window, a call from the same peer just rings.
@@ -655,7 +911,7 @@ mod tests {
         late.yielded(id(LOW), &call("x"), now);
         late.finished(&call("x"));
         assert_eq!(
-            late.incoming(call("y"), id(LOW), from(LOW), PeerStanding::Unknown, now + Duration::from_secs(10)),
+            late.incoming(call("y"), id(LOW), from(LOW), PeerStanding::Unknown, None, now + Duration::from_secs(10)),
             Incoming::Ring { answer: false, hang_up: None }
         );
     }
@@ -664,7 +920,7 @@ mod tests {
     fn only_our_own_ringing_call_to_that_peer_may_yield() {
         let now = Instant::now();
         let mut board = Switchboard::new(id(HIGH), Policy::default());
-        board.incoming(call("theirs"), id(LOW), from(LOW), PeerStanding::Unknown, now);
+        board.incoming(call("theirs"), id(LOW), from(LOW), PeerStanding::Unknown, None, now);
         assert_eq!(board.yielded(id(LOW), &call("theirs"), now), None, "an incoming call cannot yield");
         let mut board = Switchboard::new(id(HIGH), Policy::default());
         board.dial(Some(id(LOW)), call("ours")).unwrap();
@@ -681,25 +937,25 @@ mod tests {
         for (n, at) in [0u64, 10, 20].into_iter().enumerate() {
             let now = start + Duration::from_secs(at);
             assert!(matches!(
-                board.incoming(call(&format!("c{n}")), id(2), from(2), PeerStanding::Unknown, now),
+                board.incoming(call(&format!("c{n}")), id(2), from(2), PeerStanding::Unknown, None, now),
                 Incoming::Ring { .. }
             ));
             board.finished(&call(&format!("c{n}")));
         }
         let now = start + Duration::from_secs(59);
-        let refused = board.incoming(call("c3"), id(2), from(2), PeerStanding::Unknown, now);
+        let refused = board.incoming(call("c3"), id(2), from(2), PeerStanding::Unknown, None, now);
         let retry_after = Duration::from_secs(1);
         assert_eq!(refused, Incoming::Refuse(Refusal::TooManyRequests { retry_after }), "the oldest leaves in 1 s");
         assert_eq!(Refusal::TooManyRequests { retry_after }.message(), "too many call requests; try again in 1 s");
         assert!(
-            matches!(board.incoming(call("c4"), id(3), from(3), PeerStanding::Unknown, now), Incoming::Ring { .. }),
+            matches!(board.incoming(call("c4"), id(3), from(3), PeerStanding::Unknown, None, now), Incoming::Ring { .. }),
             "other peers are not limited"
         );
         board.finished(&call("c4"));
         // The first request left the window.
         let now = start + Duration::from_secs(60);
         assert!(matches!(
-            board.incoming(call("c5"), id(2), from(2), PeerStanding::Unknown, now),
+            board.incoming(call("c5"), id(2), from(2), PeerStanding::Unknown, None, now),
             Incoming::Ring { .. }
         ));
     }
@@ -714,7 +970,7 @@ mod tests {
             let name = call(&format!("c{n}"));
             assert!(
                 matches!(
-                    board.incoming(name.clone(), id(2), from(2), PeerStanding::Unknown, now),
+                    board.incoming(name.clone(), id(2), from(2), PeerStanding::Unknown, None, now),
                     Incoming::Ring { .. }
                 ),
                 "call {n}"
@@ -726,14 +982,14 @@ mod tests {
         for n in 5..7 {
             let name = call(&format!("c{n}"));
             assert!(matches!(
-                board.incoming(name.clone(), id(2), from(2), PeerStanding::Unknown, start),
+                board.incoming(name.clone(), id(2), from(2), PeerStanding::Unknown, None, start),
                 Incoming::Ring { .. }
             ));
             board.state_changed(&name, State::Ended, None);
             board.finished(&name);
         }
         assert!(matches!(
-            board.incoming(call("c7"), id(2), from(2), PeerStanding::Unknown, start),
+            board.incoming(call("c7"), id(2), from(2), PeerStanding::Unknown, None, start),
             Incoming::Refuse(Refusal::TooManyRequests { .. })
         ));
     }
@@ -746,13 +1002,13 @@ mod tests {
         let hostile = from(66);
         for n in 0..3u8 {
             let name = call(&format!("c{n}"));
-            let decision = board.incoming(name.clone(), id(100 + n), hostile, PeerStanding::Unknown, start);
+            let decision = board.incoming(name.clone(), id(100 + n), hostile, PeerStanding::Unknown, None, start);
             assert!(matches!(decision, Incoming::Ring { .. }), "key {n}: {decision:?}");
             board.finished(&name);
         }
-        let minted = board.incoming(call("c3"), id(200), hostile, PeerStanding::Unknown, start);
+        let minted = board.incoming(call("c3"), id(200), hostile, PeerStanding::Unknown, None, start);
         assert!(matches!(minted, Incoming::Refuse(Refusal::TooManyRequests { .. })), "{minted:?}");
-        let honest = board.incoming(call("c4"), id(3), from(3), PeerStanding::Unknown, start);
+        let honest = board.incoming(call("c4"), id(3), from(3), PeerStanding::Unknown, None, start);
         assert!(matches!(honest, Incoming::Ring { .. }), "another address is not limited: {honest:?}");
     }
 
@@ -762,7 +1018,7 @@ mod tests {
         let mut board = Switchboard::new(id(LOW), Policy::default());
         board.dial(Some(id(2)), call("same")).unwrap();
         assert_eq!(
-            board.incoming(call("same"), id(2), from(2), PeerStanding::Unknown, now),
+            board.incoming(call("same"), id(2), from(2), PeerStanding::Unknown, None, now),
             Incoming::Refuse(Refusal::CallIdInUse)
         );
     }
@@ -785,7 +1041,7 @@ mod tests {
         ];
         for (who_may_ring, standing, refusal) in cases {
             let mut board = Switchboard::new(id(LOW), Policy { who_may_ring, ..Policy::default() });
-            let decision = board.incoming(call("c"), id(2), from(2), standing, now);
+            let decision = board.incoming(call("c"), id(2), from(2), standing, None, now);
             match refusal {
                 Some(refusal) => assert_eq!(decision, Incoming::Refuse(refusal), "{who_may_ring} {standing:?}"),
                 None => assert!(matches!(decision, Incoming::Ring { .. }), "{who_may_ring} {standing:?}: {decision:?}"),
@@ -803,7 +1059,7 @@ mod tests {
         let mut high = Switchboard::new(id(HIGH), policy);
         let Ok(Dial::Place(ours)) = high.dial(Some(id(LOW)), call("ours")) else { panic!() };
         assert_eq!(
-            high.incoming(call("theirs"), id(LOW), from(LOW), PeerStanding::Unknown, now),
+            high.incoming(call("theirs"), id(LOW), from(LOW), PeerStanding::Unknown, None, now),
             Incoming::Ring { answer: true, hang_up: Some(ours) }
         );
     }
@@ -819,7 +1075,7 @@ mod tests {
         low.finished(&ours);
         // ...and its call, the one both people asked for, is answered.
         let theirs =
-            low.incoming(call("theirs"), id(HIGH), from(HIGH), PeerStanding::Unknown, now + Duration::from_millis(50));
+            low.incoming(call("theirs"), id(HIGH), from(HIGH), PeerStanding::Unknown, None, now + Duration::from_millis(50));
         assert!(matches!(theirs, Incoming::Ring { .. }), "{theirs:?}");
     }
 
@@ -829,10 +1085,10 @@ mod tests {
         let mut board = Switchboard::new(id(LOW), Policy::default());
         let blocked = PeerStanding::Known(Standing::Blocked);
         for n in 0..Policy::default().requests_per_peer {
-            let decision = board.incoming(call(&format!("c{n}")), id(2), from(2), blocked, now);
+            let decision = board.incoming(call(&format!("c{n}")), id(2), from(2), blocked, None, now);
             assert_eq!(decision, Incoming::Refuse(Refusal::Blocked));
         }
-        let flood = board.incoming(call("more"), id(2), from(2), blocked, now);
+        let flood = board.incoming(call("more"), id(2), from(2), blocked, None, now);
         assert!(matches!(flood, Incoming::Refuse(Refusal::TooManyRequests { .. })), "no history row for each attempt");
     }
 
@@ -841,10 +1097,10 @@ mod tests {
         let now = Instant::now();
         let policy = Policy { auto_answer: AutoAnswer::Trusted, ..Policy::default() };
         let mut board = Switchboard::new(id(LOW), policy);
-        let stranger = board.incoming(call("a"), id(2), from(2), PeerStanding::Unknown, now);
+        let stranger = board.incoming(call("a"), id(2), from(2), PeerStanding::Unknown, None, now);
         assert_eq!(stranger, Incoming::Ring { answer: false, hang_up: None });
         board.finished(&call("a"));
-        let friend = board.incoming(call("b"), id(3), from(3), PeerStanding::Known(Standing::Trusted), now);
+        let friend = board.incoming(call("b"), id(3), from(3), PeerStanding::Known(Standing::Trusted), None, now);
         assert_eq!(friend, Incoming::Ring { answer: true, hang_up: None });
         assert_eq!("true".parse::<AutoAnswer>(), Ok(AutoAnswer::Everyone), "the old boolean still reads");
         assert!("sometimes".parse::<AutoAnswer>().unwrap_err().contains("off, trusted, everyone"));
@@ -855,7 +1111,7 @@ mod tests {
         let now = Instant::now();
         let mut board = Switchboard::new(id(LOW), Policy { auto_answer: AutoAnswer::Everyone, ..Policy::default() });
         assert_eq!(
-            board.incoming(call("a"), id(2), from(2), PeerStanding::Unknown, now),
+            board.incoming(call("a"), id(2), from(2), PeerStanding::Unknown, None, now),
             Incoming::Ring { answer: true, hang_up: None }
         );
     }
@@ -866,9 +1122,9 @@ mod tests {
         let mut board = Switchboard::new(id(LOW), Policy::default());
         assert_eq!(board.pick(None), Err(CallError::NoCall));
         assert_eq!(board.pick(Some(&call("x"))), Err(CallError::NoSuchCall("x".into())));
-        board.incoming(call("a"), id(2), from(2), PeerStanding::Unknown, now);
+        board.incoming(call("a"), id(2), from(2), PeerStanding::Unknown, None, now);
         board.state_changed(&call("a"), State::Ended, None);
-        board.incoming(call("b"), id(3), from(3), PeerStanding::Unknown, now);
+        board.incoming(call("b"), id(3), from(3), PeerStanding::Unknown, None, now);
         assert_eq!(board.pick(None), Ok(call("b")), "an ended call is not the only call");
         assert_eq!(board.pick(Some(&call("a"))), Ok(call("a")), "but it can still be named");
     }
@@ -880,10 +1136,133 @@ mod tests {
         board.dial(Some(id(LOW)), call("ours")).unwrap();
         board.yielded(id(LOW), &call("ours"), now);
         board.finished(&call("ours"));
-        board.incoming(call("a"), id(3), from(3), PeerStanding::Unknown, now);
+        board.incoming(call("a"), id(3), from(3), PeerStanding::Unknown, None, now);
         board.finished(&call("a"));
         board.expire(now + Duration::from_secs(61));
         assert!(board.yielded.is_empty() && board.requests.is_empty());
+    }
+
+    fn group_part(group: &str, join: bool, named: &[u8]) -> GroupPart {
+        let participants = named
+            .iter()
+            .map(|b| crate::wire::Participant { device_id: id(*b), name: format!("p{b}"), address: None })
+            .collect();
+        GroupPart { id: call(group), join, participants }
+    }
+
+    /// A board (device 1) in an answered call "ab" with device 2.
+    fn in_a_call() -> Switchboard {
+        let mut board = Switchboard::new(id(1), Policy::default());
+        assert_eq!(board.dial(Some(id(2)), call("ab")), Ok(Dial::Place(call("ab"))));
+        board.state_changed(&call("ab"), State::Active, Some(id(2)));
+        board
+    }
+
+    #[test]
+    fn a_participant_adds_peers_up_to_six_people_and_each_peer_once() {
+        let mut board = in_a_call();
+        assert_eq!(board.add(&call("ab"), id(2), call("x")), Err(CallError::AlreadyInCall(id(2).short())));
+        assert_eq!(board.add(&call("ab"), id(3), call("ac")), Ok(call("ab")), "the call names the group");
+        assert_eq!(board.group_of(&call("ab")), Some(&call("ab")));
+        assert_eq!(board.add(&call("ab"), id(3), call("x")), Err(CallError::AlreadyInCall(id(3).short())));
+        // Still ringing: it can't add anyone itself.
+        assert_eq!(board.add(&call("ac"), id(9), call("x")), Err(CallError::NotAnswered));
+        for (n, leg) in [(4, "ad"), (5, "ae"), (6, "af")] {
+            assert_eq!(board.add(&call("ab"), id(n), call(leg)), Ok(call("ab")));
+        }
+        assert_eq!(board.add(&call("ab"), id(7), call("ag")), Err(CallError::GroupFull), "six people: us and five");
+        // One leg is one call to the user; the group's legs take its commands.
+        assert_eq!(board.pick(None), Ok(call("ab")));
+        assert_eq!(board.legs_with(&call("ab")).len(), 5);
+        assert_eq!(board.dial(Some(id(7)), call("x")), Err(CallError::Busy), "a dial is not an add");
+        // Someone leaves: there is room again.
+        board.state_changed(&call("ae"), State::Ended, None);
+        assert_eq!(board.add(&call("ab"), id(7), call("ag")), Ok(call("ab")));
+    }
+
+    #[test]
+    fn a_join_is_answered_only_when_a_participant_introduced_the_joiner() {
+        let now = Instant::now();
+        let mut board = in_a_call();
+        let join = group_part("ab", true, &[]);
+        let joining = |board: &mut Switchboard, name: &str, who: u8| {
+            board.incoming(call(name), id(who), from(who), PeerStanding::Unknown, Some(&join), now)
+        };
+        assert_eq!(joining(&mut board, "c1", 3), Incoming::Refuse(Refusal::NotInvited), "nobody named 3");
+        // A stranger cannot introduce anyone; a participant can.
+        board.introduce(&call("zz"), &call("ab"), [id(3)]);
+        assert_eq!(joining(&mut board, "c2", 3), Incoming::Refuse(Refusal::NotInvited));
+        // The peer of "ab" added someone: "ab" is now a leg of its group.
+        board.introduce(&call("ab"), &call("ab"), [id(3), id(1)]);
+        assert_eq!(joining(&mut board, "c3", 3), Incoming::Ring { answer: true, hang_up: None });
+        assert_eq!(joining(&mut board, "c4", 3), Incoming::Refuse(Refusal::CallIdInUse), "one leg per peer");
+        // A join to a call we are not in.
+        let elsewhere = group_part("zz", true, &[]);
+        let refused = board.incoming(call("c5"), id(4), from(4), PeerStanding::Unknown, Some(&elsewhere), now);
+        assert_eq!(refused, Incoming::Refuse(Refusal::NotInvited));
+        // A blocked device stays blocked, introduced or not.
+        board.introduce(&call("ab"), &call("ab"), [id(5)]);
+        let blocked = PeerStanding::Known(Standing::Blocked);
+        assert_eq!(
+            board.incoming(call("c6"), id(5), from(5), blocked, Some(&join), now),
+            Incoming::Refuse(Refusal::Blocked)
+        );
+        // Strangers still find us busy.
+        assert_eq!(board.incoming(call("c7"), id(6), from(6), PeerStanding::Unknown, None, now), Incoming::Busy);
+    }
+
+    #[test]
+    fn an_answered_invitation_joins_the_participants_it_named_and_a_second_one_rings_along() {
+        let now = Instant::now();
+        let mut board = Switchboard::new(id(3), Policy::default());
+        // 1 and 2 both invite us to their call at once.
+        let from_1 = group_part("g", false, &[2]);
+        let from_2 = group_part("g", false, &[1, 4]);
+        let rings = Incoming::Ring { answer: false, hang_up: None };
+        assert_eq!(board.incoming(call("i1"), id(1), from(1), PeerStanding::Unknown, Some(&from_1), now), rings);
+        assert_eq!(board.incoming(call("i2"), id(2), from(2), PeerStanding::Unknown, Some(&from_2), now), rings);
+        assert_eq!(board.joins_due(&call("i1")), None, "not answered yet");
+        // Answering one answers the other and declines nothing.
+        assert_eq!(board.answering(&call("i1")), Vec::<CallId>::new());
+        assert_eq!(board.same_invitation(&call("i1")), [call("i2")]);
+        board.state_changed(&call("i1"), State::Connecting, Some(id(1)));
+        board.state_changed(&call("i2"), State::Connecting, Some(id(2)));
+        // Joined: 4 only, since 1 and 2 have legs here; and only once.
+        assert_eq!(board.joins_due(&call("i1")), Some((call("g"), vec![id(4)])));
+        assert_eq!(board.joins_due(&call("i1")), None);
+        assert_eq!(board.join(&call("g"), id(4), call("j4")), Ok(()));
+        assert_eq!(board.join(&call("g"), id(4), call("j5")), Err(CallError::AlreadyInCall(id(4).short())));
+        assert_eq!(board.participants(&call("g")), [id(1), id(2), id(4)]);
+    }
+
+    #[test]
+    fn a_full_invitation_is_refused_and_joiners_that_dial_each_other_settle_it_like_glare() {
+        let now = Instant::now();
+        let mut board = Switchboard::new(id(LOW), Policy::default());
+        let crowded = group_part("g", false, &[2, 3, 4, 5, 6]);
+        assert_eq!(
+            board.incoming(call("i"), id(9), from(9), PeerStanding::Unknown, Some(&crowded), now),
+            Incoming::Refuse(Refusal::GroupFull),
+            "the inviter, five named and us are seven"
+        );
+        let invitation = group_part("g", false, &[HIGH]);
+        board.incoming(call("i"), id(2), from(2), PeerStanding::Unknown, Some(&invitation), now);
+        board.answering(&call("i"));
+        board.state_changed(&call("i"), State::Active, Some(id(2)));
+        let (group, due) = board.joins_due(&call("i")).unwrap();
+        assert_eq!(due, [id(HIGH)]);
+        board.join(&group, id(HIGH), call("ours")).unwrap();
+        // HIGH, invited too, dials us as we dial it: the lower ID's leg lives.
+        let join = group_part("g", true, &[]);
+        assert_eq!(
+            board.incoming(call("theirs"), id(HIGH), from(HIGH), PeerStanding::Unknown, Some(&join), now),
+            Incoming::Glare
+        );
+        // Everyone leaves: the group is forgotten.
+        for leg in ["i", "ours"] {
+            board.finished(&call(leg));
+        }
+        assert!(board.introduced.is_empty());
     }
 
     #[test]

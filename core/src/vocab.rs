@@ -15,7 +15,7 @@ use unicode_normalization::UnicodeNormalization as _;
 pub use crate::device_id::DeviceId;
 
 /// The signaling protocol version this build speaks (TXT key `v`).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest display name, in bytes (mDNS TXT `name`, `caller_name`, `callee_name`).
 pub const MAX_NAME_BYTES: usize = 63;

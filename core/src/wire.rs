@@ -6,7 +6,12 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::vocab::CallId;
-use crate::vocab::{MAX_NAME_BYTES, PROTOCOL_VERSION, clean_text};
+use crate::vocab::{DeviceId, MAX_NAME_BYTES, PROTOCOL_VERSION, clean_text};
+
+/// The oldest protocol version this side still speaks: everything of a
+/// two-party call is version 1, and is sent as version 1 so that older peers
+/// keep calling us. Only group-call messages need version 2.
+pub const OLDEST_VERSION: u32 = 1;
 
 /// Largest message accepted or sent (a full SDP offer is about 2-4 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -42,6 +47,11 @@ pub enum DeclineCode {
     DoNotDisturb,
     /// The callee takes calls from known or trusted devices only.
     NotAllowed,
+    /// The group call would have more participants than the callee allows.
+    GroupFull,
+    /// A join to a group call the callee is not in, or that nobody in it
+    /// introduced the caller to.
+    NotInvited,
     /// A code from a newer peer: a plain decline.
     #[serde(other)]
     Other,
@@ -61,6 +71,10 @@ pub enum Body {
         /// same so both directions packetize alike.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         frame_ms: Option<u32>,
+        /// For a group call (version 2): which, and whether this is an
+        /// invitation or a participant joining.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<GroupPart>,
     },
     /// Callee → caller: it is ringing here.
     Ringing {
@@ -131,6 +145,15 @@ pub enum Body {
         #[serde(default)]
         seq: u32,
     },
+    /// Either way, in a group call (version 2): everyone the sender is in the
+    /// call with or has invited, itself excluded. The receiver lets exactly
+    /// these devices join the group without ringing.
+    Participants {
+        /// The group call.
+        group: CallId,
+        /// Who.
+        participants: Vec<Participant>,
+    },
     /// Either way: still here (sent when idle, so a dead link is noticed).
     Keepalive,
     /// Either way: the last message was not understood; the connection closes.
@@ -156,11 +179,54 @@ impl Body {
             Body::Hold { .. } => "hold",
             Body::Recording { .. } => "recording",
             Body::RecordingSeen { .. } => "recording_seen",
+            Body::Participants { .. } => "participants",
             Body::Keepalive => "keepalive",
             Body::Error { .. } => "error",
         }
     }
+
+    /// The protocol version a message with this body is sent as: the oldest
+    /// that has it, so a peer that predates group calls refuses only those.
+    pub fn version(&self) -> u32 {
+        match self {
+            Body::CallRequest { group: Some(_), .. } | Body::Participants { .. } => PROTOCOL_VERSION,
+            _ => OLDEST_VERSION,
+        }
+    }
 }
+
+/// A call request's group part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPart {
+    /// The group call's ID (the same on every leg and every device).
+    pub id: CallId,
+    /// `false`: an invitation from a participant, which rings. `true`: the
+    /// sender was invited by someone in the call and joins it; the receiver
+    /// answers at once if one of its participants introduced the sender
+    /// (`participants`), and refuses otherwise.
+    #[serde(default)]
+    pub join: bool,
+    /// Everyone else the sender is in the call with, for an invitation: the
+    /// invitee joins each of them.
+    #[serde(default)]
+    pub participants: Vec<Participant>,
+}
+
+/// A participant of a group call, as one participant names it to another.
+/// Only an introduction: whoever connects proves its device ID over TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Participant {
+    /// Its device ID.
+    pub device_id: DeviceId,
+    /// Its display name, for showing until it says its own.
+    #[serde(default)]
+    pub name: String,
+    /// Where its signaling listens as the sender reaches it (`IP:port`), for
+    /// a peer that does not see it by mDNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::SocketAddr>,
+}
+
 
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -175,9 +241,9 @@ pub struct Message {
 }
 
 impl Message {
-    /// A message of this build's protocol version.
+    /// A message, as the oldest protocol version that has its body.
     pub fn new(call_id: CallId, body: Body) -> Self {
-        Message { v: PROTOCOL_VERSION, call_id, body }
+        Message { v: body.version(), call_id, body }
     }
 
     /// The JSON text.
@@ -212,7 +278,7 @@ pub enum WireError {
     #[error("missing or invalid `{0}`")]
     Envelope(&'static str),
     /// A major version we do not speak.
-    #[error("protocol version {0} is not supported (this side speaks {PROTOCOL_VERSION})")]
+    #[error("protocol version {0} is not supported (this side speaks {OLDEST_VERSION} to {PROTOCOL_VERSION})")]
     Version(u64),
     /// A known type with bad fields.
     #[error("invalid `{kind}` message: {reason}")]
@@ -233,7 +299,7 @@ pub enum WireError {
     },
 }
 
-const KNOWN_TYPES: [&str; 14] = [
+const KNOWN_TYPES: [&str; 15] = [
     "call_request",
     "ringing",
     "accept",
@@ -246,6 +312,7 @@ const KNOWN_TYPES: [&str; 14] = [
     "hold",
     "recording",
     "recording_seen",
+    "participants",
     "keepalive",
     "error",
 ];
@@ -260,9 +327,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, WireError> {
         return Err(WireError::NotJson("not an object".into()));
     };
     let version = object.remove("v").and_then(|v| v.as_u64()).ok_or(WireError::Envelope("v"))?;
-    if version != u64::from(PROTOCOL_VERSION) {
-        return Err(WireError::Version(version));
-    }
+    let version = u32::try_from(version)
+        .ok()
+        .filter(|v| (OLDEST_VERSION..=PROTOCOL_VERSION).contains(v))
+        .ok_or(WireError::Version(version))?;
     let call_id = object
         .remove("call_id")
         .and_then(|id| id.as_str().map(str::to_owned))
@@ -275,14 +343,20 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, WireError> {
     let mut body: Body = serde_json::from_value(serde_json::Value::Object(object))
         .map_err(|e| WireError::Body { kind: kind.clone(), reason: e.to_string() })?;
     clean_text_fields(&mut body)?;
-    Ok(Decoded::Message(Message { v: PROTOCOL_VERSION, call_id, body }))
+    Ok(Decoded::Message(Message { v: version, call_id, body }))
 }
 
 /// Refuses text over its limit and cleans what is shown to people and written
 /// to logs (no control or invisible characters: see [`clean_text`]).
 fn clean_text_fields(body: &mut Body) -> Result<(), WireError> {
     let (field, text, max) = match body {
-        Body::CallRequest { caller_name, .. } => ("caller_name", caller_name, MAX_NAME_BYTES),
+        Body::CallRequest { caller_name, group, .. } => {
+            if let Some(group) = group {
+                clean_participants(&mut group.participants)?;
+            }
+            ("caller_name", caller_name, MAX_NAME_BYTES)
+        }
+        Body::Participants { participants, .. } => return clean_participants(participants),
         Body::Ringing { callee_name } => ("callee_name", callee_name, MAX_NAME_BYTES),
         Body::Decline { reason, .. } => ("reason", reason, MAX_TEXT_BYTES),
         Body::Error { message } => ("message", message, MAX_TEXT_BYTES),
@@ -295,6 +369,27 @@ fn clean_text_fields(body: &mut Body) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Most participants a message may name (a group call has at most
+/// [`crate::group_call::MAX_PARTICIPANTS`]; a few more are tolerated so the
+/// receiver, not the parser, says the call is full).
+pub const MAX_NAMED_PARTICIPANTS: usize = 16;
+
+fn clean_participants(participants: &mut [Participant]) -> Result<(), WireError> {
+    if participants.len() > MAX_NAMED_PARTICIPANTS {
+        return Err(WireError::Body {
+            kind: "participants".into(),
+            reason: format!("names {} participants; at most {MAX_NAMED_PARTICIPANTS} are accepted", participants.len()),
+        });
+    }
+    for participant in participants {
+        if participant.name.len() > MAX_NAME_BYTES {
+            return Err(WireError::TextTooLong { field: "name", max: MAX_NAME_BYTES });
+        }
+        participant.name = clean_text(&participant.name, MAX_NAME_BYTES);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,10 +398,24 @@ mod tests {
         CallId::try_from("c1".to_owned()).unwrap()
     }
 
+    fn participant(byte: u8) -> Participant {
+        Participant {
+            device_id: DeviceId::from_hash([byte; 32]),
+            name: format!("p{byte}"),
+            address: Some(std::net::SocketAddr::from(([10, 0, 0, byte], 7000))),
+        }
+    }
+
     fn every_body() -> Vec<Body> {
         vec![
-            Body::CallRequest { caller_name: "alice".into(), frame_ms: Some(20) },
-            Body::CallRequest { caller_name: "alice".into(), frame_ms: None },
+            Body::CallRequest { caller_name: "alice".into(), frame_ms: Some(20), group: None },
+            Body::CallRequest { caller_name: "alice".into(), frame_ms: None, group: None },
+            Body::CallRequest {
+                caller_name: "alice".into(),
+                frame_ms: Some(20),
+                group: Some(GroupPart { id: id(), join: true, participants: vec![participant(7)] }),
+            },
+            Body::Participants { group: id(), participants: vec![participant(8), participant(9)] },
             Body::Ringing { callee_name: "bob".into() },
             Body::Accept,
             Body::Decline { reason: "in a meeting".into(), code: None },
@@ -361,6 +470,26 @@ mod tests {
     }
 
     #[test]
+    fn two_party_messages_stay_version_1_and_group_messages_are_version_2() {
+        let plain = Message::new(id(), Body::CallRequest { caller_name: "a".into(), frame_ms: None, group: None });
+        assert!(plain.encode().starts_with(r#"{"v":1,"#), "{}", plain.encode());
+        let group = GroupPart { id: id(), join: false, participants: vec![participant(2)] };
+        let invite = Message::new(id(), Body::CallRequest { caller_name: "a".into(), frame_ms: None, group: Some(group) });
+        let text = invite.encode();
+        assert!(text.starts_with(r#"{"v":2,"#), "{text}");
+        assert!(text.contains(&format!(r#""device_id":"{}""#, DeviceId::from_hash([2; 32]))), "{text}");
+        // Both versions are read.
+        assert_eq!(decode_body(r#"{"v":2,"call_id":"c1","type":"busy"}"#), Body::Busy);
+        let bad_id = r#"{"v":2,"call_id":"c1","type":"participants","group":"g","participants":[{"device_id":"XYZ"}]}"#;
+        assert!(decode(bad_id.as_bytes()).unwrap_err().to_string().contains("invalid `participants`"));
+        let many: Vec<String> = (0..17u8)
+            .map(|b| format!(r#"{{"device_id":"{}"}}"#, DeviceId::from_hash([b; 32])))
+            .collect();
+        let crowd = format!(r#"{{"v":2,"call_id":"c1","type":"participants","group":"g","participants":[{}]}}"#, many.join(","));
+        assert!(decode(crowd.as_bytes()).unwrap_err().to_string().contains("at most 16"));
+    }
+
+    #[test]
     fn unknown_types_and_end_codes_from_newer_peers_are_tolerated() {
         let unknown = decode(br#"{"v":1,"call_id":"c1","type":"video_offer","x":1}"#);
         assert_eq!(unknown, Ok(Decoded::UnknownType { kind: "video_offer".into() }));
@@ -377,7 +506,7 @@ mod tests {
             (b"[1,2]", "not a JSON object"),
             (b"{\"v\":1", "not a JSON object"),
             (br#"{"call_id":"c","type":"busy"}"#, "`v`"),
-            (br#"{"v":2,"call_id":"c","type":"busy"}"#, "version 2"),
+            (br#"{"v":3,"call_id":"c","type":"busy"}"#, "version 3"),
             (br#"{"v":1,"type":"busy"}"#, "`call_id`"),
             (br#"{"v":1,"call_id":"a b","type":"busy"}"#, "`call_id`"),
             (br#"{"v":1,"call_id":"c"}"#, "`type`"),

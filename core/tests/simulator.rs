@@ -16,10 +16,10 @@ use voicelink_core::call_machine::{
 };
 use voicelink_core::contacts::{Contact, Contacts, Standing};
 use voicelink_core::switchboard::{
-    ANSWERED_ANOTHER_CALL, CallError, Dial, Incoming, Policy, Refusal, Switchboard, WhoMayRing,
+    ANSWERED_ANOTHER_CALL, CallError, Dial, Incoming, Policy, Switchboard, WhoMayRing,
 };
 use voicelink_core::vocab::{CallId, DeviceId, EndReason, FailCause, State};
-use voicelink_core::wire::{Body, DeclineCode, EndCode};
+use voicelink_core::wire::{Body, EndCode};
 
 const RING: Duration = Duration::from_secs(30);
 const CONNECT: Duration = Duration::from_secs(15);
@@ -119,6 +119,7 @@ fn setup(name: &str) -> CallSetup {
         own_name: name.into(),
         frame_ms: 20,
         timeouts: Timeouts { ring: RING, connect: CONNECT, ..Timeouts::default() },
+        group: None,
     }
 }
 
@@ -277,6 +278,7 @@ impl Sim {
                     self.daemons[node].gates.insert(call.clone(), (false, false));
                 }
                 Output::Media(MediaCommand::AddCandidate(_)) => {}
+                Output::Participants { .. } => {}
                 Output::Yield => {
                     let peer = self.peer_of(conn, node);
                     if let Some(ours) = self.daemons[node].board.yielded(peer, call, now) {
@@ -384,7 +386,7 @@ impl Sim {
         let standing = self.daemons[to].contacts.standing(&peer);
         let caller = self.connections[conn].ends[1 - self.side(conn, to)].node;
         let source = Source::of(std::net::IpAddr::from([10, 0, 0, caller as u8]));
-        let decision = self.daemons[to].board.incoming(call_id.clone(), peer, source, standing, now);
+        let decision = self.daemons[to].board.incoming(call_id.clone(), peer, source, standing, None, now);
         match decision {
             Incoming::Ring { answer, hang_up } => {
                 if let Some(ours) = hang_up {
@@ -407,13 +409,7 @@ impl Sim {
                 self.close(to, conn);
             }
             Incoming::Refuse(refusal) => {
-                let code = match refusal {
-                    Refusal::Blocked => Some(DeclineCode::Blocked),
-                    Refusal::DoNotDisturb => Some(DeclineCode::DoNotDisturb),
-                    Refusal::NotAllowed => Some(DeclineCode::NotAllowed),
-                    Refusal::CallIdInUse | Refusal::TooManyRequests { .. } => None,
-                };
-                let body = match code {
+                let body = match refusal.decline_code() {
                     Some(code) => Body::Decline { reason: refusal.message(), code: Some(code) },
                     None => Body::Error { message: refusal.message() },
                 };
