@@ -46,6 +46,8 @@ pub struct CallRecord {
     pub input: InputSpec,
     /// Audio output in use.
     pub output: OutputSpec,
+    /// The group call this is a leg of (one leg per other participant).
+    pub group: Option<CallId>,
 }
 
 impl CallRecord {
@@ -80,6 +82,7 @@ impl CallRecord {
             end_reason: None,
             input,
             output,
+            group: None,
         }
     }
 }

@@ -74,7 +74,7 @@ fn known(peer: &PeerRecord) -> Target {
 
 /// Addresses to try for a discovered peer: IPv4 first; IPv6 link-local is left
 /// out (it needs an interface scope the records do not carry).
-fn addresses(peer: &PeerRecord) -> Vec<SocketAddr> {
+pub fn addresses(peer: &PeerRecord) -> Vec<SocketAddr> {
     let mut addresses: Vec<IpAddr> = peer
         .addresses
         .iter()

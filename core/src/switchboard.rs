@@ -445,6 +445,16 @@ impl Switchboard {
         }
     }
 
+    /// The live legs of the group call `group`.
+    pub fn group_legs(&self, group: &CallId) -> Vec<CallId> {
+        self.legs_of(group).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// The peer of a call, once known.
+    pub fn peer_of(&self, call: &CallId) -> Option<DeviceId> {
+        self.calls.get(call)?.peer
+    }
+
     /// The peers of the group's live legs: who we are in the call with, or
     /// are inviting or joining.
     pub fn participants(&self, group: &CallId) -> Vec<DeviceId> {

@@ -65,6 +65,16 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Add a peer to an answered call, making it a group call (up to 6 people):
+    /// the peer rings, and once it answers it joins everyone in the call
+    Add {
+        /// Who to add: a name or device ID
+        #[arg(add = ArgValueCompleter::new(complete::peer_names))]
+        target: String,
+        /// The call
+        #[arg(long, add = ArgValueCompleter::new(complete::call_ids))]
+        call: Option<String>,
+    },
     /// Answer an incoming call (the only one, if no ID is given)
     Answer {
         /// The call
@@ -536,6 +546,10 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
             } else {
                 return dial_and_wait(client, request, printer).await;
             }
+        }
+        Command::Add { target, call } => {
+            let request = v1::AddParticipantRequest { call_id: call.unwrap_or_default(), target };
+            printer.call(client.add_participant(request).await?.into_inner().call.as_ref());
         }
         Command::Answer { call, input, output } => {
             let request = v1::AnswerRequest {

@@ -179,6 +179,7 @@ fn call_json(call: &v1::Call) -> Value {
         "end_detail": call.end_detail,
         "audio_input": call.audio_input,
         "audio_output": call.audio_output,
+        "group_id": call.group_id,
     })
 }
 
@@ -212,6 +213,10 @@ fn call_line(call: &v1::Call) -> String {
     }
     if call.recorded_by_peer {
         flags.push("RECORDED BY THE PEER");
+    }
+    let group = format!("in group call {}", call.group_id);
+    if !call.group_id.is_empty() {
+        flags.push(&group);
     }
     let impostor = impostor_warning(&call.peer_name_conflict);
     if !call.peer_name_conflict.is_empty() {

@@ -114,7 +114,8 @@ async fn foreign_call(target: SocketAddr, foreign: Foreign) -> Result<Received, 
     let mut signaling = endpoint.connect(&[target], None).await.map_err(|e| e.to_string())?;
     let call_id = CallId::random();
     let say = |body: Body| Message::new(call_id.clone(), body);
-    let request = Body::CallRequest { caller_name: "foreign".into(), frame_ms: Some(foreign.announced_ms) };
+    let request =
+        Body::CallRequest { caller_name: "foreign".into(), frame_ms: Some(foreign.announced_ms), group: None };
     signaling.send(&say(request)).await.map_err(|e| e.to_string())?;
 
     let rtcp = Default::default();

@@ -338,6 +338,7 @@ pub(super) fn call(record: &CallRecord) -> v1::Call {
         end_detail: detail,
         audio_input: record.input.to_string(),
         audio_output: record.output.to_string(),
+        group_id: record.group.as_ref().map(ToString::to_string).unwrap_or_default(),
     }
 }
 

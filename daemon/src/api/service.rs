@@ -185,7 +185,13 @@ fn status(error: CallError) -> Status {
         CallError::WhichCall(_) | CallError::Ambiguous { .. } | CallError::BadTarget(..) => {
             Status::invalid_argument(message)
         }
-        CallError::Busy | CallError::Invalid(_) | CallError::NameTaken(_) => Status::failed_precondition(message),
+        CallError::Busy
+        | CallError::Invalid(_)
+        | CallError::NameTaken(_)
+        | CallError::NotAnswered
+        | CallError::AlreadyInCall(_)
+        | CallError::GroupFull
+        | CallError::TooOld(..) => Status::failed_precondition(message),
         CallError::Stopped => Status::unavailable(message),
     }
 }
@@ -278,6 +284,19 @@ impl Voicelink for ControlService {
         let (input, output) = (spec::<InputSpec>(&request.audio_input)?, spec::<OutputSpec>(&request.audio_output)?);
         let call = self.ask(|reply| RegistryCommand::Dial { target: request.target, input, output, reply }).await?;
         Ok(Response::new(v1::DialResponse { call: Some(call) }))
+    }
+
+    async fn add_participant(
+        &self,
+        request: Request<v1::AddParticipantRequest>,
+    ) -> Rpc<v1::AddParticipantResponse> {
+        let request = request.into_inner();
+        if request.target.trim().is_empty() {
+            return Err(Status::invalid_argument("say whom to add: a name or a device ID"));
+        }
+        let call = optional_call_id(request.call_id)?;
+        let call = self.ask(|reply| RegistryCommand::Add { call, target: request.target, reply }).await?;
+        Ok(Response::new(v1::AddParticipantResponse { call: Some(call) }))
     }
 
     async fn answer(&self, request: Request<v1::AnswerRequest>) -> Rpc<v1::AnswerResponse> {

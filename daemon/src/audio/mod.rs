@@ -1,5 +1,6 @@
 //! Audio endpoints: where a call's sound comes from and goes to.
 
+pub mod bridge;
 pub mod device;
 pub mod device_watch;
 pub mod endpoints;

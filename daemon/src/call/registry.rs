@@ -22,10 +22,11 @@ use voicelink_core::reload::LiveSettings;
 use voicelink_core::switchboard::{
     ANSWERED_ANOTHER_CALL, CallError, Dial, Incoming, Policy, Refusal, Switchboard, WhoMayRing,
 };
-use voicelink_core::vocab::{CallId, DeviceId, EndReason, State};
-use voicelink_core::wire::{Body, DeclineCode, EndCode, Message};
+use voicelink_core::vocab::{CallId, DeviceId, EndReason, PROTOCOL_VERSION, State};
+use voicelink_core::wire::{Body, EndCode, GroupPart, Message, Participant};
 
-use super::task::{self, CallCommand, CallContext, CallHandle, Destination};
+use super::task::{self, CallCommand, CallContext, CallHandle, Destination, LegOf};
+use crate::audio::bridge::Bridge;
 use crate::clock;
 use crate::logging::Throttle;
 use crate::signaling::IncomingRequest;
@@ -56,6 +57,15 @@ pub enum RegistryCommand {
         /// For starting a recording: the file (else one in the recordings folder).
         recording_file: Option<PathBuf>,
         /// The call afterwards.
+        reply: Reply,
+    },
+    /// Add a peer to a call (which becomes a group call).
+    Add {
+        /// Which call; `None` for the only one.
+        call: Option<CallId>,
+        /// Name or device ID.
+        target: String,
+        /// The invitation.
         reply: Reply,
     },
 }
@@ -95,6 +105,17 @@ pub enum Inbox {
         /// Its peer, once known.
         peer: Option<DeviceId>,
     },
+    /// The peer of a call named the other participants of its group call.
+    Participants {
+        /// The call it said it on.
+        call: CallId,
+        /// Who said it.
+        peer: DeviceId,
+        /// The group call.
+        group: CallId,
+        /// Who.
+        participants: Vec<Participant>,
+    },
     /// A call's task ended.
     Finished(CallId),
 }
@@ -111,6 +132,11 @@ pub struct Registry {
     settings: watch::Receiver<LiveSettings>,
     switchboard: Switchboard,
     calls: HashMap<CallId, CallHandle>,
+    /// Each call's audio endpoints, shared by the legs of a group call.
+    bridges: HashMap<CallId, Bridge>,
+    /// For each group call: the participants we were told of (names and
+    /// addresses to join them by).
+    told: HashMap<CallId, HashMap<DeviceId, Participant>>,
     /// Call requests refused by the rate limits, logged at most every 10 s.
     refusals: Throttle,
 }
@@ -124,6 +150,8 @@ impl Registry {
             settings,
             switchboard,
             calls: HashMap::new(),
+            bridges: HashMap::new(),
+            told: HashMap::new(),
             refusals: Throttle::new(Duration::from_secs(10)),
         }
     }
@@ -171,11 +199,32 @@ impl Registry {
             Inbox::StateChanged { call, state, peer } => {
                 let beside = self.switchboard.state_changed(&call, state, peer);
                 self.decline_beside(&call, beside);
+                if let Some((group, due)) = self.switchboard.joins_due(&call) {
+                    self.join_participants(&call, &group, due);
+                }
+                if state == State::Active
+                    && let Some(group) = self.switchboard.group_of(&call).cloned()
+                {
+                    self.share_participants(&group);
+                }
+            }
+            Inbox::Participants { call, peer, group, participants } => {
+                self.switchboard.introduce(&call, &group, participants.iter().map(|p| p.device_id));
+                if self.switchboard.group_of(&call) == Some(&group) {
+                    self.remember(&group, participants.into_iter().filter(|p| p.device_id != peer));
+                }
             }
             Inbox::Finished(id) => {
                 self.calls.remove(&id);
+                self.bridges.remove(&id);
+                let group = self.switchboard.group_of(&id).cloned();
                 self.switchboard.finished(&id);
                 self.switchboard.expire(clock::now());
+                if let Some(group) = group
+                    && self.switchboard.participants(&group).is_empty()
+                {
+                    self.told.remove(&group);
+                }
             }
         }
     }
@@ -189,7 +238,12 @@ impl Registry {
     fn command(&mut self, command: RegistryCommand) {
         match command {
             RegistryCommand::Dial { target, input, output, reply } => self.dial(target, (input, output), reply),
+            RegistryCommand::Add { call, target, reply } => {
+                let outcome = self.add(call, &target);
+                let _ = reply.send(outcome);
+            }
             RegistryCommand::Call { call, input, audio, recording_file, reply } => {
+                let named = call.is_some();
                 let handle = self
                     .switchboard
                     .pick(call.as_ref())
@@ -199,6 +253,27 @@ impl Registry {
                         if input == Command::Answer {
                             let beside = self.switchboard.answering(&handle.id);
                             self.decline_beside(&handle.id, beside);
+                            // Two participants invited us at once: one answer takes both.
+                            for other in self.switchboard.same_invitation(&handle.id) {
+                                self.switchboard.answering(&other);
+                                self.tell(&other, Command::Answer);
+                            }
+                        }
+                        // What is about me goes to every participant; the speaker
+                        // of one named participant is that participant's alone.
+                        let whole_call = match &input {
+                            Command::Hangup | Command::SetMute(_) | Command::SetHold(_) | Command::SetProcessing(_) => {
+                                true
+                            }
+                            Command::SetSpeakerMute(_) => !named,
+                            _ => false,
+                        };
+                        if whole_call {
+                            for other in self.switchboard.legs_with(&handle.id) {
+                                if other != handle.id {
+                                    self.tell(&other, input.clone());
+                                }
+                            }
                         }
                         let audio = self.with_defaults(audio);
                         ask(handle, CallCommandParts { command: input, audio, recording_file }, reply);
@@ -277,26 +352,27 @@ impl Registry {
             },
             Ok(Dial::Place(id)) => {
                 let (input, output) = self.audio(audio);
-                let (handle, record) = task::dial(self.context(), id, destination, input, output);
-                info!(call_id = %handle.id, target, "dialing");
-                self.calls.insert(handle.id.clone(), handle);
-                Ok(record)
+                let leg = LegOf { group: None, bridge: Bridge::new() };
+                info!(call_id = %id, target, "dialing");
+                Ok(self.start_leg(id, destination, (input, output), leg))
             }
         };
         let _ = reply.send(outcome);
     }
 
     fn incoming(&mut self, request: IncomingRequest) {
-        let IncomingRequest { connection, from, call_id, caller_name, frame } = request;
+        let IncomingRequest { connection, from, call_id, caller_name, frame, group } = request;
         let peer = connection.peer;
         self.switchboard.set_policy(policy(&self.settings.borrow()));
         let standing = self.context.store.contacts().borrow().standing(&peer);
-        match self.switchboard.incoming(call_id.clone(), peer, Source::of(from.ip()), standing, clock::now()) {
+        let source = Source::of(from.ip());
+        match self.switchboard.incoming(call_id.clone(), peer, source, standing, group.as_ref(), clock::now()) {
             Incoming::Refuse(refusal) => {
-                let (code, reason) = match refusal {
-                    Refusal::Blocked => (DeclineCode::Blocked, EndReason::Blocked),
-                    Refusal::DoNotDisturb => (DeclineCode::DoNotDisturb, EndReason::DoNotDisturb),
-                    Refusal::NotAllowed => (DeclineCode::NotAllowed, EndReason::NotAllowed),
+                let reason = match refusal {
+                    Refusal::Blocked => EndReason::Blocked,
+                    Refusal::DoNotDisturb => EndReason::DoNotDisturb,
+                    Refusal::NotAllowed => EndReason::NotAllowed,
+                    Refusal::GroupFull | Refusal::NotInvited => EndReason::Declined(refusal.message()),
                     Refusal::CallIdInUse | Refusal::TooManyRequests { .. } => {
                         if let Some(refused) = self.refusals.note(clock::now()) {
                             warn!(peer = %peer.short(), %from, refused, reason = refusal.message(), "refusing call requests");
@@ -312,7 +388,7 @@ impl Registry {
                 let entry =
                     HistoryEntry::refused(call_id.clone(), peer, caller_name, reason, std::time::SystemTime::now());
                 self.context.store.call_ended(entry);
-                let decline = Body::Decline { reason: refusal.message(), code: Some(code) };
+                let decline = Body::Decline { reason: refusal.message(), code: refusal.decline_code() };
                 tokio::spawn(say_and_close(connection, Message::new(call_id, decline)));
             }
             Incoming::Glare => {
@@ -334,9 +410,20 @@ impl Registry {
                 if let Some(frame) = frame {
                     context.codec.frame = frame;
                 }
-                // One ringtone at a time: a call that rings beside another rings silently.
-                let rings = !answer && !self.switchboard.rings_beside(&call_id);
-                let handle = task::incoming(context, connection, call_id.clone(), caller_name, (input, output), rings);
+                // One ringtone at a time: a call that rings beside another (or
+                // a second invitation to the same group call) rings silently.
+                let rings = !answer
+                    && !self.switchboard.rings_beside(&call_id)
+                    && self.switchboard.same_invitation(&call_id).is_empty();
+                if let Some(group) = &group {
+                    info!(call_id = %call_id, group = %group.id, join = group.join, "a group call request");
+                    self.remember(&group.id, group.participants.iter().cloned());
+                }
+                let bridge = self.bridge_for(&call_id);
+                self.bridges.insert(call_id.clone(), bridge.clone());
+                let leg = LegOf { group, bridge };
+                let audio = (input, output);
+                let handle = task::incoming(context, connection, call_id.clone(), caller_name, audio, rings, leg);
                 self.calls.insert(call_id.clone(), handle);
                 if answer {
                     self.tell(&call_id, Command::Answer);
@@ -345,6 +432,138 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// Starts an outgoing leg and counts it.
+    fn start_leg(
+        &mut self,
+        id: CallId,
+        destination: Destination,
+        audio: (InputSpec, OutputSpec),
+        leg: LegOf,
+    ) -> CallRecord {
+        self.bridges.insert(id.clone(), leg.bridge.clone());
+        let (handle, record) = task::dial(self.context(), id, destination, audio.0, audio.1, leg);
+        self.calls.insert(handle.id.clone(), handle);
+        record
+    }
+
+    /// The endpoints a new leg uses: those of its group call's other legs, or
+    /// its own.
+    fn bridge_for(&self, call: &CallId) -> Bridge {
+        self.switchboard
+            .legs_with(call)
+            .iter()
+            .find_map(|leg| self.bridges.get(leg).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Notes what we were told of a group call's participants.
+    fn remember(&mut self, group: &CallId, participants: impl IntoIterator<Item = Participant>) {
+        let own_id = self.context.identity.device_id;
+        let told = self.told.entry(group.clone()).or_default();
+        for participant in participants.into_iter().filter(|p| p.device_id != own_id) {
+            told.insert(participant.device_id, participant);
+        }
+    }
+
+    /// The user adds `target` to a call: the peer is invited, and everyone in
+    /// the call is told it may join them.
+    fn add(&mut self, call: Option<CallId>, target: &str) -> Result<CallRecord, CallError> {
+        let call = self.switchboard.pick(call.as_ref())?;
+        let resolved = {
+            let state = self.context.hub.state();
+            let contacts = self.context.store.contacts();
+            let contacts = contacts.borrow();
+            dial_target::resolve(target, state.peers.values(), &contacts)
+        };
+        let (addresses, device, name) = match resolved? {
+            Target::Peer { addresses, device, name } => (addresses, device, name),
+            Target::Lookup { .. } => {
+                let why = "a participant is added by a name or device ID that discovery sees".to_owned();
+                return Err(CallError::BadTarget(target.to_owned(), why));
+            }
+        };
+        let version = self.context.hub.state().peers.get(&device).map_or(PROTOCOL_VERSION, |p| p.protocol_version);
+        if version < PROTOCOL_VERSION {
+            return Err(CallError::TooOld(name, version));
+        }
+        let id = CallId::random();
+        let group = self.switchboard.add(&call, device, id.clone())?;
+        info!(call_id = %id, %group, peer = %device.short(), "adding a participant");
+        // Everyone in the call first: the invitee's joins find them ready.
+        self.share_participants(&group);
+        let participants = self.participants_for(&group, device);
+        let leg = LegOf {
+            group: Some(GroupPart { id: group, join: false, participants }),
+            bridge: self.bridge_for(&call),
+        };
+        let destination = Destination { addresses, expected: Some(device), name };
+        Ok(self.start_leg(id, destination, self.audio((None, None)), leg))
+    }
+
+    /// Once our invitation `call` is answered: joins each participant of
+    /// `group` it named (they rang nobody; their switchboards expect us).
+    fn join_participants(&mut self, call: &CallId, group: &CallId, due: Vec<DeviceId>) {
+        let bridge = self.bridge_for(call);
+        for device in due {
+            let told = self.told.get(group).and_then(|told| told.get(&device)).cloned();
+            let seen = self.context.hub.state().peers.get(&device).cloned();
+            let addresses = match (&seen, &told) {
+                (Some(peer), _) if peer.online => dial_target::addresses(peer),
+                (_, Some(Participant { address: Some(address), .. })) => vec![*address],
+                _ => Vec::new(),
+            };
+            let name = seen
+                .map(|peer| peer.display_name)
+                .or_else(|| told.map(|t| t.name))
+                .unwrap_or_else(|| device.short());
+            if addresses.is_empty() {
+                warn!(%group, peer = %device.short(), "cannot join a participant: it has no known address");
+                continue;
+            }
+            let id = CallId::random();
+            if let Err(error) = self.switchboard.join(group, device, id.clone()) {
+                info!(%group, peer = %device.short(), %error, "not joining a participant");
+                continue;
+            }
+            info!(call_id = %id, %group, peer = %device.short(), "joining a participant");
+            let part = GroupPart { id: group.clone(), join: true, participants: Vec::new() };
+            let leg = LegOf { group: Some(part), bridge: bridge.clone() };
+            let destination = Destination { addresses, expected: Some(device), name };
+            self.start_leg(id, destination, self.audio((None, None)), leg);
+        }
+    }
+
+    /// Tells each participant of `group` who else is in it (or invited).
+    fn share_participants(&self, group: &CallId) {
+        for leg in self.switchboard.group_legs(group) {
+            let Some(peer) = self.switchboard.peer_of(&leg) else { continue };
+            let participants = self.participants_for(group, peer);
+            self.tell(&leg, Command::ShareParticipants { group: group.clone(), participants });
+        }
+    }
+
+    /// The participants of `group` other than `peer`, as `peer` is told of them.
+    fn participants_for(&self, group: &CallId, peer: DeviceId) -> Vec<Participant> {
+        let state = self.context.hub.state();
+        let told = self.told.get(group);
+        self.switchboard
+            .participants(group)
+            .into_iter()
+            .filter(|device| *device != peer)
+            .map(|device| {
+                let seen = state.peers.get(&device);
+                let name = seen
+                    .map(|p| p.display_name.clone())
+                    .or_else(|| told.and_then(|t| t.get(&device)).map(|t| t.name.clone()))
+                    .unwrap_or_default();
+                let address = seen
+                    .and_then(|p| dial_target::addresses(p).first().copied())
+                    .or_else(|| told.and_then(|t| t.get(&device)).and_then(|t| t.address));
+                Participant { device_id: device, name, address }
+            })
+            .collect()
     }
 
     /// Declines the calls that rang beside `answered`.

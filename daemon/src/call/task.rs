@@ -22,17 +22,18 @@ use voicelink_core::reload::{LiveSettings, Ringing};
 use voicelink_core::ring_tones::Ring;
 use voicelink_core::stats::{CallMeter, CallStats, SAMPLE_PERIOD};
 use voicelink_core::vocab::{CallId, DeviceId, Direction, FailCause, State};
-use voicelink_core::wire::{Body, Decoded, Message};
+use voicelink_core::wire::{Body, Decoded, GroupPart, Message};
 
 use super::registry::Inbox;
 use crate::audio::device_watch::Devices;
-use crate::audio::endpoints::WavSink;
+use crate::audio::bridge::Bridge;
+use crate::audio::endpoints::{Silence, Source, WavSink};
 use crate::audio::ringer::Ringer;
-use crate::audio::{open_input, open_output};
+use crate::audio::{Input, open_input, open_output};
 use crate::clock;
 use crate::events::{Change, EventHub};
 use crate::identity::Identity;
-use crate::media::audio_pump::Gates;
+use crate::media::audio_pump::{Gates, ProcessedSource};
 use crate::media::peer_connection::{ConnectionEvent, NetworkSettings};
 use crate::media::recording::RecordingTap;
 use crate::media::session::{CodecSettings, MediaSession};
@@ -126,9 +127,9 @@ impl CallContext {
         self.ringing = live.ringing.clone();
     }
 
-    fn setup(&self) -> CallSetup {
+    fn setup(&self, group: Option<GroupPart>) -> CallSetup {
         let frame_ms = u32::try_from(self.codec.frame.as_millis()).unwrap_or(20);
-        CallSetup { own_name: self.own_name.clone(), frame_ms, timeouts: self.timeouts }
+        CallSetup { own_name: self.own_name.clone(), frame_ms, timeouts: self.timeouts, group }
     }
 }
 
@@ -164,6 +165,16 @@ struct Call {
     ringer: Option<Ringer>,
     /// Where the audio endpoints tell of their device moves.
     device_moves: (mpsc::UnboundedSender<DeviceMoved>, mpsc::UnboundedReceiver<DeviceMoved>),
+    /// The microphone and speaker, shared with the other legs of a group call.
+    bridge: Bridge,
+}
+
+/// Which call a new leg joins, and through which endpoints.
+pub struct LegOf {
+    /// For a leg of a group call: what its call request says of the group.
+    pub group: Option<GroupPart>,
+    /// The endpoints it shares.
+    pub bridge: Bridge,
 }
 
 /// A recording the peer has been told of: its file is open, nothing is written yet.
@@ -181,9 +192,9 @@ pub fn dial(
     destination: Destination,
     input: InputSpec,
     output: OutputSpec,
+    leg: LegOf,
 ) -> (CallHandle, CallRecord) {
-    let machine = CallMachine::outgoing(clock::now(), context.setup());
-    let record = CallRecord::new(
+    let mut record = CallRecord::new(
         id.clone(),
         destination.expected,
         destination.name.clone(),
@@ -191,8 +202,10 @@ pub fn dial(
         (input, output),
         SystemTime::now(),
     );
+    record.group = leg.group.as_ref().map(|group| group.id.clone());
+    let machine = CallMachine::outgoing(clock::now(), context.setup(leg.group));
     let (handle, commands) = handle(&id);
-    let call = Call::published(id, context, machine, record.clone(), None);
+    let call = Call::published(id, context, machine, record.clone(), None, leg.bridge);
     tokio::spawn(call.run_outgoing(destination, commands));
     (handle, record)
 }
@@ -205,13 +218,15 @@ pub fn incoming(
     caller_name: String,
     (input, output): (InputSpec, OutputSpec),
     rings: bool,
+    leg: LegOf,
 ) -> CallHandle {
     let peer = Some(connection.peer);
-    let machine = CallMachine::incoming(clock::now(), context.setup());
-    let record =
+    let machine = CallMachine::incoming(clock::now(), context.setup(None));
+    let mut record =
         CallRecord::new(id.clone(), peer, caller_name, Direction::Incoming, (input, output), SystemTime::now());
+    record.group = leg.group.map(|group| group.id);
     let (handle, commands) = handle(&id);
-    let call = Call::published(id, context, machine, record, Some(connection));
+    let call = Call::published(id, context, machine, record, Some(connection), leg.bridge);
     tokio::spawn(call.run_incoming(commands, rings));
     handle
 }
@@ -230,6 +245,7 @@ impl Call {
         machine: CallMachine,
         record: CallRecord,
         connection: Option<Connection>,
+        bridge: Bridge,
     ) -> Call {
         context.hub.publish(Change::CallStarted(record.clone()));
         // In the history from the start: a call the daemon never sees end (it was
@@ -252,6 +268,7 @@ impl Call {
             recording_error: None,
             ringer: None,
             device_moves: mpsc::unbounded_channel(),
+            bridge,
         }
     }
 
@@ -325,11 +342,32 @@ impl Call {
         Ok(())
     }
 
-    /// Opens the call's audio endpoints onto its media session.
+    /// Gives the call's media session its audio: through the bridge, whose
+    /// endpoints this leg opens unless another leg of the call did.
     async fn attach_audio(&mut self) -> Result<(), FailCause> {
         if self.media.is_none() {
             return Ok(());
         }
+        if !self.bridge.is_open() {
+            self.open_audio().await?;
+        }
+        let Some(media) = self.media.as_mut() else { return Ok(()) };
+        let (source, sink) = self.bridge.leg();
+        // An echo peer sends back what this leg hears, not the bridge's input.
+        let input = match self.record.input {
+            InputSpec::Echo => Input::Echo,
+            _ => Input::Source(Box::new(source)),
+        };
+        media
+            .attach_audio(input, Box::new(sink), self.recording.clone(), self.context.settings.clone())
+            .map_err(|e| FailCause::Audio(e.to_string()))?;
+        self.audio_attached = true;
+        Ok(())
+    }
+
+    /// Opens the call's audio endpoints into its bridge; a microphone gets its
+    /// voice processing here, with the speaker as the echo reference.
+    async fn open_audio(&mut self) -> Result<(), FailCause> {
         // Opening a sound card blocks (a sound server's handshake, ALSA's
         // probing): not on the runtime's threads.
         let (input, output) = (self.record.input.clone(), self.record.output.clone());
@@ -341,21 +379,20 @@ impl Call {
             Ok::<_, crate::audio::endpoints::EndpointError>((source, sink))
         })
         .await;
-        let (source, sink) = match opened {
+        let (input, mut sink) = match opened {
             Ok(result) => result.map_err(|e| FailCause::Audio(e.to_string()))?,
             Err(_) => return Err(FailCause::Audio("opening the audio endpoints failed (the opener panicked)".into())),
         };
-        let Some(media) = self.media.as_mut() else { return Ok(()) };
-        media
-            .attach_audio(
-                source,
-                self.record.input.is_sound_card(),
-                sink,
-                self.recording.clone(),
-                self.context.settings.clone(),
-            )
-            .map_err(|e| FailCause::Audio(e.to_string()))?;
-        self.audio_attached = true;
+        let Some(media) = self.media.as_ref() else { return Ok(()) };
+        let source: Box<dyn Source> = match input {
+            Input::Source(source) if self.record.input.is_sound_card() => {
+                let processing = media.capture_processing(sink.echo_reference(), self.context.settings.clone());
+                Box::new(ProcessedSource { source, processing })
+            }
+            Input::Source(source) => source,
+            Input::Echo => Box::new(Silence),
+        };
+        self.bridge.open(source, sink);
         Ok(())
     }
 
@@ -666,6 +703,16 @@ impl Call {
                     }
                 }
                 Output::PeerNamed(name) => self.record.peer_name = name,
+                Output::Participants { group, participants } => {
+                    if self.record.group.is_none() {
+                        info!(call_id = %self.id, %group, "the peer made this a group call");
+                        self.record.group = Some(group.clone());
+                    }
+                    if let Some(peer) = self.record.peer {
+                        let told = Inbox::Participants { call: self.id.clone(), peer, group, participants };
+                        let _ = self.context.inbox.send(told).await;
+                    }
+                }
                 Output::Yield => {
                     // The registry decides, and ends this call if it agrees.
                     if let Some(peer) = self.record.peer {

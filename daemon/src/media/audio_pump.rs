@@ -155,6 +155,35 @@ impl CaptureProcessing {
     }
 }
 
+/// A microphone with its voice processing: every frame read is cleaned, muted
+/// or not, so the echo canceller stays converged. Processed once, before the
+/// conference bridge hands the frames to each leg.
+pub struct ProcessedSource {
+    /// The microphone.
+    pub source: Box<dyn Source>,
+    /// Its processing.
+    pub processing: CaptureProcessing,
+}
+
+impl Source for ProcessedSource {
+    fn fill(&mut self, frame: &mut [i16]) {
+        self.source.fill(frame);
+        self.processing.process(frame);
+    }
+
+    fn ready_samples(&mut self) -> Option<usize> {
+        self.source.ready_samples()
+    }
+}
+
+impl Drop for ProcessedSource {
+    fn drop(&mut self) {
+        let ProcessingStats { erle_db, echo_delay_ms } = self.processing.processor.stats();
+        let choice = self.processing.processor.choice();
+        tracing::debug!(?erle_db, ?echo_delay_ms, ?choice, "voice processing at the end of the call");
+    }
+}
+
 /// The sending half: the encoder, where frames go, and where their level is shown.
 pub struct SendPump {
     /// Encodes each frame.
@@ -169,8 +198,6 @@ pub struct SendPump {
     pub rtcp: SharedView,
     /// Where a recording takes what is sent.
     pub recording: RecordingTap,
-    /// A microphone's voice processing.
-    pub processing: Option<CaptureProcessing>,
 }
 
 impl SendPump {
@@ -180,10 +207,9 @@ impl SendPump {
         if !control.started().await {
             return;
         }
-        let SendPump { encoder, track, level, frame, rtcp, recording, processing } = self;
+        let SendPump { encoder, track, level, frame, rtcp, recording } = self;
         let mut coder = FrameCoder {
             encoder,
-            processing,
             level,
             recording,
             pcm: vec![0i16; samples_per_frame(frame)],
@@ -219,19 +245,13 @@ impl SendPump {
                 }
             }
         }
-        if let Some(processing) = coder.processing {
-            let ProcessingStats { erle_db, echo_delay_ms } = processing.processor.stats();
-            let choice = processing.processor.choice();
-            tracing::debug!(?erle_db, ?echo_delay_ms, ?choice, "voice processing at the end of the call");
-        }
     }
 }
 
-/// One frame from source to Opus: processing, the send gate, the level and the
-/// recording on the way.
+/// One frame from source to Opus: the send gate, the level and the recording
+/// on the way.
 struct FrameCoder {
     encoder: opus::Encoder,
-    processing: Option<CaptureProcessing>,
     level: watch::Sender<f64>,
     recording: RecordingTap,
     pcm: Vec<i16>,
@@ -244,10 +264,6 @@ impl FrameCoder {
         // The source advances in real time whether or not we send (a file
         // keeps playing while muted, like a live microphone).
         source.fill(&mut self.pcm);
-        // Processed even while muted, so the echo canceller stays converged.
-        if let Some(processing) = self.processing.as_mut() {
-            processing.process(&mut self.pcm);
-        }
         // A closed gate sends silence rather than nothing: Opus codes it in a
         // few bytes, and the stream stays continuous, so the peer's RTCP does
         // not count a mute as lost packets.

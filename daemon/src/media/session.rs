@@ -21,7 +21,7 @@ use super::peer_connection::{
 use super::recording::RecordingTap;
 use super::rtcp_monitor::SharedView;
 use crate::audio::Input;
-use crate::audio::endpoints::{Sink, Source, echo};
+use crate::audio::endpoints::{EchoReference, Sink, Source, echo};
 use crate::identity::Identity;
 
 /// How long the ICE part of a sample (candidate pair, STUN round trip) is reused:
@@ -148,15 +148,24 @@ impl MediaSession {
         self.ice = Some((now, reading));
     }
 
+    /// The voice processing for this call's microphone: what `settings` turns
+    /// on, unless the call chose otherwise, with the speaker's `far_end` as the
+    /// echo reference.
+    pub fn capture_processing(
+        &self,
+        far_end: Option<Box<dyn EchoReference>>,
+        settings: watch::Receiver<LiveSettings>,
+    ) -> CaptureProcessing {
+        CaptureProcessing::new(far_end, self.processing.subscribe(), settings)
+    }
+
     /// Starts the audio pumps with these endpoints (once; later calls are ignored);
     /// they hand what they send and play to `recording`; the player follows the
-    /// output volume of `settings`, and a `microphone` input gets the voice
-    /// processing `settings` turns on.
+    /// output volume of `settings`.
     pub fn attach_audio(
         &mut self,
         input: Input,
-        microphone: bool,
-        mut output: Box<dyn Sink>,
+        output: Box<dyn Sink>,
         recording: RecordingTap,
         settings: watch::Receiver<LiveSettings>,
     ) -> Result<(), MediaError> {
@@ -168,8 +177,6 @@ impl MediaSession {
                 (Box::new(source), Some(feed))
             }
         };
-        let processing = microphone
-            .then(|| CaptureProcessing::new(output.echo_reference(), self.processing.subscribe(), settings.clone()));
         let codec_error = |e: opus::Error| MediaError::Codec(e.to_string());
         let encoder = encoder(&self.settings).map_err(codec_error)?;
         let decoder = opus::Decoder::new(48_000, opus::Channels::Mono).map_err(codec_error)?;
@@ -182,7 +189,6 @@ impl MediaSession {
             frame,
             rtcp: self.rtcp.clone(),
             recording: recording.clone(),
-            processing,
         };
         let player = PlayPump { decoder, stats: self.playout.clone(), echo: echo_feed, frame, recording, settings };
         self.pumps =

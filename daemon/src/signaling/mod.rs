@@ -21,7 +21,7 @@ use voicelink_core::admission::{Admission, AdmissionPolicy, Admit, Ticket};
 
 use transport::{Connection, Endpoint};
 use voicelink_core::config::FrameMs;
-use voicelink_core::wire::{Body, CallId, Decoded, Message};
+use voicelink_core::wire::{Body, CallId, Decoded, GroupPart, Message};
 
 /// A call request that arrived on a new, authenticated signaling connection.
 pub struct IncomingRequest {
@@ -35,6 +35,8 @@ pub struct IncomingRequest {
     pub caller_name: String,
     /// The caller's frame length, which the call adopts.
     pub frame: Option<Duration>,
+    /// An invitation to a group call, or a participant joining one.
+    pub group: Option<GroupPart>,
 }
 
 /// The bound signaling listener.
@@ -161,10 +163,10 @@ async fn first_message<T: From<IncomingRequest>>(
     let first = tokio::time::timeout_at(deadline, connection.recv()).await;
     match first {
         Ok(Ok(Some(Decoded::Message(Message {
-            call_id, body: Body::CallRequest { caller_name, frame_ms }, ..
+            call_id, body: Body::CallRequest { caller_name, frame_ms, group }, ..
         })))) => {
             let frame = frame_ms.and_then(FrameMs::of).map(FrameMs::duration);
-            let request = IncomingRequest { connection, from, call_id, caller_name, frame };
+            let request = IncomingRequest { connection, from, call_id, caller_name, frame, group };
             let _ = requests.send(T::from(request)).await;
         }
         Ok(Ok(Some(Decoded::Message(message)))) => {

@@ -1,0 +1,359 @@
+//! The conference bridge: one microphone and one speaker shared by every leg of
+//! a call. A two-party call has one leg and the bridge passes its audio straight
+//! through; a group call has a leg per participant (a full mesh), and then:
+//! - what the microphone captures (after voice processing, once) is handed to
+//!   every leg's sender: the first leg to want a frame reads it from the device,
+//!   the others read the same samples from a short history;
+//! - what the legs' players hear is mixed into the one output: each leg queues
+//!   its frames, and one leg, the clock, writes the mix whenever it writes its
+//!   own. A clock that stops writing (its call ended or stalled) is replaced by
+//!   the first leg whose queue fills up, so the output never waits on one peer.
+//!
+//! Nobody mixes for anyone else: each daemon mixes what it hears for its own
+//! speaker, and the echo canceller's reference is the mix, which is what the
+//! room hears.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::endpoints::{EndpointError, Sink, Source};
+
+/// How far behind the newest captured sample a leg's sender may be before it
+/// skips ahead: three 20 ms frames at 48 kHz.
+const CAPTURE_HISTORY: usize = 3 * 960;
+/// How many frames a leg's player may queue ahead of the clock before the
+/// oldest are dropped (and that leg takes over as the clock).
+const QUEUED_FRAMES: usize = 3;
+
+/// The shared endpoints of one call. Cloning gives another handle to the same.
+#[derive(Clone, Default)]
+pub struct Bridge {
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    input: Option<Box<dyn Source>>,
+    output: Option<Box<dyn Sink>>,
+    next_leg: u64,
+    /// Legs' endpoints not yet dropped; the devices close when both are 0.
+    sources: usize,
+    sinks: usize,
+    /// The newest captured samples; the last one is sample number `captured_to - 1`.
+    captured: VecDeque<i16>,
+    captured_to: u64,
+    /// Each leg's sender: the number of the next sample it reads.
+    readers: HashMap<u64, u64>,
+    /// Each playing leg's queued samples.
+    heard: BTreeMap<u64, VecDeque<i16>>,
+    /// The leg whose writes write the mix.
+    clock: Option<u64>,
+    mix: Vec<i32>,
+    out: Vec<i16>,
+}
+
+impl Bridge {
+    /// A bridge with no endpoints yet.
+    pub fn new() -> Self {
+        Bridge::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a leg already opened the endpoints.
+    pub fn is_open(&self) -> bool {
+        let shared = self.lock();
+        shared.input.is_some() || shared.output.is_some()
+    }
+
+    /// Gives the bridge its endpoints, unless a leg did already (then these
+    /// are dropped: the first leg's stay in use).
+    pub fn open(&self, input: Box<dyn Source>, output: Box<dyn Sink>) {
+        let mut shared = self.lock();
+        if shared.input.is_none() && shared.output.is_none() {
+            shared.input = Some(input);
+            shared.output = Some(output);
+        }
+    }
+
+    /// A leg's ends of the bridge: its sender's source and its player's sink.
+    pub fn leg(&self) -> (BridgedSource, BridgedSink) {
+        let mut shared = self.lock();
+        let leg = shared.next_leg;
+        shared.next_leg += 1;
+        shared.sources += 1;
+        shared.sinks += 1;
+        let source = BridgedSource { bridge: self.clone(), leg };
+        let sink = BridgedSink { bridge: self.clone(), leg, finished: false };
+        (source, sink)
+    }
+}
+
+impl Shared {
+    /// Closes the devices once no leg uses them (a later leg opens them anew).
+    fn close_if_unused(&mut self) -> Result<(), EndpointError> {
+        if self.sources > 0 || self.sinks > 0 {
+            return Ok(());
+        }
+        self.input = None;
+        self.captured.clear();
+        match self.output.take() {
+            Some(mut output) => output.finish(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A leg's sender's view of the shared microphone.
+pub struct BridgedSource {
+    bridge: Bridge,
+    leg: u64,
+}
+
+impl Source for BridgedSource {
+    fn fill(&mut self, frame: &mut [i16]) {
+        let mut guard = self.bridge.lock();
+        let shared = &mut *guard;
+        let oldest = shared.captured_to - shared.captured.len() as u64;
+        // A leg that starts reading starts with the newest frame, which the
+        // legs already reading have just taken, so that all are in step.
+        let newest = shared.captured_to.saturating_sub(frame.len() as u64);
+        let start = shared.readers.get(&self.leg).copied().unwrap_or(newest).max(oldest);
+        let end = start + frame.len() as u64;
+        if end > shared.captured_to {
+            let mut fresh = vec![0i16; (end - shared.captured_to) as usize];
+            if let Some(input) = shared.input.as_mut() {
+                input.fill(&mut fresh);
+            }
+            shared.captured.extend(&fresh);
+            shared.captured_to = end;
+            let keep = CAPTURE_HISTORY.max(frame.len());
+            let excess = shared.captured.len().saturating_sub(keep);
+            shared.captured.drain(..excess);
+        }
+        let from = (start - (shared.captured_to - shared.captured.len() as u64)) as usize;
+        for (to, sample) in frame.iter_mut().zip(shared.captured.range(from..)) {
+            *to = *sample;
+        }
+        shared.readers.insert(self.leg, end);
+    }
+
+    fn ready_samples(&mut self) -> Option<usize> {
+        let mut guard = self.bridge.lock();
+        let shared = &mut *guard;
+        let behind = shared.readers.get(&self.leg).map_or(0, |read| shared.captured_to.saturating_sub(*read));
+        let device = shared.input.as_mut()?.ready_samples()?;
+        Some(device + behind as usize)
+    }
+}
+
+impl Drop for BridgedSource {
+    fn drop(&mut self) {
+        let mut shared = self.bridge.lock();
+        shared.readers.remove(&self.leg);
+        shared.sources -= 1;
+        let _ = shared.close_if_unused();
+    }
+}
+
+/// A leg's player's share of the shared speaker.
+pub struct BridgedSink {
+    bridge: Bridge,
+    leg: u64,
+    finished: bool,
+}
+
+impl BridgedSink {
+    /// This leg stops playing; the last one completes the output.
+    fn leave(&mut self) -> Result<(), EndpointError> {
+        if std::mem::replace(&mut self.finished, true) {
+            return Ok(());
+        }
+        let mut shared = self.bridge.lock();
+        shared.heard.remove(&self.leg);
+        if shared.clock == Some(self.leg) {
+            shared.clock = None;
+        }
+        shared.sinks -= 1;
+        shared.close_if_unused()
+    }
+}
+
+impl Sink for BridgedSink {
+    fn write(&mut self, frame: &[i16]) -> Result<(), EndpointError> {
+        let mut guard = self.bridge.lock();
+        let shared = &mut *guard;
+        let queue = shared.heard.entry(self.leg).or_default();
+        queue.extend(frame);
+        let limit = QUEUED_FRAMES * frame.len();
+        let excess = queue.len().saturating_sub(limit);
+        queue.drain(..excess);
+        let full = queue.len() >= limit;
+        let clock_plays = shared.clock.is_some_and(|clock| shared.heard.contains_key(&clock));
+        if !clock_plays || (full && shared.clock != Some(self.leg)) {
+            // The new clock plays from its newest frame: what it had queued
+            // while another leg was the clock would only be latency now.
+            shared.clock = Some(self.leg);
+            if let Some(queue) = shared.heard.get_mut(&self.leg) {
+                let stale = queue.len().saturating_sub(frame.len());
+                queue.drain(..stale);
+            }
+        }
+        if shared.clock != Some(self.leg) {
+            return Ok(());
+        }
+        // The clock writes a frame of the mix: its own frame and as much of
+        // each other leg's queue.
+        shared.mix.clear();
+        shared.mix.resize(frame.len(), 0);
+        for queue in shared.heard.values_mut() {
+            let take = queue.len().min(frame.len());
+            for (sum, sample) in shared.mix.iter_mut().zip(queue.drain(..take)) {
+                *sum += i32::from(sample);
+            }
+        }
+        shared.out.clear();
+        shared.out.extend(shared.mix.iter().map(|sum| (*sum).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16));
+        match shared.output.as_mut() {
+            Some(output) => output.write(&shared.out),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), EndpointError> {
+        self.leave()
+    }
+
+    fn ready(&self) -> bool {
+        self.bridge.lock().output.as_ref().is_none_or(|output| output.ready())
+    }
+}
+
+impl Drop for BridgedSink {
+    fn drop(&mut self) {
+        let _ = self.leave();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// A source that counts: sample n is n (mod 30000).
+    struct Counting(i16);
+
+    impl Source for Counting {
+        fn fill(&mut self, frame: &mut [i16]) {
+            for sample in frame {
+                *sample = self.0;
+                self.0 = (self.0 + 1) % 30000;
+            }
+        }
+    }
+
+    /// A sink that keeps what it is given, and counts its finishes.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<i16>>>, Arc<AtomicU32>);
+
+    impl Sink for Kept {
+        fn write(&mut self, frame: &[i16]) -> Result<(), EndpointError> {
+            self.0.lock().unwrap().extend_from_slice(frame);
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), EndpointError> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    fn frame(value: i16) -> Vec<i16> {
+        vec![value; 960]
+    }
+
+    #[test]
+    fn one_leg_passes_straight_through() {
+        let bridge = Bridge::new();
+        let kept = Kept::default();
+        bridge.open(Box::new(Counting(0)), Box::new(kept.clone()));
+        let (mut source, mut sink) = bridge.leg();
+        let mut pcm = vec![0; 960];
+        source.fill(&mut pcm);
+        source.fill(&mut pcm);
+        assert_eq!(pcm[0], 960, "the second frame follows the first");
+        sink.write(&frame(7)).unwrap();
+        assert_eq!(*kept.0.lock().unwrap(), frame(7), "written at once, unchanged");
+        drop(source);
+        sink.finish().unwrap();
+        assert_eq!(kept.1.load(Ordering::Relaxed), 1, "the last leg completes the output");
+        assert!(!bridge.is_open());
+    }
+
+    #[test]
+    fn every_leg_sends_the_same_capture_once_read_from_the_device() {
+        let bridge = Bridge::new();
+        bridge.open(Box::new(Counting(0)), Box::new(Kept::default()));
+        let (mut first, _s1) = bridge.leg();
+        let (mut second, _s2) = bridge.leg();
+        let (mut a, mut b) = (vec![0; 960], vec![0; 960]);
+        for n in 0..5 {
+            first.fill(&mut a);
+            second.fill(&mut b);
+            assert_eq!(a, b);
+            assert_eq!(a[0], n * 960, "nothing skipped, nothing read twice from the device");
+        }
+        // A leg that falls far behind skips to the history's start.
+        for _ in 0..10 {
+            first.fill(&mut a);
+        }
+        second.fill(&mut b);
+        assert_eq!(b[0], a[0] - 2 * 960);
+        // A leg with other frames (10 ms) joins with the newest audio.
+        let (mut short, _s3) = bridge.leg();
+        let mut c = vec![0; 480];
+        short.fill(&mut c);
+        assert_eq!(c[..], a[480..]);
+        short.fill(&mut c);
+        first.fill(&mut a);
+        assert_eq!(c[..], a[..480], "and goes on in step");
+    }
+
+    #[test]
+    fn what_the_legs_hear_is_mixed_and_a_silent_clock_is_replaced() {
+        let bridge = Bridge::new();
+        let kept = Kept::default();
+        bridge.open(Box::new(Counting(0)), Box::new(kept.clone()));
+        let (_a, mut from_b) = bridge.leg();
+        let (_c, mut from_c) = bridge.leg();
+        from_b.write(&frame(100)).unwrap();
+        from_c.write(&frame(20)).unwrap();
+        from_b.write(&frame(100)).unwrap();
+        from_c.write(&frame(20)).unwrap();
+        let written = kept.0.lock().unwrap().clone();
+        // B's first frame went out alone (nobody else played yet), then mixes.
+        assert_eq!(written[..960], frame(100)[..]);
+        assert_eq!(written[960..1920], frame(120)[..]);
+        // C's queue is a frame ahead now: its loud frame goes out in B's next
+        // write but one, clipped, not wrapped.
+        from_c.write(&frame(i16::MAX)).unwrap();
+        from_b.write(&frame(100)).unwrap();
+        assert_eq!(*kept.0.lock().unwrap().last().unwrap(), 120);
+        from_b.write(&frame(100)).unwrap();
+        assert_eq!(*kept.0.lock().unwrap().last().unwrap(), i16::MAX);
+        assert_eq!(kept.0.lock().unwrap().len(), 4 * 960, "one frame out per frame of the clock");
+        // B stops: C's queue fills, C takes over, and the output goes on.
+        let before = kept.0.lock().unwrap().len();
+        for _ in 0..QUEUED_FRAMES + 2 {
+            from_c.write(&frame(20)).unwrap();
+        }
+        assert!(kept.0.lock().unwrap().len() >= before + 2 * 960, "C writes once B is silent");
+        // B leaves: C alone.
+        from_b.finish().unwrap();
+        from_c.write(&frame(5)).unwrap();
+        assert_eq!(*kept.0.lock().unwrap().last().unwrap(), 5);
+        assert_eq!(kept.1.load(Ordering::Relaxed), 0, "still playing");
+    }
+}
