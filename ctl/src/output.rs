@@ -414,6 +414,7 @@ impl Printer {
                     }),
                 ),
                 Kind::MuteChanged(e) => ("mute_changed", json!({ "call_id": e.call_id, "muted": e.muted })),
+                Kind::CallJoinedGroup(e) => ("call_joined_group", json!({ "call": e.call.as_ref().map(call_json) })),
                 Kind::SpeakerMuteChanged(e) => {
                     ("speaker_mute_changed", json!({ "call_id": e.call_id, "muted": e.muted }))
                 }
@@ -504,6 +505,11 @@ impl Printer {
                 }
             }
             Kind::MuteChanged(e) => println!("{at} call {} {}", e.call_id, if e.muted { "muted" } else { "unmuted" }),
+            Kind::CallJoinedGroup(e) => {
+                if let Some(call) = &e.call {
+                    println!("{at} call {}", call_line(call))
+                }
+            }
             Kind::SpeakerMuteChanged(e) => {
                 println!("{at} call {} speaker {}", e.call_id, if e.muted { "off" } else { "on" })
             }

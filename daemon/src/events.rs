@@ -63,6 +63,8 @@ pub enum Change {
     CallMuted(CallRecord),
     /// A call's speaker was muted or unmuted.
     CallSpeakerMuted(CallRecord),
+    /// A two-party call became a leg of a group call.
+    CallJoinedGroup(CallRecord),
     /// A call's voice processing was changed.
     CallProcessing(CallRecord),
     /// A call was put on hold or resumed (by either side).
@@ -126,6 +128,7 @@ impl State {
             | Change::CallState { call, .. }
             | Change::CallMuted(call)
             | Change::CallSpeakerMuted(call)
+            | Change::CallJoinedGroup(call)
             | Change::CallProcessing(call)
             | Change::CallHeld(call)
             | Change::CallRecording { call, .. } => {

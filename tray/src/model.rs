@@ -306,7 +306,8 @@ impl TrayState {
                 self.last_error = None;
                 self.call_changed(call)
             }
-            Kind::CallStateChanged(v1::CallStateChanged { call: Some(call), .. }) => {
+            Kind::CallStateChanged(v1::CallStateChanged { call: Some(call), .. })
+            | Kind::CallJoinedGroup(v1::CallJoinedGroup { call: Some(call) }) => {
                 self.last_error = None;
                 self.call_changed(call)
             }
@@ -391,7 +392,8 @@ impl TrayState {
             | Kind::PeerChanged(_)
             | Kind::NameConflict(_)
             | Kind::IncomingCall(_)
-            | Kind::CallStateChanged(_) => Vec::new(),
+            | Kind::CallStateChanged(_)
+            | Kind::CallJoinedGroup(_) => Vec::new(),
         }
     }
 

@@ -161,6 +161,9 @@ pub(super) fn event(published: &Published, contacts: &Contacts) -> v1::Event {
             call_id: record.id.to_string(),
             muted: record.speaker_muted,
         }),
+        Change::CallJoinedGroup(record) => {
+            Kind::CallJoinedGroup(v1::CallJoinedGroup { call: Some(flagged_call(record, contacts)) })
+        }
         Change::CallProcessing(record) => Kind::AudioProcessingChanged(v1::AudioProcessingChanged {
             call_id: record.id.to_string(),
             processing: Some(processing(record.processing)),

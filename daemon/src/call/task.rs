@@ -440,6 +440,12 @@ impl Call {
         self.context.hub.publish(Change::CallRecording { call: self.record.clone(), error });
     }
 
+    /// This call became a leg of the group call `group`.
+    fn joined_group(&mut self, group: CallId) {
+        self.record.group = Some(group);
+        self.context.hub.publish(Change::CallJoinedGroup(self.record.clone()));
+    }
+
     fn peer_short(&self) -> String {
         self.record.peer.map_or_else(|| "unknown".to_owned(), |p| p.short())
     }
@@ -570,6 +576,12 @@ impl Call {
             }
             self.flush().await;
             return;
+        }
+        // We added a participant to this call: it is a leg of a group call now.
+        if let Command::ShareParticipants { group, .. } = &command
+            && self.record.group.is_none()
+        {
+            self.joined_group(group.clone());
         }
         let answering = command == Command::Answer;
         if answering && let Some((input, output)) = audio {
@@ -706,7 +718,7 @@ impl Call {
                 Output::Participants { group, participants } => {
                     if self.record.group.is_none() {
                         info!(call_id = %self.id, %group, "the peer made this a group call");
-                        self.record.group = Some(group.clone());
+                        self.joined_group(group.clone());
                     }
                     if let Some(peer) = self.record.peer {
                         let told = Inbox::Participants { call: self.id.clone(), peer, group, participants };
