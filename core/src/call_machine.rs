@@ -18,10 +18,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::vocab::CallId;
 use crate::vocab::{Direction, DisplayName, EndReason, FailCause, State};
 use crate::voice_processing::ProcessingChange;
 use crate::wire::{Body, DeclineCode, EndCode, GroupPart, Participant};
-use crate::vocab::CallId;
 
 /// Timeouts the machine enforces.
 #[derive(Debug, Clone, Copy)]

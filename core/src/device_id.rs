@@ -21,7 +21,9 @@ const ID_CHARS: usize = 56;
 /// 13 data characters carry a Luhn mod 32 check character, so a mistyped ID is
 /// caught before anyone is dialed.
 // Serialized as its text form (signaling names participants by it).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde_with::SerializeDisplay, serde_with::DeserializeFromStr)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde_with::SerializeDisplay, serde_with::DeserializeFromStr,
+)]
 pub struct DeviceId([u8; 32]);
 
 impl DeviceId {

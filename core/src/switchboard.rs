@@ -893,7 +893,10 @@ mod tests {
         // The low side keeps its own call and tells the other to yield.
         let mut low = Switchboard::new(id(LOW), Policy::default());
         low.dial(Some(id(HIGH)), call("from-low")).unwrap();
-        assert_eq!(low.incoming(call("from-high"), id(HIGH), from(HIGH), PeerStanding::Unknown, None, now), Incoming::Glare);
+        assert_eq!(
+            low.incoming(call("from-high"), id(HIGH), from(HIGH), PeerStanding::Unknown, None, now),
+            Incoming::Glare
+        );
         // The high side hangs its own up and answers the low side's at once.
         let mut high = Switchboard::new(id(HIGH), Policy::default());
         high.dial(Some(id(LOW)), call("from-high")).unwrap();
@@ -912,7 +915,14 @@ mod tests {
         assert_eq!(high.yielded(id(LOW), &call("from-high"), now), Some(call("from-high")));
         high.state_changed(&call("from-high"), State::Ended, None);
         assert_eq!(
-            high.incoming(call("from-low"), id(LOW), from(LOW), PeerStanding::Unknown, None, now + Duration::from_secs(1)),
+            high.incoming(
+                call("from-low"),
+                id(LOW),
+                from(LOW),
+                PeerStanding::Unknown,
+                None,
+                now + Duration::from_secs(1)
+            ),
             Incoming::Ring { answer: true, hang_up: None }
         );
         // After the window, a call from the same peer just rings.
@@ -958,7 +968,10 @@ mod tests {
         assert_eq!(refused, Incoming::Refuse(Refusal::TooManyRequests { retry_after }), "the oldest leaves in 1 s");
         assert_eq!(Refusal::TooManyRequests { retry_after }.message(), "too many call requests; try again in 1 s");
         assert!(
-            matches!(board.incoming(call("c4"), id(3), from(3), PeerStanding::Unknown, None, now), Incoming::Ring { .. }),
+            matches!(
+                board.incoming(call("c4"), id(3), from(3), PeerStanding::Unknown, None, now),
+                Incoming::Ring { .. }
+            ),
             "other peers are not limited"
         );
         board.finished(&call("c4"));
@@ -1084,8 +1097,14 @@ mod tests {
         assert_eq!(low.yielded(id(HIGH), &ours, now), Some(ours.clone()));
         low.finished(&ours);
         // ...and its call, the one both people asked for, is answered.
-        let theirs =
-            low.incoming(call("theirs"), id(HIGH), from(HIGH), PeerStanding::Unknown, None, now + Duration::from_millis(50));
+        let theirs = low.incoming(
+            call("theirs"),
+            id(HIGH),
+            from(HIGH),
+            PeerStanding::Unknown,
+            None,
+            now + Duration::from_millis(50),
+        );
         assert!(matches!(theirs, Incoming::Ring { .. }), "{theirs:?}");
     }
 

@@ -227,7 +227,6 @@ pub struct Participant {
     pub address: Option<std::net::SocketAddr>,
 }
 
-
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Message {
@@ -474,7 +473,8 @@ mod tests {
         let plain = Message::new(id(), Body::CallRequest { caller_name: "a".into(), frame_ms: None, group: None });
         assert!(plain.encode().starts_with(r#"{"v":1,"#), "{}", plain.encode());
         let group = GroupPart { id: id(), join: false, participants: vec![participant(2)] };
-        let invite = Message::new(id(), Body::CallRequest { caller_name: "a".into(), frame_ms: None, group: Some(group) });
+        let invite =
+            Message::new(id(), Body::CallRequest { caller_name: "a".into(), frame_ms: None, group: Some(group) });
         let text = invite.encode();
         assert!(text.starts_with(r#"{"v":2,"#), "{text}");
         assert!(text.contains(&format!(r#""device_id":"{}""#, DeviceId::from_hash([2; 32]))), "{text}");
@@ -482,10 +482,12 @@ mod tests {
         assert_eq!(decode_body(r#"{"v":2,"call_id":"c1","type":"busy"}"#), Body::Busy);
         let bad_id = r#"{"v":2,"call_id":"c1","type":"participants","group":"g","participants":[{"device_id":"XYZ"}]}"#;
         assert!(decode(bad_id.as_bytes()).unwrap_err().to_string().contains("invalid `participants`"));
-        let many: Vec<String> = (0..17u8)
-            .map(|b| format!(r#"{{"device_id":"{}"}}"#, DeviceId::from_hash([b; 32])))
-            .collect();
-        let crowd = format!(r#"{{"v":2,"call_id":"c1","type":"participants","group":"g","participants":[{}]}}"#, many.join(","));
+        let many: Vec<String> =
+            (0..17u8).map(|b| format!(r#"{{"device_id":"{}"}}"#, DeviceId::from_hash([b; 32]))).collect();
+        let crowd = format!(
+            r#"{{"v":2,"call_id":"c1","type":"participants","group":"g","participants":[{}]}}"#,
+            many.join(",")
+        );
         assert!(decode(crowd.as_bytes()).unwrap_err().to_string().contains("at most 16"));
     }
 

@@ -15,9 +15,7 @@ use voicelink_core::call_machine::{
     CallMachine, CallSetup, Command, InvalidCommand, MediaCommand, MediaInput, Output, Signaling, Timeouts,
 };
 use voicelink_core::contacts::{Contact, Contacts, Standing};
-use voicelink_core::switchboard::{
-    ANSWERED_ANOTHER_CALL, CallError, Dial, Incoming, Policy, Switchboard, WhoMayRing,
-};
+use voicelink_core::switchboard::{ANSWERED_ANOTHER_CALL, CallError, Dial, Incoming, Policy, Switchboard, WhoMayRing};
 use voicelink_core::vocab::{CallId, DeviceId, EndReason, FailCause, State};
 use voicelink_core::wire::{Body, EndCode};
 

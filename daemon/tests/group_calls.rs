@@ -82,13 +82,17 @@ fn windows_with(shares: &[Vec<f64>], tones: &[u32], heard: &[u32]) -> usize {
     shares
         .iter()
         .filter(|window| {
-            tones.iter().zip(window.iter()).all(|(hz, share)| {
-                if heard.contains(hz) { *share > 0.25 } else { *share < 0.05 }
-            })
+            tones.iter().zip(window.iter()).all(
+                |(hz, share)| {
+                    if heard.contains(hz) { *share > 0.25 } else { *share < 0.05 }
+                },
+            )
         })
         .count()
 }
 
+/// The four people, and each one's microphone: a tone of its own.
+const NAMES: [&str; 4] = ["alice", "bob", "carol", "dave"];
 const TONES: [u32; 4] = [440, 660, 880, 1100];
 
 #[tokio::test]
@@ -96,9 +100,9 @@ async fn three_people_hear_each_other_one_leaves_and_a_fourth_is_added() {
     require_netns!();
     let lan = Lan::new(4, 1);
     let dir = tempfile::tempdir().unwrap();
-    let heard: Vec<_> = ["alice", "bob", "carol", "dave"].iter().map(|n| dir.path().join(format!("{n}.wav"))).collect();
+    let heard: Vec<_> = NAMES.iter().map(|n| dir.path().join(format!("{n}.wav"))).collect();
     let mut daemons = Vec::new();
-    for (h, (name, tone)) in ["alice", "bob", "carol", "dave"].iter().zip(TONES).enumerate() {
+    for (h, (name, tone)) in NAMES.iter().zip(TONES).enumerate() {
         let daemon = Daemon::start(Some(&lan.host(h)), &dir.path().join(name), name, &config(tone, &heard[h])).await;
         daemons.push(daemon);
     }
@@ -147,6 +151,15 @@ async fn three_people_hear_each_other_one_leaves_and_a_fourth_is_added() {
     until_talking_with(&mut events[3], &mut legs[3], &[a, c], "dave").await;
     until_talking_with(&mut events[0], &mut legs[0], &[c, d], "alice").await;
     talk_for(Duration::from_secs(3)).await;
+
+    // Carol mutes herself: for everyone.
+    c.ctl_json(&["mute"]).await;
+    for _ in 0..2 {
+        events[2]
+            .wait_for("carol's legs muted", |e| e["type"] == "mute_changed" && e["mute_changed"]["muted"] == true)
+            .await;
+    }
+    talk_for(Duration::from_secs(3)).await;
     // Alice leaves, then carol: dave's last leg ends with hers.
     a.ctl_json(&["hangup"]).await;
     until_talking_with(&mut events[3], &mut legs[3], &[c], "dave").await;
@@ -156,27 +169,24 @@ async fn three_people_hear_each_other_one_leaves_and_a_fourth_is_added() {
         daemon.wait_until_no_calls().await;
     }
 
-    // Each recording holds the others' tones, mixed, and never its own.
-    let shares: Vec<_> = heard.iter().map(|path| tone_shares(path, &TONES)).collect();
-    let [alice, bob, carol, dave] = &shares[..] else { unreachable!() };
-    let report = |name: &str, shares: &[Vec<f64>]| format!("{name} heard (440, 660, 880, 1100 Hz): {shares:.2?}");
-    // 3 s of each phase: at least 2 s of clean windows.
-    let cases: [(&str, &[Vec<f64>], &[&[u32]]); 4] = [
-        ("alice", alice, &[&[660, 880], &[880], &[880, 1100]]),
-        ("bob", bob, &[&[440, 880]]),
-        ("carol", carol, &[&[440, 660], &[440], &[440, 1100]]),
-        ("dave", dave, &[&[440, 880]]),
+    // Each recording holds the others' tones, mixed, and never its own: 3 s
+    // of each phase (2 s alone with carol), at least 1.4 s of clean windows.
+    let phases: [&[&[u32]]; 4] = [
+        &[&[660, 880], &[880], &[880, 1100], &[1100]],
+        &[&[440, 880]],
+        &[&[440, 660], &[440], &[440, 1100]],
+        &[&[440, 880], &[440]],
     ];
-    for (name, shares, phases) in cases {
-        for phase in phases {
-            let windows = windows_with(shares, &TONES, phase);
+    for (n, name) in NAMES.iter().enumerate() {
+        let shares = tone_shares(&heard[n], &TONES);
+        let report = || format!("{name} heard (440, 660, 880, 1100 Hz): {shares:.2?}");
+        for phase in phases[n] {
+            let windows = windows_with(&shares, &TONES, phase);
             eprintln!("{name} heard exactly {phase:?} in {windows} of {} windows", shares.len());
-            assert!(windows >= 7, "{name}: {windows} windows of exactly {phase:?}\n{}", report(name, shares));
+            assert!(windows >= 7, "{name}: {windows} windows of exactly {phase:?}\n{}", report());
         }
-        let own = TONES[["alice", "bob", "carol", "dave"].iter().position(|n| *n == name).unwrap()];
-        let own_index = TONES.iter().position(|hz| *hz == own).unwrap();
-        let heard_self = shares.iter().filter(|window| window[own_index] > 0.05).count();
-        assert_eq!(heard_self, 0, "{name} heard its own tone\n{}", report(name, shares));
+        let heard_self = shares.iter().filter(|window| window[n] > 0.05).count();
+        assert_eq!(heard_self, 0, "{name} heard its own tone\n{}", report());
     }
     // A healthy group call warns about nothing.
     for daemon in [a, b, c, d] {
@@ -184,4 +194,64 @@ async fn three_people_hear_each_other_one_leaves_and_a_fourth_is_added() {
         let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
         assert!(warnings.is_empty(), "{}: {warnings:#?}", daemon.name);
     }
+}
+
+#[tokio::test]
+async fn six_people_make_a_full_mesh_and_a_seventh_is_refused() {
+    require_netns!();
+    let lan = Lan::new(7, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let quiet = "[audio]\ninput = \"silence\"\noutput = \"null\"\n[calls]\nauto_answer = true\n";
+    let names = ["p0", "p1", "p2", "p3", "p4", "p5", "p6"];
+    let mut daemons = Vec::new();
+    for (h, name) in names.iter().enumerate() {
+        daemons.push(Daemon::start(Some(&lan.host(h)), &dir.path().join(name), name, quiet).await);
+    }
+    // Everyone sees everyone the mesh needs; p0 sees all.
+    for (n, daemon) in daemons.iter().enumerate() {
+        for peer in daemons.iter().skip(n + 1) {
+            daemon.wait_until_it_sees(&peer.device_id).await;
+        }
+    }
+    let mut events = Vec::new();
+    for daemon in &daemons {
+        events.push(daemon.follow_events().await);
+    }
+    let mut legs: Vec<Legs> = (0..7).map(|_| Legs::default()).collect();
+    let host = &daemons[0];
+    host.ctl_json(&["dial", "p1", "--no-wait"]).await;
+    until_talking_with(&mut events[0], &mut legs[0], &[&daemons[1]], "p0").await;
+    for n in 2..6 {
+        host.ctl_json(&["add", names[n]]).await;
+        let others: Vec<&Daemon> = daemons[1..=n].iter().collect();
+        until_talking_with(&mut events[0], &mut legs[0], &others, "p0").await;
+    }
+    // A full mesh: each of the six talks with the five others.
+    for n in 1..6 {
+        let others: Vec<&Daemon> = daemons[..6].iter().enumerate().filter(|(m, _)| *m != n).map(|(_, d)| d).collect();
+        until_talking_with(&mut events[n], &mut legs[n], &others, names[n]).await;
+    }
+    // The seventh is refused, with the reason; it never rang.
+    let refused = host.ctl(&["add", "p6"]).await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("6 participants, the most a call can have"), "{stderr}");
+    // Adding someone already in the call is refused too.
+    let again = host.ctl(&["add", "p3"]).await;
+    assert!(String::from_utf8_lossy(&again.stderr).contains("in the call already"), "{again:?}");
+    // The others go on without the one who left; then everyone leaves.
+    host.ctl_json(&["hangup"]).await;
+    for n in 1..6 {
+        let others: Vec<&Daemon> =
+            daemons[1..6].iter().enumerate().filter(|(m, _)| m + 1 != n).map(|(_, d)| d).collect();
+        until_talking_with(&mut events[n], &mut legs[n], &others, names[n]).await;
+    }
+    for daemon in &daemons[1..6] {
+        // Legs end as their peers leave: the last ones may find no call.
+        let _ = daemon.ctl(&["hangup"]).await;
+    }
+    for n in 0..6 {
+        until_talking_with(&mut events[n], &mut legs[n], &[], names[n]).await;
+    }
+    assert!(!events[6].seen.iter().any(|e| e["type"] == "incoming_call"), "p6 rang: {:#?}", events[6].seen);
 }

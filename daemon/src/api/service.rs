@@ -286,10 +286,7 @@ impl Voicelink for ControlService {
         Ok(Response::new(v1::DialResponse { call: Some(call) }))
     }
 
-    async fn add_participant(
-        &self,
-        request: Request<v1::AddParticipantRequest>,
-    ) -> Rpc<v1::AddParticipantResponse> {
+    async fn add_participant(&self, request: Request<v1::AddParticipantRequest>) -> Rpc<v1::AddParticipantResponse> {
         let request = request.into_inner();
         if request.target.trim().is_empty() {
             return Err(Status::invalid_argument("say whom to add: a name or a device ID"));

@@ -451,11 +451,7 @@ impl Registry {
     /// The endpoints a new leg uses: those of its group call's other legs, or
     /// its own.
     fn bridge_for(&self, call: &CallId) -> Bridge {
-        self.switchboard
-            .legs_with(call)
-            .iter()
-            .find_map(|leg| self.bridges.get(leg).cloned())
-            .unwrap_or_default()
+        self.switchboard.legs_with(call).iter().find_map(|leg| self.bridges.get(leg).cloned()).unwrap_or_default()
     }
 
     /// Notes what we were told of a group call's participants.
@@ -494,10 +490,8 @@ impl Registry {
         // Everyone in the call first: the invitee's joins find them ready.
         self.share_participants(&group);
         let participants = self.participants_for(&group, device);
-        let leg = LegOf {
-            group: Some(GroupPart { id: group, join: false, participants }),
-            bridge: self.bridge_for(&call),
-        };
+        let leg =
+            LegOf { group: Some(GroupPart { id: group, join: false, participants }), bridge: self.bridge_for(&call) };
         let destination = Destination { addresses, expected: Some(device), name };
         Ok(self.start_leg(id, destination, self.audio((None, None)), leg))
     }
@@ -514,10 +508,8 @@ impl Registry {
                 (_, Some(Participant { address: Some(address), .. })) => vec![*address],
                 _ => Vec::new(),
             };
-            let name = seen
-                .map(|peer| peer.display_name)
-                .or_else(|| told.map(|t| t.name))
-                .unwrap_or_else(|| device.short());
+            let name =
+                seen.map(|peer| peer.display_name).or_else(|| told.map(|t| t.name)).unwrap_or_else(|| device.short());
             if addresses.is_empty() {
                 warn!(%group, peer = %device.short(), "cannot join a participant: it has no known address");
                 continue;

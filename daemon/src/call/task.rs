@@ -25,8 +25,8 @@ use voicelink_core::vocab::{CallId, DeviceId, Direction, FailCause, State};
 use voicelink_core::wire::{Body, Decoded, GroupPart, Message};
 
 use super::registry::Inbox;
-use crate::audio::device_watch::Devices;
 use crate::audio::bridge::Bridge;
+use crate::audio::device_watch::Devices;
 use crate::audio::endpoints::{Silence, Source, WavSink};
 use crate::audio::ringer::Ringer;
 use crate::audio::{Input, open_input, open_output};

@@ -163,7 +163,9 @@ async fn first_message<T: From<IncomingRequest>>(
     let first = tokio::time::timeout_at(deadline, connection.recv()).await;
     match first {
         Ok(Ok(Some(Decoded::Message(Message {
-            call_id, body: Body::CallRequest { caller_name, frame_ms, group }, ..
+            call_id,
+            body: Body::CallRequest { caller_name, frame_ms, group },
+            ..
         })))) => {
             let frame = frame_ms.and_then(FrameMs::of).map(FrameMs::duration);
             let request = IncomingRequest { connection, from, call_id, caller_name, frame, group };
