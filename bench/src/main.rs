@@ -62,6 +62,10 @@ struct Args {
     /// Run only the echo bench and print its table (no root, no daemon, nothing written).
     #[arg(long)]
     echo_only: bool,
+    /// Group calls to measure, by their number of participants (2-6;
+    /// comma-separated; empty: none).
+    #[arg(long, value_delimiter = ',', default_value = "3,4,5,6")]
+    group_sizes: Vec<usize>,
 }
 
 #[tokio::main]
@@ -141,6 +145,7 @@ async fn main() -> Result<()> {
         results.push(result);
     }
 
+    let group = harness::group::run_all(&settings, &args.group_sizes).await?;
     let report = Report {
         machine: machine(),
         commit: command_output("git", &["describe", "--always", "--dirty"]).unwrap_or_else(|| "unknown".into()),
@@ -150,6 +155,7 @@ async fn main() -> Result<()> {
         ring_seconds: settings.ring.as_secs_f64(),
         profiles: results,
         echo,
+        group,
     };
     std::fs::create_dir_all(&args.out)?;
     let json = args.out.join("benchmarks.json");

@@ -41,7 +41,7 @@ async fn daemons_on_two_links_find_each_other_once_with_all_their_addresses() {
     assert_eq!(peer_ids(&peers), [b.device_id.as_str()], "one peer, and never alice herself: {peers:#}");
     assert_eq!(peers[0]["display_name"], "bob");
     assert_eq!(peers[0]["online"], true);
-    assert_eq!(peers[0]["protocol_version"], 1);
+    assert_eq!(peers[0]["protocol_version"], 2);
     let status_b = b.ctl_json(&["status"]).await;
     assert_eq!(peers[0]["signaling_port"], status_b["signaling_port"], "the advertised port is bob's listener");
 

@@ -462,6 +462,10 @@ async fn execute(mut client: Client, command: Command, updates: mpsc::Sender<Upd
         Command::Dial { device_id } => {
             client.dial(v1::DialRequest { target: device_id.clone(), ..Default::default() }).await.map(drop)
         }
+        Command::AddParticipant { call_id, device_id } => client
+            .add_participant(v1::AddParticipantRequest { call_id: call_id.clone(), target: device_id.clone() })
+            .await
+            .map(drop),
         Command::Answer { call_id } => {
             client.answer(v1::AnswerRequest { call_id: call_id.clone(), ..Default::default() }).await.map(drop)
         }

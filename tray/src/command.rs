@@ -12,6 +12,13 @@ pub enum Command {
         /// The peer's device ID.
         device_id: String,
     },
+    /// Add a peer to an answered call (a group call).
+    AddParticipant {
+        /// The call.
+        call_id: String,
+        /// The peer's device ID.
+        device_id: String,
+    },
     /// Answer a ringing call.
     Answer {
         /// The call.
@@ -86,6 +93,8 @@ impl Command {
     pub fn to_menu_id(&self) -> String {
         match self {
             Command::Dial { device_id } => format!("dial:{device_id}"),
+            // Call IDs never hold a colon; device IDs neither.
+            Command::AddParticipant { call_id, device_id } => format!("add:{call_id}:{device_id}"),
             Command::Answer { call_id } => format!("answer:{call_id}"),
             Command::Decline { call_id } => format!("decline:{call_id}"),
             Command::Hangup { call_id } => format!("hangup:{call_id}"),
@@ -119,6 +128,10 @@ impl Command {
         let arg = arg.to_owned();
         Some(match verb {
             "dial" => Command::Dial { device_id: arg },
+            "add" => {
+                let (call_id, device_id) = arg.split_once(':')?;
+                Command::AddParticipant { call_id: call_id.to_owned(), device_id: device_id.to_owned() }
+            }
             "answer" => Command::Answer { call_id: arg },
             "decline" => Command::Decline { call_id: arg },
             "hangup" => Command::Hangup { call_id: arg },
@@ -143,6 +156,7 @@ impl Command {
     pub fn describe(&self) -> &'static str {
         match self {
             Command::Dial { .. } => "Dial",
+            Command::AddParticipant { .. } => "Add to the call",
             Command::Answer { .. } => "Answer",
             Command::Decline { .. } => "Decline",
             Command::Hangup { .. } => "Hang up",
@@ -172,6 +186,7 @@ mod tests {
     fn every_command_survives_the_menu_id() {
         let all = [
             Command::Dial { device_id: "ABCD-EFGH".into() },
+            Command::AddParticipant { call_id: "c1".into(), device_id: "ABCD-EFGH".into() },
             Command::Answer { call_id: "c:1".into() },
             Command::Decline { call_id: "c1".into() },
             Command::Hangup { call_id: "c1".into() },

@@ -35,6 +35,43 @@ impl IconKind {
         [IconKind::Idle, IconKind::Ringing, IconKind::InCall, IconKind::Muted, IconKind::OnHold, IconKind::DaemonDown];
 }
 
+/// "Add to the call": the online peers not in `call`'s (group) call.
+fn add_to_the_call(state: &TrayState, call: &v1::Call, calls: &[&v1::Call]) -> MenuEntry {
+    let in_the_call = |device_id: &str| {
+        calls.iter().any(|c| {
+            c.peer_device_id == device_id
+                && (c.call_id == call.call_id || (!call.group_id.is_empty() && c.group_id == call.group_id))
+        })
+    };
+    let mut online: Vec<&v1::Peer> = state.peers.values().filter(|p| p.online && !in_the_call(&p.device_id)).collect();
+    online.sort_by(|a, b| a.display_name.cmp(&b.display_name).then(a.device_id.cmp(&b.device_id)));
+    let entries: Vec<MenuEntry> = online
+        .into_iter()
+        .map(|peer| MenuEntry::Action {
+            label: peer_label(peer),
+            command: Command::AddParticipant { call_id: call.call_id.clone(), device_id: peer.device_id.clone() },
+            enabled: true,
+        })
+        .collect();
+    MenuEntry::Submenu {
+        id: format!("add-to:{}", call.call_id),
+        label: "Add to the call".to_owned(),
+        enabled: !entries.is_empty(),
+        entries,
+    }
+}
+
+/// A peer as the menu names it: the user's alias, else its name, else its ID,
+/// with a warning when it is not the device the user knows by that name.
+fn peer_label(peer: &v1::Peer) -> String {
+    let name = match (peer.alias.as_str(), peer.display_name.as_str()) {
+        ("", "") => peer.device_id.clone(),
+        ("", name) => name.to_owned(),
+        (alias, _) => alias.to_owned(),
+    };
+    format!("{name}{}", not_the_one_you_know(&peer.name_conflict))
+}
+
 /// One entry of the tray menu.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MenuEntry {
@@ -320,6 +357,12 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
                 command: Command::SetRecording { call_id: id.clone(), recording: !call.recording },
                 enabled: live,
             });
+            // A group call's legs share one "Add to the call": under its first.
+            let first_of_group = call.group_id.is_empty()
+                || others.iter().find(|c| c.group_id == call.group_id).is_some_and(|c| c.call_id == call.call_id);
+            if live && first_of_group {
+                menu.push(add_to_the_call(state, call, &others));
+            }
             menu.push(MenuEntry::Separator);
         }
         // Peers to call only when idle: the daemon takes one call at a time.
@@ -330,14 +373,8 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
                 menu.push(MenuEntry::Info { id: "info:peers".to_owned(), label: "No peers online".to_owned() });
             }
             for peer in online {
-                let name = match (peer.alias.as_str(), peer.display_name.as_str()) {
-                    ("", "") => peer.device_id.clone(),
-                    ("", name) => name.to_owned(),
-                    (alias, _) => alias.to_owned(),
-                };
-                let warning = not_the_one_you_know(&peer.name_conflict);
                 menu.push(MenuEntry::Action {
-                    label: format!("Call {name}{warning}"),
+                    label: format!("Call {}", peer_label(peer)),
                     command: Command::Dial { device_id: peer.device_id.clone() },
                     enabled: true,
                 });
@@ -545,6 +582,39 @@ mod tests {
         assert_eq!(view.tooltip, "voicelink: idle · 2 peers online");
         assert_eq!(actions(&view), ["Call bob", "Call zed", "Check the microphone", "Quit tray"]);
         assert_eq!(command_of(&view, "Call bob"), &Command::Dial { device_id: "D1".into() });
+    }
+
+    #[test]
+    fn an_answered_call_offers_to_add_the_online_peers_not_in_it() {
+        let mut group_leg = call(CallState::Active);
+        group_leg.group_id = "g1".into();
+        let mut second = group_leg.clone();
+        second.call_id = "c2".into();
+        second.peer_device_id = "D2".into();
+        second.peer_display_name = "carol".into();
+        let mut state = with_call(group_leg);
+        state.calls.insert("c2".into(), second);
+        for p in [peer("DEV-ALICE", "alice", true), peer("D2", "carol", true), peer("D3", "dave", true)] {
+            state.peers.insert(p.device_id.clone(), p);
+        }
+        state.peers.insert("D4".into(), peer("D4", "erin", false));
+        let view = view(&state, now());
+        let adds: Vec<&MenuEntry> = view
+            .menu
+            .iter()
+            .filter(|e| matches!(e, MenuEntry::Submenu { label, .. } if label == "Add to the call"))
+            .collect();
+        assert_eq!(adds.len(), 1, "one per group call: {:#?}", view.menu);
+        let MenuEntry::Submenu { entries, enabled: true, .. } = adds[0] else { panic!("{:?}", adds[0]) };
+        assert_eq!(
+            entries,
+            &[MenuEntry::Action {
+                label: "dave".into(),
+                command: Command::AddParticipant { call_id: "c1".into(), device_id: "D3".into() },
+                enabled: true,
+            }],
+            "alice and carol are in the call, erin is offline"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod echo;
+pub mod group;
 pub mod report;
 pub mod run;
 pub mod setup_trials;

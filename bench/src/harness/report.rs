@@ -20,6 +20,8 @@ pub struct Report {
     pub profiles: Vec<ProfileResult>,
     /// The echo bench, one entry per canceller measured.
     pub echo: Vec<super::echo::EchoResult>,
+    /// Group calls, one per size.
+    pub group: Vec<super::group::GroupResult>,
 }
 
 /// Where it ran.
@@ -513,6 +515,10 @@ length, ± one 20 ms frame).\n\
         out.push('\n');
         out.push_str(&echo_markdown(&report.echo));
     }
+    if !report.group.is_empty() {
+        out.push('\n');
+        out.push_str(&group_markdown(&report.group));
+    }
     let trials: Vec<(&str, &SetupTrials)> =
         report.profiles.iter().filter_map(|p| p.setup_trials.as_ref().map(|t| (p.name.as_str(), t))).collect();
     if !trials.is_empty() {
@@ -574,6 +580,57 @@ answer → active takes {stalled:.0} ms (median) against {clean:.0} ms on the cl
 }
 
 /// The echo bench's section.
+/// The group-call section.
+pub fn group_markdown(results: &[super::group::GroupResult]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## Group calls\n");
+    let _ = writeln!(
+        out,
+        "N `voiced` on one bridged LAN (no impairment), each sending a tone of its own (440, 550, … Hz) and \
+recording what it plays; p0 calls p1 and adds the others one by one, each joining everyone (a full mesh: \
+N·(N-1)/2 calls). Measured over 10 s of talking. A window (200 ms) is intact when every other \
+participant's tone is at least 8 % of it and its own is under 2 %; a call is intact when each \
+recording is, in at least 95 % of its windows. Bandwidth is everything on the daemon's interface \
+(RTP, RTCP, STUN, signaling, mDNS).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| participants | mesh formed in | CPU per daemon (mean / max) | peak memory per daemon (max) | sent per daemon (mean) | received per daemon (mean) | windows intact (worst recording) | intact |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for r in results {
+        let n = r.daemons.len().max(1) as f64;
+        let mean = |f: fn(&super::group::GroupDaemon) -> f64| r.daemons.iter().map(f).sum::<f64>() / n;
+        let max = |f: fn(&super::group::GroupDaemon) -> f64| r.daemons.iter().map(f).fold(0.0, f64::max);
+        let worst = r
+            .daemons
+            .iter()
+            .min_by_key(|d| d.intact_windows * 1000 / d.windows.max(1))
+            .map_or_else(String::new, |d| format!("{} of {} ({})", d.intact_windows, d.windows, d.name));
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} s | {:.1} % / {:.1} % | {:.0} MiB | {:.0} kb/s | {:.0} kb/s | {} | {} |",
+            r.participants,
+            r.mesh_seconds,
+            mean(|d| d.cpu_percent),
+            max(|d| d.cpu_percent),
+            max(|d| d.peak_rss_mib),
+            mean(|d| d.sent_kbps),
+            mean(|d| d.received_kbps),
+            worst,
+            if r.intact() { "yes" } else { "no" }
+        );
+    }
+    let fit = results.iter().filter(|r| r.intact()).map(|r| r.participants).max();
+    let _ = writeln!(
+        out,
+        "\nLargest call with every recording intact: {}. CPU is of one core; the {} daemons share this machine's cores.",
+        fit.map_or_else(|| "none".to_owned(), |n| format!("{n} participants")),
+        results.last().map_or(0, |r| r.participants)
+    );
+    out
+}
+
 pub fn echo_markdown(results: &[super::echo::EchoResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(

@@ -342,7 +342,7 @@ async fn call(
     Ok(Some(Timeline { answered, callee_ended }))
 }
 
-fn cpu_percent(start: &super::daemon::ProcSample, end: &super::daemon::ProcSample) -> f64 {
+pub(super) fn cpu_percent(start: &super::daemon::ProcSample, end: &super::daemon::ProcSample) -> f64 {
     let wall = end.at.saturating_duration_since(start.at).as_secs_f64();
     if wall == 0.0 { 0.0 } else { end.cpu.saturating_sub(start.cpu).as_secs_f64() / wall * 100.0 }
 }

@@ -1,0 +1,229 @@
+//! The group-call bench: N `voiced` on one bridged LAN (no impairment), each
+//! with a tone of its own as its microphone and a WAV file as its speaker, in
+//! one full-mesh call. For each size it measures, per daemon, CPU, peak memory
+//! and bandwidth over the talking window, how long the mesh took to form, and
+//! whether every recording holds exactly the other participants' tones in
+//! every window (so "how many fit" is the largest size that stays intact).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use voicelink_bench::relay::Namespace;
+use voicelink_proto::v1::{AddParticipantRequest, CallState, DialRequest, ListCallsRequest};
+
+use super::daemon::{DEADLINE, Daemon, DaemonSpec, proc_sample, shows_peer_online};
+use super::run::{RunSettings, cpu_percent};
+
+/// Each participant's microphone, in order.
+const TONES: [u32; 6] = [440, 550, 660, 770, 880, 990];
+/// How long each call talks while it is measured.
+const TALK: Duration = Duration::from_secs(10);
+/// A window holds a tone when the tone is at least this share of its sound
+/// (five equal tones are a fifth each), and not at all below the other bound.
+const PRESENT: f64 = 0.08;
+const ABSENT: f64 = 0.02;
+
+/// One group call's figures.
+#[derive(Debug, Serialize, Clone)]
+pub struct GroupResult {
+    pub participants: usize,
+    /// From the first add to every daemon talking with all the others.
+    pub mesh_seconds: f64,
+    pub daemons: Vec<GroupDaemon>,
+}
+
+/// One participant's figures over the talking window.
+#[derive(Debug, Serialize, Clone)]
+pub struct GroupDaemon {
+    pub name: String,
+    pub cpu_percent: f64,
+    pub peak_rss_mib: f64,
+    pub sent_kbps: f64,
+    pub received_kbps: f64,
+    /// Windows (200 ms) of the talking window that held every other tone and
+    /// not its own, of all of them.
+    pub intact_windows: usize,
+    pub windows: usize,
+}
+
+impl GroupResult {
+    /// Every recording intact in at least 95 % of its windows.
+    pub fn intact(&self) -> bool {
+        self.daemons.iter().all(|d| d.windows > 0 && d.intact_windows * 100 >= d.windows * 95)
+    }
+}
+
+/// Runs a group call of each size.
+pub async fn run_all(settings: &RunSettings, sizes: &[usize]) -> Result<Vec<GroupResult>> {
+    let mut results = Vec::new();
+    for &size in sizes {
+        tracing::info!(participants = size, "group call");
+        results.push(run(settings, size).await.with_context(|| format!("a group call of {size}"))?);
+    }
+    Ok(results)
+}
+
+async fn run(settings: &RunSettings, size: usize) -> Result<GroupResult> {
+    if !(2..=TONES.len()).contains(&size) {
+        bail!("a group call has 2 to {} participants, not {size}", TONES.len());
+    }
+    let lan = Lan::new(size)?;
+    let dir = settings.work.join(format!("group{size}"));
+    let mut daemons = Vec::new();
+    for (n, tone) in TONES.iter().take(size).enumerate() {
+        let name = format!("p{n}");
+        let extra = format!(
+            "audio.input = \"tone:{tone}\"\naudio.output = \"file:{}\"\ncalls.auto_answer = true\n",
+            dir.join(format!("{name}.wav")).display()
+        );
+        let spec = DaemonSpec { name: &name, netns: lan.hosts[n].name(), dir: &dir.join(&name), extra_config: extra };
+        daemons.push(Daemon::start(&settings.voiced, spec).await?);
+    }
+    // Everyone sees everyone (joins find each other by mDNS).
+    for daemon in &daemons {
+        let mut events = daemon.events().await?;
+        for peer in daemons.iter().filter(|p| p.device_id != daemon.device_id) {
+            events.seen_or_wait_for("the peer online", DEADLINE, |e| shows_peer_online(e, &peer.device_id)).await?;
+        }
+    }
+    let host = &daemons[0];
+    let started = Instant::now();
+    host.client.clone().dial(DialRequest { target: daemons[1].device_id.clone(), ..Default::default() }).await?;
+    wait_for_active_legs(host, 1).await?;
+    for (n, peer) in daemons.iter().enumerate().skip(2) {
+        host.client
+            .clone()
+            .add_participant(AddParticipantRequest { call_id: String::new(), target: peer.device_id.clone() })
+            .await?;
+        wait_for_active_legs(host, n).await?;
+    }
+    for daemon in &daemons {
+        wait_for_active_legs(daemon, size - 1).await?;
+    }
+    let mesh_seconds = started.elapsed().as_secs_f64();
+
+    let before: Vec<_> = daemons.iter().map(|d| proc_sample(d.pid())).collect::<Result<_>>()?;
+    let traffic_before: Vec<_> = lan.hosts.iter().map(|h| link_bytes(h.name())).collect::<Result<_>>()?;
+    tokio::time::sleep(TALK).await;
+    let after: Vec<_> = daemons.iter().map(|d| proc_sample(d.pid())).collect::<Result<_>>()?;
+    let traffic_after: Vec<_> = lan.hosts.iter().map(|h| link_bytes(h.name())).collect::<Result<_>>()?;
+    // Stopped at once, all together: each recording ends with the talking window.
+    for daemon in &mut daemons {
+        daemon.stop().await?;
+    }
+
+    let mut figures = Vec::new();
+    for (n, daemon) in daemons.iter().enumerate() {
+        let seconds = after[n].at.saturating_duration_since(before[n].at).as_secs_f64().max(f64::EPSILON);
+        let kbps = |bytes: u64| bytes as f64 * 8.0 / 1000.0 / seconds;
+        let (intact_windows, windows) = intact(&dir.join(format!("{}.wav", daemon.name)), n, size)?;
+        figures.push(GroupDaemon {
+            name: daemon.name.clone(),
+            cpu_percent: cpu_percent(&before[n], &after[n]),
+            peak_rss_mib: after[n].peak_rss_kib as f64 / 1024.0,
+            sent_kbps: kbps(traffic_after[n].1.saturating_sub(traffic_before[n].1)),
+            received_kbps: kbps(traffic_after[n].0.saturating_sub(traffic_before[n].0)),
+            intact_windows,
+            windows,
+        });
+    }
+    Ok(GroupResult { participants: size, mesh_seconds, daemons: figures })
+}
+
+/// Waits until `daemon` talks with `count` peers.
+async fn wait_for_active_legs(daemon: &Daemon, count: usize) -> Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let calls = daemon.client.clone().list_calls(ListCallsRequest {}).await?.into_inner().calls;
+        if calls.iter().filter(|c| c.state() == CallState::Active).count() >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} never talked with {count} peers: {calls:#?}", daemon.name);
+        }
+        // The bench polls; the tests wait on events.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The talking window's 200 ms windows of a recording that hold exactly the
+/// other participants' tones, and how many windows there are.
+fn intact(path: &Path, own: usize, size: usize) -> Result<(usize, usize)> {
+    let mut reader = hound::WavReader::open(path).with_context(|| format!("read {}", path.display()))?;
+    let samples: Vec<i16> = reader.samples::<i16>().collect::<Result<_, _>>()?;
+    // The last TALK of the file, less the first and last window (the stop).
+    let talk = (TALK.as_secs_f64() * 48_000.0) as usize;
+    let tail = &samples[samples.len().saturating_sub(talk)..];
+    let windows: Vec<&[i16]> = tail.chunks_exact(9600).collect();
+    let inner = windows.get(1..windows.len().saturating_sub(1)).unwrap_or_default();
+    let good = inner
+        .iter()
+        .filter(|window| {
+            (0..size).all(|n| {
+                let share = voicelink_core::audio_math::tone_share(window, f64::from(TONES[n]));
+                if n == own { share < ABSENT } else { share > PRESENT }
+            })
+        })
+        .count();
+    Ok((good, inner.len()))
+}
+
+/// Bytes received and sent on a namespace's `eth0`.
+fn link_bytes(netns: &str) -> Result<(u64, u64)> {
+    let output = Command::new("ip").args(["-n", netns, "-s", "-j", "link", "show", "dev", "eth0"]).output()?;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).context("ip -s -j link")?;
+    let stats = &json[0]["stats64"];
+    let bytes = |way: &str| stats[way]["bytes"].as_u64().context("no byte counter in ip -s -j link");
+    Ok((bytes("rx")?, bytes("tx")?))
+}
+
+/// Hosts on one bridge: host n has `eth0` with 10.88.0.(n+1)/24.
+struct Lan {
+    hosts: Vec<Namespace>,
+    // Dropped last: the hosts' veths go with their namespaces.
+    _bridge: Namespace,
+}
+
+impl Lan {
+    fn new(size: usize) -> Result<Lan> {
+        let bridge = Namespace::create("vlg")?;
+        ip(&["-n", bridge.name(), "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
+        ip(&["-n", bridge.name(), "link", "set", "br0", "up"])?;
+        let mut hosts = Vec::new();
+        for n in 0..size {
+            let host = Namespace::create("vlg")?;
+            let outer = format!("v{n}");
+            ip(&[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                host.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &outer,
+                "netns",
+                bridge.name(),
+            ])?;
+            ip(&["-n", bridge.name(), "link", "set", &outer, "master", "br0", "up"])?;
+            ip(&["-n", host.name(), "addr", "add", &format!("10.88.0.{}/24", n + 1), "dev", "eth0"])?;
+            ip(&["-n", host.name(), "link", "set", "eth0", "multicast", "on", "up"])?;
+            ip(&["-n", host.name(), "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+            hosts.push(host);
+        }
+        Ok(Lan { hosts, _bridge: bridge })
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let output = Command::new("ip").args(args).output()?;
+    if !output.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
