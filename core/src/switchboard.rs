@@ -1295,6 +1295,25 @@ mod tests {
     }
 
     #[test]
+    fn an_invitation_that_ends_leaves_the_call_as_it_was_and_the_peer_can_be_asked_again() {
+        let mut board = in_a_call();
+        assert_eq!(board.add(&call("ab"), id(3), call("ac")), Ok(call("ab")));
+        // Busy, declined or unanswered: the invitation ends, the call goes on.
+        board.state_changed(&call("ac"), State::Ended, None);
+        board.finished(&call("ac"));
+        assert_eq!(board.participants(&call("ab")), [id(2)]);
+        assert_eq!(board.add(&call("ab"), id(3), call("ac2")), Ok(call("ab")));
+        // Everyone leaves at once: nothing of the group is left.
+        for leg in ["ab", "ac2"] {
+            board.state_changed(&call(leg), State::Ended, None);
+            board.finished(&call(leg));
+        }
+        assert_eq!(board.pick(None), Err(CallError::NoCall));
+        assert!(board.introduced.is_empty());
+        assert_eq!(board.dial(Some(id(4)), call("next")), Ok(Dial::Place(call("next"))));
+    }
+
+    #[test]
     fn glare_is_resolved_the_same_way_on_both_sides() {
         assert_eq!(resolve_glare(&id(LOW), &id(HIGH)), Glare::KeepOurs);
         assert_eq!(resolve_glare(&id(HIGH), &id(LOW)), Glare::TakeTheirs);

@@ -38,6 +38,8 @@ pub struct Daemon {
     pub client: Client,
     child: Option<Child>,
     pid: i32,
+    /// SIGTERM was sent.
+    terminated: bool,
 }
 
 /// Starts `count` stalled TLS clients against `daemon` (in namespace `netns`),
@@ -108,7 +110,7 @@ impl Daemon {
         }
         let mut client = voicelink_proto::connect(DaemonAddress::Unix(socket)).await?;
         let device_id = client.get_status(GetStatusRequest {}).await?.into_inner().device_id;
-        Ok(Daemon { name: spec.name.into(), device_id, log, client, child: Some(child), pid })
+        Ok(Daemon { name: spec.name.into(), device_id, log, client, child: Some(child), pid, terminated: false })
     }
 
     /// Its process ID (voiced itself).
@@ -136,10 +138,18 @@ impl Daemon {
         Ok(Events { rx, seen: Vec::new(), daemon: self.name.clone() })
     }
 
+    /// Sends SIGTERM without waiting (several daemons stop together this way).
+    pub fn terminate(&mut self) -> Result<()> {
+        if self.child.is_some() && !std::mem::replace(&mut self.terminated, true) {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGTERM)?;
+        }
+        Ok(())
+    }
+
     /// SIGTERM, then waits for it to exit (recordings are complete after that).
     pub async fn stop(&mut self) -> Result<()> {
+        self.terminate()?;
         let Some(mut child) = self.child.take() else { return Ok(()) };
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGTERM)?;
         let status = tokio::time::timeout(DEADLINE, child.wait()).await.context("voiced did not exit")??;
         if !status.success() {
             tracing::warn!(daemon = %self.name, ?status, "voiced exited with an error");

@@ -110,7 +110,10 @@ async fn run(settings: &RunSettings, size: usize) -> Result<GroupResult> {
     tokio::time::sleep(TALK).await;
     let after: Vec<_> = daemons.iter().map(|d| proc_sample(d.pid())).collect::<Result<_>>()?;
     let traffic_after: Vec<_> = lan.hosts.iter().map(|h| link_bytes(h.name())).collect::<Result<_>>()?;
-    // Stopped at once, all together: each recording ends with the talking window.
+    // Stopped together: each recording ends with the talking window.
+    for daemon in &mut daemons {
+        daemon.terminate()?;
+    }
     for daemon in &mut daemons {
         daemon.stop().await?;
     }
@@ -154,7 +157,7 @@ async fn wait_for_active_legs(daemon: &Daemon, count: usize) -> Result<()> {
 fn intact(path: &Path, own: usize, size: usize) -> Result<(usize, usize)> {
     let mut reader = hound::WavReader::open(path).with_context(|| format!("read {}", path.display()))?;
     let samples: Vec<i16> = reader.samples::<i16>().collect::<Result<_, _>>()?;
-    // The last TALK of the file, less the first and last window (the stop).
+    // The last TALK of the file, less its first and last window (the stop).
     let talk = (TALK.as_secs_f64() * 48_000.0) as usize;
     let tail = &samples[samples.len().saturating_sub(talk)..];
     let windows: Vec<&[i16]> = tail.chunks_exact(9600).collect();

@@ -705,7 +705,9 @@ impl Call {
                 Output::StateChanged { from, to } => self.state_changed(from, to).await,
                 Output::RemoteRinging => {
                     debug!(call_id = %self.id, "the peer is ringing");
-                    if self.record.state == State::Outgoing && self.ringer.is_none() {
+                    // Not while inviting someone into a group call: the
+                    // conversation goes on, and the tone would drown it.
+                    if self.record.state == State::Outgoing && self.ringer.is_none() && self.record.group.is_none() {
                         self.ringer = Ringer::start(
                             Ring::Ringback,
                             &self.context.ringing,
