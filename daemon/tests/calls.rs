@@ -61,8 +61,7 @@ async fn a_call_carries_audio_both_ways_and_mute_silences_one_direction() {
     assert_eq!(a.ctl_json(&["calls"]).await, serde_json::json!([]));
     // A healthy call warns about nothing (the libraries' routine warnings included).
     for daemon in [&a, &b] {
-        let log = daemon.log_text();
-        let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+        let warnings = daemon.warnings();
         assert!(warnings.is_empty(), "{}: {warnings:#?}", daemon.name);
     }
 

@@ -96,7 +96,7 @@ const NAMES: [&str; 4] = ["alice", "bob", "carol", "dave"];
 const TONES: [u32; 4] = [440, 660, 880, 1100];
 
 #[tokio::test]
-async fn three_people_hear_each_other_one_leaves_and_a_fourth_is_added() {
+async fn three_people_hear_each_other_people_leave_and_join_and_muting_is_for_everyone() {
     require_netns!();
     let lan = Lan::new(4, 1);
     let dir = tempfile::tempdir().unwrap();
@@ -144,6 +144,9 @@ async fn three_people_hear_each_other_one_leaves_and_a_fourth_is_added() {
     until_talking_with(&mut events[0], &mut legs[0], &[c], "alice").await;
     until_talking_with(&mut events[2], &mut legs[2], &[a], "carol").await;
     b.wait_until_no_calls().await;
+    // Bob's next call writes his file anew: keep what he heard in this one.
+    let bob_first = dir.path().join("bob-first.wav");
+    std::fs::copy(&heard[1], &bob_first).unwrap();
     talk_for(Duration::from_secs(2)).await;
 
     // Carol adds dave, who joins alice.
@@ -160,23 +163,37 @@ async fn three_people_hear_each_other_one_leaves_and_a_fourth_is_added() {
             .await;
     }
     talk_for(Duration::from_secs(3)).await;
-    // Alice leaves, then carol: dave's last leg ends with hers.
+
+    // Alice leaves; carol, still muted, adds bob back: his leg to her starts muted.
     a.ctl_json(&["hangup"]).await;
     until_talking_with(&mut events[3], &mut legs[3], &[c], "dave").await;
+    a.wait_until_no_calls().await;
+    c.ctl_json(&["add", "bob"]).await;
+    until_talking_with(&mut events[1], &mut legs[1], &[c, d], "bob").await;
+    talk_for(Duration::from_secs(3)).await;
+    // Carol leaves, then bob: dave's last leg ends with his.
     c.ctl_json(&["hangup"]).await;
+    until_talking_with(&mut events[3], &mut legs[3], &[b], "dave").await;
+    b.ctl_json(&["hangup"]).await;
     until_talking_with(&mut events[3], &mut legs[3], &[], "dave").await;
-    for daemon in [a, c, d] {
+    for daemon in [a, b, c, d] {
         daemon.wait_until_no_calls().await;
     }
 
     // Each recording holds the others' tones, mixed, and never its own: 3 s
     // of each phase (2 s alone with carol), at least 1.4 s of clean windows.
+    // Once carol is muted nobody hears her 880 Hz, bob included, who joined
+    // after she muted.
     let phases: [&[&[u32]]; 4] = [
         &[&[660, 880], &[880], &[880, 1100], &[1100]],
-        &[&[440, 880]],
-        &[&[440, 660], &[440], &[440, 1100]],
-        &[&[440, 880], &[440]],
+        &[&[1100]],
+        &[&[440, 660], &[440], &[440, 1100], &[660, 1100]],
+        &[&[440, 880], &[440], &[660]],
     ];
+    let bob_before = tone_shares(&bob_first, &TONES);
+    let in_the_three_way = windows_with(&bob_before, &TONES, &[440, 880]);
+    assert!(in_the_three_way >= 7, "bob heard both only in {in_the_three_way} windows: {bob_before:.2?}");
+    assert!(bob_before.iter().all(|window| window[1] <= 0.05), "bob heard himself: {bob_before:.2?}");
     for (n, name) in NAMES.iter().enumerate() {
         let shares = tone_shares(&heard[n], &TONES);
         let report = || format!("{name} heard (440, 660, 880, 1100 Hz): {shares:.2?}");
@@ -190,8 +207,7 @@ async fn three_people_hear_each_other_one_leaves_and_a_fourth_is_added() {
     }
     // A healthy group call warns about nothing.
     for daemon in [a, b, c, d] {
-        let log = daemon.log_text();
-        let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+        let warnings = daemon.warnings();
         assert!(warnings.is_empty(), "{}: {warnings:#?}", daemon.name);
     }
 }

@@ -5,7 +5,7 @@
 //! in tasks of their own and come back through the inbox, so one slow peer
 //! stalls nobody.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -137,6 +137,8 @@ pub struct Registry {
     /// For each group call: the participants we were told of (names and
     /// addresses to join them by).
     told: HashMap<CallId, HashMap<DeviceId, Participant>>,
+    /// Calls the user muted: a leg that joins their group call starts muted.
+    muted: HashSet<CallId>,
     /// Call requests refused by the rate limits, logged at most every 10 s.
     refusals: Throttle,
 }
@@ -152,6 +154,7 @@ impl Registry {
             calls: HashMap::new(),
             bridges: HashMap::new(),
             told: HashMap::new(),
+            muted: HashSet::new(),
             refusals: Throttle::new(Duration::from_secs(10)),
         }
     }
@@ -217,6 +220,7 @@ impl Registry {
             Inbox::Finished(id) => {
                 self.calls.remove(&id);
                 self.bridges.remove(&id);
+                self.muted.remove(&id);
                 let group = self.switchboard.group_of(&id).cloned();
                 self.switchboard.finished(&id);
                 self.switchboard.expire(clock::now());
@@ -270,6 +274,13 @@ impl Registry {
                         };
                         if whole_call {
                             for other in self.switchboard.legs_with(&handle.id) {
+                                if let Command::SetMute(muted) = input {
+                                    if muted {
+                                        self.muted.insert(other.clone())
+                                    } else {
+                                        self.muted.remove(&other)
+                                    };
+                                }
                                 if other != handle.id {
                                     self.tell(&other, input.clone());
                                 }
@@ -425,6 +436,7 @@ impl Registry {
                 let audio = (input, output);
                 let handle = task::incoming(context, connection, call_id.clone(), caller_name, audio, rings, leg);
                 self.calls.insert(call_id.clone(), handle);
+                self.mute_if_the_call_is(&call_id);
                 if answer {
                     self.tell(&call_id, Command::Answer);
                     let beside = self.switchboard.answering(&call_id);
@@ -445,7 +457,16 @@ impl Registry {
         self.bridges.insert(id.clone(), leg.bridge.clone());
         let (handle, record) = task::dial(self.context(), id, destination, audio.0, audio.1, leg);
         self.calls.insert(handle.id.clone(), handle);
+        self.mute_if_the_call_is(&record.id);
         record
+    }
+
+    /// A new leg of a group call in which the user is muted starts muted.
+    fn mute_if_the_call_is(&mut self, leg: &CallId) {
+        if self.switchboard.legs_with(leg).iter().any(|other| self.muted.contains(other)) {
+            self.muted.insert(leg.clone());
+            self.tell(leg, Command::SetMute(true));
+        }
     }
 
     /// The endpoints a new leg uses: those of its group call's other legs, or

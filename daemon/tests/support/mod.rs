@@ -278,6 +278,12 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The WARN and ERROR lines of its log (a healthy call has none).
+    #[allow(dead_code)] // used by some test files only
+    pub fn warnings(&self) -> Vec<String> {
+        self.log_text().lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).map(str::to_owned).collect()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().and_then(Child::id).expect("running") as i32
     }
