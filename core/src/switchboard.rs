@@ -48,6 +48,9 @@ use crate::wire::{DeclineCode, GroupPart};
 /// Most people in one group call, this device included.
 pub const MAX_PARTICIPANTS: usize = 6;
 
+/// Refused joins remembered at most (a stranger that keeps trying fills no memory).
+const MAX_REFUSED_JOINS: usize = 64;
+
 /// Why a call still ringing here is declined when the user answers another.
 pub const ANSWERED_ANOTHER_CALL: &str = "answered another call";
 
@@ -352,6 +355,9 @@ pub struct Switchboard {
     /// For each group call: the devices its participants introduced, who may
     /// join it here without ringing.
     introduced: HashMap<CallId, BTreeSet<DeviceId>>,
+    /// Joins to a group call we are in that we refused because nobody had
+    /// introduced the joiner yet: we call it once someone does.
+    refused_joins: BTreeSet<(CallId, DeviceId)>,
 }
 
 impl Switchboard {
@@ -364,6 +370,7 @@ impl Switchboard {
             yielded: HashMap::new(),
             requests: HashMap::new(),
             introduced: HashMap::new(),
+            refused_joins: BTreeSet::new(),
         }
     }
 
@@ -512,15 +519,37 @@ impl Switchboard {
     /// group call `group`: they may join here. The first time, this makes
     /// `call` a leg of that group (the peer added someone to our call).
     /// Ignored for a call we do not have, or one of another group.
-    pub fn introduce(&mut self, call: &CallId, group: &CallId, participants: impl IntoIterator<Item = DeviceId>) {
-        let Some(leg) = self.calls.get_mut(call).filter(|leg| leg.live()) else { return };
+    ///
+    /// Returns those of them to join now. Two participants who were each
+    /// invited before the other joined the call learn of each other only this
+    /// way, and one of them must call: the lower device ID does, or the other
+    /// if it already tried and was refused because this introduction had not
+    /// reached us yet.
+    pub fn introduce(
+        &mut self,
+        call: &CallId,
+        group: &CallId,
+        participants: impl IntoIterator<Item = DeviceId>,
+    ) -> Vec<DeviceId> {
+        let Some(leg) = self.calls.get_mut(call).filter(|leg| leg.live()) else { return Vec::new() };
         match &leg.group {
             None => leg.group = Some(group.clone()),
             Some(ours) if ours == group => {}
-            Some(_) => return,
+            Some(_) => return Vec::new(),
         }
         let own_id = self.own_id;
-        self.introduced.entry(group.clone()).or_default().extend(participants.into_iter().filter(|p| *p != own_id));
+        let named: BTreeSet<DeviceId> = participants.into_iter().filter(|p| *p != own_id).collect();
+        self.introduced.entry(group.clone()).or_default().extend(named.iter().copied());
+        // Still ringing here: the answer's joins take them all.
+        if !self.legs_of(group).any(|(_, leg)| leg.answered()) {
+            return Vec::new();
+        }
+        let with: BTreeSet<DeviceId> = self.participants(group).into_iter().collect();
+        named
+            .into_iter()
+            .filter(|device| !with.contains(device))
+            .filter(|device| own_id < *device || self.refused_joins.remove(&(group.clone(), *device)))
+            .collect()
     }
 
     /// Once an invitation to a group call is answered here: the group, and the
@@ -585,7 +614,10 @@ impl Switchboard {
             if blocked {
                 return Incoming::Refuse(Refusal::Blocked);
             }
-            if group.join {
+            // A join, or an invitation to a group call we are in already
+            // (two participants invited us at once, and we answered the
+            // other): a leg of the call, not a call that rings.
+            if group.join || self.legs_of(&group.id).any(|(_, leg)| leg.answered()) {
                 return self.join_request(call, peer, source, &group.id);
             }
             // The inviter, those it names, and us.
@@ -638,8 +670,15 @@ impl Switchboard {
             (Glare::TakeTheirs, None) if recently_yielded => answer = true,
             _ => {}
         }
-        if !self.may_ring_too(source) {
-            return Incoming::Busy;
+        // A second invitation to a group call that rings here rings along
+        // with the first (answered with it); anything else must fit beside
+        // what is live.
+        let same_invitation = group
+            .and_then(|group| self.legs_of(&group.id).find(|(_, leg)| leg.invitation).map(|(_, leg)| leg.answering));
+        match same_invitation {
+            Some(answering) => answer |= answering,
+            None if !self.may_ring_too(source) => return Incoming::Busy,
+            None => {}
         }
         let mut leg = Leg::new(Some(peer), Direction::Incoming, group.map(|g| g.id.clone()));
         leg.source = Some(source);
@@ -661,6 +700,11 @@ impl Switchboard {
         let in_the_call = self.legs_of(group).any(|(_, leg)| leg.answered());
         let introduced = self.introduced.get(group).is_some_and(|devices| devices.contains(&peer));
         if !in_the_call || !introduced {
+            // Its introduction may be on its way (participants tell everyone
+            // at once): remembered, so that it is called back when it comes.
+            if in_the_call && self.refused_joins.len() < MAX_REFUSED_JOINS {
+                self.refused_joins.insert((group.clone(), peer));
+            }
             return Incoming::Refuse(Refusal::NotInvited);
         }
         let mut hang_up = None;
@@ -793,6 +837,7 @@ impl Switchboard {
             && !self.calls.values().any(|leg| leg.group.as_ref() == Some(&group))
         {
             self.introduced.remove(&group);
+            self.refused_joins.retain(|(refused, _)| *refused != group);
         }
     }
 
@@ -1219,10 +1264,11 @@ mod tests {
         };
         assert_eq!(joining(&mut board, "c1", 3), Incoming::Refuse(Refusal::NotInvited), "nobody named 3");
         // A stranger cannot introduce anyone; a participant can.
-        board.introduce(&call("zz"), &call("ab"), [id(3)]);
+        assert!(board.introduce(&call("zz"), &call("ab"), [id(3)]).is_empty());
         assert_eq!(joining(&mut board, "c2", 3), Incoming::Refuse(Refusal::NotInvited));
         // The peer of "ab" added someone: "ab" is now a leg of its group.
-        board.introduce(&call("ab"), &call("ab"), [id(3), id(1)]);
+        // 3 is higher than us (1): it is ours to call, unless it calls first.
+        assert_eq!(board.introduce(&call("ab"), &call("ab"), [id(3), id(1)]), [id(3)]);
         assert_eq!(joining(&mut board, "c3", 3), Incoming::Ring { answer: true, hang_up: None });
         assert_eq!(joining(&mut board, "c4", 3), Incoming::Refuse(Refusal::CallIdInUse), "one leg per peer");
         // A join to a call we are not in.
@@ -1230,7 +1276,7 @@ mod tests {
         let refused = board.incoming(call("c5"), id(4), from(4), PeerStanding::Unknown, Some(&elsewhere), now);
         assert_eq!(refused, Incoming::Refuse(Refusal::NotInvited));
         // A blocked device stays blocked, introduced or not.
-        board.introduce(&call("ab"), &call("ab"), [id(5)]);
+        let _ = board.introduce(&call("ab"), &call("ab"), [id(5)]);
         let blocked = PeerStanding::Known(Standing::Blocked);
         assert_eq!(
             board.incoming(call("c6"), id(5), from(5), blocked, Some(&join), now),

@@ -15,9 +15,11 @@ use voicelink_core::call_machine::{
     CallMachine, CallSetup, Command, InvalidCommand, MediaCommand, MediaInput, Output, Signaling, Timeouts,
 };
 use voicelink_core::contacts::{Contact, Contacts, Standing};
-use voicelink_core::switchboard::{ANSWERED_ANOTHER_CALL, CallError, Dial, Incoming, Policy, Switchboard, WhoMayRing};
+use voicelink_core::switchboard::{
+    ANSWERED_ANOTHER_CALL, AutoAnswer, CallError, Dial, Incoming, Policy, Switchboard, WhoMayRing,
+};
 use voicelink_core::vocab::{CallId, DeviceId, EndReason, FailCause, State};
-use voicelink_core::wire::{Body, EndCode};
+use voicelink_core::wire::{Body, EndCode, GroupPart, Participant};
 
 const RING: Duration = Duration::from_secs(30);
 const CONNECT: Duration = Duration::from_secs(15);
@@ -121,6 +123,10 @@ fn setup(name: &str) -> CallSetup {
     }
 }
 
+fn participant(device_id: DeviceId) -> Participant {
+    Participant { device_id, name: String::new(), address: None }
+}
+
 impl Sim {
     /// Daemons with these device ID bytes (the lower byte wins glare).
     fn new(ids: &[u8], link: Link, seed: u64) -> Self {
@@ -185,21 +191,88 @@ impl Sim {
                 Ok(theirs)
             }
             Dial::Place(id) => {
-                let conn = self.connections.len();
-                self.connections.push(Connection {
-                    ends: [End { node: from, call: Some(id.clone()) }, End { node: to, call: None }],
-                    call_id: id.clone(),
-                    last_arrival: [self.now; 2],
-                    open: true,
-                });
-                let machine = CallMachine::outgoing(self.now, setup(&format!("node{from}")));
-                self.daemons[from].calls.insert(id.clone(), (machine, conn));
-                // TCP and TLS take a round trip and a half.
-                let at = self.now + self.link.delay * 3;
-                self.schedule(at, Event::Connected { node: from, call: id.clone() });
+                self.place(from, to, id.clone(), None);
                 Ok(id)
             }
         }
+    }
+
+    /// `from` adds `to` to its call `call`, as the registry does: everyone in
+    /// the call is told first, then the invitation goes out.
+    fn add(&mut self, from: Node, call: &CallId, to: Node) -> Result<CallId, CallError> {
+        self.next_call += 1;
+        let id = CallId::try_from(format!("n{from}-c{}", self.next_call)).unwrap();
+        let peer = self.daemons[to].id;
+        let group = self.daemons[from].board.add(call, peer, id.clone())?;
+        self.share_participants(from, &group);
+        let participants = self.participants_for(from, &group, peer);
+        self.place(from, to, id.clone(), Some(GroupPart { id: group, join: false, participants }));
+        Ok(id)
+    }
+
+    /// Starts an outgoing leg the switchboard already counts.
+    fn place(&mut self, from: Node, to: Node, id: CallId, group: Option<GroupPart>) {
+        let conn = self.connections.len();
+        self.connections.push(Connection {
+            ends: [End { node: from, call: Some(id.clone()) }, End { node: to, call: None }],
+            call_id: id.clone(),
+            last_arrival: [self.now; 2],
+            open: true,
+        });
+        let machine = CallMachine::outgoing(self.now, CallSetup { group, ..setup(&format!("node{from}")) });
+        self.daemons[from].calls.insert(id.clone(), (machine, conn));
+        // TCP and TLS take a round trip and a half.
+        let at = self.now + self.link.delay * 3;
+        self.schedule(at, Event::Connected { node: from, call: id });
+    }
+
+    /// The participants of `node`'s group call other than `peer`.
+    fn participants_for(&self, node: Node, group: &CallId, peer: DeviceId) -> Vec<Participant> {
+        let board = &self.daemons[node].board;
+        board.participants(group).into_iter().filter(|p| *p != peer).map(participant).collect()
+    }
+
+    /// Tells each of `node`'s legs of `group` who else is in it.
+    fn share_participants(&mut self, node: Node, group: &CallId) {
+        for leg in self.daemons[node].board.group_legs(group) {
+            let Some(peer) = self.daemons[node].board.peer_of(&leg) else { continue };
+            let participants = self.participants_for(node, group, peer);
+            if self.daemons[node].calls.contains_key(&leg) {
+                let share = Command::ShareParticipants { group: group.clone(), participants };
+                self.command(node, &leg, share).expect("sharing fits every state");
+            }
+        }
+    }
+
+    /// Once `node`'s invitation `call` is answered: joins whom it named.
+    fn join_participants(&mut self, node: Node, call: &CallId) {
+        if let Some((group, due)) = self.daemons[node].board.joins_due(call) {
+            self.join(node, &group, due);
+        }
+    }
+
+    /// `node` joins these participants of `group`.
+    fn join(&mut self, node: Node, group: &CallId, due: Vec<DeviceId>) {
+        for device in due {
+            let Some(to) = self.daemons.iter().position(|d| d.id == device) else { continue };
+            self.next_call += 1;
+            let id = CallId::try_from(format!("n{node}-c{}", self.next_call)).unwrap();
+            if self.daemons[node].board.join(group, device, id.clone()).is_ok() {
+                self.place(node, to, id, Some(GroupPart { id: group.clone(), join: true, participants: Vec::new() }));
+            }
+        }
+    }
+
+    /// The peers `node` is in active legs with.
+    fn talking_with(&self, node: Node) -> BTreeSet<Node> {
+        let daemon = &self.daemons[node];
+        daemon
+            .calls
+            .iter()
+            .filter(|(_, (m, _))| m.state() == State::Active)
+            .filter_map(|(id, _)| daemon.board.peer_of(id))
+            .filter_map(|peer| self.daemons.iter().position(|d| d.id == peer))
+            .collect()
     }
 
     fn command(&mut self, node: Node, call: &CallId, command: Command) -> Result<(), InvalidCommand> {
@@ -276,7 +349,6 @@ impl Sim {
                     self.daemons[node].gates.insert(call.clone(), (false, false));
                 }
                 Output::Media(MediaCommand::AddCandidate(_)) => {}
-                Output::Participants { .. } => {}
                 Output::Yield => {
                     let peer = self.peer_of(conn, node);
                     if let Some(ours) = self.daemons[node].board.yielded(peer, call, now) {
@@ -295,6 +367,17 @@ impl Sim {
                         self.finish(node, call);
                         return;
                     }
+                    self.join_participants(node, call);
+                    if to == State::Active
+                        && let Some(group) = self.daemons[node].board.group_of(call).cloned()
+                    {
+                        self.share_participants(node, &group);
+                    }
+                }
+                Output::Participants { group, participants } => {
+                    let devices = participants.iter().map(|p| p.device_id);
+                    let due = self.daemons[node].board.introduce(call, &group, devices);
+                    self.join(node, &group, due);
                 }
                 Output::Audio { send, play, .. } => {
                     let answered = machine.answered_at().is_some();
@@ -377,14 +460,14 @@ impl Sim {
     }
 
     /// A call request reached the callee: its switchboard decides.
-    fn call_request(&mut self, to: Node, conn: Conn) {
+    fn call_request(&mut self, to: Node, conn: Conn, group: Option<GroupPart>) {
         let now = self.now;
         let call_id = self.connections[conn].call_id.clone();
         let peer = self.peer_of(conn, to);
         let standing = self.daemons[to].contacts.standing(&peer);
         let caller = self.connections[conn].ends[1 - self.side(conn, to)].node;
         let source = Source::of(std::net::IpAddr::from([10, 0, 0, caller as u8]));
-        let decision = self.daemons[to].board.incoming(call_id.clone(), peer, source, standing, None, now);
+        let decision = self.daemons[to].board.incoming(call_id.clone(), peer, source, standing, group.as_ref(), now);
         match decision {
             Incoming::Ring { answer, hang_up } => {
                 if let Some(ours) = hang_up {
@@ -429,7 +512,10 @@ impl Sim {
             Event::Deliver { to, conn, body } => {
                 let side = self.side(conn, to);
                 match (&self.connections[conn].ends[side].call, &body) {
-                    (None, Body::CallRequest { .. }) => self.call_request(to, conn),
+                    (None, Body::CallRequest { group, .. }) => {
+                        let group = group.clone();
+                        self.call_request(to, conn, group);
+                    }
                     (None, _) => {}
                     (Some(call), _) => {
                         let call = call.clone();
@@ -865,4 +951,137 @@ fn the_only_call_is_found_and_a_second_one_needs_a_name() {
     sim.command(A, &call, Command::Hangup).unwrap();
     sim.settle();
     assert_eq!(sim.daemons[A].board.pick(None), Err(CallError::NoCall));
+}
+
+// --- group calls --------------------------------------------------------------
+
+const D: Node = 3;
+
+/// Daemons with IDs 1..=n that answer every call (a person answering is the
+/// same input, later), A and B in an answered call.
+fn group_of(n: u8, link: Link, seed: u64) -> (Sim, CallId) {
+    let ids: Vec<u8> = (1..=n).collect();
+    let mut sim = Sim::new(&ids, link, seed);
+    for daemon in &mut sim.daemons {
+        daemon.board.set_policy(Policy { auto_answer: AutoAnswer::Everyone, ..Policy::default() });
+    }
+    let call = sim.dial(A, B).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.talking_with(A), BTreeSet::from([B]));
+    (sim, call)
+}
+
+impl Sim {
+    /// `node` hangs up: every leg, as the registry does.
+    fn leave(&mut self, node: Node) {
+        let legs: Vec<CallId> = self.daemons[node].calls.keys().cloned().collect();
+        for leg in legs {
+            let _ = self.command(node, &leg, Command::Hangup);
+        }
+    }
+
+    fn assert_mesh(&self, nodes: &[Node], seed: u64) {
+        for &n in nodes {
+            let others: BTreeSet<Node> = nodes.iter().copied().filter(|m| *m != n).collect();
+            assert_eq!(self.talking_with(n), others, "seed {seed}: node {n}'s legs: {:?}", self.daemons[n].live());
+            assert_eq!(
+                self.daemons[n].calls.len(),
+                others.len(),
+                "seed {seed}: node {n}: {:?}",
+                self.daemons[n].live()
+            );
+        }
+    }
+}
+
+#[test]
+fn an_added_peer_joins_everyone_and_whoever_leaves_the_rest_go_on() {
+    let (mut sim, call) = group_of(4, Link::default(), 1);
+    sim.add(A, &call, C).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    sim.assert_mesh(&[A, B, C], 1);
+    // The newcomer adds a fourth, who joins the two it did not dial.
+    let c_leg = sim.only_call(C);
+    sim.add(C, &c_leg, D).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    sim.assert_mesh(&[A, B, C, D], 1);
+    sim.leave(B);
+    sim.run_for(Duration::from_secs(1));
+    sim.assert_mesh(&[A, C, D], 1);
+    assert!(sim.ended(A).values().any(|reason| *reason == EndReason::HungUpRemote));
+    // Everyone else at once.
+    for node in [A, C, D] {
+        sim.leave(node);
+    }
+    sim.settle();
+}
+
+#[test]
+fn two_participants_adding_the_same_peer_at_once_end_in_one_leg_each_whatever_the_order() {
+    for seed in 0..40 {
+        let link = Link { delay: Duration::from_millis(10), jitter: Duration::from_millis(30), break_chance: 0.0 };
+        let (mut sim, call) = group_of(3, link, seed);
+        let from_a = sim.add(A, &call, C);
+        let from_b = sim.add(B, &call, C);
+        assert!(from_a.is_ok() && from_b.is_ok(), "seed {seed}: neither knows of the other's yet");
+        sim.run_for(Duration::from_secs(3));
+        sim.assert_mesh(&[A, B, C], seed);
+        for node in [A, B, C] {
+            sim.leave(node);
+        }
+        sim.settle();
+    }
+}
+
+#[test]
+fn a_busy_or_declining_invitee_leaves_the_call_as_it_was() {
+    let (mut sim, call) = group_of(4, Link::default(), 1);
+    // C is in a call of its own with D.
+    sim.dial(C, D).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    let invitation = sim.add(A, &call, C).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.end_reason(A, &invitation), Some(EndReason::Busy));
+    sim.assert_mesh(&[A, B], 1);
+    sim.assert_mesh(&[C, D], 1);
+    // Free now, and a person declines.
+    sim.leave(C);
+    sim.run_for(Duration::from_secs(1));
+    sim.daemons[C].board.set_policy(Policy::default());
+    let again = sim.add(A, &call, C).unwrap();
+    sim.run_for(Duration::from_millis(200));
+    let ringing = sim.only_call(C);
+    sim.command(C, &ringing, Command::Decline("not now".into())).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.end_reason(A, &again), Some(EndReason::Declined("not now".into())));
+    sim.assert_mesh(&[A, B], 1);
+    for node in [A, B] {
+        sim.leave(node);
+    }
+    sim.settle();
+}
+
+#[test]
+fn random_group_races_end_in_a_consistent_mesh() {
+    for seed in 0..60 {
+        let link = Link { delay: Duration::from_millis(5), jitter: Duration::from_millis(40), break_chance: 0.0 };
+        let (mut sim, call) = group_of(5, link, seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // Adds from whoever is in the call, at random moments, some at once.
+        for node in [C, D, 4] {
+            let adder = if rng.random_bool(0.5) { A } else { B };
+            let leg = sim.daemons[adder].board.pick(None).expect("in the call");
+            let _ = sim.add(adder, &leg, node);
+            sim.run_for(Duration::from_millis(rng.random_range(0..60)));
+        }
+        sim.run_for(Duration::from_secs(3));
+        sim.assert_mesh(&[A, B, C, D, 4], seed);
+        // Leaves at random moments, some at once.
+        for node in [A, B, C, D, 4] {
+            sim.leave(node);
+            sim.run_for(Duration::from_millis(rng.random_range(0..30)));
+        }
+        sim.settle();
+        let _ = call;
+    }
 }

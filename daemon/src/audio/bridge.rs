@@ -65,17 +65,15 @@ impl Bridge {
     /// Whether a leg already opened the endpoints.
     pub fn is_open(&self) -> bool {
         let shared = self.lock();
-        shared.input.is_some() || shared.output.is_some()
+        shared.input.is_some() && shared.output.is_some()
     }
 
-    /// Gives the bridge its endpoints, unless a leg did already (then these
-    /// are dropped: the first leg's stay in use).
+    /// Gives the bridge its endpoints, where it has none (a leg may have
+    /// opened them meanwhile: then those stay in use and these are dropped).
     pub fn open(&self, input: Box<dyn Source>, output: Box<dyn Sink>) {
         let mut shared = self.lock();
-        if shared.input.is_none() && shared.output.is_none() {
-            shared.input = Some(input);
-            shared.output = Some(output);
-        }
+        shared.input.get_or_insert(input);
+        shared.output.get_or_insert(output);
     }
 
     /// A leg's ends of the bridge: its sender's source and its player's sink.
@@ -92,14 +90,16 @@ impl Bridge {
 }
 
 impl Shared {
-    /// Closes the devices once no leg uses them (a later leg opens them anew).
-    fn close_if_unused(&mut self) -> Result<(), EndpointError> {
-        if self.sources > 0 || self.sinks > 0 {
-            return Ok(());
+    /// Closes the input once no leg's sender uses it, and the output once no
+    /// leg's player does (a later leg opens them anew). Each closes in the
+    /// task of its own last user, so the two close side by side, as they
+    /// open; a sound card may take a while to close.
+    fn close_unused(&mut self) -> Result<(), EndpointError> {
+        if self.sources == 0 {
+            self.input = None;
+            self.captured.clear();
         }
-        self.input = None;
-        self.captured.clear();
-        match self.output.take() {
+        match self.output.take_if(|_| self.sinks == 0) {
             Some(mut output) => output.finish(),
             None => Ok(()),
         }
@@ -154,7 +154,7 @@ impl Drop for BridgedSource {
         let mut shared = self.bridge.lock();
         shared.readers.remove(&self.leg);
         shared.sources -= 1;
-        let _ = shared.close_if_unused();
+        let _ = shared.close_unused();
     }
 }
 
@@ -177,7 +177,7 @@ impl BridgedSink {
             shared.clock = None;
         }
         shared.sinks -= 1;
-        shared.close_if_unused()
+        shared.close_unused()
     }
 }
 

@@ -212,10 +212,11 @@ impl Registry {
                 }
             }
             Inbox::Participants { call, peer, group, participants } => {
-                self.switchboard.introduce(&call, &group, participants.iter().map(|p| p.device_id));
+                let due = self.switchboard.introduce(&call, &group, participants.iter().map(|p| p.device_id));
                 if self.switchboard.group_of(&call) == Some(&group) {
                     self.remember(&group, participants.into_iter().filter(|p| p.device_id != peer));
                 }
+                self.join_participants(&call, &group, due);
             }
             Inbox::Finished(id) => {
                 self.calls.remove(&id);
@@ -517,8 +518,9 @@ impl Registry {
         Ok(self.start_leg(id, destination, self.audio((None, None)), leg))
     }
 
-    /// Once our invitation `call` is answered: joins each participant of
-    /// `group` it named (they rang nobody; their switchboards expect us).
+    /// Joins these participants of `group` (after our invitation `call` was
+    /// answered, or when `call`'s peer introduced them); their switchboards
+    /// expect us, and nothing rings.
     fn join_participants(&mut self, call: &CallId, group: &CallId, due: Vec<DeviceId>) {
         let bridge = self.bridge_for(call);
         for device in due {
