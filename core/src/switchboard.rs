@@ -321,6 +321,8 @@ struct Leg {
     /// An invitation to a group call, not yet answered and joined to the
     /// participants it named.
     invitation: bool,
+    /// It was answered once (its peer was in the call).
+    was_answered: bool,
 }
 
 impl Leg {
@@ -329,7 +331,7 @@ impl Leg {
             Direction::Outgoing => State::Outgoing,
             Direction::Incoming => State::Incoming,
         };
-        Leg { peer, source: None, answering: false, direction, state, group, invitation: false }
+        Leg { peer, source: None, answering: false, direction, state, group, invitation: false, was_answered: false }
     }
 
     fn live(&self) -> bool {
@@ -399,12 +401,14 @@ impl Switchboard {
             };
         }
         let live: Vec<(&CallId, &Leg)> = self.calls.iter().filter(|(_, leg)| leg.live()).collect();
-        // The legs of one group call are one call to the user.
+        // The legs of one group call are one call to the user: an answered
+        // one stands for it.
         if let Some((first, leg)) = live.first()
             && leg.group.is_some()
             && live.iter().all(|(_, other)| other.group == leg.group)
         {
-            return Ok((*first).clone());
+            let answered = live.iter().find(|(_, leg)| leg.answered()).map_or(*first, |(id, _)| *id);
+            return Ok(answered.clone());
         }
         let mut live = live.into_iter().map(|(id, _)| id);
         match (live.next(), live.count()) {
@@ -465,7 +469,17 @@ impl Switchboard {
     /// The peers of the group's live legs: who we are in the call with, or
     /// are inviting or joining.
     pub fn participants(&self, group: &CallId) -> Vec<DeviceId> {
-        self.legs_of(group).filter_map(|(_, leg)| leg.peer).collect()
+        self.legs_of(group)
+            .filter(|(_, leg)| leg.answered() || leg.direction == Direction::Outgoing)
+            .filter_map(|(_, leg)| leg.peer)
+            .collect()
+    }
+
+    /// Whether `peer` is only invited to `group` (our invitation or join to
+    /// it not answered yet): it is named as such, so that nobody calls it
+    /// before it is in the call.
+    pub fn invited(&self, group: &CallId, peer: DeviceId) -> bool {
+        self.legs_of(group).any(|(_, leg)| leg.peer == Some(peer) && !leg.answered())
     }
 
     /// The user adds `peer` to the answered call `call` (which becomes a group
@@ -473,7 +487,11 @@ impl Switchboard {
     /// group call's ID.
     pub fn add(&mut self, call: &CallId, peer: DeviceId, new_id: CallId) -> Result<CallId, CallError> {
         let leg = self.calls.get(call).ok_or_else(|| CallError::NoSuchCall(call.to_string()))?;
-        if !leg.answered() {
+        let answered = match &leg.group {
+            Some(group) => self.legs_of(group).any(|(_, leg)| leg.answered()),
+            None => leg.answered(),
+        };
+        if !answered {
             return Err(CallError::NotAnswered);
         }
         let (group, was_group) = match &leg.group {
@@ -525,21 +543,27 @@ impl Switchboard {
     /// way, and one of them must call: the lower device ID does, or the other
     /// if it already tried and was refused because this introduction had not
     /// reached us yet.
+    ///
+    /// `participants` are the device IDs, each with whether it is only invited
+    /// (not called until it is in the call). Only an answered call's peer can
+    /// introduce anyone.
     pub fn introduce(
         &mut self,
         call: &CallId,
         group: &CallId,
-        participants: impl IntoIterator<Item = DeviceId>,
+        participants: impl IntoIterator<Item = (DeviceId, bool)>,
     ) -> Vec<DeviceId> {
-        let Some(leg) = self.calls.get_mut(call).filter(|leg| leg.live()) else { return Vec::new() };
+        let Some(leg) = self.calls.get_mut(call).filter(|leg| leg.answered()) else { return Vec::new() };
         match &leg.group {
             None => leg.group = Some(group.clone()),
             Some(ours) if ours == group => {}
             Some(_) => return Vec::new(),
         }
         let own_id = self.own_id;
-        let named: BTreeSet<DeviceId> = participants.into_iter().filter(|p| *p != own_id).collect();
-        self.introduced.entry(group.clone()).or_default().extend(named.iter().copied());
+        let participants: Vec<(DeviceId, bool)> = participants.into_iter().filter(|(p, _)| *p != own_id).collect();
+        self.introduced.entry(group.clone()).or_default().extend(participants.iter().map(|(p, _)| *p));
+        let named: BTreeSet<DeviceId> =
+            participants.into_iter().filter(|(_, invited)| !invited).map(|(p, _)| p).collect();
         // Still ringing here: the answer's joins take them all.
         if !self.legs_of(group).any(|(_, leg)| leg.answered()) {
             return Vec::new();
@@ -675,7 +699,11 @@ impl Switchboard {
         // what is live.
         let same_invitation = group
             .and_then(|group| self.legs_of(&group.id).find(|(_, leg)| leg.invitation).map(|(_, leg)| leg.answering));
+        let named = group.is_some_and(|g| self.introduced.get(&g.id).is_some_and(|named| named.contains(&peer)));
         match same_invitation {
+            // Only from someone the first invitation named: a group ID alone
+            // is no ticket into the call.
+            Some(_) if !named => return Incoming::Refuse(Refusal::NotInvited),
             Some(answering) => answer |= answering,
             None if !self.may_ring_too(source) => return Incoming::Busy,
             None => {}
@@ -810,6 +838,7 @@ impl Switchboard {
             && leg.state == State::Incoming
             && matches!(state, State::Connecting | State::Active | State::OnHold);
         leg.state = state;
+        leg.was_answered |= leg.answered();
         if leg.peer.is_none() {
             leg.peer = peer;
         }
@@ -832,7 +861,15 @@ impl Switchboard {
 
     /// A call's task finished.
     pub fn finished(&mut self, call: &CallId) {
-        let group = self.calls.remove(call).and_then(|leg| leg.group);
+        let leg = self.calls.remove(call);
+        // Whoever leaves must be introduced again to return (a join that
+        // failed leaves its introduction: the other side may call back).
+        if let Some(Leg { group: Some(group), peer: Some(peer), was_answered: true, .. }) = &leg
+            && let Some(named) = self.introduced.get_mut(group)
+        {
+            named.remove(peer);
+        }
+        let group = leg.and_then(|leg| leg.group);
         if let Some(group) = group
             && !self.calls.values().any(|leg| leg.group.as_ref() == Some(&group))
         {
@@ -1219,7 +1256,12 @@ mod tests {
     fn group_part(group: &str, join: bool, named: &[u8]) -> GroupPart {
         let participants = named
             .iter()
-            .map(|b| crate::wire::Participant { device_id: id(*b), name: format!("p{b}"), address: None })
+            .map(|b| crate::wire::Participant {
+                device_id: id(*b),
+                name: format!("p{b}"),
+                address: None,
+                invited: false,
+            })
             .collect();
         GroupPart { id: call(group), join, participants }
     }
@@ -1239,8 +1281,10 @@ mod tests {
         assert_eq!(board.add(&call("ab"), id(3), call("ac")), Ok(call("ab")), "the call names the group");
         assert_eq!(board.group_of(&call("ab")), Some(&call("ab")));
         assert_eq!(board.add(&call("ab"), id(3), call("x")), Err(CallError::AlreadyInCall(id(3).short())));
-        // Still ringing: it can't add anyone itself.
-        assert_eq!(board.add(&call("ac"), id(9), call("x")), Err(CallError::NotAnswered));
+        // A call not answered yet takes nobody in.
+        let mut ringing = Switchboard::new(id(1), Policy::default());
+        ringing.dial(Some(id(2)), call("r")).unwrap();
+        assert_eq!(ringing.add(&call("r"), id(3), call("x")), Err(CallError::NotAnswered));
         for (n, leg) in [(4, "ad"), (5, "ae"), (6, "af")] {
             assert_eq!(board.add(&call("ab"), id(n), call(leg)), Ok(call("ab")));
         }
@@ -1264,11 +1308,11 @@ mod tests {
         };
         assert_eq!(joining(&mut board, "c1", 3), Incoming::Refuse(Refusal::NotInvited), "nobody named 3");
         // A stranger cannot introduce anyone; a participant can.
-        assert!(board.introduce(&call("zz"), &call("ab"), [id(3)]).is_empty());
+        assert!(board.introduce(&call("zz"), &call("ab"), [(id(3), false)]).is_empty());
         assert_eq!(joining(&mut board, "c2", 3), Incoming::Refuse(Refusal::NotInvited));
         // The peer of "ab" added someone: "ab" is now a leg of its group.
         // 3 is higher than us (1): it is ours to call, unless it calls first.
-        assert_eq!(board.introduce(&call("ab"), &call("ab"), [id(3), id(1)]), [id(3)]);
+        assert_eq!(board.introduce(&call("ab"), &call("ab"), [(id(3), false), (id(1), false)]), [id(3)]);
         assert_eq!(joining(&mut board, "c3", 3), Incoming::Ring { answer: true, hang_up: None });
         assert_eq!(joining(&mut board, "c4", 3), Incoming::Refuse(Refusal::CallIdInUse), "one leg per peer");
         // A join to a call we are not in.
@@ -1276,7 +1320,8 @@ mod tests {
         let refused = board.incoming(call("c5"), id(4), from(4), PeerStanding::Unknown, Some(&elsewhere), now);
         assert_eq!(refused, Incoming::Refuse(Refusal::NotInvited));
         // A blocked device stays blocked, introduced or not.
-        let _ = board.introduce(&call("ab"), &call("ab"), [id(5)]);
+        // One only invited is introduced, but not called.
+        assert!(board.introduce(&call("ab"), &call("ab"), [(id(5), true)]).is_empty());
         let blocked = PeerStanding::Known(Standing::Blocked);
         assert_eq!(
             board.incoming(call("c6"), id(5), from(5), blocked, Some(&join), now),

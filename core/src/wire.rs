@@ -225,6 +225,10 @@ pub struct Participant {
     /// a peer that does not see it by mDNS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::SocketAddr>,
+    /// Only invited: its invitation (or join) is not answered yet, so nobody
+    /// calls it; it calls everyone once it is in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invited: bool,
 }
 
 /// One message.
@@ -369,7 +373,7 @@ fn clean_text_fields(body: &mut Body) -> Result<(), WireError> {
 }
 
 /// Most participants a message may name (a group call has at most
-/// [`crate::group_call::MAX_PARTICIPANTS`]; a few more are tolerated so the
+/// [`crate::switchboard::MAX_PARTICIPANTS`]; a few more are tolerated so the
 /// receiver, not the parser, says the call is full).
 pub const MAX_NAMED_PARTICIPANTS: usize = 16;
 
@@ -402,6 +406,7 @@ mod tests {
             device_id: DeviceId::from_hash([byte; 32]),
             name: format!("p{byte}"),
             address: Some(std::net::SocketAddr::from(([10, 0, 0, byte], 7000))),
+            invited: byte.is_multiple_of(2),
         }
     }
 

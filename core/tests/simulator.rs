@@ -123,8 +123,8 @@ fn setup(name: &str) -> CallSetup {
     }
 }
 
-fn participant(device_id: DeviceId) -> Participant {
-    Participant { device_id, name: String::new(), address: None }
+fn participant(device_id: DeviceId, invited: bool) -> Participant {
+    Participant { device_id, name: String::new(), address: None, invited }
 }
 
 impl Sim {
@@ -229,7 +229,8 @@ impl Sim {
     /// The participants of `node`'s group call other than `peer`.
     fn participants_for(&self, node: Node, group: &CallId, peer: DeviceId) -> Vec<Participant> {
         let board = &self.daemons[node].board;
-        board.participants(group).into_iter().filter(|p| *p != peer).map(participant).collect()
+        let others = board.participants(group).into_iter().filter(|p| *p != peer);
+        others.map(|p| participant(p, board.invited(group, p))).collect()
     }
 
     /// Tells each of `node`'s legs of `group` who else is in it.
@@ -375,7 +376,7 @@ impl Sim {
                     }
                 }
                 Output::Participants { group, participants } => {
-                    let devices = participants.iter().map(|p| p.device_id);
+                    let devices = participants.iter().map(|p| (p.device_id, p.invited));
                     let due = self.daemons[node].board.introduce(call, &group, devices);
                     self.join(node, &group, due);
                 }

@@ -359,7 +359,10 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
             });
             // A group call's legs share one "Add to the call": under its first.
             let first_of_group = call.group_id.is_empty()
-                || others.iter().find(|c| c.group_id == call.group_id).is_some_and(|c| c.call_id == call.call_id);
+                || others
+                    .iter()
+                    .find(|c| c.group_id == call.group_id && is_live(c))
+                    .is_some_and(|c| c.call_id == call.call_id);
             if live && first_of_group {
                 menu.push(add_to_the_call(state, call, &others));
             }

@@ -212,7 +212,8 @@ impl Registry {
                 }
             }
             Inbox::Participants { call, peer, group, participants } => {
-                let due = self.switchboard.introduce(&call, &group, participants.iter().map(|p| p.device_id));
+                let named = participants.iter().map(|p| (p.device_id, p.invited));
+                let due = self.switchboard.introduce(&call, &group, named);
                 if self.switchboard.group_of(&call) == Some(&group) {
                     self.remember(&group, participants.into_iter().filter(|p| p.device_id != peer));
                 }
@@ -267,9 +268,11 @@ impl Registry {
                         // What is about me goes to every participant; the speaker
                         // of one named participant is that participant's alone.
                         let whole_call = match &input {
-                            Command::Hangup | Command::SetMute(_) | Command::SetHold(_) | Command::SetProcessing(_) => {
-                                true
-                            }
+                            Command::Hangup
+                            | Command::Decline(_)
+                            | Command::SetMute(_)
+                            | Command::SetHold(_)
+                            | Command::SetProcessing(_) => true,
                             Command::SetSpeakerMute(_) => !named,
                             _ => false,
                         };
@@ -502,10 +505,17 @@ impl Registry {
                 return Err(CallError::BadTarget(target.to_owned(), why));
             }
         };
-        let version = self.context.hub.state().peers.get(&device).map_or(PROTOCOL_VERSION, |p| p.protocol_version);
-        if version < PROTOCOL_VERSION {
-            return Err(CallError::TooOld(name, version));
+        // Everyone in the call is told of the newcomer in a version-2 message.
+        let state = self.context.hub.state();
+        let in_the_call =
+            self.switchboard.legs_with(&call).into_iter().filter_map(|leg| self.switchboard.peer_of(&leg));
+        for peer in std::iter::once(device).chain(in_the_call) {
+            if let Some(old) = state.peers.get(&peer).filter(|p| p.protocol_version < PROTOCOL_VERSION) {
+                let who = if peer == device { name } else { old.display_name.clone() };
+                return Err(CallError::TooOld(who, old.protocol_version));
+            }
         }
+        drop(state);
         let id = CallId::random();
         let group = self.switchboard.add(&call, device, id.clone())?;
         info!(call_id = %id, %group, peer = %device.short(), "adding a participant");
@@ -576,7 +586,8 @@ impl Registry {
                 let address = seen
                     .and_then(|p| dial_target::addresses(p).first().copied())
                     .or_else(|| told.and_then(|t| t.get(&device)).and_then(|t| t.address));
-                Participant { device_id: device, name, address }
+                let invited = self.switchboard.invited(group, device);
+                Participant { device_id: device, name, address, invited }
             })
             .collect()
     }
