@@ -29,6 +29,9 @@ const QUEUED_FRAMES: usize = 3;
 #[derive(Clone, Default)]
 pub struct Bridge {
     shared: Arc<Mutex<Shared>>,
+    /// Held by the leg that opens the endpoints: a leg answered at the same
+    /// moment waits for them instead of opening the devices a second time.
+    opening: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -60,6 +63,12 @@ impl Bridge {
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until no other leg is opening the endpoints, and keeps them from
+    /// doing so until the guard is dropped.
+    pub async fn opening(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.opening.clone().lock_owned().await
     }
 
     /// Whether a leg already opened the endpoints.

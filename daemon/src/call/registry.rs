@@ -139,6 +139,9 @@ pub struct Registry {
     told: HashMap<CallId, HashMap<DeviceId, Participant>>,
     /// Calls the user muted: a leg that joins their group call starts muted.
     muted: HashSet<CallId>,
+    /// Calls the user put on hold: a leg that joins their group call is held
+    /// once it is answered.
+    held: HashSet<CallId>,
     /// Call requests refused by the rate limits, logged at most every 10 s.
     refusals: Throttle,
 }
@@ -155,6 +158,7 @@ impl Registry {
             bridges: HashMap::new(),
             told: HashMap::new(),
             muted: HashSet::new(),
+            held: HashSet::new(),
             refusals: Throttle::new(Duration::from_secs(10)),
         }
     }
@@ -209,6 +213,12 @@ impl Registry {
                     && let Some(group) = self.switchboard.group_of(&call).cloned()
                 {
                     self.share_participants(&group);
+                    let on_hold = self.switchboard.group_legs(&group).iter().any(|leg| self.held.contains(leg));
+                    // A hold it already has changes nothing.
+                    if on_hold {
+                        self.held.insert(call.clone());
+                        self.tell(&call, Command::SetHold(true));
+                    }
                 }
             }
             Inbox::Participants { call, peer, group, participants } => {
@@ -223,6 +233,7 @@ impl Registry {
                 self.calls.remove(&id);
                 self.bridges.remove(&id);
                 self.muted.remove(&id);
+                self.held.remove(&id);
                 let group = self.switchboard.group_of(&id).cloned();
                 self.switchboard.finished(&id);
                 self.switchboard.expire(clock::now());
@@ -278,13 +289,13 @@ impl Registry {
                         };
                         if whole_call {
                             for other in self.switchboard.legs_with(&handle.id) {
-                                if let Command::SetMute(muted) = input {
-                                    if muted {
-                                        self.muted.insert(other.clone())
-                                    } else {
-                                        self.muted.remove(&other)
-                                    };
-                                }
+                                match input {
+                                    Command::SetMute(true) => self.muted.insert(other.clone()),
+                                    Command::SetMute(false) => self.muted.remove(&other),
+                                    Command::SetHold(true) => self.held.insert(other.clone()),
+                                    Command::SetHold(false) => self.held.remove(&other),
+                                    _ => false,
+                                };
                                 if other != handle.id {
                                     self.tell(&other, input.clone());
                                 }
@@ -602,9 +613,14 @@ impl Registry {
 
     /// Sends a call a command without waiting for it.
     fn tell(&self, call: &CallId, command: Command) {
-        if let Some(handle) = self.calls.get(call).cloned() {
-            let (reply, _) = oneshot::channel();
-            ask(handle, CallCommandParts { command, audio: None, recording_file: None }, reply);
+        let Some(handle) = self.calls.get(call) else { return };
+        let (reply, _) = oneshot::channel();
+        let command = CallCommand { command, audio: None, recording_file: None, reply };
+        // Queued now, so a call gets them in the order they were told (a mute
+        // and an unmute in quick succession); a full queue waits in a task.
+        if let Err(mpsc::error::TrySendError::Full(command)) = handle.commands.try_send(command) {
+            let commands = handle.commands.clone();
+            tokio::spawn(async move { commands.send(command).await });
         }
     }
 }

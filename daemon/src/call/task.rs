@@ -348,9 +348,11 @@ impl Call {
         if self.media.is_none() {
             return Ok(());
         }
+        let opening = self.bridge.opening().await;
         if !self.bridge.is_open() {
             self.open_audio().await?;
         }
+        drop(opening);
         let Some(media) = self.media.as_mut() else { return Ok(()) };
         let (source, sink) = self.bridge.leg();
         // An echo peer sends back what this leg hears, not the bridge's input.
