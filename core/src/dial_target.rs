@@ -72,6 +72,15 @@ fn known(peer: &PeerRecord) -> Target {
     Target::Peer { addresses: addresses(peer), device: peer.device_id, name: peer.display_name.clone() }
 }
 
+/// Whether an address a peer gave for a third device (a group call's
+/// participant) is worth dialing: a unicast address with a port, and loopback
+/// only where the config allows it. Anything else a peer could name only to
+/// make us dial where it likes.
+pub fn usable_hint(address: &SocketAddr, allow_loopback: bool) -> bool {
+    let ip = address.ip();
+    address.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && (allow_loopback || !ip.is_loopback())
+}
+
 /// Addresses to try for a discovered peer: IPv4 first; IPv6 link-local is left
 /// out (it needs an interface scope the records do not carry).
 pub fn addresses(peer: &PeerRecord) -> Vec<SocketAddr> {
@@ -164,5 +173,17 @@ mod tests {
             resolve("bob", &peers, &Contacts::default()),
             Err(CallError::Ambiguous { name: "bob".into(), count: 2 })
         );
+    }
+
+    #[test]
+    fn a_participants_address_from_a_peer_is_dialed_only_if_it_could_be_one() {
+        let hint = |text: &str, loopback| usable_hint(&text.parse().unwrap(), loopback);
+        assert!(hint("10.0.0.3:4711", false));
+        assert!(hint("[fd00::3]:4711", false));
+        assert!(!hint("10.0.0.3:0", false), "no port");
+        assert!(!hint("0.0.0.0:4711", false));
+        assert!(!hint("224.0.0.251:5353", false));
+        assert!(!hint("127.0.0.1:4711", false));
+        assert!(hint("127.0.0.1:4711", true), "calls.allow_loopback");
     }
 }

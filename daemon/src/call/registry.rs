@@ -547,15 +547,20 @@ impl Registry {
         for device in due {
             let told = self.told.get(group).and_then(|told| told.get(&device)).cloned();
             let seen = self.context.hub.state().peers.get(&device).cloned();
+            let allow_loopback = self.settings.borrow().calls.allow_loopback;
             let addresses = match (&seen, &told) {
                 (Some(peer), _) if peer.online => dial_target::addresses(peer),
-                (_, Some(Participant { address: Some(address), .. })) => vec![*address],
+                (_, Some(Participant { address: Some(address), .. }))
+                    if dial_target::usable_hint(address, allow_loopback) =>
+                {
+                    vec![*address]
+                }
                 _ => Vec::new(),
             };
             let name =
                 seen.map(|peer| peer.display_name).or_else(|| told.map(|t| t.name)).unwrap_or_else(|| device.short());
             if addresses.is_empty() {
-                warn!(%group, peer = %device.short(), "cannot join a participant: it has no known address");
+                warn!(%group, peer = %device.short(), "cannot join a participant: mDNS does not see it, and no usable address was given for it");
                 continue;
             }
             let id = CallId::random();
