@@ -48,6 +48,8 @@ pub struct CallRecord {
     pub output: OutputSpec,
     /// The group call this is a leg of (one leg per other participant).
     pub group: Option<CallId>,
+    /// It rings beside a call in progress (call waiting), until answered.
+    pub waiting: bool,
 }
 
 impl CallRecord {
@@ -83,6 +85,7 @@ impl CallRecord {
             input,
             output,
             group: None,
+            waiting: false,
         }
     }
 }

@@ -77,6 +77,10 @@ pub struct CallsConfig {
     /// Do-not-disturb: nobody rings, whatever `who_may_ring` says (which comes
     /// back when it is turned off).
     pub do_not_disturb: bool,
+    /// Call waiting: a call that comes in while another is live rings softly
+    /// and can be answered by holding the other call or merging the two;
+    /// off, the caller is told "busy".
+    pub call_waiting: bool,
     /// Seconds a call rings before it ends as "no answer" (5 to 600).
     pub ring_timeout_secs: Bounded<5, 600>,
     /// Opus frame length in milliseconds: 10 or 20.
@@ -102,6 +106,7 @@ impl Default for CallsConfig {
             auto_answer: AutoAnswer::Off,
             who_may_ring: WhoMayRing::Everyone,
             do_not_disturb: false,
+            call_waiting: false,
             ring_timeout_secs: Bounded(30),
             frame_ms: FrameMs(20),
             bitrate_kbps: Bounded(32),

@@ -225,6 +225,16 @@ pub const KEYS: &[ConfigKey] = &[
         flag: None,
     },
     ConfigKey {
+        key: "calls.call_waiting",
+        kind: Kind::Bool,
+        default: "false",
+        applies: Applies::Live,
+        doc: "Call waiting: a call that comes in during another rings softly, and answering it holds the \
+              other call (or merges the two into a group call: voicectl answer --merge). Off, the caller \
+              hears busy.",
+        flag: None,
+    },
+    ConfigKey {
         key: "calls.do_not_disturb",
         kind: Kind::Bool,
         default: "false",

@@ -5,6 +5,9 @@
 //!   each, twice), then 1.4 s of quiet; a 2 s cycle.
 //! - [`Ring::Ringback`], what a caller hears while the peer rings: 425 Hz for
 //!   1 s, then 4 s of quiet (ITU-T E.180's ringing tone).
+//! - [`Ring::Waiting`], a call waiting while another is live: two soft 425 Hz
+//!   beeps (200 ms, 200 ms apart) every 4 s, 12 dB below the ringtone, so
+//!   the conversation goes on over it.
 //!
 //! Every note fades in and out over 10 ms, so nothing clicks.
 
@@ -24,6 +27,8 @@ pub enum Ring {
     Incoming,
     /// The peer is ringing (the caller's side).
     Ringback,
+    /// A call is waiting beside the one in progress.
+    Waiting,
 }
 
 /// A note: a frequency from `start` for `length` samples, within a cycle.
@@ -39,6 +44,7 @@ impl Ring {
         match self {
             Ring::Incoming => 2 * RATE,
             Ring::Ringback => 5 * RATE,
+            Ring::Waiting => 4 * RATE,
         }
     }
 
@@ -52,6 +58,19 @@ impl Ring {
                 Note { hz: 1046.5, start: 3 * NOTE, length: NOTE },
             ],
             Ring::Ringback => &[Note { hz: 425.0, start: 0, length: RATE }],
+            Ring::Waiting => &[
+                Note { hz: 425.0, start: 0, length: RATE / 5 },
+                Note { hz: 425.0, start: 2 * RATE / 5, length: RATE / 5 },
+            ],
+        }
+    }
+
+    /// How loud, before the ring volume.
+    fn amplitude(self) -> f64 {
+        match self {
+            Ring::Incoming | Ring::Ringback => AMPLITUDE,
+            // -24 dBFS: under the voices of the call in progress.
+            Ring::Waiting => AMPLITUDE / 4.0,
         }
     }
 
@@ -66,7 +85,7 @@ impl Ring {
         let envelope =
             if edge < FADE { 0.5 - 0.5 * (std::f64::consts::PI * edge as f64 / FADE as f64).cos() } else { 1.0 };
         let phase = TAU * note.hz * position as f64 / RATE as f64;
-        (AMPLITUDE * envelope * phase.sin()) as i16
+        (self.amplitude() * envelope * phase.sin()) as i16
     }
 }
 
@@ -132,8 +151,22 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_call_beeps_twice_softly_every_four_seconds() {
+        let samples = seconds(Ring::Waiting, 8.0);
+        let tenth = |n: usize| &samples[n * 4800..(n + 1) * 4800];
+        for beep in [0, 1, 4, 5, 40, 41, 44, 45] {
+            assert!(tone_share(tenth(beep), 425.0) > 0.9, "tenth {beep}");
+            let level = rms(tenth(beep));
+            assert!(level > 1000.0 && level < 2100.0, "a quarter of the ringtone's level: {level}");
+        }
+        for quiet in [2, 3, 6, 7, 20, 39, 46, 79] {
+            assert_eq!(rms(tenth(quiet)), 0.0, "tenth {quiet}");
+        }
+    }
+
+    #[test]
     fn notes_fade_in_and_out_without_a_click() {
-        for ring in [Ring::Incoming, Ring::Ringback] {
+        for ring in [Ring::Incoming, Ring::Ringback, Ring::Waiting] {
             let samples = seconds(ring, 5.0);
             let largest_step = samples.windows(2).map(|w| (i32::from(w[1]) - i32::from(w[0])).abs()).max();
             // A 1.3 kHz sine at -12 dBFS moves at most ~1400 per sample; a

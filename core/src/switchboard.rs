@@ -32,6 +32,11 @@
 //!   each leg's own TLS. At most [`MAX_PARTICIPANTS`] people, this device
 //!   included. Two participants inviting the same peer at once ring it once:
 //!   answering one invitation answers the other.
+//! - Call waiting ([`Policy::call_waiting`]): while a call is live, one more
+//!   two-party call may ring, softly and never answered automatically.
+//!   Answering it holds the calls already answered, or merges it into one of
+//!   them ([`Switchboard::answer_waiting`]); resuming a held call holds the
+//!   others ([`Switchboard::answered_beside`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -133,6 +138,9 @@ pub struct Policy {
     pub request_window: Duration,
     /// Calls that may ring here at once, each from its own address.
     pub max_ringing: usize,
+    /// A call that comes in while another is live waits (rings softly)
+    /// instead of being told "busy".
+    pub call_waiting: bool,
 }
 
 impl Default for Policy {
@@ -145,6 +153,7 @@ impl Default for Policy {
             requests_per_source: 30,
             request_window: Duration::from_secs(60),
             max_ringing: 4,
+            call_waiting: false,
         }
     }
 }
@@ -184,6 +193,9 @@ pub enum CallError {
     /// Already in a call.
     #[error("already in a call: hang up first, or add the peer to it (voicectl add)")]
     Busy,
+    /// A merge needs a call to merge into, and a waiting call to merge.
+    #[error("only a waiting call can be merged into the call in progress (answer it without --merge)")]
+    NothingToMerge,
     /// A peer may be added to an answered call only.
     #[error("a peer can be added to an answered call only")]
     NotAnswered,
@@ -237,6 +249,8 @@ pub enum Incoming {
         answer: bool,
         /// Our own call to the same peer, to hang up first (glare, theirs wins).
         hang_up: Option<CallId>,
+        /// It waits beside a live call: it rings softly.
+        waiting: bool,
     },
     /// Tell the caller we are busy.
     Busy,
@@ -244,6 +258,21 @@ pub enum Incoming {
     Glare,
     /// Refuse with an error message for the caller.
     Refuse(Refusal),
+}
+
+/// What answering a waiting call does to the calls in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitingAnswer {
+    /// Put these on hold.
+    Hold(Vec<CallId>),
+    /// The waiting call joined `group`: its live legs (the waiting call's
+    /// among them) are `legs`; any held are resumed.
+    Merge {
+        /// The group call, new or not.
+        group: CallId,
+        /// Its live legs.
+        legs: Vec<CallId>,
+    },
 }
 
 /// Why a call request was refused outright.
@@ -323,6 +352,8 @@ struct Leg {
     invitation: bool,
     /// It was answered once (its peer was in the call).
     was_answered: bool,
+    /// It rang while another call was live (call waiting).
+    waiting: bool,
 }
 
 impl Leg {
@@ -331,7 +362,17 @@ impl Leg {
             Direction::Outgoing => State::Outgoing,
             Direction::Incoming => State::Incoming,
         };
-        Leg { peer, source: None, answering: false, direction, state, group, invitation: false, was_answered: false }
+        Leg {
+            peer,
+            source: None,
+            answering: false,
+            direction,
+            state,
+            group,
+            invitation: false,
+            was_answered: false,
+            waiting: false,
+        }
     }
 
     fn live(&self) -> bool {
@@ -700,25 +741,29 @@ impl Switchboard {
         let same_invitation = group
             .and_then(|group| self.legs_of(&group.id).find(|(_, leg)| leg.invitation).map(|(_, leg)| leg.answering));
         let named = group.is_some_and(|g| self.introduced.get(&g.id).is_some_and(|named| named.contains(&peer)));
+        let mut waiting = false;
         match same_invitation {
             // Only from someone the first invitation named: a group ID alone
             // is no ticket into the call.
             Some(_) if !named => return Incoming::Refuse(Refusal::NotInvited),
             Some(answering) => answer |= answering,
-            None if !self.may_ring_too(source) => return Incoming::Busy,
-            None => {}
+            None if self.may_ring_too(source) => {}
+            // Nobody barges into a call: a waiting call is answered by a person.
+            None if group.is_none() && self.may_wait() => (waiting, answer) = (true, false),
+            None => return Incoming::Busy,
         }
         let mut leg = Leg::new(Some(peer), Direction::Incoming, group.map(|g| g.id.clone()));
         leg.source = Some(source);
         leg.answering = answer;
         leg.invitation = group.is_some();
+        leg.waiting = waiting;
         if let Some(group) = group {
             let own_id = self.own_id;
             let named = group.participants.iter().map(|p| p.device_id).filter(|p| *p != own_id && *p != peer);
             self.introduced.entry(group.id.clone()).or_default().extend(named);
         }
         self.calls.insert(call, leg);
-        Incoming::Ring { answer, hang_up }
+        Incoming::Ring { answer, hang_up, waiting }
     }
 
     /// A participant of `group` joins: answered at once if a participant
@@ -758,7 +803,7 @@ impl Switchboard {
         leg.source = Some(source);
         leg.answering = true;
         self.calls.insert(call, leg);
-        Incoming::Ring { answer: true, hang_up }
+        Incoming::Ring { answer: true, hang_up, waiting: false }
     }
 
     /// The user answers `call` (a command, or a dial to the peer ringing us):
@@ -801,6 +846,67 @@ impl Switchboard {
         live.iter().all(|leg| leg.direction == Direction::Incoming && leg.state == State::Incoming && !leg.answering)
             && live.len() < self.policy.max_ringing.max(1)
             && live.iter().all(|leg| leg.source != Some(source))
+    }
+
+    /// Whether a call may wait beside those live: call waiting is on, a call
+    /// is answered, and no other call is ringing here.
+    fn may_wait(&self) -> bool {
+        let mut live = self.calls.values().filter(|leg| leg.live());
+        self.policy.call_waiting
+            && self.calls.values().any(|leg| leg.live() && leg.answered())
+            && !live.any(|leg| leg.direction == Direction::Incoming && leg.state == State::Incoming)
+    }
+
+    /// The user answers `call`: if it is waiting, `merge` joins it to the
+    /// call in progress (one not on hold if there is one), and otherwise the
+    /// calls answered beside it are held. `None` for a call that is not
+    /// waiting (an ordinary answer); merging one is refused.
+    pub fn answer_waiting(&mut self, call: &CallId, merge: bool) -> Result<Option<WaitingAnswer>, CallError> {
+        let waiting = self.calls.get(call).filter(|leg| leg.waiting && leg.state == State::Incoming);
+        let Some(peer) = waiting.map(|leg| leg.peer) else {
+            return if merge { Err(CallError::NothingToMerge) } else { Ok(None) };
+        };
+        let beside = self.answered_beside(call);
+        if !merge {
+            return Ok(Some(WaitingAnswer::Hold(beside)));
+        }
+        let active = beside.iter().find(|id| self.calls.get(*id).is_some_and(|leg| leg.state == State::Active));
+        let into = active.or(beside.first()).cloned().ok_or(CallError::NothingToMerge)?;
+        let group = self.group_of(&into).cloned().unwrap_or_else(|| into.clone());
+        if let Some(peer) = peer.filter(|peer| self.legs_with(&into).iter().any(|leg| self.peer_of(leg) == Some(*peer)))
+        {
+            return Err(CallError::AlreadyInCall(peer.short()));
+        }
+        if 2 + self.legs_with(&into).len() > MAX_PARTICIPANTS {
+            return Err(CallError::GroupFull);
+        }
+        self.set_group(&into, Some(group.clone()));
+        self.set_group(call, Some(group.clone()));
+        let legs = self.group_legs(&group);
+        Ok(Some(WaitingAnswer::Merge { group, legs }))
+    }
+
+    /// The answered calls live beside `call` (and its group call's legs):
+    /// those to hold when it is answered or resumed, so that one
+    /// conversation is heard at a time.
+    pub fn answered_beside(&self, call: &CallId) -> Vec<CallId> {
+        let ours = self.legs_with(call);
+        self.calls
+            .iter()
+            .filter(|(id, leg)| leg.live() && leg.answered() && !ours.contains(id))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The call an answer or decline is for: the named one, or the only call
+    /// ringing here (beside a call in progress, say).
+    pub fn pick_ringing(&self, call: Option<&CallId>) -> Result<CallId, CallError> {
+        let mut ringing =
+            self.calls.iter().filter(|(_, leg)| leg.direction == Direction::Incoming && leg.state == State::Incoming);
+        match (call, ringing.next(), ringing.next()) {
+            (None, Some((only, _)), None) => Ok(only.clone()),
+            _ => self.pick(call),
+        }
     }
 
     /// When `requester` may try again, if it has used up its `limit`.
@@ -918,7 +1024,7 @@ mod tests {
         board.state_changed(&call("a"), State::Ended, None);
         assert_eq!(
             board.incoming(call("c"), id(3), from(3), PeerStanding::Unknown, None, now),
-            Incoming::Ring { answer: false, hang_up: None }
+            Incoming::Ring { answer: false, hang_up: None, waiting: false }
         );
         assert_eq!(board.pick(None), Ok(call("c")));
     }
@@ -931,7 +1037,7 @@ mod tests {
         let ring = |board: &mut Switchboard, name: &str, who: u8, source: u8| {
             board.incoming(call(name), id(who), from(source), PeerStanding::Unknown, None, now)
         };
-        let rings = Incoming::Ring { answer: false, hang_up: None };
+        let rings = Incoming::Ring { answer: false, hang_up: None, waiting: false };
         assert_eq!(ring(&mut board, "hostile", 66, 66), rings);
         assert_eq!(ring(&mut board, "again", 67, 66), Incoming::Busy, "one ringing call per address");
         assert_eq!(ring(&mut board, "alice", 2, 2), rings, "another address rings too");
@@ -956,7 +1062,7 @@ mod tests {
         let policy = Policy { auto_answer: AutoAnswer::Everyone, ..Policy::default() };
         let mut board = Switchboard::new(id(LOW), policy);
         let first = board.incoming(call("a"), id(2), from(2), PeerStanding::Unknown, None, now);
-        assert_eq!(first, Incoming::Ring { answer: true, hang_up: None });
+        assert_eq!(first, Incoming::Ring { answer: true, hang_up: None, waiting: false });
         assert_eq!(board.incoming(call("b"), id(3), from(3), PeerStanding::Unknown, None, now), Incoming::Busy);
     }
 
@@ -984,7 +1090,7 @@ mod tests {
         high.dial(Some(id(LOW)), call("from-high")).unwrap();
         assert_eq!(
             high.incoming(call("from-low"), id(LOW), from(LOW), PeerStanding::Unknown, None, now),
-            Incoming::Ring { answer: true, hang_up: Some(call("from-high")) }
+            Incoming::Ring { answer: true, hang_up: Some(call("from-high")), waiting: false }
         );
         assert_eq!(high.pick(None), Ok(call("from-low")));
     }
@@ -1005,7 +1111,7 @@ mod tests {
                 None,
                 now + Duration::from_secs(1)
             ),
-            Incoming::Ring { answer: true, hang_up: None }
+            Incoming::Ring { answer: true, hang_up: None, waiting: false }
         );
         // After the window, a call from the same peer just rings.
         let mut late = Switchboard::new(id(HIGH), Policy::default());
@@ -1014,7 +1120,7 @@ mod tests {
         late.finished(&call("x"));
         assert_eq!(
             late.incoming(call("y"), id(LOW), from(LOW), PeerStanding::Unknown, None, now + Duration::from_secs(10)),
-            Incoming::Ring { answer: false, hang_up: None }
+            Incoming::Ring { answer: false, hang_up: None, waiting: false }
         );
     }
 
@@ -1165,7 +1271,7 @@ mod tests {
         let Ok(Dial::Place(ours)) = high.dial(Some(id(LOW)), call("ours")) else { panic!() };
         assert_eq!(
             high.incoming(call("theirs"), id(LOW), from(LOW), PeerStanding::Unknown, None, now),
-            Incoming::Ring { answer: true, hang_up: Some(ours) }
+            Incoming::Ring { answer: true, hang_up: Some(ours), waiting: false }
         );
     }
 
@@ -1209,10 +1315,10 @@ mod tests {
         let policy = Policy { auto_answer: AutoAnswer::Trusted, ..Policy::default() };
         let mut board = Switchboard::new(id(LOW), policy);
         let stranger = board.incoming(call("a"), id(2), from(2), PeerStanding::Unknown, None, now);
-        assert_eq!(stranger, Incoming::Ring { answer: false, hang_up: None });
+        assert_eq!(stranger, Incoming::Ring { answer: false, hang_up: None, waiting: false });
         board.finished(&call("a"));
         let friend = board.incoming(call("b"), id(3), from(3), PeerStanding::Known(Standing::Trusted), None, now);
-        assert_eq!(friend, Incoming::Ring { answer: true, hang_up: None });
+        assert_eq!(friend, Incoming::Ring { answer: true, hang_up: None, waiting: false });
         assert_eq!("true".parse::<AutoAnswer>(), Ok(AutoAnswer::Everyone), "the old boolean still reads");
         assert!("sometimes".parse::<AutoAnswer>().unwrap_err().contains("off, trusted, everyone"));
     }
@@ -1223,7 +1329,7 @@ mod tests {
         let mut board = Switchboard::new(id(LOW), Policy { auto_answer: AutoAnswer::Everyone, ..Policy::default() });
         assert_eq!(
             board.incoming(call("a"), id(2), from(2), PeerStanding::Unknown, None, now),
-            Incoming::Ring { answer: true, hang_up: None }
+            Incoming::Ring { answer: true, hang_up: None, waiting: false }
         );
     }
 
@@ -1274,6 +1380,87 @@ mod tests {
         board
     }
 
+    /// [`in_a_call`] with call waiting on.
+    fn waiting_board() -> Switchboard {
+        let mut board = in_a_call();
+        board.set_policy(Policy { call_waiting: true, auto_answer: AutoAnswer::Everyone, ..Policy::default() });
+        board
+    }
+
+    fn waits(board: &mut Switchboard, name: &str, peer: u8) -> Incoming {
+        board.incoming(call(name), id(peer), from(peer), PeerStanding::Unknown, None, Instant::now())
+    }
+
+    #[test]
+    fn with_call_waiting_one_call_waits_beside_the_call_in_progress_and_nothing_answers_it_by_itself() {
+        let mut board = in_a_call();
+        assert_eq!(waits(&mut board, "busy", 3), Incoming::Busy, "call waiting is off by default");
+        let mut board = waiting_board();
+        let waiting = Incoming::Ring { answer: false, hang_up: None, waiting: true };
+        assert_eq!(waits(&mut board, "ac", 3), waiting, "auto-answer never barges into a call");
+        assert_eq!(waits(&mut board, "ad", 4), Incoming::Busy, "one waiting call at a time");
+        // An answer or decline that names no call is for the one ringing.
+        assert_eq!(board.pick_ringing(None), Ok(call("ac")));
+        assert_eq!(board.pick(None), Err(CallError::WhichCall(2)));
+        assert_eq!(board.dial(Some(id(5)), call("x")), Err(CallError::Busy), "a dial is not call waiting");
+        // An invitation to someone's group call does not wait: busy.
+        let mut board = waiting_board();
+        let invitation = group_part("g", false, &[5]);
+        let decision =
+            board.incoming(call("g1"), id(4), from(4), PeerStanding::Unknown, Some(&invitation), Instant::now());
+        assert_eq!(decision, Incoming::Busy);
+        // Nothing answered yet (only ringing or dialing): no waiting either.
+        let mut ringing = Switchboard::new(id(1), Policy { call_waiting: true, ..Policy::default() });
+        ringing.dial(Some(id(2)), call("out")).unwrap();
+        assert_eq!(waits(&mut ringing, "in", 3), Incoming::Busy);
+    }
+
+    #[test]
+    fn answering_a_waiting_call_holds_the_call_in_progress_and_resuming_that_holds_the_other() {
+        let mut board = waiting_board();
+        waits(&mut board, "ac", 3);
+        assert_eq!(board.answer_waiting(&call("ab"), false), Ok(None), "not a waiting call: an ordinary answer");
+        assert_eq!(board.answer_waiting(&call("ab"), true), Err(CallError::NothingToMerge));
+        assert_eq!(board.answer_waiting(&call("ac"), false), Ok(Some(WaitingAnswer::Hold(vec![call("ab")]))));
+        assert_eq!(board.answering(&call("ac")), Vec::<CallId>::new());
+        board.state_changed(&call("ab"), State::OnHold, None);
+        board.state_changed(&call("ac"), State::Active, None);
+        assert_eq!(board.answered_beside(&call("ab")), [call("ac")], "resuming ab holds ac");
+        assert_eq!(board.answered_beside(&call("ac")), [call("ab")]);
+        assert_eq!(board.group_of(&call("ac")), None, "two calls, not one");
+        // Another call may wait now, beside the two.
+        assert_eq!(waits(&mut board, "ad", 4), Incoming::Ring { answer: false, hang_up: None, waiting: true });
+    }
+
+    #[test]
+    fn a_merged_waiting_call_joins_the_call_in_progress_as_a_group_call_of_at_most_six() {
+        let mut board = waiting_board();
+        waits(&mut board, "ac", 3);
+        let merged = board.answer_waiting(&call("ac"), true);
+        assert_eq!(merged, Ok(Some(WaitingAnswer::Merge { group: call("ab"), legs: vec![call("ab"), call("ac")] })));
+        assert_eq!(board.group_of(&call("ac")), Some(&call("ab")));
+        board.answering(&call("ac"));
+        board.state_changed(&call("ac"), State::Active, Some(id(3)));
+        assert_eq!(board.participants(&call("ab")), [id(2), id(3)]);
+        assert_eq!(board.answered_beside(&call("ab")), Vec::<CallId>::new(), "one call: nothing to hold");
+
+        // Into a group of five (us and four): the sixth fits, a seventh not.
+        let mut board = waiting_board();
+        for (n, leg) in [(3, "ac"), (4, "ad"), (5, "ae")] {
+            board.add(&call("ab"), id(n), call(leg)).unwrap();
+            board.state_changed(&call(leg), State::Active, Some(id(n)));
+        }
+        waits(&mut board, "af", 6);
+        assert!(matches!(board.answer_waiting(&call("af"), true), Ok(Some(WaitingAnswer::Merge { .. }))));
+        board.state_changed(&call("af"), State::Active, Some(id(6)));
+        waits(&mut board, "ag", 7);
+        assert_eq!(board.answer_waiting(&call("ag"), true), Err(CallError::GroupFull));
+        assert_eq!(board.group_of(&call("ag")), None, "a refused merge changes nothing");
+        // It can still be answered by holding the group call.
+        let Ok(Some(WaitingAnswer::Hold(held))) = board.answer_waiting(&call("ag"), false) else { panic!() };
+        assert_eq!(held.len(), 5, "every leg of the group call");
+    }
+
     #[test]
     fn a_participant_adds_peers_up_to_six_people_and_each_peer_once() {
         let mut board = in_a_call();
@@ -1313,7 +1500,7 @@ mod tests {
         // The peer of "ab" added someone: "ab" is now a leg of its group.
         // 3 is higher than us (1): it is ours to call, unless it calls first.
         assert_eq!(board.introduce(&call("ab"), &call("ab"), [(id(3), false), (id(1), false)]), [id(3)]);
-        assert_eq!(joining(&mut board, "c3", 3), Incoming::Ring { answer: true, hang_up: None });
+        assert_eq!(joining(&mut board, "c3", 3), Incoming::Ring { answer: true, hang_up: None, waiting: false });
         assert_eq!(joining(&mut board, "c4", 3), Incoming::Refuse(Refusal::CallIdInUse), "one leg per peer");
         // A join to a call we are not in.
         let elsewhere = group_part("zz", true, &[]);
@@ -1338,7 +1525,7 @@ mod tests {
         // 1 and 2 both invite us to their call at once.
         let from_1 = group_part("g", false, &[2]);
         let from_2 = group_part("g", false, &[1, 4]);
-        let rings = Incoming::Ring { answer: false, hang_up: None };
+        let rings = Incoming::Ring { answer: false, hang_up: None, waiting: false };
         assert_eq!(board.incoming(call("i1"), id(1), from(1), PeerStanding::Unknown, Some(&from_1), now), rings);
         assert_eq!(board.incoming(call("i2"), id(2), from(2), PeerStanding::Unknown, Some(&from_2), now), rings);
         assert_eq!(board.joins_due(&call("i1")), None, "not answered yet");

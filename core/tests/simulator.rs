@@ -470,7 +470,7 @@ impl Sim {
         let source = Source::of(std::net::IpAddr::from([10, 0, 0, caller as u8]));
         let decision = self.daemons[to].board.incoming(call_id.clone(), peer, source, standing, group.as_ref(), now);
         match decision {
-            Incoming::Ring { answer, hang_up } => {
+            Incoming::Ring { answer, hang_up, .. } => {
                 if let Some(ours) = hang_up {
                     self.command(to, &ours, Command::Hangup).expect("our ringing call hangs up");
                 }

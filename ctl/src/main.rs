@@ -75,11 +75,16 @@ enum Command {
         #[arg(long, add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
     },
-    /// Answer an incoming call (the only one, if no ID is given)
+    /// Answer an incoming call (the only one, if no ID is given); a waiting
+    /// call puts the call in progress on hold
     Answer {
         /// The call
         #[arg(add = ArgValueCompleter::new(complete::call_ids))]
         call: Option<String>,
+        /// A waiting call: join it to the call in progress (a group call)
+        /// instead of holding that
+        #[arg(long)]
+        merge: bool,
         /// Audio input for this call
         #[arg(long, value_name = "SPEC")]
         input: Option<String>,
@@ -551,11 +556,12 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
             let request = v1::AddParticipantRequest { call_id: call.unwrap_or_default(), target };
             printer.call(client.add_participant(request).await?.into_inner().call.as_ref());
         }
-        Command::Answer { call, input, output } => {
+        Command::Answer { call, merge, input, output } => {
             let request = v1::AnswerRequest {
                 call_id: call.unwrap_or_default(),
                 audio_input: input.unwrap_or_default(),
                 audio_output: output.unwrap_or_default(),
+                merge,
             };
             printer.call(client.answer(request).await?.into_inner().call.as_ref());
         }

@@ -180,6 +180,7 @@ fn call_json(call: &v1::Call) -> Value {
         "audio_input": call.audio_input,
         "audio_output": call.audio_output,
         "group_id": call.group_id,
+        "waiting": call.waiting,
     })
 }
 
@@ -204,6 +205,9 @@ fn call_line(call: &v1::Call) -> String {
     let processing = call.processing.as_ref().map(processing_words).unwrap_or_default();
     if !processing.is_empty() {
         flags.push(&processing);
+    }
+    if call.waiting {
+        flags.push("waiting: answer holds the call in progress, answer --merge joins it");
     }
     if call.on_hold {
         flags.push("on hold");

@@ -272,3 +272,112 @@ async fn six_people_make_a_full_mesh_and_a_seventh_is_refused() {
     // An observation of p6's feed, not a wait for something.
     events[6].none_for(Duration::from_millis(500), "p6 rang", |e| e["type"] == "incoming_call").await;
 }
+
+/// Reads `events` until the call `id` is in `state`.
+async fn until_call_is(events: &mut EventFollower, legs: &mut Legs, id: &str, state: &str, who: &str) {
+    let wait = async {
+        while legs.0.get(id).is_none_or(|(_, now)| now != state) {
+            let event = events.next().await;
+            legs.note(&event);
+        }
+    };
+    if tokio::time::timeout(support::DEADLINE, wait).await.is_err() {
+        panic!("{who}'s call {id} never was {state}; its legs: {:?}", legs.0);
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_call_is_answered_by_holding_the_call_in_progress_or_merged_into_it() {
+    require_netns!();
+    let lan = Lan::new(3, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let heard: Vec<_> = NAMES[..3].iter().map(|n| dir.path().join(format!("{n}.wav"))).collect();
+    let mut daemons = Vec::new();
+    for (h, (name, tone)) in NAMES.iter().zip(TONES).take(3).enumerate() {
+        // Alice has call waiting; her auto-answer never answers a waiting call.
+        let waiting = if h == 0 { "call_waiting = true\n" } else { "" };
+        let config = config(tone, &heard[h]) + waiting;
+        daemons.push(Daemon::start(Some(&lan.host(h)), &dir.path().join(name), name, &config).await);
+    }
+    let [a, b, c] = &daemons[..] else { unreachable!() };
+    for peer in [b, c] {
+        a.wait_until_it_sees(&peer.device_id).await;
+    }
+    c.wait_until_it_sees(&a.device_id).await;
+    let mut events = Vec::new();
+    for daemon in [a, b, c] {
+        events.push(daemon.follow_events().await);
+    }
+    let mut legs: Vec<Legs> = (0..3).map(|_| Legs::default()).collect();
+
+    // Alice talks with bob; carol calls alice: it waits, ringing at alice.
+    let with_bob = a.ctl_json(&["dial", "bob", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    until_talking_with(&mut events[0], &mut legs[0], &[b], "alice").await;
+    let from_carol = c.ctl_json(&["dial", "alice", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    until_call_is(&mut events[0], &mut legs[0], &from_carol, "incoming", "alice").await;
+    let calls = a.ctl_json(&["calls"]).await;
+    let waiting = calls.as_array().unwrap().iter().find(|call| call["call_id"] == from_carol.as_str()).unwrap();
+    assert_eq!(waiting["waiting"], true, "{calls:#}");
+    talk_for(Duration::from_secs(2)).await;
+
+    // Answered: bob is held, alice talks with carol.
+    a.ctl_json(&["answer"]).await;
+    until_talking_with(&mut events[0], &mut legs[0], &[c], "alice").await;
+    until_call_is(&mut events[0], &mut legs[0], &with_bob, "on_hold", "alice").await;
+    until_call_is(&mut events[1], &mut legs[1], &with_bob, "on_hold", "bob").await;
+    talk_for(Duration::from_secs(3)).await;
+
+    // Back to bob: carol is held.
+    a.ctl_json(&["resume", &with_bob]).await;
+    until_talking_with(&mut events[0], &mut legs[0], &[b], "alice").await;
+    until_call_is(&mut events[2], &mut legs[2], &from_carol, "on_hold", "carol").await;
+    talk_for(Duration::from_secs(3)).await;
+
+    // Carol is let go and calls again; this time she is merged: three people.
+    a.ctl_json(&["hangup", &from_carol]).await;
+    c.wait_until_no_calls().await;
+    let carol_first = dir.path().join("carol-first.wav");
+    std::fs::copy(&heard[2], &carol_first).unwrap();
+    let again = c.ctl_json(&["dial", "alice", "--no-wait"]).await["call_id"].as_str().unwrap().to_owned();
+    until_call_is(&mut events[0], &mut legs[0], &again, "incoming", "alice").await;
+    let merged = a.ctl_json(&["answer", "--merge"]).await;
+    assert_eq!(merged["call_id"], again.as_str(), "{merged:#}");
+    until_talking_with(&mut events[0], &mut legs[0], &[b, c], "alice").await;
+    until_talking_with(&mut events[1], &mut legs[1], &[a, c], "bob").await;
+    until_talking_with(&mut events[2], &mut legs[2], &[a, b], "carol").await;
+    let calls = a.ctl_json(&["calls"]).await;
+    let live = calls.as_array().unwrap().iter().filter(|call| call["state"] == "active");
+    assert!(live.clone().count() == 2, "{calls:#}");
+    assert!(live.into_iter().all(|call| call["group_id"] == with_bob.as_str()), "one group call: {calls:#}");
+    talk_for(Duration::from_secs(3)).await;
+    a.ctl_json(&["hangup"]).await;
+    // Bob and carol go on; when bob leaves, carol's last leg ends with his.
+    until_talking_with(&mut events[1], &mut legs[1], &[c], "bob").await;
+    until_talking_with(&mut events[2], &mut legs[2], &[b], "carol").await;
+    b.ctl_json(&["hangup"]).await;
+    for daemon in [a, b, c] {
+        daemon.wait_until_no_calls().await;
+    }
+
+    // Who heard whom, phase by phase: alice heard only carol while bob was
+    // held, and only bob while carol was.
+    let tones = &TONES[..3];
+    let expect: [(&Path, &[&[u32]]); 4] = [
+        (&heard[0], &[&[660], &[880], &[660, 880]]),
+        (&heard[1], &[&[440], &[440, 880]]),
+        (&carol_first, &[&[440]]),
+        (&heard[2], &[&[440, 660]]),
+    ];
+    for (path, phases) in expect {
+        let shares = tone_shares(path, tones);
+        for phase in phases {
+            let windows = windows_with(&shares, tones, phase);
+            eprintln!("{} heard exactly {phase:?} in {windows} of {} windows", path.display(), shares.len());
+            assert!(windows >= 7, "{}: {windows} windows of exactly {phase:?}: {shares:.2?}", path.display());
+        }
+    }
+    for daemon in [a, b, c] {
+        let warnings = daemon.warnings();
+        assert!(warnings.is_empty(), "{}: {warnings:#?}", daemon.name);
+    }
+}

@@ -469,6 +469,10 @@ async fn execute(mut client: Client, command: Command, updates: mpsc::Sender<Upd
         Command::Answer { call_id } => {
             client.answer(v1::AnswerRequest { call_id: call_id.clone(), ..Default::default() }).await.map(drop)
         }
+        Command::AnswerAndMerge { call_id } => {
+            let request = v1::AnswerRequest { call_id: call_id.clone(), merge: true, ..Default::default() };
+            client.answer(request).await.map(drop)
+        }
         Command::Decline { call_id } => {
             client.decline(v1::DeclineRequest { call_id: call_id.clone(), reason: String::new() }).await.map(drop)
         }

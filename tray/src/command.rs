@@ -24,6 +24,12 @@ pub enum Command {
         /// The call.
         call_id: String,
     },
+    /// Answer a call waiting beside the one in progress, and merge the two
+    /// into a group call.
+    AnswerAndMerge {
+        /// The waiting call.
+        call_id: String,
+    },
     /// Decline a ringing call.
     Decline {
         /// The call.
@@ -96,6 +102,7 @@ impl Command {
             // Call IDs never hold a colon; device IDs neither.
             Command::AddParticipant { call_id, device_id } => format!("add:{call_id}:{device_id}"),
             Command::Answer { call_id } => format!("answer:{call_id}"),
+            Command::AnswerAndMerge { call_id } => format!("merge:{call_id}"),
             Command::Decline { call_id } => format!("decline:{call_id}"),
             Command::Hangup { call_id } => format!("hangup:{call_id}"),
             Command::SetMute { call_id, muted: true } => format!("mute:{call_id}"),
@@ -133,6 +140,7 @@ impl Command {
                 Command::AddParticipant { call_id: call_id.to_owned(), device_id: device_id.to_owned() }
             }
             "answer" => Command::Answer { call_id: arg },
+            "merge" => Command::AnswerAndMerge { call_id: arg },
             "decline" => Command::Decline { call_id: arg },
             "hangup" => Command::Hangup { call_id: arg },
             "mute" => Command::SetMute { call_id: arg, muted: true },
@@ -158,6 +166,7 @@ impl Command {
             Command::Dial { .. } => "Dial",
             Command::AddParticipant { .. } => "Add to the call",
             Command::Answer { .. } => "Answer",
+            Command::AnswerAndMerge { .. } => "Answer and merge",
             Command::Decline { .. } => "Decline",
             Command::Hangup { .. } => "Hang up",
             Command::SetMute { muted: true, .. } => "Mute",
@@ -188,6 +197,7 @@ mod tests {
             Command::Dial { device_id: "ABCD-EFGH".into() },
             Command::AddParticipant { call_id: "c1".into(), device_id: "ABCD-EFGH".into() },
             Command::Answer { call_id: "c:1".into() },
+            Command::AnswerAndMerge { call_id: "c1".into() },
             Command::Decline { call_id: "c1".into() },
             Command::Hangup { call_id: "c1".into() },
             Command::SetMute { call_id: "c1".into(), muted: true },

@@ -302,11 +302,20 @@ pub fn view(state: &TrayState, now: SystemTime) -> View {
     // Answer and Decline come first: that is what a ringing tray is for.
     for call in &ringing {
         let name = caller_name(call);
+        // A waiting call: answering holds the call in progress, or merges.
+        let hold = if call.waiting { ", hold the call" } else { "" };
         menu.push(MenuEntry::Action {
-            label: format!("Answer {name}"),
+            label: format!("Answer {name}{hold}"),
             command: Command::Answer { call_id: call.call_id.clone() },
             enabled: true,
         });
+        if call.waiting {
+            menu.push(MenuEntry::Action {
+                label: format!("Answer {name} and merge"),
+                command: Command::AnswerAndMerge { call_id: call.call_id.clone() },
+                enabled: true,
+            });
+        }
         menu.push(MenuEntry::Action {
             label: format!("Decline {name}"),
             command: Command::Decline { call_id: call.call_id.clone() },
@@ -864,6 +873,25 @@ mod tests {
             ["Answer bob", "Decline bob", "Hang up", "Mute", "Mute speaker", "Hold", "Record", "Quit tray"]
         );
         assert_eq!(command_of(&view, "Hang up"), &Command::Hangup { call_id: "c1".into() });
+    }
+
+    #[test]
+    fn a_waiting_call_offers_to_hold_the_call_or_merge() {
+        let mut state = with_call(call(CallState::Active));
+        let mut second = call(CallState::Incoming);
+        second.call_id = "c2".into();
+        second.peer_display_name = "bob".into();
+        second.waiting = true;
+        state.calls.insert("c2".into(), second);
+        let view = view(&state, now());
+        assert_eq!(
+            actions(&view)[..3],
+            ["Answer bob, hold the call", "Answer bob and merge", "Decline bob"],
+            "{:?}",
+            actions(&view)
+        );
+        assert_eq!(command_of(&view, "Answer bob, hold the call"), &Command::Answer { call_id: "c2".into() });
+        assert_eq!(command_of(&view, "Answer bob and merge"), &Command::AnswerAndMerge { call_id: "c2".into() });
     }
 
     #[test]

@@ -342,6 +342,7 @@ pub(super) fn call(record: &CallRecord) -> v1::Call {
         audio_input: record.input.to_string(),
         audio_output: record.output.to_string(),
         group_id: record.group.as_ref().map(ToString::to_string).unwrap_or_default(),
+        waiting: record.waiting,
     }
 }
 

@@ -190,6 +190,7 @@ fn status(error: CallError) -> Status {
         | CallError::NameTaken(_)
         | CallError::NotAnswered
         | CallError::AlreadyInCall(_)
+        | CallError::NothingToMerge
         | CallError::GroupFull
         | CallError::TooOld(..) => Status::failed_precondition(message),
         CallError::Stopped => Status::unavailable(message),
@@ -298,7 +299,9 @@ impl Voicelink for ControlService {
 
     async fn answer(&self, request: Request<v1::AnswerRequest>) -> Rpc<v1::AnswerResponse> {
         let r = request.into_inner();
-        let call = self.call_command(r.call_id, Command::Answer, (r.audio_input, r.audio_output)).await?;
+        let call = optional_call_id(r.call_id)?;
+        let audio = (spec::<InputSpec>(&r.audio_input)?, spec::<OutputSpec>(&r.audio_output)?);
+        let call = self.ask(|reply| RegistryCommand::Answer { call, merge: r.merge, audio, reply }).await?;
         Ok(Response::new(v1::AnswerResponse { call: Some(call) }))
     }
 

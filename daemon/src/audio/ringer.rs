@@ -1,5 +1,6 @@
 //! Ringing you can hear: a task that plays the ringtone (an incoming call) or
-//! the ringing tone (the caller's side, while the peer rings) on a sound card,
+//! the ringing tone (the caller's side, while the peer rings), or the soft
+//! call-waiting beeps (a call rings during another) on a sound card,
 //! paced at the audio's rate, until it is stopped. Its own output stream: the
 //! sound server mixes it with the call's. Nothing rings on a file or null
 //! output, and nothing is sent to the peer.
@@ -33,7 +34,7 @@ impl Ringer {
     /// is off, or a volume of 0.
     pub fn start(ring: Ring, ringing: &Ringing, output: &OutputSpec, devices: &Devices) -> Option<Ringer> {
         let wanted = match ring {
-            Ring::Incoming => ringing.ringtone != RingtoneSpec::Off,
+            Ring::Incoming | Ring::Waiting => ringing.ringtone != RingtoneSpec::Off,
             Ring::Ringback => ringing.ringback,
         };
         if !wanted || ringing.volume == 0 || !output.is_sound_card() {

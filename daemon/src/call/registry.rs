@@ -19,8 +19,9 @@ use voicelink_core::call_record::CallRecord;
 use voicelink_core::dial_target::{self, Target};
 use voicelink_core::history::HistoryEntry;
 use voicelink_core::reload::LiveSettings;
+use voicelink_core::ring_tones::Ring;
 use voicelink_core::switchboard::{
-    ANSWERED_ANOTHER_CALL, CallError, Dial, Incoming, Policy, Refusal, Switchboard, WhoMayRing,
+    ANSWERED_ANOTHER_CALL, CallError, Dial, Incoming, Policy, Refusal, Switchboard, WaitingAnswer, WhoMayRing,
 };
 use voicelink_core::vocab::{CallId, DeviceId, EndReason, PROTOCOL_VERSION, State};
 use voicelink_core::wire::{Body, EndCode, GroupPart, Message, Participant};
@@ -56,6 +57,18 @@ pub enum RegistryCommand {
         audio: (Option<InputSpec>, Option<OutputSpec>),
         /// For starting a recording: the file (else one in the recordings folder).
         recording_file: Option<PathBuf>,
+        /// The call afterwards.
+        reply: Reply,
+    },
+    /// Answer a ringing call.
+    Answer {
+        /// Which call; `None` for the only one ringing.
+        call: Option<CallId>,
+        /// A waiting call: merge it into the call in progress instead of
+        /// holding that.
+        merge: bool,
+        /// Audio overrides.
+        audio: (Option<InputSpec>, Option<OutputSpec>),
         /// The call afterwards.
         reply: Reply,
     },
@@ -259,48 +272,27 @@ impl Registry {
                 let outcome = self.add(call, &target);
                 let _ = reply.send(outcome);
             }
+            RegistryCommand::Answer { call, merge, audio, reply } => {
+                let answered = self.switchboard.pick_ringing(call.as_ref()).and_then(|id| self.answer(&id, merge));
+                match answered {
+                    Ok(handle) => {
+                        let audio = self.with_defaults(audio);
+                        ask(handle, CallCommandParts { command: Command::Answer, audio, recording_file: None }, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
             RegistryCommand::Call { call, input, audio, recording_file, reply } => {
                 let named = call.is_some();
-                let handle = self
-                    .switchboard
-                    .pick(call.as_ref())
-                    .and_then(|id| self.calls.get(&id).cloned().ok_or_else(|| CallError::NoSuchCall(id.to_string())));
-                match handle {
+                let picked = match input {
+                    Command::Decline(_) => self.switchboard.pick_ringing(call.as_ref()),
+                    _ => self.switchboard.pick(call.as_ref()),
+                };
+                match picked.and_then(|id| self.handle(&id)) {
                     Ok(handle) => {
-                        if input == Command::Answer {
-                            let beside = self.switchboard.answering(&handle.id);
-                            self.decline_beside(&handle.id, beside);
-                            // Two participants invited us at once: one answer takes both.
-                            for other in self.switchboard.same_invitation(&handle.id) {
-                                self.switchboard.answering(&other);
-                                self.tell(&other, Command::Answer);
-                            }
-                        }
-                        // What is about me goes to every participant; the speaker
-                        // of one named participant is that participant's alone.
-                        let whole_call = match &input {
-                            Command::Hangup
-                            | Command::Decline(_)
-                            | Command::SetMute(_)
-                            | Command::SetHold(_)
-                            | Command::SetProcessing(_) => true,
-                            Command::SetSpeakerMute(_) => !named,
-                            _ => false,
-                        };
-                        if whole_call {
-                            for other in self.switchboard.legs_with(&handle.id) {
-                                match input {
-                                    Command::SetMute(true) => self.muted.insert(other.clone()),
-                                    Command::SetMute(false) => self.muted.remove(&other),
-                                    Command::SetHold(true) => self.held.insert(other.clone()),
-                                    Command::SetHold(false) => self.held.remove(&other),
-                                    _ => false,
-                                };
-                                if other != handle.id {
-                                    self.tell(&other, input.clone());
-                                }
-                            }
-                        }
+                        self.whole_call(&handle.id, &input, named);
                         let audio = self.with_defaults(audio);
                         ask(handle, CallCommandParts { command: input, audio, recording_file }, reply);
                     }
@@ -309,6 +301,97 @@ impl Registry {
                     }
                 }
             }
+        }
+    }
+
+    fn handle(&self, id: &CallId) -> Result<CallHandle, CallError> {
+        self.calls.get(id).cloned().ok_or_else(|| CallError::NoSuchCall(id.to_string()))
+    }
+
+    /// Carries a command about me to every participant of `call`'s group
+    /// call (the speaker of one named participant is that participant's
+    /// alone), and a resume to the held call's calls beside it, which are
+    /// held: one conversation is heard at a time.
+    fn whole_call(&mut self, call: &CallId, input: &Command, named: bool) {
+        let whole_call = match input {
+            Command::Hangup
+            | Command::Decline(_)
+            | Command::SetMute(_)
+            | Command::SetHold(_)
+            | Command::SetProcessing(_) => true,
+            Command::SetSpeakerMute(_) => !named,
+            _ => false,
+        };
+        if !whole_call {
+            return;
+        }
+        for other in self.switchboard.legs_with(call) {
+            match input {
+                Command::SetMute(true) => self.muted.insert(other.clone()),
+                Command::SetMute(false) => self.muted.remove(&other),
+                Command::SetHold(true) => self.held.insert(other.clone()),
+                Command::SetHold(false) => self.held.remove(&other),
+                _ => false,
+            };
+            if other != *call {
+                self.tell(&other, input.clone());
+            }
+        }
+        if *input == Command::SetHold(false) {
+            self.hold(self.switchboard.answered_beside(call));
+        }
+    }
+
+    /// Puts calls on hold (the user's hold: a leg that joins them is held too).
+    fn hold(&mut self, calls: Vec<CallId>) {
+        for call in calls {
+            if self.held.insert(call.clone()) {
+                info!(call_id = %call, "holding a call to talk in another");
+                self.tell(&call, Command::SetHold(true));
+            }
+        }
+    }
+
+    /// The user answers `call`: what rings beside it is declined, and if it
+    /// was waiting beside a call in progress, that call is held or (`merge`)
+    /// the two become one group call. Returns the call to tell to answer.
+    fn answer(&mut self, call: &CallId, merge: bool) -> Result<CallHandle, CallError> {
+        let handle = self.handle(call)?;
+        if merge {
+            let beside =
+                self.switchboard.answered_beside(call).into_iter().flat_map(|c| self.switchboard.legs_with(&c));
+            let peers: Vec<DeviceId> =
+                std::iter::once(call.clone()).chain(beside).filter_map(|leg| self.switchboard.peer_of(&leg)).collect();
+            self.check_versions(&peers)?;
+        }
+        match self.switchboard.answer_waiting(call, merge)? {
+            Some(WaitingAnswer::Hold(others)) => self.hold(others),
+            Some(WaitingAnswer::Merge { group, legs }) => {
+                info!(call_id = %call, %group, "merging a waiting call into the call in progress");
+                for leg in legs {
+                    if self.held.remove(&leg) {
+                        self.tell(&leg, Command::SetHold(false));
+                    }
+                }
+            }
+            None => {}
+        }
+        let beside = self.switchboard.answering(call);
+        self.decline_beside(call, beside);
+        // Two participants invited us at once: one answer takes both.
+        for other in self.switchboard.same_invitation(call) {
+            self.switchboard.answering(&other);
+            self.tell(&other, Command::Answer);
+        }
+        Ok(handle)
+    }
+
+    /// Group calls are protocol 2: each of these peers must speak it.
+    fn check_versions(&self, peers: &[DeviceId]) -> Result<(), CallError> {
+        let state = self.context.hub.state();
+        match peers.iter().find_map(|peer| state.peers.get(peer).filter(|p| p.protocol_version < PROTOCOL_VERSION)) {
+            Some(old) => Err(CallError::TooOld(old.display_name.clone(), old.protocol_version)),
+            None => Ok(()),
         }
     }
 
@@ -361,11 +444,9 @@ impl Registry {
     ) {
         let outcome = match self.switchboard.dial(destination.expected, CallId::random()) {
             Err(error) => Err(error),
-            Ok(Dial::AnswerTheirs(theirs)) => match self.calls.get(&theirs).cloned() {
-                Some(handle) => {
+            Ok(Dial::AnswerTheirs(theirs)) => match self.answer(&theirs, false) {
+                Ok(handle) => {
                     info!(call_id = %theirs, target, "dialing a peer that is calling us: answering its call");
-                    let beside = self.switchboard.answering(&theirs);
-                    self.decline_beside(&theirs, beside);
                     let command = CallCommandParts {
                         command: Command::Answer,
                         audio: self.with_defaults(audio),
@@ -374,7 +455,7 @@ impl Registry {
                     ask(handle, command, reply);
                     return;
                 }
-                None => Err(CallError::NoSuchCall(theirs.to_string())),
+                Err(error) => Err(error),
             },
             Ok(Dial::Place(id)) => {
                 let (input, output) = self.audio(audio);
@@ -425,7 +506,7 @@ impl Registry {
                 info!(peer = %peer.short(), "busy: refusing a second call");
                 tokio::spawn(say_and_close(connection, Message::new(call_id, Body::Busy)));
             }
-            Incoming::Ring { answer, hang_up } => {
+            Incoming::Ring { answer, hang_up, waiting } => {
                 if let Some(ours) = hang_up {
                     info!(call_id = %call_id, "glare: both sides dialed; taking theirs");
                     self.tell(&ours, Command::Hangup);
@@ -438,18 +519,28 @@ impl Registry {
                 }
                 // One ringtone at a time: a call that rings beside another (or
                 // a second invitation to the same group call) rings silently.
-                let rings = !answer
-                    && !self.switchboard.rings_beside(&call_id)
-                    && self.switchboard.same_invitation(&call_id).is_empty();
+                let ring = if waiting {
+                    Some(Ring::Waiting)
+                } else {
+                    let rings = !answer
+                        && !self.switchboard.rings_beside(&call_id)
+                        && self.switchboard.same_invitation(&call_id).is_empty();
+                    rings.then_some(Ring::Incoming)
+                };
                 if let Some(group) = &group {
                     info!(call_id = %call_id, group = %group.id, join = group.join, "a group call request");
                     self.remember(&group.id, group.participants.iter().cloned());
                 }
-                let bridge = self.bridge_for(&call_id);
+                // A waiting call shares the devices of the call in progress:
+                // it is held or merged when answered, never heard beside it.
+                let bridge = match self.switchboard.answered_beside(&call_id).first() {
+                    Some(in_progress) if waiting => self.bridge_for(in_progress),
+                    _ => self.bridge_for(&call_id),
+                };
                 self.bridges.insert(call_id.clone(), bridge.clone());
                 let leg = LegOf { group, bridge };
                 let audio = (input, output);
-                let handle = task::incoming(context, connection, call_id.clone(), caller_name, audio, rings, leg);
+                let handle = task::incoming(context, connection, call_id.clone(), caller_name, audio, ring, leg);
                 self.calls.insert(call_id.clone(), handle);
                 self.mute_if_the_call_is(&call_id);
                 if answer {
@@ -517,16 +608,10 @@ impl Registry {
             }
         };
         // Everyone in the call is told of the newcomer in a version-2 message.
-        let state = self.context.hub.state();
         let in_the_call =
             self.switchboard.legs_with(&call).into_iter().filter_map(|leg| self.switchboard.peer_of(&leg));
-        for peer in std::iter::once(device).chain(in_the_call) {
-            if let Some(old) = state.peers.get(&peer).filter(|p| p.protocol_version < PROTOCOL_VERSION) {
-                let who = if peer == device { name } else { old.display_name.clone() };
-                return Err(CallError::TooOld(who, old.protocol_version));
-            }
-        }
-        drop(state);
+        let peers: Vec<DeviceId> = std::iter::once(device).chain(in_the_call).collect();
+        self.check_versions(&peers)?;
         let id = CallId::random();
         let group = self.switchboard.add(&call, device, id.clone())?;
         info!(call_id = %id, %group, peer = %device.short(), "adding a participant");
@@ -633,7 +718,12 @@ impl Registry {
 /// The switchboard's policy from the live settings.
 fn policy(live: &LiveSettings) -> Policy {
     let who_may_ring = if live.calls.do_not_disturb { WhoMayRing::Nobody } else { live.calls.who_may_ring };
-    Policy { auto_answer: live.calls.auto_answer, who_may_ring, ..Policy::default() }
+    Policy {
+        auto_answer: live.calls.auto_answer,
+        who_may_ring,
+        call_waiting: live.calls.call_waiting,
+        ..Policy::default()
+    }
 }
 
 /// A call command without its reply channel.

@@ -217,7 +217,7 @@ pub fn incoming(
     id: CallId,
     caller_name: String,
     (input, output): (InputSpec, OutputSpec),
-    rings: bool,
+    ring: Option<Ring>,
     leg: LegOf,
 ) -> CallHandle {
     let peer = Some(connection.peer);
@@ -225,9 +225,10 @@ pub fn incoming(
     let mut record =
         CallRecord::new(id.clone(), peer, caller_name, Direction::Incoming, (input, output), SystemTime::now());
     record.group = leg.group.map(|group| group.id);
+    record.waiting = ring == Some(Ring::Waiting);
     let (handle, commands) = handle(&id);
     let call = Call::published(id, context, machine, record, Some(connection), leg.bridge);
-    tokio::spawn(call.run_incoming(commands, rings));
+    tokio::spawn(call.run_incoming(commands, ring));
     handle
 }
 
@@ -309,12 +310,13 @@ impl Call {
         self.run(commands).await;
     }
 
-    /// An incoming call; it `rings` here unless it is answered at once.
-    async fn run_incoming(mut self, commands: mpsc::Receiver<CallCommand>, rings: bool) {
-        info!(call_id = %self.id, peer = %self.peer_short(), name = %self.record.peer_name, "incoming call");
-        if rings {
-            self.ringer =
-                Ringer::start(Ring::Incoming, &self.context.ringing, &self.record.output, &self.context.devices);
+    /// An incoming call; it `ring`s here unless it is answered at once (or
+    /// rings silently beside another).
+    async fn run_incoming(mut self, commands: mpsc::Receiver<CallCommand>, ring: Option<Ring>) {
+        let waiting = self.record.waiting;
+        info!(call_id = %self.id, peer = %self.peer_short(), name = %self.record.peer_name, waiting, "incoming call");
+        if let Some(ring) = ring {
+            self.ringer = Ringer::start(ring, &self.context.ringing, &self.record.output, &self.context.devices);
         }
         // Media is negotiated while it rings; the endpoints open on answer.
         if let Err(cause) = self.start_media().await {
@@ -779,6 +781,7 @@ impl Call {
             ringer.stop().await;
         }
         self.record.state = to;
+        self.record.waiting &= to == State::Incoming;
         self.record.end_reason = self.machine.end_reason().cloned();
         if to == State::Active && self.record.answered_at.is_none() {
             let now = SystemTime::now();
