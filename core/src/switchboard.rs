@@ -848,13 +848,20 @@ impl Switchboard {
             && live.iter().all(|leg| leg.source != Some(source))
     }
 
-    /// Whether a call may wait beside those live: call waiting is on, a call
-    /// is answered, and no other call is ringing here.
+    /// Whether a call may wait beside those live: call waiting is on, one
+    /// call (two-party or group) is answered, no other is held beside it, and
+    /// nothing else rings here.
     fn may_wait(&self) -> bool {
-        let mut live = self.calls.values().filter(|leg| leg.live());
+        let live: Vec<&Leg> = self.calls.values().filter(|leg| leg.live()).collect();
+        let answered: Vec<&Leg> = live.iter().copied().filter(|leg| leg.answered()).collect();
+        let one_call = match answered.as_slice() {
+            [] => false,
+            [_] => true,
+            [first, rest @ ..] => first.group.is_some() && rest.iter().all(|leg| leg.group == first.group),
+        };
         self.policy.call_waiting
-            && self.calls.values().any(|leg| leg.live() && leg.answered())
-            && !live.any(|leg| leg.direction == Direction::Incoming && leg.state == State::Incoming)
+            && one_call
+            && !live.iter().any(|leg| leg.direction == Direction::Incoming && leg.state == State::Incoming)
     }
 
     /// The user answers `call`: if it is waiting, `merge` joins it to the
@@ -1428,8 +1435,8 @@ mod tests {
         assert_eq!(board.answered_beside(&call("ab")), [call("ac")], "resuming ab holds ac");
         assert_eq!(board.answered_beside(&call("ac")), [call("ab")]);
         assert_eq!(board.group_of(&call("ac")), None, "two calls, not one");
-        // Another call may wait now, beside the two.
-        assert_eq!(waits(&mut board, "ad", 4), Incoming::Ring { answer: false, hang_up: None, waiting: true });
+        // Two calls are live now: a third is busy.
+        assert_eq!(waits(&mut board, "ad", 4), Incoming::Busy);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use voicelink_core::call_machine::{
 };
 use voicelink_core::contacts::{Contact, Contacts, Standing};
 use voicelink_core::switchboard::{
-    ANSWERED_ANOTHER_CALL, AutoAnswer, CallError, Dial, Incoming, Policy, Switchboard, WhoMayRing,
+    ANSWERED_ANOTHER_CALL, AutoAnswer, CallError, Dial, Incoming, Policy, Switchboard, WaitingAnswer, WhoMayRing,
 };
 use voicelink_core::vocab::{CallId, DeviceId, EndReason, FailCause, State};
 use voicelink_core::wire::{Body, EndCode, GroupPart, Participant};
@@ -1081,6 +1081,75 @@ fn random_group_races_end_in_a_consistent_mesh() {
         for node in [A, B, C, D, 4] {
             sim.leave(node);
             sim.run_for(Duration::from_millis(rng.random_range(0..30)));
+        }
+        sim.settle();
+    }
+}
+
+impl Sim {
+    /// `node` answers the waiting call `call`, as the registry does: holding
+    /// the calls in progress, or merging it into them.
+    fn answer_waiting(&mut self, node: Node, call: &CallId, merge: bool) -> Result<(), CallError> {
+        match self.daemons[node].board.answer_waiting(call, merge)? {
+            Some(WaitingAnswer::Hold(others)) => {
+                for other in others {
+                    self.command(node, &other, Command::SetHold(true))?;
+                }
+            }
+            Some(WaitingAnswer::Merge { .. }) | None => {}
+        }
+        self.daemons[node].board.answering(call);
+        Ok(self.command(node, call, Command::Answer)?)
+    }
+}
+
+/// [`group_of`], A with call waiting; D rings A while A talks with B.
+fn waiting_at_a(link: Link, seed: u64) -> (Sim, CallId, CallId) {
+    let (mut sim, call) = group_of(4, link, seed);
+    let policy = Policy { call_waiting: true, auto_answer: AutoAnswer::Everyone, ..Policy::default() };
+    sim.daemons[A].board.set_policy(policy);
+    let waiting = sim.dial(D, A).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.state(A, &waiting), State::Incoming, "seed {seed}: never answered by itself");
+    assert_eq!(sim.state(D, &waiting), State::Outgoing, "seed {seed}: the caller hears it ring");
+    (sim, call, waiting)
+}
+
+#[test]
+fn a_waiting_call_answered_holds_the_call_in_progress_on_both_sides() {
+    let (mut sim, call, waiting) = waiting_at_a(Link::default(), 1);
+    sim.answer_waiting(A, &waiting, false).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.talking_with(A), BTreeSet::from([D]));
+    assert_eq!((sim.state(A, &call), sim.state(B, &call)), (State::OnHold, State::OnHold));
+    // A third caller is busy: two calls are live.
+    let third = sim.dial(C, A).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.end_reason(C, &third), Some(EndReason::Busy));
+    for node in [A, B, D] {
+        sim.leave(node);
+    }
+    sim.settle();
+}
+
+#[test]
+fn a_merged_waiting_call_closes_the_mesh_whatever_the_timing() {
+    for seed in 0..30 {
+        let link = Link { delay: Duration::from_millis(10), jitter: Duration::from_millis(30), break_chance: 0.0 };
+        let (mut sim, call, waiting) = waiting_at_a(link, seed);
+        // Sometimes the call in progress is a group call already.
+        let mut people = vec![A, B, D];
+        if seed % 2 == 1 {
+            sim.add(A, &call, C).unwrap();
+            sim.run_for(Duration::from_secs(1));
+            people.push(C);
+        }
+        sim.answer_waiting(A, &waiting, true).unwrap();
+        sim.run_for(Duration::from_secs(2));
+        people.sort();
+        sim.assert_mesh(&people, seed);
+        for node in people {
+            sim.leave(node);
         }
         sim.settle();
     }
