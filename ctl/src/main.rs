@@ -724,7 +724,8 @@ async fn execute(mut client: Client, command: Command, printer: &Printer) -> Res
             // The round arrives back to back; a pause means it is over.
             while let Ok(Some(sample)) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
                 let sample = sample?;
-                if !printed.insert(sample.call_id.clone()) {
+                // A group call's entry has its group ID alone.
+                if !printed.insert((sample.call_id.clone(), sample.group_id.clone())) {
                     break;
                 }
                 printer.stats(&sample);

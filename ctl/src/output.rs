@@ -84,6 +84,8 @@ fn stats_json(stats: &v1::CallStats) -> Value {
     let pair = stats.candidate_pair.clone().unwrap_or_default();
     json!({
         "call_id": stats.call_id,
+        "group_id": stats.group_id,
+        "participants": stats.participants,
         "peer_device_id": stats.peer_device_id,
         "peer_display_name": stats.peer_display_name,
         "state": state_word(stats.state),
@@ -584,6 +586,24 @@ impl Printer {
             if stats.peer_display_name.is_empty() { short(&stats.peer_device_id) } else { &stats.peer_display_name };
         let duration = seconds(stats.duration.as_ref()) as u64;
         let clock = format!("{:02}:{:02}", duration / 60, duration % 60);
+        if stats.call_id.is_empty() {
+            // A group call's own entry: totals, and its worst leg's measures.
+            let quality = if stats.quality.is_empty() { "-" } else { &stats.quality };
+            println!(
+                "group call {}  {} people  {} {clock}  sent {} kB  received {} kB  worst: rtt {:.0} ms  jitter {:.1} ms  loss {:.1}% / {:.1}%  mos {:.2} {quality}",
+                stats.group_id,
+                stats.participants,
+                state_word(stats.state),
+                stats.bytes_sent / 1000,
+                stats.bytes_received / 1000,
+                stats.round_trip_time_ms,
+                stats.jitter_ms,
+                stats.fraction_lost * 100.0,
+                stats.remote_fraction_lost * 100.0,
+                stats.mos,
+            );
+            return;
+        }
         if let Some(summary) = &stats.summary {
             let reason = v1::EndReason::try_from(summary.end_reason)
                 .map_or_else(|_| "unknown".into(), |r| word(r.as_str_name(), "END_REASON_"));

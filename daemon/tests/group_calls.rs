@@ -350,6 +350,18 @@ async fn a_waiting_call_is_answered_by_holding_the_call_in_progress_or_merged_in
     assert!(live.clone().count() == 2, "{calls:#}");
     assert!(live.into_iter().all(|call| call["group_id"] == with_bob.as_str()), "one group call: {calls:#}");
     talk_for(Duration::from_secs(3)).await;
+    // The stats: an entry per leg, and the call's own, with the legs' sums.
+    let out = a.ctl(&["--json", "stats"]).await;
+    let entries: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let in_group: Vec<&Value> = entries.iter().filter(|e| e["group_id"] == with_bob.as_str()).collect();
+    let (whole, leg_entries): (Vec<&Value>, Vec<&Value>) = in_group.into_iter().partition(|e| e["call_id"] == "");
+    assert_eq!((whole.len(), leg_entries.len()), (1, 2), "{entries:#?}");
+    assert_eq!(whole[0]["participants"], 3, "{:#}", whole[0]);
+    let sent: u64 = leg_entries.iter().map(|leg| leg["packets_sent"].as_u64().unwrap()).sum();
+    let whole_sent = whole[0]["packets_sent"].as_u64().unwrap();
+    // Sampled at about the same moment: within a second of packets.
+    assert!(whole_sent.abs_diff(sent) <= 100, "{whole_sent} vs {sent} from the legs");
     a.ctl_json(&["hangup"]).await;
     // Bob and carol go on; when bob leaves, carol's last leg ends with his.
     until_talking_with(&mut events[1], &mut legs[1], &[c], "bob").await;

@@ -157,6 +157,7 @@ impl CallMeter {
             mos: None,
             quality: None,
             summary: None,
+            group: record.group.clone(),
         };
         let Some(media) = media else { return stats };
         let (rtcp, playout) = (&media.rtcp, &media.playout);

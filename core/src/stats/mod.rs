@@ -137,6 +137,92 @@ pub struct CallStats {
     pub quality: Option<Quality>,
     /// On the last sample of an ended call.
     pub summary: Option<CallSummary>,
+    /// The group call this is a leg of.
+    pub group: Option<CallId>,
+}
+
+/// A group call as a whole, from the latest samples of its legs: counters
+/// summed, and each measure of how it sounds the worst leg's (a call is as
+/// good as what its worst link does to someone's voice).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupStats {
+    /// The group call.
+    pub group: CallId,
+    /// People in it, this device included (legs answered, plus one).
+    pub participants: usize,
+    /// The totals, in the shape of a call's sample: `call_id` is the group's,
+    /// no peer; durations, loss, jitter, round trip and delay are the
+    /// largest, MOS and quality the lowest, levels the loudest.
+    pub totals: CallStats,
+}
+
+impl GroupStats {
+    /// The group calls among `samples`, each with its totals.
+    pub fn of<'a>(samples: impl IntoIterator<Item = &'a CallStats>) -> Vec<GroupStats> {
+        let mut groups: Vec<GroupStats> = Vec::new();
+        for leg in samples {
+            let Some(group) = &leg.group else { continue };
+            let answered = matches!(leg.state, State::Connecting | State::Active | State::OnHold | State::Reconnecting);
+            match groups.iter_mut().find(|g| g.group == *group) {
+                Some(totals) => totals.add(leg, answered),
+                None => {
+                    let totals = CallStats {
+                        call_id: group.clone(),
+                        peer: None,
+                        peer_name: String::new(),
+                        summary: None,
+                        ..leg.clone()
+                    };
+                    groups.push(GroupStats { group: group.clone(), participants: 1 + usize::from(answered), totals });
+                }
+            }
+        }
+        groups
+    }
+
+    fn add(&mut self, leg: &CallStats, answered: bool) {
+        self.participants += usize::from(answered);
+        let t = &mut self.totals;
+        // The call is as far along as its furthest leg.
+        let rank = |state: State| {
+            [State::Active, State::OnHold, State::Reconnecting, State::Connecting].iter().position(|s| *s == state)
+        };
+        if rank(leg.state).is_some_and(|r| rank(t.state).is_none_or(|ours| r < ours)) {
+            t.state = leg.state;
+        }
+        t.duration = t.duration.max(leg.duration);
+        t.packets_sent += leg.packets_sent;
+        t.bytes_sent += leg.bytes_sent;
+        t.packets_received += leg.packets_received;
+        t.bytes_received += leg.bytes_received;
+        t.packets_lost += leg.packets_lost;
+        t.fraction_lost = t.fraction_lost.max(leg.fraction_lost);
+        t.remote_packets_lost += leg.remote_packets_lost;
+        t.remote_fraction_lost = t.remote_fraction_lost.max(leg.remote_fraction_lost);
+        t.jitter = t.jitter.max(leg.jitter);
+        t.round_trip =
+            combine(t.round_trip, leg.round_trip, |ours, theirs| if theirs.0 > ours.0 { theirs } else { ours });
+        t.jitter_buffer_delay = t.jitter_buffer_delay.max(leg.jitter_buffer_delay);
+        t.jitter_buffer_target_delay = t.jitter_buffer_target_delay.max(leg.jitter_buffer_target_delay);
+        t.concealed_samples += leg.concealed_samples;
+        t.concealment_events += leg.concealment_events;
+        t.packets_recovered_fec += leg.packets_recovered_fec;
+        t.late_packets += leg.late_packets;
+        t.discarded_packets += leg.discarded_packets;
+        t.audio_level_in_dbfs = t.audio_level_in_dbfs.max(leg.audio_level_in_dbfs);
+        t.audio_level_out_dbfs = t.audio_level_out_dbfs.max(leg.audio_level_out_dbfs);
+        t.candidate_pair = None;
+        t.mos = combine(t.mos, leg.mos, f64::min);
+        t.quality = combine(t.quality, leg.quality, Ord::min);
+    }
+}
+
+/// Both measured: `pick` one; else whichever was.
+fn combine<T>(ours: Option<T>, theirs: Option<T>, pick: impl FnOnce(T, T) -> T) -> Option<T> {
+    match (ours, theirs) {
+        (Some(ours), Some(theirs)) => Some(pick(ours, theirs)),
+        (ours, theirs) => ours.or(theirs),
+    }
 }
 
 /// A finished call in numbers.
@@ -246,6 +332,49 @@ pub struct RtcpView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn leg(id: &str, group: Option<&str>, state: State, mos: Option<f64>, sent: u64, rtt_ms: u64) -> CallStats {
+        let call = |name: &str| CallId::try_from(name.to_owned()).unwrap();
+        let record = crate::call_record::CallRecord {
+            state,
+            group: group.map(call),
+            ..crate::call_record::CallRecord::new(
+                call(id),
+                None,
+                id.into(),
+                crate::vocab::Direction::Outgoing,
+                (crate::audio_spec::InputSpec::Silence, crate::audio_spec::OutputSpec::Null),
+                std::time::SystemTime::UNIX_EPOCH,
+            )
+        };
+        let codec = CodecInfo::opus(32_000, Duration::from_millis(20), false);
+        let mut stats = CallMeter::new(codec).sample(&record, None, std::time::SystemTime::UNIX_EPOCH);
+        stats.mos = mos;
+        stats.quality = mos.map(|m| if m > 4.0 { Quality::Excellent } else { Quality::Poor });
+        stats.packets_sent = sent;
+        stats.round_trip = Some((Duration::from_millis(rtt_ms), RoundTripSource::Rtcp));
+        stats
+    }
+
+    #[test]
+    fn a_group_call_sums_its_legs_counters_and_sounds_like_its_worst_leg() {
+        let legs = [
+            leg("ab", Some("ab"), State::Active, Some(4.3), 100, 5),
+            leg("ac", Some("ab"), State::Active, Some(3.1), 50, 40),
+            leg("ad", Some("ab"), State::Outgoing, None, 0, 0),
+            leg("xy", None, State::Incoming, None, 7, 1),
+            leg("g2", Some("g2"), State::OnHold, Some(4.4), 9, 2),
+        ];
+        let groups = GroupStats::of(&legs);
+        assert_eq!(groups.len(), 2, "the two-party call has none: {groups:?}");
+        let ab = &groups[0];
+        assert_eq!((ab.group.as_str(), ab.participants), ("ab", 3), "us, b and c; d still rings");
+        let t = &ab.totals;
+        assert_eq!((t.state, t.packets_sent, t.peer), (State::Active, 150, None));
+        assert_eq!((t.mos, t.quality), (Some(3.1), Some(Quality::Poor)), "the worst leg's");
+        assert_eq!(t.round_trip, Some((Duration::from_millis(40), RoundTripSource::Rtcp)), "the longest");
+        assert_eq!((groups[1].participants, groups[1].totals.state), (2, State::OnHold));
+    }
 
     #[test]
     fn levels_are_rms_dbfs() {

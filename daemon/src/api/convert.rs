@@ -9,7 +9,7 @@ use voicelink_core::contacts::{Contact, Contacts, Standing};
 use voicelink_core::device_follow::DeviceInfo;
 use voicelink_core::history::{HistoryEntry, Outcome};
 use voicelink_core::peer_table::{GoneReason, PeerChange};
-use voicelink_core::stats::CallStats;
+use voicelink_core::stats::{CallStats, GroupStats};
 use voicelink_core::vocab::{Direction, EndReason, PeerRecord, State};
 use voicelink_core::voice_processing::ProcessingChange;
 
@@ -249,6 +249,17 @@ fn end_reason(reason: Option<&EndReason>) -> (v1::EndReason, String) {
     }
 }
 
+/// A group call's totals: a `CallStats` with no call ID, its group ID, and
+/// how many people are in it.
+pub(super) fn group_stats(group: &GroupStats) -> v1::CallStats {
+    v1::CallStats {
+        call_id: String::new(),
+        group_id: group.group.to_string(),
+        participants: u32::try_from(group.participants).unwrap_or(u32::MAX),
+        ..call_stats(&group.totals)
+    }
+}
+
 pub(super) fn call_stats(stats: &CallStats) -> v1::CallStats {
     let millis = |duration: Duration| duration.as_secs_f64() * 1000.0;
     let codec = &stats.codec;
@@ -295,6 +306,8 @@ pub(super) fn call_stats(stats: &CallStats) -> v1::CallStats {
         }),
         mos: stats.mos.unwrap_or(0.0),
         quality: stats.quality.map(|q| q.as_str().to_owned()).unwrap_or_default(),
+        group_id: stats.group.as_ref().map(ToString::to_string).unwrap_or_default(),
+        participants: 0,
         summary: stats.summary.as_ref().map(|summary| v1::CallSummary {
             setup_time: Some(duration(summary.setup_time)),
             duration: Some(duration(summary.duration)),

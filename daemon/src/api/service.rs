@@ -32,7 +32,7 @@ use crate::audio::input_level::{self, LevelError};
 use crate::call::registry::RegistryCommand;
 use crate::events::{EventHub, Update};
 use crate::settings::{ConfigView, SettingsCommand, SettingsError};
-use crate::stats::StatsBoard;
+use crate::stats::{Sample, StatsBoard};
 use crate::store::Store;
 
 /// Buffered events per subscriber before it counts as slow (and is resynchronised
@@ -584,8 +584,12 @@ impl Voicelink for ControlService {
                         None => break,
                     },
                 };
-                let sample = Ok(convert::call_stats(&stats));
-                if stats.summary.is_some() {
+                let last = matches!(&stats, Sample::Call(call) if call.summary.is_some());
+                let sample = Ok(match &stats {
+                    Sample::Call(call) => convert::call_stats(call),
+                    Sample::Group(group) => convert::group_stats(group),
+                });
+                if last {
                     // A call's last sample is worth waiting for.
                     tokio::select! {
                         () = shutdown.cancelled() => break,

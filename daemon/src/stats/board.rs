@@ -2,7 +2,8 @@
 //! each call; every subscriber reads them at its own interval, so nothing a
 //! subscriber does (or fails to do) reaches a call or another subscriber. The
 //! last sample of an ended call, with its summary, is broadcast so that each
-//! subscriber sends it once, as soon as the call ends.
+//! subscriber sends it once, as soon as the call ends. A subscriber to every
+//! call also gets each group call's totals, from its legs' latest samples.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
-use voicelink_core::stats::CallStats;
+use voicelink_core::stats::{CallStats, GroupStats};
 use voicelink_core::vocab::CallId;
 
 /// Ended calls' last samples kept for late subscribers to one call.
@@ -93,7 +94,7 @@ impl StatsBoard {
         if let Some(call) = &call
             && !self.live.borrow().contains_key(call)
         {
-            pending.push_back(self.recent(call).ok_or_else(|| NoSuchCall(call.clone()))?);
+            pending.push_back(Sample::Call(self.recent(call).ok_or_else(|| NoSuchCall(call.clone()))?));
             done = true;
         }
         let mut tick = tokio::time::interval(interval);
@@ -102,20 +103,29 @@ impl StatsBoard {
     }
 }
 
+/// What a subscriber is sent.
+#[derive(Debug, Clone)]
+pub enum Sample {
+    /// A call's (a leg's, in a group call).
+    Call(Arc<CallStats>),
+    /// A group call's totals.
+    Group(Box<GroupStats>),
+}
+
 /// One subscriber's view of the board.
 pub struct StatsSubscription {
     board: StatsBoard,
     finals: broadcast::Receiver<Arc<CallStats>>,
     call: Option<CallId>,
     tick: Interval,
-    pending: VecDeque<Arc<CallStats>>,
+    pending: VecDeque<Sample>,
     done: bool,
 }
 
 impl StatsSubscription {
     /// The next sample; `None` once the subscribed call has ended (or the board
     /// is gone).
-    pub async fn next(&mut self) -> Option<Arc<CallStats>> {
+    pub async fn next(&mut self) -> Option<Sample> {
         loop {
             if let Some(stats) = self.pending.pop_front() {
                 return Some(stats);
@@ -127,12 +137,16 @@ impl StatsSubscription {
                 _ = self.tick.tick() => {
                     let live = self.board.live.borrow().clone();
                     match &self.call {
-                        None => self.pending.extend(live.values().cloned()),
+                        None => {
+                            self.pending.extend(live.values().cloned().map(Sample::Call));
+                            let groups = GroupStats::of(live.values().map(AsRef::as_ref));
+                            self.pending.extend(groups.into_iter().map(|group| Sample::Group(Box::new(group))));
+                        }
                         Some(call) => match live.get(call) {
-                            Some(stats) => self.pending.push_back(stats.clone()),
+                            Some(stats) => self.pending.push_back(Sample::Call(stats.clone())),
                             // Ended, and its final was missed (this subscriber lagged).
                             None => {
-                                self.pending.extend(self.board.recent(call));
+                                self.pending.extend(self.board.recent(call).map(Sample::Call));
                                 self.done = true;
                             }
                         },
@@ -141,7 +155,7 @@ impl StatsSubscription {
                 last = self.finals.recv() => match last {
                     Ok(last) if self.call.as_ref().is_none_or(|call| last.call_id == *call) => {
                         self.done = self.call.is_some();
-                        self.pending.push_back(last);
+                        self.pending.push_back(Sample::Call(last));
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return None,
@@ -169,6 +183,14 @@ mod tests {
         CallMeter::new(codec).sample(&record, None, now)
     }
 
+    /// A call's sample, not a group's.
+    fn leg(sample: Option<Sample>) -> Arc<CallStats> {
+        match sample {
+            Some(Sample::Call(stats)) => stats,
+            other => panic!("not a call's sample: {other:?}"),
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_subscriber_gets_samples_at_once_then_each_interval_then_the_final() {
         let board = StatsBoard::default();
@@ -177,15 +199,15 @@ mod tests {
         board.update(sample(&two, State::Incoming));
         let mut all = board.subscribe(None, Duration::from_secs(1)).unwrap();
         let mut only_one = board.subscribe(Some(one.clone()), Duration::from_millis(100)).unwrap();
-        let first = [all.next().await.unwrap(), all.next().await.unwrap()];
+        let first = [leg(all.next().await), leg(all.next().await)];
         assert_eq!(first.iter().filter(|s| s.call_id == one || s.call_id == two).count(), 2);
-        assert_eq!(only_one.next().await.unwrap().call_id, one);
-        assert_eq!(only_one.next().await.unwrap().call_id, one);
+        assert_eq!(leg(only_one.next().await).call_id, one);
+        assert_eq!(leg(only_one.next().await).call_id, one);
 
         board.finish(sample(&one, State::Ended));
         // The final comes as soon as the call ends, and ends a one-call stream.
         let last = loop {
-            let stats = only_one.next().await.unwrap();
+            let stats = leg(only_one.next().await);
             if stats.state == State::Ended {
                 break stats;
             }
@@ -195,11 +217,11 @@ mod tests {
         // The all-calls stream carries the final and goes on with the other call.
         let mut seen_final = false;
         for _ in 0..4 {
-            let stats = all.next().await.unwrap();
+            let stats = leg(all.next().await);
             seen_final |= stats.call_id == one && stats.state == State::Ended;
         }
         assert!(seen_final);
-        assert_eq!(all.next().await.unwrap().call_id, two);
+        assert_eq!(leg(all.next().await).call_id, two);
     }
 
     #[tokio::test(start_paused = true)]
@@ -209,9 +231,29 @@ mod tests {
         board.update(sample(&call, State::Active));
         board.finish(sample(&call, State::Ended));
         let mut late = board.subscribe(Some(call.clone()), Duration::from_secs(1)).unwrap();
-        assert_eq!(late.next().await.unwrap().state, State::Ended);
+        assert_eq!(leg(late.next().await).state, State::Ended);
         assert!(late.next().await.is_none());
         let unknown = CallId::random();
         assert_eq!(board.subscribe(Some(unknown.clone()), Duration::from_secs(1)).err(), Some(NoSuchCall(unknown)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_to_every_call_gets_each_group_calls_totals_after_its_legs() {
+        let board = StatsBoard::default();
+        let (ab, ac) = (CallId::random(), CallId::random());
+        for leg in [&ab, &ac] {
+            board.update(CallStats { group: Some(ab.clone()), ..sample(leg, State::Active) });
+        }
+        let mut all = board.subscribe(None, Duration::from_secs(1)).unwrap();
+        let legs = [leg(all.next().await), leg(all.next().await)];
+        assert!(legs.iter().all(|leg| leg.group.as_ref() == Some(&ab)));
+        match all.next().await {
+            Some(Sample::Group(group)) => assert_eq!((group.group, group.participants), (ab.clone(), 3)),
+            other => panic!("{other:?}"),
+        }
+        // A subscriber to one leg gets that leg only.
+        let mut one = board.subscribe(Some(ac.clone()), Duration::from_secs(1)).unwrap();
+        assert_eq!(leg(one.next().await).call_id, ac);
+        assert_eq!(leg(one.next().await).call_id, ac);
     }
 }

@@ -4,4 +4,4 @@
 
 pub mod board;
 
-pub use board::{StatsBoard, StatsSubscription};
+pub use board::{Sample, StatsBoard, StatsSubscription};
