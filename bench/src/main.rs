@@ -145,7 +145,7 @@ async fn main() -> Result<()> {
         results.push(result);
     }
 
-    let group = harness::group::run_all(&settings, &args.group_sizes).await?;
+    let group = harness::group::run_all(&settings, &material, &args.group_sizes).await?;
     let report = Report {
         machine: machine(),
         commit: command_output("git", &["describe", "--always", "--dirty"]).unwrap_or_else(|| "unknown".into()),

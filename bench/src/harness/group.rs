@@ -4,6 +4,11 @@
 //! and bandwidth over the talking window, how long the mesh took to form, and
 //! whether every recording holds exactly the other participants' tones in
 //! every window (so "how many fit" is the largest size that stays intact).
+//!
+//! Then, in a call of the largest size, mouth-to-ear between two participants:
+//! p0 speaks (the speech file), p1 echoes what it hears, the others are silent;
+//! the lag of p0's speech in p0's recording is the round trip through p1's
+//! bridge, half of it one way.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,11 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use voicelink_bench::analysis;
 use voicelink_bench::relay::Namespace;
 use voicelink_proto::v1::{AddParticipantRequest, CallState, DialRequest, ListCallsRequest};
 
 use super::daemon::{DEADLINE, Daemon, DaemonSpec, proc_sample, shows_peer_online};
 use super::run::{RunSettings, cpu_percent};
+use super::speech::{self, CALL_RATE, Material};
 
 /// Each participant's microphone, in order.
 const TONES: [u32; 6] = [440, 550, 660, 770, 880, 990];
@@ -25,6 +32,26 @@ const TALK: Duration = Duration::from_secs(10);
 /// (five equal tones are a fifth each), and not at all below the other bound.
 const PRESENT: f64 = 0.08;
 const ABSENT: f64 = 0.02;
+
+/// The group-call bench's figures.
+#[derive(Debug, Serialize, Clone, Default)]
+pub struct GroupReport {
+    /// One call of each size.
+    pub calls: Vec<GroupResult>,
+    /// Mouth-to-ear between two participants of a call of the largest size.
+    pub latency: Option<GroupLatency>,
+}
+
+/// Mouth-to-ear between p0 and p1 in a group call.
+#[derive(Debug, Serialize, Clone)]
+pub struct GroupLatency {
+    pub participants: usize,
+    /// p0 → p1 → p0, measured in p0's recording.
+    pub echo_round_trip_ms: f64,
+    pub one_way_ms: f64,
+    /// How well the echo matched the speech (1 is exact).
+    pub correlation: f64,
+}
 
 /// One group call's figures.
 #[derive(Debug, Serialize, Clone)]
@@ -56,67 +83,30 @@ impl GroupResult {
     }
 }
 
-/// Runs a group call of each size.
-pub async fn run_all(settings: &RunSettings, sizes: &[usize]) -> Result<Vec<GroupResult>> {
-    let mut results = Vec::new();
+/// Runs a group call of each size, then measures mouth-to-ear in the largest.
+pub async fn run_all(settings: &RunSettings, material: &Material, sizes: &[usize]) -> Result<GroupReport> {
+    let mut report = GroupReport::default();
     for &size in sizes {
         tracing::info!(participants = size, "group call");
-        results.push(run(settings, size).await.with_context(|| format!("a group call of {size}"))?);
+        report.calls.push(run(settings, size).await.with_context(|| format!("a group call of {size}"))?);
     }
-    Ok(results)
+    if let Some(&size) = sizes.iter().max() {
+        tracing::info!(participants = size, "mouth-to-ear in a group call");
+        report.latency = latency(settings, material, size).await.with_context(|| format!("latency, {size} people"))?;
+    }
+    Ok(report)
 }
 
 async fn run(settings: &RunSettings, size: usize) -> Result<GroupResult> {
-    if !(2..=TONES.len()).contains(&size) {
-        bail!("a group call has 2 to {} participants, not {size}", TONES.len());
-    }
-    let lan = Lan::new(size)?;
     let dir = settings.work.join(format!("group{size}"));
-    let mut daemons = Vec::new();
-    for (n, tone) in TONES.iter().take(size).enumerate() {
-        let name = format!("p{n}");
-        let extra = format!(
-            "audio.input = \"tone:{tone}\"\naudio.output = \"file:{}\"\ncalls.auto_answer = true\n",
-            dir.join(format!("{name}.wav")).display()
-        );
-        let spec = DaemonSpec { name: &name, netns: lan.hosts[n].name(), dir: &dir.join(&name), extra_config: extra };
-        daemons.push(Daemon::start(&settings.voiced, spec).await?);
-    }
-    // Everyone sees everyone (joins find each other by mDNS).
-    for daemon in &daemons {
-        let mut events = daemon.events().await?;
-        for peer in daemons.iter().filter(|p| p.device_id != daemon.device_id) {
-            events.seen_or_wait_for("the peer online", DEADLINE, |e| shows_peer_online(e, &peer.device_id)).await?;
-        }
-    }
-    let host = &daemons[0];
-    let started = Instant::now();
-    host.client.clone().dial(DialRequest { target: daemons[1].device_id.clone(), ..Default::default() }).await?;
-    wait_for_active_legs(host, 1).await?;
-    for (n, peer) in daemons.iter().enumerate().skip(2) {
-        host.client
-            .clone()
-            .add_participant(AddParticipantRequest { call_id: String::new(), target: peer.device_id.clone() })
-            .await?;
-        wait_for_active_legs(host, n).await?;
-    }
-    for daemon in &daemons {
-        wait_for_active_legs(daemon, size - 1).await?;
-    }
-    let mesh_seconds = started.elapsed().as_secs_f64();
-
+    let inputs = TONES.iter().take(size).map(|tone| format!("tone:{tone}")).collect();
+    let Mesh { lan, mut daemons, seconds: mesh_seconds } = mesh(settings, &dir, inputs).await?;
     let before: Vec<_> = daemons.iter().map(|d| proc_sample(d.pid())).collect::<Result<_>>()?;
     let traffic_before: Vec<_> = lan.hosts.iter().map(|h| link_bytes(h.name())).collect::<Result<_>>()?;
     tokio::time::sleep(TALK).await;
     let after: Vec<_> = daemons.iter().map(|d| proc_sample(d.pid())).collect::<Result<_>>()?;
     let traffic_after: Vec<_> = lan.hosts.iter().map(|h| link_bytes(h.name())).collect::<Result<_>>()?;
-    // Stopped together: each recording ends with the talking window.
-    for daemon in &mut daemons {
-        daemon.terminate()?;
-    }
-    for daemon in &mut daemons {
-        daemon.stop().await?;
-    }
+    stop_together(&mut daemons).await?;
 
     let mut figures = Vec::new();
     for (n, daemon) in daemons.iter().enumerate() {
@@ -134,6 +124,103 @@ async fn run(settings: &RunSettings, size: usize) -> Result<GroupResult> {
         });
     }
     Ok(GroupResult { participants: size, mesh_seconds, daemons: figures })
+}
+
+/// Mouth-to-ear between p0 and p1 in a call of `size`: p0 speaks, p1 echoes
+/// what it hears (p0's speech, mixed by p1's bridge), the others are silent.
+async fn latency(settings: &RunSettings, material: &Material, size: usize) -> Result<Option<GroupLatency>> {
+    let dir = settings.work.join(format!("group{size}-latency"));
+    let mut inputs = vec![format!("file:{}", material.call_input.display()), "echo".to_owned()];
+    inputs.resize(size.max(2), "silence".to_owned());
+    let Mesh { lan: _lan, mut daemons, .. } = mesh(settings, &dir, inputs).await?;
+    // The speech plays once (the file does not loop), then a second for its echo.
+    let length = Duration::from_secs_f64(material.call_input_samples.len() as f64 / f64::from(CALL_RATE));
+    tokio::time::sleep(length + Duration::from_secs(1)).await;
+    stop_together(&mut daemons).await?;
+    // p0's file input and its recording start together, when its first leg
+    // (the one to p1) opens the bridge: the echo's lag, less where the speech
+    // sits in the input, is the round trip.
+    let heard = speech::read_wav(&dir.join("p0.wav"))?;
+    let spoken = &material.call_input_samples[material.speech_offset..material.speech_offset + material.speech_len];
+    let found = analysis::align(spoken, &heard, heard.len());
+    Ok(found.filter(|f| f.correlation >= 0.2).map(|found| {
+        let round_trip = (found.lag as f64 - material.speech_offset as f64) / f64::from(CALL_RATE) * 1000.0;
+        GroupLatency {
+            participants: size,
+            echo_round_trip_ms: round_trip,
+            one_way_ms: round_trip / 2.0,
+            correlation: found.correlation,
+        }
+    }))
+}
+
+/// Stops every daemon at once, so each recording ends at the same moment.
+async fn stop_together(daemons: &mut [Daemon]) -> Result<()> {
+    for daemon in daemons.iter_mut() {
+        daemon.terminate()?;
+    }
+    for daemon in daemons.iter_mut() {
+        daemon.stop().await?;
+    }
+    Ok(())
+}
+
+/// A group call's daemons on their LAN, talking in a full mesh.
+struct Mesh {
+    lan: Lan,
+    daemons: Vec<Daemon>,
+    /// How long the mesh took to form.
+    seconds: f64,
+}
+
+/// Starts a daemon per input (p0, p1, …; each records what it plays into
+/// `dir/pN.wav`, auto-answers, plays files once) and forms the mesh.
+async fn mesh(settings: &RunSettings, dir: &Path, inputs: Vec<String>) -> Result<Mesh> {
+    let size = inputs.len();
+    if !(2..=TONES.len()).contains(&size) {
+        bail!("a group call has 2 to {} participants, not {size}", TONES.len());
+    }
+    let lan = Lan::new(size)?;
+    let mut daemons = Vec::new();
+    for (n, input) in inputs.iter().enumerate() {
+        let name = format!("p{n}");
+        let extra = format!(
+            "audio.input = {input:?}\naudio.output = \"file:{}\"\naudio.loop_files = false\ncalls.auto_answer = true\n",
+            dir.join(format!("{name}.wav")).display()
+        );
+        let spec = DaemonSpec { name: &name, netns: lan.hosts[n].name(), dir: &dir.join(&name), extra_config: extra };
+        daemons.push(Daemon::start(&settings.voiced, spec).await?);
+    }
+    // Everyone sees everyone (joins find each other by mDNS).
+    for daemon in &daemons {
+        let mut events = daemon.events().await?;
+        for peer in daemons.iter().filter(|p| p.device_id != daemon.device_id) {
+            events.seen_or_wait_for("the peer online", DEADLINE, |e| shows_peer_online(e, &peer.device_id)).await?;
+        }
+    }
+    let seconds = form(&daemons).await?;
+    Ok(Mesh { lan, daemons, seconds })
+}
+
+/// p0 calls p1 and adds the others one by one; returns once every daemon
+/// talks with all the others, with how long that took.
+async fn form(daemons: &[Daemon]) -> Result<f64> {
+    let size = daemons.len();
+    let host = &daemons[0];
+    let started = Instant::now();
+    host.client.clone().dial(DialRequest { target: daemons[1].device_id.clone(), ..Default::default() }).await?;
+    wait_for_active_legs(host, 1).await?;
+    for (n, peer) in daemons.iter().enumerate().skip(2) {
+        host.client
+            .clone()
+            .add_participant(AddParticipantRequest { call_id: String::new(), target: peer.device_id.clone() })
+            .await?;
+        wait_for_active_legs(host, n).await?;
+    }
+    for daemon in daemons {
+        wait_for_active_legs(daemon, size - 1).await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Waits until `daemon` talks with `count` peers.

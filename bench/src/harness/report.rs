@@ -21,7 +21,7 @@ pub struct Report {
     /// The echo bench, one entry per canceller measured.
     pub echo: Vec<super::echo::EchoResult>,
     /// Group calls, one per size.
-    pub group: Vec<super::group::GroupResult>,
+    pub group: super::group::GroupReport,
 }
 
 /// Where it ran.
@@ -515,7 +515,7 @@ length, ± one 20 ms frame).\n\
         out.push('\n');
         out.push_str(&echo_markdown(&report.echo));
     }
-    if !report.group.is_empty() {
+    if !report.group.calls.is_empty() {
         out.push('\n');
         out.push_str(&group_markdown(&report.group));
     }
@@ -579,9 +579,9 @@ answer → active takes {stalled:.0} ms (median) against {clean:.0} ms on the cl
     out
 }
 
-/// The echo bench's section.
 /// The group-call section.
-pub fn group_markdown(results: &[super::group::GroupResult]) -> String {
+pub fn group_markdown(group: &super::group::GroupReport) -> String {
+    let results = &group.calls;
     let mut out = String::new();
     let _ = writeln!(out, "## Group calls\n");
     let _ = writeln!(
@@ -628,9 +628,25 @@ recording is, in at least 95 % of its windows. Bandwidth is everything on the da
         fit.map_or_else(|| "none".to_owned(), |n| format!("{n} participants")),
         results.last().map_or(0, |r| r.participants)
     );
+    match &group.latency {
+        Some(latency) => {
+            let _ = writeln!(
+                out,
+                "\nMouth-to-ear between two participants of a {}-way call (p0 speaks, p1 echoes what it hears, the \
+others are silent; measured in p0's recording, through files, not sound cards): {:.1} ms one way (echo round \
+trip {:.1} ms, correlation {:.2}).",
+                latency.participants, latency.one_way_ms, latency.echo_round_trip_ms, latency.correlation
+            );
+        }
+        None if !results.is_empty() => {
+            let _ = writeln!(out, "\nMouth-to-ear in a group call: the echo was not found in p0's recording.");
+        }
+        None => {}
+    }
     out
 }
 
+/// The echo bench's section.
 pub fn echo_markdown(results: &[super::echo::EchoResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
