@@ -981,6 +981,14 @@ impl Sim {
         }
     }
 
+    /// Each of `nodes` hangs up at once, and everything settles.
+    fn everyone_leaves(&mut self, nodes: &[Node]) {
+        for &node in nodes {
+            self.leave(node);
+        }
+        self.settle();
+    }
+
     fn assert_mesh(&self, nodes: &[Node], seed: u64) {
         for &n in nodes {
             let others: BTreeSet<Node> = nodes.iter().copied().filter(|m| *m != n).collect();
@@ -1011,10 +1019,7 @@ fn an_added_peer_joins_everyone_and_whoever_leaves_the_rest_go_on() {
     sim.assert_mesh(&[A, C, D], 1);
     assert!(sim.ended(A).values().any(|reason| *reason == EndReason::HungUpRemote));
     // Everyone else at once.
-    for node in [A, C, D] {
-        sim.leave(node);
-    }
-    sim.settle();
+    sim.everyone_leaves(&[A, C, D]);
 }
 
 #[test]
@@ -1027,10 +1032,7 @@ fn two_participants_adding_the_same_peer_at_once_end_in_one_leg_each_whatever_th
         assert!(from_a.is_ok() && from_b.is_ok(), "seed {seed}: neither knows of the other's yet");
         sim.run_for(Duration::from_secs(3));
         sim.assert_mesh(&[A, B, C], seed);
-        for node in [A, B, C] {
-            sim.leave(node);
-        }
-        sim.settle();
+        sim.everyone_leaves(&[A, B, C]);
     }
 }
 
@@ -1056,10 +1058,7 @@ fn a_busy_or_declining_invitee_leaves_the_call_as_it_was() {
     sim.run_for(Duration::from_secs(1));
     assert_eq!(sim.end_reason(A, &again), Some(EndReason::Declined("not now".into())));
     sim.assert_mesh(&[A, B], 1);
-    for node in [A, B] {
-        sim.leave(node);
-    }
-    sim.settle();
+    sim.everyone_leaves(&[A, B]);
 }
 
 #[test]
@@ -1126,10 +1125,7 @@ fn a_waiting_call_answered_holds_the_call_in_progress_on_both_sides() {
     let third = sim.dial(C, A).unwrap();
     sim.run_for(Duration::from_secs(1));
     assert_eq!(sim.end_reason(C, &third), Some(EndReason::Busy));
-    for node in [A, B, D] {
-        sim.leave(node);
-    }
-    sim.settle();
+    sim.everyone_leaves(&[A, B, D]);
 }
 
 #[test]
@@ -1148,9 +1144,6 @@ fn a_merged_waiting_call_closes_the_mesh_whatever_the_timing() {
         sim.run_for(Duration::from_secs(2));
         people.sort();
         sim.assert_mesh(&people, seed);
-        for node in people {
-            sim.leave(node);
-        }
-        sim.settle();
+        sim.everyone_leaves(&people);
     }
 }

@@ -64,14 +64,9 @@ async fn until_talking_with(events: &mut EventFollower, legs: &mut Legs, peers: 
 /// How much of each tone every 200 ms window of a recording holds (windows
 /// with sound only).
 fn tone_shares(path: &Path, tones: &[u32]) -> Vec<Vec<f64>> {
-    let mut reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
-    samples
+    support::samples_of(path)
         .chunks_exact(9600)
-        .filter(|window| {
-            let power = window.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / window.len() as f64;
-            power.sqrt() >= 100.0
-        })
+        .filter(|window| support::audible(window))
         .map(|window| tones.iter().map(|&hz| tone_share(window, f64::from(hz))).collect())
         .collect()
 }

@@ -12,6 +12,10 @@
 //! Nobody mixes for anyone else: each daemon mixes what it hears for its own
 //! speaker, and the echo canceller's reference is the mix, which is what the
 //! room hears.
+//!
+//! The devices stay open while any leg's ends or any [`BridgeLease`] exist: a
+//! call holds a lease while its media session is replaced, so the sound card
+//! (or the recording file) is not closed and opened again under the call.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,6 +57,8 @@ struct Shared {
     clock: Option<u64>,
     mix: Vec<i32>,
     out: Vec<i16>,
+    /// Samples just read from the input.
+    fresh: Vec<i16>,
 }
 
 impl Bridge {
@@ -85,6 +91,15 @@ impl Bridge {
         shared.output.get_or_insert(output);
     }
 
+    /// Keeps the endpoints open, once opened, until the lease is dropped,
+    /// whatever legs come and go meanwhile.
+    pub fn lease(&self) -> BridgeLease {
+        let mut shared = self.lock();
+        shared.sources += 1;
+        shared.sinks += 1;
+        BridgeLease { bridge: self.clone() }
+    }
+
     /// A leg's ends of the bridge: its sender's source and its player's sink.
     pub fn leg(&self) -> (BridgedSource, BridgedSink) {
         let mut shared = self.lock();
@@ -115,6 +130,20 @@ impl Shared {
     }
 }
 
+/// A call's hold on its bridge's endpoints ([`Bridge::lease`]).
+pub struct BridgeLease {
+    bridge: Bridge,
+}
+
+impl Drop for BridgeLease {
+    fn drop(&mut self) {
+        let mut shared = self.bridge.lock();
+        shared.sources -= 1;
+        shared.sinks -= 1;
+        let _ = shared.close_unused();
+    }
+}
+
 /// A leg's sender's view of the shared microphone.
 pub struct BridgedSource {
     bridge: Bridge,
@@ -132,11 +161,14 @@ impl Source for BridgedSource {
         let start = shared.readers.get(&self.leg).copied().unwrap_or(newest).max(oldest);
         let end = start + frame.len() as u64;
         if end > shared.captured_to {
-            let mut fresh = vec![0i16; (end - shared.captured_to) as usize];
-            if let Some(input) = shared.input.as_mut() {
-                input.fill(&mut fresh);
+            let wanted = (end - shared.captured_to) as usize;
+            let Shared { input, fresh, captured, .. } = &mut *shared;
+            fresh.clear();
+            fresh.resize(wanted, 0);
+            if let Some(input) = input.as_mut() {
+                input.fill(fresh);
             }
-            shared.captured.extend(&fresh);
+            captured.extend(fresh.iter());
             shared.captured_to = end;
             let keep = CAPTURE_HISTORY.max(frame.len());
             let excess = shared.captured.len().saturating_sub(keep);
@@ -364,5 +396,32 @@ mod tests {
         from_c.write(&frame(5)).unwrap();
         assert_eq!(*kept.0.lock().unwrap().last().unwrap(), 5);
         assert_eq!(kept.1.load(Ordering::Relaxed), 0, "still playing");
+    }
+
+    #[test]
+    fn a_lease_keeps_the_endpoints_open_while_a_legs_ends_are_replaced() {
+        let bridge = Bridge::new();
+        let kept = Kept::default();
+        bridge.open(Box::new(Counting(0)), Box::new(kept.clone()));
+        let lease = bridge.lease();
+        let (mut source, mut sink) = bridge.leg();
+        let mut pcm = vec![0; 960];
+        source.fill(&mut pcm);
+        sink.write(&frame(1)).unwrap();
+        // The media session is replaced: its ends go, new ones come.
+        drop((source, sink));
+        assert!(bridge.is_open(), "the devices were not closed under the call");
+        assert_eq!(kept.1.load(Ordering::Relaxed), 0);
+        let (mut source, mut sink) = bridge.leg();
+        // A new leg starts with the newest frame, then reads on.
+        source.fill(&mut pcm);
+        source.fill(&mut pcm);
+        assert_eq!(pcm[0], 960, "the same microphone, where it was");
+        sink.write(&frame(2)).unwrap();
+        assert_eq!(kept.0.lock().unwrap().len(), 2 * 960, "one recording, not a new one");
+        drop((source, sink));
+        drop(lease);
+        assert_eq!(kept.1.load(Ordering::Relaxed), 1, "completed when the call lets go");
+        assert!(!bridge.is_open());
     }
 }

@@ -25,7 +25,7 @@ use voicelink_core::vocab::{CallId, DeviceId, Direction, FailCause, State};
 use voicelink_core::wire::{Body, Decoded, GroupPart, Message};
 
 use super::registry::Inbox;
-use crate::audio::bridge::Bridge;
+use crate::audio::bridge::{Bridge, BridgeLease};
 use crate::audio::device_watch::Devices;
 use crate::audio::endpoints::{Silence, Source, WavSink};
 use crate::audio::ringer::Ringer;
@@ -151,8 +151,9 @@ struct Call {
     connection: Option<Connection>,
     media: Option<MediaSession>,
     meter: CallMeter,
-    /// The audio endpoints are open (a replaced media session gets them again).
-    audio_attached: bool,
+    /// Held once the call has audio: the bridge's endpoints stay open while a
+    /// media session is replaced, and the replacement gets them again.
+    lease: Option<BridgeLease>,
     /// The last sample, with the summary, is on the board.
     stats_finished: bool,
     /// Where the pumps hand frames for our recording.
@@ -262,7 +263,7 @@ impl Call {
             connection,
             media: None,
             meter,
-            audio_attached: false,
+            lease: None,
             stats_finished: false,
             recording: RecordingTap::default(),
             pending_recording: None,
@@ -338,7 +339,7 @@ impl Call {
             .map_err(|e| FailCause::Protocol(e.to_string()))?;
         media.set_processing(self.record.processing);
         self.media = Some(media);
-        if self.machine.direction() == Direction::Outgoing || self.audio_attached {
+        if self.machine.direction() == Direction::Outgoing || self.lease.is_some() {
             self.attach_audio().await?;
         }
         Ok(())
@@ -365,7 +366,9 @@ impl Call {
         media
             .attach_audio(input, Box::new(sink), self.recording.clone(), self.context.settings.clone())
             .map_err(|e| FailCause::Audio(e.to_string()))?;
-        self.audio_attached = true;
+        if self.lease.is_none() {
+            self.lease = Some(self.bridge.lease());
+        }
         Ok(())
     }
 
@@ -518,6 +521,11 @@ impl Call {
             }
         };
         tokio::join!(media, connection);
+        // The last user of a sound card closes it, which may block: not on the
+        // runtime's threads.
+        if let Some(lease) = self.lease.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(lease)).await;
+        }
         let _ = self.context.inbox.send(Inbox::Finished(self.id.clone())).await;
     }
 

@@ -460,19 +460,28 @@ pub enum Heard {
     Other,
 }
 
+/// A WAV file's 16-bit samples (channels interleaved).
+pub fn samples_of(path: &Path) -> Vec<i16> {
+    let mut reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    reader.samples::<i16>().map(Result::unwrap).collect()
+}
+
+/// Whether a window holds anything audible (RMS of 100 or more).
+pub fn audible(window: &[i16]) -> bool {
+    (window.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / window.len().max(1) as f64).sqrt() >= 100.0
+}
+
 /// Classifies a 48 kHz mono WAV file in 200 ms windows.
 pub fn listen(path: &Path, tones: &[u32]) -> Vec<Heard> {
-    let mut reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
-    classify(&samples, tones)
+    classify(&samples_of(path), tones)
 }
 
 /// Classifies each channel of a 48 kHz stereo WAV file in 200 ms windows.
 #[allow(dead_code)] // used by some test files only
 pub fn listen_stereo(path: &Path, tones: &[u32]) -> (Vec<Heard>, Vec<Heard>) {
-    let mut reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(reader.spec().channels, 2, "{} is not stereo", path.display());
-    let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    let samples = samples_of(path);
     let channel = |c: usize| samples.iter().skip(c).step_by(2).copied().collect::<Vec<_>>();
     (classify(&channel(0), tones), classify(&channel(1), tones))
 }
@@ -483,8 +492,7 @@ pub fn classify(samples: &[i16], tones: &[u32]) -> Vec<Heard> {
         .chunks(9600)
         .filter(|w| w.len() == 9600)
         .map(|window| {
-            let rms = (window.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / window.len() as f64).sqrt();
-            if rms < 100.0 {
+            if !audible(window) {
                 return Heard::Silence;
             }
             tones
