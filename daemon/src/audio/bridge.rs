@@ -13,12 +13,19 @@
 //! speaker, and the echo canceller's reference is the mix, which is what the
 //! room hears.
 //!
+//! The call's own voice-processing choice lives here too, beside the
+//! microphone it processes: whichever leg carries a change, and whichever leg
+//! opened the devices, the capture follows it.
+//!
 //! The devices stay open while any leg's ends or any [`BridgeLease`] exist: a
 //! call holds a lease while its media session is replaced, so the sound card
 //! (or the recording file) is not closed and opened again under the call.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+use voicelink_core::voice_processing::ProcessingChange;
 
 use super::endpoints::{EndpointError, Sink, Source};
 
@@ -36,6 +43,8 @@ pub struct Bridge {
     /// Held by the leg that opens the endpoints: a leg answered at the same
     /// moment waits for them instead of opening the devices a second time.
     opening: Arc<tokio::sync::Mutex<()>>,
+    /// The call's own voice processing, over the config's.
+    processing: Arc<watch::Sender<ProcessingChange>>,
 }
 
 #[derive(Default)]
@@ -89,6 +98,16 @@ impl Bridge {
         let mut shared = self.lock();
         shared.input.get_or_insert(input);
         shared.output.get_or_insert(output);
+    }
+
+    /// The call's own voice-processing choice, as the capture follows it.
+    pub fn processing(&self) -> watch::Receiver<ProcessingChange> {
+        self.processing.subscribe()
+    }
+
+    /// Gives the call its own voice processing, for the stages `change` names.
+    pub fn set_processing(&self, change: ProcessingChange) {
+        self.processing.send_replace(change);
     }
 
     /// Keeps the endpoints open, once opened, until the lease is dropped,
@@ -396,6 +415,20 @@ mod tests {
         from_c.write(&frame(5)).unwrap();
         assert_eq!(*kept.0.lock().unwrap().last().unwrap(), 5);
         assert_eq!(kept.1.load(Ordering::Relaxed), 0, "still playing");
+    }
+
+    #[test]
+    fn every_leg_shares_the_calls_voice_processing_choice() {
+        let bridge = Bridge::new();
+        // The capture follows the choice of the leg that opened the devices…
+        let capture = bridge.processing();
+        // …and a change carried by any other leg, even after that leg is gone.
+        let other_leg = bridge.clone();
+        let off = ProcessingChange { echo_cancellation: Some(false), ..Default::default() };
+        other_leg.set_processing(off);
+        drop(other_leg);
+        assert_eq!(*capture.borrow(), off);
+        assert_eq!(*bridge.processing().borrow(), off, "a leg that joins later starts with it");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::audio::{Input, open_input, open_output};
 use crate::clock;
 use crate::events::{Change, EventHub};
 use crate::identity::Identity;
-use crate::media::audio_pump::{Gates, ProcessedSource};
+use crate::media::audio_pump::{CaptureProcessing, Gates, ProcessedSource};
 use crate::media::peer_connection::{ConnectionEvent, NetworkSettings};
 use crate::media::recording::RecordingTap;
 use crate::media::session::{CodecSettings, MediaSession};
@@ -249,6 +249,9 @@ impl Call {
         connection: Option<Connection>,
         bridge: Bridge,
     ) -> Call {
+        let mut record = record;
+        // A leg that joins a call with its own voice processing shows it.
+        record.processing = *bridge.processing().borrow();
         context.hub.publish(Change::CallStarted(record.clone()));
         // In the history from the start: a call the daemon never sees end (it was
         // killed) is still there, marked interrupted.
@@ -337,7 +340,6 @@ impl Call {
         let media = MediaSession::new(&self.context.identity, peer, self.context.codec.clone())
             .await
             .map_err(|e| FailCause::Protocol(e.to_string()))?;
-        media.set_processing(self.record.processing);
         self.media = Some(media);
         if self.machine.direction() == Direction::Outgoing || self.lease.is_some() {
             self.attach_audio().await?;
@@ -390,10 +392,14 @@ impl Call {
             Ok(result) => result.map_err(|e| FailCause::Audio(e.to_string()))?,
             Err(_) => return Err(FailCause::Audio("opening the audio endpoints failed (the opener panicked)".into())),
         };
-        let Some(media) = self.media.as_ref() else { return Ok(()) };
+        // The call may have let go of its media while the devices opened.
+        if self.media.is_none() {
+            return Ok(());
+        }
         let source: Box<dyn Source> = match input {
             Input::Source(source) if self.record.input.is_sound_card() => {
-                let processing = media.capture_processing(sink.echo_reference(), self.context.settings.clone());
+                let choice = self.bridge.processing();
+                let processing = CaptureProcessing::new(sink.echo_reference(), choice, self.context.settings.clone());
                 Box::new(ProcessedSource { source, processing })
             }
             Input::Source(source) => source,
@@ -755,9 +761,7 @@ impl Call {
                 }
                 Output::ProcessingChanged(change) => {
                     self.record.processing = self.record.processing.then(change);
-                    if let Some(media) = self.media.as_ref() {
-                        media.set_processing(self.record.processing);
-                    }
+                    self.bridge.set_processing(self.record.processing);
                     self.context.hub.publish(Change::CallProcessing(self.record.clone()));
                 }
                 Output::HoldChanged(on_hold) => {

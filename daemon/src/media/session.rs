@@ -12,16 +12,15 @@ use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::meter::{MediaSample, PlayoutStats};
 use voicelink_core::stats::{CodecInfo, SILENCE_DBFS};
 use voicelink_core::vocab::DeviceId;
-use voicelink_core::voice_processing::ProcessingChange;
 
-use super::audio_pump::{CaptureProcessing, Gates, PlayPump, PumpControl, SendPump};
+use super::audio_pump::{Gates, PlayPump, PumpControl, SendPump};
 use super::peer_connection::{
     Connection, ConnectionError, ConnectionEvent, IceReading, NetworkSettings, OutboundTrack, ReceivedPacket,
 };
 use super::recording::RecordingTap;
 use super::rtcp_monitor::SharedView;
 use crate::audio::Input;
-use crate::audio::endpoints::{EchoReference, Sink, Source, echo};
+use crate::audio::endpoints::{Sink, Source, echo};
 use crate::identity::Identity;
 
 /// How long the ICE part of a sample (candidate pair, STUN round trip) is reused:
@@ -85,8 +84,6 @@ pub struct MediaSession {
     settings: CodecSettings,
     gates: watch::Sender<Gates>,
     connected: watch::Sender<bool>,
-    /// The call's own voice processing, over the config's.
-    processing: watch::Sender<ProcessingChange>,
     audio: Option<PendingAudio>,
     pumps: Vec<tokio::task::JoinHandle<()>>,
     /// Packet counts and RTCP, kept by the interceptor.
@@ -111,7 +108,6 @@ impl MediaSession {
             settings,
             gates: watch::Sender::new(Gates::default()),
             connected: watch::Sender::new(false),
-            processing: watch::Sender::new(ProcessingChange::default()),
             audio: Some(PendingAudio { track, packets }),
             pumps: Vec::new(),
             rtcp,
@@ -146,17 +142,6 @@ impl MediaSession {
         }
         let reading = self.connection.read_ice(now).await;
         self.ice = Some((now, reading));
-    }
-
-    /// The voice processing for this call's microphone: what `settings` turns
-    /// on, unless the call chose otherwise, with the speaker's `far_end` as the
-    /// echo reference.
-    pub fn capture_processing(
-        &self,
-        far_end: Option<Box<dyn EchoReference>>,
-        settings: watch::Receiver<LiveSettings>,
-    ) -> CaptureProcessing {
-        CaptureProcessing::new(far_end, self.processing.subscribe(), settings)
     }
 
     /// Starts the audio pumps with these endpoints (once; later calls are ignored);
@@ -203,11 +188,6 @@ impl MediaSession {
             self.connected.send_replace(true);
         }
         event
-    }
-
-    /// Gives the call its own voice processing, for the stages `change` names.
-    pub fn set_processing(&self, change: ProcessingChange) {
-        self.processing.send_replace(change);
     }
 
     /// Opens or closes the audio gates.
