@@ -62,7 +62,8 @@ async fn on_a_clean_link_stats_read_no_loss_a_short_round_trip_and_end_with_a_su
     assert!(sample.packets_sent >= 150 && sample.bytes_sent > sample.packets_sent, "{sample:#?}");
     assert_eq!((sample.packets_lost, sample.fraction_lost), (0, 0.0), "{sample:#?}");
     assert_eq!((sample.remote_packets_lost, sample.remote_fraction_lost), (0, 0.0), "{sample:#?}");
-    assert!(sample.round_trip_time_ms > 0.0 && sample.round_trip_time_ms < 20.0, "{sample:#?}");
+    // A link with no delay: well under a fifth of a second even on a busy machine.
+    assert!(sample.round_trip_time_ms > 0.0 && sample.round_trip_time_ms < 200.0, "{sample:#?}");
     assert!(sample.jitter_ms < 20.0, "{sample:#?}");
     // A 440 Hz tone at the generator's level comes in and goes out well above silence.
     assert!(sample.audio_level_in_dbfs > -30.0 && sample.audio_level_out_dbfs > -30.0, "{sample:#?}");

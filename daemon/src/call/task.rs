@@ -516,9 +516,16 @@ impl Call {
         // Both at once: the WebSocket close handshake needs the peer to read, and
         // the peer's task is closing its own media meanwhile; one after the other,
         // each side waited out the other's media close.
+        let (media, lease) = (self.media.take(), self.lease.take());
         let media = async {
-            if let Some(media) = self.media.take() {
+            if let Some(media) = media {
                 media.close().await;
+            }
+            // The devices close with the media, not after the goodbye; the
+            // last user of a sound card closes it, which may block: not on the
+            // runtime's threads.
+            if let Some(lease) = lease {
+                let _ = tokio::task::spawn_blocking(move || drop(lease)).await;
             }
         };
         let connection = async {
@@ -527,11 +534,6 @@ impl Call {
             }
         };
         tokio::join!(media, connection);
-        // The last user of a sound card closes it, which may block: not on the
-        // runtime's threads.
-        if let Some(lease) = self.lease.take() {
-            let _ = tokio::task::spawn_blocking(move || drop(lease)).await;
-        }
         let _ = self.context.inbox.send(Inbox::Finished(self.id.clone())).await;
     }
 
