@@ -749,7 +749,7 @@ impl Switchboard {
             Some(answering) => answer |= answering,
             None if self.may_ring_too(source) => {}
             // Nobody barges into a call: a waiting call is answered by a person.
-            None if group.is_none() && self.may_wait() => (waiting, answer) = (true, false),
+            None if group.is_none() && hang_up.is_none() && self.may_wait() => (waiting, answer) = (true, false),
             None => return Incoming::Busy,
         }
         let mut leg = Leg::new(Some(peer), Direction::Incoming, group.map(|g| g.id.clone()));
@@ -908,8 +908,10 @@ impl Switchboard {
     /// The call an answer or decline is for: the named one, or the only call
     /// ringing here (beside a call in progress, say).
     pub fn pick_ringing(&self, call: Option<&CallId>) -> Result<CallId, CallError> {
-        let mut ringing =
-            self.calls.iter().filter(|(_, leg)| leg.direction == Direction::Incoming && leg.state == State::Incoming);
+        let mut ringing = self
+            .calls
+            .iter()
+            .filter(|(_, leg)| leg.direction == Direction::Incoming && leg.state == State::Incoming && !leg.answering);
         match (call, ringing.next(), ringing.next()) {
             (None, Some((only, _)), None) => Ok(only.clone()),
             _ => self.pick(call),

@@ -575,7 +575,9 @@ async fn a_recording_holds_both_sides_and_the_peer_is_shown_it() {
     let (left, right) = listen_stereo(&file, &[440, 880]);
     assert!(left.len() >= 8, "{} windows of 200 ms", left.len());
     assert!(longest_run(&left, Heard::Tone(440)) >= left.len() - 2, "left: {left:?}");
-    assert!(longest_run(&right, Heard::Tone(880)) >= right.len() - 3, "right: {right:?}");
+    // What came over the network may hold a concealed window on a busy machine.
+    let heard_bob = right.iter().filter(|w| **w == Heard::Tone(880)).count();
+    assert!(heard_bob >= right.len() - 3, "right: {right:?}");
     // The file is not replaced by a second recording.
     let again = a.ctl(&["record", "start", "--file", file.to_str().unwrap()]).await;
     assert!(String::from_utf8_lossy(&again.stderr).contains("never replaces"), "{again:?}");

@@ -6,9 +6,10 @@
 //! every window (so "how many fit" is the largest size that stays intact).
 //!
 //! Then, in a call of the largest size, mouth-to-ear between two participants:
-//! p0 speaks (the speech file), p1 echoes what it hears, the others are silent;
-//! the lag of p0's speech in p0's recording is the round trip through p1's
-//! bridge, half of it one way.
+//! p0 speaks (the speech file), p1 echoes what it hears from p0 (an echo input
+//! answers each leg with that leg's audio), the others are silent; the lag of
+//! p0's speech in p0's recording, which p0's bridge mixes from all its legs, is
+//! the round trip, half of it one way.
 
 use std::path::Path;
 use std::process::Command;
@@ -127,7 +128,7 @@ async fn run(settings: &RunSettings, size: usize) -> Result<GroupResult> {
 }
 
 /// Mouth-to-ear between p0 and p1 in a call of `size`: p0 speaks, p1 echoes
-/// what it hears (p0's speech, mixed by p1's bridge), the others are silent.
+/// p0's speech back on their leg, the others are silent.
 async fn latency(settings: &RunSettings, material: &Material, size: usize) -> Result<Option<GroupLatency>> {
     let dir = settings.work.join(format!("group{size}-latency"));
     let mut inputs = vec![format!("file:{}", material.call_input.display()), "echo".to_owned()];

@@ -159,7 +159,10 @@ impl Drop for BridgeLease {
         let mut shared = self.bridge.lock();
         shared.sources -= 1;
         shared.sinks -= 1;
-        let _ = shared.close_unused();
+        // The last user: a recording file that cannot be completed is worth a word.
+        if let Err(error) = shared.close_unused() {
+            tracing::warn!(%error, "cannot complete the audio output");
+        }
     }
 }
 

@@ -155,6 +155,9 @@ pub struct Registry {
     /// Calls the user put on hold: a leg that joins their group call is held
     /// once it is answered.
     held: HashSet<CallId>,
+    /// Waiting calls being answered, and the calls to hold once each is
+    /// (not before: an answer that fails leaves the call in progress as it was).
+    hold_when_answered: HashMap<CallId, Vec<CallId>>,
     /// Call requests refused by the rate limits, logged at most every 10 s.
     refusals: Throttle,
 }
@@ -172,6 +175,7 @@ impl Registry {
             told: HashMap::new(),
             muted: HashSet::new(),
             held: HashSet::new(),
+            hold_when_answered: HashMap::new(),
             refusals: Throttle::new(Duration::from_secs(10)),
         }
     }
@@ -222,15 +226,23 @@ impl Registry {
                 if let Some((group, due)) = self.switchboard.joins_due(&call) {
                     self.join_participants(&call, &group, due);
                 }
-                if state == State::Active
-                    && let Some(group) = self.switchboard.group_of(&call).cloned()
-                {
-                    self.share_participants(&group);
-                    let on_hold = self.switchboard.group_legs(&group).iter().any(|leg| self.held.contains(leg));
-                    // A hold it already has changes nothing.
-                    if on_hold {
-                        self.held.insert(call.clone());
+                if state == State::Active {
+                    if let Some(group) = self.switchboard.group_of(&call).cloned() {
+                        self.share_participants(&group);
+                        if self.switchboard.group_legs(&group).iter().any(|leg| self.held.contains(leg)) {
+                            self.held.insert(call.clone());
+                        }
+                    }
+                    // Held while it was still connecting (the call refused it
+                    // then), or a leg of a held call: held now. A hold it
+                    // already has changes nothing.
+                    if self.held.contains(&call) {
                         self.tell(&call, Command::SetHold(true));
+                    }
+                    // A waiting call answered by holding the others: now that
+                    // it is answered, they are held.
+                    if let Some(others) = self.hold_when_answered.remove(&call) {
+                        self.hold(others);
                     }
                 }
             }
@@ -247,6 +259,7 @@ impl Registry {
                 self.bridges.remove(&id);
                 self.muted.remove(&id);
                 self.held.remove(&id);
+                self.hold_when_answered.remove(&id);
                 let group = self.switchboard.group_of(&id).cloned();
                 self.switchboard.finished(&id);
                 self.switchboard.expire(clock::now());
@@ -365,7 +378,9 @@ impl Registry {
             self.check_versions(&peers)?;
         }
         match self.switchboard.answer_waiting(call, merge)? {
-            Some(WaitingAnswer::Hold(others)) => self.hold(others),
+            Some(WaitingAnswer::Hold(others)) => {
+                self.hold_when_answered.insert(call.clone(), others);
+            }
             Some(WaitingAnswer::Merge { group, legs }) => {
                 info!(call_id = %call, %group, "merging a waiting call into the call in progress");
                 for leg in legs {
@@ -373,6 +388,8 @@ impl Registry {
                         self.tell(&leg, Command::SetHold(false));
                     }
                 }
+                // Muted in the call it joins: muted on it too.
+                self.mute_if_the_call_is(call);
             }
             None => {}
         }
