@@ -16,7 +16,7 @@
 //! - [`advert`] and [`peer_table`]: mDNS adverts and the peers they describe.
 //! - [`admission`]: which new signaling connections may spend a handshake slot.
 //! - [`sdp`]: the few things read from and fixed in SDP text.
-//! - [`jitter_buffer`], [`resample`], [`clock_drift`], [`audio_math`], [`audio_spec`]: the audio chain's math;
+//! - [`jitter_buffer`], [`mixer`], [`resample`], [`clock_drift`], [`audio_math`], [`audio_spec`]: the audio chain's math;
 //!   [`encoder_policy`]: how much loss the encoder protects against; [`voice_processing`]:
 //!   echo cancellation, noise suppression and gain control on the capture path.
 //! - [`device_follow`]: which sound device an open endpoint moves to as devices come and go.
@@ -40,6 +40,7 @@ pub mod encoder_policy;
 pub mod history;
 pub mod jitter_buffer;
 pub mod liveness;
+pub mod mixer;
 pub mod peer_events;
 pub mod peer_table;
 pub mod reload;

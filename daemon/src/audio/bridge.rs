@@ -4,10 +4,9 @@
 //! - what the microphone captures (after voice processing, once) is handed to
 //!   every leg's sender: the first leg to want a frame reads it from the device,
 //!   the others read the same samples from a short history;
-//! - what the legs' players hear is mixed into the one output: each leg queues
-//!   its frames, and one leg, the clock, writes the mix whenever it writes its
-//!   own. A clock that stops writing (its call ended or stalled) is replaced by
-//!   the first leg whose queue fills up, so the output never waits on one peer.
+//! - what the legs' players hear is mixed into the one output by the call's
+//!   [`Mixer`]: one leg, the clock, writes the mix whenever it writes its own
+//!   frame, and the others' frames wait behind a cushion that hides a late tick.
 //!
 //! Nobody mixes for anyone else: each daemon mixes what it hears for its own
 //! speaker, and the echo canceller's reference is the mix, which is what the
@@ -21,10 +20,11 @@
 //! call holds a lease while its media session is replaced, so the sound card
 //! (or the recording file) is not closed and opened again under the call.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
+use voicelink_core::mixer::Mixer;
 use voicelink_core::voice_processing::ProcessingChange;
 
 use super::endpoints::{EndpointError, Sink, Source};
@@ -32,9 +32,6 @@ use super::endpoints::{EndpointError, Sink, Source};
 /// How far behind the newest captured sample a leg's sender may be before it
 /// skips ahead: three 20 ms frames at 48 kHz.
 const CAPTURE_HISTORY: usize = 3 * 960;
-/// How many frames a leg's player may queue ahead of the clock before the
-/// oldest are dropped (and that leg takes over as the clock).
-const QUEUED_FRAMES: usize = 3;
 
 /// The shared endpoints of one call. Cloning gives another handle to the same.
 #[derive(Clone, Default)]
@@ -60,12 +57,8 @@ struct Shared {
     captured_to: u64,
     /// Each leg's sender: the number of the next sample it reads.
     readers: HashMap<u64, u64>,
-    /// Each playing leg's queued samples.
-    heard: BTreeMap<u64, VecDeque<i16>>,
-    /// The leg whose writes write the mix.
-    clock: Option<u64>,
-    mix: Vec<i32>,
-    out: Vec<i16>,
+    /// What the playing legs hear, mixed.
+    mixer: Mixer,
     /// Samples just read from the input.
     fresh: Vec<i16>,
 }
@@ -235,10 +228,7 @@ impl BridgedSink {
             return Ok(());
         }
         let mut shared = self.bridge.lock();
-        shared.heard.remove(&self.leg);
-        if shared.clock == Some(self.leg) {
-            shared.clock = None;
-        }
+        shared.mixer.leave(self.leg);
         shared.sinks -= 1;
         shared.close_unused()
     }
@@ -247,41 +237,10 @@ impl BridgedSink {
 impl Sink for BridgedSink {
     fn write(&mut self, frame: &[i16]) -> Result<(), EndpointError> {
         let mut guard = self.bridge.lock();
-        let shared = &mut *guard;
-        let queue = shared.heard.entry(self.leg).or_default();
-        queue.extend(frame);
-        let limit = QUEUED_FRAMES * frame.len();
-        let excess = queue.len().saturating_sub(limit);
-        queue.drain(..excess);
-        let full = queue.len() >= limit;
-        let clock_plays = shared.clock.is_some_and(|clock| shared.heard.contains_key(&clock));
-        if !clock_plays || (full && shared.clock != Some(self.leg)) {
-            // The new clock plays from its newest frame: what it had queued
-            // while another leg was the clock would only be latency now.
-            shared.clock = Some(self.leg);
-            if let Some(queue) = shared.heard.get_mut(&self.leg) {
-                let stale = queue.len().saturating_sub(frame.len());
-                queue.drain(..stale);
-            }
-        }
-        if shared.clock != Some(self.leg) {
-            return Ok(());
-        }
-        // The clock writes a frame of the mix: its own frame and as much of
-        // each other leg's queue.
-        shared.mix.clear();
-        shared.mix.resize(frame.len(), 0);
-        for queue in shared.heard.values_mut() {
-            let take = queue.len().min(frame.len());
-            for (sum, sample) in shared.mix.iter_mut().zip(queue.drain(..take)) {
-                *sum += i32::from(sample);
-            }
-        }
-        shared.out.clear();
-        shared.out.extend(shared.mix.iter().map(|sum| (*sum).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16));
-        match shared.output.as_mut() {
-            Some(output) => output.write(&shared.out),
-            None => Ok(()),
+        let Shared { mixer, output, .. } = &mut *guard;
+        match (mixer.write(self.leg, frame), output.as_mut()) {
+            (Some(mix), Some(output)) => output.write(mix),
+            _ => Ok(()),
         }
     }
 
@@ -385,38 +344,27 @@ mod tests {
     }
 
     #[test]
-    fn what_the_legs_hear_is_mixed_and_a_silent_clock_is_replaced() {
+    fn what_the_legs_hear_is_mixed_and_a_clock_that_leaves_is_replaced() {
         let bridge = Bridge::new();
         let kept = Kept::default();
         bridge.open(Box::new(Counting(0)), Box::new(kept.clone()));
         let (_a, mut from_b) = bridge.leg();
         let (_c, mut from_c) = bridge.leg();
+        let last = || *kept.0.lock().unwrap().last().unwrap();
+        // B writes first, so B's writes write the mix; C is heard behind its
+        // cushion (the mixer's own tests cover the policy).
         from_b.write(&frame(100)).unwrap();
         from_c.write(&frame(20)).unwrap();
         from_b.write(&frame(100)).unwrap();
+        assert_eq!(last(), 100, "C's cushion is silence");
         from_c.write(&frame(20)).unwrap();
-        let written = kept.0.lock().unwrap().clone();
-        // B's first frame went out alone (nobody else played yet), then mixes.
-        assert_eq!(written[..960], frame(100)[..]);
-        assert_eq!(written[960..1920], frame(120)[..]);
-        // C's queue is a frame ahead now: its loud frame goes out in B's next
-        // write but one, clipped, not wrapped.
-        from_c.write(&frame(i16::MAX)).unwrap();
         from_b.write(&frame(100)).unwrap();
-        assert_eq!(*kept.0.lock().unwrap().last().unwrap(), 120);
-        from_b.write(&frame(100)).unwrap();
-        assert_eq!(*kept.0.lock().unwrap().last().unwrap(), i16::MAX);
-        assert_eq!(kept.0.lock().unwrap().len(), 4 * 960, "one frame out per frame of the clock");
-        // B stops: C's queue fills, C takes over, and the output goes on.
-        let before = kept.0.lock().unwrap().len();
-        for _ in 0..QUEUED_FRAMES + 2 {
-            from_c.write(&frame(20)).unwrap();
-        }
-        assert!(kept.0.lock().unwrap().len() >= before + 2 * 960, "C writes once B is silent");
-        // B leaves: C alone.
+        assert_eq!(last(), 120);
+        assert_eq!(kept.0.lock().unwrap().len(), 3 * 960, "one frame out per frame of the clock");
+        // B leaves: C writes alone, at once.
         from_b.finish().unwrap();
         from_c.write(&frame(5)).unwrap();
-        assert_eq!(*kept.0.lock().unwrap().last().unwrap(), 5);
+        assert_eq!(last(), 5);
         assert_eq!(kept.1.load(Ordering::Relaxed), 0, "still playing");
     }
 
