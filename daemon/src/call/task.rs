@@ -22,6 +22,7 @@ use voicelink_core::reload::{LiveSettings, Ringing};
 use voicelink_core::ring_tones::Ring;
 use voicelink_core::stats::{CallMeter, CallStats, SAMPLE_PERIOD};
 use voicelink_core::vocab::{CallId, DeviceId, Direction, FailCause, State};
+use voicelink_core::voice_processing::ProcessingChange;
 use voicelink_core::wire::{Body, Decoded, GroupPart, Message};
 
 use super::registry::Inbox;
@@ -168,6 +169,10 @@ struct Call {
     device_moves: (mpsc::UnboundedSender<DeviceMoved>, mpsc::UnboundedReceiver<DeviceMoved>),
     /// The microphone and speaker, shared with the other legs of a group call.
     bridge: Bridge,
+    /// The bridge's voice processing: a call that shares the bridge (a held
+    /// call beside a waiting one it was answered for) may change it, and this
+    /// call's record shows it too.
+    processing: watch::Receiver<ProcessingChange>,
 }
 
 /// Which call a new leg joins, and through which endpoints.
@@ -251,7 +256,8 @@ impl Call {
     ) -> Call {
         let mut record = record;
         // A leg that joins a call with its own voice processing shows it.
-        record.processing = *bridge.processing().borrow();
+        let mut processing = bridge.processing();
+        record.processing = *processing.borrow_and_update();
         context.hub.publish(Change::CallStarted(record.clone()));
         // In the history from the start: a call the daemon never sees end (it was
         // killed) is still there, marked interrupted.
@@ -274,6 +280,7 @@ impl Call {
             ringer: None,
             device_moves: mpsc::unbounded_channel(),
             bridge,
+            processing,
         }
     }
 
@@ -492,6 +499,13 @@ impl Call {
                 () = clock::sleep_until(self.machine.poll_timeout()) => self.machine.handle_timeout(clock::now()),
                 Some(moved) = self.device_moves.1.recv() => {
                     self.context.hub.publish(Change::CallDeviceMoved { call_id: self.id.clone(), moved });
+                }
+                Ok(()) = self.processing.changed() => {
+                    let shared = *self.processing.borrow_and_update();
+                    if shared != self.record.processing {
+                        self.record.processing = shared;
+                        self.context.hub.publish(Change::CallProcessing(self.record.clone()));
+                    }
                 }
                 _ = keepalive.tick() => {
                     if let Some(connection) = self.connection.as_mut() && connection.ping().await.is_err() {
