@@ -15,19 +15,21 @@
 //! that slips by up to a frame is then heard on time. That costs the others up
 //! to a frame of latency, and it is the least that hides a slipped write.
 //!
-//! A queue that keeps more than its cushion for a whole second (a gap grew it,
-//! or the clock was late for a while) gives a frame back at its next quiet
-//! frame, where cutting 20 ms is not heard: latency does not pile up, and speech
-//! is not clipped for it. A clock that stops writing (its call ended or stalled) is replaced by the
-//! first leg whose queue grows far beyond what any late tick explains, so the
-//! speaker never waits on one peer.
+//! A queue that keeps a frame more than its cushion through 50 of the clock's
+//! frames (a second, at 20 ms: a gap grew it, or the clock was late for a while)
+//! gives a frame back at its next quiet frame, where the cut is not heard:
+//! latency does not pile up, and speech is not clipped for it. A clock that
+//! stops writing (its call ended or stalled) is replaced by the first leg that
+//! queues 4 of the clock's frames beyond its cushion, so the speaker never waits
+//! on one peer.
 
 use std::collections::{BTreeMap, VecDeque};
 
 /// The cushion each leg other than the clock keeps: 20 ms at 48 kHz.
 pub const CUSHION: usize = 960;
-/// How many of the clock's frames a leg may queue beyond its cushion before it
-/// takes the clock over from a clock that stopped writing.
+/// How many of the clock's frames (or of its own, if longer) a leg may queue
+/// beyond its cushion before it takes the clock over from a clock that stopped
+/// writing.
 const STALLED_FRAMES: usize = 4;
 /// How many of the clock's frames a queue's surplus must last before a frame of
 /// it is given back: a second, at 20 ms.
@@ -41,6 +43,8 @@ pub struct Mixer {
     legs: BTreeMap<u64, Queue>,
     /// The leg whose writes write the mix.
     clock: Option<u64>,
+    /// The length of the clock's frames, in samples.
+    clock_frame: usize,
     mix: Vec<i32>,
     out: Vec<i16>,
 }
@@ -98,7 +102,9 @@ impl Mixer {
         let clock_plays = self.clock.is_some_and(|clock| self.legs.contains_key(&clock));
         let queue = self.legs.entry(leg).or_insert_with(Queue::primed);
         queue.samples.extend(frame);
-        let stalled = queue.samples.len() >= CUSHION + STALLED_FRAMES * frame.len();
+        // Measured in the clock's frames: a leg of 10 ms frames writes twice
+        // per 20 ms frame of the clock, and that is no stall.
+        let stalled = queue.samples.len() >= CUSHION + STALLED_FRAMES * self.clock_frame.max(frame.len());
         if !clock_plays || (stalled && self.clock != Some(leg)) {
             // The new clock plays from its newest frame: what it had queued
             // while another leg was the clock would only be latency now.
@@ -113,6 +119,7 @@ impl Mixer {
         if self.clock != Some(leg) {
             return None;
         }
+        self.clock_frame = frame.len();
         self.mix.clear();
         self.mix.resize(frame.len(), 0);
         for (id, queue) in self.legs.iter_mut() {
@@ -270,6 +277,26 @@ mod tests {
         // Leg 1 leaves: leg 0 is the clock again at its next write.
         mixer.leave(1);
         assert_eq!(mixer.write(0, &frame(5, 0)), Some(&frame(5, 0)[..]));
+    }
+
+    #[test]
+    fn a_leg_of_shorter_frames_waits_for_a_late_clock() {
+        let mut mixer = Mixer::new();
+        let short = vec![1; FRAME / 2];
+        mixer.write(0, &frame(0, 0));
+        // A 10 ms leg writes twice per frame of the clock, just before it.
+        for n in 0..5 {
+            mixer.write(1, &short);
+            mixer.write(1, &short);
+            let heard = mixer.write(0, &frame(0, 0)).unwrap()[0];
+            assert_eq!(heard, if n == 0 { 0 } else { 1 }, "its cushion, then two frames make one of the mix");
+        }
+        // The clock is a frame late, then catches up: still the clock.
+        for _ in 0..4 {
+            assert!(mixer.write(1, &short).is_none());
+        }
+        assert!(mixer.write(0, &frame(0, 0)).is_some());
+        assert!(mixer.write(0, &frame(0, 0)).is_some());
     }
 
     #[test]

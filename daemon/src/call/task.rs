@@ -776,7 +776,10 @@ impl Call {
                     self.context.hub.publish(Change::CallSpeakerMuted(self.record.clone()));
                 }
                 Output::ProcessingChanged(change) => {
-                    self.record.processing = self.record.processing.then(change);
+                    // On the bridge's choice: a call sharing it may have
+                    // changed it since this one last looked.
+                    let shared = *self.processing.borrow_and_update();
+                    self.record.processing = shared.then(change);
                     self.bridge.set_processing(self.record.processing);
                     self.context.hub.publish(Change::CallProcessing(self.record.clone()));
                 }
