@@ -623,18 +623,23 @@ impl CallMachine {
         self.outputs.push_back(Output::RecordingStopped(reason));
     }
 
+    /// The call request a call we place sends first, once connected (the
+    /// transport may carry it in its own handshake); `None` for a call we take.
+    pub fn call_request(&self) -> Option<Body> {
+        (self.direction == Direction::Outgoing).then(|| Body::CallRequest {
+            caller_name: self.setup.own_name.clone(),
+            frame_ms: Some(self.setup.frame_ms),
+            group: self.setup.group.clone(),
+        })
+    }
+
     /// What happened to the signaling connection.
     pub fn handle_signaling(&mut self, event: Signaling, _now: Instant) {
         if self.state == State::Ended {
             return;
         }
         match event {
-            Signaling::Connected if self.direction == Direction::Outgoing => {
-                let request = Body::CallRequest {
-                    caller_name: self.setup.own_name.clone(),
-                    frame_ms: Some(self.setup.frame_ms),
-                    group: self.setup.group.clone(),
-                };
+            Signaling::Connected if let Some(request) = self.call_request() => {
                 self.outputs.push_back(Output::Send(request));
                 self.awaiting_answer = true;
                 self.outputs.push_back(Output::Media(MediaCommand::CreateOffer));

@@ -68,7 +68,7 @@ fn classify(flood: &mut Flood, done: Option<Result<Result<Body, String>, tokio::
 async fn one_request(target: SocketAddr, n: usize) -> Result<Body, String> {
     let identity = Identity::ephemeral().map_err(|e| e.to_string())?;
     let endpoint = Endpoint::new(Arc::new(identity)).map_err(|e| e.to_string())?;
-    let mut connection = endpoint.connect(&[target], None).await.map_err(|e| e.to_string())?;
+    let mut connection = endpoint.connect(&[target], None, None).await.map_err(|e| e.to_string())?;
     let request = Body::CallRequest { caller_name: format!("spam {n}"), frame_ms: None, group: None };
     connection.send(&Message::new(CallId::random(), request)).await.map_err(|e| e.to_string())?;
     let answer = tokio::time::timeout(Duration::from_secs(10), connection.recv()).await;

@@ -111,7 +111,7 @@ async fn call_from(foreign: Foreign) {
 async fn foreign_call(target: SocketAddr, foreign: Foreign) -> Result<Received, String> {
     let identity = Arc::new(Identity::ephemeral().map_err(|e| e.to_string())?);
     let endpoint = Endpoint::new(Arc::clone(&identity)).map_err(|e| e.to_string())?;
-    let mut signaling = endpoint.connect(&[target], None).await.map_err(|e| e.to_string())?;
+    let mut signaling = endpoint.connect(&[target], None, None).await.map_err(|e| e.to_string())?;
     let call_id = CallId::random();
     let say = |body: Body| Message::new(call_id.clone(), body);
     let request =

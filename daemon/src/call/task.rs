@@ -287,7 +287,8 @@ impl Call {
     async fn run_outgoing(mut self, destination: Destination, mut commands: mpsc::Receiver<CallCommand>) {
         // The endpoint is cloned so the connect future does not borrow the call.
         let endpoint = self.context.endpoint.clone();
-        let connect = endpoint.connect(&destination.addresses, destination.expected);
+        let first = self.machine.call_request().map(|request| Message::new(self.id.clone(), request));
+        let connect = endpoint.connect(&destination.addresses, destination.expected, first.as_ref());
         tokio::pin!(connect);
         // The user may hang up while we are still connecting.
         let connected = loop {

@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+use data_encoding::BASE64URL_NOPAD;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -38,6 +42,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages per second a peer may send on average, and in a burst.
 const RATE_PER_SECOND: f64 = 50.0;
 const RATE_BURST: f64 = 200.0;
+/// The HTTP header of the WebSocket upgrade that carries the caller's first
+/// message (docs/PROTOCOL.md §3), saving the round trip of sending it after.
+const CARRIED_HEADER: &str = "voicelink-first-message";
+/// The most JSON a caller carries in the upgrade (a group's call request with
+/// five names is under 2 KB); anything longer goes as a WebSocket message.
+const MAX_CARRIED_BYTES: usize = 8192;
 
 type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
@@ -108,10 +118,29 @@ impl Endpoint {
             let peer = tls::peer_device(tls.get_ref().1.peer_certificates()).ok_or_else(|| {
                 SignalingError::Handshake { address: address.clone(), reason: "no client certificate".into() }
             })?;
-            let ws = tokio_tungstenite::accept_async_with_config(TlsStream::Server(tls), Some(ws_config()))
-                .await
-                .map_err(|e| handshake_error(&address, e))?;
-            Ok(Connection::new(ws, peer))
+            let mut carried = None;
+            // The error type is the library's (an HTTP response), not ours.
+            #[allow(clippy::result_large_err)]
+            let take_carried = |request: &Request, mut response: Response| {
+                // A header we cannot read is left alone: unconfirmed, the
+                // caller sends its first message as a WebSocket message.
+                carried = request
+                    .headers()
+                    .get(CARRIED_HEADER)
+                    .and_then(|value| BASE64URL_NOPAD.decode(value.as_bytes()).ok())
+                    .filter(|text| text.len() <= MAX_CARRIED_BYTES);
+                if carried.is_some() {
+                    response.headers_mut().insert(CARRIED_HEADER, HeaderValue::from_static("accepted"));
+                }
+                Ok(response)
+            };
+            let ws =
+                tokio_tungstenite::accept_hdr_async_with_config(TlsStream::Server(tls), take_carried, Some(ws_config()))
+                    .await
+                    .map_err(|e| handshake_error(&address, e))?;
+            let mut connection = Connection::new(ws, peer);
+            connection.received_first = carried;
+            Ok(connection)
         };
         handshake.await
     }
@@ -124,16 +153,22 @@ impl Endpoint {
     /// by mDNS (which is not signed), costs a fraction of a second, not the call.
     /// Once every address is being tried, a dial still connecting after
     /// [`FRESH_ATTEMPT_AFTER`] also starts afresh on the first address.
+    ///
+    /// `first`, the call request, rides in the WebSocket upgrade where it fits;
+    /// a callee that confirms it has it is not sent it again.
     pub async fn connect(
         &self,
         addresses: &[SocketAddr],
         expected: Option<DeviceId>,
+        first: Option<&Message>,
     ) -> Result<Connection, SignalingError> {
+        let first = first.map(Message::encode).filter(|text| text.len() <= MAX_CARRIED_BYTES);
+        let first = first.as_deref();
         let mut waiting = addresses.iter().copied();
         let mut attempts = futures::stream::FuturesUnordered::new();
         let mut failures = Vec::new();
         let mut fresh = 0;
-        attempts.extend(waiting.next().map(|address| self.connect_one(address, expected)));
+        attempts.extend(waiting.next().map(|address| self.connect_one(address, expected, first)));
         while !attempts.is_empty() {
             let pause = if waiting.len() > 0 { NEXT_ADDRESS_AFTER } else { FRESH_ATTEMPT_AFTER };
             let start = tokio::select! {
@@ -152,7 +187,7 @@ impl Endpoint {
                     })
                 }
             };
-            attempts.extend(start.map(|address| self.connect_one(address, expected)));
+            attempts.extend(start.map(|address| self.connect_one(address, expected, first)));
         }
         // Say the peer is another device if any address said so; else the last failure.
         let mismatch = failures.iter().position(|e| matches!(e, SignalingError::IdentityMismatch { .. }));
@@ -164,7 +199,12 @@ impl Endpoint {
         })
     }
 
-    async fn connect_one(&self, address: SocketAddr, expected: Option<DeviceId>) -> Result<Connection, SignalingError> {
+    async fn connect_one(
+        &self,
+        address: SocketAddr,
+        expected: Option<DeviceId>,
+        first: Option<&str>,
+    ) -> Result<Connection, SignalingError> {
         let text = address.to_string();
         let attempt = async {
             let tcp = TcpStream::connect(address)
@@ -187,11 +227,22 @@ impl Endpoint {
             };
             let peer = tls::peer_device(tls.get_ref().1.peer_certificates())
                 .ok_or_else(|| SignalingError::Handshake { address: text.clone(), reason: "no certificate".into() })?;
-            let url = format!("ws://{text}/voicelink");
-            let (ws, _) = tokio_tungstenite::client_async_with_config(url, TlsStream::Client(tls), Some(ws_config()))
-                .await
-                .map_err(|e| handshake_error(&text, e))?;
-            Ok(Connection::new(ws, peer))
+            let mut request =
+                format!("ws://{text}/voicelink").into_client_request().map_err(|e| handshake_error(&text, e))?;
+            if let Some(first) = first
+                && let Ok(value) = HeaderValue::from_str(&BASE64URL_NOPAD.encode(first.as_bytes()))
+            {
+                request.headers_mut().insert(CARRIED_HEADER, value);
+            }
+            let (ws, response) =
+                tokio_tungstenite::client_async_with_config(request, TlsStream::Client(tls), Some(ws_config()))
+                    .await
+                    .map_err(|e| handshake_error(&text, e))?;
+            let mut connection = Connection::new(ws, peer);
+            if response.headers().get(CARRIED_HEADER).is_some_and(|value| value == "accepted") {
+                connection.sent_first = first.map(str::to_owned);
+            }
+            Ok(connection)
         };
         tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
@@ -230,16 +281,32 @@ pub struct Connection {
     /// The peer's device ID, from its certificate.
     pub peer: DeviceId,
     rate: RateLimit,
+    /// The caller's first message, carried in the upgrade and confirmed: not
+    /// sent again.
+    sent_first: Option<String>,
+    /// The first message the caller carried in the upgrade, not yet read.
+    received_first: Option<Vec<u8>>,
 }
 
 impl Connection {
     fn new(ws: Ws, peer: DeviceId) -> Self {
-        Connection { ws, peer, rate: RateLimit { tokens: RATE_BURST, at: crate::clock::now() } }
+        Connection {
+            ws,
+            peer,
+            rate: RateLimit { tokens: RATE_BURST, at: crate::clock::now() },
+            sent_first: None,
+            received_first: None,
+        }
     }
 
     /// Sends one message.
     pub async fn send(&mut self, message: &Message) -> Result<(), SignalingError> {
-        self.ws.send(WsMessage::text(message.encode())).await.map_err(|e| SignalingError::Io(e.to_string()))
+        let text = message.encode();
+        if self.sent_first.as_ref().is_some_and(|first| *first == text) {
+            self.sent_first = None;
+            return Ok(());
+        }
+        self.ws.send(WsMessage::text(text)).await.map_err(|e| SignalingError::Io(e.to_string()))
     }
 
     /// Sends a WebSocket ping (keepalive; the peer's pong counts as traffic).
@@ -251,6 +318,9 @@ impl Connection {
     /// frames are answered and skipped; an unknown message type is returned as
     /// such for the caller to log and ignore. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<Decoded>, SignalingError> {
+        if let Some(first) = self.received_first.take() {
+            return Ok(Some(wire::decode(&first)?));
+        }
         loop {
             let Some(frame) = self.ws.next().await else { return Ok(None) };
             let frame = match frame {
@@ -307,5 +377,69 @@ fn ended_abruptly(error: &tokio_tungstenite::tungstenite::Error) -> bool {
                 | ErrorKind::BrokenPipe
         ),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+    use voicelink_core::wire::{Body, CallId};
+
+    use super::*;
+
+    fn endpoint() -> Endpoint {
+        Endpoint::new(Arc::new(Identity::ephemeral().unwrap())).unwrap()
+    }
+
+    fn request() -> Message {
+        let body = Body::CallRequest { caller_name: "Zoë".into(), frame_ms: Some(20), group: None };
+        Message::new(CallId::random(), body)
+    }
+
+    async fn next(connection: &mut Connection) -> Message {
+        match connection.recv().await {
+            Ok(Some(Decoded::Message(message))) => message,
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_call_request_rides_in_the_upgrade_and_is_not_sent_twice() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let callee = tokio::spawn(async move {
+            let (tcp, from) = listener.accept().await.unwrap();
+            let mut connection = endpoint().accept(tcp, from).await.unwrap();
+            (next(&mut connection).await, next(&mut connection).await)
+        });
+        let first = request();
+        let mut caller = endpoint().connect(&[address], None, Some(&first)).await.unwrap();
+        assert!(caller.sent_first.is_some(), "the callee confirmed it");
+        caller.send(&first).await.unwrap();
+        let then = Message::new(first.call_id.clone(), Body::Busy);
+        caller.send(&then).await.unwrap();
+        let (received, after) = callee.await.unwrap();
+        assert_eq!(received, first);
+        assert_eq!(after, then, "the call request came once");
+    }
+
+    #[tokio::test]
+    async fn a_callee_that_does_not_confirm_gets_the_call_request_as_a_message() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = endpoint();
+        let callee = tokio::spawn(async move {
+            // A callee that knows nothing of the header.
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = server.acceptor.accept(tcp).await.unwrap();
+            let ws = tokio_tungstenite::accept_async(TlsStream::Server(tls)).await.unwrap();
+            let mut connection = Connection::new(ws, DeviceId::from_hash([0; 32]));
+            next(&mut connection).await
+        });
+        let first = request();
+        let mut caller = endpoint().connect(&[address], None, Some(&first)).await.unwrap();
+        assert!(caller.sent_first.is_none());
+        caller.send(&first).await.unwrap();
+        assert_eq!(callee.await.unwrap(), first);
     }
 }
