@@ -639,12 +639,13 @@ impl CallMachine {
             return;
         }
         match event {
-            Signaling::Connected if let Some(request) = self.call_request() => {
-                self.outputs.push_back(Output::Send(request));
-                self.awaiting_answer = true;
-                self.outputs.push_back(Output::Media(MediaCommand::CreateOffer));
+            Signaling::Connected => {
+                if let Some(request) = self.call_request() {
+                    self.outputs.push_back(Output::Send(request));
+                    self.awaiting_answer = true;
+                    self.outputs.push_back(Output::Media(MediaCommand::CreateOffer));
+                }
             }
-            Signaling::Connected => {}
             // Expected while yielding: the peer's call is the one that lives.
             Signaling::Closed if self.yielding => {}
             Signaling::Closed => self.end(EndReason::PeerLost, None),

@@ -38,6 +38,9 @@ pub struct Daemon {
     pub client: Client,
     child: Option<Child>,
     pid: i32,
+    /// Kept open for the daemon's later notices (`STOPPING=1`): a socket that
+    /// refuses them makes every stop log a warning.
+    _notify: UnixDatagram,
     /// SIGTERM was sent.
     terminated: bool,
 }
@@ -110,7 +113,16 @@ impl Daemon {
         }
         let mut client = voicelink_proto::connect(DaemonAddress::Unix(socket)).await?;
         let device_id = client.get_status(GetStatusRequest {}).await?.into_inner().device_id;
-        Ok(Daemon { name: spec.name.into(), device_id, log, client, child: Some(child), pid, terminated: false })
+        Ok(Daemon {
+            name: spec.name.into(),
+            device_id,
+            log,
+            client,
+            child: Some(child),
+            pid,
+            _notify: notify,
+            terminated: false,
+        })
     }
 
     /// Its process ID (voiced itself).

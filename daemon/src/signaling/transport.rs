@@ -4,17 +4,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use data_encoding::BASE64URL_NOPAD;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
-use data_encoding::BASE64URL_NOPAD;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use voicelink_core::vocab::DeviceId;
@@ -113,36 +114,8 @@ impl Endpoint {
     /// then the WebSocket upgrade. The listener bounds how long it may take.
     pub async fn accept(&self, tcp: TcpStream, from: SocketAddr) -> Result<Connection, SignalingError> {
         let address = from.to_string();
-        let handshake = async {
-            let tls = self.acceptor.accept(tcp).await.map_err(|e| handshake_error(&address, e))?;
-            let peer = tls::peer_device(tls.get_ref().1.peer_certificates()).ok_or_else(|| {
-                SignalingError::Handshake { address: address.clone(), reason: "no client certificate".into() }
-            })?;
-            let mut carried = None;
-            // The error type is the library's (an HTTP response), not ours.
-            #[allow(clippy::result_large_err)]
-            let take_carried = |request: &Request, mut response: Response| {
-                // A header we cannot read is left alone: unconfirmed, the
-                // caller sends its first message as a WebSocket message.
-                carried = request
-                    .headers()
-                    .get(CARRIED_HEADER)
-                    .and_then(|value| BASE64URL_NOPAD.decode(value.as_bytes()).ok())
-                    .filter(|text| text.len() <= MAX_CARRIED_BYTES);
-                if carried.is_some() {
-                    response.headers_mut().insert(CARRIED_HEADER, HeaderValue::from_static("accepted"));
-                }
-                Ok(response)
-            };
-            let ws =
-                tokio_tungstenite::accept_hdr_async_with_config(TlsStream::Server(tls), take_carried, Some(ws_config()))
-                    .await
-                    .map_err(|e| handshake_error(&address, e))?;
-            let mut connection = Connection::new(ws, peer);
-            connection.received_first = carried;
-            Ok(connection)
-        };
-        handshake.await
+        let tls = self.acceptor.accept(tcp).await.map_err(|e| handshake_error(&address, e))?;
+        upgrade(tls, &address).await
     }
 
     /// Connects to a peer at any of `addresses` and checks that it is
@@ -154,40 +127,65 @@ impl Endpoint {
     /// Once every address is being tried, a dial still connecting after
     /// [`FRESH_ATTEMPT_AFTER`] also starts afresh on the first address.
     ///
-    /// `first`, the call request, rides in the WebSocket upgrade where it fits;
-    /// a callee that confirms it has it is not sent it again.
+    /// `first`, the call request, rides in the first attempt's WebSocket
+    /// upgrade where it fits; a callee that confirms it has it is not sent it
+    /// again. Once that upgrade is out, the callee may be ringing on that
+    /// connection: no attempt starts after it, and one that connects meanwhile
+    /// is kept in reserve, used only if the carrying attempt fails.
     pub async fn connect(
         &self,
         addresses: &[SocketAddr],
         expected: Option<DeviceId>,
         first: Option<&Message>,
     ) -> Result<Connection, SignalingError> {
-        let first = first.map(Message::encode).filter(|text| text.len() <= MAX_CARRIED_BYTES);
-        let first = first.as_deref();
+        let carried = first.map(Message::encode).filter(|text| text.len() <= MAX_CARRIED_BYTES);
+        let upgrading = AtomicBool::new(false);
+        let start = |address, carrier: bool| {
+            let carry = carried.as_deref().filter(|_| carrier).map(|text| (text, &upgrading));
+            async move { (carrier, self.connect_one(address, expected, carry).await) }
+        };
         let mut waiting = addresses.iter().copied();
         let mut attempts = futures::stream::FuturesUnordered::new();
         let mut failures = Vec::new();
         let mut fresh = 0;
-        attempts.extend(waiting.next().map(|address| self.connect_one(address, expected, first)));
+        let mut carrier_pending = true;
+        let mut reserve = None;
+        attempts.extend(waiting.next().map(|address| start(address, true)));
         while !attempts.is_empty() {
+            // Single-task: the carrier only runs when this loop polls it, so
+            // the flag cannot change between this read and a decision on it.
+            let carried_out = carrier_pending && upgrading.load(Ordering::Relaxed);
             let pause = if waiting.len() > 0 { NEXT_ADDRESS_AFTER } else { FRESH_ATTEMPT_AFTER };
-            let start = tokio::select! {
+            let next = tokio::select! {
                 done = attempts.next() => match done {
-                    Some(Ok(connection)) => return Ok(connection),
-                    Some(Err(error)) => {
+                    Some((true, Ok(connection))) => return Ok(connection),
+                    Some((true, Err(error))) => {
+                        carrier_pending = false;
+                        if let Some(connection) = reserve.take() {
+                            return Ok(connection);
+                        }
                         failures.push(error);
                         waiting.next()
                     }
+                    Some((false, Ok(connection))) if carried_out => {
+                        reserve.get_or_insert(connection);
+                        None
+                    }
+                    Some((false, Ok(connection))) => return Ok(connection),
+                    Some((false, Err(error))) => {
+                        failures.push(error);
+                        if carried_out { None } else { waiting.next() }
+                    }
                     None => None,
                 },
-                () = tokio::time::sleep(pause), if waiting.len() > 0 || fresh < FRESH_ATTEMPTS => {
+                () = tokio::time::sleep(pause), if !carried_out && (waiting.len() > 0 || fresh < FRESH_ATTEMPTS) => {
                     waiting.next().or_else(|| {
                         fresh += 1;
                         addresses.first().copied()
                     })
                 }
             };
-            attempts.extend(start.map(|address| self.connect_one(address, expected, first)));
+            attempts.extend(next.map(|address| start(address, false)));
         }
         // Say the peer is another device if any address said so; else the last failure.
         let mismatch = failures.iter().position(|e| matches!(e, SignalingError::IdentityMismatch { .. }));
@@ -199,11 +197,13 @@ impl Endpoint {
         })
     }
 
+    /// One attempt; `carry` is the first message to carry in the upgrade, and
+    /// the flag set as the upgrade goes out.
     async fn connect_one(
         &self,
         address: SocketAddr,
         expected: Option<DeviceId>,
-        first: Option<&str>,
+        carry: Option<(&str, &AtomicBool)>,
     ) -> Result<Connection, SignalingError> {
         let text = address.to_string();
         let attempt = async {
@@ -229,10 +229,13 @@ impl Endpoint {
                 .ok_or_else(|| SignalingError::Handshake { address: text.clone(), reason: "no certificate".into() })?;
             let mut request =
                 format!("ws://{text}/voicelink").into_client_request().map_err(|e| handshake_error(&text, e))?;
-            if let Some(first) = first
+            let mut carried = None;
+            if let Some((first, upgrading)) = carry
                 && let Ok(value) = HeaderValue::from_str(&BASE64URL_NOPAD.encode(first.as_bytes()))
             {
                 request.headers_mut().insert(CARRIED_HEADER, value);
+                upgrading.store(true, Ordering::Relaxed);
+                carried = Some(first);
             }
             let (ws, response) =
                 tokio_tungstenite::client_async_with_config(request, TlsStream::Client(tls), Some(ws_config()))
@@ -240,7 +243,7 @@ impl Endpoint {
                     .map_err(|e| handshake_error(&text, e))?;
             let mut connection = Connection::new(ws, peer);
             if response.headers().get(CARRIED_HEADER).is_some_and(|value| value == "accepted") {
-                connection.sent_first = first.map(str::to_owned);
+                connection.sent_first = carried.map(str::to_owned);
             }
             Ok(connection)
         };
@@ -248,6 +251,38 @@ impl Endpoint {
             .await
             .unwrap_or_else(|_| Err(SignalingError::Unreachable { address: text.clone(), reason: "timed out".into() }))
     }
+}
+
+/// The callee's WebSocket upgrade, taking the caller's first message where the
+/// upgrade carries it.
+async fn upgrade(tls: tokio_rustls::server::TlsStream<TcpStream>, address: &str) -> Result<Connection, SignalingError> {
+    let peer = tls::peer_device(tls.get_ref().1.peer_certificates()).ok_or_else(|| SignalingError::Handshake {
+        address: address.to_owned(),
+        reason: "no client certificate".into(),
+    })?;
+    let mut carried = None;
+    // The error type is the library's (an HTTP response), not ours.
+    #[allow(clippy::result_large_err)]
+    let take_carried = |request: &Request, mut response: Response| {
+        // A header we cannot read is left alone: unconfirmed, the caller
+        // sends its first message as a WebSocket message.
+        carried = request
+            .headers()
+            .get(CARRIED_HEADER)
+            .filter(|value| value.len() <= BASE64URL_NOPAD.encode_len(MAX_CARRIED_BYTES))
+            .and_then(|value| BASE64URL_NOPAD.decode(value.as_bytes()).ok())
+            .filter(|text| text.len() <= MAX_CARRIED_BYTES);
+        if carried.is_some() {
+            response.headers_mut().insert(CARRIED_HEADER, HeaderValue::from_static("accepted"));
+        }
+        Ok(response)
+    };
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(TlsStream::Server(tls), take_carried, Some(ws_config()))
+        .await
+        .map_err(|e| handshake_error(address, e))?;
+    let mut connection = Connection::new(ws, peer);
+    connection.received_first = carried;
+    Ok(connection)
 }
 
 fn handshake_error(address: &str, error: impl std::fmt::Display) -> SignalingError {
@@ -319,6 +354,8 @@ impl Connection {
     /// such for the caller to log and ignore. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<Decoded>, SignalingError> {
         if let Some(first) = self.received_first.take() {
+            // Counted like any message (the budget is full at this point).
+            self.rate.allow(crate::clock::now());
             return Ok(Some(wire::decode(&first)?));
         }
         loop {
@@ -421,6 +458,44 @@ mod tests {
         let (received, after) = callee.await.unwrap();
         assert_eq!(received, first);
         assert_eq!(after, then, "the call request came once");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_connects_while_the_carrying_one_is_upgrading_waits_in_reserve() {
+        let (first_listener, second_listener) =
+            (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let addresses = [first_listener.local_addr().unwrap(), second_listener.local_addr().unwrap()];
+        let (second_started, mut started) = tokio::sync::mpsc::channel::<()>(1);
+        let (carrier_upgrading, mut upgrading) = tokio::sync::mpsc::channel::<()>(1);
+        let (second_upgraded, mut upgraded) = tokio::sync::mpsc::channel::<()>(1);
+        let (first_server, second_server) = (endpoint(), endpoint());
+        // The first address answers TLS only once the second attempt has
+        // started, and the upgrade only once the second has been upgraded.
+        let first = tokio::spawn(async move {
+            let (tcp, _) = first_listener.accept().await.unwrap();
+            started.recv().await;
+            // The caller finished TLS before we did, and then sent its upgrade.
+            let tls = first_server.acceptor.accept(tcp).await.unwrap();
+            carrier_upgrading.send(()).await.unwrap();
+            upgraded.recv().await;
+            let mut connection = upgrade(tls, "first").await.unwrap();
+            next(&mut connection).await
+        });
+        let second = tokio::spawn(async move {
+            let (tcp, _) = second_listener.accept().await.unwrap();
+            second_started.send(()).await.unwrap();
+            let tls = second_server.acceptor.accept(tcp).await.unwrap();
+            upgrading.recv().await;
+            let mut connection = upgrade(tls, "second").await.unwrap();
+            second_upgraded.send(()).await.unwrap();
+            connection.recv().await
+        });
+        let request = request();
+        let mut caller = endpoint().connect(&addresses, None, Some(&request)).await.unwrap();
+        assert!(caller.sent_first.is_some(), "the carrying attempt won");
+        caller.send(&request).await.unwrap();
+        assert_eq!(first.await.unwrap(), request);
+        assert!(matches!(second.await.unwrap(), Ok(None)), "the reserve was closed unused");
     }
 
     #[tokio::test]
