@@ -715,6 +715,8 @@ impl Switchboard {
             AutoAnswer::Everyone => true,
         };
         let mut hang_up = None;
+        // Ours, set aside for theirs: put back if theirs cannot ring after all.
+        let mut replaced = None;
         let ours_ringing = self
             .calls
             .iter()
@@ -727,7 +729,7 @@ impl Switchboard {
             (Glare::KeepOurs, Some(_)) => return Incoming::Glare,
             (Glare::TakeTheirs, Some(ours)) => {
                 // Ours no longer counts: it is being hung up.
-                self.calls.remove(&ours);
+                replaced = self.calls.remove(&ours).map(|leg| (ours.clone(), leg));
                 hang_up = Some(ours);
                 answer = true;
             }
@@ -742,15 +744,29 @@ impl Switchboard {
             .and_then(|group| self.legs_of(&group.id).find(|(_, leg)| leg.invitation).map(|(_, leg)| leg.answering));
         let named = group.is_some_and(|g| self.introduced.get(&g.id).is_some_and(|named| named.contains(&peer)));
         let mut waiting = false;
-        match same_invitation {
+        let refused = match same_invitation {
             // Only from someone the first invitation named: a group ID alone
             // is no ticket into the call.
-            Some(_) if !named => return Incoming::Refuse(Refusal::NotInvited),
-            Some(answering) => answer |= answering,
-            None if self.may_ring_too(source) => {}
+            Some(_) if !named => Some(Incoming::Refuse(Refusal::NotInvited)),
+            Some(answering) => {
+                answer |= answering;
+                None
+            }
+            None if self.may_ring_too(source) => None,
             // Nobody barges into a call: a waiting call is answered by a person.
-            None if group.is_none() && hang_up.is_none() && self.may_wait() => (waiting, answer) = (true, false),
-            None => return Incoming::Busy,
+            None if group.is_none() && hang_up.is_none() && self.may_wait() => {
+                (waiting, answer) = (true, false);
+                None
+            }
+            None => Some(Incoming::Busy),
+        };
+        if let Some(refused) = refused {
+            // Theirs cannot ring here (we are adding them to a call in
+            // progress, say): ours goes on, and is not hung up.
+            if let Some((ours, leg)) = replaced {
+                self.calls.insert(ours, leg);
+            }
+            return refused;
         }
         let mut leg = Leg::new(Some(peer), Direction::Incoming, group.map(|g| g.id.clone()));
         leg.source = Some(source);
@@ -1102,6 +1118,22 @@ mod tests {
             Incoming::Ring { answer: true, hang_up: Some(call("from-high")), waiting: false }
         );
         assert_eq!(high.pick(None), Ok(call("from-low")));
+    }
+
+    #[test]
+    fn glare_with_someone_we_are_adding_to_a_call_keeps_our_invitation_and_they_hear_busy() {
+        let now = Instant::now();
+        // HIGH talks with 2 and adds LOW, who dials HIGH at the same moment.
+        let mut high = Switchboard::new(id(HIGH), Policy::default());
+        high.incoming(call("ab"), id(2), from(2), PeerStanding::Unknown, None, now);
+        high.answering(&call("ab"));
+        high.state_changed(&call("ab"), State::Active, Some(id(2)));
+        high.add(&call("ab"), id(LOW), call("invite")).unwrap();
+        // LOW's call would win the glare, but it cannot ring beside the call.
+        let theirs = high.incoming(call("theirs"), id(LOW), from(LOW), PeerStanding::Unknown, None, now);
+        assert_eq!(theirs, Incoming::Busy);
+        assert_eq!(high.group_of(&call("invite")), Some(&call("ab")), "our invitation still counts");
+        assert!(high.invited(&call("ab"), id(LOW)));
     }
 
     #[test]
