@@ -151,10 +151,11 @@ impl Endpoint {
         let mut carrier_pending = true;
         let mut reserve = None;
         attempts.extend(waiting.next().map(|address| start(address, true)));
+        // Read at each decision, after the poll that brought it: polling the
+        // attempts also runs the carrier, which may have sent its upgrade in
+        // the same poll that completed another attempt.
+        let carried_out = |pending: bool| pending && upgrading.load(Ordering::Relaxed);
         while !attempts.is_empty() {
-            // Single-task: the carrier only runs when this loop polls it, so
-            // the flag cannot change between this read and a decision on it.
-            let carried_out = carrier_pending && upgrading.load(Ordering::Relaxed);
             let pause = if waiting.len() > 0 { NEXT_ADDRESS_AFTER } else { FRESH_ATTEMPT_AFTER };
             let next = tokio::select! {
                 done = attempts.next() => match done {
@@ -167,18 +168,20 @@ impl Endpoint {
                         failures.push(error);
                         waiting.next()
                     }
-                    Some((false, Ok(connection))) if carried_out => {
+                    Some((false, Ok(connection))) if carried_out(carrier_pending) => {
                         reserve.get_or_insert(connection);
                         None
                     }
                     Some((false, Ok(connection))) => return Ok(connection),
                     Some((false, Err(error))) => {
                         failures.push(error);
-                        if carried_out { None } else { waiting.next() }
+                        if carried_out(carrier_pending) { None } else { waiting.next() }
                     }
                     None => None,
                 },
-                () = tokio::time::sleep(pause), if !carried_out && (waiting.len() > 0 || fresh < FRESH_ATTEMPTS) => {
+                // A new attempt started as the carrier's upgrade goes out can
+                // only end up in reserve: harmless.
+                () = tokio::time::sleep(pause), if !carried_out(carrier_pending) && (waiting.len() > 0 || fresh < FRESH_ATTEMPTS) => {
                     waiting.next().or_else(|| {
                         fresh += 1;
                         addresses.first().copied()
