@@ -11,9 +11,10 @@
 //! wrote is empty the moment its leg's write slips past the clock's (or the
 //! clock writes twice in a row), and that gap shifts the leg's audio by a frame:
 //! a click, and for a tone a jump in phase. So each other leg keeps a cushion
-//! of one frame of its own audio, started as silence when it joins: a write
-//! that slips by up to a frame is then heard on time. That costs the others up
-//! to a frame of latency, and it is the least that hides a slipped write.
+//! of 20 ms of its own audio (a frame, at the usual 20 ms), started as silence
+//! when it joins: a write that slips by up to that much is then heard on time.
+//! That costs the others up to 20 ms of latency, the least that hides a slipped
+//! write.
 //!
 //! A queue that keeps a frame more than its cushion through 50 of the clock's
 //! frames (a second, at 20 ms: a gap grew it, or the clock was late for a while)

@@ -714,8 +714,8 @@ impl Switchboard {
             AutoAnswer::Trusted => trusted,
             AutoAnswer::Everyone => true,
         };
-        let mut hang_up = None;
-        // Ours, set aside for theirs: put back if theirs cannot ring after all.
+        // Ours, set aside for theirs (glare) and hung up once theirs rings; put
+        // back if theirs cannot ring after all.
         let mut replaced = None;
         let ours_ringing = self
             .calls
@@ -729,8 +729,7 @@ impl Switchboard {
             (Glare::KeepOurs, Some(_)) => return Incoming::Glare,
             (Glare::TakeTheirs, Some(ours)) => {
                 // Ours no longer counts: it is being hung up.
-                replaced = self.calls.remove(&ours).map(|leg| (ours.clone(), leg));
-                hang_up = Some(ours);
+                replaced = self.calls.remove(&ours).map(|leg| (ours, leg));
                 answer = true;
             }
             // Ours already yielded to this call (the peer told us first).
@@ -754,7 +753,7 @@ impl Switchboard {
             }
             None if self.may_ring_too(source) => None,
             // Nobody barges into a call: a waiting call is answered by a person.
-            None if group.is_none() && hang_up.is_none() && self.may_wait() => {
+            None if group.is_none() && replaced.is_none() && self.may_wait() => {
                 (waiting, answer) = (true, false);
                 None
             }
@@ -779,7 +778,7 @@ impl Switchboard {
             self.introduced.entry(group.id.clone()).or_default().extend(named);
         }
         self.calls.insert(call, leg);
-        Incoming::Ring { answer, hang_up, waiting }
+        Incoming::Ring { answer, hang_up: replaced.map(|(ours, _)| ours), waiting }
     }
 
     /// A participant of `group` joins: answered at once if a participant

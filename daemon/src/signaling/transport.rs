@@ -148,40 +148,39 @@ impl Endpoint {
         let mut attempts = futures::stream::FuturesUnordered::new();
         let mut failures = Vec::new();
         let mut fresh = 0;
-        let mut carrier_pending = true;
         let mut reserve = None;
         attempts.extend(waiting.next().map(|address| start(address, true)));
         // Read at each decision, after the poll that brought it: polling the
         // attempts also runs the carrier, which may have sent its upgrade in
-        // the same poll that completed another attempt.
-        let carried_out = |pending: bool| pending && upgrading.load(Ordering::Relaxed);
+        // the same poll that completed another attempt. Cleared if it fails.
+        let carried_out = || upgrading.load(Ordering::Relaxed);
         while !attempts.is_empty() {
             let pause = if waiting.len() > 0 { NEXT_ADDRESS_AFTER } else { FRESH_ATTEMPT_AFTER };
             let next = tokio::select! {
                 done = attempts.next() => match done {
                     Some((true, Ok(connection))) => return Ok(connection),
                     Some((true, Err(error))) => {
-                        carrier_pending = false;
+                        upgrading.store(false, Ordering::Relaxed);
                         if let Some(connection) = reserve.take() {
                             return Ok(connection);
                         }
                         failures.push(error);
                         waiting.next()
                     }
-                    Some((false, Ok(connection))) if carried_out(carrier_pending) => {
+                    Some((false, Ok(connection))) if carried_out() => {
                         reserve.get_or_insert(connection);
                         None
                     }
                     Some((false, Ok(connection))) => return Ok(connection),
                     Some((false, Err(error))) => {
                         failures.push(error);
-                        if carried_out(carrier_pending) { None } else { waiting.next() }
+                        if carried_out() { None } else { waiting.next() }
                     }
                     None => None,
                 },
                 // A new attempt started as the carrier's upgrade goes out can
                 // only end up in reserve: harmless.
-                () = tokio::time::sleep(pause), if !carried_out(carrier_pending) && (waiting.len() > 0 || fresh < FRESH_ATTEMPTS) => {
+                () = tokio::time::sleep(pause), if !carried_out() && (waiting.len() > 0 || fresh < FRESH_ATTEMPTS) => {
                     waiting.next().or_else(|| {
                         fresh += 1;
                         addresses.first().copied()
@@ -272,9 +271,9 @@ async fn upgrade(tls: tokio_rustls::server::TlsStream<TcpStream>, address: &str)
         carried = request
             .headers()
             .get(CARRIED_HEADER)
+            // At most the encoding of MAX_CARRIED_BYTES: decoded, no more.
             .filter(|value| value.len() <= BASE64URL_NOPAD.encode_len(MAX_CARRIED_BYTES))
-            .and_then(|value| BASE64URL_NOPAD.decode(value.as_bytes()).ok())
-            .filter(|text| text.len() <= MAX_CARRIED_BYTES);
+            .and_then(|value| BASE64URL_NOPAD.decode(value.as_bytes()).ok());
         if carried.is_some() {
             response.headers_mut().insert(CARRIED_HEADER, HeaderValue::from_static("accepted"));
         }
