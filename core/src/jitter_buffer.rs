@@ -10,11 +10,20 @@
 //! for decisions until it has samples for its frame.
 //!
 //! Adaptive: the target delay follows the measured interarrival jitter (RFC 3550
-//! estimator), between a floor of one frame and one packet and a ceiling; when
-//! the buffer holds more than the target plus two frames (or a packet, if that
-//! is longer), a packet is dropped to cut the latency. A packet is late when its
-//! time has been played, whatever its sequence number: a sender that paused
-//! (DTX) resumes with numbers that concealment here has counted past.
+//! estimator), between a floor of one frame
+//! and one packet and a ceiling; when the buffer holds more than the target plus
+//! two frames (or a packet, if that is longer), a packet is dropped to cut the
+//! latency. A packet is late when its time has been played, whatever its
+//! sequence number: a sender that paused (DTX) resumes with numbers that
+//! concealment here has counted past.
+//!
+//! Late packets are mostly retransmissions (the peer resends what we asked for
+//! by NACK) arriving a request and a round trip after their time. Each one
+//! teaches the buffer how much longer it should have waited: the target grows by
+//! the latest such lateness (up to [`MAX_LATE_MARGIN`], forgotten after
+//! [`LATE_MEMORY`] without one), and while the buffer is below its target a
+//! missing packet is waited for (concealed without moving on, which adds the
+//! delay) for up to that margin, so the retransmission plays in full.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -35,6 +44,12 @@ const MAX_AHEAD_FRAMES: u64 = 500;
 const MIN_OPUS_SAMPLES: u64 = 120;
 /// The longest Opus packet (120 ms).
 pub const MAX_PACKET_SAMPLES: u32 = 5760;
+/// The most a late packet may add to the target: a retransmission on a LAN
+/// comes back within a request interval (20 ms) and a burst of losses; waiting
+/// longer costs more in latency than it saves in sound.
+pub const MAX_LATE_MARGIN: Duration = Duration::from_millis(80);
+/// How long the margin learnt from late packets lasts without another.
+pub const LATE_MEMORY: Duration = Duration::from_secs(10);
 /// A stream silent this long (the peer muted or held) starts afresh: its
 /// sequence numbers may have moved further than a 16-bit counter can tell.
 const RESYNC_GAP: Duration = Duration::from_secs(1);
@@ -149,6 +164,13 @@ pub struct JitterBuffer {
     started: bool,
     /// RFC 3550 interarrival jitter, in seconds.
     jitter: f64,
+    /// How much more delay the latest late packet needed, and when it came.
+    late_margin: Duration,
+    late_margin_at: Option<Instant>,
+    /// The timestamp a missing packet is being waited for at, and the samples
+    /// concealed meanwhile.
+    waiting_at: Option<u64>,
+    waited: u64,
     last_transit: Option<f64>,
     epoch: Option<Instant>,
     last_arrival: Option<Instant>,
@@ -173,6 +195,10 @@ impl JitterBuffer {
             start_at: None,
             started: false,
             jitter: 0.0,
+            late_margin: Duration::ZERO,
+            late_margin_at: None,
+            waiting_at: None,
+            waited: 0,
             last_transit: None,
             epoch: None,
             last_arrival: None,
@@ -185,9 +211,9 @@ impl JitterBuffer {
     pub fn target_delay(&self) -> Duration {
         // At least a frame, and a packet: the next one must be there when one
         // is lost, for its FEC. Three times the jitter covers nearly all of it
-        // for the usual shapes.
+        // for the usual shapes; a retransmission needs its own margin.
         let floor = self.min_target.max(self.ts_duration(self.packet_ts));
-        let wanted = floor + Duration::from_secs_f64(3.0 * self.jitter);
+        let wanted = floor + Duration::from_secs_f64(3.0 * self.jitter).max(self.late_margin);
         wanted.clamp(floor, MAX_TARGET.max(floor))
     }
 
@@ -198,6 +224,11 @@ impl JitterBuffer {
             (Some(next), Some(end)) if end > next => self.ts_duration(end - next),
             _ => Duration::ZERO,
         }
+    }
+
+    /// How much the target grew for late packets (retransmissions).
+    pub fn late_margin(&self) -> Duration {
+        self.late_margin
     }
 
     /// Interarrival jitter (RFC 3550), as measured.
@@ -231,11 +262,19 @@ impl JitterBuffer {
             self.start_at = Some(arrival + self.min_target);
             ts
         });
+        if self.late_margin_at.is_some_and(|at| arrival.saturating_duration_since(at) > LATE_MEMORY) {
+            self.late_margin = Duration::ZERO;
+            self.late_margin_at = None;
+        }
         self.update_jitter(ts, arrival);
         // Late is by time alone: a sender that paused (DTX, a stall) resumes
         // with sequence numbers that concealment here has already counted past.
         if ts < next_ts {
             self.stats.late += 1;
+            // Had the target been this much longer, it would have played.
+            let needed = self.ts_duration(next_ts - ts).min(MAX_LATE_MARGIN);
+            self.late_margin = self.late_margin.max(needed);
+            self.late_margin_at = Some(arrival);
             return Pushed::Late;
         }
         if ts > next_ts + MAX_AHEAD_FRAMES * self.frame_ts {
@@ -262,6 +301,7 @@ impl JitterBuffer {
         self.last_transit = None;
         self.epoch = None;
         self.concealed_run = 0;
+        self.waiting_at = None;
     }
 
     fn update_jitter(&mut self, ts: u64, arrival: Instant) {
@@ -353,6 +393,10 @@ impl JitterBuffer {
             self.next_ts = Some(next_ts + gap);
             return Playout::Silence(gap as u32);
         }
+        if self.waits_for_retransmission(next_ts, lost) {
+            self.waited += lost;
+            return self.conceal(lost);
+        }
         self.next_ts = Some(next_ts + lost);
         self.last_seq += 1;
         if let Some((_, payload)) = following.filter(|(ts, _)| *ts == next_ts + lost) {
@@ -360,6 +404,25 @@ impl JitterBuffer {
             self.concealed_run = 0;
             return Playout::Fec(payload, lost as u32);
         }
+        self.conceal(lost)
+    }
+
+    /// Whether to wait `lost` samples more for the missing packet at `next_ts`
+    /// (concealing, without moving on): only while late packets have been seen,
+    /// what is buffered beyond the gap is below the target, and the wait stays
+    /// within their margin.
+    fn waits_for_retransmission(&mut self, next_ts: u64, lost: u64) -> bool {
+        if self.waiting_at != Some(next_ts) {
+            self.waiting_at = Some(next_ts);
+            self.waited = 0;
+        }
+        !self.late_margin.is_zero()
+            && self.current_delay().saturating_sub(self.ts_duration(lost)) < self.target_delay()
+            && self.ts_duration(self.waited + lost) <= self.late_margin
+    }
+
+    /// PLC for `lost` samples, or silence once the peer seems to have stopped.
+    fn conceal(&mut self, lost: u64) -> Playout {
         if self.concealed_run >= MAX_CONCEALED_RUN {
             return Playout::Silence(lost as u32);
         }
@@ -469,6 +532,49 @@ mod tests {
         let (played, jb) = run(&arrivals, 6);
         assert_eq!(frames_of(&played), ["-", "F0", "F1", "R2", "F3", "F4"]);
         assert_eq!(jb.stats().late, 1);
+    }
+
+    #[test]
+    fn a_retransmission_teaches_the_buffer_to_wait_for_the_next_one() {
+        // Every 20 ms; packets 5, 15 and 25 are lost and resent, arriving 45 ms
+        // after the originals would have.
+        let mut arrivals: Vec<(u16, u64)> =
+            (0..40).filter(|i| ![5, 15, 25].contains(i)).map(|i| (i, u64::from(i) * 20 + 1)).collect();
+        arrivals.extend([5, 15, 25].map(|i| (i, u64::from(i) * 20 + 46)));
+        let (played, jb) = run(&arrivals, 40);
+        let frames = frames_of(&played);
+        // The first comes too late: the next packet's FEC stands in for it.
+        assert!(frames.contains(&"R5".to_owned()), "{frames:?}");
+        // The second is waited for (a frame concealed, which adds the delay the
+        // margin asks for) and plays in full; the third is in time without a wait.
+        let after_first: Vec<&str> = frames.iter().skip_while(|f| *f != "R5").map(String::as_str).collect();
+        assert!(after_first.windows(2).any(|w| w == ["C", "F15"]), "{frames:?}");
+        assert!(after_first.windows(2).any(|w| w == ["F24", "F25"]), "{frames:?}");
+        assert_eq!(jb.stats().late, 1, "only the first was late");
+        assert_eq!(jb.late_margin(), FRAME);
+        assert_eq!(jb.target_delay(), 2 * FRAME);
+    }
+
+    #[test]
+    fn the_margin_for_late_packets_is_capped_and_forgotten_after_a_quiet_spell() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(FRAME);
+        let at = |i: u32| t0 + FRAME * i + Duration::from_millis(1);
+        let push_and_pop = |jb: &mut JitterBuffer, i: u32| {
+            let n = i as u16;
+            jb.push(n, i * TS, TS, payload(n), at(i));
+            jb.pop(at(i + 2));
+        };
+        // Packet 1 is lost, and comes back 220 ms late.
+        push_and_pop(&mut jb, 0);
+        (2..12).for_each(|i| push_and_pop(&mut jb, i));
+        assert_eq!(jb.push(1, TS, TS, payload(1), at(12)), Pushed::Late);
+        assert_eq!(jb.late_margin(), MAX_LATE_MARGIN, "a wait adds no more than this");
+        assert_eq!(jb.target_delay(), FRAME + MAX_LATE_MARGIN);
+        let quiet = LATE_MEMORY.as_millis() as u32 / 20 + 2;
+        (12..12 + quiet).for_each(|i| push_and_pop(&mut jb, i));
+        assert_eq!(jb.late_margin(), Duration::ZERO);
+        assert_eq!(jb.target_delay(), FRAME);
     }
 
     #[test]

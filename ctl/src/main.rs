@@ -1,6 +1,9 @@
 //! `voicectl`: one subcommand per control-API verb. Parse, make one call (or
 //! follow one stream), print for people or, with `--json`, for scripts.
 
+// `voicectl stats --json` builds one large `json!` literal per call.
+#![recursion_limit = "256"]
+
 mod complete;
 mod follow;
 mod manual;

@@ -115,6 +115,8 @@ fn stats_json(stats: &v1::CallStats) -> Value {
         "concealed_samples": stats.concealed_samples,
         "concealment_events": stats.concealment_events,
         "packets_recovered_fec": stats.packets_recovered_fec,
+        "packets_repaired": stats.packets_repaired,
+        "packets_resent": stats.packets_resent,
         "late_packets": stats.late_packets,
         "discarded_packets": stats.discarded_packets,
         "audio_level_in_dbfs": stats.audio_level_in_dbfs,
@@ -620,7 +622,7 @@ impl Printer {
         }
         let quality = if stats.quality.is_empty() { "-" } else { &stats.quality };
         println!(
-            "{} {peer}  {} {clock}  rtt {:.0} ms ({})  jitter {:.1} ms  loss {:.1}% / {:.1}%  jb {:.0} ms  in {:.0} dBFS  out {:.0} dBFS  mos {:.2} {quality}",
+            "{} {peer}  {} {clock}  rtt {:.0} ms ({})  jitter {:.1} ms  loss {:.1}% / {:.1}%  repaired {} / resent {}  jb {:.0} ms  in {:.0} dBFS  out {:.0} dBFS  mos {:.2} {quality}",
             stats.call_id,
             state_word(stats.state),
             stats.round_trip_time_ms,
@@ -628,6 +630,8 @@ impl Printer {
             stats.jitter_ms,
             stats.fraction_lost * 100.0,
             stats.remote_fraction_lost * 100.0,
+            stats.packets_repaired,
+            stats.packets_resent,
             stats.jitter_buffer_delay_ms,
             stats.audio_level_in_dbfs,
             stats.audio_level_out_dbfs,

@@ -34,6 +34,45 @@ pub fn directives(level: &str) -> String {
     format!("{level},{}", quiet.join(","))
 }
 
+/// Drops the one error webrtc-rs logs on healthy calls: its SRTP replay check
+/// rejecting a packet that arrived twice ("srtp ssrc=… index=…: duplicated",
+/// logged as "handle_read error" by its driver). With retransmission on, that is
+/// routine: a request repeated before the first answer came back, or a packet
+/// that was only reordered, is sent twice, and the second copy is dropped as it
+/// should be. See `docs/upstream/webrtc-rs.md`.
+pub struct RoutineLibraryErrors;
+
+impl<S> tracing_subscriber::layer::Filter<S> for RoutineLibraryErrors {
+    fn enabled(&self, _: &tracing::Metadata<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        true
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        let mut message = MessageText(String::new());
+        event.record(&mut message);
+        !is_a_replayed_srtp_packet(&message.0)
+    }
+}
+
+/// Whether a library's error is the SRTP replay check dropping a second copy.
+fn is_a_replayed_srtp_packet(message: &str) -> bool {
+    message.contains("srtp ssrc=") && message.ends_with(": duplicated")
+}
+
+/// An event's message, as text.
+struct MessageText(String);
+
+impl tracing::field::Visit for MessageText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
 /// Counts something that may happen thousands of times a second (a flood
 /// refused) so that it is logged at most once per `every`, with how many.
 #[derive(Debug)]
@@ -169,6 +208,13 @@ mod tests {
         assert_eq!(directives("warn,voicelink_daemon=debug"), "warn,voicelink_daemon=debug,webrtc=error,rtc=error");
         assert_eq!(directives("info,rtc_ice=debug"), "info,rtc_ice=debug", "named: left as asked");
         assert_eq!(directives("debug"), "debug", "debug everywhere means everywhere");
+    }
+
+    #[test]
+    fn a_replayed_srtp_packet_is_the_only_library_error_dropped() {
+        assert!(is_a_replayed_srtp_packet("handle_read error: srtp ssrc=1234 index=77: duplicated"));
+        assert!(!is_a_replayed_srtp_packet("handle_read error: srtp ssrc=1234: failed to verify auth tag"));
+        assert!(!is_a_replayed_srtp_packet("duplicated packet"));
     }
 
     #[test]

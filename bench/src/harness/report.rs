@@ -183,6 +183,13 @@ pub struct SideStats {
     /// Of our stream, as the peer reported in RTCP.
     pub remote_packets_lost: i64,
     pub remote_loss_fraction: Option<f64>,
+    /// Of the peer's stream: lost, asked for again (NACK) and then received.
+    pub packets_repaired: u64,
+    /// (packets_lost + packets_repaired) / (packets_received + packets_lost):
+    /// what the path lost before retransmission.
+    pub loss_before_repair_fraction: Option<f64>,
+    /// Of our stream: what the peer asked for again.
+    pub packets_resent: u64,
     pub jitter_ms: f64,
     pub jitter_ms_median: Option<f64>,
     pub rtt_ms: f64,
@@ -254,6 +261,28 @@ fn ms(value: Option<f64>) -> String {
     }
 }
 
+/// The sender's view of its stream's loss: resent on request, and what the
+/// peer reports lost after that.
+fn resent_and_reported(s: &SideStats) -> String {
+    format!(
+        "resent {}; peer reports {} lost ({})",
+        s.packets_resent,
+        s.remote_packets_lost,
+        pct(s.remote_loss_fraction)
+    )
+}
+
+/// The receiver's view: lost before repair, repaired, and what stayed lost.
+fn repaired_and_counted(s: &SideStats) -> String {
+    format!(
+        "lost before repair {}, repaired {}, counted lost {} ({})",
+        pct(s.loss_before_repair_fraction),
+        s.packets_repaired,
+        s.packets_lost,
+        pct(s.loss_fraction)
+    )
+}
+
 fn pct(value: Option<f64>) -> String {
     value.map_or("n/a".into(), |v| format!("{:.1} %", v * 100.0))
 }
@@ -295,20 +324,22 @@ Each run also writes `bench/results/benchmarks.json` for tools (not committed).\
     let _ = writeln!(out, "## Summary\n");
     let _ = writeln!(
         out,
-        "| profile | dial → ringing | answer → active | answer → first audio | mouth-to-ear (one way) | loss applied → reported (caller → callee) | jitter reported (callee) | RTT reported (caller) | PESQ-WB | call survived |"
+        "| profile | dial → ringing | answer → active | answer → first audio | mouth-to-ear (one way) | loss applied → before repair → left (caller → callee) | jitter reported (callee) | RTT reported (caller) | PESQ-WB | call survived |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for p in &report.profiles {
         let callee_loss = p.reported.callee.as_ref().and_then(|s| s.loss_fraction);
+        let callee_loss_before = p.reported.callee.as_ref().and_then(|s| s.loss_before_repair_fraction);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} → {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} → {} → {} | {} | {} | {} | {} |",
             p.name,
             ms(p.setup.dial_to_ringing_ms),
             ms(p.setup.answer_to_active_ms),
             ms(p.setup.answer_to_first_audio_ms),
             ms(p.latency.one_way_ms),
             pct(p.loss.caller_to_callee.fraction),
+            pct(callee_loss_before),
             pct(callee_loss),
             p.reported
                 .callee
@@ -385,13 +416,8 @@ Each run also writes `bench/results/benchmarks.json` for tools (not committed).\
                 pct(c2c.fraction)
             ),
             [
-                p.reported.caller.as_ref().map_or("n/a".into(), |s| {
-                    format!("peer reports {} ({})", s.remote_packets_lost, pct(s.remote_loss_fraction))
-                }),
-                p.reported
-                    .callee
-                    .as_ref()
-                    .map_or("n/a".into(), |s| format!("counted {} ({})", s.packets_lost, pct(s.loss_fraction))),
+                p.reported.caller.as_ref().map_or("n/a".into(), resent_and_reported),
+                p.reported.callee.as_ref().map_or("n/a".into(), repaired_and_counted),
             ],
         );
         row(
@@ -404,13 +430,8 @@ Each run also writes `bench/results/benchmarks.json` for tools (not committed).\
                 pct(c2r.fraction)
             ),
             [
-                p.reported
-                    .caller
-                    .as_ref()
-                    .map_or("n/a".into(), |s| format!("counted {} ({})", s.packets_lost, pct(s.loss_fraction))),
-                p.reported.callee.as_ref().map_or("n/a".into(), |s| {
-                    format!("peer reports {} ({})", s.remote_packets_lost, pct(s.remote_loss_fraction))
-                }),
+                p.reported.caller.as_ref().map_or("n/a".into(), repaired_and_counted),
+                p.reported.callee.as_ref().map_or("n/a".into(), resent_and_reported),
             ],
         );
         row(

@@ -456,6 +456,12 @@ fn summarize(samples: &[CallStats]) -> SideStats {
         concealment_events: last.concealment_events,
         concealed_samples: last.concealed_samples,
         packets_recovered_fec: last.packets_recovered_fec,
+        packets_repaired: last.packets_repaired,
+        loss_before_repair_fraction: fraction(
+            last.packets_lost.saturating_add(i64::try_from(last.packets_repaired).unwrap_or(i64::MAX)),
+            last.packets_received,
+        ),
+        packets_resent: last.packets_resent,
         late_packets: last.late_packets,
         mos: last_live.mos,
         quality: last_live.quality.clone(),

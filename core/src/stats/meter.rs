@@ -149,6 +149,8 @@ impl CallMeter {
             concealed_samples: 0,
             concealment_events: 0,
             packets_recovered_fec: 0,
+            packets_repaired: 0,
+            packets_resent: 0,
             late_packets: 0,
             discarded_packets: 0,
             audio_level_in_dbfs: SILENCE_DBFS,
@@ -180,6 +182,8 @@ impl CallMeter {
         stats.concealed_samples = playout.jitter.concealed_samples;
         stats.concealment_events = playout.jitter.concealment_events;
         stats.packets_recovered_fec = playout.jitter.fec_recovered;
+        stats.packets_repaired = rtcp.packets_repaired;
+        stats.packets_resent = rtcp.packets_requested;
         stats.late_packets = playout.jitter.late;
         stats.discarded_packets = playout.jitter.discarded;
         stats.audio_level_in_dbfs = playout.level_dbfs;

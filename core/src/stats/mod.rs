@@ -121,6 +121,12 @@ pub struct CallStats {
     pub concealment_events: u64,
     /// Lost packets rebuilt from the next packet's forward error correction.
     pub packets_recovered_fec: u64,
+    /// Packets of the peer's lost on the way here that arrived when asked for
+    /// again (RFC 4585 NACK); [`Self::packets_lost`] counts those that did not.
+    pub packets_repaired: u64,
+    /// Packets of ours the peer asked for again, each counted once: what it
+    /// lost before the retransmission.
+    pub packets_resent: u64,
     /// Packets that came too late to be played.
     pub late_packets: u64,
     /// Packets thrown away (duplicates, off the frame grid, overflow).
@@ -207,6 +213,8 @@ impl GroupStats {
         t.concealed_samples += leg.concealed_samples;
         t.concealment_events += leg.concealment_events;
         t.packets_recovered_fec += leg.packets_recovered_fec;
+        t.packets_repaired += leg.packets_repaired;
+        t.packets_resent += leg.packets_resent;
         t.late_packets += leg.late_packets;
         t.discarded_packets += leg.discarded_packets;
         t.audio_level_in_dbfs = t.audio_level_in_dbfs.max(leg.audio_level_in_dbfs);
@@ -327,6 +335,11 @@ pub struct RtcpView {
     pub remote: Option<Reception>,
     /// The latest RFC 3550 round-trip time.
     pub round_trip: Option<Duration>,
+    /// Packets of ours the peer asked for again (RFC 4585 NACK), each once:
+    /// what it lost before retransmission repaired it.
+    pub packets_requested: u64,
+    /// Packets of the peer's we asked for again that then arrived.
+    pub packets_repaired: u64,
 }
 
 #[cfg(test)]

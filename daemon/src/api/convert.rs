@@ -294,6 +294,8 @@ pub(super) fn call_stats(stats: &CallStats) -> v1::CallStats {
         concealed_samples: stats.concealed_samples,
         concealment_events: stats.concealment_events,
         packets_recovered_fec: stats.packets_recovered_fec,
+        packets_repaired: stats.packets_repaired,
+        packets_resent: stats.packets_resent,
         late_packets: stats.late_packets,
         discarded_packets: stats.discarded_packets,
         audio_level_in_dbfs: stats.audio_level_in_dbfs,

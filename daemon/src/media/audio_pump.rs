@@ -219,6 +219,8 @@ impl SendPump {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut loss = ExpectedLoss::default();
         let mut last_report = None;
+        // Packets sent and asked for again at the last report.
+        let mut counted_at_report = (0u64, 0u64);
         let mut next_loss_check = crate::clock::now();
         let mut clock = SendClock::new(frame, next_loss_check);
         loop {
@@ -228,11 +230,18 @@ impl SendPump {
             }
             if now >= next_loss_check {
                 next_loss_check = now + LOSS_CHECK;
-                let report = rtcp.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remote;
+                let view = *rtcp.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let report = view.remote;
                 if report.is_some() && report != last_report {
                     last_report = report;
                     let before = loss.percent();
-                    loss.report(report.map_or(0.0, |r| r.fraction_lost));
+                    // The report counts what retransmission repaired as received;
+                    // the requests say what the path lost, which FEC is for.
+                    let (sent, requested) = (view.packets_sent, view.packets_requested);
+                    let lost_before_repair = requested.saturating_sub(counted_at_report.1) as f64
+                        / sent.saturating_sub(counted_at_report.0).max(1) as f64;
+                    counted_at_report = (sent, requested);
+                    loss.report(report.map_or(0.0, |r| r.fraction_lost).max(lost_before_repair));
                     if loss.percent() != before && coder.encoder.set_packet_loss_perc(loss.percent()).is_err() {
                         tracing::debug!(percent = loss.percent(), "the encoder refused an expected loss");
                     }

@@ -11,6 +11,10 @@
 //! receiver-report interceptor's own figure does not wrap RTP timestamps and
 //! jumps for seconds when they roll over.
 //!
+//! Retransmissions (RFC 4585 generic NACK) are counted from the requests: the
+//! packets of ours the peer asked for again (what it lost before repair), and
+//! the packets of the peer's we asked for that then arrived (repaired).
+//!
 //! The interceptor sits next to the wire, so it sees every inbound packet before
 //! any other interceptor consumes it and every outbound one after all of them
 //! produced theirs. It only observes: packets pass through unchanged.
@@ -23,6 +27,7 @@ use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio;
 use rtc::shared::error::Error;
 pub use voicelink_core::stats::{Reception, RtcpView};
@@ -33,6 +38,10 @@ pub const MONITOR_SLOT: usize = 500;
 
 /// How many of our sender reports are remembered for matching (one a second).
 const REMEMBERED_REPORTS: usize = 16;
+
+/// How many requested sequence numbers are remembered, each way: far more than
+/// a second of packets, so a request repeated for the same packet counts once.
+const REMEMBERED_REQUESTS: usize = 256;
 
 /// The numbers, shared between the interceptor (inside the WebRTC stack) and
 /// the media session that samples them.
@@ -51,6 +60,10 @@ pub struct RtcpMonitor {
     jitter: Option<(Instant, u32, f64)>,
     /// Our recent sender reports: compact NTP time and when they left.
     sent_reports: VecDeque<(u32, Instant)>,
+    /// Sequence numbers of ours the peer asked for again, lately.
+    requested_of_us: VecDeque<u16>,
+    /// Sequence numbers of the peer's we asked for and have not received.
+    requested_by_us: VecDeque<u16>,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
@@ -65,6 +78,8 @@ impl RtcpMonitor {
             remote_ssrc: None,
             jitter: None,
             sent_reports: VecDeque::new(),
+            requested_of_us: VecDeque::new(),
+            requested_by_us: VecDeque::new(),
             read_queue: VecDeque::new(),
             write_queue: VecDeque::new(),
         }
@@ -100,6 +115,12 @@ impl RtcpMonitor {
                         }
                         self.sent_reports.push_back((compact_ntp(sender_report.ntp_time), now));
                     }
+                    if let Some(nack) = self.nack_about(packet.as_ref(), self.remote_ssrc) {
+                        for seq in nack.nacks.iter().flat_map(|pair| pair.packet_list()) {
+                            remember(&mut self.requested_by_us, seq);
+                        }
+                        continue;
+                    }
                     let Some(blocks) = reception_blocks(packet.as_ref()) else { continue };
                     let theirs = blocks.iter().find(|block| self.remote_ssrc.is_none_or(|ssrc| block.ssrc == ssrc));
                     if let Some(block) = theirs {
@@ -117,14 +138,26 @@ impl RtcpMonitor {
         match packet {
             Packet::Rtp(rtp) => {
                 let jitter = self.interarrival_jitter(rtp.header.timestamp, now);
+                let seq = rtp.header.sequence_number;
+                let repaired = match self.requested_by_us.iter().position(|asked| *asked == seq) {
+                    Some(at) => self.requested_by_us.remove(at).is_some(),
+                    None => false,
+                };
                 self.update(|view| {
                     view.packets_received += 1;
                     view.bytes_received += rtp.payload.len() as u64;
                     view.jitter = jitter;
+                    view.packets_repaired += u64::from(repaired);
                 });
             }
             Packet::Rtcp(packets) => {
                 for packet in packets {
+                    if let Some(nack) = self.nack_about(packet.as_ref(), self.local_ssrc) {
+                        let asked = nack.nacks.iter().flat_map(|pair| pair.packet_list());
+                        let new = asked.filter(|seq| remember(&mut self.requested_of_us, *seq)).count() as u64;
+                        self.update(|view| view.packets_requested += new);
+                        continue;
+                    }
                     let Some(blocks) = reception_blocks(packet.as_ref()) else { continue };
                     let ours = blocks.iter().find(|block| self.local_ssrc.is_none_or(|ssrc| block.ssrc == ssrc));
                     if let Some(block) = ours {
@@ -141,6 +174,12 @@ impl RtcpMonitor {
             }
             _ => {}
         }
+    }
+
+    /// The packet as a NACK about the stream `ssrc` (when known).
+    fn nack_about<'a>(&self, packet: &'a dyn rtc::rtcp::Packet, ssrc: Option<u32>) -> Option<&'a TransportLayerNack> {
+        let nack = packet.as_any().downcast_ref::<TransportLayerNack>()?;
+        ssrc.is_none_or(|ssrc| nack.media_ssrc == ssrc).then_some(nack)
     }
 
     /// RFC 3550 §6.4.1 interarrival jitter after a packet with this timestamp
@@ -170,6 +209,19 @@ impl RtcpMonitor {
         let held = Duration::from_secs_f64(f64::from(block.delay) / 65_536.0);
         now.checked_duration_since(*sent)?.checked_sub(held)
     }
+}
+
+/// Adds `seq` to a bounded list of requested sequence numbers; false if it was
+/// already there (the same packet asked for again).
+fn remember(requested: &mut VecDeque<u16>, seq: u16) -> bool {
+    if requested.contains(&seq) {
+        return false;
+    }
+    if requested.len() == REMEMBERED_REQUESTS {
+        requested.pop_front();
+    }
+    requested.push_back(seq);
+    true
 }
 
 /// The reception report blocks of a sender or receiver report.
@@ -360,6 +412,36 @@ mod tests {
             ts = ts.wrapping_add(960);
         }
         assert!((jitter.as_secs_f64() - 0.010).abs() < 0.0005, "{jitter:?}");
+    }
+
+    #[test]
+    fn retransmission_requests_are_counted_once_per_packet_each_way() {
+        let (mut monitor, view) = monitor();
+        monitor.bind_remote_stream(&StreamInfo { ssrc: 9, clock_rate: 48_000, ..Default::default() });
+        let now = Instant::now();
+        let nack = |media_ssrc: u32, seqs: &[u16]| TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc,
+            nacks: rtc::rtcp::transport_feedbacks::transport_layer_nack::nack_pairs_from_sequence_numbers(seqs),
+        };
+        // The peer asks for 10, 11 and 13 of ours, then 11 again; a request
+        // about another stream is not about us.
+        monitor.handle_read(tagged(rtcp(nack(7, &[10, 11, 13])), now)).unwrap();
+        monitor.handle_read(tagged(rtcp(nack(7, &[11])), now)).unwrap();
+        monitor.handle_read(tagged(rtcp(nack(8, &[20])), now)).unwrap();
+        assert_eq!(view.lock().unwrap().packets_requested, 3);
+        // We ask for 500 and 501 of theirs (twice); 500 arrives, twice.
+        monitor.handle_write(tagged(rtcp(nack(9, &[500, 501])), now)).unwrap();
+        monitor.handle_write(tagged(rtcp(nack(9, &[500, 501])), now)).unwrap();
+        let packet = |seq: u16| {
+            let mut rtp = rtc::rtp::Packet::default();
+            rtp.header.sequence_number = seq;
+            Packet::Rtp(rtp)
+        };
+        for seq in [499, 500, 500, 502] {
+            monitor.handle_read(tagged(packet(seq), now)).unwrap();
+        }
+        assert_eq!(view.lock().unwrap().packets_repaired, 1);
     }
 
     #[test]
