@@ -60,12 +60,15 @@ fuzz:
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run jitter_buffer -- -max_total_time=$(FUZZ_SECONDS)
 
 ## Measure calls over impaired links (needs root: network namespaces): one measured
-## call per profile between two daemons, then BENCH_SETUP_CALLS short calls per
-## profile to count failed setups; written to BENCHMARKS.md and bench/results/.
+## call per profile between two daemons, BENCH_QUALITY_CALLS - 1 more scored for
+## the median, then BENCH_SETUP_CALLS short calls per profile to count failed
+## setups; written to BENCHMARKS.md and bench/results/.
 ## BENCH_ARGS passes options, e.g. BENCH_ARGS="--profiles clean,loss5 --keep".
 BENCH_SETUP_CALLS ?= 20
+## Calls per profile whose sound is scored, for a median PESQ and mouth-to-ear.
+BENCH_QUALITY_CALLS ?= 5
 BENCH_ARGS ?=
 bench:
 	scripts/setup.sh --bench
 	cargo build --release --workspace
-	target/release/voicelink-bench --voiced target/release/voiced --out bench/results --markdown BENCHMARKS.md --setup-calls $(BENCH_SETUP_CALLS) $(BENCH_ARGS)
+	target/release/voicelink-bench --voiced target/release/voiced --out bench/results --markdown BENCHMARKS.md --setup-calls $(BENCH_SETUP_CALLS) --quality-calls $(BENCH_QUALITY_CALLS) $(BENCH_ARGS)

@@ -248,6 +248,14 @@ pub fn profiles() -> Vec<Profile> {
             stalled_clients: 0,
         },
         Profile {
+            name: "delay30_jitter10_loss5",
+            description: "30 ms ± 10 ms (uniform) and 5 % random loss added each way",
+            each_direction: Impairment { delay: ms(30), jitter: ms(10), loss: Loss::Random { probability: 0.05 } },
+            outage: None,
+            kill_callee_after: None,
+            stalled_clients: 0,
+        },
+        Profile {
             name: "loss5",
             description: "5 % random loss each way",
             each_direction: Impairment::random_loss(0.05),
@@ -487,7 +495,9 @@ mod tests {
 
     #[test]
     fn every_profile_named_in_the_issue_exists() {
-        for name in ["clean", "delay30_jitter10", "loss5", "loss15", "bursty", "delay100", "outage3s"] {
+        for name in
+            ["clean", "delay30_jitter10", "delay30_jitter10_loss5", "loss5", "loss15", "bursty", "delay100", "outage3s"]
+        {
             assert!(profile(name).is_some(), "{name}");
         }
         assert!(profile("outage3s").unwrap().outage.is_some_and(|o| o.length == Duration::from_secs(3)));

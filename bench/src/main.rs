@@ -53,6 +53,11 @@ struct Args {
     /// and time answer → active (0: none; outage and killed-peer profiles are skipped).
     #[arg(long, default_value_t = 0)]
     setup_calls: usize,
+    /// Calls per profile whose sound is scored (the measured one included, the
+    /// others on seeds after it), for a median; outage and killed-peer profiles
+    /// score one.
+    #[arg(long, default_value_t = 1)]
+    quality_calls: u64,
     /// Keep the recordings and logs (in a folder named at the end).
     #[arg(long)]
     keep: bool,
@@ -116,6 +121,12 @@ async fn main() -> Result<()> {
     for profile in &profiles {
         tracing::info!(profile = profile.name, "running");
         let outcome = match run_profile(&settings, &material, profile).await {
+            Ok(result) if args.quality_calls > 1 && profile.outage.is_none() && profile.kill_callee_after.is_none() => {
+                quality_calls(&settings, &material, profile, args.quality_calls, result).await
+            }
+            other => other,
+        };
+        let outcome = match outcome {
             Ok(mut result)
                 if args.setup_calls > 0 && profile.outage.is_none() && profile.kill_callee_after.is_none() =>
             {
@@ -166,6 +177,32 @@ async fn main() -> Result<()> {
         println!("recordings and logs kept in {}", work.keep().display());
     }
     Ok(())
+}
+
+/// Scores `calls - 1` more calls over the profile, each on the next seed, into
+/// the measured call's lists.
+async fn quality_calls(
+    settings: &RunSettings,
+    material: &harness::speech::Material,
+    profile: &Profile,
+    calls: u64,
+    mut result: harness::report::ProfileResult,
+) -> Result<harness::report::ProfileResult> {
+    tracing::info!(profile = profile.name, calls, "quality calls");
+    result.pesq_wb_calls.extend(result.pesq_wb);
+    result.one_way_ms_calls.extend(result.latency.one_way_ms);
+    for n in 1..calls {
+        let again = RunSettings {
+            seed: settings.seed + n,
+            work: settings.work.join(format!("quality-{n}")),
+            idle: Duration::from_secs(1),
+            ..settings.clone()
+        };
+        let call = run_profile(&again, material, profile).await?;
+        result.pesq_wb_calls.extend(call.pesq_wb);
+        result.one_way_ms_calls.extend(call.latency.one_way_ms);
+    }
+    Ok(result)
 }
 
 fn select(names: &[String]) -> Result<Vec<Profile>> {

@@ -1,5 +1,7 @@
 //! How much loss the Opus encoder should expect, from what the peer reports it
-//! hears of us (RTCP receiver reports, about once a second). Opus spends part of
+//! hears of us (RTCP receiver reports, about once a second, or the share of our
+//! packets it asked for again, if more: a report counts a retransmitted packet
+//! as received, but a retransmission can miss its time where FEC does not). Opus spends part of
 //! its bitrate on in-band FEC according to the expected loss, so assuming loss on
 //! a clean link costs quality and assuming too little on a lossy one loses the
 //! protection. Measured on the bench (PESQ-WB, mean of seeds 1-3, one call each;

@@ -10,22 +10,24 @@
 //! for decisions until it has samples for its frame.
 //!
 //! Adaptive: the target delay follows the measured interarrival jitter (RFC 3550
-//! estimator), between a floor of one frame
-//! and one packet and a ceiling; when the buffer holds more than the target plus
-//! two frames (or a packet, if that is longer), a packet is dropped to cut the
-//! latency. A packet is late when its time has been played, whatever its
-//! sequence number: a sender that paused (DTX) resumes with numbers that
-//! concealment here has counted past.
+//! estimator), between a floor of one frame and one packet and a ceiling; when
+//! the buffer holds more than the target plus two frames (or a packet, if that
+//! is longer), a packet is dropped to cut the latency. A packet is late when its
+//! time has been played, whatever its sequence number: a sender that paused
+//! (DTX) resumes with numbers that concealment here has counted past.
 //!
-//! Late packets are mostly retransmissions (the peer resends what we asked for
-//! by NACK) arriving a request and a round trip after their time. Each one
-//! teaches the buffer how much longer it should have waited: the target grows by
-//! the latest such lateness (up to [`MAX_LATE_MARGIN`], forgotten after
-//! [`LATE_MEMORY`] without one), and while the buffer is below its target a
-//! missing packet is waited for (concealed without moving on, which adds the
-//! delay) for up to that margin, so the retransmission plays in full.
+//! Retransmissions (the peer resends what we asked for by NACK) arrive a
+//! request and a round trip after the rest of the stream; the player says which
+//! packets are retransmissions ([`JitterBuffer::push_retransmission`]). Each one
+//! measures how much later than the stream it came (its transit beyond the last
+//! ordinary packet's), and the target grows by what nine in ten of the recent
+//! ones needed (at most [`MAX_RESEND_MARGIN`]; each forgotten after
+//! [`RESEND_MEMORY`]). While the buffer is below its target, a missing packet
+//! with later ones already here (so it has been asked for) is waited for,
+//! concealed without moving on, for up to that margin: that adds the delay, and
+//! the retransmission plays in full.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,15 +46,27 @@ const MAX_AHEAD_FRAMES: u64 = 500;
 const MIN_OPUS_SAMPLES: u64 = 120;
 /// The longest Opus packet (120 ms).
 pub const MAX_PACKET_SAMPLES: u32 = 5760;
-/// The most a late packet may add to the target: a retransmission on a LAN
-/// comes back within a request interval (20 ms) and a burst of losses; waiting
-/// longer costs more in latency than it saves in sound.
-pub const MAX_LATE_MARGIN: Duration = Duration::from_millis(80);
-/// How long the margin learnt from late packets lasts without another.
-pub const LATE_MEMORY: Duration = Duration::from_secs(10);
+/// The most retransmissions may add to the target: on a LAN one comes back
+/// within a request interval (20 ms) after a burst of losses; one later than
+/// this is not waited for (it costs more in latency than it saves in sound).
+pub const MAX_RESEND_MARGIN: Duration = Duration::from_millis(60);
+/// How long a retransmission counts towards the margin.
+pub const RESEND_MEMORY: Duration = Duration::from_secs(10);
+/// How many recent retransmissions the margin is taken from.
+const RESEND_SAMPLES: usize = 20;
 /// A stream silent this long (the peer muted or held) starts afresh: its
 /// sequence numbers may have moved further than a 16-bit counter can tell.
 const RESYNC_GAP: Duration = Duration::from_secs(1);
+
+/// The margin that covers nine in ten of the recent retransmissions (all of
+/// them while there are fewer than ten): the slowest, one that was asked for
+/// twice, is left to FEC or concealment rather than delaying the whole call.
+fn margin_for(resent: &VecDeque<(Duration, Instant)>) -> Duration {
+    let mut needed: Vec<Duration> = resent.iter().map(|(needed, _)| *needed).collect();
+    needed.sort_unstable();
+    let covered = (needed.len() * 9).div_ceil(10);
+    covered.checked_sub(1).and_then(|at| needed.get(at).copied()).unwrap_or(Duration::ZERO)
+}
 
 /// What to play next, and for how many samples (48 kHz).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,9 +178,10 @@ pub struct JitterBuffer {
     started: bool,
     /// RFC 3550 interarrival jitter, in seconds.
     jitter: f64,
-    /// How much more delay the latest late packet needed, and when it came.
-    late_margin: Duration,
-    late_margin_at: Option<Instant>,
+    /// How much later than the stream each recent retransmission came, and when.
+    resent: VecDeque<(Duration, Instant)>,
+    /// What the target adds for them: see [`margin_for`].
+    resend_margin: Duration,
     /// The timestamp a missing packet is being waited for at, and the samples
     /// concealed meanwhile.
     waiting_at: Option<u64>,
@@ -195,8 +210,8 @@ impl JitterBuffer {
             start_at: None,
             started: false,
             jitter: 0.0,
-            late_margin: Duration::ZERO,
-            late_margin_at: None,
+            resent: VecDeque::new(),
+            resend_margin: Duration::ZERO,
             waiting_at: None,
             waited: 0,
             last_transit: None,
@@ -213,7 +228,7 @@ impl JitterBuffer {
         // is lost, for its FEC. Three times the jitter covers nearly all of it
         // for the usual shapes; a retransmission needs its own margin.
         let floor = self.min_target.max(self.ts_duration(self.packet_ts));
-        let wanted = floor + Duration::from_secs_f64(3.0 * self.jitter).max(self.late_margin);
+        let wanted = floor + Duration::from_secs_f64(3.0 * self.jitter).max(self.resend_margin);
         wanted.clamp(floor, MAX_TARGET.max(floor))
     }
 
@@ -226,9 +241,9 @@ impl JitterBuffer {
         }
     }
 
-    /// How much the target grew for late packets (retransmissions).
-    pub fn late_margin(&self) -> Duration {
-        self.late_margin
+    /// How much the target grew for retransmissions.
+    pub fn resend_margin(&self) -> Duration {
+        self.resend_margin
     }
 
     /// Interarrival jitter (RFC 3550), as measured.
@@ -248,6 +263,17 @@ impl JitterBuffer {
     /// A packet of `samples` (its decoded length at 48 kHz, 120 to
     /// [`MAX_PACKET_SAMPLES`]) arrived.
     pub fn push(&mut self, seq: u16, ts: u32, samples: u32, payload: Bytes, arrival: Instant) -> Pushed {
+        self.accept(seq, ts, samples, payload, arrival, true)
+    }
+
+    /// As [`Self::push`], for a packet we asked for again: late by design, so
+    /// it teaches the margin for retransmissions and is no measure of the
+    /// path's jitter.
+    pub fn push_retransmission(&mut self, seq: u16, ts: u32, samples: u32, payload: Bytes, arrival: Instant) -> Pushed {
+        self.accept(seq, ts, samples, payload, arrival, false)
+    }
+
+    fn accept(&mut self, seq: u16, ts: u32, samples: u32, payload: Bytes, arrival: Instant, on_time: bool) -> Pushed {
         if self.last_arrival.replace(arrival).is_some_and(|last| arrival.saturating_duration_since(last) > RESYNC_GAP) {
             self.restart();
         }
@@ -262,19 +288,19 @@ impl JitterBuffer {
             self.start_at = Some(arrival + self.min_target);
             ts
         });
-        if self.late_margin_at.is_some_and(|at| arrival.saturating_duration_since(at) > LATE_MEMORY) {
-            self.late_margin = Duration::ZERO;
-            self.late_margin_at = None;
+        if self.resent.front().is_some_and(|(_, at)| arrival.saturating_duration_since(*at) > RESEND_MEMORY) {
+            self.resent.retain(|(_, at)| arrival.saturating_duration_since(*at) <= RESEND_MEMORY);
+            self.resend_margin = margin_for(&self.resent);
         }
-        self.update_jitter(ts, arrival);
+        if on_time {
+            self.update_jitter(ts, arrival);
+        } else {
+            self.learn_from_retransmission(ts, arrival);
+        }
         // Late is by time alone: a sender that paused (DTX, a stall) resumes
         // with sequence numbers that concealment here has already counted past.
         if ts < next_ts {
             self.stats.late += 1;
-            // Had the target been this much longer, it would have played.
-            let needed = self.ts_duration(next_ts - ts).min(MAX_LATE_MARGIN);
-            self.late_margin = self.late_margin.max(needed);
-            self.late_margin_at = Some(arrival);
             return Pushed::Late;
         }
         if ts > next_ts + MAX_AHEAD_FRAMES * self.frame_ts {
@@ -302,6 +328,23 @@ impl JitterBuffer {
         self.epoch = None;
         self.concealed_run = 0;
         self.waiting_at = None;
+    }
+
+    /// A retransmission of the packet at `ts` arrived: how much later than the
+    /// stream (the last ordinary packet's transit) it came is what the target
+    /// would need to play it. One too late to wait for teaches nothing.
+    fn learn_from_retransmission(&mut self, ts: u64, arrival: Instant) {
+        let (Some(epoch), Some(stream)) = (self.epoch, self.last_transit) else { return };
+        let transit = arrival.saturating_duration_since(epoch).as_secs_f64() - ts as f64 / CLOCK_RATE as f64;
+        let needed = Duration::from_secs_f64((transit - stream).max(0.0));
+        if needed > MAX_RESEND_MARGIN {
+            return;
+        }
+        if self.resent.len() == RESEND_SAMPLES {
+            self.resent.pop_front();
+        }
+        self.resent.push_back((needed, arrival));
+        self.resend_margin = margin_for(&self.resent);
     }
 
     fn update_jitter(&mut self, ts: u64, arrival: Instant) {
@@ -393,7 +436,7 @@ impl JitterBuffer {
             self.next_ts = Some(next_ts + gap);
             return Playout::Silence(gap as u32);
         }
-        if self.waits_for_retransmission(next_ts, lost) {
+        if following.is_some() && self.waits_for_retransmission(next_ts, lost) {
             self.waited += lost;
             return self.conceal(lost);
         }
@@ -408,17 +451,17 @@ impl JitterBuffer {
     }
 
     /// Whether to wait `lost` samples more for the missing packet at `next_ts`
-    /// (concealing, without moving on): only while late packets have been seen,
-    /// what is buffered beyond the gap is below the target, and the wait stays
-    /// within their margin.
+    /// (concealing, without moving on): only while retransmissions have been
+    /// seen, what is buffered beyond the gap is below the target, and the wait
+    /// stays within their margin.
     fn waits_for_retransmission(&mut self, next_ts: u64, lost: u64) -> bool {
         if self.waiting_at != Some(next_ts) {
             self.waiting_at = Some(next_ts);
             self.waited = 0;
         }
-        !self.late_margin.is_zero()
+        !self.resend_margin.is_zero()
             && self.current_delay().saturating_sub(self.ts_duration(lost)) < self.target_delay()
-            && self.ts_duration(self.waited + lost) <= self.late_margin
+            && self.ts_duration(self.waited + lost) <= self.resend_margin
     }
 
     /// PLC for `lost` samples, or silence once the peer seems to have stopped.
@@ -450,6 +493,15 @@ mod tests {
     /// Feeds packets (index, arrival offset in ms) and pops one frame every 20 ms
     /// from `start_ms` on; returns what was played per frame.
     fn run(arrivals: &[(u16, u64)], frames: usize) -> (Vec<Playout>, JitterBuffer) {
+        run_with_retransmissions(arrivals, frames, &[])
+    }
+
+    /// As [`run`], with the packets of `resent` pushed as retransmissions.
+    fn run_with_retransmissions(
+        arrivals: &[(u16, u64)],
+        frames: usize,
+        resent: &[u16],
+    ) -> (Vec<Playout>, JitterBuffer) {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(FRAME);
         let mut pending: Vec<(u16, u64)> = arrivals.to_vec();
@@ -462,7 +514,9 @@ mod tests {
                 if at > clock_ms {
                     break;
                 }
-                jb.push(
+                let push = if resent.contains(&i) { JitterBuffer::push_retransmission } else { JitterBuffer::push };
+                push(
+                    &mut jb,
                     1000u16.wrapping_add(i),
                     5000u32.wrapping_add(u32::from(i) * TS),
                     TS,
@@ -541,7 +595,11 @@ mod tests {
         let mut arrivals: Vec<(u16, u64)> =
             (0..40).filter(|i| ![5, 15, 25].contains(i)).map(|i| (i, u64::from(i) * 20 + 1)).collect();
         arrivals.extend([5, 15, 25].map(|i| (i, u64::from(i) * 20 + 46)));
-        let (played, jb) = run(&arrivals, 40);
+        let (_, as_ordinary) = run(&arrivals, 40);
+        assert!(as_ordinary.jitter() > Duration::from_millis(1), "{:?}", as_ordinary.jitter());
+        let (played, jb) = run_with_retransmissions(&arrivals, 40, &[5, 15, 25]);
+        // Known as retransmissions, they are no measure of the path's jitter.
+        assert!(jb.jitter() < Duration::from_millis(1), "{:?}", jb.jitter());
         let frames = frames_of(&played);
         // The first comes too late: the next packet's FEC stands in for it.
         assert!(frames.contains(&"R5".to_owned()), "{frames:?}");
@@ -551,12 +609,13 @@ mod tests {
         assert!(after_first.windows(2).any(|w| w == ["C", "F15"]), "{frames:?}");
         assert!(after_first.windows(2).any(|w| w == ["F24", "F25"]), "{frames:?}");
         assert_eq!(jb.stats().late, 1, "only the first was late");
-        assert_eq!(jb.late_margin(), FRAME);
-        assert_eq!(jb.target_delay(), 2 * FRAME);
+        // Each came 45 ms after the stream.
+        assert_eq!(jb.resend_margin(), Duration::from_millis(45));
+        assert_eq!(jb.target_delay(), FRAME + Duration::from_millis(45));
     }
 
     #[test]
-    fn the_margin_for_late_packets_is_capped_and_forgotten_after_a_quiet_spell() {
+    fn a_retransmission_too_late_to_wait_for_teaches_nothing_and_the_margin_is_forgotten() {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(FRAME);
         let at = |i: u32| t0 + FRAME * i + Duration::from_millis(1);
@@ -565,16 +624,33 @@ mod tests {
             jb.push(n, i * TS, TS, payload(n), at(i));
             jb.pop(at(i + 2));
         };
-        // Packet 1 is lost, and comes back 220 ms late.
+        // Packets 1 and 11 are lost; 1 comes back 220 ms after the stream, 11 60 ms after.
         push_and_pop(&mut jb, 0);
-        (2..12).for_each(|i| push_and_pop(&mut jb, i));
-        assert_eq!(jb.push(1, TS, TS, payload(1), at(12)), Pushed::Late);
-        assert_eq!(jb.late_margin(), MAX_LATE_MARGIN, "a wait adds no more than this");
-        assert_eq!(jb.target_delay(), FRAME + MAX_LATE_MARGIN);
-        let quiet = LATE_MEMORY.as_millis() as u32 / 20 + 2;
-        (12..12 + quiet).for_each(|i| push_and_pop(&mut jb, i));
-        assert_eq!(jb.late_margin(), Duration::ZERO);
+        (2..11).for_each(|i| push_and_pop(&mut jb, i));
+        push_and_pop(&mut jb, 12);
+        assert_eq!(jb.push_retransmission(1, TS, TS, payload(1), at(12)), Pushed::Late);
+        assert_eq!(jb.resend_margin(), Duration::ZERO, "more than a wait may add: not waited for");
+        push_and_pop(&mut jb, 13);
+        assert_eq!(jb.push_retransmission(11, 11 * TS, TS, payload(11), at(14)), Pushed::Late);
+        assert_eq!(jb.resend_margin(), Duration::from_millis(60));
+        let quiet = RESEND_MEMORY.as_millis() as u32 / 20 + 2;
+        (14..14 + quiet).for_each(|i| push_and_pop(&mut jb, i));
+        assert_eq!(jb.resend_margin(), Duration::ZERO);
         assert_eq!(jb.target_delay(), FRAME);
+    }
+
+    #[test]
+    fn the_margin_covers_nine_in_ten_retransmissions() {
+        let t0 = Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+        let late = |needed: &[u64]| needed.iter().map(|n| (ms(*n), t0)).collect::<VecDeque<_>>();
+        assert_eq!(margin_for(&late(&[])), Duration::ZERO);
+        assert_eq!(margin_for(&late(&[20, 60])), ms(60), "few: all of them");
+        let mut mostly_quick = vec![20; 18];
+        mostly_quick.extend([80, 60]);
+        assert_eq!(margin_for(&late(&mostly_quick)), ms(20), "the two slowest of twenty are left out");
+        mostly_quick[0] = 40;
+        assert_eq!(margin_for(&late(&mostly_quick)), ms(40));
     }
 
     #[test]

@@ -39,15 +39,15 @@ pub fn directives(level: &str) -> String {
 /// logged as "handle_read error" by its driver). With retransmission on, that is
 /// routine: a request repeated before the first answer came back, or a packet
 /// that was only reordered, is sent twice, and the second copy is dropped as it
-/// should be. See `docs/upstream/webrtc-rs.md`.
+/// should be. See `docs/upstream/webrtc-rs-srtp-replay-error-log.md`.
 pub struct RoutineLibraryErrors;
 
-impl<S> tracing_subscriber::layer::Filter<S> for RoutineLibraryErrors {
-    fn enabled(&self, _: &tracing::Metadata<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
-        true
-    }
-
-    fn event_enabled(&self, event: &tracing::Event<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+/// A layer of its own (not a per-layer filter: tracing-subscriber 0.3.23 leaves
+/// a per-layer filter's state set after an event it alone refused, and the next
+/// event is then checked against it), so refusing here refuses the event for
+/// the whole subscriber.
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RoutineLibraryErrors {
+    fn event_enabled(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) -> bool {
         if *event.metadata().level() != tracing::Level::ERROR {
             return true;
         }
@@ -208,6 +208,38 @@ mod tests {
         assert_eq!(directives("warn,voicelink_daemon=debug"), "warn,voicelink_daemon=debug,webrtc=error,rtc=error");
         assert_eq!(directives("info,rtc_ice=debug"), "info,rtc_ice=debug", "named: left as asked");
         assert_eq!(directives("debug"), "debug", "debug everywhere means everywhere");
+    }
+
+    #[test]
+    fn the_log_output_leaves_out_replayed_srtp_packets_only() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let written = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = Arc::clone(&written);
+        let make_writer = move || Captured(Arc::clone(&sink));
+        let output = tracing_subscriber::fmt::layer().with_writer(make_writer);
+        tracing::subscriber::with_default(
+            tracing_subscriber::registry().with(RoutineLibraryErrors).with(output),
+            || {
+                tracing::error!("handle_read error: srtp ssrc=1234 index=77: duplicated");
+                tracing::error!("handle_read error: srtp ssrc=1234: failed to verify auth tag");
+                tracing::warn!("srtp ssrc=1 index=2: duplicated");
+            },
+        );
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("index=77"), "{text}");
+        assert!(text.contains("auth tag") && text.contains("index=2"), "{text}");
+    }
+
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

@@ -156,8 +156,11 @@ fn init_logging(level: &LogLevel, from_flag: bool, stderr: Arc<std::fs::File>) -
     let output =
         fmt::layer().fmt_fields(voicelink_daemon::logging::escaped_fields()).with_writer(stderr).with_ansi(ansi);
     let output = if journal { output.without_time().boxed() } else { output.boxed() };
-    let output = output.with_filter(voicelink_daemon::logging::RoutineLibraryErrors);
-    tracing_subscriber::registry().with(filter).with(output).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(voicelink_daemon::logging::RoutineLibraryErrors)
+        .with(output)
+        .init();
     Box::new(move |level: &LogLevel| {
         if fixed {
             tracing::info!(

@@ -1,5 +1,5 @@
 //! Any packet pattern (sequence numbers, timestamps, packet lengths, arrival
-//! times, wraps, duplicates, garbage): the jitter buffer never panics, never
+//! times, wraps, duplicates, garbage, retransmissions): the jitter buffer never panics, never
 //! plays a packet twice, and every answer lasts at least a sample (the player
 //! asks until it has a frame).
 #![no_main]
@@ -25,7 +25,12 @@ fuzz_target!(|data: &[u8]| {
         let payload = bytes::Bytes::copy_from_slice(&[chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5]]);
         // Every Opus length, and two that are not.
         let samples = [0, 120, 240, 480, 960, 1920, 5760, 9999][usize::from(chunk[7] / 4 % 8)];
-        buffer.push(seq, ts, samples, payload, now);
+        // A high bit of the arrival step marks a retransmission.
+        if chunk[6] & 0x80 != 0 {
+            buffer.push_retransmission(seq, ts, samples, payload, now);
+        } else {
+            buffer.push(seq, ts, samples, payload, now);
+        }
         for _ in 0..(chunk[7] % 4) {
             now += Duration::from_millis(20);
             let playout = buffer.pop(now);

@@ -19,6 +19,7 @@ use super::report::{
 use super::speech::{self, CALL_RATE, Material};
 
 /// Settings shared by every profile.
+#[derive(Clone)]
 pub struct RunSettings {
     pub voiced: PathBuf,
     pub python: PathBuf,
@@ -457,10 +458,11 @@ fn summarize(samples: &[CallStats]) -> SideStats {
         concealed_samples: last.concealed_samples,
         packets_recovered_fec: last.packets_recovered_fec,
         packets_repaired: last.packets_repaired,
-        loss_before_repair_fraction: fraction(
-            last.packets_lost.saturating_add(i64::try_from(last.packets_repaired).unwrap_or(i64::MAX)),
-            last.packets_received,
-        ),
+        // Received counts the repaired packets already.
+        loss_before_repair_fraction: fraction(last.packets_lost, last.packets_received).map(|_| {
+            let missing = last.packets_lost.max(0) as f64 + last.packets_repaired as f64;
+            missing / (last.packets_received as f64 + last.packets_lost.max(0) as f64)
+        }),
         packets_resent: last.packets_resent,
         late_packets: last.late_packets,
         mos: last_live.mos,

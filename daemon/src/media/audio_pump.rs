@@ -336,7 +336,8 @@ impl PlayPump {
                 // Not a valid Opus packet: it plays as lost.
                 if let Ok(length) = opus::packet::get_nb_samples(&packet.payload, 48_000) {
                     let length = u32::try_from(length).unwrap_or(u32::MAX);
-                    jitter.push(packet.sequence, packet.timestamp, length, packet.payload, packet.arrival);
+                    let push = if packet.resent { JitterBuffer::push_retransmission } else { JitterBuffer::push };
+                    push(&mut jitter, packet.sequence, packet.timestamp, length, packet.payload, packet.arrival);
                 }
             }
             while queued.len() < samples {

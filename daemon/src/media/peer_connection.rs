@@ -38,7 +38,7 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
-use super::rtcp_monitor::{MONITOR_SLOT, RtcpMonitor, SharedView};
+use super::rtcp_monitor::{MONITOR_SLOT, Retransmitted, RtcpMonitor, SharedView};
 use crate::identity::Identity;
 
 /// The payload type we offer Opus on.
@@ -128,6 +128,8 @@ pub struct ReceivedPacket {
     pub payload: Bytes,
     /// When it arrived.
     pub arrival: Instant,
+    /// It is a retransmission we asked for (late by design, not jitter).
+    pub resent: bool,
 }
 
 /// Where our encoded audio goes.
@@ -175,6 +177,8 @@ struct Handler {
     opus_pt: Arc<AtomicU8>,
     offered_pt: u8,
     offered: Arc<AtomicBool>,
+    /// Which arriving packets are retransmissions (the RTCP monitor marks them).
+    retransmitted: Retransmitted,
 }
 
 #[async_trait::async_trait]
@@ -237,6 +241,7 @@ impl PeerConnectionEventHandler for Handler {
         let opus_pt = Arc::clone(&self.opus_pt);
         let offered_pt = self.offered_pt;
         let offered = Arc::clone(&self.offered);
+        let retransmitted = self.retransmitted.clone();
         // The callback runs on the connection's driver: the loop gets its own task.
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
@@ -248,6 +253,7 @@ impl PeerConnectionEventHandler for Handler {
                     // A full queue drops the packet (the player is behind anyway).
                     TrackRemoteEvent::OnRtpPacket(packet) => {
                         let received = ReceivedPacket {
+                            resent: retransmitted.take(packet.header.sequence_number),
                             sequence: packet.header.sequence_number,
                             timestamp: packet.header.timestamp,
                             payload: packet.payload,
@@ -297,6 +303,10 @@ fn opus_codec() -> RTCRtpCodec {
 const NACK_INTERVAL: Duration = Duration::from_millis(20);
 /// How many times one missing packet is asked for.
 const NACKS_PER_PACKET: u16 = 3;
+/// How far back (in packets) the receiver looks for gaps to ask about: 1.28 s
+/// of 20 ms packets, and SRTP's replay window (64) takes nothing older. After
+/// an outage the packets lost in it are not asked for: too late to play.
+const NACK_LOG_PACKETS: u16 = 64;
 
 /// The interceptors of webrtc's default set, with retransmission tuned for
 /// audio on a LAN: the default asks every 100 ms, too late for a jitter buffer
@@ -304,7 +314,11 @@ const NACKS_PER_PACKET: u16 = 3;
 fn interceptors(media_engine: &mut MediaEngine) -> Result<Registry, ConnectionError> {
     let registry = Registry::new().with(Slot::NackResponder, NackResponderBuilder::new().build()).with(
         Slot::NackGenerator,
-        NackGeneratorBuilder::new().with_interval(NACK_INTERVAL).with_max_nacks_per_packet(NACKS_PER_PACKET).build(),
+        NackGeneratorBuilder::new()
+            .with_size(NACK_LOG_PACKETS)
+            .with_interval(NACK_INTERVAL)
+            .with_max_nacks_per_packet(NACKS_PER_PACKET)
+            .build(),
     );
     configure_simulcast_extension_headers(media_engine).map_err(webrtc_error)?;
     let registry = configure_twcc_receiver_only(registry, media_engine).map_err(webrtc_error)?;
@@ -353,7 +367,9 @@ impl Connection {
                 RtpCodecKind::Audio,
             )
             .map_err(webrtc_error)?;
-        let registry = interceptors(&mut media_engine)?.with(Slot::from(MONITOR_SLOT), RtcpMonitor::new(rtcp, 48_000));
+        let retransmitted = Retransmitted::default();
+        let monitor = RtcpMonitor::new(rtcp, 48_000, retransmitted.clone());
+        let registry = interceptors(&mut media_engine)?.with(Slot::from(MONITOR_SLOT), monitor);
         // A 20 ms ICE check interval: on a LAN the checks answer in well under a
         // millisecond, and the default 200 ms tick is most of the setup time.
         let setting_engine = SettingEngineBuilder::new()
@@ -396,6 +412,7 @@ impl Connection {
             opus_pt: Arc::clone(&opus_pt),
             offered_pt: opus_pt.load(Ordering::Relaxed),
             offered: Arc::clone(&offered),
+            retransmitted,
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::interceptor::{Attribute, AttributedPacket, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
@@ -42,6 +42,36 @@ const REMEMBERED_REPORTS: usize = 16;
 /// How many requested sequence numbers are remembered, each way: far more than
 /// a second of packets, so a request repeated for the same packet counts once.
 const REMEMBERED_REQUESTS: usize = 256;
+/// How long a packet we asked for may take to come and still count as
+/// repaired: far beyond any wait for it, and far short of the 16-bit sequence
+/// number coming round again.
+const ANSWER_WAIT: Duration = Duration::from_secs(1);
+
+/// How many arrived retransmissions wait for the track reader to claim them.
+const REMEMBERED_RETRANSMISSIONS: usize = 64;
+
+/// Sequence numbers of retransmissions that arrived (packets we asked for
+/// again), for the track reader to mark: a retransmission is late by design, so
+/// it says nothing about the path's jitter. Shared by the monitor, which sees
+/// the packet first, and the reader.
+#[derive(Clone, Default)]
+pub struct Retransmitted(Arc<Mutex<VecDeque<u16>>>);
+
+impl Retransmitted {
+    fn arrived(&self, seq: u16) {
+        let mut arrived = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if arrived.len() == REMEMBERED_RETRANSMISSIONS {
+            arrived.pop_front();
+        }
+        arrived.push_back(seq);
+    }
+
+    /// Whether the packet `seq` that just arrived is a retransmission.
+    pub fn take(&self, seq: u16) -> bool {
+        let mut arrived = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        arrived.iter().position(|s| *s == seq).and_then(|at| arrived.remove(at)).is_some()
+    }
+}
 
 /// The numbers, shared between the interceptor (inside the WebRTC stack) and
 /// the media session that samples them.
@@ -50,6 +80,7 @@ pub type SharedView = Arc<Mutex<RtcpView>>;
 /// Watches packets; see the module documentation.
 pub struct RtcpMonitor {
     view: SharedView,
+    retransmitted: Retransmitted,
     clock_rate: u32,
     /// Our media SSRC: reports about other streams are not about us.
     local_ssrc: Option<u32>,
@@ -62,17 +93,20 @@ pub struct RtcpMonitor {
     sent_reports: VecDeque<(u32, Instant)>,
     /// Sequence numbers of ours the peer asked for again, lately.
     requested_of_us: VecDeque<u16>,
-    /// Sequence numbers of the peer's we asked for and have not received.
-    requested_by_us: VecDeque<u16>,
+    /// Sequence numbers of the peer's we asked for and have not received, with
+    /// when we first asked.
+    requested_by_us: VecDeque<(u16, Instant)>,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
 
 impl RtcpMonitor {
-    /// A monitor for a stream at `clock_rate` Hz that publishes into `view`.
-    pub fn new(view: SharedView, clock_rate: u32) -> Self {
+    /// A monitor for a stream at `clock_rate` Hz that publishes into `view`
+    /// and marks the retransmissions that arrive in `retransmitted`.
+    pub fn new(view: SharedView, clock_rate: u32, retransmitted: Retransmitted) -> Self {
         RtcpMonitor {
             view,
+            retransmitted,
             clock_rate,
             local_ssrc: None,
             remote_ssrc: None,
@@ -101,8 +135,10 @@ impl RtcpMonitor {
     }
 
     /// A packet we are sending.
-    fn outbound(&mut self, packet: &Packet, now: Instant) {
-        match packet {
+    fn outbound(&mut self, packet: &AttributedPacket, now: Instant) {
+        match &packet.packet {
+            // What the peer asked for again is counted from its requests.
+            Packet::Rtp(_) if packet.has(&Attribute::Retransmission) => {}
             Packet::Rtp(rtp) => self.update(|view| {
                 view.packets_sent += 1;
                 view.bytes_sent += rtp.payload.len() as u64;
@@ -116,8 +152,15 @@ impl RtcpMonitor {
                         self.sent_reports.push_back((compact_ntp(sender_report.ntp_time), now));
                     }
                     if let Some(nack) = self.nack_about(packet.as_ref(), self.remote_ssrc) {
+                        // A request not answered within a second never will be.
+                        self.requested_by_us.retain(|(_, asked)| now.saturating_duration_since(*asked) < ANSWER_WAIT);
                         for seq in nack.nacks.iter().flat_map(|pair| pair.packet_list()) {
-                            remember(&mut self.requested_by_us, seq);
+                            if !self.requested_by_us.iter().any(|(asked, _)| *asked == seq) {
+                                if self.requested_by_us.len() == REMEMBERED_REQUESTS {
+                                    self.requested_by_us.pop_front();
+                                }
+                                self.requested_by_us.push_back((seq, now));
+                            }
                         }
                         continue;
                     }
@@ -137,16 +180,22 @@ impl RtcpMonitor {
     fn inbound(&mut self, packet: &Packet, now: Instant) {
         match packet {
             Packet::Rtp(rtp) => {
-                let jitter = self.interarrival_jitter(rtp.header.timestamp, now);
                 let seq = rtp.header.sequence_number;
-                let repaired = match self.requested_by_us.iter().position(|asked| *asked == seq) {
+                let repaired = match self.requested_by_us.iter().position(|(asked, _)| *asked == seq) {
                     Some(at) => self.requested_by_us.remove(at).is_some(),
                     None => false,
+                };
+                // A retransmission is late by design: not the path's jitter.
+                let jitter = if repaired {
+                    self.retransmitted.arrived(seq);
+                    None
+                } else {
+                    Some(self.interarrival_jitter(rtp.header.timestamp, now))
                 };
                 self.update(|view| {
                     view.packets_received += 1;
                     view.bytes_received += rtp.payload.len() as u64;
-                    view.jitter = jitter;
+                    view.jitter = jitter.unwrap_or(view.jitter);
                     view.packets_repaired += u64::from(repaired);
                 });
             }
@@ -263,7 +312,7 @@ impl sansio::Protocol<TaggedPacket, TaggedPacket, ()> for RtcpMonitor {
     }
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.outbound(&msg.message.packet, msg.now);
+        self.outbound(&msg.message, msg.now);
         self.write_queue.push_back(msg);
         Ok(())
     }
@@ -298,7 +347,6 @@ impl Interceptor for RtcpMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtc::interceptor::AttributedPacket;
     use rtc::sansio::Protocol;
     use rtc::shared::{TransportContext, TransportMessage};
 
@@ -312,7 +360,7 @@ mod tests {
 
     fn monitor() -> (RtcpMonitor, SharedView) {
         let view = SharedView::default();
-        let mut monitor = RtcpMonitor::new(view.clone(), 48_000);
+        let mut monitor = RtcpMonitor::new(view.clone(), 48_000, Retransmitted::default());
         monitor.bind_local_stream(&StreamInfo { ssrc: 7, ..Default::default() });
         (monitor, view)
     }
@@ -442,6 +490,24 @@ mod tests {
             monitor.handle_read(tagged(packet(seq), now)).unwrap();
         }
         assert_eq!(view.lock().unwrap().packets_repaired, 1);
+        // What we resend is not counted again as sent.
+        let resent = AttributedPacket::new(packet(10)).with(Attribute::Retransmission);
+        monitor
+            .handle_write(TransportMessage { now, transport: TransportContext::default(), message: resent })
+            .unwrap();
+        monitor.handle_write(tagged(packet(600), now)).unwrap();
+        assert_eq!(view.lock().unwrap().packets_sent, 1);
+        // A request not answered within a second is forgotten: the number may
+        // come round again.
+        monitor.handle_write(tagged(rtcp(nack(9, &[700])), now)).unwrap();
+        let later = now + ANSWER_WAIT;
+        monitor.handle_write(tagged(rtcp(nack(9, &[701])), later)).unwrap();
+        monitor.handle_read(tagged(packet(700), later)).unwrap();
+        assert_eq!(view.lock().unwrap().packets_repaired, 1);
+        // The track reader learns which packet was the retransmission, once.
+        assert!(!monitor.retransmitted.take(499));
+        assert!(monitor.retransmitted.take(500));
+        assert!(!monitor.retransmitted.take(500));
     }
 
     #[test]
