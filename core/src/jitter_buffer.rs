@@ -47,8 +47,8 @@ const MIN_OPUS_SAMPLES: u64 = 120;
 /// The longest Opus packet (120 ms).
 pub const MAX_PACKET_SAMPLES: u32 = 5760;
 /// The most retransmissions may add to the target: on a LAN one comes back
-/// within a request interval (20 ms) after a burst of losses; one later than
-/// this is not waited for (it costs more in latency than it saves in sound).
+/// within a request interval (20 ms) after a burst of losses; waiting longer
+/// costs more in latency than it saves in sound.
 pub const MAX_RESEND_MARGIN: Duration = Duration::from_millis(60);
 /// How long a retransmission counts towards the margin.
 pub const RESEND_MEMORY: Duration = Duration::from_secs(10);
@@ -59,13 +59,18 @@ const RESEND_SAMPLES: usize = 20;
 const RESYNC_GAP: Duration = Duration::from_secs(1);
 
 /// The margin that covers nine in ten of the recent retransmissions (all of
-/// them while there are fewer than ten): the slowest, one that was asked for
-/// twice, is left to FEC or concealment rather than delaying the whole call.
+/// them while there are fewer than ten), at most [`MAX_RESEND_MARGIN`]: the
+/// slowest, one that was asked for twice, is left to FEC or concealment rather
+/// than delaying the whole call. None when the typical one (the median) comes
+/// later than that: the path's round trip is too long for waiting to pay.
 fn margin_for(resent: &VecDeque<(Duration, Instant)>) -> Duration {
     let mut needed: Vec<Duration> = resent.iter().map(|(needed, _)| *needed).collect();
     needed.sort_unstable();
+    if needed.get(needed.len() / 2).is_none_or(|median| *median > MAX_RESEND_MARGIN) {
+        return Duration::ZERO;
+    }
     let covered = (needed.len() * 9).div_ceil(10);
-    covered.checked_sub(1).and_then(|at| needed.get(at).copied()).unwrap_or(Duration::ZERO)
+    covered.checked_sub(1).and_then(|at| needed.get(at)).map_or(Duration::ZERO, |p90| (*p90).min(MAX_RESEND_MARGIN))
 }
 
 /// What to play next, and for how many samples (48 kHz).
@@ -332,14 +337,11 @@ impl JitterBuffer {
 
     /// A retransmission of the packet at `ts` arrived: how much later than the
     /// stream (the last ordinary packet's transit) it came is what the target
-    /// would need to play it. One too late to wait for teaches nothing.
+    /// would need to play it.
     fn learn_from_retransmission(&mut self, ts: u64, arrival: Instant) {
         let (Some(epoch), Some(stream)) = (self.epoch, self.last_transit) else { return };
         let transit = arrival.saturating_duration_since(epoch).as_secs_f64() - ts as f64 / CLOCK_RATE as f64;
-        let needed = Duration::from_secs_f64((transit - stream).max(0.0));
-        if needed > MAX_RESEND_MARGIN {
-            return;
-        }
+        let needed = Duration::from_secs_f64((transit - stream).clamp(0.0, 10.0));
         if self.resent.len() == RESEND_SAMPLES {
             self.resent.pop_front();
         }
@@ -371,7 +373,7 @@ impl JitterBuffer {
         // Too much buffered: drop the oldest packets (or gaps) to bring the
         // latency down, keeping at least two frames or a packet beyond the target.
         let mut next_ts = next_ts;
-        let slack = (2 * self.frame).max(self.ts_duration(self.packet_ts));
+        let slack = self.trim_slack();
         while self.current_delay() > self.target_delay() + slack {
             let dropped = match self.packets.first_key_value() {
                 Some((&seq, packet)) if packet.ts == next_ts => {
@@ -420,6 +422,12 @@ impl JitterBuffer {
         self.missing(next_ts, Some((packet_ts, payload)))
     }
 
+    /// How far above the target the buffer may be before packets are dropped:
+    /// two frames, or a packet if that is longer.
+    fn trim_slack(&self) -> Duration {
+        (2 * self.frame).max(self.ts_duration(self.packet_ts))
+    }
+
     /// Silence for one frame, before the stream starts.
     fn silence(&self) -> Playout {
         Playout::Silence(self.frame_ts as u32)
@@ -452,15 +460,18 @@ impl JitterBuffer {
 
     /// Whether to wait `lost` samples more for the missing packet at `next_ts`
     /// (concealing, without moving on): only while retransmissions have been
-    /// seen, what is buffered beyond the gap is below the target, and the wait
-    /// stays within their margin.
+    /// seen, what is buffered beyond the gap is below the target, the wait
+    /// stays within their margin, and one more packet arriving would not make
+    /// the buffer trim what it waited for.
     fn waits_for_retransmission(&mut self, next_ts: u64, lost: u64) -> bool {
         if self.waiting_at != Some(next_ts) {
             self.waiting_at = Some(next_ts);
             self.waited = 0;
         }
+        let (buffered, target) = (self.current_delay(), self.target_delay());
         !self.resend_margin.is_zero()
-            && self.current_delay().saturating_sub(self.ts_duration(lost)) < self.target_delay()
+            && buffered.saturating_sub(self.ts_duration(lost)) < target
+            && buffered + self.ts_duration(self.packet_ts) <= target + self.trim_slack()
             && self.ts_duration(self.waited + lost) <= self.resend_margin
     }
 
@@ -615,7 +626,32 @@ mod tests {
     }
 
     #[test]
-    fn a_retransmission_too_late_to_wait_for_teaches_nothing_and_the_margin_is_forgotten() {
+    fn a_retransmission_with_packets_of_two_frames_is_waited_for_and_played_in_full() {
+        // 20 ms packets to a 10 ms player; 5 and 15 are lost and resent 45 ms
+        // after the stream.
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut jb = JitterBuffer::new(Duration::from_millis(10));
+        let (mut queued, mut played) = (0, Vec::new());
+        for at in 0..=600u64 {
+            let (n, sent) = ((at / 20) as u16, at % 20 == 1);
+            if sent && ![5, 15].contains(&n) {
+                jb.push(n, u32::from(n) * 960, 960, payload(n), ms(at));
+            }
+            if at >= 46 && (at - 46) % 20 == 0 && [5, 15].contains(&(((at - 46) / 20) as u16)) {
+                let n = ((at - 46) / 20) as u16;
+                jb.push_retransmission(n, u32::from(n) * 960, 960, payload(n), ms(at));
+            }
+            if at % 10 == 0 && at > 0 {
+                played.extend(play_frames(&mut jb, 480, &mut queued, ms(at)));
+            }
+        }
+        assert!(played.contains(&Playout::Frame(payload(15), 960)), "{played:?}");
+        assert_eq!(jb.stats().discarded, 0, "nothing was trimmed: {played:?}");
+    }
+
+    #[test]
+    fn retransmissions_too_late_to_wait_for_give_no_margin_and_the_margin_is_forgotten() {
         let t0 = Instant::now();
         let mut jb = JitterBuffer::new(FRAME);
         let at = |i: u32| t0 + FRAME * i + Duration::from_millis(1);
@@ -624,17 +660,19 @@ mod tests {
             jb.push(n, i * TS, TS, payload(n), at(i));
             jb.pop(at(i + 2));
         };
-        // Packets 1 and 11 are lost; 1 comes back 220 ms after the stream, 11 60 ms after.
+        // Packets 1, 11 and 12 are lost; 1 comes back 240 ms after the stream.
         push_and_pop(&mut jb, 0);
         (2..11).for_each(|i| push_and_pop(&mut jb, i));
-        push_and_pop(&mut jb, 12);
-        assert_eq!(jb.push_retransmission(1, TS, TS, payload(1), at(12)), Pushed::Late);
-        assert_eq!(jb.resend_margin(), Duration::ZERO, "more than a wait may add: not waited for");
         push_and_pop(&mut jb, 13);
-        assert_eq!(jb.push_retransmission(11, 11 * TS, TS, payload(11), at(14)), Pushed::Late);
-        assert_eq!(jb.resend_margin(), Duration::from_millis(60));
+        assert_eq!(jb.push_retransmission(1, TS, TS, payload(1), at(13)), Pushed::Late);
+        assert_eq!(jb.resend_margin(), Duration::ZERO, "the typical one is too late to wait for");
+        // 11 and 12 come 60 and 40 ms after it: the median is worth waiting for.
+        push_and_pop(&mut jb, 14);
+        jb.push_retransmission(11, 11 * TS, TS, payload(11), at(14));
+        jb.push_retransmission(12, 12 * TS, TS, payload(12), at(14));
+        assert_eq!(jb.resend_margin(), MAX_RESEND_MARGIN, "nine in ten, at most the cap");
         let quiet = RESEND_MEMORY.as_millis() as u32 / 20 + 2;
-        (14..14 + quiet).for_each(|i| push_and_pop(&mut jb, i));
+        (15..15 + quiet).for_each(|i| push_and_pop(&mut jb, i));
         assert_eq!(jb.resend_margin(), Duration::ZERO);
         assert_eq!(jb.target_delay(), FRAME);
     }
@@ -646,6 +684,8 @@ mod tests {
         let late = |needed: &[u64]| needed.iter().map(|n| (ms(*n), t0)).collect::<VecDeque<_>>();
         assert_eq!(margin_for(&late(&[])), Duration::ZERO);
         assert_eq!(margin_for(&late(&[20, 60])), ms(60), "few: all of them");
+        assert_eq!(margin_for(&late(&[20, 50, 90])), MAX_RESEND_MARGIN, "the slowest, at most the cap");
+        assert_eq!(margin_for(&late(&[20, 90, 100])), Duration::ZERO, "mostly too late: not waited for");
         let mut mostly_quick = vec![20; 18];
         mostly_quick.extend([80, 60]);
         assert_eq!(margin_for(&late(&mostly_quick)), ms(20), "the two slowest of twenty are left out");

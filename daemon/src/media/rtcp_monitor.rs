@@ -152,8 +152,7 @@ impl RtcpMonitor {
                         self.sent_reports.push_back((compact_ntp(sender_report.ntp_time), now));
                     }
                     if let Some(nack) = self.nack_about(packet.as_ref(), self.remote_ssrc) {
-                        // A request not answered within a second never will be.
-                        self.requested_by_us.retain(|(_, asked)| now.saturating_duration_since(*asked) < ANSWER_WAIT);
+                        self.forget_unanswered(now);
                         for seq in nack.nacks.iter().flat_map(|pair| pair.packet_list()) {
                             if !self.requested_by_us.iter().any(|(asked, _)| *asked == seq) {
                                 if self.requested_by_us.len() == REMEMBERED_REQUESTS {
@@ -181,6 +180,7 @@ impl RtcpMonitor {
         match packet {
             Packet::Rtp(rtp) => {
                 let seq = rtp.header.sequence_number;
+                self.forget_unanswered(now);
                 let repaired = match self.requested_by_us.iter().position(|(asked, _)| *asked == seq) {
                     Some(at) => self.requested_by_us.remove(at).is_some(),
                     None => false,
@@ -222,6 +222,18 @@ impl RtcpMonitor {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A request not answered within [`ANSWER_WAIT`] never will be (and its
+    /// sequence number may come round again). Oldest first, so from the front.
+    fn forget_unanswered(&mut self, now: Instant) {
+        while self
+            .requested_by_us
+            .front()
+            .is_some_and(|(_, asked)| now.saturating_duration_since(*asked) >= ANSWER_WAIT)
+        {
+            self.requested_by_us.pop_front();
         }
     }
 
