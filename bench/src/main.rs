@@ -117,6 +117,8 @@ async fn main() -> Result<()> {
         print!("{}", harness::report::echo_markdown(&echo));
         return Ok(());
     }
+    tracing::info!("Opus alone");
+    let codec = harness::codec_ceiling::run(&settings, &material)?;
     let mut results = Vec::new();
     for profile in &profiles {
         tracing::info!(profile = profile.name, "running");
@@ -167,6 +169,7 @@ async fn main() -> Result<()> {
         profiles: results,
         echo,
         group,
+        codec,
     };
     std::fs::create_dir_all(&args.out)?;
     let json = args.out.join("benchmarks.json");

@@ -262,9 +262,17 @@ pub const KEYS: &[ConfigKey] = &[
     ConfigKey {
         key: "calls.bitrate_kbps",
         kind: Kind::Integer,
-        default: "32",
+        default: "48",
         applies: Applies::NewCalls,
-        doc: "Opus target bitrate in kb/s: 12-128.",
+        doc: "Opus target bitrate in kb/s on a clear link: 12-128.",
+        flag: None,
+    },
+    ConfigKey {
+        key: "calls.min_bitrate_kbps",
+        kind: Kind::Integer,
+        default: "16",
+        applies: Applies::NewCalls,
+        doc: "The least the bitrate comes down to under congestion, in kb/s: 12-128.",
         flag: None,
     },
     ConfigKey {
@@ -490,6 +498,7 @@ mod tests {
             "calls.who_may_ring" => "nobody",
             "calls.frame_ms" => "10",
             "calls.bitrate_kbps" => "64",
+            "calls.min_bitrate_kbps" => "24",
             "calls.stun_servers" => "stun:stun.example.org:3478",
             "calls.reconnect_timeout_secs" => "60",
             "history.keep_days" => "30",

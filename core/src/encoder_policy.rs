@@ -12,6 +12,13 @@
 //! loss asks for at least 10 %, twice the measured loss above that up to 15 %
 //! (more FEC takes bitrate from the speech itself); reports without loss halve it,
 //! down to none, which is where the clean-link gain comes from.
+//!
+//! [`TargetBitrate`] moves the bitrate between the configured floor and ceiling:
+//! down while the link shows congestion (loss that retransmission did not repair,
+//! or a round trip grown well above the path's own), back up while it is clear.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// The expected loss, in whole per cent, that the encoder is told.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,6 +59,89 @@ impl ExpectedLoss {
     }
 }
 
+/// Loss left after repair at which the bitrate comes down: what retransmission
+/// could not repair is taken as congestion, as a browser's loss-based control does.
+const CONGESTED_LOSS: f64 = 0.10;
+/// Loss left after repair below which the bitrate may rise again.
+const CLEAR_LOSS: f64 = 0.02;
+/// Round trip above the path's base at which the bitrate comes down: a queue is
+/// building somewhere on the path.
+const CONGESTED_QUEUE: Duration = Duration::from_millis(100);
+/// Round trip above the base below which the bitrate may rise again. Above the
+/// 30 ± 10 ms jitter profile's swings, so jitter alone does not hold it.
+const CLEAR_QUEUE: Duration = Duration::from_millis(50);
+/// How long a round trip counts toward the base: long enough to span a spell of
+/// congestion, short enough to follow a path that changed (an ICE restart).
+const BASE_WINDOW: Duration = Duration::from_secs(30);
+/// Round trips kept for the base (reports come about once a second).
+const BASE_SAMPLES: usize = 64;
+/// The cut on a queueing round trip.
+const QUEUE_DECREASE: f64 = 0.85;
+/// The rise per clear report: about 9 s from half the ceiling back to it.
+const INCREASE: f64 = 1.08;
+
+/// The encoder's target bitrate, from the peer's receiver reports (about once a
+/// second): the ceiling (the configured `bitrate_kbps`) on a clear link, down to
+/// the floor under congestion. A LAN call starts at the ceiling, so the bench's
+/// clean link is never held back.
+#[derive(Debug, Clone)]
+pub struct TargetBitrate {
+    floor: f64,
+    ceiling: f64,
+    current: f64,
+    /// Recent round trips, oldest first, for the path's base (their minimum).
+    round_trips: VecDeque<(Instant, Duration)>,
+}
+
+impl TargetBitrate {
+    /// Starts at `ceiling_bps`; never goes below `floor_bps` (taken as the
+    /// ceiling if above it).
+    pub fn new(floor_bps: u32, ceiling_bps: u32) -> Self {
+        let ceiling = f64::from(ceiling_bps);
+        TargetBitrate {
+            floor: f64::from(floor_bps).min(ceiling),
+            ceiling,
+            current: ceiling,
+            round_trips: VecDeque::new(),
+        }
+    }
+
+    /// A receiver report at `now`: `lost` is the fraction (0 to 1) of our packets
+    /// the peer still lacked after repair, `round_trip` the RFC 3550 round trip
+    /// if known.
+    pub fn report(&mut self, now: Instant, lost: f64, round_trip: Option<Duration>) {
+        let lost = if lost.is_finite() { lost.clamp(0.0, 1.0) } else { 0.0 };
+        let queue = round_trip.map_or(Duration::ZERO, |rtt| rtt.saturating_sub(self.base_round_trip(now, rtt)));
+        let factor = if lost >= CONGESTED_LOSS || queue >= CONGESTED_QUEUE {
+            let for_loss = if lost >= CONGESTED_LOSS { 1.0 - 0.5 * lost } else { 1.0 };
+            let for_queue = if queue >= CONGESTED_QUEUE { QUEUE_DECREASE } else { 1.0 };
+            for_loss.min(for_queue)
+        } else if lost >= CLEAR_LOSS || queue >= CLEAR_QUEUE {
+            1.0
+        } else {
+            INCREASE
+        };
+        self.current = (self.current * factor).clamp(self.floor, self.ceiling);
+    }
+
+    /// What to tell the encoder, in bits per second (whole kb/s, so small
+    /// changes do not reconfigure it every report).
+    pub fn bps(&self) -> u32 {
+        ((self.current / 1000.0).round() * 1000.0) as u32
+    }
+
+    /// The smallest round trip of the last [`BASE_WINDOW`], `latest` included.
+    fn base_round_trip(&mut self, now: Instant, latest: Duration) -> Duration {
+        while self.round_trips.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > BASE_WINDOW)
+            || self.round_trips.len() >= BASE_SAMPLES
+        {
+            self.round_trips.pop_front();
+        }
+        self.round_trips.push_back((now, latest));
+        self.round_trips.iter().map(|(_, rtt)| *rtt).min().unwrap_or(latest)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +175,77 @@ mod tests {
         loss.report(f64::NAN);
         loss.report(-3.0);
         assert!((0..=MAX_EXPECTED_LOSS_PERCENT).contains(&loss.percent()));
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// Reports once a second from `start`, all with `lost` and `rtt`.
+    fn reports(bitrate: &mut TargetBitrate, start: Instant, count: u32, lost: f64, rtt_ms: u64) -> Instant {
+        for i in 0..count {
+            bitrate.report(start + SECOND * i, lost, Some(Duration::from_millis(rtt_ms)));
+        }
+        start + SECOND * count
+    }
+
+    #[test]
+    fn a_clear_link_keeps_the_ceiling() {
+        let mut bitrate = TargetBitrate::new(16_000, 48_000);
+        assert_eq!(bitrate.bps(), 48_000, "a call starts at the ceiling");
+        reports(&mut bitrate, Instant::now(), 60, 0.01, 2);
+        assert_eq!(bitrate.bps(), 48_000);
+    }
+
+    #[test]
+    fn loss_left_after_repair_brings_it_down_to_the_floor_and_a_clear_link_back_up() {
+        let mut bitrate = TargetBitrate::new(16_000, 48_000);
+        let now = reports(&mut bitrate, Instant::now(), 1, 0.2, 2);
+        assert_eq!(bitrate.bps(), 43_000, "20 % left: down by a tenth");
+        let now = reports(&mut bitrate, now, 30, 0.2, 2);
+        assert_eq!(bitrate.bps(), 16_000, "never below the floor");
+        let now = reports(&mut bitrate, now, 5, 0.05, 2);
+        assert_eq!(bitrate.bps(), 16_000, "some loss holds it");
+        reports(&mut bitrate, now, 1, 0.0, 2);
+        assert_eq!(bitrate.bps(), 17_000, "a clear report raises it by 8 %");
+        let mut back = bitrate.clone();
+        reports(&mut back, now, 15, 0.0, 2);
+        assert_eq!(back.bps(), 48_000, "back at the ceiling within 15 s, never above");
+    }
+
+    #[test]
+    fn a_round_trip_grown_well_above_the_paths_own_brings_it_down_and_jitter_does_not() {
+        let mut bitrate = TargetBitrate::new(16_000, 48_000);
+        let start = Instant::now();
+        // 60 ms with ±20 ms of jitter: the base is the smallest, 40 ms.
+        for (i, rtt) in [40, 80, 60, 85, 45, 70].into_iter().enumerate() {
+            bitrate.report(start + SECOND * i as u32, 0.0, Some(Duration::from_millis(rtt)));
+        }
+        assert_eq!(bitrate.bps(), 48_000, "jitter is not congestion");
+        bitrate.report(start + SECOND * 6, 0.0, Some(Duration::from_millis(160)));
+        assert_eq!(bitrate.bps(), 41_000, "120 ms of queue: down 15 %");
+        bitrate.report(start + SECOND * 7, 0.0, Some(Duration::from_millis(110)));
+        assert_eq!(bitrate.bps(), 41_000, "70 ms of queue holds it");
+    }
+
+    #[test]
+    fn the_base_round_trip_follows_a_path_that_changed() {
+        let mut bitrate = TargetBitrate::new(16_000, 48_000);
+        let now = reports(&mut bitrate, Instant::now(), 5, 0.0, 2);
+        // The path moved (say an ICE restart onto a slower route): 150 ms.
+        let now = reports(&mut bitrate, now, 1, 0.0, 150);
+        assert!(bitrate.bps() < 48_000, "at first it looks like a queue");
+        reports(&mut bitrate, now + BASE_WINDOW, 15, 0.0, 150);
+        assert_eq!(bitrate.bps(), 48_000, "once the old base is forgotten the new path is clear");
+    }
+
+    #[test]
+    fn bad_reports_and_bounds_are_tamed() {
+        let mut bitrate = TargetBitrate::new(64_000, 32_000);
+        assert_eq!(bitrate.bps(), 32_000, "a floor above the ceiling is the ceiling");
+        bitrate.report(Instant::now(), 1.0, None);
+        assert_eq!(bitrate.bps(), 32_000);
+        let mut bitrate = TargetBitrate::new(16_000, 48_000);
+        bitrate.report(Instant::now(), f64::NAN, None);
+        bitrate.report(Instant::now(), -3.0, None);
+        assert_eq!(bitrate.bps(), 48_000);
     }
 }

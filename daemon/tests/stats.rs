@@ -16,7 +16,7 @@ use impaired::impaired_pair;
 use stats_stream::{channel, next, sample_where, watch};
 use support::{DEADLINE, Daemon, Lan, call_is, example_python, two_daemons_in, two_daemons_with};
 use voicelink_bench::impairment::Impairment;
-use voicelink_bench::relay::LinkConfig;
+use voicelink_bench::relay::{Direction, LinkConfig};
 use voicelink_proto::v1::{self, WatchStatsRequest};
 
 const TONE_IN_NULL_OUT: &str = "[audio]\ninput = \"tone:440\"\noutput = \"null\"\n";
@@ -216,6 +216,34 @@ async fn with_ten_percent_loss_one_way_both_ends_count_five_to_fifteen_percent_l
     assert!((0.05..=0.15).contains(&resent), "alice resent {resent:.3}: {told:#?}");
     assert!(told.remote_fraction_lost < 0.05, "bob reports what stayed lost: {told:#?}");
     assert_eq!((told.packets_lost, told.fraction_lost, told.packets_repaired), (0, 0.0, 0), "{told:#?}");
+    a.ctl_json(&["hangup"]).await;
+}
+
+#[tokio::test]
+async fn a_queue_building_on_the_path_brings_the_senders_bitrate_down_and_a_clear_path_back_to_the_ceiling() {
+    require_netns!();
+    let pair = impaired_pair(|link| link);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _b) =
+        two_daemons_in([pair.a.name(), pair.b.name()], dir.path(), TONE_IN_NULL_OUT, &auto_answer(TONE_IN_NULL_OUT))
+            .await;
+    let call_id = call_up(&a).await;
+    let bitrate = |s: &v1::CallStats| s.codec.as_ref().map_or(0, |codec| codec.target_bitrate_bps);
+    let mut at_alice = watch(channel(&a, None).await, &call_id, Duration::from_millis(500)).await;
+    // A few clear reports first: the round trip's base is the LAN's.
+    let clear = sample_where(&mut at_alice, "a clear round trip", |s| {
+        s.round_trip_time_ms > 0.0 && s.duration.is_some_and(|d| d.seconds >= 3)
+    })
+    .await;
+    assert_eq!(bitrate(&clear), 48_000, "a clear link carries the configured bitrate: {clear:#?}");
+    // 200 ms more one way, as a queue filling up would add.
+    pair.link.set_impairment(Direction::AToB, Impairment::delay(Duration::from_millis(200)));
+    let queued = sample_where(&mut at_alice, "the bitrate coming down", |s| bitrate(s) < 48_000).await;
+    assert!(bitrate(&queued) >= 16_000, "never below calls.min_bitrate_kbps: {queued:#?}");
+    assert!(queued.round_trip_time_ms >= 150.0, "it came down for the round trip: {queued:#?}");
+    pair.link.set_impairment(Direction::AToB, Impairment::CLEAN);
+    let back = sample_where(&mut at_alice, "the bitrate back at the ceiling", |s| bitrate(s) == 48_000).await;
+    assert!(back.round_trip_time_ms < 150.0, "{back:#?}");
     a.ctl_json(&["hangup"]).await;
 }
 

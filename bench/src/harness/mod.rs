@@ -1,6 +1,7 @@
 //! The bench binary's parts: daemons, speech material, the per-profile run and
 //! the report.
 
+pub mod codec_ceiling;
 pub mod daemon;
 pub mod echo;
 pub mod group;

@@ -31,6 +31,9 @@ pub struct MediaSample {
     pub playout: PlayoutStats,
     /// Level of what we send, dBFS.
     pub level_out_dbfs: f64,
+    /// The encoder's target bitrate now, bits per second, if it moved from
+    /// the configured one.
+    pub target_bitrate_bps: Option<u32>,
     /// The STUN round trip on the selected pair.
     pub ice_round_trip: Option<Duration>,
     /// The selected pair.
@@ -188,6 +191,9 @@ impl CallMeter {
         stats.discarded_packets = playout.jitter.discarded;
         stats.audio_level_in_dbfs = playout.level_dbfs;
         stats.audio_level_out_dbfs = media.level_out_dbfs;
+        if let Some(bps) = media.target_bitrate_bps {
+            stats.codec.target_bitrate_bps = bps;
+        }
         stats.candidate_pair = media.candidate_pair.clone();
         let received = rtcp.packets_received;
         let unchanged_since = match self.arrivals {
@@ -210,7 +216,7 @@ impl CallMeter {
                 + playout.current_delay
                 + self.codec.frame
                 + OPUS_LOOKAHEAD;
-            let conditions = Conditions { one_way_delay: one_way, loss, bitrate_bps: self.codec.target_bitrate_bps };
+            let conditions = Conditions { one_way_delay: one_way, loss, bitrate_bps: stats.codec.target_bitrate_bps };
             let r = emodel::rating(&conditions);
             let mos = emodel::mos(r);
             stats.mos = Some(mos);
@@ -403,5 +409,18 @@ mod tests {
         sample.ice_round_trip = Some(Duration::from_millis(4));
         let stats = CallMeter::new(codec()).sample(&call, Some(&sample), now);
         assert_eq!(stats.round_trip, Some((Duration::from_millis(4), RoundTripSource::Ice)));
+    }
+
+    #[test]
+    fn the_codec_shows_the_bitrate_the_encoder_moved_to_and_a_low_one_costs_quality() {
+        let now = SystemTime::now();
+        let call = record(State::Active, now, Some(now));
+        let configured = CallMeter::new(codec()).sample(&call, Some(&media(reception(0, 10), 2)), now);
+        assert_eq!(configured.codec.target_bitrate_bps, 32_000);
+        let mut sample = media(reception(0, 10), 2);
+        sample.target_bitrate_bps = Some(14_000);
+        let lowered = CallMeter::new(codec()).sample(&call, Some(&sample), now);
+        assert_eq!(lowered.codec.target_bitrate_bps, 14_000);
+        assert!(lowered.mos < configured.mos, "{:?} vs {:?}", lowered.mos, configured.mos);
     }
 }

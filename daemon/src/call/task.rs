@@ -115,7 +115,8 @@ impl CallContext {
         };
         self.codec = CodecSettings {
             frame: calls.frame_ms.duration(),
-            bitrate: calls.bitrate_kbps.0 as i32 * 1000,
+            bitrate: calls.bitrate_kbps.0 * 1000,
+            min_bitrate: calls.min_bitrate_kbps.0 * 1000,
             dtx: calls.dtx,
             network: NetworkSettings {
                 stun_servers: calls.stun_servers.iter().map(ToString::to_string).collect(),

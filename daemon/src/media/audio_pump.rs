@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 use voicelink_core::audio_math::{samples_per_frame, scale_into};
-use voicelink_core::encoder_policy::ExpectedLoss;
+use voicelink_core::encoder_policy::{ExpectedLoss, TargetBitrate};
 use voicelink_core::jitter_buffer::{JitterBuffer, MAX_PACKET_SAMPLES, Playout};
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::level_dbfs;
@@ -196,6 +196,10 @@ pub struct SendPump {
     pub frame: Duration,
     /// What RTCP says, including the peer's reports on what it hears of us.
     pub rtcp: SharedView,
+    /// The bitrate policy, fed those reports.
+    pub bitrate: TargetBitrate,
+    /// Where the encoder's target bitrate is shown.
+    pub target_bitrate: watch::Sender<u32>,
     /// Where a recording takes what is sent.
     pub recording: RecordingTap,
 }
@@ -207,7 +211,7 @@ impl SendPump {
         if !control.started().await {
             return;
         }
-        let SendPump { encoder, track, level, frame, rtcp, recording } = self;
+        let SendPump { encoder, track, level, frame, rtcp, mut bitrate, target_bitrate, recording } = self;
         let mut coder = FrameCoder {
             encoder,
             level,
@@ -244,6 +248,17 @@ impl SendPump {
                     loss.report(report.map_or(0.0, |r| r.fraction_lost).max(lost_before_repair));
                     if loss.percent() != before && coder.encoder.set_packet_loss_perc(loss.percent()).is_err() {
                         tracing::debug!(percent = loss.percent(), "the encoder refused an expected loss");
+                    }
+                    bitrate.report(now, report.map_or(0.0, |r| r.fraction_lost), view.round_trip);
+                    let bps = bitrate.bps();
+                    if bps != *target_bitrate.borrow() {
+                        match coder.encoder.set_bitrate(opus::Bitrate::Bits(i32::try_from(bps).unwrap_or(i32::MAX))) {
+                            Ok(()) => {
+                                tracing::debug!(bps, "target bitrate");
+                                target_bitrate.send_replace(bps);
+                            }
+                            Err(error) => tracing::debug!(bps, %error, "the encoder refused a bitrate"),
+                        }
                     }
                 }
             }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
-use voicelink_core::encoder_policy::ExpectedLoss;
+use voicelink_core::encoder_policy::{ExpectedLoss, TargetBitrate};
 use voicelink_core::reload::LiveSettings;
 use voicelink_core::stats::meter::{MediaSample, PlayoutStats};
 use voicelink_core::stats::{CodecInfo, SILENCE_DBFS};
@@ -35,8 +35,10 @@ const PUMP_STOP: Duration = Duration::from_secs(2);
 pub struct CodecSettings {
     /// 10 or 20 ms.
     pub frame: Duration,
-    /// Target bitrate in bits per second (12 000 to 128 000).
-    pub bitrate: i32,
+    /// Target bitrate on a clear link, bits per second (12 000 to 128 000).
+    pub bitrate: u32,
+    /// The least it comes down to under congestion, bits per second.
+    pub min_bitrate: u32,
     /// Discontinuous transmission (send almost nothing during silence).
     pub dtx: bool,
     /// STUN servers and loopback candidates.
@@ -46,7 +48,7 @@ pub struct CodecSettings {
 impl CodecSettings {
     /// The codec as the stats feed describes it.
     pub fn info(&self) -> CodecInfo {
-        CodecInfo::opus(u32::try_from(self.bitrate).unwrap_or(0), self.frame, self.dtx)
+        CodecInfo::opus(self.bitrate, self.frame, self.dtx)
     }
 }
 
@@ -54,7 +56,8 @@ impl Default for CodecSettings {
     fn default() -> Self {
         CodecSettings {
             frame: Duration::from_millis(20),
-            bitrate: 32_000,
+            bitrate: 48_000,
+            min_bitrate: 16_000,
             dtx: false,
             network: NetworkSettings::default(),
         }
@@ -92,6 +95,8 @@ pub struct MediaSession {
     playout: watch::Sender<PlayoutStats>,
     /// The level of what the sender sends, every frame.
     level_out: watch::Sender<f64>,
+    /// The encoder's target bitrate now (bits per second).
+    target_bitrate: watch::Sender<u32>,
     /// The last ICE reading, and when it was taken.
     ice: Option<(Instant, IceReading)>,
 }
@@ -105,6 +110,7 @@ impl MediaSession {
         let (connection, track, packets) = Connection::new(identity, peer, &settings.network, rtcp.clone()).await?;
         Ok(MediaSession {
             connection,
+            target_bitrate: watch::Sender::new(settings.bitrate),
             settings,
             gates: watch::Sender::new(Gates::default()),
             connected: watch::Sender::new(false),
@@ -130,6 +136,7 @@ impl MediaSession {
             rtcp: *self.rtcp.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
             playout: *self.playout.borrow(),
             level_out_dbfs: *self.level_out.borrow(),
+            target_bitrate_bps: Some(*self.target_bitrate.borrow()),
             ice_round_trip: ice.and_then(|ice| ice.round_trip),
             candidate_pair: ice.and_then(|ice| ice.pair.clone()),
         }
@@ -173,6 +180,8 @@ impl MediaSession {
             level: self.level_out.clone(),
             frame,
             rtcp: self.rtcp.clone(),
+            bitrate: TargetBitrate::new(self.settings.min_bitrate, self.settings.bitrate),
+            target_bitrate: self.target_bitrate.clone(),
             recording: recording.clone(),
         };
         let player = PlayPump { decoder, stats: self.playout.clone(), echo: echo_feed, frame, recording, settings };
@@ -212,9 +221,11 @@ impl MediaSession {
     }
 }
 
-fn encoder(settings: &CodecSettings) -> Result<opus::Encoder, opus::Error> {
+/// A call's Opus encoder: 48 kHz mono, VoIP, in-band FEC on and protecting
+/// against the loss a call assumes before the first report.
+pub fn encoder(settings: &CodecSettings) -> Result<opus::Encoder, opus::Error> {
     let mut encoder = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)?;
-    encoder.set_bitrate(opus::Bitrate::Bits(settings.bitrate))?;
+    encoder.set_bitrate(opus::Bitrate::Bits(i32::try_from(settings.bitrate).unwrap_or(i32::MAX)))?;
     encoder.set_inband_fec(true)?;
     // FEC only helps when the encoder expects loss; the send pump adjusts this
     // from the peer's receiver reports (see `encoder_policy`).
