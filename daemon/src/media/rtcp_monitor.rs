@@ -60,10 +60,7 @@ pub struct Retransmitted(Arc<Mutex<VecDeque<u16>>>);
 impl Retransmitted {
     fn arrived(&self, seq: u16) {
         let mut arrived = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if arrived.len() == REMEMBERED_RETRANSMISSIONS {
-            arrived.pop_front();
-        }
-        arrived.push_back(seq);
+        remember(&mut arrived, seq, REMEMBERED_RETRANSMISSIONS, |s| *s == seq);
     }
 
     /// Whether the packet `seq` that just arrived is a retransmission.
@@ -151,15 +148,10 @@ impl RtcpMonitor {
                         }
                         self.sent_reports.push_back((compact_ntp(sender_report.ntp_time), now));
                     }
-                    if let Some(nack) = self.nack_about(packet.as_ref(), self.remote_ssrc) {
+                    if let Some(nack) = nack_about(packet.as_ref(), self.remote_ssrc) {
                         self.forget_unanswered(now);
                         for seq in nack.nacks.iter().flat_map(|pair| pair.packet_list()) {
-                            if !self.requested_by_us.iter().any(|(asked, _)| *asked == seq) {
-                                if self.requested_by_us.len() == REMEMBERED_REQUESTS {
-                                    self.requested_by_us.pop_front();
-                                }
-                                self.requested_by_us.push_back((seq, now));
-                            }
+                            remember(&mut self.requested_by_us, (seq, now), REMEMBERED_REQUESTS, |(s, _)| *s == seq);
                         }
                         continue;
                     }
@@ -201,9 +193,11 @@ impl RtcpMonitor {
             }
             Packet::Rtcp(packets) => {
                 for packet in packets {
-                    if let Some(nack) = self.nack_about(packet.as_ref(), self.local_ssrc) {
+                    if let Some(nack) = nack_about(packet.as_ref(), self.local_ssrc) {
                         let asked = nack.nacks.iter().flat_map(|pair| pair.packet_list());
-                        let new = asked.filter(|seq| remember(&mut self.requested_of_us, *seq)).count() as u64;
+                        let new = asked
+                            .filter(|&seq| remember(&mut self.requested_of_us, seq, REMEMBERED_REQUESTS, |s| *s == seq))
+                            .count() as u64;
                         self.update(|view| view.packets_requested += new);
                         continue;
                     }
@@ -237,12 +231,6 @@ impl RtcpMonitor {
         }
     }
 
-    /// The packet as a NACK about the stream `ssrc` (when known).
-    fn nack_about<'a>(&self, packet: &'a dyn rtc::rtcp::Packet, ssrc: Option<u32>) -> Option<&'a TransportLayerNack> {
-        let nack = packet.as_any().downcast_ref::<TransportLayerNack>()?;
-        ssrc.is_none_or(|ssrc| nack.media_ssrc == ssrc).then_some(nack)
-    }
-
     /// RFC 3550 §6.4.1 interarrival jitter after a packet with this timestamp
     /// arrived: the smoothed difference between how far apart packets arrived
     /// and how far apart they were sent, with wrap-safe timestamps.
@@ -272,17 +260,24 @@ impl RtcpMonitor {
     }
 }
 
-/// Adds `seq` to a bounded list of requested sequence numbers; false if it was
-/// already there (the same packet asked for again).
-fn remember(requested: &mut VecDeque<u16>, seq: u16) -> bool {
-    if requested.contains(&seq) {
+/// Appends `entry` to a list of at most `limit` entries (the oldest make way)
+/// unless one `same` as it is there already (the same packet asked for again);
+/// false if it was.
+fn remember<T>(list: &mut VecDeque<T>, entry: T, limit: usize, same: impl Fn(&T) -> bool) -> bool {
+    if list.iter().any(same) {
         return false;
     }
-    if requested.len() == REMEMBERED_REQUESTS {
-        requested.pop_front();
+    if list.len() == limit {
+        list.pop_front();
     }
-    requested.push_back(seq);
+    list.push_back(entry);
     true
+}
+
+/// The packet as a NACK about the stream `ssrc` (when known).
+fn nack_about(packet: &dyn rtc::rtcp::Packet, ssrc: Option<u32>) -> Option<&TransportLayerNack> {
+    let nack = packet.as_any().downcast_ref::<TransportLayerNack>()?;
+    ssrc.is_none_or(|ssrc| nack.media_ssrc == ssrc).then_some(nack)
 }
 
 /// The reception report blocks of a sender or receiver report.
