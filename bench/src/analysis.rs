@@ -117,6 +117,42 @@ pub fn from_i16(samples: &[i16]) -> Vec<f32> {
     samples.iter().map(|&s| f32::from(s) / 32768.0).collect()
 }
 
+/// The level envelope of `samples`: RMS over each `block` samples. Two
+/// envelopes still match where waveforms no longer do (a playout resampled by a
+/// clock-drift estimate drifts in phase, and its polarity means nothing).
+pub fn envelope(samples: &[f32], block: usize) -> Vec<f32> {
+    samples
+        .chunks_exact(block.max(1))
+        .map(|chunk| (chunk.iter().map(|&x| x * x).sum::<f32>() / chunk.len() as f32).sqrt())
+        .collect()
+}
+
+/// Like [`align`], for envelopes: the lag `0..=max_lag` at which `signal`
+/// best matches `reference`, by the Pearson correlation over the overlap (the
+/// envelopes' own levels removed). None when nothing overlaps or either is flat.
+pub fn align_envelopes(reference: &[f32], signal: &[f32], max_lag: usize) -> Option<Alignment> {
+    let pearson = |a: &[f32], b: &[f32]| {
+        let n = a.len().min(b.len());
+        if n < 2 {
+            return None;
+        }
+        let (a, b) = (&a[..n], &b[..n]);
+        let mean = |x: &[f32]| x.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+        let (ma, mb) = (mean(a), mean(b));
+        let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+        for (&x, &y) in a.iter().zip(b) {
+            let (x, y) = (f64::from(x) - ma, f64::from(y) - mb);
+            ab += x * y;
+            aa += x * x;
+            bb += y * y;
+        }
+        (aa > 0.0 && bb > 0.0).then(|| ab / (aa * bb).sqrt())
+    };
+    (0..=max_lag.min(signal.len().saturating_sub(1)))
+        .filter_map(|lag| pearson(reference, &signal[lag..]).map(|correlation| Alignment { lag, correlation }))
+        .max_by(|a, b| a.correlation.total_cmp(&b.correlation))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +219,24 @@ mod tests {
         assert!(rms_dbfs(&[0.5; 10]) > -7.0 && rms_dbfs(&[0.5; 10]) < -5.0);
         assert_eq!(rms_dbfs(&[]), f64::NEG_INFINITY);
         assert_eq!(from_i16(&[-32768, 0, 16384]), [-1.0, 0.0, 0.5]);
+    }
+
+    #[test]
+    fn envelopes_align_where_the_waveform_is_inverted_and_drifts_in_phase() {
+        // Bursts of a tone; the "echo" is the same bursts 120 blocks later,
+        // inverted and at another frequency: no waveform match, the same envelope.
+        let burst = |hz: f32, sign: f32| {
+            (0..48_000).map(move |i| {
+                let on = (i / 4_800) % 3 == 0 || (i / 2_400) % 7 == 2;
+                if on { sign * (std::f32::consts::TAU * hz * i as f32 / 48_000.0).sin() } else { 0.0 }
+            })
+        };
+        let reference: Vec<f32> = burst(440.0, 1.0).collect();
+        let mut echo = vec![0.0; 120 * 48];
+        echo.extend(burst(452.0, -1.0));
+        let found = align_envelopes(&envelope(&reference, 48), &envelope(&echo, 48), 500).unwrap();
+        assert_eq!(found.lag, 120);
+        assert!(found.correlation > 0.99, "{found:?}");
+        assert_eq!(align_envelopes(&envelope(&reference, 48), &[0.0; 200], 100).map(|a| a.lag), None, "flat");
     }
 }

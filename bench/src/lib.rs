@@ -7,6 +7,8 @@
 //!   helper. The daemon's end-to-end tests use it as well as the bench binary.
 //! - [`hostile`]: stalled TLS clients, to measure a call beside them.
 //! - [`echo_room`]: the echo bench's simulated room and its measures.
+//! - [`sound_server`]: a user-mode PulseAudio with a null sink (real sound
+//!   devices without a sound card), for the tests and mouth-to-ear through devices.
 //! - [`analysis`]: pure signal analysis for the recordings (alignment by
 //!   cross-correlation, onset of sound, levels).
 
@@ -15,3 +17,4 @@ pub mod echo_room;
 pub mod hostile;
 pub mod impairment;
 pub mod relay;
+pub mod sound_server;

@@ -158,6 +158,8 @@ async fn main() -> Result<()> {
         results.push(result);
     }
 
+    tracing::info!("mouth-to-ear through sound devices");
+    let devices = Some(harness::devices::run(&settings, &material).await?);
     let group = harness::group::run_all(&settings, &material, &args.group_sizes).await?;
     let report = Report {
         machine: machine(),
@@ -170,6 +172,7 @@ async fn main() -> Result<()> {
         echo,
         group,
         codec,
+        devices,
     };
     std::fs::create_dir_all(&args.out)?;
     let json = args.out.join("benchmarks.json");

@@ -1,8 +1,10 @@
 //! The daemon's log filter. The WebRTC libraries (webrtc-rs and its `rtc*` crates)
 //! log warnings on every healthy call (a packet before SRTP keys exist, an ICE
-//! check before the peer's candidates, a DTLS server name); a daemon that warns on
-//! every call teaches its users to ignore warnings. So unless the filter names those
-//! libraries itself, or asks for debug or trace everywhere, they log errors only.
+//! check before the peer's candidates, a DTLS server name), and cpal's PulseAudio
+//! client logs each connection it makes to list or open a device; a daemon that
+//! warns on every call teaches its users to ignore warnings. So unless the filter
+//! names those libraries itself, or asks for debug or trace everywhere, they log
+//! errors only.
 //!
 //! And every field is written escaped ([`escaped_fields`]): a name or an error
 //! from the network cannot start a new line of its own in the log (or the
@@ -17,29 +19,34 @@ use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
 use voicelink_core::vocab::is_invisible;
 
-/// Log targets of the WebRTC libraries (a directive's target matches by prefix:
+/// Log targets of those libraries (a directive's target matches by prefix:
 /// `rtc` covers `rtc_ice`, `rtc_dtls`, …).
-const WEBRTC_TARGETS: [&str; 2] = ["webrtc", "rtc"];
+const CHATTY_TARGETS: [&str; 3] = ["webrtc", "rtc", "pulseaudio"];
 
 /// The filter directives for a configured log level (`info`, or directives like
 /// `info,voicelink_daemon=debug`).
 pub fn directives(level: &str) -> String {
     let parts: Vec<&str> = level.split(',').map(str::trim).collect();
-    let names_a_library = parts.iter().any(|part| WEBRTC_TARGETS.iter().any(|target| part.starts_with(target)));
+    let names_a_library = parts.iter().any(|part| CHATTY_TARGETS.iter().any(|target| part.starts_with(target)));
     let verbose_everywhere = parts.iter().any(|part| matches!(*part, "debug" | "trace"));
     if names_a_library || verbose_everywhere {
         return level.to_owned();
     }
-    let quiet: Vec<String> = WEBRTC_TARGETS.iter().map(|target| format!("{target}=error")).collect();
+    let quiet: Vec<String> = CHATTY_TARGETS.iter().map(|target| format!("{target}=error")).collect();
     format!("{level},{}", quiet.join(","))
 }
 
-/// Drops the one error webrtc-rs logs on healthy calls: its SRTP replay check
-/// rejecting a packet that arrived twice ("srtp ssrc=… index=…: duplicated",
-/// logged as "handle_read error" by its driver). With retransmission on, that is
-/// routine: a request repeated before the first answer came back, or a packet
-/// that was only reordered, is sent twice, and the second copy is dropped as it
-/// should be. See `docs/upstream/webrtc-rs-srtp-replay-error-log.md`.
+/// Drops the errors libraries log on healthy calls:
+/// - webrtc-rs's SRTP replay check rejecting a packet that arrived twice ("srtp
+///   ssrc=… index=…: duplicated", logged as "handle_read error" by its driver).
+///   With retransmission on, that is routine: a request repeated before the
+///   first answer came back, or a packet that was only reordered, is sent twice,
+///   and the second copy is dropped as it should be. See
+///   `docs/upstream/webrtc-rs-srtp-replay-error-log.md`.
+/// - The PulseAudio client under cpal reporting "Reactor error: Client
+///   disconnected" each time one of its connections closes, which is each time a
+///   device list is read or a stream is closed. A sound server that goes away is
+///   noticed by the device watcher, which says so itself.
 pub struct RoutineLibraryErrors;
 
 /// A layer of its own (not a per-layer filter: tracing-subscriber 0.3.23 leaves
@@ -53,13 +60,14 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RoutineLibraryErro
         }
         let mut message = MessageText(String::new());
         event.record(&mut message);
-        !is_a_replayed_srtp_packet(&message.0)
+        !is_routine(&message.0)
     }
 }
 
-/// Whether a library's error is the SRTP replay check dropping a second copy.
-fn is_a_replayed_srtp_packet(message: &str) -> bool {
-    message.contains("srtp ssrc=") && message.ends_with(": duplicated")
+/// Whether a library's error is one of the routine ones above.
+fn is_routine(message: &str) -> bool {
+    let replayed_srtp_packet = message.contains("srtp ssrc=") && message.ends_with(": duplicated");
+    replayed_srtp_packet || message == "Reactor error: Client disconnected"
 }
 
 /// An event's message, as text.
@@ -203,15 +211,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_webrtc_libraries_log_errors_only_unless_asked() {
-        assert_eq!(directives("info"), "info,webrtc=error,rtc=error");
-        assert_eq!(directives("warn,voicelink_daemon=debug"), "warn,voicelink_daemon=debug,webrtc=error,rtc=error");
+    fn the_chatty_libraries_log_errors_only_unless_asked() {
+        assert_eq!(directives("info"), "info,webrtc=error,rtc=error,pulseaudio=error");
+        assert_eq!(
+            directives("warn,voicelink_daemon=debug"),
+            "warn,voicelink_daemon=debug,webrtc=error,rtc=error,pulseaudio=error"
+        );
         assert_eq!(directives("info,rtc_ice=debug"), "info,rtc_ice=debug", "named: left as asked");
         assert_eq!(directives("debug"), "debug", "debug everywhere means everywhere");
     }
 
     #[test]
-    fn the_log_output_leaves_out_replayed_srtp_packets_only() {
+    fn the_log_output_leaves_out_the_routine_library_errors_only() {
         use tracing_subscriber::layer::SubscriberExt as _;
         let written = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
         let sink = Arc::clone(&written);
@@ -221,13 +232,15 @@ mod tests {
             tracing_subscriber::registry().with(RoutineLibraryErrors).with(output),
             || {
                 tracing::error!("handle_read error: srtp ssrc=1234 index=77: duplicated");
+                tracing::error!("Reactor error: Client disconnected");
+                tracing::error!("Reactor error: Protocol error");
                 tracing::error!("handle_read error: srtp ssrc=1234: failed to verify auth tag");
                 tracing::warn!("srtp ssrc=1 index=2: duplicated");
             },
         );
         let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
-        assert!(!text.contains("index=77"), "{text}");
-        assert!(text.contains("auth tag") && text.contains("index=2"), "{text}");
+        assert!(!text.contains("index=77") && !text.contains("Client disconnected"), "{text}");
+        assert!(text.contains("auth tag") && text.contains("index=2") && text.contains("Protocol error"), "{text}");
     }
 
     struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
@@ -243,10 +256,12 @@ mod tests {
     }
 
     #[test]
-    fn a_replayed_srtp_packet_is_the_only_library_error_dropped() {
-        assert!(is_a_replayed_srtp_packet("handle_read error: srtp ssrc=1234 index=77: duplicated"));
-        assert!(!is_a_replayed_srtp_packet("handle_read error: srtp ssrc=1234: failed to verify auth tag"));
-        assert!(!is_a_replayed_srtp_packet("duplicated packet"));
+    fn only_the_routine_library_errors_are_dropped() {
+        assert!(is_routine("handle_read error: srtp ssrc=1234 index=77: duplicated"));
+        assert!(!is_routine("handle_read error: srtp ssrc=1234: failed to verify auth tag"));
+        assert!(!is_routine("duplicated packet"));
+        assert!(is_routine("Reactor error: Client disconnected"));
+        assert!(!is_routine("Reactor error: Protocol error"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::{Daemon, Heard, Lan, call_is, listen, listen_stereo, two_daemons_with};
+use voicelink_bench::sound_server::SoundServer;
 
 /// Lets audio flow for a while: the recordings need this much material. This is
 /// the length of what is recorded, not a wait for something to happen.
@@ -260,73 +261,12 @@ async fn a_recording_is_a_valid_wav_when_the_daemon_is_stopped_mid_call() {
     assert!(listen(&wav, &[440]).contains(&Heard::Tone(440)));
 }
 
-/// A user-mode PulseAudio with a null sink whose monitor is the default source:
-/// what a daemon plays there, it captures again. Stopped on drop.
-struct Pulse {
-    _dir: tempfile::TempDir,
-    socket: std::path::PathBuf,
-    child: std::process::Child,
-}
-
-impl Drop for Pulse {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts PulseAudio, or says why it cannot (skipped unless required).
-fn start_pulse() -> Result<Pulse, String> {
-    if std::process::Command::new("pulseaudio").arg("--version").output().is_err() {
-        return Err("pulseaudio is not installed (scripts/setup.sh --test installs it)".into());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (home, run) = (dir.path().join("home"), dir.path().join("run"));
-    for d in [&home, &run] {
-        std::fs::create_dir_all(d).unwrap();
-        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    }
-    let socket = dir.path().join("native");
-    let child = std::process::Command::new("pulseaudio")
-        .args([
-            "--daemonize=no",
-            "--exit-idle-time=-1",
-            "-n",
-            "-F",
-            "/dev/null",
-            "--disallow-exit",
-            "--log-target=stderr",
-        ])
-        .arg("--load=module-null-sink sink_name=vsink")
-        .arg(format!("--load=module-native-protocol-unix auth-anonymous=1 socket={}", socket.display()))
-        .env("HOME", &home)
-        .env("XDG_RUNTIME_DIR", &run)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start pulseaudio: {e}"))?;
-    let pulse = Pulse { _dir: dir, socket, child };
-    // pactl is the only readiness signal PulseAudio gives: ask until it answers.
-    let server = format!("unix:{}", pulse.socket.display());
-    for _ in 0..100 {
-        let ok = std::process::Command::new("pactl")
-            .args(["-s", &server, "set-default-source", "vsink.monitor"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return Ok(pulse);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err("pulseaudio did not come up".into())
-}
-
 /// A sound server and its address, or `None` (and why, on stderr) where it
 /// cannot run; where namespace tests are required, that is a failure.
-fn pulse_or_skip() -> Option<(Pulse, String)> {
-    match start_pulse() {
+fn pulse_or_skip() -> Option<(SoundServer, String)> {
+    match SoundServer::start() {
         Ok(pulse) => {
-            let server = format!("unix:{}", pulse.socket.display());
+            let server = pulse.address();
             Some((pulse, server))
         }
         Err(reason) if std::env::var_os("VOICELINK_REQUIRE_NETNS").is_some_and(|v| v == "1") => panic!("{reason}"),

@@ -28,6 +28,8 @@ pub struct DaemonSpec<'a> {
     pub dir: &'a Path,
     /// Extra TOML (dotted keys), e.g. `calls.auto_answer = true`.
     pub extra_config: String,
+    /// The sound server its sound devices are on (`PULSE_SERVER`), if any.
+    pub sound_server: Option<String>,
 }
 
 /// A running daemon.
@@ -98,6 +100,7 @@ impl Daemon {
             .arg("--config")
             .arg(&config)
             .env("NOTIFY_SOCKET", &notify_path)
+            .envs(spec.sound_server.iter().map(|server| ("PULSE_SERVER", server)))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)

@@ -189,7 +189,13 @@ async fn mesh(settings: &RunSettings, dir: &Path, inputs: Vec<String>) -> Result
             "audio.input = {input:?}\naudio.output = \"file:{}\"\naudio.loop_files = false\ncalls.auto_answer = true\n",
             dir.join(format!("{name}.wav")).display()
         );
-        let spec = DaemonSpec { name: &name, netns: lan.hosts[n].name(), dir: &dir.join(&name), extra_config: extra };
+        let spec = DaemonSpec {
+            name: &name,
+            netns: lan.hosts[n].name(),
+            dir: &dir.join(&name),
+            extra_config: extra,
+            sound_server: None,
+        };
         daemons.push(Daemon::start(&settings.voiced, spec).await?);
     }
     // Everyone sees everyone (joins find each other by mDNS).

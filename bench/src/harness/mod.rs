@@ -3,6 +3,7 @@
 
 pub mod codec_ceiling;
 pub mod daemon;
+pub mod devices;
 pub mod echo;
 pub mod group;
 pub mod report;

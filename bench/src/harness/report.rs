@@ -24,6 +24,8 @@ pub struct Report {
     pub group: super::group::GroupReport,
     /// The speech through Opus alone, per bitrate.
     pub codec: Vec<super::codec_ceiling::CodecScore>,
+    /// Mouth-to-ear through sound devices (none when not measured).
+    pub devices: Option<super::devices::DeviceLatency>,
 }
 
 /// Where it ran.
@@ -380,6 +382,9 @@ Each run also writes `bench/results/benchmarks.json` for tools (not committed).\
         );
     }
     let _ = writeln!(out);
+    if let Some(devices) = &report.devices {
+        out.push_str(&devices_markdown(devices, &report.profiles));
+    }
 
     for p in &report.profiles {
         let _ = writeln!(out, "## {}\n\n{}\n", p.name, p.description);
@@ -633,6 +638,54 @@ answer → active takes {stalled:.0} ms (median) against {clean:.0} ms on the cl
         }
     }
     out
+}
+
+/// Mouth-to-ear through sound devices, under the summary.
+fn devices_markdown(devices: &super::devices::DeviceLatency, profiles: &[ProfileResult]) -> String {
+    let mut out = String::from(
+        "**Through sound devices** (a clean link; the caller's microphone and speaker are ALSA devices on \
+two channels of a PulseAudio null sink, its voice processing off; the callee echoes; the bench plays the \
+speech into the microphone's channel and finds each 2 s of it again in the speaker's, by level envelope): ",
+    );
+    let clean = profiles.iter().find(|p| p.name == "clean").and_then(|p| {
+        if p.one_way_ms_calls.len() > 1 {
+            SetupTrials::quantile(&p.one_way_ms_calls, 0.5)
+        } else {
+            p.latency.one_way_ms
+        }
+    });
+    match (devices.round_trip_ms, clean) {
+        (Some(round_trip), Some(one_way)) => {
+            let _ = write!(
+                out,
+                "round trip {round_trip:.0} ms (median of {} windows; by window: {}). The file-to-file round trip is twice the clean one way ({one_way:.0} ms); \
+the rest, {:.0} ms, is one capture and one playout, so mouth to ear one way through devices at both ends \
+is about {:.0} ms.",
+                devices.windows.len(),
+                windows(devices),
+                round_trip - 2.0 * one_way,
+                round_trip - one_way
+            );
+        }
+        (Some(round_trip), None) => {
+            let _ = write!(
+                out,
+                "round trip {round_trip:.0} ms (by window: {}; no clean profile ran to split it).",
+                windows(devices)
+            );
+        }
+        (None, _) => {
+            let _ = write!(out, "not measured: {}.", devices.notes.join("; "));
+        }
+    }
+    out.push_str("\n\n");
+    out
+}
+
+/// Each window's start and round trip.
+fn windows(devices: &super::devices::DeviceLatency) -> String {
+    let each: Vec<String> = devices.windows.iter().map(|(at, ms, _)| format!("{ms:.0} ms at {at:.0} s")).collect();
+    each.join(", ")
 }
 
 /// The codec-ceiling section.

@@ -60,6 +60,7 @@ pub async fn run_profile(settings: &RunSettings, material: &Material, profile: &
             netns: ns_caller.name(),
             dir: &dir.join("caller"),
             extra_config: "audio.loop_files = false\n".into(),
+            sound_server: None,
         },
     )
     .await?;
@@ -73,6 +74,7 @@ pub async fn run_profile(settings: &RunSettings, material: &Material, profile: &
                 "audio.input = \"echo\"\naudio.output = {:?}\n",
                 format!("file:{}", callee_heard.display())
             ),
+            sound_server: None,
         },
     )
     .await?;
