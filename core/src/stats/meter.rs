@@ -75,8 +75,11 @@ struct LossWindow {
 }
 
 impl LossWindow {
-    fn fraction(&mut self, report: Option<Reception>, now: SystemTime) -> f64 {
+    /// The fraction lost over the window, counting `unplayable` (cumulative)
+    /// packets as lost too.
+    fn fraction(&mut self, report: Option<Reception>, unplayable: u64, now: SystemTime) -> f64 {
         let Some(report) = report else { return 0.0 };
+        let lost = report.cumulative_lost.saturating_add(i64::try_from(unplayable).unwrap_or(i64::MAX));
         // A sequence going backwards is a new stream: start the window again.
         if self.points.back().is_some_and(|&(_, _, highest)| report.highest_sequence < highest) {
             self.points.clear();
@@ -84,9 +87,9 @@ impl LossWindow {
         if self
             .points
             .back()
-            .is_none_or(|&(_, lost, highest)| (lost, highest) != (report.cumulative_lost, report.highest_sequence))
+            .is_none_or(|&(_, seen, highest)| (seen, highest) != (lost, report.highest_sequence))
         {
-            self.points.push_back((now, report.cumulative_lost, report.highest_sequence));
+            self.points.push_back((now, lost, report.highest_sequence));
         }
         // Keep one point at or before the window's start as the baseline.
         while self.points.len() > 2 && self.points[1].0 + LOSS_WINDOW <= now {
@@ -109,6 +112,9 @@ pub struct CallMeter {
     codec: CodecInfo,
     local: LossWindow,
     remote: LossWindow,
+    /// What the listener lost: what never came and what came too late to play
+    /// (a retransmission that missed its time counts as received in RTCP).
+    heard: LossWindow,
     /// MOS sum and sample count per minute of talk time.
     minutes: Vec<(f64, u32)>,
     /// Packets received, and since when that count has not moved.
@@ -122,6 +128,7 @@ impl CallMeter {
             codec,
             local: LossWindow::default(),
             remote: LossWindow::default(),
+            heard: LossWindow::default(),
             minutes: Vec::new(),
             arrivals: None,
         }
@@ -171,9 +178,10 @@ impl CallMeter {
         stats.packets_received = rtcp.packets_received;
         stats.bytes_received = rtcp.bytes_received;
         stats.packets_lost = rtcp.local.map_or(0, |r| r.cumulative_lost);
-        stats.fraction_lost = self.local.fraction(rtcp.local, now);
+        stats.fraction_lost = self.local.fraction(rtcp.local, 0, now);
         stats.remote_packets_lost = rtcp.remote.map_or(0, |r| r.cumulative_lost);
-        stats.remote_fraction_lost = self.remote.fraction(rtcp.remote, now);
+        stats.remote_fraction_lost = self.remote.fraction(rtcp.remote, 0, now);
+        let heard_loss = self.heard.fraction(rtcp.local, playout.jitter.late, now);
         stats.jitter = rtcp.jitter;
         stats.round_trip = match (rtcp.round_trip, media.ice_round_trip) {
             (Some(rtt), _) => Some((rtt, RoundTripSource::Rtcp)),
@@ -211,7 +219,7 @@ impl CallMeter {
         // No verdict before audio flows; nothing arriving for a while is as bad as
         // losing everything (loss reports only move when packets do).
         if answered && (received > 0 || stalled) {
-            let loss = if stalled { 1.0 } else { stats.fraction_lost };
+            let loss = if stalled { 1.0 } else { heard_loss };
             let one_way = stats.round_trip.map_or(Duration::ZERO, |(rtt, _)| rtt / 2)
                 + playout.current_delay
                 + self.codec.frame
@@ -422,5 +430,22 @@ mod tests {
         let lowered = CallMeter::new(codec()).sample(&call, Some(&sample), now);
         assert_eq!(lowered.codec.target_bitrate_bps, 14_000);
         assert!(lowered.mos < configured.mos, "{:?} vs {:?}", lowered.mos, configured.mos);
+    }
+
+    #[test]
+    fn packets_too_late_to_play_cost_quality_though_rtcp_counts_them_received() {
+        let start = SystemTime::now();
+        let call = record(State::Active, start, Some(start));
+        let later = start + Duration::from_secs(2);
+        let (mut clean, mut resent_too_late) = (CallMeter::new(codec()), CallMeter::new(codec()));
+        for meter in [&mut clean, &mut resent_too_late] {
+            meter.sample(&call, Some(&media(reception(0, 1_000), 2)), start);
+        }
+        let on_time = clean.sample(&call, Some(&media(reception(0, 1_100), 2)), later);
+        let mut late = media(reception(0, 1_100), 2);
+        late.playout.jitter.late = 10;
+        let late = resent_too_late.sample(&call, Some(&late), later);
+        assert_eq!(late.fraction_lost, 0.0, "the network lost nothing");
+        assert!(late.mos < on_time.mos, "{:?} vs {:?}", late.mos, on_time.mos);
     }
 }
