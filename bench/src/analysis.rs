@@ -129,11 +129,12 @@ pub fn envelope(samples: &[f32], block: usize) -> Vec<f32> {
 
 /// Like [`align`], for envelopes: the lag `0..=max_lag` at which `signal`
 /// best matches `reference`, by the Pearson correlation over the overlap (the
-/// envelopes' own levels removed). None when nothing overlaps or either is flat.
+/// envelopes' own levels removed), among lags where at least half the reference
+/// overlaps (a few points always correlate). None when none does or either is flat.
 pub fn align_envelopes(reference: &[f32], signal: &[f32], max_lag: usize) -> Option<Alignment> {
     let pearson = |a: &[f32], b: &[f32]| {
         let n = a.len().min(b.len());
-        if n < 2 {
+        if n < 2 || 2 * n < a.len() {
             return None;
         }
         let (a, b) = (&a[..n], &b[..n]);

@@ -159,7 +159,7 @@ async fn main() -> Result<()> {
     }
 
     tracing::info!("mouth-to-ear through sound devices");
-    let devices = Some(harness::devices::run(&settings, &material).await?);
+    let devices = Some(harness::devices::run(&settings, &material).await);
     let group = harness::group::run_all(&settings, &material, &args.group_sizes).await?;
     let report = Report {
         machine: machine(),

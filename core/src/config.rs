@@ -112,8 +112,8 @@ impl Default for CallsConfig {
             call_waiting: false,
             ring_timeout_secs: Bounded(30),
             frame_ms: FrameMs(20),
-            // Opus alone scores PESQ-WB 3.87 at 32 kb/s and 4.20 at 48 on the
-            // bench's speech; a LAN has the room.
+            // Opus alone scores PESQ-WB 3.83 at 32 kb/s and 4.19 at 48 on the
+            // bench's speech (BENCHMARKS.md, "Opus alone"); a LAN has the room.
             bitrate_kbps: Bounded(48),
             min_bitrate_kbps: Bounded(16),
             dtx: false,

@@ -79,6 +79,10 @@ const BASE_SAMPLES: usize = 64;
 const QUEUE_DECREASE: f64 = 0.85;
 /// The rise per clear report: about 9 s from half the ceiling back to it.
 const INCREASE: f64 = 1.08;
+/// Reports further apart than this have an outage between them (reports come
+/// about once a second): the loss of the first report after it is the outage's,
+/// which the call's reconnecting handles, not congestion.
+const REPORT_GAP: Duration = Duration::from_secs(3);
 
 /// The encoder's target bitrate, from the peer's receiver reports (about once a
 /// second): the ceiling (the configured `bitrate_kbps`) on a clear link, down to
@@ -91,6 +95,8 @@ pub struct TargetBitrate {
     current: f64,
     /// Recent round trips, oldest first, for the path's base (their minimum).
     round_trips: VecDeque<(Instant, Duration)>,
+    /// When the last report came.
+    last_report: Option<Instant>,
 }
 
 impl TargetBitrate {
@@ -103,14 +109,22 @@ impl TargetBitrate {
             ceiling,
             current: ceiling,
             round_trips: VecDeque::new(),
+            last_report: None,
         }
     }
 
     /// A receiver report at `now`: `lost` is the fraction (0 to 1) of our packets
-    /// the peer still lacked after repair, `round_trip` the RFC 3550 round trip
-    /// if known.
-    pub fn report(&mut self, now: Instant, lost: f64, round_trip: Option<Duration>) {
-        let lost = if lost.is_finite() { lost.clamp(0.0, 1.0) } else { 0.0 };
+    /// the peer still lacked after repair, None if the peer does not repair
+    /// (asks for no retransmissions): its loss is then what the radio lost as much
+    /// as congestion, and cutting the bitrate would only take it from the FEC.
+    /// `round_trip` is the RFC 3550 round trip this report gave, if any.
+    pub fn report(&mut self, now: Instant, lost: Option<f64>, round_trip: Option<Duration>) {
+        let after_outage = self.last_report.is_some_and(|last| now.saturating_duration_since(last) > REPORT_GAP);
+        self.last_report = Some(now);
+        let lost = match lost {
+            Some(lost) if lost.is_finite() && !after_outage => lost.clamp(0.0, 1.0),
+            _ => 0.0,
+        };
         let queue = round_trip.map_or(Duration::ZERO, |rtt| rtt.saturating_sub(self.base_round_trip(now, rtt)));
         let factor = if lost >= CONGESTED_LOSS || queue >= CONGESTED_QUEUE {
             let for_loss = if lost >= CONGESTED_LOSS { 1.0 - 0.5 * lost } else { 1.0 };
@@ -182,7 +196,7 @@ mod tests {
     /// Reports once a second from `start`, all with `lost` and `rtt`.
     fn reports(bitrate: &mut TargetBitrate, start: Instant, count: u32, lost: f64, rtt_ms: u64) -> Instant {
         for i in 0..count {
-            bitrate.report(start + SECOND * i, lost, Some(Duration::from_millis(rtt_ms)));
+            bitrate.report(start + SECOND * i, Some(lost), Some(Duration::from_millis(rtt_ms)));
         }
         start + SECOND * count
     }
@@ -217,12 +231,12 @@ mod tests {
         let start = Instant::now();
         // 60 ms with ±20 ms of jitter: the base is the smallest, 40 ms.
         for (i, rtt) in [40, 80, 60, 85, 45, 70].into_iter().enumerate() {
-            bitrate.report(start + SECOND * i as u32, 0.0, Some(Duration::from_millis(rtt)));
+            bitrate.report(start + SECOND * i as u32, Some(0.0), Some(Duration::from_millis(rtt)));
         }
         assert_eq!(bitrate.bps(), 48_000, "jitter is not congestion");
-        bitrate.report(start + SECOND * 6, 0.0, Some(Duration::from_millis(160)));
+        bitrate.report(start + SECOND * 6, Some(0.0), Some(Duration::from_millis(160)));
         assert_eq!(bitrate.bps(), 41_000, "120 ms of queue: down 15 %");
-        bitrate.report(start + SECOND * 7, 0.0, Some(Duration::from_millis(110)));
+        bitrate.report(start + SECOND * 7, Some(0.0), Some(Duration::from_millis(110)));
         assert_eq!(bitrate.bps(), 41_000, "70 ms of queue holds it");
     }
 
@@ -241,11 +255,28 @@ mod tests {
     fn bad_reports_and_bounds_are_tamed() {
         let mut bitrate = TargetBitrate::new(64_000, 32_000);
         assert_eq!(bitrate.bps(), 32_000, "a floor above the ceiling is the ceiling");
-        bitrate.report(Instant::now(), 1.0, None);
+        bitrate.report(Instant::now(), Some(1.0), None);
         assert_eq!(bitrate.bps(), 32_000);
         let mut bitrate = TargetBitrate::new(16_000, 48_000);
-        bitrate.report(Instant::now(), f64::NAN, None);
-        bitrate.report(Instant::now(), -3.0, None);
+        bitrate.report(Instant::now(), Some(f64::NAN), None);
+        bitrate.report(Instant::now(), Some(-3.0), None);
         assert_eq!(bitrate.bps(), 48_000);
+    }
+
+    #[test]
+    fn the_loss_of_an_outage_or_of_a_peer_that_does_not_repair_is_not_congestion() {
+        let mut bitrate = TargetBitrate::new(16_000, 48_000);
+        let now = reports(&mut bitrate, Instant::now(), 3, 0.0, 2);
+        // 10 s without reports, then one that counts the outage's packets lost.
+        bitrate.report(now + Duration::from_secs(10), Some(0.9), Some(Duration::from_millis(2)));
+        assert_eq!(bitrate.bps(), 48_000, "the outage is not congestion");
+        bitrate.report(now + Duration::from_secs(11), Some(0.9), Some(Duration::from_millis(2)));
+        assert_eq!(bitrate.bps(), 26_000, "loss that goes on is");
+        let mut without_repair = TargetBitrate::new(16_000, 48_000);
+        let start = Instant::now();
+        for i in 0..10 {
+            without_repair.report(start + SECOND * i, None, Some(Duration::from_millis(2)));
+        }
+        assert_eq!(without_repair.bps(), 48_000);
     }
 }

@@ -622,7 +622,7 @@ impl Printer {
         }
         let quality = if stats.quality.is_empty() { "-" } else { &stats.quality };
         println!(
-            "{} {peer}  {} {clock}  rtt {:.0} ms ({})  jitter {:.1} ms  loss {:.1}% / {:.1}%  repaired {} / resent {}  {:.0} kb/s  jb {:.0} ms  in {:.0} dBFS  out {:.0} dBFS  mos {:.2} {quality}",
+            "{} {peer}  {} {clock}  rtt {:.0} ms ({})  jitter {:.1} ms  loss {:.1}% / {:.1}%  repaired {} / resent {}  {} kb/s  jb {:.0} ms  in {:.0} dBFS  out {:.0} dBFS  mos {:.2} {quality}",
             stats.call_id,
             state_word(stats.state),
             stats.round_trip_time_ms,
@@ -632,7 +632,10 @@ impl Printer {
             stats.remote_fraction_lost * 100.0,
             stats.packets_repaired,
             stats.packets_resent,
-            f64::from(stats.codec.as_ref().map_or(0, |codec| codec.target_bitrate_bps)) / 1000.0,
+            stats
+                .codec
+                .as_ref()
+                .map_or("-".into(), |codec| format!("{:.0}", f64::from(codec.target_bitrate_bps) / 1000.0)),
             stats.jitter_buffer_delay_ms,
             stats.audio_level_in_dbfs,
             stats.audio_level_out_dbfs,

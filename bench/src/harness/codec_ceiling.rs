@@ -31,7 +31,7 @@ pub struct CodecScore {
 /// Scores every bitrate with no expected loss (a clean call after its first
 /// reports) and with the 10 % a call starts with.
 pub fn run(settings: &RunSettings, material: &Material) -> Result<Vec<CodecScore>> {
-    let speech = &material.call_input_samples[material.speech_offset..material.speech_offset + material.speech_len];
+    let speech = material.speech();
     let dir = settings.work.join("codec-ceiling");
     std::fs::create_dir_all(&dir)?;
     let mut scores = Vec::new();

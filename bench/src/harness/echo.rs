@@ -246,7 +246,7 @@ fn write_16k(dir: &Path, name: &str, samples: &[f32]) -> Result<std::path::PathB
 pub fn run_all(settings: &RunSettings, material: &Material) -> Result<Vec<EchoResult>> {
     let dir = settings.work.join("echo");
     std::fs::create_dir_all(&dir)?;
-    let far_speech = &material.call_input_samples[material.speech_offset..][..material.speech_len];
+    let far_speech = material.speech();
     let near_speech = speech::near_end(&dir).context("the near end's speech")?;
     let scenes = scenes(far_speech, &near_speech);
     Ok(vec![

@@ -142,7 +142,7 @@ async fn latency(settings: &RunSettings, material: &Material, size: usize) -> Re
     // (the one to p1) opens the bridge: the echo's lag, less where the speech
     // sits in the input, is the round trip.
     let heard = speech::read_wav(&dir.join("p0.wav"))?;
-    let spoken = &material.call_input_samples[material.speech_offset..material.speech_offset + material.speech_len];
+    let spoken = material.speech();
     let found = analysis::align(spoken, &heard, heard.len());
     Ok(found.filter(|f| f.correlation >= 0.2).map(|found| {
         let round_trip = (found.lag as f64 - material.speech_offset as f64) / f64::from(CALL_RATE) * 1000.0;

@@ -483,7 +483,7 @@ fn analyse(
     result: &mut ProfileResult,
 ) {
     let rate = f64::from(CALL_RATE);
-    let speech = &material.call_input_samples[material.speech_offset..material.speech_offset + material.speech_len];
+    let speech = material.speech();
 
     // Mouth-to-ear: the caller's input and its recording share a time line (both
     // start when its media connects), so the lag of the speech in the recording,

@@ -50,6 +50,13 @@ fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+impl Material {
+    /// The speech alone at 48 kHz, without the marker and the gap.
+    pub fn speech(&self) -> &[f32] {
+        &self.call_input_samples[self.speech_offset..][..self.speech_len]
+    }
+}
+
 /// Makes the material in `dir`.
 pub fn prepare(dir: &Path) -> Result<Material> {
     let raw = dir.join("speech-raw.wav");

@@ -31,8 +31,8 @@ pub struct MediaSample {
     pub playout: PlayoutStats,
     /// Level of what we send, dBFS.
     pub level_out_dbfs: f64,
-    /// The encoder's target bitrate now, bits per second, if it moved from
-    /// the configured one.
+    /// The encoder's target bitrate now, bits per second (None: the
+    /// configured one, as before the send pump runs).
     pub target_bitrate_bps: Option<u32>,
     /// The STUN round trip on the selected pair.
     pub ice_round_trip: Option<Duration>,
@@ -84,11 +84,7 @@ impl LossWindow {
         if self.points.back().is_some_and(|&(_, _, highest)| report.highest_sequence < highest) {
             self.points.clear();
         }
-        if self
-            .points
-            .back()
-            .is_none_or(|&(_, seen, highest)| (seen, highest) != (lost, report.highest_sequence))
-        {
+        if self.points.back().is_none_or(|&(_, seen, highest)| (seen, highest) != (lost, report.highest_sequence)) {
             self.points.push_back((now, lost, report.highest_sequence));
         }
         // Keep one point at or before the window's start as the baseline.

@@ -20,6 +20,7 @@ use voicelink_core::voice_processing::{ProcessingChange, ProcessingChoice, Proce
 use super::peer_connection::{OutboundTrack, ReceivedPacket};
 use super::recording::RecordingTap;
 use super::rtcp_monitor::SharedView;
+use super::session::opus_bitrate;
 use crate::audio::endpoints::{EchoFeed, EchoReference, NullSink, Sink, Source};
 
 /// Whether audio may flow.
@@ -223,6 +224,7 @@ impl SendPump {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut loss = ExpectedLoss::default();
         let mut last_report = None;
+        let mut last_round_trip = None;
         // Packets sent and asked for again at the last report.
         let mut counted_at_report = (0u64, 0u64);
         let mut next_loss_check = crate::clock::now();
@@ -249,10 +251,17 @@ impl SendPump {
                     if loss.percent() != before && coder.encoder.set_packet_loss_perc(loss.percent()).is_err() {
                         tracing::debug!(percent = loss.percent(), "the encoder refused an expected loss");
                     }
-                    bitrate.report(now, report.map_or(0.0, |r| r.fraction_lost), view.round_trip);
+                    // A peer that never asked for a retransmission does not repair:
+                    // its loss is not what is left after repair.
+                    let repairs = view.packets_requested > 0;
+                    let lost = report.map(|r| r.fraction_lost).filter(|_| repairs);
+                    // The view keeps the last round trip; only a new one is news.
+                    let round_trip = view.round_trip.filter(|rtt| last_round_trip != Some(*rtt));
+                    last_round_trip = view.round_trip;
+                    bitrate.report(now, lost, round_trip);
                     let bps = bitrate.bps();
                     if bps != *target_bitrate.borrow() {
-                        match coder.encoder.set_bitrate(opus::Bitrate::Bits(i32::try_from(bps).unwrap_or(i32::MAX))) {
+                        match coder.encoder.set_bitrate(opus_bitrate(bps)) {
                             Ok(()) => {
                                 tracing::debug!(bps, "target bitrate");
                                 target_bitrate.send_replace(bps);

@@ -221,11 +221,16 @@ impl MediaSession {
     }
 }
 
+/// A bitrate in bits per second as the encoder takes it.
+pub fn opus_bitrate(bps: u32) -> opus::Bitrate {
+    opus::Bitrate::Bits(i32::try_from(bps).unwrap_or(i32::MAX))
+}
+
 /// A call's Opus encoder: 48 kHz mono, VoIP, in-band FEC on and protecting
 /// against the loss a call assumes before the first report.
 pub fn encoder(settings: &CodecSettings) -> Result<opus::Encoder, opus::Error> {
     let mut encoder = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)?;
-    encoder.set_bitrate(opus::Bitrate::Bits(i32::try_from(settings.bitrate).unwrap_or(i32::MAX)))?;
+    encoder.set_bitrate(opus_bitrate(settings.bitrate))?;
     encoder.set_inband_fec(true)?;
     // FEC only helps when the encoder expects loss; the send pump adjusts this
     // from the peer's receiver reports (see `encoder_policy`).
