@@ -16,10 +16,11 @@ use serde::Serialize;
 use voicelink_bench::analysis;
 use voicelink_bench::relay::{ImpairedLink, LinkConfig, Namespace};
 use voicelink_bench::sound_server::SoundServer;
-use voicelink_proto::v1::{CallState, DialRequest, HangupRequest};
+use voicelink_proto::v1::{CallState, HangupRequest};
 
 use super::daemon::{DEADLINE, Daemon, DaemonSpec, shows_peer_online};
 use super::run::{RunSettings, is_state};
+use super::setup_trials::dial;
 use super::speech::{self, CALL_RATE, Material};
 
 /// How long the call runs before the speech: the echo canceller converges and
@@ -164,21 +165,13 @@ async fn call(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let mut events = caller.events().await?;
     events.seen_or_wait_for("the callee online", DEADLINE, |e| shows_peer_online(e, &callee.device_id)).await?;
-    let dialed = caller
-        .client
-        .clone()
-        .dial(DialRequest { target: callee.device_id.clone(), ..DialRequest::default() })
-        .await?
-        .into_inner()
-        .call
-        .ok_or_else(|| anyhow!("Dial returned no call"))?;
+    let call_id = dial(caller, callee).await?;
     let (_, state) = events
         .wait_for("the call to become active", DEADLINE, |e| {
-            is_state(e, Some(&dialed.call_id), CallState::Active)
-                || is_state(e, Some(&dialed.call_id), CallState::Ended)
+            is_state(e, Some(&call_id), CallState::Active) || is_state(e, Some(&call_id), CallState::Ended)
         })
         .await?;
-    if !is_state(&state, Some(&dialed.call_id), CallState::Active) {
+    if !is_state(&state, Some(&call_id), CallState::Active) {
         bail!("the call ended before it became active");
     }
     let seconds = SETTLE + Duration::from_secs_f64(speech_len as f64 / f64::from(CALL_RATE)) + TAIL;
@@ -195,7 +188,7 @@ async fn call(
         bail!("paplay failed: {played}");
     }
     let recording = recorder.await??;
-    caller.client.clone().hangup(HangupRequest { call_id: dialed.call_id }).await?;
+    caller.client.clone().hangup(HangupRequest { call_id }).await?;
     Ok(recording)
 }
 

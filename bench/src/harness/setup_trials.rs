@@ -158,7 +158,7 @@ async fn trials(
 }
 
 /// Dials the callee; returns the call's ID at the caller.
-async fn dial(caller: &Daemon, callee: &Daemon) -> Result<String> {
+pub(super) async fn dial(caller: &Daemon, callee: &Daemon) -> Result<String> {
     let call = caller
         .client
         .clone()
