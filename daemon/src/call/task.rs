@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,14 @@ use crate::store::Store;
 
 /// How often an idle signaling connection is pinged.
 const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// How soon a WebSocket ping follows each message we send. A lost segment that
+/// is alone in flight waits for TCP's tail-loss probe, which Linux sets at twice
+/// the round trip plus the peer's delayed-ACK allowance (200 ms); with a second
+/// segment behind it the peer's SACK, or a probe at twice the round trip, gets
+/// it sent again within a few round trips. On a lossy link that is an answer
+/// arriving in milliseconds rather than a third of a second later.
+const LOSS_PROBE: Duration = Duration::from_millis(10);
 
 /// A command for a call's task.
 pub struct CallCommand {
@@ -164,6 +172,8 @@ struct Call {
     pending_recording: Option<PendingRecording>,
     /// Why our recording stopped on its own, for the event that says so.
     recording_error: Option<String>,
+    /// When a ping is due behind the last message sent ([`LOSS_PROBE`]).
+    loss_probe: Option<Instant>,
     /// The ringtone or ringing tone, while the call rings.
     ringer: Option<Ringer>,
     /// Where the audio endpoints tell of their device moves.
@@ -278,6 +288,7 @@ impl Call {
             recording: RecordingTap::default(),
             pending_recording: None,
             recording_error: None,
+            loss_probe: None,
             ringer: None,
             device_moves: mpsc::unbounded_channel(),
             bridge,
@@ -509,6 +520,13 @@ impl Call {
                         self.context.hub.publish(Change::CallProcessing(self.record.clone()));
                     }
                 }
+                () = clock::sleep_until(self.loss_probe) => {
+                    self.loss_probe = None;
+                    if let Some(connection) = self.connection.as_mut() {
+                        // Its failure is the keepalive's to judge.
+                        let _ = connection.ping().await;
+                    }
+                }
                 _ = keepalive.tick() => {
                     if let Some(connection) = self.connection.as_mut() && connection.ping().await.is_err() {
                         self.machine.peer_lost(clock::now());
@@ -730,6 +748,7 @@ impl Call {
         if let Err(error) = connection.send(&Message::new(self.id.clone(), body)).await {
             debug!(call_id = %self.id, %error, "cannot send to the peer");
         }
+        self.loss_probe = Some(clock::now() + LOSS_PROBE);
     }
 
     /// Carries out what the machine asked for, publishing every change.
