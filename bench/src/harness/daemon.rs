@@ -32,6 +32,18 @@ pub struct DaemonSpec<'a> {
     pub sound_server: Option<String>,
 }
 
+impl<'a> DaemonSpec<'a> {
+    /// A daemon with files only (no sound server).
+    pub fn new(name: &'a str, netns: &'a str, dir: &'a Path, extra_config: String) -> Self {
+        DaemonSpec { name, netns, dir, extra_config, sound_server: None }
+    }
+
+    /// The callee that sends back what it hears, and plays it to `output`.
+    pub fn echo(netns: &'a str, dir: &'a Path, output: &str) -> Self {
+        Self::new("callee", netns, dir, format!("audio.input = \"echo\"\naudio.output = {output:?}\n"))
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     pub name: String,

@@ -16,10 +16,11 @@ use serde::Serialize;
 use voicelink_bench::analysis;
 use voicelink_bench::relay::{ImpairedLink, LinkConfig, Namespace};
 use voicelink_bench::sound_server::SoundServer;
-use voicelink_proto::v1::{CallState, HangupRequest};
+use voicelink_proto::v1::{CallState, HangupRequest, ListCallsRequest};
 
 use super::daemon::{DEADLINE, Daemon, DaemonSpec, shows_peer_online};
-use super::run::{RunSettings, is_state};
+use super::report::Reported;
+use super::run::{RunSettings, is_state, reported, spawn_stats};
 use super::setup_trials::dial;
 use super::speech::{self, CALL_RATE, Material};
 
@@ -49,6 +50,9 @@ pub struct DeviceLatency {
     /// Each 2 s window of the speech: when it started (s after the speech's
     /// start), its round trip (ms) and the envelopes' correlation.
     pub windows: Vec<(f64, f64, f64)>,
+    /// What the caller's and the callee's jitter buffers held at the end of
+    /// the call (ms): part of the round trip that is not the devices'.
+    pub jitter_buffers_ms: Option<(f64, f64)>,
     /// Why something is missing.
     pub notes: Vec<String>,
 }
@@ -72,18 +76,8 @@ async fn measure_call(settings: &RunSettings, material: &Material, server: &Soun
     // The speech on the left (the microphone's) channel only.
     let speech_file = dir.join("speech-left.wav");
     std::fs::create_dir_all(&dir)?;
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: CALL_RATE,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut writer = hound::WavWriter::create(&speech_file, spec)?;
-    for &s in speech_samples {
-        writer.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
-        writer.write_sample(0i16)?;
-    }
-    writer.finalize()?;
+    let left: Vec<f32> = speech_samples.iter().flat_map(|&s| [s, 0.0]).collect();
+    speech::write_wav_channels(&speech_file, CALL_RATE, 2, &left)?;
 
     let ns_caller = Namespace::create("vld")?;
     let ns_callee = Namespace::create("vld")?;
@@ -104,25 +98,25 @@ async fn measure_call(settings: &RunSettings, material: &Material, server: &Soun
         },
     )
     .await?;
-    let mut callee = Daemon::start(
-        &settings.voiced,
-        DaemonSpec {
-            name: "callee",
-            netns: ns_callee.name(),
-            dir: &dir.join("callee"),
-            extra_config: "audio.input = \"echo\"\naudio.output = \"null\"\ncalls.auto_answer = true\n".into(),
-            sound_server: None,
-        },
-    )
-    .await?;
+    let callee_dir = dir.join("callee");
+    let mut callee_spec = DaemonSpec::echo(ns_callee.name(), &callee_dir, "null");
+    callee_spec.extra_config.push_str("calls.auto_answer = true\n");
+    let mut callee = Daemon::start(&settings.voiced, callee_spec).await?;
     let recording = call(server, &caller, &callee, &speech_file, speech_samples.len()).await;
     let stopped = (caller.stop().await, callee.stop().await);
-    let (mouth, ear) = recording?;
+    let ((mouth, ear), reported) = recording?;
     stopped.0.context("stop the caller")?;
     stopped.1.context("stop the callee")?;
     speech::write_wav(&dir.join("mouth.wav"), CALL_RATE, &mouth)?;
     speech::write_wav(&dir.join("ear.wav"), CALL_RATE, &ear)?;
-    Ok(measure(speech_samples, &mouth, &ear))
+    let mut measured = measure(speech_samples, &mouth, &ear);
+    match (&reported.caller, &reported.callee) {
+        (Some(caller), Some(callee)) => {
+            measured.jitter_buffers_ms = Some((caller.jitter_buffer_delay_ms, callee.jitter_buffer_delay_ms));
+        }
+        _ => measured.notes.push(reported.unavailable.unwrap_or_else(|| "no stats from one side".into())),
+    }
+    Ok(measured)
 }
 
 /// The room and the two devices on it, the defaults.
@@ -155,14 +149,15 @@ fn furnish(server: &SoundServer) -> Result<(), String> {
 }
 
 /// Dials, plays the speech into the room once the call is active, and returns
-/// what the room's two channels played meanwhile (the microphone's, the speaker's).
+/// what the room's two channels played meanwhile (the microphone's, the
+/// speaker's), and both sides' stats.
 async fn call(
     server: &SoundServer,
     caller: &Daemon,
     callee: &Daemon,
     speech_file: &std::path::Path,
     speech_len: usize,
-) -> Result<(Vec<f32>, Vec<f32>)> {
+) -> Result<((Vec<f32>, Vec<f32>), Reported)> {
     let mut events = caller.events().await?;
     events.seen_or_wait_for("the callee online", DEADLINE, |e| shows_peer_online(e, &callee.device_id)).await?;
     let call_id = dial(caller, callee).await?;
@@ -174,6 +169,10 @@ async fn call(
     if !is_state(&state, Some(&call_id), CallState::Active) {
         bail!("the call ended before it became active");
     }
+    let callee_calls = callee.client.clone().list_calls(ListCallsRequest {}).await?.into_inner().calls;
+    let callee_call_id = callee_calls.first().map(|c| c.call_id.clone()).unwrap_or_default();
+    let caller_stats = spawn_stats(caller.client.clone(), call_id.clone());
+    let callee_stats = spawn_stats(callee.client.clone(), callee_call_id);
     let seconds = SETTLE + Duration::from_secs_f64(speech_len as f64 / f64::from(CALL_RATE)) + TAIL;
     let address = server.address();
     let recorder = tokio::task::spawn_blocking(move || record(&address, seconds));
@@ -189,7 +188,7 @@ async fn call(
     }
     let recording = recorder.await??;
     caller.client.clone().hangup(HangupRequest { call_id }).await?;
-    Ok(recording)
+    Ok((recording, reported(caller_stats, callee_stats).await))
 }
 
 /// What the room plays over the next `length`: its left and right channels.

@@ -189,13 +189,8 @@ async fn mesh(settings: &RunSettings, dir: &Path, inputs: Vec<String>) -> Result
             "audio.input = {input:?}\naudio.output = \"file:{}\"\naudio.loop_files = false\ncalls.auto_answer = true\n",
             dir.join(format!("{name}.wav")).display()
         );
-        let spec = DaemonSpec {
-            name: &name,
-            netns: lan.hosts[n].name(),
-            dir: &dir.join(&name),
-            extra_config: extra,
-            sound_server: None,
-        };
+        let own_dir = dir.join(&name);
+        let spec = DaemonSpec::new(&name, lan.hosts[n].name(), &own_dir, extra);
         daemons.push(Daemon::start(&settings.voiced, spec).await?);
     }
     // Everyone sees everyone (joins find each other by mDNS).

@@ -666,6 +666,12 @@ is about {:.0} ms.",
                 round_trip - 2.0 * one_way,
                 round_trip - one_way
             );
+            if let Some((caller, callee)) = devices.jitter_buffers_ms {
+                let _ = write!(
+                    out,
+                    " At the end of the call the caller's jitter buffer held {caller:.0} ms and the callee's {callee:.0} ms."
+                );
+            }
         }
         (Some(round_trip), None) => {
             let _ = write!(

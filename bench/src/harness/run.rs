@@ -55,27 +55,12 @@ pub async fn run_profile(settings: &RunSettings, material: &Material, profile: &
     let callee_heard = dir.join("callee-heard.wav");
     let mut caller = Daemon::start(
         &settings.voiced,
-        DaemonSpec {
-            name: "caller",
-            netns: ns_caller.name(),
-            dir: &dir.join("caller"),
-            extra_config: "audio.loop_files = false\n".into(),
-            sound_server: None,
-        },
+        DaemonSpec::new("caller", ns_caller.name(), &dir.join("caller"), "audio.loop_files = false\n".into()),
     )
     .await?;
     let mut callee = Daemon::start(
         &settings.voiced,
-        DaemonSpec {
-            name: "callee",
-            netns: ns_callee.name(),
-            dir: &dir.join("callee"),
-            extra_config: format!(
-                "audio.input = \"echo\"\naudio.output = {:?}\n",
-                format!("file:{}", callee_heard.display())
-            ),
-            sound_server: None,
-        },
+        DaemonSpec::echo(ns_callee.name(), &dir.join("callee"), &format!("file:{}", callee_heard.display())),
     )
     .await?;
     let stalled = stall(&callee, ns_callee.name(), profile.stalled_clients).await?;
@@ -351,13 +336,13 @@ pub(super) fn cpu_percent(start: &super::daemon::ProcSample, end: &super::daemon
 }
 
 /// What a stats stream gave.
-enum StatsOutcome {
+pub(super) enum StatsOutcome {
     Samples(Vec<CallStats>),
     Unavailable(String),
 }
 
 /// Follows WatchStats for one call until it ends; the samples arrive on the channel.
-fn spawn_stats(mut client: Client, call_id: String) -> mpsc::UnboundedReceiver<StatsOutcome> {
+pub(super) fn spawn_stats(mut client: Client, call_id: String) -> mpsc::UnboundedReceiver<StatsOutcome> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let request = WatchStatsRequest { call_id, interval: Some(prost_types::Duration { seconds: 1, nanos: 0 }) };
@@ -396,7 +381,7 @@ fn spawn_stats(mut client: Client, call_id: String) -> mpsc::UnboundedReceiver<S
     rx
 }
 
-async fn reported(
+pub(super) async fn reported(
     mut caller: mpsc::UnboundedReceiver<StatsOutcome>,
     mut callee: mpsc::UnboundedReceiver<StatsOutcome>,
 ) -> Reported {

@@ -31,20 +31,8 @@ pub async fn run(settings: &RunSettings, profile: &Profile, calls: usize) -> Res
     })?;
     let (caller_dir, callee_dir) = (dir.join("caller"), dir.join("callee"));
     let audio = |input: &str| format!("audio.input = {input:?}\naudio.output = \"null\"\n");
-    let caller_spec = DaemonSpec {
-        name: "caller",
-        netns: ns_caller.name(),
-        dir: &caller_dir,
-        extra_config: audio("tone:440"),
-        sound_server: None,
-    };
-    let callee_spec = DaemonSpec {
-        name: "callee",
-        netns: ns_callee.name(),
-        dir: &callee_dir,
-        extra_config: audio("tone:880"),
-        sound_server: None,
-    };
+    let caller_spec = DaemonSpec::new("caller", ns_caller.name(), &caller_dir, audio("tone:440"));
+    let callee_spec = DaemonSpec::new("callee", ns_callee.name(), &callee_dir, audio("tone:880"));
     let mut caller = Daemon::start(&settings.voiced, caller_spec).await?;
     let mut callee = Daemon::start(&settings.voiced, callee_spec).await?;
     let stalled = stall(&callee, ns_callee.name(), profile.stalled_clients).await?;

@@ -107,8 +107,13 @@ pub fn read_wav(path: &Path) -> Result<Vec<f32>> {
 
 /// Writes mono 16-bit samples (clipped to -1.0..1.0).
 pub fn write_wav(path: &Path, rate: u32, samples: &[f32]) -> Result<()> {
+    write_wav_channels(path, rate, 1, samples)
+}
+
+/// As [`write_wav`], with `channels` interleaved in `samples`.
+pub fn write_wav_channels(path: &Path, rate: u32, channels: u16, samples: &[f32]) -> Result<()> {
     let spec =
-        hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        hound::WavSpec { channels, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
     let mut writer = hound::WavWriter::create(path, spec).with_context(|| format!("write {}", path.display()))?;
     for &s in samples {
         writer.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;

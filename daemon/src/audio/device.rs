@@ -21,15 +21,18 @@ const RING_SECONDS: u32 = 1;
 const MAX_CAPTURE_BACKLOG_MS: u32 = 200;
 /// The cushion the speaker keeps beyond what the device asks for next: playing
 /// (re)starts once this much waits, so the pumps' scheduling jitter does not
-/// chop the sound.
-const PLAYBACK_CUSHION_MS: u32 = 40;
+/// chop the sound. One pump frame: the sound server's own buffer (two device
+/// periods) already covers a late callback; 40 ms here cost 20 ms of
+/// mouth-to-ear latency.
+const PLAYBACK_CUSHION_MS: u32 = 20;
 /// Audio waiting for the speaker beyond the device's request: writes stop at
 /// this much (a stream that stalls, as one does while it starts, drops what it
 /// is given rather than queueing it), and a callback that finds this much cuts
 /// it back to the cushion. Without it a device whose clock runs slow, or one
 /// that starts late, adds latency without end, and puts the echo out of the echo
-/// canceller's reach (about 600 ms).
-const MAX_PLAYBACK_BACKLOG_MS: u32 = 2 * PLAYBACK_CUSHION_MS;
+/// canceller's reach (about 600 ms). It leaves room, beyond the fill the drift
+/// corrector aims at (cushion and period), for a pump frame and a late one.
+const MAX_PLAYBACK_BACKLOG_MS: u32 = PLAYBACK_CUSHION_MS + DEVICE_PERIOD_MS + 40;
 /// What the echo canceller is handed at most in one go: what the device played
 /// longer ago is older than any echo it can cancel.
 const PLAYED_KEPT_MS: u32 = 200;
@@ -37,7 +40,8 @@ const PLAYED_KEPT_MS: u32 = 200;
 /// server's stream buffers two (cpal's PulseAudio host): at 10 ms, on a busy
 /// 2-core machine, its threads missed their turn, the stream underran, the echo
 /// path moved and the echo canceller lost the echo in 2 calls of 3; at 20 ms
-/// in none of 7.
+/// in none of 7. (A 10 ms speaker alone, measured through devices, moved the
+/// round trip by up to 50 ms within a call and shortened it by nothing.)
 const DEVICE_PERIOD_MS: u32 = 20;
 
 pub use voicelink_core::device_follow::{DeviceInfo, DeviceList};
@@ -391,7 +395,9 @@ pub struct Playback {
     max_backlog: usize,
     /// The device's last request, in frames.
     device_need: Arc<AtomicUsize>,
-    /// Holds the ring at the cushion and a device period, whatever the clocks.
+    /// Times the device found the ring empty while playing.
+    underruns: Arc<AtomicUsize>,
+    /// Holds the ring at the cushion and half a device period, whatever the clocks.
     drift: DriftCorrector,
     /// What the device played, until the echo canceller takes it.
     played: Option<PlayedTap>,
@@ -412,10 +418,12 @@ impl Playback {
         let max_backlog = (rate * MAX_PLAYBACK_BACKLOG_MS / 1000) as usize;
         let (played, played_tap) = rtrb::RingBuffer::<f32>::new((rate * RING_SECONDS) as usize);
         let device_need = Arc::new(AtomicUsize::new(0));
+        let underruns = Arc::new(AtomicUsize::new(0));
         let mut speaker = SpeakerRing {
             ring: consumer,
             played,
             need: device_need.clone(),
+            underruns: underruns.clone(),
             playing: false,
             cushion: (rate * PLAYBACK_CUSHION_MS / 1000) as usize,
             max_backlog,
@@ -445,7 +453,13 @@ impl Playback {
             converted: Vec::new(),
             max_backlog,
             device_need,
-            drift: DriftCorrector::new(((PLAYBACK_CUSHION_MS + DEVICE_PERIOD_MS) * rate / 1000) as usize),
+            underruns,
+            // Where the ring stands when playing starts (the cushion, after the
+            // device's first request), and half a period more for the phase
+            // between the pump's writes and the device's reads: a target above
+            // the start took the corrector (0.2 % at most) over 10 s to reach,
+            // and the mouth-to-ear latency grew by 25 ms meanwhile.
+            drift: DriftCorrector::new(((2 * PLAYBACK_CUSHION_MS + DEVICE_PERIOD_MS) * rate / 2000) as usize),
             played: Some(PlayedTap {
                 ring: played_tap,
                 keep: (rate * PLAYED_KEPT_MS / 1000) as usize,
@@ -472,6 +486,7 @@ struct SpeakerRing {
     played: rtrb::Producer<f32>,
     /// What the device asked for last, in frames (the writer's limit grows by it).
     need: Arc<AtomicUsize>,
+    underruns: Arc<AtomicUsize>,
     /// Playing, rather than waiting for the cushion to fill.
     playing: bool,
     cushion: usize,
@@ -498,8 +513,9 @@ impl SpeakerRing {
         }
         for frame in data.chunks_mut(channels) {
             let sample = if self.playing { self.ring.pop().ok() } else { None };
-            if sample.is_none() {
+            if sample.is_none() && self.playing {
                 self.playing = false;
+                self.underruns.fetch_add(1, Ordering::Relaxed);
             }
             let sample = sample.unwrap_or(0.0);
             frame.fill(T::from_sample(sample));
@@ -530,6 +546,15 @@ impl EchoReference for PlayedTap {
         self.pcm.clear();
         self.pcm.extend(self.converted.iter().map(|&s| (s.clamp(-1.0, 1.0) * 32767.0) as i16));
         take(&self.pcm);
+    }
+}
+
+impl Drop for Playback {
+    fn drop(&mut self) {
+        // Each one is a click and a jump in the echo path: worth knowing when a
+        // call sounded choppy.
+        let underruns = self.underruns.load(Ordering::Relaxed);
+        tracing::info!(device = %self.device_name, underruns, "speaker closed");
     }
 }
 
@@ -591,7 +616,8 @@ mod tests {
         let (writer, ring) = rtrb::RingBuffer::new(1000);
         let (played, tap) = rtrb::RingBuffer::new(1000);
         let need = Arc::new(AtomicUsize::new(0));
-        (SpeakerRing { ring, played, need, playing: false, cushion, max_backlog }, writer, tap)
+        let underruns = Arc::new(AtomicUsize::new(0));
+        (SpeakerRing { ring, played, need, underruns, playing: false, cushion, max_backlog }, writer, tap)
     }
 
     fn write(writer: &mut rtrb::Producer<f32>, from: usize, count: usize) {
@@ -619,6 +645,7 @@ mod tests {
         // Two left for a request of three: the underrun plays silence, and
         // playing waits for the cushion again.
         assert_eq!(callback(&mut speaker, 3), [5.0, 6.0, 0.0]);
+        assert_eq!(speaker.underruns.load(Ordering::Relaxed), 1, "counted once, not per sample");
         write(&mut writer, 7, 3);
         assert_eq!(callback(&mut speaker, 2), [0.0; 2]);
         write(&mut writer, 10, 3);
@@ -626,6 +653,7 @@ mod tests {
         // The tap got every sample the device took, silence included.
         let played: Vec<f32> = std::iter::from_fn(|| tap.pop().ok()).collect();
         assert_eq!(played, [0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, 0.0, 7.0, 8.0]);
+        assert_eq!(speaker.underruns.load(Ordering::Relaxed), 1, "waiting for the cushion is no underrun");
     }
 
     #[test]
