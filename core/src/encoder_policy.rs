@@ -81,8 +81,7 @@ const QUEUE_DECREASE: f64 = 0.85;
 const INCREASE: f64 = 1.08;
 /// Reports further apart than this have an outage between them (reports come
 /// about once a second): the loss of the first report after it is the outage's,
-/// which the call's reconnecting handles, not congestion; and the path after it
-/// may be another (an ICE restart), so the base round trip starts afresh.
+/// which the call's reconnecting handles, not congestion.
 const REPORT_GAP: Duration = Duration::from_secs(3);
 
 /// The encoder's target bitrate, from the peer's receiver reports (about once a
@@ -122,9 +121,6 @@ impl TargetBitrate {
     pub fn report(&mut self, now: Instant, lost: Option<f64>, round_trip: Option<Duration>) {
         let after_outage = self.last_report.is_some_and(|last| now.saturating_duration_since(last) > REPORT_GAP);
         self.last_report = Some(now);
-        if after_outage {
-            self.round_trips.clear();
-        }
         let lost = match lost {
             Some(lost) if lost.is_finite() && !after_outage => lost.clamp(0.0, 1.0),
             _ => 0.0,
@@ -253,15 +249,6 @@ mod tests {
         assert!(bitrate.bps() < 48_000, "at first it looks like a queue");
         reports(&mut bitrate, now + BASE_WINDOW, 15, 0.0, 150);
         assert_eq!(bitrate.bps(), 48_000, "once the old base is forgotten the new path is clear");
-    }
-
-    #[test]
-    fn after_an_outage_a_slower_path_is_the_new_base_at_once() {
-        let mut bitrate = TargetBitrate::new(16_000, 48_000);
-        let now = reports(&mut bitrate, Instant::now(), 5, 0.0, 2);
-        // 10 s without reports, then the call is back on a path 150 ms long.
-        reports(&mut bitrate, now + SECOND * 10, 5, 0.0, 150);
-        assert_eq!(bitrate.bps(), 48_000, "the new path's round trip is no queue");
     }
 
     #[test]

@@ -75,7 +75,10 @@ async fn on_a_clean_link_stats_read_no_loss_a_short_round_trip_and_end_with_a_su
     assert!(["host", "prflx"].contains(&pair.remote_type.as_str()), "{pair:#?}");
     assert!(lan_ip(&pair.local_address) && lan_ip(&pair.remote_address), "{pair:#?}");
     assert!(sample.mos > 4.0, "{sample:#?}");
-    assert_eq!(sample.quality, "excellent");
+    // A packet that came too late to play is lost to the listener, and on a
+    // machine busy with the rest of the suite one may: then "good" is right.
+    let expected: &[&str] = if sample.late_packets == 0 { &["excellent"] } else { &["excellent", "good"] };
+    assert!(expected.contains(&sample.quality.as_str()), "{sample:#?}");
     assert!(sample.summary.is_none());
 
     // The one-shot CLI agrees on the call and prints every field as JSON.

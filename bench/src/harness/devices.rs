@@ -170,7 +170,10 @@ async fn call(
         bail!("the call ended before it became active");
     }
     let callee_calls = callee.client.clone().list_calls(ListCallsRequest {}).await?.into_inner().calls;
-    let callee_call_id = callee_calls.first().map(|c| c.call_id.clone()).unwrap_or_default();
+    let [callee_call] = callee_calls.as_slice() else {
+        bail!("the callee has {} calls, not the one it answered", callee_calls.len());
+    };
+    let callee_call_id = callee_call.call_id.clone();
     let caller_stats = spawn_stats(caller.client.clone(), call_id.clone());
     let callee_stats = spawn_stats(callee.client.clone(), callee_call_id);
     let seconds = SETTLE + Duration::from_secs_f64(speech_len as f64 / f64::from(CALL_RATE)) + TAIL;

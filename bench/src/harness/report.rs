@@ -672,6 +672,9 @@ is about {:.0} ms.",
                     " At the end of the call the caller's jitter buffer held {caller:.0} ms and the callee's {callee:.0} ms."
                 );
             }
+            if !devices.notes.is_empty() {
+                let _ = write!(out, " Notes: {}.", devices.notes.join("; "));
+            }
         }
         (Some(round_trip), None) => {
             let _ = write!(

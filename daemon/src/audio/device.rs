@@ -21,8 +21,8 @@ const RING_SECONDS: u32 = 1;
 const MAX_CAPTURE_BACKLOG_MS: u32 = 200;
 /// The cushion the speaker keeps beyond what the device asks for next: playing
 /// (re)starts once this much waits, so the pumps' scheduling jitter does not
-/// chop the sound. One pump frame: the sound server's own buffer (two device
-/// periods) already covers a late callback; 40 ms here cost 20 ms of
+/// chop the sound: the device finds a pump frame more than it asks for, so a
+/// pump up to a frame late is not heard. It was 40 ms, which cost 20 ms of
 /// mouth-to-ear latency.
 const PLAYBACK_CUSHION_MS: u32 = 20;
 /// Audio waiting for the speaker beyond the device's request: writes stop at
@@ -31,7 +31,8 @@ const PLAYBACK_CUSHION_MS: u32 = 20;
 /// it back to the cushion. Without it a device whose clock runs slow, or one
 /// that starts late, adds latency without end, and puts the echo out of the echo
 /// canceller's reach (about 600 ms). It leaves room, beyond the fill the drift
-/// corrector aims at (cushion and period), for a pump frame and a late one.
+/// corrector aims at (the cushion and half a period) and a device period, for
+/// a pump frame and a late one.
 const MAX_PLAYBACK_BACKLOG_MS: u32 = PLAYBACK_CUSHION_MS + DEVICE_PERIOD_MS + 40;
 /// What the echo canceller is handed at most in one go: what the device played
 /// longer ago is older than any echo it can cancel.
@@ -397,7 +398,7 @@ pub struct Playback {
     device_need: Arc<AtomicUsize>,
     /// Times the device found the ring empty while playing.
     underruns: Arc<AtomicUsize>,
-    /// Holds the ring at the cushion and half a device period, whatever the clocks.
+    /// Holds the ring at the cushion and half a period, whatever the clocks.
     drift: DriftCorrector,
     /// What the device played, until the echo canceller takes it.
     played: Option<PlayedTap>,
@@ -425,6 +426,7 @@ impl Playback {
             need: device_need.clone(),
             underruns: underruns.clone(),
             playing: false,
+            ran_dry: false,
             cushion: (rate * PLAYBACK_CUSHION_MS / 1000) as usize,
             max_backlog,
         };
@@ -454,11 +456,12 @@ impl Playback {
             max_backlog,
             device_need,
             underruns,
-            // Where the ring stands when playing starts (the cushion, after the
-            // device's first request), and half a period more for the phase
-            // between the pump's writes and the device's reads: a target above
-            // the start took the corrector (0.2 % at most) over 10 s to reach,
-            // and the mouth-to-ear latency grew by 25 ms meanwhile.
+            // Read just before a write, the ring stands at the cushion once
+            // playing starts (the device took its request from request +
+            // cushion). Half a period above it: the corrector (0.2 % at most)
+            // climbs there in about 5 s, 10 ms of latency. At the cushion
+            // itself the echo canceller lost the echo in 3 test calls of 4 (1
+            // of 6 here); a period above took 10 s and 25 ms to reach.
             drift: DriftCorrector::new(((2 * PLAYBACK_CUSHION_MS + DEVICE_PERIOD_MS) * rate / 2000) as usize),
             played: Some(PlayedTap {
                 ring: played_tap,
@@ -486,9 +489,12 @@ struct SpeakerRing {
     played: rtrb::Producer<f32>,
     /// What the device asked for last, in frames (the writer's limit grows by it).
     need: Arc<AtomicUsize>,
+    /// Times playing resumed after the ring ran dry.
     underruns: Arc<AtomicUsize>,
     /// Playing, rather than waiting for the cushion to fill.
     playing: bool,
+    /// The ring ran dry while playing, and playing has not resumed since.
+    ran_dry: bool,
     cushion: usize,
     max_backlog: usize,
 }
@@ -510,12 +516,17 @@ impl SpeakerRing {
         }
         if !self.playing && self.ring.slots() >= need + self.cushion {
             self.playing = true;
+            // Counted when the sound comes back, so that the ring emptying as a
+            // call ends (its writer gone first) is no underrun.
+            if std::mem::take(&mut self.ran_dry) {
+                self.underruns.fetch_add(1, Ordering::Relaxed);
+            }
         }
         for frame in data.chunks_mut(channels) {
             let sample = if self.playing { self.ring.pop().ok() } else { None };
             if sample.is_none() && self.playing {
                 self.playing = false;
-                self.underruns.fetch_add(1, Ordering::Relaxed);
+                self.ran_dry = true;
             }
             let sample = sample.unwrap_or(0.0);
             frame.fill(T::from_sample(sample));
@@ -554,7 +565,11 @@ impl Drop for Playback {
         // Each one is a click and a jump in the echo path: worth knowing when a
         // call sounded choppy.
         let underruns = self.underruns.load(Ordering::Relaxed);
-        tracing::info!(device = %self.device_name, underruns, "speaker closed");
+        if underruns > 0 {
+            tracing::info!(device = %self.device_name, underruns, "speaker closed");
+        } else {
+            tracing::debug!(device = %self.device_name, "speaker closed");
+        }
     }
 }
 
@@ -617,7 +632,9 @@ mod tests {
         let (played, tap) = rtrb::RingBuffer::new(1000);
         let need = Arc::new(AtomicUsize::new(0));
         let underruns = Arc::new(AtomicUsize::new(0));
-        (SpeakerRing { ring, played, need, underruns, playing: false, cushion, max_backlog }, writer, tap)
+        let speaker =
+            SpeakerRing { ring, played, need, underruns, playing: false, ran_dry: false, cushion, max_backlog };
+        (speaker, writer, tap)
     }
 
     fn write(writer: &mut rtrb::Producer<f32>, from: usize, count: usize) {
@@ -645,7 +662,7 @@ mod tests {
         // Two left for a request of three: the underrun plays silence, and
         // playing waits for the cushion again.
         assert_eq!(callback(&mut speaker, 3), [5.0, 6.0, 0.0]);
-        assert_eq!(speaker.underruns.load(Ordering::Relaxed), 1, "counted once, not per sample");
+        assert_eq!(speaker.underruns.load(Ordering::Relaxed), 0, "not yet: a call that ends empties the ring too");
         write(&mut writer, 7, 3);
         assert_eq!(callback(&mut speaker, 2), [0.0; 2]);
         write(&mut writer, 10, 3);
@@ -653,7 +670,7 @@ mod tests {
         // The tap got every sample the device took, silence included.
         let played: Vec<f32> = std::iter::from_fn(|| tap.pop().ok()).collect();
         assert_eq!(played, [0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, 0.0, 7.0, 8.0]);
-        assert_eq!(speaker.underruns.load(Ordering::Relaxed), 1, "waiting for the cushion is no underrun");
+        assert_eq!(speaker.underruns.load(Ordering::Relaxed), 1, "once the sound came back, and once only");
     }
 
     #[test]
