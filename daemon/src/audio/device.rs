@@ -396,7 +396,7 @@ pub struct Playback {
     max_backlog: usize,
     /// The device's last request, in frames.
     device_need: Arc<AtomicUsize>,
-    /// Times the device found the ring empty while playing.
+    /// Times playing resumed after the ring ran dry.
     underruns: Arc<AtomicUsize>,
     /// Holds the ring at the cushion and half a period, whatever the clocks.
     drift: DriftCorrector,
@@ -460,8 +460,9 @@ impl Playback {
             // playing starts (the device took its request from request +
             // cushion). Half a period above it: the corrector (0.2 % at most)
             // climbs there in about 5 s, 10 ms of latency. At the cushion
-            // itself the echo canceller lost the echo in 3 test calls of 4 (1
-            // of 6 here); a period above took 10 s and 25 ms to reach.
+            // itself the echo test failed 3 times in 4 (here 4 in 11, and 1 in
+            // 5 with the old 40 ms cushion: it is flaky either way); a period
+            // above took 10 s and 25 ms to reach.
             drift: DriftCorrector::new(((2 * PLAYBACK_CUSHION_MS + DEVICE_PERIOD_MS) * rate / 2000) as usize),
             played: Some(PlayedTap {
                 ring: played_tap,
