@@ -181,7 +181,7 @@ impl VoiceProcessor {
             return ProcessingStats::default();
         }
         let stats = self.apm.statistics();
-        ProcessingStats { erle_db: stats.echo_return_loss_enhancement, echo_delay_ms: stats.delay_median_ms }
+        ProcessingStats { erle_db: stats.echo_return_loss_enhancement, echo_delay_ms: stats.delay_ms }
     }
 }
 

@@ -460,9 +460,9 @@ impl Playback {
             // playing starts (the device took its request from request +
             // cushion). Half a period above it: the corrector (0.2 % at most)
             // climbs there in about 5 s, 10 ms of latency. At the cushion
-            // itself the echo test failed 3 times in 4 (here 4 in 11, and 1 in
-            // 5 with the old 40 ms cushion: it is flaky either way); a period
-            // above took 10 s and 25 ms to reach.
+            // itself the speaker ran dry now and then (2 underruns in a call),
+            // each a jump in the echo path: the echo test failed 1 in 6, 0 in 6
+            // here. A period above took 10 s and 25 ms to reach.
             drift: DriftCorrector::new(((2 * PLAYBACK_CUSHION_MS + DEVICE_PERIOD_MS) * rate / 2000) as usize),
             played: Some(PlayedTap {
                 ring: played_tap,
