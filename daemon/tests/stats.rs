@@ -76,9 +76,12 @@ async fn on_a_clean_link_stats_read_no_loss_a_short_round_trip_and_end_with_a_su
     assert!(lan_ip(&pair.local_address) && lan_ip(&pair.remote_address), "{pair:#?}");
     assert!(sample.mos > 4.0, "{sample:#?}");
     // A packet that came too late to play is lost to the listener, and on a
-    // machine busy with the rest of the suite one may: then "good" is right.
-    let expected: &[&str] = if sample.late_packets == 0 { &["excellent"] } else { &["excellent", "good"] };
-    assert!(expected.contains(&sample.quality.as_str()), "{sample:#?}");
+    // machine busy with the rest of the suite one may: then "good" is right
+    // (here and in the muted phase below, at bob).
+    let on_time = |s: &v1::CallStats| -> &'static [&'static str] {
+        if s.late_packets == 0 { &["excellent"] } else { &["excellent", "good"] }
+    };
+    assert!(on_time(&sample).contains(&sample.quality.as_str()), "{sample:#?}");
     assert!(sample.summary.is_none());
 
     // The one-shot CLI agrees on the call and prints every field as JSON.
@@ -96,7 +99,7 @@ async fn on_a_clean_link_stats_read_no_loss_a_short_round_trip_and_end_with_a_su
     })
     .await;
     assert_eq!((muted.packets_lost, muted.fraction_lost), (0, 0.0), "{muted:#?}");
-    assert_eq!(muted.quality, "excellent", "{muted:#?}");
+    assert!(on_time(&muted).contains(&muted.quality.as_str()), "{muted:#?}");
 
     a.ctl_json(&["hangup"]).await;
     let last = sample_where(&mut stream, "the summary", |s| s.summary.is_some()).await;
