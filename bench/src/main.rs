@@ -68,8 +68,8 @@ struct Args {
     #[arg(long)]
     echo_only: bool,
     /// Group calls to measure, by their number of participants (2-6;
-    /// comma-separated; empty: none).
-    #[arg(long, value_delimiter = ',', default_value = "3,4,5,6")]
+    /// comma-separated; the option without a value: none).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "3,4,5,6")]
     group_sizes: Vec<usize>,
 }
 
