@@ -26,6 +26,16 @@
 //! with later ones already here (so it has been asked for) is waited for,
 //! concealed without moving on, for up to that margin: that adds the delay, and
 //! the retransmission plays in full.
+//!
+//! Losses in a burst are learned apart. FEC recovers only the last packet of a
+//! burst; the ones before it are asked for only once the burst has ended, so
+//! their retransmissions come a burst's length later than an isolated one's and
+//! would push the typical retransmission past the cap. A retransmission whose
+//! successor had not arrived either is a burst's; those get their own margin
+//! (at most [`MAX_BURST_RESEND_MARGIN`], once [`MIN_BURST_SAMPLES`] were seen),
+//! which the target also covers and which a missing packet that FEC cannot
+//! recover is waited for. On a long round trip they come too late and the
+//! margin stays zero: waiting would only add delay.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -50,6 +60,14 @@ pub const MAX_PACKET_SAMPLES: u32 = 5760;
 /// within a request interval (20 ms) after a burst of losses; waiting longer
 /// costs more in latency than it saves in sound.
 pub const MAX_RESEND_MARGIN: Duration = Duration::from_millis(60);
+/// The most retransmissions of burst losses may add to the target: a burst of
+/// three 20 ms packets is asked for 60 ms after its first one was due.
+pub const MAX_BURST_RESEND_MARGIN: Duration = Duration::from_millis(80);
+/// How many burst retransmissions must have been seen before they count: one
+/// quick one on a long path would otherwise raise the delay for nothing.
+pub const MIN_BURST_SAMPLES: usize = 3;
+/// How many sequence numbers back the buffer remembers which packets came.
+const RECEIVED_WINDOW: u64 = 128;
 /// How long a retransmission counts towards the margin.
 pub const RESEND_MEMORY: Duration = Duration::from_secs(10);
 /// How many recent retransmissions the margin is taken from.
@@ -59,18 +77,27 @@ const RESEND_SAMPLES: usize = 20;
 const RESYNC_GAP: Duration = Duration::from_secs(1);
 
 /// The margin that covers nine in ten of the recent retransmissions (all of
-/// them while there are fewer than ten), at most [`MAX_RESEND_MARGIN`]: the
-/// slowest, one that was asked for twice, is left to FEC or concealment rather
-/// than delaying the whole call. None when the typical one (the median) comes
-/// later than that: the path's round trip is too long for waiting to pay.
-fn margin_for(resent: &VecDeque<(Duration, Instant)>) -> Duration {
+/// them while there are fewer than ten), at most `cap`: the slowest, one that
+/// was asked for twice, is left to FEC or concealment rather than delaying the
+/// whole call. None when the typical one (the median) comes later than that:
+/// the path's round trip is too long for waiting to pay.
+fn margin_for(resent: &VecDeque<(Duration, Instant)>, cap: Duration) -> Duration {
     let mut needed: Vec<Duration> = resent.iter().map(|(needed, _)| *needed).collect();
     needed.sort_unstable();
-    if needed.get(needed.len() / 2).is_none_or(|median| *median > MAX_RESEND_MARGIN) {
+    if needed.get(needed.len() / 2).is_none_or(|median| *median > cap) {
         return Duration::ZERO;
     }
     let covered = (needed.len() * 9).div_ceil(10);
-    covered.checked_sub(1).and_then(|at| needed.get(at)).map_or(Duration::ZERO, |p90| (*p90).min(MAX_RESEND_MARGIN))
+    covered.checked_sub(1).and_then(|at| needed.get(at)).map_or(Duration::ZERO, |p90| (*p90).min(cap))
+}
+
+/// [`margin_for`] the retransmissions of burst losses: none until
+/// [`MIN_BURST_SAMPLES`] were seen.
+fn burst_margin_for(resent: &VecDeque<(Duration, Instant)>) -> Duration {
+    if resent.len() < MIN_BURST_SAMPLES {
+        return Duration::ZERO;
+    }
+    margin_for(resent, MAX_BURST_RESEND_MARGIN)
 }
 
 /// What to play next, and for how many samples (48 kHz).
@@ -183,10 +210,19 @@ pub struct JitterBuffer {
     started: bool,
     /// RFC 3550 interarrival jitter, in seconds.
     jitter: f64,
-    /// How much later than the stream each recent retransmission came, and when.
+    /// How much later than the stream each recent retransmission of an isolated
+    /// loss came, and when.
     resent: VecDeque<(Duration, Instant)>,
     /// What the target adds for them: see [`margin_for`].
     resend_margin: Duration,
+    /// The same for the retransmissions of losses in a burst.
+    resent_in_bursts: VecDeque<(Duration, Instant)>,
+    burst_margin: Duration,
+    /// The newest sequence number pushed, and which of the [`RECEIVED_WINDOW`]
+    /// before it came (bit n: newest - n): whether a resent packet's successor
+    /// was lost too.
+    newest_seq: Option<u64>,
+    received: u128,
     /// The timestamp a missing packet is being waited for at, and the samples
     /// concealed meanwhile.
     waiting_at: Option<u64>,
@@ -217,6 +253,10 @@ impl JitterBuffer {
             jitter: 0.0,
             resent: VecDeque::new(),
             resend_margin: Duration::ZERO,
+            resent_in_bursts: VecDeque::new(),
+            burst_margin: Duration::ZERO,
+            newest_seq: None,
+            received: 0,
             waiting_at: None,
             waited: 0,
             last_transit: None,
@@ -233,7 +273,7 @@ impl JitterBuffer {
         // is lost, for its FEC. Three times the jitter covers nearly all of it
         // for the usual shapes; a retransmission needs its own margin.
         let floor = self.min_target.max(self.ts_duration(self.packet_ts));
-        let wanted = floor + Duration::from_secs_f64(3.0 * self.jitter).max(self.resend_margin);
+        let wanted = floor + Duration::from_secs_f64(3.0 * self.jitter).max(self.resend_margin());
         wanted.clamp(floor, MAX_TARGET.max(floor))
     }
 
@@ -246,9 +286,10 @@ impl JitterBuffer {
         }
     }
 
-    /// How much the target grew for retransmissions.
+    /// How much the target grew for retransmissions (of isolated losses or of
+    /// bursts, whichever needs more).
     pub fn resend_margin(&self) -> Duration {
-        self.resend_margin
+        self.resend_margin.max(self.burst_margin)
     }
 
     /// Interarrival jitter (RFC 3550), as measured.
@@ -293,15 +334,21 @@ impl JitterBuffer {
             self.start_at = Some(arrival + self.min_target);
             ts
         });
-        if self.resent.front().is_some_and(|(_, at)| arrival.saturating_duration_since(*at) > RESEND_MEMORY) {
-            self.resent.retain(|(_, at)| arrival.saturating_duration_since(*at) <= RESEND_MEMORY);
-            self.resend_margin = margin_for(&self.resent);
+        let fresh = |(_, at): &(Duration, Instant)| arrival.saturating_duration_since(*at) <= RESEND_MEMORY;
+        if self.resent.front().is_some_and(|r| !fresh(r)) {
+            self.resent.retain(fresh);
+            self.resend_margin = margin_for(&self.resent, MAX_RESEND_MARGIN);
+        }
+        if self.resent_in_bursts.front().is_some_and(|r| !fresh(r)) {
+            self.resent_in_bursts.retain(fresh);
+            self.burst_margin = burst_margin_for(&self.resent_in_bursts);
         }
         if on_time {
             self.update_jitter(ts, arrival);
         } else {
-            self.learn_from_retransmission(ts, arrival);
+            self.learn_from_retransmission(seq, ts, arrival);
         }
+        self.mark_received(seq);
         // Late is by time alone: a sender that paused (DTX, a stall) resumes
         // with sequence numbers that concealment here has already counted past.
         if ts < next_ts {
@@ -333,20 +380,52 @@ impl JitterBuffer {
         self.epoch = None;
         self.concealed_run = 0;
         self.waiting_at = None;
+        self.newest_seq = None;
+        self.received = 0;
     }
 
-    /// A retransmission of the packet at `ts` arrived: how much later than the
-    /// stream (the last ordinary packet's transit) it came is what the target
-    /// would need to play it.
-    fn learn_from_retransmission(&mut self, ts: u64, arrival: Instant) {
+    fn mark_received(&mut self, seq: u64) {
+        match self.newest_seq {
+            Some(newest) if seq <= newest => {
+                if newest - seq < RECEIVED_WINDOW {
+                    self.received |= 1 << (newest - seq);
+                }
+            }
+            newest => {
+                let shift = newest.map_or(RECEIVED_WINDOW, |newest| seq - newest);
+                self.received = if shift >= RECEIVED_WINDOW { 0 } else { self.received << shift };
+                self.received |= 1;
+                self.newest_seq = Some(seq);
+            }
+        }
+    }
+
+    fn was_received(&self, seq: u64) -> bool {
+        self.newest_seq.is_some_and(|newest| {
+            seq <= newest && newest - seq < RECEIVED_WINDOW && self.received >> (newest - seq) & 1 == 1
+        })
+    }
+
+    /// A retransmission of the packet `seq` at `ts` arrived: how much later than
+    /// the stream (the last ordinary packet's transit) it came is what the
+    /// target would need to play it. If its successor has not come either, it
+    /// was lost in a burst: retransmissions are sent in order, so the
+    /// successor's would come after it.
+    fn learn_from_retransmission(&mut self, seq: u64, ts: u64, arrival: Instant) {
         let (Some(epoch), Some(stream)) = (self.epoch, self.last_transit) else { return };
         let transit = arrival.saturating_duration_since(epoch).as_secs_f64() - ts as f64 / CLOCK_RATE as f64;
         let needed = Duration::from_secs_f64((transit - stream).clamp(0.0, 10.0));
-        if self.resent.len() == RESEND_SAMPLES {
-            self.resent.pop_front();
+        let in_burst = !self.was_received(seq + 1);
+        let resent = if in_burst { &mut self.resent_in_bursts } else { &mut self.resent };
+        if resent.len() == RESEND_SAMPLES {
+            resent.pop_front();
         }
-        self.resent.push_back((needed, arrival));
-        self.resend_margin = margin_for(&self.resent);
+        resent.push_back((needed, arrival));
+        if in_burst {
+            self.burst_margin = burst_margin_for(&self.resent_in_bursts);
+        } else {
+            self.resend_margin = margin_for(&self.resent, MAX_RESEND_MARGIN);
+        }
     }
 
     fn update_jitter(&mut self, ts: u64, arrival: Instant) {
@@ -444,13 +523,17 @@ impl JitterBuffer {
             self.next_ts = Some(next_ts + gap);
             return Playout::Silence(gap as u32);
         }
-        if following.is_some() && self.waits_for_retransmission(next_ts, lost) {
+        let recoverable = following.as_ref().is_some_and(|(ts, _)| *ts == next_ts + lost);
+        // With nothing later here the packet has not been asked for yet, but
+        // while bursts are being lost it is likely one: wait for it too.
+        let asked = following.is_some() || !self.burst_margin.is_zero();
+        if asked && self.waits_for_retransmission(next_ts, lost, recoverable) {
             self.waited += lost;
             return self.conceal(lost);
         }
         self.next_ts = Some(next_ts + lost);
         self.last_seq += 1;
-        if let Some((_, payload)) = following.filter(|(ts, _)| *ts == next_ts + lost) {
+        if let Some((_, payload)) = following.filter(|_| recoverable) {
             self.stats.fec_recovered += 1;
             self.concealed_run = 0;
             return Playout::Fec(payload, lost as u32);
@@ -461,18 +544,20 @@ impl JitterBuffer {
     /// Whether to wait `lost` samples more for the missing packet at `next_ts`
     /// (concealing, without moving on): only while retransmissions have been
     /// seen, what is buffered beyond the gap is below the target, the wait
-    /// stays within their margin, and one more packet arriving would not make
-    /// the buffer trim what it waited for.
-    fn waits_for_retransmission(&mut self, next_ts: u64, lost: u64) -> bool {
+    /// stays within their margin (a burst's too, if the next packet's FEC
+    /// cannot stand in: `recoverable` is false), and one more packet arriving
+    /// would not make the buffer trim what it waited for.
+    fn waits_for_retransmission(&mut self, next_ts: u64, lost: u64, recoverable: bool) -> bool {
         if self.waiting_at != Some(next_ts) {
             self.waiting_at = Some(next_ts);
             self.waited = 0;
         }
+        let margin = if recoverable { self.resend_margin } else { self.resend_margin() };
         let (buffered, target) = (self.current_delay(), self.target_delay());
-        !self.resend_margin.is_zero()
+        !margin.is_zero()
             && buffered.saturating_sub(self.ts_duration(lost)) < target
             && buffered + self.ts_duration(self.packet_ts) <= target + self.trim_slack()
-            && self.ts_duration(self.waited + lost) <= self.resend_margin
+            && self.ts_duration(self.waited + lost) <= margin
     }
 
     /// PLC for `lost` samples, or silence once the peer seems to have stopped.
@@ -660,19 +745,59 @@ mod tests {
             jb.push(n, i * TS, TS, payload(n), at(i));
             jb.pop(at(i + 2));
         };
-        // Packets 1, 11 and 12 are lost; 1 comes back 240 ms after the stream.
+        // Packets 1, 11 and 13 are lost; 1 comes back 260 ms after the stream.
         push_and_pop(&mut jb, 0);
         (2..11).for_each(|i| push_and_pop(&mut jb, i));
-        push_and_pop(&mut jb, 13);
-        assert_eq!(jb.push_retransmission(1, TS, TS, payload(1), at(13)), Pushed::Late);
-        assert_eq!(jb.resend_margin(), Duration::ZERO, "the typical one is too late to wait for");
-        // 11 and 12 come 60 and 40 ms after it: the median is worth waiting for.
+        push_and_pop(&mut jb, 12);
         push_and_pop(&mut jb, 14);
+        assert_eq!(jb.push_retransmission(1, TS, TS, payload(1), at(14)), Pushed::Late);
+        assert_eq!(jb.resend_margin(), Duration::ZERO, "the typical one is too late to wait for");
+        // 11 and 13 come 60 and 20 ms after the stream: the median is worth waiting for.
         jb.push_retransmission(11, 11 * TS, TS, payload(11), at(14));
-        jb.push_retransmission(12, 12 * TS, TS, payload(12), at(14));
+        jb.push_retransmission(13, 13 * TS, TS, payload(13), at(14));
         assert_eq!(jb.resend_margin(), MAX_RESEND_MARGIN, "nine in ten, at most the cap");
         let quiet = RESEND_MEMORY.as_millis() as u32 / 20 + 2;
         (15..15 + quiet).for_each(|i| push_and_pop(&mut jb, i));
+        assert_eq!(jb.resend_margin(), Duration::ZERO);
+        assert_eq!(jb.target_delay(), FRAME);
+    }
+
+    #[test]
+    fn bursts_teach_their_own_margin_and_later_bursts_play_in_full() {
+        // Bursts of three lost packets every 20; each is asked for when the
+        // next packet arrives and all three come back 5 ms after it: the first
+        // 65 ms after the stream, the second 45, the last 25.
+        let bursts = [10u16, 30, 50, 70];
+        let lost: Vec<u16> = bursts.iter().flat_map(|&b| b..b + 3).collect();
+        let mut arrivals: Vec<(u16, u64)> =
+            (0..90).filter(|i| !lost.contains(i)).map(|i| (i, u64::from(i) * 20 + 1)).collect();
+        arrivals.extend(bursts.iter().flat_map(|&b| (b..b + 3).map(move |i| (i, u64::from(b + 3) * 20 + 6))));
+        let (played, jb) = run_with_retransmissions(&arrivals, 90, &lost);
+        let frames = frames_of(&played);
+        // The first burst: its first two too late without a margin (the last is
+        // in time, as an isolated loss's retransmission is).
+        let has = |run: &[&str]| frames.windows(run.len()).any(|w| w == run);
+        assert!(has(&["F9", "C", "C", "F12"]), "{frames:?}");
+        // The first two bursts teach 65 and 45 ms (the last packet's 25 counts
+        // apart); the third is waited for and plays in full, the fourth plays
+        // without a wait.
+        assert!(has(&["F49", "C", "C", "F50", "F51", "F52"]), "{frames:?}");
+        assert!(has(&["F69", "F70", "F71", "F72"]), "{frames:?}");
+        assert_eq!(jb.resend_margin(), Duration::from_millis(65));
+        assert_eq!(jb.target_delay(), FRAME + Duration::from_millis(65));
+        assert_eq!(jb.stats().discarded, 0, "nothing was trimmed: {frames:?}");
+    }
+
+    #[test]
+    fn a_burst_retransmission_that_comes_too_late_teaches_nothing() {
+        // As above on a long path: the retransmissions come 120 ms after the
+        // burst ends; waiting would not pay.
+        let bursts = [10u16, 30, 50, 70];
+        let lost: Vec<u16> = bursts.iter().flat_map(|&b| b..b + 3).collect();
+        let mut arrivals: Vec<(u16, u64)> =
+            (0..90).filter(|i| !lost.contains(i)).map(|i| (i, u64::from(i) * 20 + 1)).collect();
+        arrivals.extend(bursts.iter().flat_map(|&b| (b..b + 3).map(move |i| (i, u64::from(b + 3) * 20 + 121))));
+        let (_, jb) = run_with_retransmissions(&arrivals, 90, &lost);
         assert_eq!(jb.resend_margin(), Duration::ZERO);
         assert_eq!(jb.target_delay(), FRAME);
     }
@@ -682,15 +807,21 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n: u64| Duration::from_millis(n);
         let late = |needed: &[u64]| needed.iter().map(|n| (ms(*n), t0)).collect::<VecDeque<_>>();
-        assert_eq!(margin_for(&late(&[])), Duration::ZERO);
-        assert_eq!(margin_for(&late(&[20, 60])), ms(60), "few: all of them");
-        assert_eq!(margin_for(&late(&[20, 50, 90])), MAX_RESEND_MARGIN, "the slowest, at most the cap");
-        assert_eq!(margin_for(&late(&[20, 90, 100])), Duration::ZERO, "mostly too late: not waited for");
+        let margin = |needed: &[u64]| margin_for(&late(needed), MAX_RESEND_MARGIN);
+        assert_eq!(margin(&[]), Duration::ZERO);
+        assert_eq!(margin(&[20, 60]), ms(60), "few: all of them");
+        assert_eq!(margin(&[20, 50, 90]), MAX_RESEND_MARGIN, "the slowest, at most the cap");
+        assert_eq!(margin(&[20, 90, 100]), Duration::ZERO, "mostly too late: not waited for");
         let mut mostly_quick = vec![20; 18];
         mostly_quick.extend([80, 60]);
-        assert_eq!(margin_for(&late(&mostly_quick)), ms(20), "the two slowest of twenty are left out");
+        assert_eq!(margin(&mostly_quick), ms(20), "the two slowest of twenty are left out");
         mostly_quick[0] = 40;
-        assert_eq!(margin_for(&late(&mostly_quick)), ms(40));
+        assert_eq!(margin(&mostly_quick), ms(40));
+        // Bursts: a longer cap, and none from too few.
+        assert_eq!(burst_margin_for(&late(&[70, 80])), Duration::ZERO, "too few to tell");
+        assert_eq!(burst_margin_for(&late(&[50, 60, 70])), ms(70));
+        assert_eq!(burst_margin_for(&late(&[50, 70, 90])), MAX_BURST_RESEND_MARGIN, "at most the cap");
+        assert_eq!(burst_margin_for(&late(&[70, 90, 100])), Duration::ZERO, "mostly too late");
     }
 
     #[test]
