@@ -762,18 +762,25 @@ mod tests {
         assert_eq!(jb.target_delay(), FRAME);
     }
 
-    #[test]
-    fn bursts_teach_their_own_margin_and_later_bursts_play_in_full() {
-        // Bursts of three lost packets every 20; each is asked for when the
-        // next packet arrives and all three come back 5 ms after it: the first
-        // 65 ms after the stream, the second 45, the last 25.
+    /// 90 packets every 20 ms with bursts of three lost at 10, 30, 50 and 70;
+    /// each burst is asked for when the next packet arrives, and all three come
+    /// back `resent_after` ms after it. Plays them; what was played, per frame.
+    fn run_with_bursts(resent_after: u64) -> (Vec<String>, JitterBuffer) {
         let bursts = [10u16, 30, 50, 70];
         let lost: Vec<u16> = bursts.iter().flat_map(|&b| b..b + 3).collect();
         let mut arrivals: Vec<(u16, u64)> =
             (0..90).filter(|i| !lost.contains(i)).map(|i| (i, u64::from(i) * 20 + 1)).collect();
-        arrivals.extend(bursts.iter().flat_map(|&b| (b..b + 3).map(move |i| (i, u64::from(b + 3) * 20 + 6))));
+        let resent = move |b: u16| (b..b + 3).map(move |i| (i, u64::from(b + 3) * 20 + 1 + resent_after));
+        arrivals.extend(bursts.iter().flat_map(|&b| resent(b)));
         let (played, jb) = run_with_retransmissions(&arrivals, 90, &lost);
-        let frames = frames_of(&played);
+        (frames_of(&played), jb)
+    }
+
+    #[test]
+    fn bursts_teach_their_own_margin_and_later_bursts_play_in_full() {
+        // Retransmissions 5 ms after the burst: the first 65 ms after the
+        // stream, the second 45, the last 25.
+        let (frames, jb) = run_with_bursts(5);
         // The first burst: its first two too late without a margin (the last is
         // in time, as an isolated loss's retransmission is).
         let has = |run: &[&str]| frames.windows(run.len()).any(|w| w == run);
@@ -790,14 +797,9 @@ mod tests {
 
     #[test]
     fn a_burst_retransmission_that_comes_too_late_teaches_nothing() {
-        // As above on a long path: the retransmissions come 120 ms after the
-        // burst ends; waiting would not pay.
-        let bursts = [10u16, 30, 50, 70];
-        let lost: Vec<u16> = bursts.iter().flat_map(|&b| b..b + 3).collect();
-        let mut arrivals: Vec<(u16, u64)> =
-            (0..90).filter(|i| !lost.contains(i)).map(|i| (i, u64::from(i) * 20 + 1)).collect();
-        arrivals.extend(bursts.iter().flat_map(|&b| (b..b + 3).map(move |i| (i, u64::from(b + 3) * 20 + 121))));
-        let (_, jb) = run_with_retransmissions(&arrivals, 90, &lost);
+        // On a long path the retransmissions come 120 ms after the burst
+        // ends: waiting would not pay.
+        let (_, jb) = run_with_bursts(120);
         assert_eq!(jb.resend_margin(), Duration::ZERO);
         assert_eq!(jb.target_delay(), FRAME);
     }
