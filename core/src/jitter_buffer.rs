@@ -348,7 +348,9 @@ impl JitterBuffer {
         } else {
             self.learn_from_retransmission(seq, ts, arrival);
         }
-        self.mark_received(seq);
+        if ts <= next_ts + MAX_AHEAD_FRAMES * self.frame_ts {
+            self.mark_received(seq);
+        }
         // Late is by time alone: a sender that paused (DTX, a stall) resumes
         // with sequence numbers that concealment here has already counted past.
         if ts < next_ts {
@@ -1003,6 +1005,22 @@ mod tests {
         assert_eq!(jb.push(1, 0, 0, payload(0), Instant::now()), Pushed::Discarded);
         assert_eq!(jb.push(1, 0, MAX_PACKET_SAMPLES + 1, payload(0), Instant::now()), Pushed::Discarded);
         assert_eq!(jb.push(1, 0, MAX_PACKET_SAMPLES, payload(0), Instant::now()), Pushed::Accepted);
+    }
+
+    #[test]
+    fn the_buffer_remembers_which_packets_came_and_garbage_does_not_disturb_it() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(FRAME);
+        for i in [0u16, 1, 3, 130] {
+            jb.push(100 + i, u32::from(i) * TS, TS, payload(i), t0);
+        }
+        // Unwrapped, the first sequence number is 65536 + 100.
+        let seq = |i: u64| 65636 + i;
+        assert!(jb.was_received(seq(130)) && jb.was_received(seq(3)));
+        assert!(!jb.was_received(seq(2)) && !jb.was_received(seq(131)));
+        assert!(!jb.was_received(seq(1)), "beyond the window is not known");
+        assert_eq!(jb.push(100 + 20_000, 10_000_000, TS, payload(9), t0), Pushed::Discarded);
+        assert!(jb.was_received(seq(130)) && jb.was_received(seq(3)), "garbage moved nothing");
     }
 
     #[test]
