@@ -34,8 +34,12 @@
 //! successor had not arrived either is a burst's; those get their own margin
 //! (at most [`MAX_BURST_RESEND_MARGIN`], once [`MIN_BURST_SAMPLES`] were seen),
 //! which the target also covers and which a missing packet that FEC cannot
-//! recover is waited for. On a long round trip they come too late and the
-//! margin stays zero: waiting would only add delay.
+//! recover is waited for; while that margin stands, so is the first packet
+//! missing after one that played even with nothing later here yet (a burst
+//! under way; once per gap, and never so long that the buffer would trim a
+//! packet after it, so a pause in the stream costs no more). On a long
+//! round trip they come too late and the margin stays zero: waiting would only
+//! add delay.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -219,10 +223,13 @@ pub struct JitterBuffer {
     resent_in_bursts: VecDeque<(Duration, Instant)>,
     burst_margin: Duration,
     /// The newest sequence number pushed, and which of the [`RECEIVED_WINDOW`]
-    /// before it came (bit n: newest - n): whether a resent packet's successor
+    /// up to it came (bit n: newest - n): whether a resent packet's successor
     /// was lost too.
     newest_seq: Option<u64>,
     received: u128,
+    /// Where the stream had reached (the end of the furthest packet that came
+    /// on time) and when: how far behind it playout is, with nothing buffered.
+    newest_end: Option<(u64, Instant)>,
     /// The timestamp a missing packet is being waited for at, and the samples
     /// concealed meanwhile.
     waiting_at: Option<u64>,
@@ -257,6 +264,7 @@ impl JitterBuffer {
             burst_margin: Duration::ZERO,
             newest_seq: None,
             received: 0,
+            newest_end: None,
             waiting_at: None,
             waited: 0,
             last_transit: None,
@@ -348,7 +356,8 @@ impl JitterBuffer {
         } else {
             self.learn_from_retransmission(seq, ts, arrival);
         }
-        if ts <= next_ts + MAX_AHEAD_FRAMES * self.frame_ts {
+        // Garbage (a timestamp far from the stream's) would move the window.
+        if ts.abs_diff(next_ts) <= MAX_AHEAD_FRAMES * self.frame_ts {
             self.mark_received(seq);
         }
         // Late is by time alone: a sender that paused (DTX, a stall) resumes
@@ -364,6 +373,9 @@ impl JitterBuffer {
         if self.packets.contains_key(&seq) {
             self.stats.discarded += 1;
             return Pushed::Duplicate;
+        }
+        if on_time && self.newest_end.is_none_or(|(end, _)| ts + u64::from(samples) > end) {
+            self.newest_end = Some((ts + u64::from(samples), arrival));
         }
         self.packet_ts = u64::from(samples);
         self.packets.insert(seq, Buffered { ts, samples: u64::from(samples), payload });
@@ -384,6 +396,15 @@ impl JitterBuffer {
         self.waiting_at = None;
         self.newest_seq = None;
         self.received = 0;
+        self.newest_end = None;
+    }
+
+    /// How far behind the stream playout at `next_ts` is `now`: where the
+    /// stream has reached by the sender's pace since its furthest packet came.
+    fn behind_stream(&self, next_ts: u64, now: Instant) -> Duration {
+        let Some((end, at)) = self.newest_end else { return Duration::ZERO };
+        let since = now.saturating_duration_since(at).as_micros() as u64 * CLOCK_RATE / 1_000_000;
+        self.ts_duration((end + since).saturating_sub(next_ts))
     }
 
     fn mark_received(&mut self, seq: u64) {
@@ -482,7 +503,7 @@ impl JitterBuffer {
             self.stats.late += 1;
         }
         let Some((&seq, packet)) = self.packets.first_key_value() else {
-            return self.missing(next_ts, None);
+            return self.missing(next_ts, None, now);
         };
         let (packet_ts, samples, payload) = (packet.ts, packet.samples, packet.payload.clone());
         if packet_ts == next_ts {
@@ -500,7 +521,7 @@ impl JitterBuffer {
             self.next_ts = Some(next_ts + gap);
             return Playout::Silence(gap as u32);
         }
-        self.missing(next_ts, Some((packet_ts, payload)))
+        self.missing(next_ts, Some((packet_ts, payload)), now)
     }
 
     /// How far above the target the buffer may be before packets are dropped:
@@ -515,7 +536,7 @@ impl JitterBuffer {
     }
 
     /// Nothing to play at `next_ts`; `following` is the next packet held, if any.
-    fn missing(&mut self, next_ts: u64, following: Option<(u64, Bytes)>) -> Playout {
+    fn missing(&mut self, next_ts: u64, following: Option<(u64, Bytes)>, now: Instant) -> Playout {
         // One lost packet of the stream's length, or less if the next one starts
         // sooner, in whole Opus frames (the decoder conceals no less); a sliver
         // shorter than one is silence, so the next packet still plays.
@@ -526,9 +547,17 @@ impl JitterBuffer {
             return Playout::Silence(gap as u32);
         }
         let recoverable = following.as_ref().is_some_and(|(ts, _)| *ts == next_ts + lost);
-        // With nothing later here the packet has not been asked for yet, but
-        // while bursts are being lost it is likely one: wait for it too.
-        let asked = following.is_some() || !self.burst_margin.is_zero();
+        // With nothing later here the packet has not been asked for yet; where
+        // bursts were lost lately it may be the first of one: wait for it too,
+        // but only the first missing after a packet played (or the one already
+        // waited for), and only while playout is so little behind the stream
+        // that the next packet would not be trimmed: a pause in the stream is
+        // not waited for packet by packet, nor does a wait cost a packet.
+        let asked = following.is_some()
+            || (!self.burst_margin.is_zero()
+                && (self.concealed_run == 0 || self.waiting_at == Some(next_ts))
+                && self.behind_stream(next_ts, now) + self.ts_duration(lost + self.packet_ts)
+                    <= self.target_delay() + self.trim_slack());
         if asked && self.waits_for_retransmission(next_ts, lost, recoverable) {
             self.waited += lost;
             return self.conceal(lost);
@@ -798,6 +827,28 @@ mod tests {
     }
 
     #[test]
+    fn a_gap_in_the_stream_is_waited_for_once_not_packet_by_packet() {
+        // Bursts at 10, 30 and 50 teach a margin (as above); then 500 ms of the
+        // stream never comes (70 to 94), and it goes on from 95.
+        let lost: Vec<u16> = [10u16, 30, 50].iter().flat_map(|&b| b..b + 3).collect();
+        let mut arrivals: Vec<(u16, u64)> = (0..130)
+            .filter(|i| !lost.contains(i) && !(70..95).contains(i))
+            .map(|i| (i, u64::from(i) * 20 + 1))
+            .collect();
+        arrivals.extend(lost.iter().map(|&i| (i, u64::from(i - i % 10 + 3) * 20 + 6)));
+        let (played, jb) = run_with_retransmissions(&arrivals, 130, &lost);
+        let frames = frames_of(&played);
+        assert_eq!(jb.resend_margin(), Duration::from_millis(65));
+        // One wait at the gap's start (at most four frames), not one per missing
+        // packet: the gap's 24 frames and the wait, then the stream plays on
+        // from 94 (FEC) without a packet trimmed.
+        let at = |frame: &str| frames.iter().position(|f| f == frame).unwrap_or(usize::MAX);
+        assert!(at("R94") - at("F69") - 1 <= 24 + 4, "{frames:?}");
+        assert!((95..125).all(|i| frames.contains(&format!("F{i}"))), "{frames:?}");
+        assert_eq!(jb.stats().discarded, 0, "{frames:?}");
+    }
+
+    #[test]
     fn a_burst_retransmission_that_comes_too_late_teaches_nothing() {
         // On a long path the retransmissions come 120 ms after the burst
         // ends: waiting would not pay.
@@ -1017,9 +1068,11 @@ mod tests {
         // Unwrapped, the first sequence number is 65536 + 100.
         let seq = |i: u64| 65636 + i;
         assert!(jb.was_received(seq(130)) && jb.was_received(seq(3)));
-        assert!(!jb.was_received(seq(2)) && !jb.was_received(seq(131)));
+        assert!(!jb.was_received(seq(4)) && !jb.was_received(seq(129)) && !jb.was_received(seq(131)));
         assert!(!jb.was_received(seq(1)), "beyond the window is not known");
         assert_eq!(jb.push(100 + 20_000, 10_000_000, TS, payload(9), t0), Pushed::Discarded);
+        // A timestamp far behind is late, and garbage as well.
+        assert_eq!(jb.push(100 + 20_000, 4_000_000_000, TS, payload(9), t0), Pushed::Late);
         assert!(jb.was_received(seq(130)) && jb.was_received(seq(3)), "garbage moved nothing");
     }
 
