@@ -14,7 +14,10 @@
 //! the buffer holds more than the target plus two frames (or a packet, if that
 //! is longer), a packet is dropped to cut the latency. A packet is late when its
 //! time has been played, whatever its sequence number: a sender that paused
-//! (DTX) resumes with numbers that concealment here has counted past.
+//! (DTX) resumes with numbers that concealment here has counted past. When the
+//! buffer runs dry before the next packet is due (by the sender's pace since
+//! the furthest one came), playout holds, concealing, rather than give that
+//! packet up: a sender whose clock runs slower than ours is heard in full.
 //!
 //! Retransmissions (the peer resends what we asked for by NACK) arrive a
 //! request and a round trip after the rest of the stream; the player says which
@@ -401,10 +404,11 @@ impl JitterBuffer {
 
     /// How far behind the stream playout at `next_ts` is `now`: where the
     /// stream has reached by the sender's pace since its furthest packet came.
-    fn behind_stream(&self, next_ts: u64, now: Instant) -> Duration {
-        let Some((end, at)) = self.newest_end else { return Duration::ZERO };
+    /// None before a packet came on time.
+    fn behind_stream(&self, next_ts: u64, now: Instant) -> Option<Duration> {
+        let (end, at) = self.newest_end?;
         let since = now.saturating_duration_since(at).as_micros() as u64 * CLOCK_RATE / 1_000_000;
-        self.ts_duration((end + since).saturating_sub(next_ts))
+        Some(self.ts_duration((end + since).saturating_sub(next_ts)))
     }
 
     fn mark_received(&mut self, seq: u64) {
@@ -546,6 +550,20 @@ impl JitterBuffer {
             self.next_ts = Some(next_ts + gap);
             return Playout::Silence(gap as u32);
         }
+        // Nothing here, and by the sender's pace the packet is not a packet
+        // overdue: playout has caught up with the stream. Conceal without
+        // moving on, so it plays when it comes (a lost one is then recovered
+        // from the next one's FEC). Otherwise a sender whose clock is a little
+        // slower than ours would, once the buffer ran dry, have every packet
+        // arrive just after its time and be given up, for good. Once per gap:
+        // holding puts playout further behind.
+        if following.is_none()
+            && self.behind_stream(next_ts, now).is_some_and(|behind| behind < self.ts_duration(lost + self.packet_ts))
+        {
+            // The same wait as for a retransmission, which may go on from here.
+            self.wait_at(next_ts);
+            return self.conceal(lost);
+        }
         let recoverable = following.as_ref().is_some_and(|(ts, _)| *ts == next_ts + lost);
         // With nothing later here the packet has not been asked for yet; where
         // bursts were lost lately it may be the first of one: wait for it too,
@@ -556,8 +574,9 @@ impl JitterBuffer {
         let asked = following.is_some()
             || (!self.burst_margin.is_zero()
                 && (self.concealed_run == 0 || self.waiting_at == Some(next_ts))
-                && self.behind_stream(next_ts, now) + self.ts_duration(lost + self.packet_ts)
-                    <= self.target_delay() + self.trim_slack());
+                && self.behind_stream(next_ts, now).is_some_and(|behind| {
+                    behind + self.ts_duration(lost + self.packet_ts) <= self.target_delay() + self.trim_slack()
+                }));
         if asked && self.waits_for_retransmission(next_ts, lost, recoverable) {
             self.waited += lost;
             return self.conceal(lost);
@@ -579,16 +598,21 @@ impl JitterBuffer {
     /// cannot stand in: `recoverable` is false), and one more packet arriving
     /// would not make the buffer trim what it waited for.
     fn waits_for_retransmission(&mut self, next_ts: u64, lost: u64, recoverable: bool) -> bool {
-        if self.waiting_at != Some(next_ts) {
-            self.waiting_at = Some(next_ts);
-            self.waited = 0;
-        }
+        self.wait_at(next_ts);
         let margin = if recoverable { self.resend_margin } else { self.resend_margin() };
         let (buffered, target) = (self.current_delay(), self.target_delay());
         !margin.is_zero()
             && buffered.saturating_sub(self.ts_duration(lost)) < target
             && buffered + self.ts_duration(self.packet_ts) <= target + self.trim_slack()
             && self.ts_duration(self.waited + lost) <= margin
+    }
+
+    /// Waiting at `next_ts`: from nothing waited, if it was not already.
+    fn wait_at(&mut self, next_ts: u64) {
+        if self.waiting_at != Some(next_ts) {
+            self.waiting_at = Some(next_ts);
+            self.waited = 0;
+        }
     }
 
     /// PLC for `lost` samples, or silence once the peer seems to have stopped.
@@ -900,6 +924,23 @@ mod tests {
         let calm: Vec<(u16, u64)> = (0..200).map(|i| (i, u64::from(i) * 20 + 1)).collect();
         let (_, jb) = run(&calm, 200);
         assert_eq!(jb.target_delay(), FRAME);
+    }
+
+    #[test]
+    fn a_sender_whose_clock_is_slower_than_ours_is_played_in_full() {
+        // Every 20.2 ms by our clock: 1 % slow, so six seconds drift as far
+        // (60 ms) as real clocks 50 ppm apart do in twenty minutes. The buffer
+        // runs dry again and again, and each time waits for the packet rather
+        // than give it up.
+        let arrivals: Vec<(u16, u64)> = (0..300).map(|i| (i, u64::from(i) * 202 / 10 + 1)).collect();
+        let (played, jb) = run(&arrivals, 305);
+        let frames = frames_of(&played);
+        let expected: Vec<String> = (0..300).map(|i| format!("F{i}")).collect();
+        let heard: Vec<String> = frames.iter().filter(|f| f.starts_with('F')).cloned().collect();
+        assert_eq!(heard, expected, "{frames:?}");
+        assert_eq!(jb.stats().late, 0);
+        // The waits are short concealments, about one per frame of drift.
+        assert!(jb.stats().concealed_frames <= 4, "{frames:?}");
     }
 
     #[test]
