@@ -38,6 +38,7 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
+use super::redundant_handshake::RedundantHandshakes;
 use super::rtcp_monitor::{MONITOR_SLOT, Retransmitted, RtcpMonitor, SharedView};
 use crate::identity::Identity;
 
@@ -420,6 +421,7 @@ impl Connection {
             .with_interceptor_registry(registry)
             .with_setting_engine(setting_engine)
             .with_handler(handler)
+            .with_runtime(RedundantHandshakes::runtime())
             .with_udp_addrs(udp_addrs)
             .build()
             .await
