@@ -3,7 +3,7 @@
 //! - `peer_connection`: the WebRTC peer connection, the only file that imports
 //!   webrtc's API; our own event, packet and error types at its boundary.
 //! - `redundant_handshake`: the connection's sockets, which send each DTLS
-//!   handshake datagram twice (a lost one costs rtc-dtls a second or more).
+//!   handshake datagram again 10-160 ms later (a lost one costs rtc-dtls a second).
 //! - `rtcp_monitor`: an interceptor inside that connection that reads RTCP.
 //! - `audio_pump`: the sender and player tasks, paced by the frame tick.
 //! - `recording`: a call's recording (both directions, one stereo WAV), fed by
