@@ -46,6 +46,10 @@ struct Args {
     /// negotiated while it rings).
     #[arg(long, default_value_t = 1000)]
     ring_ms: u64,
+    /// The daemons' `log_level`, for instance `info,rtc_dtls=debug` to see
+    /// each DTLS flight (their logs are kept with `--keep`).
+    #[arg(long, default_value = "info")]
+    daemon_log: String,
     /// The Python with `pesq` and `numpy` (scripts/setup.sh --bench makes it).
     #[arg(long, default_value = "target/bench-venv/bin/python")]
     python: PathBuf,
@@ -103,6 +107,7 @@ async fn main() -> Result<()> {
         call: Duration::from_secs(args.call_seconds),
         idle: Duration::from_secs(args.idle_seconds),
         ring: Duration::from_millis(args.ring_ms),
+        daemon_log: args.daemon_log.clone(),
     };
 
     let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());

@@ -82,8 +82,9 @@ pub async fn stall(daemon: &Daemon, netns: &str, count: usize) -> Result<Option<
 }
 
 impl Daemon {
-    /// Starts `voiced` and waits until it says READY=1 and answers on its socket.
-    pub async fn start(voiced: &Path, spec: DaemonSpec<'_>) -> Result<Daemon> {
+    /// Starts `voiced` with `log_level` (its config key) and waits until it
+    /// says READY=1 and answers on its socket.
+    pub async fn start(voiced: &Path, log_level: &str, spec: DaemonSpec<'_>) -> Result<Daemon> {
         let dir = spec.dir;
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let socket = dir.join("voiced.sock");
@@ -92,7 +93,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "name = {name:?}\ndata_dir = {data:?}\nlog_level = \"info\"\napi.socket = {socket:?}\n{extra}\n",
+                "name = {name:?}\ndata_dir = {data:?}\nlog_level = {log_level:?}\napi.socket = {socket:?}\n{extra}\n",
                 name = spec.name,
                 data = dir.join("data").display().to_string(),
                 socket = socket.display().to_string(),

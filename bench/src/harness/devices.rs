@@ -84,6 +84,7 @@ async fn measure_call(settings: &RunSettings, material: &Material, server: &Soun
     let _link = ImpairedLink::start(LinkConfig::new(ns_caller.name(), ns_callee.name()))?;
     let mut caller = Daemon::start(
         &settings.voiced,
+        &settings.daemon_log,
         DaemonSpec {
             name: "caller",
             netns: ns_caller.name(),
@@ -101,7 +102,7 @@ async fn measure_call(settings: &RunSettings, material: &Material, server: &Soun
     let callee_dir = dir.join("callee");
     let mut callee_spec = DaemonSpec::echo(ns_callee.name(), &callee_dir, "null");
     callee_spec.extra_config.push_str("calls.auto_answer = true\n");
-    let mut callee = Daemon::start(&settings.voiced, callee_spec).await?;
+    let mut callee = Daemon::start(&settings.voiced, &settings.daemon_log, callee_spec).await?;
     let recording = call(server, &caller, &callee, &speech_file, speech_samples.len()).await;
     let stopped = (caller.stop().await, callee.stop().await);
     let ((mouth, ear), reported) = recording?;

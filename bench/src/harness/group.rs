@@ -191,7 +191,7 @@ async fn mesh(settings: &RunSettings, dir: &Path, inputs: Vec<String>) -> Result
         );
         let own_dir = dir.join(&name);
         let spec = DaemonSpec::new(&name, lan.hosts[n].name(), &own_dir, extra);
-        daemons.push(Daemon::start(&settings.voiced, spec).await?);
+        daemons.push(Daemon::start(&settings.voiced, &settings.daemon_log, spec).await?);
     }
     // Everyone sees everyone (joins find each other by mDNS).
     for daemon in &daemons {

@@ -30,6 +30,8 @@ pub struct RunSettings {
     pub idle: Duration,
     /// How long the callee rings before the bench answers.
     pub ring: Duration,
+    /// The daemons' `log_level`.
+    pub daemon_log: String,
 }
 
 /// Runs one profile; errors only for failures of the bench itself (a daemon that
@@ -55,11 +57,13 @@ pub async fn run_profile(settings: &RunSettings, material: &Material, profile: &
     let callee_heard = dir.join("callee-heard.wav");
     let mut caller = Daemon::start(
         &settings.voiced,
+        &settings.daemon_log,
         DaemonSpec::new("caller", ns_caller.name(), &dir.join("caller"), "audio.loop_files = false\n".into()),
     )
     .await?;
     let mut callee = Daemon::start(
         &settings.voiced,
+        &settings.daemon_log,
         DaemonSpec::echo(ns_callee.name(), &dir.join("callee"), &format!("file:{}", callee_heard.display())),
     )
     .await?;

@@ -33,8 +33,8 @@ pub async fn run(settings: &RunSettings, profile: &Profile, calls: usize) -> Res
     let audio = |input: &str| format!("audio.input = {input:?}\naudio.output = \"null\"\n");
     let caller_spec = DaemonSpec::new("caller", ns_caller.name(), &caller_dir, audio("tone:440"));
     let callee_spec = DaemonSpec::new("callee", ns_callee.name(), &callee_dir, audio("tone:880"));
-    let mut caller = Daemon::start(&settings.voiced, caller_spec).await?;
-    let mut callee = Daemon::start(&settings.voiced, callee_spec).await?;
+    let mut caller = Daemon::start(&settings.voiced, &settings.daemon_log, caller_spec).await?;
+    let mut callee = Daemon::start(&settings.voiced, &settings.daemon_log, callee_spec).await?;
     let stalled = stall(&callee, ns_callee.name(), profile.stalled_clients).await?;
     let outcome = trials(settings, profile, &link, &caller, &callee, calls).await;
     drop(stalled);
