@@ -36,6 +36,12 @@ const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(250);
 /// [`CONNECT_TIMEOUT`] (seen in the heavy-loss test), where a fresh attempt
 /// sends its SYN at once.
 const FRESH_ATTEMPT_AFTER: Duration = Duration::from_secs(2);
+/// How long a TCP connect waits for the peer's SYN-ACK before a second connect
+/// races it. The kernel sends a lost SYN again only after a second, and at 15 %
+/// loss each way about one connect in four loses its SYN or SYN-ACK; on a LAN
+/// the answer takes a millisecond, so 250 ms is long past a healthy one (on a
+/// path whose round trip is longer, the spare SYN costs nothing but itself).
+const SECOND_SYN_AFTER: Duration = Duration::from_millis(250);
 /// Fresh attempts a dial starts at most.
 const FRESH_ATTEMPTS: usize = 3;
 /// How long a polite close waits for the peer's close.
@@ -209,7 +215,7 @@ impl Endpoint {
     ) -> Result<Connection, SignalingError> {
         let text = address.to_string();
         let attempt = async {
-            let tcp = TcpStream::connect(address)
+            let tcp = connect_tcp(address)
                 .await
                 .map_err(|e| SignalingError::Unreachable { address: text.clone(), reason: e.to_string() })?;
             let _ = tcp.set_nodelay(true);
@@ -252,6 +258,38 @@ impl Endpoint {
         tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
             .unwrap_or_else(|_| Err(SignalingError::Unreachable { address: text.clone(), reason: "timed out".into() }))
+    }
+}
+
+/// A TCP connection to `address`: the first of two connects to complete, the
+/// second started [`SECOND_SYN_AFTER`] after the first if that one has not
+/// completed by then; the other is dropped (the peer, if it accepted it, sees
+/// a connection close before TLS). The first connect's error if both fail.
+async fn connect_tcp(address: SocketAddr) -> std::io::Result<TcpStream> {
+    let first = TcpStream::connect(address);
+    tokio::pin!(first);
+    tokio::select! {
+        done = &mut first => return done,
+        () = tokio::time::sleep(SECOND_SYN_AFTER) => {}
+    }
+    let second = TcpStream::connect(address);
+    tokio::pin!(second);
+    // Each branch is disabled once its connect failed; the second failure
+    // returns, so one stays enabled.
+    let (mut first_error, mut second_failed) = (None, false);
+    loop {
+        tokio::select! {
+            done = &mut first, if first_error.is_none() => match done {
+                Ok(stream) => return Ok(stream),
+                Err(error) if second_failed => return Err(error),
+                Err(error) => first_error = Some(error),
+            },
+            done = &mut second, if !second_failed => match (done, first_error.take()) {
+                (Ok(stream), _) => return Ok(stream),
+                (Err(_), Some(error)) => return Err(error),
+                (Err(_), None) => second_failed = true,
+            },
+        }
     }
 }
 
@@ -440,6 +478,24 @@ mod tests {
             Ok(Some(Decoded::Message(message))) => message,
             other => panic!("not a message: {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_tcp_connect_that_is_answered_at_once_needs_no_second() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
+        let address = listener.local_addr().expect("address");
+        let stream = connect_tcp(address).await.expect("connected");
+        let (accepted, from) = listener.accept().await.expect("accept");
+        assert_eq!(from, stream.local_addr().expect("local address"));
+        drop(accepted);
+    }
+
+    #[tokio::test]
+    async fn a_refused_tcp_connect_fails_with_the_cause() {
+        // A port just freed: nothing listens there.
+        let address = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+        let error = connect_tcp(address).await.expect_err("nothing listens");
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 
     #[tokio::test]
