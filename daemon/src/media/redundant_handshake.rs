@@ -21,13 +21,12 @@
 //! they can be wrapped. [`RedundantHandshakes`] is tokio's runtime with each
 //! UDP socket wrapped; everything else passes through.
 
-use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use webrtc::runtime::{
@@ -134,39 +133,24 @@ impl Runtime for RedundantHandshakes {
 }
 
 /// A UDP socket that sends DTLS handshake datagrams with copies after them.
+#[derive(Debug)]
 struct RedundantSocket {
     inner: Arc<dyn AsyncUdpSocket>,
 }
 
-impl fmt::Debug for RedundantSocket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedundantSocket").field("inner", &self.inner).finish()
-    }
-}
-
 impl RedundantSocket {
-    /// Sends the copies [`COPY_DELAYS`] after the original, on tokio (the
-    /// driver runs on it: the other branch is for a runtime that is not
-    /// tokio's, and sends them at once). Best effort: the original went.
+    /// Sends the copies [`COPY_DELAYS`] after the original, on the tokio
+    /// runtime the driver runs on (outside one, none: the original went).
     fn send_copies_later(&self, transmit: &Transmit<'_>) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let (socket, datagram, to) =
-                    (Arc::clone(&self.inner), transmit.contents.to_vec(), transmit.destination);
-                let sent_at = tokio::time::Instant::now();
-                runtime.spawn(async move {
-                    for delay in COPY_DELAYS {
-                        tokio::time::sleep_until(sent_at + delay).await;
-                        let _ = socket.send_to(&datagram, to).await;
-                    }
-                });
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (socket, datagram, to) = (Arc::clone(&self.inner), transmit.contents.to_vec(), transmit.destination);
+        let sent_at = tokio::time::Instant::now();
+        runtime.spawn(async move {
+            for delay in COPY_DELAYS {
+                tokio::time::sleep_until(sent_at + delay).await;
+                let _ = socket.send_to(&datagram, to).await;
             }
-            Err(_) => {
-                for _ in COPY_DELAYS {
-                    let _ = self.inner.poll_send(&mut Context::from_waker(Waker::noop()), transmit);
-                }
-            }
-        }
+        });
     }
 }
 

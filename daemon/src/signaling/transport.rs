@@ -264,7 +264,7 @@ impl Endpoint {
 /// A TCP connection to `address`: the first of two connects to complete, the
 /// second started [`SECOND_SYN_AFTER`] after the first if that one has not
 /// completed by then; the other is dropped (the peer, if it accepted it, sees
-/// a connection close before TLS). The first connect's error if both fail.
+/// a connection close before TLS). The last error if both fail.
 async fn connect_tcp(address: SocketAddr) -> std::io::Result<TcpStream> {
     let first = TcpStream::connect(address);
     tokio::pin!(first);
@@ -274,23 +274,7 @@ async fn connect_tcp(address: SocketAddr) -> std::io::Result<TcpStream> {
     }
     let second = TcpStream::connect(address);
     tokio::pin!(second);
-    // Each branch is disabled once its connect failed; the second failure
-    // returns, so one stays enabled.
-    let (mut first_error, mut second_failed) = (None, false);
-    loop {
-        tokio::select! {
-            done = &mut first, if first_error.is_none() => match done {
-                Ok(stream) => return Ok(stream),
-                Err(error) if second_failed => return Err(error),
-                Err(error) => first_error = Some(error),
-            },
-            done = &mut second, if !second_failed => match (done, first_error.take()) {
-                (Ok(stream), _) => return Ok(stream),
-                (Err(_), Some(error)) => return Err(error),
-                (Err(_), None) => second_failed = true,
-            },
-        }
-    }
+    futures::future::select_ok([first, second]).await.map(|(stream, _)| stream)
 }
 
 /// The callee's WebSocket upgrade, taking the caller's first message where the
@@ -481,7 +465,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tcp_connect_that_is_answered_at_once_needs_no_second() {
+    async fn a_tcp_connect_reaches_the_listener() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
         let address = listener.local_addr().expect("address");
         let stream = connect_tcp(address).await.expect("connected");
