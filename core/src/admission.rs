@@ -12,6 +12,12 @@
 //!   most slots is dropped for it. A real caller's handshake takes a few
 //!   milliseconds on a LAN, so what is dropped is nearly always a stalled one.
 //! - Each handshake has a deadline (the listener enforces it).
+//! - A connection whose TLS is done is parked until its WebSocket upgrade (a
+//!   caller may hold it for a later call, docs/PROTOCOL.md §3) and no longer
+//!   holds a handshake slot. Parked connections have limits of their own, per
+//!   source and in all; one more than the source's limit displaces that
+//!   source's oldest parked connection, one more than the total the oldest
+//!   parked by the sources parking the most.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -24,11 +30,17 @@ pub struct AdmissionPolicy {
     pub per_source: usize,
     /// Handshakes at once in all.
     pub total: usize,
+    /// Parked connections at once from one source.
+    pub parked_per_source: usize,
+    /// Parked connections at once in all.
+    pub parked_total: usize,
 }
 
 impl Default for AdmissionPolicy {
     fn default() -> Self {
-        AdmissionPolicy { per_source: 4, total: 64 }
+        // A daemon parks one connection per device it called recently; 16 per
+        // source leaves room for many daemons behind one address.
+        AdmissionPolicy { per_source: 4, total: 64, parked_per_source: 16, parked_total: 128 }
     }
 }
 
@@ -47,7 +59,8 @@ impl Source {
     }
 }
 
-/// A handshake slot, held from admission until [`Admission::finished`].
+/// A connection's slot, held from admission until [`Admission::finished`]:
+/// a handshake slot, then a parked one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ticket(u64);
 
@@ -77,13 +90,19 @@ pub struct Admission {
     policy: AdmissionPolicy,
     pending: BTreeMap<Ticket, Pending>,
     by_source: BTreeMap<Source, usize>,
+    parked: BTreeMap<Ticket, Pending>,
     next: u64,
 }
 
 impl Admission {
     /// A gate with these limits (each at least 1).
     pub fn new(policy: AdmissionPolicy) -> Self {
-        let policy = AdmissionPolicy { per_source: policy.per_source.max(1), total: policy.total.max(1) };
+        let policy = AdmissionPolicy {
+            per_source: policy.per_source.max(1),
+            total: policy.total.max(1),
+            parked_per_source: policy.parked_per_source.max(1),
+            parked_total: policy.parked_total.max(1),
+        };
         Admission { policy, ..Admission::default() }
     }
 
@@ -104,8 +123,46 @@ impl Admission {
         Admit::Yes { ticket, evict }
     }
 
-    /// The handshake is over (done, failed, timed out or evicted); its slot is free.
+    /// `ticket`'s TLS is done at `now`: its handshake slot is free and it is
+    /// parked. Returns a parked connection to drop to make room, if any.
+    pub fn park(&mut self, ticket: Ticket, now: Instant) -> Option<Ticket> {
+        let source = self.pending.get(&ticket)?.source;
+        self.release(ticket);
+        self.parked.insert(ticket, Pending { source, since: now });
+        let mut by_source: BTreeMap<Source, usize> = BTreeMap::new();
+        for parked in self.parked.values() {
+            *by_source.entry(parked.source).or_default() += 1;
+        }
+        let over_source = by_source.get(&source).copied().unwrap_or(0) > self.policy.parked_per_source;
+        let most = by_source.values().copied().max().unwrap_or(0);
+        let competes = |p: &Pending| {
+            if over_source {
+                p.source == source
+            } else {
+                self.parked.len() > self.policy.parked_total && by_source.get(&p.source) == Some(&most)
+            }
+        };
+        let victim = self
+            .parked
+            .iter()
+            .filter(|(_, p)| competes(p))
+            .min_by_key(|(ticket, p)| (p.since, **ticket))
+            .map(|(ticket, _)| *ticket);
+        if let Some(victim) = victim {
+            self.parked.remove(&victim);
+        }
+        victim
+    }
+
+    /// The connection is done with (upgraded, failed, timed out or evicted);
+    /// its slot is free.
     pub fn finished(&mut self, ticket: Ticket) {
+        if self.parked.remove(&ticket).is_none() {
+            self.release(ticket);
+        }
+    }
+
+    fn release(&mut self, ticket: Ticket) {
         let Some(pending) = self.pending.remove(&ticket) else { return };
         if let Some(count) = self.by_source.get_mut(&pending.source) {
             *count -= 1;
@@ -118,6 +175,11 @@ impl Admission {
     /// Handshakes in progress.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Parked connections.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
     }
 
     /// The oldest handshake of the source holding the most slots.
@@ -149,7 +211,7 @@ mod tests {
 
     #[test]
     fn one_source_holds_at_most_its_share() {
-        let mut gate = Admission::new(AdmissionPolicy { per_source: 2, total: 10 });
+        let mut gate = Admission::new(AdmissionPolicy { per_source: 2, total: 10, ..AdmissionPolicy::default() });
         let now = Instant::now();
         let first = ticket(gate.arrive(ip("10.0.0.9"), now));
         ticket(gate.arrive(ip("10.0.0.9"), now));
@@ -167,7 +229,7 @@ mod tests {
 
     #[test]
     fn when_full_a_newcomer_displaces_the_oldest_handshake_of_the_busiest_source() {
-        let mut gate = Admission::new(AdmissionPolicy { per_source: 3, total: 4 });
+        let mut gate = Admission::new(AdmissionPolicy { per_source: 3, total: 4, ..AdmissionPolicy::default() });
         let start = Instant::now();
         let at = |ms| start + Duration::from_millis(ms);
         let stalled: Vec<Ticket> = (0..3).map(|n| ticket(gate.arrive(ip("10.0.0.66"), at(n)))).collect();
@@ -202,5 +264,54 @@ mod tests {
         assert_eq!(gate.pending(), 64);
         let caller = gate.arrive(ip("10.0.0.2"), start + Duration::from_secs(1));
         assert!(matches!(caller, Admit::Yes { evict: Some(_), .. }), "{caller:?}");
+    }
+
+    #[test]
+    fn a_parked_connection_frees_its_handshake_slot() {
+        let policy = AdmissionPolicy { per_source: 1, total: 10, parked_per_source: 4, parked_total: 10 };
+        let mut gate = Admission::new(policy);
+        let now = Instant::now();
+        let first = ticket(gate.arrive(ip("10.0.0.9"), now));
+        assert_eq!(gate.arrive(ip("10.0.0.9"), now), Admit::SourceFull);
+        assert_eq!(gate.park(first, now), None);
+        assert_eq!((gate.pending(), gate.parked()), (0, 1));
+        let second = ticket(gate.arrive(ip("10.0.0.9"), now));
+        gate.finished(first);
+        assert_eq!((gate.pending(), gate.parked()), (1, 0));
+        gate.finished(second);
+        assert_eq!(gate.pending(), 0);
+        assert_eq!(gate.park(second, now), None, "a finished ticket is not parked");
+        assert_eq!(gate.parked(), 0);
+    }
+
+    #[test]
+    fn parking_beyond_a_limit_displaces_the_oldest_parked_it_competes_with() {
+        let policy = AdmissionPolicy { per_source: 10, total: 10, parked_per_source: 2, parked_total: 3 };
+        let mut gate = Admission::new(policy);
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut park = |address: &str, ms| {
+            let parked = ticket(gate.arrive(ip(address), at(ms)));
+            (parked, gate.park(parked, at(ms)))
+        };
+        let (a1, none) = park("10.0.0.1", 0);
+        assert_eq!(none, None);
+        let (b1, none) = park("10.0.0.2", 1);
+        assert_eq!(none, None);
+        let (a2, none) = park("10.0.0.1", 2);
+        assert_eq!(none, None);
+        // Source .1's third: its own oldest goes, not .2's.
+        let (a3, evicted) = park("10.0.0.1", 3);
+        assert_eq!(evicted, Some(a1));
+        // A fourth in all from a new source: the oldest of all goes.
+        // A fourth in all from a new source: the oldest of the source parking the most goes.
+        let (c1, evicted) = park("10.0.0.3", 4);
+        assert_eq!(evicted, Some(a2));
+        let (_, evicted) = park("10.0.0.4", 5);
+        assert_eq!(evicted, Some(b1), "one each: the oldest of all");
+        assert_eq!(gate.parked(), 3);
+        gate.finished(a3);
+        gate.finished(c1);
+        assert_eq!(gate.parked(), 1);
     }
 }

@@ -183,7 +183,7 @@ where
     context.apply(&settings.borrow());
     let registry = Registry::new(context, settings_rx.clone());
     tasks.spawn(registry.run(registry_rx, inbox_rx));
-    tasks.spawn(signaling.run(endpoint, inbox_tx, stop.clone()));
+    tasks.spawn(signaling.run(endpoint.clone(), inbox_tx, stop.clone()));
 
     log_audio_fallbacks(&config, &devices.borrow());
     let (settings_tx, settings_rx_commands) = mpsc::channel(8);
@@ -220,6 +220,7 @@ where
     };
     // Decide, tell, wait: every task sees the cancellation and finishes its goodbye.
     stop.cancel();
+    endpoint.stop_keeping_warm();
     tasks.close();
     tasks.wait().await;
     // The last calls' history rows are in the file before the daemon exits.

@@ -4,6 +4,7 @@
 
 pub mod tls;
 pub mod transport;
+pub mod warm;
 
 use std::collections::HashMap;
 use std::io;
@@ -22,6 +23,7 @@ use voicelink_core::admission::{Admission, AdmissionPolicy, Admit, Ticket};
 use transport::{Connection, Endpoint};
 use voicelink_core::config::FrameMs;
 use voicelink_core::wire::{Body, CallId, Decoded, GroupPart, Message};
+use warm::PARK_LIMIT;
 
 /// A call request that arrived on a new, authenticated signaling connection.
 pub struct IncomingRequest {
@@ -68,23 +70,34 @@ impl SignalingListener {
     /// and its first message must be a call request, which goes to the registry.
     /// Handshake slots are handed out by the admission gate
     /// (`voicelink_core::admission`), so stalled connections cannot keep callers
-    /// out, and each handshake has [`HANDSHAKE_DEADLINE`].
+    /// out, and each handshake has [`HANDSHAKE_DEADLINE`]. Once TLS is done a
+    /// connection is parked (its own limits in the gate) until the upgrade,
+    /// for at most [`PARK_LIMIT`].
     pub async fn run<T>(self, endpoint: Endpoint, requests: mpsc::Sender<T>, shutdown: CancellationToken)
     where
         T: From<IncomingRequest> + Send + 'static,
     {
         let mut gate = Admission::new(AdmissionPolicy::default());
         let mut handshakes: HashMap<Ticket, CancellationToken> = HashMap::new();
-        let (finished, mut finished_rx) = mpsc::unbounded_channel::<Ticket>();
+        let (progress, mut progress_rx) = mpsc::unbounded_channel::<Progress>();
         // Connections closed for want of a slot, told at most every 10 s.
         let mut pressure = Throttle::new(Duration::from_secs(10));
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(ticket) = finished_rx.recv() => {
-                    gate.finished(ticket);
-                    handshakes.remove(&ticket);
-                }
+                Some(news) = progress_rx.recv() => match news {
+                    Progress::Parked(ticket) => {
+                        let evicted = gate.park(ticket, clock::now());
+                        if let Some(stop) = evicted.and_then(|victim| handshakes.remove(&victim)) {
+                            stop.cancel();
+                            under_pressure(&mut pressure, gate.pending() + gate.parked());
+                        }
+                    }
+                    Progress::Finished(ticket) => {
+                        gate.finished(ticket);
+                        handshakes.remove(&ticket);
+                    }
+                },
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, from)) => match gate.arrive(from.ip(), clock::now()) {
                         Admit::SourceFull => {
@@ -98,13 +111,15 @@ impl SignalingListener {
                             }
                             let stop = shutdown.child_token();
                             handshakes.insert(ticket, stop.clone());
-                            let (endpoint, requests, finished) = (endpoint.clone(), requests.clone(), finished.clone());
+                            let (endpoint, requests, progress) = (endpoint.clone(), requests.clone(), progress.clone());
                             tokio::spawn(async move {
+                                let report = |stage: fn(Ticket) -> Progress| drop(progress.send(stage(ticket)));
                                 tokio::select! {
                                     () = stop.cancelled() => {}
-                                    () = first_message(endpoint, tcp, from, requests) => {}
+                                    () = first_message(endpoint, tcp, from, report, requests) => {}
                                 }
-                                let _ = finished.send(ticket);
+                                // Also when it was reported upgraded: a second report changes nothing.
+                                report(Progress::Finished);
                             });
                         }
                     },
@@ -123,44 +138,69 @@ fn under_pressure(pressure: &mut Throttle, pending: usize) {
     if let Some(closed) = pressure.note(clock::now()) {
         warn!(
             closed,
-            pending, "too many signaling connections are handshaking (stalled or hostile clients?); closing some"
+            pending,
+            "too many signaling connections are handshaking or parked (stalled or hostile clients?); closing some"
         );
     }
+}
+
+/// What a connection's task tells the listener.
+enum Progress {
+    /// TLS is done: the connection is parked until its upgrade.
+    Parked(Ticket),
+    /// The connection is upgraded (no longer to be displaced; the deadline
+    /// for its first message bounds it), or closed.
+    Finished(Ticket),
 }
 
 /// Pause after a failed accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// How long a new connection may take from TCP to its first message (TLS, the
-/// WebSocket upgrade, the call request): a few round trips, but at 20 % loss
-/// each way TCP's retransmissions stretch them past 4 s (seen in the
-/// heavy-loss test). A stalled client holding a slot that long costs little:
-/// once every slot is taken, the gate displaces the oldest for a newcomer.
+/// How long a new connection may take for TLS, and again from the WebSocket
+/// upgrade to the call request (the upgrade itself may wait for
+/// [`PARK_LIMIT`], parked): a few round trips, but at 20 % loss each way TCP's
+/// retransmissions stretch them past 4 s (seen in the heavy-loss test). A
+/// stalled client holding a slot that long costs little: once every slot is
+/// taken, the gate displaces the oldest for a newcomer.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(8);
 
 async fn first_message<T: From<IncomingRequest>>(
     endpoint: Endpoint,
     tcp: tokio::net::TcpStream,
     from: SocketAddr,
+    report: impl Fn(fn(Ticket) -> Progress),
     requests: mpsc::Sender<T>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let deadline = tokio::time::Instant::now() + HANDSHAKE_DEADLINE;
-    let mut connection = match tokio::time::timeout_at(deadline, endpoint.accept(tcp, from)).await {
-        Ok(Ok(connection)) => connection,
-        failed => {
-            let error = match failed {
-                Ok(Err(error)) => error.to_string(),
-                _ => "timed out".to_owned(),
-            };
+    let address = from.to_string();
+    let accepted = async {
+        let tls = tokio::time::timeout(HANDSHAKE_DEADLINE, endpoint.accept_tls(tcp, &address))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        // The caller may park the connection here and upgrade it for a later
+        // call (docs/PROTOCOL.md §3); the gate counts it apart from handshakes.
+        report(Progress::Parked);
+        tokio::time::timeout(PARK_LIMIT, transport::upgrade(tls, &address))
+            .await
+            .map_err(|_| "no upgrade in time".to_owned())?
+            .map_err(|e| e.to_string())
+    };
+    let mut connection = match accepted.await {
+        Ok(connection) => {
+            report(Progress::Finished);
+            connection
+        }
+        Err(error) => {
             // Also what a caller that found us to be the wrong device causes (it
-            // aborts the handshake), and a stalled client: a debug line, since a
-            // flood of them is summed up by the listener's warning.
+            // aborts the handshake), a stalled client and a caller dropping a
+            // warm connection: a debug line, since a flood of them is summed
+            // up by the listener's warning.
             debug!(%from, %error, "a signaling connection did not complete");
             return;
         }
     };
-    let first = tokio::time::timeout_at(deadline, connection.recv()).await;
+    let first = tokio::time::timeout(HANDSHAKE_DEADLINE, connection.recv()).await;
     match first {
         Ok(Ok(Some(Decoded::Message(Message {
             call_id,

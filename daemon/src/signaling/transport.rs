@@ -1,6 +1,7 @@
 //! Signaling connections: WebSocket over mutual TLS on TCP, one connection per
 //! call. Messages are checked by `wire::decode` (size cap, version), limited in
-//! rate, and kept alive with WebSocket pings so a dead peer is noticed.
+//! rate, and kept alive with WebSocket pings so a dead peer is noticed. A dial
+//! to a device also keeps a warm connection to it for the next call (`warm`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use data_encoding::BASE64URL_NOPAD;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 use tokio_tungstenite::WebSocketStream;
@@ -17,11 +19,15 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use voicelink_core::vocab::DeviceId;
 use voicelink_core::wire::{self, Decoded, MAX_MESSAGE_BYTES, Message, WireError};
 
 use super::tls;
+use super::warm::{Keep, REFRESH_EVERY, WarmConnections};
+use crate::clock;
 use crate::identity::Identity;
 
 /// How long dialing one address (TCP, TLS, WebSocket) may take. Under heavy loss a
@@ -42,6 +48,10 @@ const FRESH_ATTEMPT_AFTER: Duration = Duration::from_secs(2);
 /// the answer takes a millisecond, so 250 ms is long past a healthy one (on a
 /// path whose round trip is longer, the spare SYN costs nothing but itself).
 const SECOND_SYN_AFTER: Duration = Duration::from_millis(250);
+/// How long the upgrade on a warm connection may take before the dial goes on
+/// afresh: TLS is done, so one round trip is left; a callee that vanished
+/// without a FIN or reset would otherwise hold the dial for [`CONNECT_TIMEOUT`].
+const WARM_UPGRADE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Fresh attempts a dial starts at most.
 const FRESH_ATTEMPTS: usize = 3;
 /// How long a polite close waits for the peer's close.
@@ -57,6 +67,10 @@ const CARRIED_HEADER: &str = "voicelink-first-message";
 const MAX_CARRIED_BYTES: usize = 8192;
 
 type Ws = WebSocketStream<TlsStream<TcpStream>>;
+/// A caller's connection with TLS done, before the WebSocket upgrade.
+type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+/// A callee's connection with TLS done, before the WebSocket upgrade.
+pub type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// Why a connection could not be made or was lost.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +117,17 @@ pub enum SignalingError {
 pub struct Endpoint {
     identity: Arc<Identity>,
     acceptor: TlsAcceptor,
+    warm: Arc<WarmConnections<ClientTls>>,
+    /// Stops the keepers of warm connections.
+    warm_stop: CancellationToken,
+}
+
+/// How one attempt reaches the peer.
+enum Route {
+    /// A new connection to this address.
+    Fresh(SocketAddr),
+    /// A parked connection, TLS done.
+    Warm(Box<ClientTls>),
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -113,15 +138,25 @@ impl Endpoint {
     /// Prepares TLS with this device's certificate.
     pub fn new(identity: Arc<Identity>) -> Result<Self, tls::TlsSetupError> {
         let acceptor = TlsAcceptor::from(tls::server_config(&identity)?);
-        Ok(Endpoint { identity, acceptor })
+        Ok(Endpoint { identity, acceptor, warm: Arc::default(), warm_stop: CancellationToken::new() })
     }
 
     /// Completes an incoming connection: TLS (the caller's certificate names it),
     /// then the WebSocket upgrade. The listener bounds how long it may take.
     pub async fn accept(&self, tcp: TcpStream, from: SocketAddr) -> Result<Connection, SignalingError> {
         let address = from.to_string();
-        let tls = self.acceptor.accept(tcp).await.map_err(|e| handshake_error(&address, e))?;
-        upgrade(tls, &address).await
+        upgrade(self.accept_tls(tcp, &address).await?, &address).await
+    }
+
+    /// The TLS half of [`Endpoint::accept`]; [`upgrade`] is the other.
+    pub async fn accept_tls(&self, tcp: TcpStream, address: &str) -> Result<ServerTls, SignalingError> {
+        self.acceptor.accept(tcp).await.map_err(|e| handshake_error(address, e))
+    }
+
+    /// Closes the warm connections and stops keeping any (at shutdown).
+    pub fn stop_keeping_warm(&self) {
+        self.warm_stop.cancel();
+        drop(self.warm.clear());
     }
 
     /// Connects to a peer at any of `addresses` and checks that it is
@@ -138,24 +173,58 @@ impl Endpoint {
     /// again. Once that upgrade is out, the callee may be ringing on that
     /// connection: no attempt starts after it, and one that connects meanwhile
     /// is kept in reserve, used only if the carrying attempt fails.
+    ///
+    /// With `expected` known, the carrying attempt is the parked connection to
+    /// it where one is warm, and a successful dial keeps one warm for the next.
     pub async fn connect(
         &self,
         addresses: &[SocketAddr],
         expected: Option<DeviceId>,
         first: Option<&Message>,
     ) -> Result<Connection, SignalingError> {
+        let warm = expected
+            .and_then(|device| self.warm.take(device, clock::now()))
+            // Not if the device has moved since.
+            .filter(|tls| tls.get_ref().0.peer_addr().is_ok_and(|at| addresses.contains(&at)))
+            .and_then(|mut tls| still_parked(&mut tls).then_some(tls));
+        let connection = self.dial(addresses, expected, first, warm).await?;
+        if let Some(device) = expected
+            && !self.warm_stop.is_cancelled()
+        {
+            // The keeper tries first the address this dial reached.
+            let mut order = addresses.to_vec();
+            if let Some(at) = connection.remote().and_then(|won| order.iter().position(|a| *a == won)) {
+                order[..=at].rotate_right(1);
+            }
+            if self.warm.dialed(device, &order, clock::now()) {
+                tokio::spawn(self.clone().keep_warm(device));
+            }
+        }
+        Ok(connection)
+    }
+
+    async fn dial(
+        &self,
+        addresses: &[SocketAddr],
+        expected: Option<DeviceId>,
+        first: Option<&Message>,
+        warm: Option<ClientTls>,
+    ) -> Result<Connection, SignalingError> {
         let carried = first.map(Message::encode).filter(|text| text.len() <= MAX_CARRIED_BYTES);
         let upgrading = AtomicBool::new(false);
-        let start = |address, carrier: bool| {
+        let start = |route, carrier: bool| {
             let carry = carried.as_deref().filter(|_| carrier).map(|text| (text, &upgrading));
-            async move { (carrier, self.connect_one(address, expected, carry).await) }
+            async move { (carrier, self.connect_one(route, expected, carry).await) }
         };
         let mut waiting = addresses.iter().copied();
         let mut attempts = futures::stream::FuturesUnordered::new();
         let mut failures = Vec::new();
         let mut fresh = 0;
         let mut reserve = None;
-        attempts.extend(waiting.next().map(|address| start(address, true)));
+        // After the carrier fails, the next attempt carries in its stead.
+        let mut carrier_next = false;
+        let first_route = warm.map(|tls| Route::Warm(Box::new(tls))).or_else(|| waiting.next().map(Route::Fresh));
+        attempts.extend(first_route.map(|route| start(route, true)));
         // Read at each decision, after the poll that brought it: polling the
         // attempts also runs the carrier, which may have sent its upgrade in
         // the same poll that completed another attempt. Cleared if it fails.
@@ -171,6 +240,7 @@ impl Endpoint {
                             return Ok(connection);
                         }
                         failures.push(error);
+                        carrier_next = true;
                         waiting.next()
                     }
                     Some((false, Ok(connection))) if carried_out() => {
@@ -193,7 +263,7 @@ impl Endpoint {
                     })
                 }
             };
-            attempts.extend(next.map(|address| start(address, false)));
+            attempts.extend(next.map(|address| start(Route::Fresh(address), std::mem::take(&mut carrier_next))));
         }
         // Say the peer is another device if any address said so; else the last failure.
         let mismatch = failures.iter().position(|e| matches!(e, SignalingError::IdentityMismatch { .. }));
@@ -209,29 +279,21 @@ impl Endpoint {
     /// the flag set as the upgrade goes out.
     async fn connect_one(
         &self,
-        address: SocketAddr,
+        route: Route,
         expected: Option<DeviceId>,
         carry: Option<(&str, &AtomicBool)>,
     ) -> Result<Connection, SignalingError> {
-        let text = address.to_string();
+        let (text, limit) = match &route {
+            Route::Fresh(address) => (address.to_string(), CONNECT_TIMEOUT),
+            Route::Warm(tls) => (
+                tls.get_ref().0.peer_addr().map_or_else(|_| "the peer".to_owned(), |a| a.to_string()),
+                WARM_UPGRADE_TIMEOUT,
+            ),
+        };
         let attempt = async {
-            let tcp = connect_tcp(address)
-                .await
-                .map_err(|e| SignalingError::Unreachable { address: text.clone(), reason: e.to_string() })?;
-            let _ = tcp.set_nodelay(true);
-            let (config, seen) = tls::client_config(&self.identity, expected)
-                .map_err(|e| SignalingError::Handshake { address: text.clone(), reason: e.to_string() })?;
-            let tls = match TlsConnector::from(config).connect(tls::server_name(), tcp).await {
-                Ok(tls) => tls,
-                Err(error) => {
-                    let presented = seen.lock().ok().and_then(|s| *s);
-                    return Err(match (expected, presented) {
-                        (Some(expected), Some(presented)) if expected != presented => {
-                            SignalingError::IdentityMismatch { address: text.clone(), expected, presented }
-                        }
-                        _ => handshake_error(&text, error),
-                    });
-                }
+            let tls = match route {
+                Route::Fresh(address) => self.secure(address, &text, expected).await?,
+                Route::Warm(tls) => *tls,
             };
             let peer = tls::peer_device(tls.get_ref().1.peer_certificates())
                 .ok_or_else(|| SignalingError::Handshake { address: text.clone(), reason: "no certificate".into() })?;
@@ -255,10 +317,85 @@ impl Endpoint {
             }
             Ok(connection)
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        tokio::time::timeout(limit, attempt)
             .await
             .unwrap_or_else(|_| Err(SignalingError::Unreachable { address: text.clone(), reason: "timed out".into() }))
     }
+
+    /// TCP and TLS to `address` (named `text` in errors), checking that the
+    /// peer is `expected`.
+    async fn secure(
+        &self,
+        address: SocketAddr,
+        text: &str,
+        expected: Option<DeviceId>,
+    ) -> Result<ClientTls, SignalingError> {
+        let tcp = connect_tcp(address)
+            .await
+            .map_err(|e| SignalingError::Unreachable { address: text.to_owned(), reason: e.to_string() })?;
+        let _ = tcp.set_nodelay(true);
+        let (config, seen) = tls::client_config(&self.identity, expected).map_err(|e| handshake_error(text, e))?;
+        TlsConnector::from(config).connect(tls::server_name(), tcp).await.map_err(|error| {
+            let presented = seen.lock().ok().and_then(|s| *s);
+            match (expected, presented) {
+                (Some(expected), Some(presented)) if expected != presented => {
+                    SignalingError::IdentityMismatch { address: text.to_owned(), expected, presented }
+                }
+                _ => handshake_error(text, error),
+            }
+        })
+    }
+
+    /// Keeps a parked connection to `device` until it is not dialed for
+    /// [`super::warm::KEEP_WARM_FOR`]: parks one, and parks another when a
+    /// dial takes it or every [`REFRESH_EVERY`].
+    async fn keep_warm(self, device: DeviceId) {
+        loop {
+            let (taken, until) = match self.warm.next_step(device, clock::now()) {
+                Keep::Stop => break,
+                Keep::Wait { until, taken } => (taken, until),
+                Keep::Connect { addresses, taken } => {
+                    let connect = async {
+                        for address in addresses {
+                            let text = address.to_string();
+                            match tokio::time::timeout(CONNECT_TIMEOUT, self.secure(address, &text, Some(device))).await
+                            {
+                                Ok(Ok(tls)) => return Some(tls),
+                                Ok(Err(error)) => debug!(peer = %device.short(), %error, "no warm connection"),
+                                Err(_) => {
+                                    debug!(peer = %device.short(), address = %text, "no warm connection: timed out")
+                                }
+                            }
+                        }
+                        None
+                    };
+                    tokio::select! {
+                        () = self.warm_stop.cancelled() => break,
+                        parked = connect => {
+                            if let Some(tls) = parked {
+                                drop(self.warm.park(device, tls, clock::now()));
+                            }
+                        }
+                    }
+                    // Also after a failure: the next try waits as long, unless a dial wakes it.
+                    (taken, clock::now() + REFRESH_EVERY)
+                }
+            };
+            tokio::select! {
+                () = self.warm_stop.cancelled() => break,
+                () = taken.notified() => {}
+                () = clock::sleep_until(Some(until)) => {}
+            }
+        }
+    }
+}
+
+/// Whether a parked connection is still open: the callee has closed it (or
+/// sent something, which it must not before the upgrade) if a read does not
+/// wait. The read also takes in the TLS session tickets, which are no data.
+fn still_parked(tls: &mut ClientTls) -> bool {
+    let mut byte = [0u8; 1];
+    tls.read(&mut byte).now_or_never().is_none()
 }
 
 /// A TCP connection to `address`: the first of two connects to complete, the
@@ -279,7 +416,7 @@ async fn connect_tcp(address: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// The callee's WebSocket upgrade, taking the caller's first message where the
 /// upgrade carries it.
-async fn upgrade(tls: tokio_rustls::server::TlsStream<TcpStream>, address: &str) -> Result<Connection, SignalingError> {
+pub async fn upgrade(tls: ServerTls, address: &str) -> Result<Connection, SignalingError> {
     let peer = tls::peer_device(tls.get_ref().1.peer_certificates()).ok_or_else(|| SignalingError::Handshake {
         address: address.to_owned(),
         reason: "no client certificate".into(),
@@ -356,6 +493,11 @@ impl Connection {
             sent_first: None,
             received_first: None,
         }
+    }
+
+    /// The peer's address.
+    fn remote(&self) -> Option<SocketAddr> {
+        self.ws.get_ref().get_ref().0.peer_addr().ok()
     }
 
     /// Sends one message.
@@ -538,6 +680,95 @@ mod tests {
         caller.send(&request).await.unwrap();
         assert_eq!(first.await.unwrap(), request);
         assert!(matches!(second.await.unwrap(), Ok(None)), "the reserve was closed unused");
+    }
+
+    /// A callee on a loopback port: each connection is handled by `serve`
+    /// with its position in the order of arrival; returns where it listens.
+    async fn callee<F, Fut>(serve: F) -> SocketAddr
+    where
+        F: Fn(usize, TcpStream, SocketAddr) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let Ok((tcp, from)) = listener.accept().await else { return };
+                tokio::spawn(serve(n, tcp, from));
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_second_dial_to_a_device_carries_its_request_on_the_warm_connection() {
+        let identity = Arc::new(Identity::ephemeral().unwrap());
+        let device = identity.device_id;
+        let server = Endpoint::new(identity).unwrap();
+        let (heard, mut requests) = tokio::sync::mpsc::unbounded_channel();
+        let (accepted, mut accepts) = tokio::sync::mpsc::unbounded_channel();
+        let address = callee(move |n, tcp, from| {
+            let (server, heard) = (server.clone(), heard.clone());
+            accepted.send((n, from)).unwrap();
+            async move {
+                let mut connection = server.accept(tcp, from).await.unwrap();
+                heard.send((from, next(&mut connection).await)).unwrap();
+            }
+        })
+        .await;
+        let caller = endpoint();
+        let mut parks = caller.warm.parks();
+        let first = request();
+        caller.connect(&[address], Some(device), Some(&first)).await.unwrap();
+        assert_eq!(requests.recv().await.unwrap().1, first);
+        parks.wait_for(|parks| *parks >= 1).await.unwrap();
+        // The keeper's connection is the second the callee accepted.
+        accepts.recv().await.unwrap();
+        let (second_connection, warm) = accepts.recv().await.unwrap();
+        assert_eq!(second_connection, 1);
+
+        let second = request();
+        let connection = caller.connect(&[address], Some(device), Some(&second)).await.unwrap();
+        assert!(connection.sent_first.is_some(), "carried in the upgrade");
+        assert_eq!(requests.recv().await.unwrap(), (warm, second), "on the parked connection");
+        caller.stop_keeping_warm();
+    }
+
+    #[tokio::test]
+    async fn a_warm_connection_the_callee_closed_gives_way_to_a_fresh_one() {
+        let identity = Arc::new(Identity::ephemeral().unwrap());
+        let device = identity.device_id;
+        let server = Endpoint::new(identity).unwrap();
+        let (heard, mut requests) = tokio::sync::mpsc::unbounded_channel();
+        let (closed, mut closes) = tokio::sync::mpsc::unbounded_channel();
+        let address = callee(move |n, tcp, from| {
+            let (server, heard, closed) = (server.clone(), heard.clone(), closed.clone());
+            async move {
+                if n == 1 {
+                    // The keeper's: TLS, then closed as a callee under pressure would.
+                    let tls = server.accept_tls(tcp, "caller").await.unwrap();
+                    drop(tls);
+                    closed.send(()).unwrap();
+                    return;
+                }
+                let mut connection = server.accept(tcp, from).await.unwrap();
+                heard.send((n, next(&mut connection).await)).unwrap();
+            }
+        })
+        .await;
+        let caller = endpoint();
+        let mut parks = caller.warm.parks();
+        caller.connect(&[address], Some(device), Some(&request())).await.unwrap();
+        requests.recv().await.unwrap();
+        parks.wait_for(|parks| *parks >= 1).await.unwrap();
+        closes.recv().await.unwrap();
+
+        let second = request();
+        caller.connect(&[address], Some(device), Some(&second)).await.unwrap();
+        let (on, heard) = requests.recv().await.unwrap();
+        assert!(on >= 2, "on a fresh connection, not the closed one");
+        assert_eq!(heard, second);
+        caller.stop_keeping_warm();
     }
 
     #[tokio::test]
