@@ -142,7 +142,9 @@ impl Endpoint {
     }
 
     /// Completes an incoming connection: TLS (the caller's certificate names it),
-    /// then the WebSocket upgrade. The listener bounds how long it may take.
+    /// then the WebSocket upgrade. (The listener calls the two halves itself, to
+    /// give each its own deadline.)
+    #[cfg(test)]
     pub async fn accept(&self, tcp: TcpStream, from: SocketAddr) -> Result<Connection, SignalingError> {
         let address = from.to_string();
         upgrade(self.accept_tls(tcp, &address).await?, &address).await
@@ -355,23 +357,9 @@ impl Endpoint {
                 Keep::Stop => break,
                 Keep::Wait { until, taken } => (taken, until),
                 Keep::Connect { addresses, taken } => {
-                    let connect = async {
-                        for address in addresses {
-                            let text = address.to_string();
-                            match tokio::time::timeout(CONNECT_TIMEOUT, self.secure(address, &text, Some(device))).await
-                            {
-                                Ok(Ok(tls)) => return Some(tls),
-                                Ok(Err(error)) => debug!(peer = %device.short(), %error, "no warm connection"),
-                                Err(_) => {
-                                    debug!(peer = %device.short(), address = %text, "no warm connection: timed out")
-                                }
-                            }
-                        }
-                        None
-                    };
                     tokio::select! {
                         () = self.warm_stop.cancelled() => break,
-                        parked = connect => {
+                        parked = self.secure_any(device, addresses) => {
                             if let Some(tls) = parked {
                                 drop(self.warm.park(device, tls, clock::now()));
                             }
@@ -387,6 +375,20 @@ impl Endpoint {
                 () = clock::sleep_until(Some(until)) => {}
             }
         }
+    }
+
+    /// TCP and TLS to `device` at the first of `addresses` that answers, one
+    /// after another (a keeper is in no hurry).
+    async fn secure_any(&self, device: DeviceId, addresses: Vec<SocketAddr>) -> Option<ClientTls> {
+        for address in addresses {
+            let text = address.to_string();
+            match tokio::time::timeout(CONNECT_TIMEOUT, self.secure(address, &text, Some(device))).await {
+                Ok(Ok(tls)) => return Some(tls),
+                Ok(Err(error)) => debug!(peer = %device.short(), %error, "no warm connection"),
+                Err(_) => debug!(peer = %device.short(), address = %text, "no warm connection: timed out"),
+            }
+        }
+        None
     }
 }
 
@@ -594,6 +596,12 @@ mod tests {
         Endpoint::new(Arc::new(Identity::ephemeral().unwrap())).unwrap()
     }
 
+    /// An endpoint and the device ID it presents.
+    fn device_endpoint() -> (DeviceId, Endpoint) {
+        let identity = Arc::new(Identity::ephemeral().unwrap());
+        (identity.device_id, Endpoint::new(identity).unwrap())
+    }
+
     fn request() -> Message {
         let body = Body::CallRequest { caller_name: "Zoë".into(), frame_ms: Some(20), group: None };
         Message::new(CallId::random(), body)
@@ -702,9 +710,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_dial_to_a_device_carries_its_request_on_the_warm_connection() {
-        let identity = Arc::new(Identity::ephemeral().unwrap());
-        let device = identity.device_id;
-        let server = Endpoint::new(identity).unwrap();
+        let (device, server) = device_endpoint();
         let (heard, mut requests) = tokio::sync::mpsc::unbounded_channel();
         let (accepted, mut accepts) = tokio::sync::mpsc::unbounded_channel();
         let address = callee(move |n, tcp, from| {
@@ -736,9 +742,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_warm_connection_the_callee_closed_gives_way_to_a_fresh_one() {
-        let identity = Arc::new(Identity::ephemeral().unwrap());
-        let device = identity.device_id;
-        let server = Endpoint::new(identity).unwrap();
+        let (device, server) = device_endpoint();
         let (heard, mut requests) = tokio::sync::mpsc::unbounded_channel();
         let (closed, mut closes) = tokio::sync::mpsc::unbounded_channel();
         let address = callee(move |n, tcp, from| {

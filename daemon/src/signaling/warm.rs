@@ -153,6 +153,14 @@ mod tests {
         SocketAddr::from(([192, 0, 2, 1], 7000))
     }
 
+    /// Connections kept for device 1, dialed at the returned instant.
+    fn dialed_once() -> (WarmConnections<u32>, Instant) {
+        let warm = WarmConnections::default();
+        let t0 = Instant::now();
+        warm.dialed(device(1), &[address()], t0);
+        (warm, t0)
+    }
+
     #[test]
     fn the_first_dial_to_a_device_starts_a_keeper_and_later_ones_do_not() {
         let warm = WarmConnections::<u32>::default();
@@ -164,9 +172,7 @@ mod tests {
 
     #[test]
     fn a_parked_connection_is_used_once_and_wakes_the_keeper() {
-        let warm = WarmConnections::<u32>::default();
-        let t0 = Instant::now();
-        warm.dialed(device(1), &[address()], t0);
+        let (warm, t0) = dialed_once();
         let Keep::Connect { addresses, taken } = warm.next_step(device(1), t0) else { panic!("kept warm") };
         assert_eq!(addresses, [address()]);
         assert_eq!(warm.park(device(1), 7, t0), None);
@@ -180,9 +186,7 @@ mod tests {
 
     #[test]
     fn a_keeper_waits_while_a_young_connection_is_parked() {
-        let warm = WarmConnections::<u32>::default();
-        let t0 = Instant::now();
-        warm.dialed(device(1), &[address()], t0);
+        let (warm, t0) = dialed_once();
         warm.park(device(1), 7, t0);
         let step = warm.next_step(device(1), t0 + Duration::from_secs(1));
         assert!(matches!(step, Keep::Wait { until, .. } if until == t0 + REFRESH_EVERY));
@@ -191,9 +195,7 @@ mod tests {
 
     #[test]
     fn a_dial_wakes_a_keeper_that_has_nothing_parked() {
-        let warm = WarmConnections::<u32>::default();
-        let t0 = Instant::now();
-        warm.dialed(device(1), &[address()], t0);
+        let (warm, t0) = dialed_once();
         let Keep::Connect { taken, .. } = warm.next_step(device(1), t0) else { panic!("kept warm") };
         warm.dialed(device(1), &[address()], t0);
         assert!(futures::FutureExt::now_or_never(taken.notified()).is_some(), "woken: nothing parked");
@@ -204,18 +206,14 @@ mod tests {
 
     #[test]
     fn a_parked_connection_older_than_the_limit_is_not_used() {
-        let warm = WarmConnections::<u32>::default();
-        let t0 = Instant::now();
-        warm.dialed(device(1), &[address()], t0);
+        let (warm, t0) = dialed_once();
         warm.park(device(1), 7, t0);
         assert_eq!(warm.take(device(1), t0 + USE_WITHIN), None);
     }
 
     #[test]
     fn a_refresh_returns_the_connection_it_replaces() {
-        let warm = WarmConnections::<u32>::default();
-        let t0 = Instant::now();
-        warm.dialed(device(1), &[address()], t0);
+        let (warm, t0) = dialed_once();
         warm.park(device(1), 7, t0);
         assert_eq!(warm.park(device(1), 8, t0 + REFRESH_EVERY), Some(7));
         assert_eq!(warm.take(device(1), t0 + REFRESH_EVERY + USE_WITHIN / 2), Some(8));
@@ -223,9 +221,7 @@ mod tests {
 
     #[test]
     fn a_device_not_dialed_for_a_while_is_forgotten() {
-        let warm = WarmConnections::<u32>::default();
-        let t0 = Instant::now();
-        warm.dialed(device(1), &[address()], t0);
+        let (warm, t0) = dialed_once();
         let later = t0 + KEEP_WARM_FOR;
         warm.dialed(device(1), &[address()], later);
         assert!(matches!(warm.next_step(device(1), later + KEEP_WARM_FOR / 2), Keep::Connect { .. }));
