@@ -96,7 +96,11 @@ async fn a_link_down_for_12_s_shows_reconnecting_on_both_sides_and_audio_comes_b
     assert!(!pair.link.is_down(), "back only after the link is");
     // Audio flows again: bob receives more than he had during the outage.
     sample_where(&mut at_bob, "audio after the outage", |s| s.packets_received > during + 25).await;
+    // The hang-up reaches bob through the signaling connection the outage
+    // stalled, as a hang-up: not lost with it (he would end as "peer lost").
     a.ctl_json(&["hangup"]).await;
+    let ended = b_events.wait_for("bob's end of the call", |e| call_is(e, &call_id, "ended")).await;
+    assert_eq!(ended["call_state_changed"]["call"]["end_reason"], "hung_up_remote", "{ended:#}");
 }
 
 /// A peer that is killed closes its connection (the kernel does): the other side

@@ -250,6 +250,18 @@ pub struct Outcome {
     pub ended_after_kill_ms: Option<f64>,
     /// For an outage: what the caller's peer list showed of the callee.
     pub peer_in_outage: Option<PeerInOutage>,
+    /// For an outage the call survived: how the callee's call ended after the
+    /// bench hung up at the caller.
+    pub callee_after_hang_up: Option<CalleeEnd>,
+}
+
+/// The callee's end of a call the bench hung up at the caller.
+#[derive(Debug, Serialize, Clone)]
+pub struct CalleeEnd {
+    /// How long after the hang-up the callee's call ended.
+    pub after_ms: f64,
+    /// Its end reason (HUNG_UP_REMOTE when the caller's `end` arrived).
+    pub reason: String,
 }
 
 /// What the caller's peer list showed of the callee through an outage.
@@ -533,6 +545,9 @@ Each run also writes `bench/results/benchmarks.json` for tools (not committed).\
                 ended.push_str("; the peer showed offline until the end")
             }
             None => {}
+        }
+        if let Some(CalleeEnd { after_ms, reason }) = &outcome.callee_after_hang_up {
+            let _ = write!(ended, "; the callee's call ended {} after the hang-up ({reason})", ms(Some(*after_ms)));
         }
         if let Some(noticed) = outcome.ended_after_kill_ms {
             let _ = write!(ended, "; {} after the callee was killed", ms(Some(noticed)));

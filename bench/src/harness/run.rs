@@ -14,7 +14,7 @@ use voicelink_proto::v1::{AnswerRequest, CallState, CallStats, DialRequest, Even
 
 use super::daemon::{DEADLINE, Daemon, DaemonSpec, event_call, peer_online, proc_sample, shows_peer_online, stall};
 use super::report::{
-    Applied, DirectionLoss, Latency, Outcome, PeerInOutage, ProcessUse, ProfileResult, Reported, SideStats,
+    Applied, CalleeEnd, DirectionLoss, Latency, Outcome, PeerInOutage, ProcessUse, ProfileResult, Reported, SideStats,
 };
 use super::speech::{self, CALL_RATE, Material};
 
@@ -297,6 +297,7 @@ async fn call(
             Some(peer_through_outage(&caller_events.seen, &callee.device_id, down, down + outage.length));
     }
 
+    let mut hung_up_at = None;
     let caller_ended = match ended_early {
         Some(ended) => {
             result.outcome.survived = false;
@@ -304,6 +305,7 @@ async fn call(
         }
         None => {
             result.outcome.survived = true;
+            hung_up_at = Some(Instant::now());
             caller.client.clone().hangup(HangupRequest { call_id: call_id.clone() }).await?;
             caller_events
                 .wait_for("the caller's call to end", DEADLINE, |e| is_state(e, Some(&call_id), CallState::Ended))
@@ -322,9 +324,16 @@ async fn call(
     result.outcome.ended_after_s = Some(signed_ms(caller_ended.0, caller_active_at) / 1000.0);
     let callee_ended = callee_events
         .seen_or_wait_for("the callee's call to end", DEADLINE, |e| is_state(e, None, CallState::Ended))
-        .await
-        .map(|(at, _)| at)
-        .ok();
+        .await;
+    if let (Some(hung_up), Some(_), Ok((at, event))) = (hung_up_at, at_outage, &callee_ended) {
+        // Whether the hang-up still reached the callee through the signaling
+        // connection the outage stalled, and when.
+        result.outcome.callee_after_hang_up = Some(CalleeEnd {
+            after_ms: signed_ms(*at, hung_up),
+            reason: event_call(event).map(|c| format!("{:?}", c.end_reason())).unwrap_or_default(),
+        });
+    }
+    let callee_ended = callee_ended.map(|(at, _)| at).ok();
 
     for (i, usage) in [&mut result.resources.caller, &mut result.resources.callee].into_iter().enumerate() {
         usage.cpu_call_percent = Some(cpu_percent(&call_start[i], &call_end[i]));

@@ -171,7 +171,6 @@ async fn first_message<T: From<IncomingRequest>>(
     report: impl Fn(fn(Ticket) -> Progress),
     requests: mpsc::Sender<T>,
 ) {
-    let _ = tcp.set_nodelay(true);
     let address = from.to_string();
     let accepted = async {
         let tls = tokio::time::timeout(HANDSHAKE_DEADLINE, endpoint.accept_tls(tcp, &address))

@@ -152,6 +152,7 @@ impl Endpoint {
 
     /// The TLS half of [`Endpoint::accept`]; [`upgrade`] is the other.
     pub async fn accept_tls(&self, tcp: TcpStream, address: &str) -> Result<ServerTls, SignalingError> {
+        tune(&tcp);
         self.acceptor.accept(tcp).await.map_err(|e| handshake_error(address, e))
     }
 
@@ -335,7 +336,7 @@ impl Endpoint {
         let tcp = connect_tcp(address)
             .await
             .map_err(|e| SignalingError::Unreachable { address: text.to_owned(), reason: e.to_string() })?;
-        let _ = tcp.set_nodelay(true);
+        tune(&tcp);
         let (config, seen) = tls::client_config(&self.identity, expected).map_err(|e| handshake_error(text, e))?;
         TlsConnector::from(config).connect(tls::server_name(), tcp).await.map_err(|error| {
             let presented = seen.lock().ok().and_then(|s| *s);
@@ -414,6 +415,62 @@ async fn connect_tcp(address: SocketAddr) -> std::io::Result<TcpStream> {
     let second = TcpStream::connect(address);
     tokio::pin!(second);
     futures::future::select_ok([first, second]).await.map(|(stream, _)| stream)
+}
+
+/// The longest TCP waits between two retransmissions on a signaling
+/// connection. Linux doubles the wait up to 120 s, so after an outage of 30 s
+/// a message queued in it (a keepalive, the `end` of a call hung up just after)
+/// waited up to 25 s more, the call's media long back: one retransmission a
+/// second at most costs nothing and resumes signaling within a second of the
+/// link.
+#[cfg(target_os = "linux")]
+const RETRANSMIT_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
+
+/// How long sent signaling may stay unacknowledged before TCP gives the
+/// connection up. With retransmissions capped, Linux's count-based limit would
+/// come within the outages a call survives; this is longer than the longest
+/// reconnect timeout (`calls.reconnect_timeout_secs`, at most 300 s), which
+/// decides first.
+#[cfg(target_os = "linux")]
+const UNACKNOWLEDGED_AT_MOST: Duration = Duration::from_secs(330);
+
+/// Linux's `TCP_RTO_MAX_MS` (since 6.15; the `libc` crate lacks it).
+#[cfg(target_os = "linux")]
+const TCP_RTO_MAX_MS: libc::c_int = 44;
+
+/// Socket options for a signaling connection, either side: no Nagle delay,
+/// and retransmissions that resume soon after an outage. A kernel that lacks
+/// an option keeps its default (logged at debug: nothing is wrong).
+fn tune(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    #[cfg(target_os = "linux")]
+    {
+        let socket = socket2::SockRef::from(tcp);
+        if let Err(error) = socket.set_tcp_user_timeout(Some(UNACKNOWLEDGED_AT_MOST)) {
+            debug!(%error, "TCP_USER_TIMEOUT not set");
+        }
+        if let Err(error) = set_retransmit_at_least_every(&socket, RETRANSMIT_AT_LEAST_EVERY) {
+            debug!(%error, "TCP_RTO_MAX_MS not set (Linux 6.15 has it): signaling may resume seconds after an outage");
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn set_retransmit_at_least_every(socket: &socket2::SockRef<'_>, every: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ms = libc::c_int::try_from(every.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid open socket, and a pointer to a c_int with its size, as
+    // the option takes.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            TCP_RTO_MAX_MS,
+            std::ptr::from_ref(&ms).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// The callee's WebSocket upgrade, taking the caller's first message where the
@@ -611,6 +668,47 @@ mod tests {
         match connection.recv().await {
             Ok(Some(Decoded::Message(message))) => message,
             other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    /// The kernel's cap on the wait between retransmissions, in ms; `None`
+    /// where it has no such option (before Linux 6.15).
+    #[cfg(target_os = "linux")]
+    fn retransmit_cap_ms(tcp: &TcpStream) -> Option<libc::c_int> {
+        use std::os::fd::AsRawFd;
+        let (mut ms, mut len): (libc::c_int, libc::socklen_t) = (0, std::mem::size_of::<libc::c_int>() as _);
+        // SAFETY: a valid open socket, and a c_int with its size to fill.
+        let done = unsafe {
+            libc::getsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                TCP_RTO_MAX_MS,
+                std::ptr::from_mut(&mut ms).cast(),
+                &raw mut len,
+            )
+        };
+        (done == 0).then_some(ms)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn both_ends_of_a_connection_retransmit_at_least_every_second() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let callee = tokio::spawn(async move {
+            let (tcp, from) = listener.accept().await.unwrap();
+            endpoint().accept(tcp, from).await.unwrap()
+        });
+        let caller = endpoint().connect(&[address], None, Some(&request())).await.unwrap();
+        let callee = callee.await.unwrap();
+        for (side, connection) in [("caller", &caller), ("callee", &callee)] {
+            let tcp = connection.ws.get_ref().get_ref().0;
+            let gives_up = socket2::SockRef::from(tcp).tcp_user_timeout().unwrap();
+            assert_eq!(gives_up, Some(UNACKNOWLEDGED_AT_MOST), "{side}");
+            match retransmit_cap_ms(tcp) {
+                Some(ms) => assert_eq!(Duration::from_millis(u64::try_from(ms).unwrap()), RETRANSMIT_AT_LEAST_EVERY),
+                None => eprintln!("this kernel cannot cap TCP's retransmission wait: {side} not checked"),
+            }
         }
     }
 
