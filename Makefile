@@ -67,8 +67,10 @@ fuzz:
 BENCH_SETUP_CALLS ?= 20
 ## Calls per profile whose sound is scored, for a median PESQ and mouth-to-ear.
 BENCH_QUALITY_CALLS ?= 5
+## Calls per outage profile, for the spread of audio back after the link returns.
+BENCH_OUTAGE_CALLS ?= 3
 BENCH_ARGS ?=
 bench:
 	scripts/setup.sh --bench
 	cargo build --release --workspace
-	target/release/voicelink-bench --voiced target/release/voiced --out bench/results --markdown BENCHMARKS.md --setup-calls $(BENCH_SETUP_CALLS) --quality-calls $(BENCH_QUALITY_CALLS) $(BENCH_ARGS)
+	target/release/voicelink-bench --voiced target/release/voiced --out bench/results --markdown BENCHMARKS.md --setup-calls $(BENCH_SETUP_CALLS) --quality-calls $(BENCH_QUALITY_CALLS) --outage-calls $(BENCH_OUTAGE_CALLS) $(BENCH_ARGS)

@@ -62,6 +62,10 @@ struct Args {
     /// score one.
     #[arg(long, default_value_t = 1)]
     quality_calls: u64,
+    /// Calls per outage profile (the measured one included, the others on
+    /// seeds after it), for the spread of audio back after the link returns.
+    #[arg(long, default_value_t = 1)]
+    outage_calls: u64,
     /// Keep the recordings and logs (in a folder named at the end).
     #[arg(long)]
     keep: bool,
@@ -130,6 +134,9 @@ async fn main() -> Result<()> {
         let outcome = match run_profile(&settings, &material, profile).await {
             Ok(result) if args.quality_calls > 1 && profile.outage.is_none() && profile.kill_callee_after.is_none() => {
                 quality_calls(&settings, &material, profile, args.quality_calls, result).await
+            }
+            Ok(result) if args.outage_calls > 1 && profile.outage.is_some() => {
+                outage_calls(&settings, &material, profile, args.outage_calls, result).await
             }
             other => other,
         };
@@ -212,6 +219,29 @@ async fn quality_calls(
         let call = run_profile(&again, material, profile).await?;
         result.pesq_wb_calls.extend(call.pesq_wb);
         result.one_way_ms_calls.extend(call.latency.one_way_ms);
+    }
+    Ok(result)
+}
+
+/// Runs `calls - 1` more calls over an outage profile, each on the next seed,
+/// and keeps every call's outcome.
+async fn outage_calls(
+    settings: &RunSettings,
+    material: &harness::speech::Material,
+    profile: &Profile,
+    calls: u64,
+    mut result: harness::report::ProfileResult,
+) -> Result<harness::report::ProfileResult> {
+    tracing::info!(profile = profile.name, calls, "outage calls");
+    result.outage_calls.push(result.outcome.clone());
+    for n in 1..calls {
+        let again = RunSettings {
+            seed: settings.seed + n,
+            work: settings.work.join(format!("outage-{n}")),
+            idle: Duration::from_secs(1),
+            ..settings.clone()
+        };
+        result.outage_calls.push(run_profile(&again, material, profile).await?.outcome);
     }
     Ok(result)
 }

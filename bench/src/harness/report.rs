@@ -56,6 +56,9 @@ pub struct ProfileResult {
     /// Mouth-to-ear one way, the same calls.
     pub one_way_ms_calls: Vec<f64>,
     pub outcome: Outcome,
+    /// For an outage profile with `--outage-calls` above 1: each call's
+    /// outcome, this one first, the others on the seeds after it.
+    pub outage_calls: Vec<Outcome>,
     /// Many short calls over the same impairment (`--setup-calls`).
     pub setup_trials: Option<SetupTrials>,
     /// Anything that could not be measured, and why.
@@ -234,7 +237,7 @@ pub struct Resources {
 }
 
 /// How the call ended.
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Default, Clone)]
 pub struct Outcome {
     /// The call was still up when the bench hung up.
     pub survived: bool,
@@ -272,6 +275,22 @@ pub struct PeerInOutage {
     /// How long after the link came back it was shown online again (before the
     /// call ended), if it went offline.
     pub back_online_after_ms: Option<f64>,
+}
+
+/// Each outage call's audio back and the callee's end, in the order they ran.
+fn outage_spread(calls: &[Outcome]) -> String {
+    let list = |f: &dyn Fn(&Outcome) -> String| calls.iter().map(f).collect::<Vec<_>>().join(" / ");
+    let survived = calls.iter().filter(|o| o.survived).count();
+    format!(
+        "survived {survived} of {}; audio back {} after the link; the callee's call ended {} after the hang-up",
+        calls.len(),
+        list(&|o| ms(o.audio_back_after_ms)),
+        list(&|o| o.callee_after_hang_up.as_ref().map_or("n/a".into(), |e| format!(
+            "{} ({})",
+            ms(Some(e.after_ms)),
+            e.reason
+        ))),
+    )
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -390,7 +409,11 @@ Each run also writes `bench/results/benchmarks.json` for tools (not committed).\
                 .as_ref()
                 .map_or("n/a".into(), |s| format!("{:.0} ms", s.rtt_ms_median.unwrap_or(s.rtt_ms))),
             over_calls(p.pesq_wb, &p.pesq_wb_calls, |v| format!("{v:.2}")),
-            if p.outcome.survived { "yes".to_string() } else { format!("no ({})", p.outcome.end_reason) },
+            match p.outage_calls.len() {
+                0 | 1 if p.outcome.survived => "yes".to_string(),
+                0 | 1 => format!("no ({})", p.outcome.end_reason),
+                n => format!("{} of {n}", p.outage_calls.iter().filter(|o| o.survived).count()),
+            },
         );
     }
     let _ = writeln!(out);
@@ -557,6 +580,14 @@ Each run also writes `bench/results/benchmarks.json` for tools (not committed).\
             _ => String::new(),
         };
         row(&mut out, "call", outage, both(ended));
+        if p.outage_calls.len() > 1 {
+            row(
+                &mut out,
+                &format!("all {} calls", p.outage_calls.len()),
+                String::new(),
+                both(outage_spread(&p.outage_calls)),
+            );
+        }
         if !p.notes.is_empty() {
             let _ = writeln!(out);
             for note in &p.notes {
@@ -575,7 +606,8 @@ repair\" is what it found missing, \"repaired\" what then came, \"counted lost\"
 \"peer reports\", from RTCP) what stayed lost; \"resent\" is what the sender was asked for.\n\
 - With quality calls (`--quality-calls`, 5 in `make bench`), the summary's mouth-to-ear and PESQ-WB \
 are the median of that many calls over the profile, each on its own seed, with their range; the \
-profile's own table is the first of them.\n\
+profile's own table is the first of them. Outage profiles run `--outage-calls` calls (3 in `make \
+bench`) the same way; their \"all N calls\" row lists each.\n\
 - Mouth-to-ear is measured on audio, not packets: the caller's input is cross-correlated with the echo \
 in its recording; it includes both jitter buffers, both codec passes and the echo's frame alignment.\n\
 - Answer → first audio uses the recording's own time line (its origin is inferred from its end and \
