@@ -210,13 +210,7 @@ async fn quality_calls(
     result.pesq_wb_calls.extend(result.pesq_wb);
     result.one_way_ms_calls.extend(result.latency.one_way_ms);
     for n in 1..calls {
-        let again = RunSettings {
-            seed: settings.seed + n,
-            work: settings.work.join(format!("quality-{n}")),
-            idle: Duration::from_secs(1),
-            ..settings.clone()
-        };
-        let call = run_profile(&again, material, profile).await?;
+        let call = run_profile(&again(settings, n, "quality"), material, profile).await?;
         result.pesq_wb_calls.extend(call.pesq_wb);
         result.one_way_ms_calls.extend(call.latency.one_way_ms);
     }
@@ -235,15 +229,20 @@ async fn outage_calls(
     tracing::info!(profile = profile.name, calls, "outage calls");
     result.outage_calls.push(result.outcome.clone());
     for n in 1..calls {
-        let again = RunSettings {
-            seed: settings.seed + n,
-            work: settings.work.join(format!("outage-{n}")),
-            idle: Duration::from_secs(1),
-            ..settings.clone()
-        };
-        result.outage_calls.push(run_profile(&again, material, profile).await?.outcome);
+        result.outage_calls.push(run_profile(&again(settings, n, "outage"), material, profile).await?.outcome);
     }
     Ok(result)
+}
+
+/// The settings of the `n`th call after a profile's measured one: the next
+/// seed, its own folder, and a short idle (the measured call measured it).
+fn again(settings: &RunSettings, n: u64, kind: &str) -> RunSettings {
+    RunSettings {
+        seed: settings.seed + n,
+        work: settings.work.join(format!("{kind}-{n}")),
+        idle: Duration::from_secs(1),
+        ..settings.clone()
+    }
 }
 
 fn select(names: &[String]) -> Result<Vec<Profile>> {

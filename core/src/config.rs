@@ -100,8 +100,12 @@ pub struct CallsConfig {
     /// Seconds an answered call waits for a link that went silent to come back
     /// ("reconnecting") before it ends as "peer lost" (5 to 300). A peer that
     /// quits or is killed closes its connection and is noticed at once.
-    pub reconnect_timeout_secs: Bounded<5, 300>,
+    pub reconnect_timeout_secs: Bounded<5, MAX_RECONNECT_TIMEOUT_SECS>,
 }
+
+/// The longest `calls.reconnect_timeout_secs`: a signaling connection must
+/// outlive an outage this long.
+pub const MAX_RECONNECT_TIMEOUT_SECS: u32 = 300;
 
 impl Default for CallsConfig {
     fn default() -> Self {

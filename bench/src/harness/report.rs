@@ -263,7 +263,7 @@ pub struct Outcome {
 pub struct CalleeEnd {
     /// How long after the hang-up the callee's call ended.
     pub after_ms: f64,
-    /// Its end reason (HUNG_UP_REMOTE when the caller's `end` arrived).
+    /// Its end reason (HungUpRemote when the caller's `end` arrived).
     pub reason: String,
 }
 
@@ -285,12 +285,14 @@ fn outage_spread(calls: &[Outcome]) -> String {
         "survived {survived} of {}; audio back {} after the link; the callee's call ended {} after the hang-up",
         calls.len(),
         list(&|o| ms(o.audio_back_after_ms)),
-        list(&|o| o.callee_after_hang_up.as_ref().map_or("n/a".into(), |e| format!(
-            "{} ({})",
-            ms(Some(e.after_ms)),
-            e.reason
-        ))),
+        list(&|o| o.callee_after_hang_up.as_ref().map_or("n/a".into(), CalleeEnd::to_string)),
     )
+}
+
+impl std::fmt::Display for CalleeEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", ms(Some(self.after_ms)), self.reason)
+    }
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -569,8 +571,8 @@ Each run also writes `bench/results/benchmarks.json` for tools (not committed).\
             }
             None => {}
         }
-        if let Some(CalleeEnd { after_ms, reason }) = &outcome.callee_after_hang_up {
-            let _ = write!(ended, "; the callee's call ended {} after the hang-up ({reason})", ms(Some(*after_ms)));
+        if let Some(end) = &outcome.callee_after_hang_up {
+            let _ = write!(ended, "; the callee's call ended {end} after the hang-up");
         }
         if let Some(noticed) = outcome.ended_after_kill_ms {
             let _ = write!(ended, "; {} after the callee was killed", ms(Some(noticed)));

@@ -22,6 +22,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+#[cfg(target_os = "linux")]
+use nix::libc;
+#[cfg(target_os = "linux")]
+use voicelink_core::config::MAX_RECONNECT_TIMEOUT_SECS;
 use voicelink_core::vocab::DeviceId;
 use voicelink_core::wire::{self, Decoded, MAX_MESSAGE_BYTES, Message, WireError};
 
@@ -152,7 +156,7 @@ impl Endpoint {
 
     /// The TLS half of [`Endpoint::accept`]; [`upgrade`] is the other.
     pub async fn accept_tls(&self, tcp: TcpStream, address: &str) -> Result<ServerTls, SignalingError> {
-        tune(&tcp);
+        tune_signaling_socket(&tcp);
         self.acceptor.accept(tcp).await.map_err(|e| handshake_error(address, e))
     }
 
@@ -336,7 +340,7 @@ impl Endpoint {
         let tcp = connect_tcp(address)
             .await
             .map_err(|e| SignalingError::Unreachable { address: text.to_owned(), reason: e.to_string() })?;
-        tune(&tcp);
+        tune_signaling_socket(&tcp);
         let (config, seen) = tls::client_config(&self.identity, expected).map_err(|e| handshake_error(text, e))?;
         TlsConnector::from(config).connect(tls::server_name(), tcp).await.map_err(|error| {
             let presented = seen.lock().ok().and_then(|s| *s);
@@ -427,30 +431,33 @@ async fn connect_tcp(address: SocketAddr) -> std::io::Result<TcpStream> {
 const RETRANSMIT_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
 
 /// How long sent signaling may stay unacknowledged before TCP gives the
-/// connection up. With retransmissions capped, Linux's count-based limit would
-/// come within the outages a call survives; this is longer than the longest
-/// reconnect timeout (`calls.reconnect_timeout_secs`, at most 300 s), which
-/// decides first.
+/// connection up. With retransmissions capped, Linux's count-based limit
+/// (`tcp_retries2`) would come about 14 s into an outage; this leaves the
+/// call's own reconnect timer to decide first: it starts when the media goes
+/// silent (2 s into an outage), TCP's clock no earlier than the outage.
 #[cfg(target_os = "linux")]
-const UNACKNOWLEDGED_AT_MOST: Duration = Duration::from_secs(330);
+const UNACKNOWLEDGED_AT_MOST: Duration = Duration::from_secs(MAX_RECONNECT_TIMEOUT_SECS as u64 + 30);
 
-/// Linux's `TCP_RTO_MAX_MS` (since 6.15; the `libc` crate lacks it).
+/// Linux's `TCP_RTO_MAX_MS` (since 6.15; the `libc` crate lacks it). The
+/// cap suits a LAN: on a path whose round trip exceeds a second every
+/// retransmission would come early.
 #[cfg(target_os = "linux")]
 const TCP_RTO_MAX_MS: libc::c_int = 44;
 
 /// Socket options for a signaling connection, either side: no Nagle delay,
 /// and retransmissions that resume soon after an outage. A kernel that lacks
-/// an option keeps its default (logged at debug: nothing is wrong).
-fn tune(tcp: &TcpStream) {
+/// an option keeps its default backoff (logged at debug). The cap goes only
+/// with the user timeout: alone, it would end connections 14 s into an outage.
+fn tune_signaling_socket(tcp: &TcpStream) {
     let _ = tcp.set_nodelay(true);
     #[cfg(target_os = "linux")]
     {
         let socket = socket2::SockRef::from(tcp);
-        if let Err(error) = socket.set_tcp_user_timeout(Some(UNACKNOWLEDGED_AT_MOST)) {
-            debug!(%error, "TCP_USER_TIMEOUT not set");
-        }
-        if let Err(error) = set_retransmit_at_least_every(&socket, RETRANSMIT_AT_LEAST_EVERY) {
-            debug!(%error, "TCP_RTO_MAX_MS not set (Linux 6.15 has it): signaling may resume seconds after an outage");
+        let capped = socket
+            .set_tcp_user_timeout(Some(UNACKNOWLEDGED_AT_MOST))
+            .and_then(|()| set_retransmit_at_least_every(&socket, RETRANSMIT_AT_LEAST_EVERY));
+        if let Err(error) = capped {
+            debug!(%error, "TCP retransmissions not capped (Linux 6.15 can): signaling may resume seconds after an outage");
         }
     }
 }
@@ -461,7 +468,7 @@ fn set_retransmit_at_least_every(socket: &socket2::SockRef<'_>, every: Duration)
     let ms = libc::c_int::try_from(every.as_millis()).unwrap_or(libc::c_int::MAX);
     // SAFETY: a valid open socket, and a pointer to a c_int with its size, as
     // the option takes.
-    let done = unsafe {
+    let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::IPPROTO_TCP,
@@ -470,7 +477,7 @@ fn set_retransmit_at_least_every(socket: &socket2::SockRef<'_>, every: Duration)
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if done == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// The callee's WebSocket upgrade, taking the caller's first message where the
@@ -678,7 +685,7 @@ mod tests {
         use std::os::fd::AsRawFd;
         let (mut ms, mut len): (libc::c_int, libc::socklen_t) = (0, std::mem::size_of::<libc::c_int>() as _);
         // SAFETY: a valid open socket, and a c_int with its size to fill.
-        let done = unsafe {
+        let rc = unsafe {
             libc::getsockopt(
                 tcp.as_raw_fd(),
                 libc::IPPROTO_TCP,
@@ -687,7 +694,7 @@ mod tests {
                 &raw mut len,
             )
         };
-        (done == 0).then_some(ms)
+        (rc == 0).then_some(ms)
     }
 
     #[cfg(target_os = "linux")]
@@ -706,7 +713,9 @@ mod tests {
             let gives_up = socket2::SockRef::from(tcp).tcp_user_timeout().unwrap();
             assert_eq!(gives_up, Some(UNACKNOWLEDGED_AT_MOST), "{side}");
             match retransmit_cap_ms(tcp) {
-                Some(ms) => assert_eq!(Duration::from_millis(u64::try_from(ms).unwrap()), RETRANSMIT_AT_LEAST_EVERY),
+                Some(ms) => {
+                    assert_eq!(Duration::from_millis(u64::try_from(ms).unwrap()), RETRANSMIT_AT_LEAST_EVERY, "{side}")
+                }
                 None => eprintln!("this kernel cannot cap TCP's retransmission wait: {side} not checked"),
             }
         }
