@@ -131,13 +131,13 @@ async fn main() -> Result<()> {
     let mut results = Vec::new();
     for profile in &profiles {
         tracing::info!(profile = profile.name, "running");
+        let calls = match (profile.outage, profile.kill_callee_after) {
+            (_, Some(_)) => 1,
+            (Some(_), None) => args.outage_calls,
+            (None, None) => args.quality_calls,
+        };
         let outcome = match run_profile(&settings, &material, profile).await {
-            Ok(result) if args.quality_calls > 1 && profile.outage.is_none() && profile.kill_callee_after.is_none() => {
-                quality_calls(&settings, &material, profile, args.quality_calls, result).await
-            }
-            Ok(result) if args.outage_calls > 1 && profile.outage.is_some() => {
-                outage_calls(&settings, &material, profile, args.outage_calls, result).await
-            }
+            Ok(result) if calls > 1 => more_calls(&settings, &material, profile, calls, result).await,
             other => other,
         };
         let outcome = match outcome {
@@ -197,39 +197,30 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Scores `calls - 1` more calls over the profile, each on the next seed, into
-/// the measured call's lists.
-async fn quality_calls(
+/// Runs `calls - 1` more calls over the profile, each on the next seed, and
+/// lists each call's score and mouth-to-ear, or for an outage profile its
+/// outcome, the measured call first.
+async fn more_calls(
     settings: &RunSettings,
     material: &harness::speech::Material,
     profile: &Profile,
     calls: u64,
     mut result: harness::report::ProfileResult,
 ) -> Result<harness::report::ProfileResult> {
-    tracing::info!(profile = profile.name, calls, "quality calls");
-    result.pesq_wb_calls.extend(result.pesq_wb);
-    result.one_way_ms_calls.extend(result.latency.one_way_ms);
+    let kind = if profile.outage.is_some() { "outage" } else { "quality" };
+    tracing::info!(profile = profile.name, calls, kind, "more calls");
+    let mut others = Vec::new();
     for n in 1..calls {
-        let call = run_profile(&again(settings, n, "quality"), material, profile).await?;
-        result.pesq_wb_calls.extend(call.pesq_wb);
-        result.one_way_ms_calls.extend(call.latency.one_way_ms);
+        others.push(run_profile(&again(settings, n, kind), material, profile).await?);
     }
-    Ok(result)
-}
-
-/// Runs `calls - 1` more calls over an outage profile, each on the next seed,
-/// and keeps every call's outcome.
-async fn outage_calls(
-    settings: &RunSettings,
-    material: &harness::speech::Material,
-    profile: &Profile,
-    calls: u64,
-    mut result: harness::report::ProfileResult,
-) -> Result<harness::report::ProfileResult> {
-    tracing::info!(profile = profile.name, calls, "outage calls");
-    result.outage_calls.push(result.outcome.clone());
-    for n in 1..calls {
-        result.outage_calls.push(run_profile(&again(settings, n, "outage"), material, profile).await?.outcome);
+    let all = || std::iter::once(&result).chain(&others);
+    let outcomes = all().map(|call| call.outcome.clone()).collect();
+    let scores = all().filter_map(|call| call.pesq_wb).collect();
+    let one_way = all().filter_map(|call| call.latency.one_way_ms).collect();
+    if profile.outage.is_some() {
+        result.outage_calls = outcomes;
+    } else {
+        (result.pesq_wb_calls, result.one_way_ms_calls) = (scores, one_way);
     }
     Ok(result)
 }
