@@ -697,17 +697,23 @@ mod tests {
         (rc == 0).then_some(ms)
     }
 
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn both_ends_of_a_connection_retransmit_at_least_every_second() {
+    /// A caller's and a callee's end of one loopback connection, `first`
+    /// carried in the upgrade.
+    async fn connected(first: &Message) -> (Connection, Connection) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let callee = tokio::spawn(async move {
             let (tcp, from) = listener.accept().await.unwrap();
             endpoint().accept(tcp, from).await.unwrap()
         });
-        let caller = endpoint().connect(&[address], None, Some(&request())).await.unwrap();
-        let callee = callee.await.unwrap();
+        let caller = endpoint().connect(&[address], None, Some(first)).await.unwrap();
+        (caller, callee.await.unwrap())
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn both_ends_of_a_connection_retransmit_at_least_every_second() {
+        let (caller, callee) = connected(&request()).await;
         for (side, connection) in [("caller", &caller), ("callee", &callee)] {
             let tcp = connection.ws.get_ref().get_ref().0;
             let gives_up = socket2::SockRef::from(tcp).tcp_user_timeout().unwrap();
@@ -741,20 +747,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_call_request_rides_in_the_upgrade_and_is_not_sent_twice() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let callee = tokio::spawn(async move {
-            let (tcp, from) = listener.accept().await.unwrap();
-            let mut connection = endpoint().accept(tcp, from).await.unwrap();
-            (next(&mut connection).await, next(&mut connection).await)
-        });
         let first = request();
-        let mut caller = endpoint().connect(&[address], None, Some(&first)).await.unwrap();
+        let (mut caller, mut callee) = connected(&first).await;
         assert!(caller.sent_first.is_some(), "the callee confirmed it");
         caller.send(&first).await.unwrap();
         let then = Message::new(first.call_id.clone(), Body::Busy);
         caller.send(&then).await.unwrap();
-        let (received, after) = callee.await.unwrap();
+        let (received, after) = (next(&mut callee).await, next(&mut callee).await);
         assert_eq!(received, first);
         assert_eq!(after, then, "the call request came once");
     }
