@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use data_encoding::BASE64URL_NOPAD;
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -410,15 +410,22 @@ fn still_parked(tls: &mut ClientTls) -> bool {
 /// completed by then; the other is dropped (the peer, if it accepted it, sees
 /// a connection close before TLS). The last error if both fail.
 async fn connect_tcp(address: SocketAddr) -> std::io::Result<TcpStream> {
-    let first = TcpStream::connect(address);
+    let first = connect_once(address);
     tokio::pin!(first);
     tokio::select! {
         done = &mut first => return done,
         () = tokio::time::sleep(SECOND_SYN_AFTER) => {}
     }
-    let second = TcpStream::connect(address);
+    let second = connect_once(address);
     tokio::pin!(second);
     futures::future::select_ok([first, second]).await.map(|(stream, _)| stream)
+}
+
+/// One TCP connect, its retransmission floor set before the SYN.
+async fn connect_once(address: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if address.is_ipv6() { TcpSocket::new_v6() } else { TcpSocket::new_v4() }?;
+    floor_retransmissions(socket2::SockRef::from(&socket));
+    socket.connect(address).await
 }
 
 /// The longest TCP waits between two retransmissions on a signaling
@@ -438,11 +445,25 @@ const RETRANSMIT_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
 #[cfg(target_os = "linux")]
 const UNACKNOWLEDGED_AT_MOST: Duration = Duration::from_secs(MAX_RECONNECT_TIMEOUT_SECS as u64 + 30);
 
-/// Linux's `TCP_RTO_MAX_MS` (since 6.15; the `libc` crate lacks it). The
-/// cap suits a LAN: on a path whose round trip exceeds a second every
-/// retransmission would come early.
+/// The shortest TCP waits before resending a lost segment (beyond the
+/// measured round trip and its variation). Linux's floor is 200 ms: a
+/// signaling message lost once (an offer, an answer, a candidate) cost a fifth
+/// of a second, and at 15 % loss most call setups lose one of their six or so
+/// segments. The floor also bounds the receiver's delayed acknowledgement
+/// (just below it), so two voiced do not take a late ack for a loss. It must
+/// be set before the SYN: the first round-trip sample sets the variation to
+/// the floor then, and it decays only by a quarter a round trip (set later, a
+/// retransmission still waited 200 ms).
+#[cfg(target_os = "linux")]
+const RETRANSMIT_NO_SOONER_THAN: Duration = Duration::from_millis(20);
+
+/// Linux's `TCP_RTO_MAX_MS` and `TCP_RTO_MIN_US` (since 6.15; the `libc`
+/// crate lacks them). The cap suits a LAN: on a path whose round trip exceeds
+/// a second every retransmission would come early.
 #[cfg(target_os = "linux")]
 const TCP_RTO_MAX_MS: libc::c_int = 44;
+#[cfg(target_os = "linux")]
+const TCP_RTO_MIN_US: libc::c_int = 45;
 
 /// Socket options for a signaling connection, either side: no Nagle delay,
 /// and retransmissions that resume soon after an outage. A kernel that lacks
@@ -455,25 +476,38 @@ fn tune_signaling_socket(tcp: &TcpStream) {
         let socket = socket2::SockRef::from(tcp);
         let capped = socket
             .set_tcp_user_timeout(Some(UNACKNOWLEDGED_AT_MOST))
-            .and_then(|()| set_retransmit_at_least_every(&socket, RETRANSMIT_AT_LEAST_EVERY));
+            .and_then(|()| set_tcp_option(&socket, TCP_RTO_MAX_MS, RETRANSMIT_AT_LEAST_EVERY.as_millis()));
         if let Err(error) = capped {
             debug!(%error, "TCP retransmissions not capped (Linux 6.15 can): signaling may resume seconds after an outage");
         }
     }
 }
 
+/// Lowers TCP's retransmission floor on a socket not yet connected, or on a
+/// listener (the connections it accepts inherit it). A kernel that lacks the
+/// option keeps 200 ms (logged at debug).
+pub fn floor_retransmissions(socket: socket2::SockRef<'_>) {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = set_tcp_option(&socket, TCP_RTO_MIN_US, RETRANSMIT_NO_SOONER_THAN.as_micros()) {
+        debug!(%error, "TCP's retransmission floor left at 200 ms (Linux 6.15 can lower it): a lost message may cost a fifth of a second");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+}
+
+/// Sets an integer TCP option the `libc` crate does not name.
 #[cfg(target_os = "linux")]
-fn set_retransmit_at_least_every(socket: &socket2::SockRef<'_>, every: Duration) -> std::io::Result<()> {
+fn set_tcp_option(socket: &socket2::SockRef<'_>, option: libc::c_int, value: u128) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let ms = libc::c_int::try_from(every.as_millis()).unwrap_or(libc::c_int::MAX);
+    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
     // SAFETY: a valid open socket, and a pointer to a c_int with its size, as
-    // the option takes.
+    // these options take.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::IPPROTO_TCP,
-            TCP_RTO_MAX_MS,
-            std::ptr::from_ref(&ms).cast(),
+            option,
+            std::ptr::from_ref(&value).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -678,10 +712,10 @@ mod tests {
         }
     }
 
-    /// The kernel's cap on the wait between retransmissions, in ms; `None`
-    /// where it has no such option (before Linux 6.15).
+    /// An integer TCP option's value; `None` where the kernel has no such
+    /// option (these: before Linux 6.15).
     #[cfg(target_os = "linux")]
-    fn retransmit_cap_ms(tcp: &TcpStream) -> Option<libc::c_int> {
+    fn tcp_option(tcp: &TcpStream, option: libc::c_int) -> Option<libc::c_int> {
         use std::os::fd::AsRawFd;
         let (mut ms, mut len): (libc::c_int, libc::socklen_t) = (0, std::mem::size_of::<libc::c_int>() as _);
         // SAFETY: a valid open socket, and a c_int with its size to fill.
@@ -689,7 +723,7 @@ mod tests {
             libc::getsockopt(
                 tcp.as_raw_fd(),
                 libc::IPPROTO_TCP,
-                TCP_RTO_MAX_MS,
+                option,
                 std::ptr::from_mut(&mut ms).cast(),
                 &raw mut len,
             )
@@ -697,10 +731,32 @@ mod tests {
         (rc == 0).then_some(ms)
     }
 
+    /// How long the kernel would wait now before resending a lost segment.
+    #[cfg(target_os = "linux")]
+    fn retransmission_timeout(tcp: &TcpStream) -> Duration {
+        use std::os::fd::AsRawFd;
+        // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: a valid open socket, and a tcp_info with its size to fill.
+        let rc = unsafe {
+            libc::getsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                std::ptr::from_mut(&mut info).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        Duration::from_micros(info.tcpi_rto.into())
+    }
+
     /// A caller's and a callee's end of one loopback connection, `first`
     /// carried in the upgrade.
     async fn connected(first: &Message) -> (Connection, Connection) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        floor_retransmissions(socket2::SockRef::from(&listener));
         let address = listener.local_addr().unwrap();
         let callee = tokio::spawn(async move {
             let (tcp, from) = listener.accept().await.unwrap();
@@ -712,17 +768,27 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn both_ends_of_a_connection_retransmit_at_least_every_second() {
+    async fn both_ends_of_a_connection_retransmit_soon_and_at_least_every_second() {
         let (caller, callee) = connected(&request()).await;
         for (side, connection) in [("caller", &caller), ("callee", &callee)] {
             let tcp = connection.ws.get_ref().get_ref().0;
             let gives_up = socket2::SockRef::from(tcp).tcp_user_timeout().unwrap();
             assert_eq!(gives_up, Some(UNACKNOWLEDGED_AT_MOST), "{side}");
-            match retransmit_cap_ms(tcp) {
-                Some(ms) => {
-                    assert_eq!(Duration::from_millis(u64::try_from(ms).unwrap()), RETRANSMIT_AT_LEAST_EVERY, "{side}")
+            match (tcp_option(tcp, TCP_RTO_MAX_MS), tcp_option(tcp, TCP_RTO_MIN_US)) {
+                (Some(cap), Some(floor)) => {
+                    assert_eq!(Duration::from_millis(u64::try_from(cap).unwrap()), RETRANSMIT_AT_LEAST_EVERY, "{side}");
+                    // The kernel keeps it in jiffies: 20 ms reads back as 20 or a tick above.
+                    let floor = Duration::from_micros(u64::try_from(floor).unwrap());
+                    assert!(
+                        (RETRANSMIT_NO_SOONER_THAN..RETRANSMIT_NO_SOONER_THAN + Duration::from_millis(10))
+                            .contains(&floor),
+                        "{side}: {floor:?}"
+                    );
+                    // In effect since the SYN: set after it, the wait stays above 200 ms.
+                    let wait = retransmission_timeout(tcp);
+                    assert!(wait < Duration::from_millis(200), "{side}: a lost segment waits {wait:?}");
                 }
-                None => eprintln!("this kernel cannot cap TCP's retransmission wait: {side} not checked"),
+                _ => eprintln!("this kernel cannot set TCP's retransmission cap and floor: {side} not checked"),
             }
         }
     }
