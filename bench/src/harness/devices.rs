@@ -55,23 +55,40 @@ pub struct DeviceLatency {
     pub jitter_buffers_ms: Option<(f64, f64)>,
     /// Why something is missing.
     pub notes: Vec<String>,
+    /// The round trip of a second call, the caller on 10 ms frames
+    /// (`calls.frame_ms = 10`): what the frame length costs through devices.
+    pub round_trip_10ms_frames_ms: Option<f64>,
 }
 
-/// One call on a clean link, the caller on sound devices. What went wrong is
-/// a note: the rest of the bench is still worth its report.
+/// One call on a clean link, the caller on sound devices, and one more with
+/// 10 ms frames. What went wrong is a note: the rest of the bench is still
+/// worth its report.
 pub async fn run(settings: &RunSettings, material: &Material) -> DeviceLatency {
     let server = match SoundServer::start().and_then(|server| furnish(&server).map(|()| server)) {
         Ok(server) => server,
         Err(reason) => return DeviceLatency { notes: vec![reason], ..DeviceLatency::default() },
     };
-    measure_call(settings, material, &server).await.unwrap_or_else(|e| {
+    let mut measured = measure_call(settings, material, &server, 20).await.unwrap_or_else(|e| {
         tracing::warn!(error = %format!("{e:#}"), "mouth-to-ear through devices not measured");
         DeviceLatency { notes: vec![format!("{e:#}")], ..DeviceLatency::default() }
-    })
+    });
+    match measure_call(settings, material, &server, 10).await {
+        Ok(ten) => {
+            measured.round_trip_10ms_frames_ms = ten.round_trip_ms;
+            measured.notes.extend(ten.notes.into_iter().map(|note| format!("with 10 ms frames: {note}")));
+        }
+        Err(e) => measured.notes.push(format!("with 10 ms frames: {e:#}")),
+    }
+    measured
 }
 
-async fn measure_call(settings: &RunSettings, material: &Material, server: &SoundServer) -> Result<DeviceLatency> {
-    let dir = settings.work.join("devices");
+async fn measure_call(
+    settings: &RunSettings,
+    material: &Material,
+    server: &SoundServer,
+    frame_ms: u32,
+) -> Result<DeviceLatency> {
+    let dir = settings.work.join(format!("devices-{frame_ms}ms"));
     let speech_samples = material.speech();
     // The speech on the left (the microphone's) channel only.
     let speech_file = dir.join("speech-left.wav");
@@ -93,8 +110,10 @@ async fn measure_call(settings: &RunSettings, material: &Material, server: &Soun
             // reaches this microphone; but the echo canceller, whose reference
             // is the speaker, would see the speech come back as an echo that
             // leads it by a round trip and garble it.
-            extra_config:
-                "audio.echo_cancellation = false\naudio.noise_suppression = false\naudio.gain_control = false\n".into(),
+            extra_config: format!(
+                "audio.echo_cancellation = false\naudio.noise_suppression = false\naudio.gain_control = false\n\
+                 calls.frame_ms = {frame_ms}\n"
+            ),
             sound_server: Some(server.address()),
         },
     )
