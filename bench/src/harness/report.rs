@@ -724,15 +724,6 @@ is about {:.0} ms.",
                     " At the end of the call the caller's jitter buffer held {caller:.0} ms and the callee's {callee:.0} ms."
                 );
             }
-            if let Some(ten) = devices.round_trip_10ms_frames_ms {
-                let _ = write!(
-                    out,
-                    " With 10 ms frames (`calls.frame_ms = 10` on the caller; the callee follows): round trip {ten:.0} ms, \
-{:.0} ms less, about {:.0} ms less each way.",
-                    round_trip - ten,
-                    (round_trip - ten) / 2.0
-                );
-            }
             if !devices.notes.is_empty() {
                 let _ = write!(out, " Notes: {}.", devices.notes.join("; "));
             }
@@ -747,6 +738,17 @@ is about {:.0} ms.",
         (None, _) => {
             let _ = write!(out, "not measured: {}.", devices.notes.join("; "));
         }
+    }
+    if let Some(ten) = devices.round_trip_10ms_frames_ms {
+        let _ = write!(
+            out,
+            " With 10 ms frames (`calls.frame_ms = 10` on the caller; the callee follows): round trip {ten:.0} ms"
+        );
+        if let Some(round_trip) = devices.round_trip_ms {
+            let (by, way) = if ten <= round_trip { (round_trip - ten, "less") } else { (ten - round_trip, "more") };
+            let _ = write!(out, ", {by:.0} ms {way}, about {:.0} ms {way} each way", by / 2.0);
+        }
+        out.push('.');
     }
     out.push_str("\n\n");
     out

@@ -58,7 +58,7 @@ impl SignalingListener {
             }
             Err(error) => return Err(error),
         };
-        // Before any SYN: what it accepts inherits the floor from the SYN on.
+        // Before it is advertised: what it accepts inherits the floor from the SYN on.
         transport::floor_retransmissions(socket2::SockRef::from(&listener));
         Ok(SignalingListener { listener })
     }
