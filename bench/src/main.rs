@@ -211,7 +211,9 @@ async fn more_calls(
     tracing::info!(profile = profile.name, calls, kind, "more calls");
     let mut others = Vec::new();
     for n in 1..calls {
-        others.push(run_profile(&again(settings, n, kind), material, profile).await?);
+        let call = run_profile(&again(settings, n, kind), material, profile).await?;
+        log_call(profile, settings.seed + n, &call);
+        others.push(call);
     }
     let all = || std::iter::once(&result).chain(&others);
     let outcomes = all().map(|call| call.outcome.clone()).collect();
@@ -223,6 +225,25 @@ async fn more_calls(
         (result.pesq_wb_calls, result.one_way_ms_calls) = (scores, one_way);
     }
     Ok(result)
+}
+
+/// Logs one more call's score and what the callee's jitter buffer did, so a
+/// run's spread can be read call by call (the report keeps only the scores).
+fn log_call(profile: &Profile, seed: u64, call: &harness::report::ProfileResult) {
+    let callee = call.reported.callee.as_ref();
+    tracing::info!(
+        profile = profile.name,
+        seed,
+        pesq = ?call.pesq_wb,
+        one_way_ms = ?call.latency.one_way_ms,
+        concealment_events = ?callee.map(|s| s.concealment_events),
+        concealed_ms = ?callee.map(|s| s.concealed_samples / 48),
+        fec_recovered = ?callee.map(|s| s.packets_recovered_fec),
+        late = ?callee.map(|s| s.late_packets),
+        repaired = ?callee.map(|s| s.packets_repaired),
+        jitter_buffer_ms = ?callee.map(|s| s.jitter_buffer_delay_ms),
+        "call"
+    );
 }
 
 /// The settings of the `n`th call after a profile's measured one: the next
