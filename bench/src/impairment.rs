@@ -214,7 +214,7 @@ pub struct Profile {
 
 /// The Gilbert-Elliott parameters of the "bursty" profile: P(bad) = 0.02 / (0.02 +
 /// 0.3) = 6.25 %, all-but-certain loss while bad (80 %), none while good, so 5.0 %
-/// average loss, in bursts of 1 / 0.3 ≈ 3.3 frames (≈ 33 ms of 10 ms packets).
+/// average loss, in bad spells of 1 / 0.3 ≈ 3.3 frames (≈ 67 ms of 20 ms packets).
 pub const BURSTY: Loss =
     Loss::GilbertElliott { p_good_to_bad: 0.02, p_bad_to_good: 0.3, loss_in_good: 0.0, loss_in_bad: 0.8 };
 

@@ -209,10 +209,12 @@ async fn more_calls(
 ) -> Result<harness::report::ProfileResult> {
     let kind = if profile.outage.is_some() { "outage" } else { "quality" };
     tracing::info!(profile = profile.name, calls, kind, "more calls");
+    log_call(profile, settings.seed, &result);
     let mut others = Vec::new();
     for n in 1..calls {
-        let call = run_profile(&again(settings, n, kind), material, profile).await?;
-        log_call(profile, settings.seed + n, &call);
+        let settings = again(settings, n, kind);
+        let call = run_profile(&settings, material, profile).await?;
+        log_call(profile, settings.seed, &call);
         others.push(call);
     }
     let all = || std::iter::once(&result).chain(&others);
@@ -227,8 +229,9 @@ async fn more_calls(
     Ok(result)
 }
 
-/// Logs one more call's score and what the callee's jitter buffer did, so a
-/// run's spread can be read call by call (the report keeps only the scores).
+/// Logs one call's score, mouth-to-ear and what the callee's jitter buffer
+/// did, so a profile's spread can be read call by call (the report keeps
+/// each call's score and mouth-to-ear, not the rest).
 fn log_call(profile: &Profile, seed: u64, call: &harness::report::ProfileResult) {
     let callee = call.reported.callee.as_ref();
     tracing::info!(
